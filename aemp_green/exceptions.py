@@ -1,0 +1,71 @@
+"""Every exception aemp_green raises, in one place.
+
+``Timeout`` and ``PortDied`` are what blocking calls raise; ``ProtocolError`` and its two halves
+(``LocalProtocolError``: we were asked to do something the protocol cannot carry;
+``RemoteProtocolError``: the peer misbehaved) come from the transport layer, which turns a
+``RemoteProtocolError`` into a logged, dropped connection.
+"""
+
+__all__ = [
+    "AempError",
+    "Timeout",
+    "PortDied",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "ConfigError",
+]
+
+
+class AempError(Exception):
+    """Base class of every aemp_green error."""
+
+
+class Timeout(AempError):
+    """A blocking ``receive``, ``receive_match`` or ``call`` ran out of time.
+
+    Example::
+
+        try:
+            receive("reply", timeout=0.5)
+        except Timeout:
+            print("no reply")
+    """
+
+
+class PortDied(AempError):
+    """The port a blocking ``call`` waited on died before it replied.
+
+    ``reason`` is the kill reason as a tuple (empty for a normal exit), e.g.
+    ``("die", "ZeroDivisionError: division by zero")``.
+
+    Example::
+
+        try:
+            call(worker, "job", 42)
+        except PortDied as e:
+            print("worker died:", e.reason)
+    """
+
+    def __init__(self, reason=()):
+        self.reason = tuple(reason)
+        super().__init__(*self.reason)
+
+    def __str__(self):
+        return "port died: %r" % (self.reason,)
+
+
+class ProtocolError(AempError):
+    """Base of wire-protocol errors."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something the protocol or the chosen framing cannot carry."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed; the connection to it is dropped with this reason."""
+
+
+class ConfigError(AempError, ValueError):
+    """A configuration value, profile or rc file is invalid."""
