@@ -1,0 +1,63 @@
+"""aemp_green: Erlang-style message passing on gevent, wire-compatible with AnyEvent::MP 2.x.
+
+Nodes are processes; ports are cheap addressable mailboxes; ``snd`` sends a message (a list of
+JSON/CBOR-able values whose first element is a tag) to any port on any node. A port is either a
+callback port (``port``/``rcv``) or a greenlet that blocks in ``receive``::
+
+    from aemp_green import spawn, receive, snd, SELF, call
+
+    def echo():
+        while True:
+            text, reply = receive("echo")
+            snd(reply, "echoed", text)
+
+    e = spawn(echo)
+    print(call(e, "echo", "hi", timeout=5))   # ['echoed', 'hi']
+
+Importing the package patches nothing and starts nothing; see ``aemp_green.monkey`` for the
+opt-in monkey-patched mode.
+"""
+
+import logging as _logging
+
+from ._guard import Guard
+from ._version import __version__
+from .exceptions import AempError, ConfigError, PortDied, ProtocolError, Timeout
+from .kernel import NODE, after, kil, mon, mon_guard, node_id, node_of, port_is_local, snd
+from .ports import SELF, cal, call, peval, port, psub, rcv, receive, receive_match, spawn
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
+__all__ = [
+    "__version__",
+    # identity
+    "NODE",
+    "node_id",
+    "SELF",
+    "node_of",
+    "port_is_local",
+    # ports and messages
+    "port",
+    "rcv",
+    "snd",
+    "kil",
+    "spawn",
+    "receive",
+    "receive_match",
+    "psub",
+    "peval",
+    "after",
+    # monitoring
+    "mon",
+    "mon_guard",
+    "Guard",
+    # calls
+    "cal",
+    "call",
+    # errors
+    "AempError",
+    "ConfigError",
+    "PortDied",
+    "ProtocolError",
+    "Timeout",
+]

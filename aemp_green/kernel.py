@@ -1,0 +1,712 @@
+"""The kernel: this node's identity, the local port table, routing, kill/monitor, node-port requests.
+
+Everything that crosses a port boundary goes through here. The kernel never imports the port
+classes (``ports``) nor the network (``node``): ports are duck-typed objects with ``name``,
+``monitors``, ``_deliver(msg)`` and ``_terminate(reason)``; the network registers itself with
+``_set_network`` and gets messages for other nodes, and hands incoming node-port requests back
+through ``node_request``.
+
+Delivery to callback ports is a trampoline (``_dispatch``): the first send in a greenlet runs
+the handler directly; sends made *by* handlers are queued and run by the outermost loop in FIFO
+order. Handlers therefore never nest, the stack never grows with message chains (a million
+messages bounced between two ports is a loop, not a recursion), and messages from one sender
+reach one port in the order they were sent. Greenlet ports get a mailbox append and, when their
+greenlet waits for exactly this message, a wake-up that is handed over directly from the next
+blocking receiver (``_block``) without a hub round trip, at most ``_HANDOFF_LIMIT`` times in a
+row before the hub gets its turn.
+"""
+
+import logging
+import secrets
+import string
+import time
+from collections import deque
+
+from gevent import get_hub
+from greenlet import getcurrent, greenlet
+
+from ._guard import Guard
+
+__all__ = [
+    "NODE",
+    "node_id",
+    "node_of",
+    "port_is_local",
+    "snd",
+    "kil",
+    "mon",
+    "mon_guard",
+    "after",
+    "node_request",
+    "register_node_request",
+]
+
+logger = logging.getLogger(__name__)
+
+_ALNUM = string.digits + string.ascii_letters
+
+
+def _runiq(n=10):
+    """AEMP's random unique string: ``n`` alphanumerics, the last one upper-cased."""
+    s = "".join(secrets.choice(_ALNUM) for _ in range(n))
+    return s[:-1] + s[-1].upper()
+
+
+# --------------------------------------------------------------------------- identity
+
+_NODE = "anon/" + _runiq()
+#: prefix of local port names: random per process, so names never repeat across restarts of a
+#: node with a fixed ID (a stale port ID from the previous incarnation never reaches a new port).
+_UNIQ = _runiq(6)
+_RUNIQ = _runiq(10)  # prefix of names this node invents for ports spawned on other nodes
+_next_id = 0
+
+
+def NODE():
+    """This node's ID (``node_id`` is the same function).
+
+    Before ``configure()`` the node has an anonymous ID ``anon/<random>``.
+
+    Example::
+
+        >>> NODE().startswith("anon/")
+        True
+    """
+    return _NODE
+
+
+node_id = NODE
+
+
+def _set_node_id(nodeid):
+    global _NODE
+    if "#" in nodeid:
+        raise ValueError("node ID must not contain '#': %r" % (nodeid,))
+    _NODE = nodeid
+
+
+def _new_name():
+    global _next_id
+    _next_id += 1
+    return _UNIQ + _base62(_next_id)
+
+
+def _new_spawn_name():
+    global _next_id
+    _next_id += 1
+    return _RUNIQ + _base62(_next_id)
+
+
+def _base62(n):
+    out = ""
+    while n:
+        n, r = divmod(n, 62)
+        out = _ALNUM[r] + out
+    return out
+
+
+def node_of(port):
+    """The node ID part of a port ID (everything before the first ``#``).
+
+    Example::
+
+        >>> node_of("seed#abc")
+        'seed'
+        >>> node_of("seed")
+        'seed'
+    """
+    return port.partition("#")[0]
+
+
+def port_is_local(port):
+    """True when ``port`` lives on this node.
+
+    Example::
+
+        >>> port_is_local(NODE() + "#x")
+        True
+    """
+    return port.partition("#")[0] == _NODE
+
+
+def port_id(name):
+    """The full port ID of a local port name."""
+    return _NODE + "#" + name
+
+
+# --------------------------------------------------------------------------- port table
+
+_ports = {}  # name -> port object ("" is the node port)
+_hub = None
+
+
+def _get_hub():
+    global _hub
+    if _hub is None:
+        _hub = get_hub()
+    return _hub
+
+
+def _register(p):
+    _ports[p.name] = p
+
+
+def _lookup(port):
+    """The local port object for a port ID, or None (also for remote IDs)."""
+    node, _, name = port.partition("#")
+    if node != _NODE or not name:
+        return None
+    return _ports.get(name)
+
+
+# --------------------------------------------------------------------------- SELF context
+
+def _get_self():
+    return getattr(getcurrent(), "aemp_self", None)
+
+
+def _set_self(port):
+    """Set the port context of the running greenlet; returns the previous one."""
+    cur = getcurrent()
+    prev = getattr(cur, "aemp_self", None)
+    cur.aemp_self = port
+    return prev
+
+
+# --------------------------------------------------------------------------- trampoline
+
+_queue = deque()
+_draining = set()
+_drain_scheduled = False
+
+
+def _dispatch(p, msg):
+    """Run ``p._run(msg)`` without ever nesting handler calls (see module docstring)."""
+    cur = getcurrent()
+    if cur in _draining:
+        _queue.append((p, msg))
+        return
+    if _queue:  # something older is still waiting (its drainer is blocked): keep FIFO
+        _queue.append((p, msg))
+        p = None
+    _draining.add(cur)
+    prev = getattr(cur, "aemp_self", None)
+    try:
+        if p is not None:
+            p._run(msg, cur)
+        while _queue:
+            p, msg = _queue.popleft()
+            p._run(msg, cur)
+    finally:
+        cur.aemp_self = prev
+        _draining.discard(cur)
+        if _queue and not _draining:
+            _schedule_drain()
+
+
+def _schedule_drain():
+    global _drain_scheduled
+    if not _drain_scheduled:
+        _drain_scheduled = True
+        _get_hub().loop.run_callback(_spawn_drainer)
+
+
+def _spawn_drainer():
+    global _drain_scheduled
+    _drain_scheduled = False
+    if _queue:
+        _spawn_raw(_drain_only)
+
+
+def _drain_only():
+    if _queue:
+        p, msg = _queue.popleft()
+        _dispatch(p, msg)
+
+
+# --------------------------------------------------------------------------- greenlet wake-ups
+
+_ready = deque()  # waiters whose .resume is set; their greenlets are switched to in order
+_ready_scheduled = False
+_handoffs = 0
+_HANDOFF_LIMIT = 64
+
+
+def _wake(w, value):
+    """Resume the blocked waiter ``w`` (a greenlet port or call waiter) with ``value``."""
+    global _ready_scheduled
+    w.resume = value
+    _ready.append(w)
+    if not _ready_scheduled:
+        _ready_scheduled = True
+        _get_hub().loop.run_callback(_run_ready)
+
+
+def _run_ready():
+    global _ready_scheduled, _handoffs
+    _ready_scheduled = False
+    _handoffs = 0
+    while _ready:
+        w = _ready.popleft()
+        r = w.resume
+        if r is not None:
+            w.resume = None
+            g = w.greenlet
+            if g is not None and not g.dead:
+                g.switch(r)
+
+
+def _block():
+    """Block the current greenlet until a ``_wake``; hand the CPU straight to a ready waiter."""
+    global _handoffs
+    while _ready and _handoffs < _HANDOFF_LIMIT:
+        w = _ready.popleft()
+        r = w.resume
+        if r is not None:
+            w.resume = None
+            _handoffs += 1
+            return w.greenlet.switch(r)
+    return _get_hub().switch()
+
+
+def _spawn_raw(fn, *args):
+    """Run ``fn(*args)`` in a fresh greenlet at the next loop turn."""
+    hub = _get_hub()
+    g = greenlet(fn, parent=hub)
+    hub.loop.run_callback(g.switch, *args)
+    return g
+
+
+# --------------------------------------------------------------------------- network hook
+
+class _NoNetwork:
+    """Stands in until ``aemp_green.node`` registers the real network."""
+
+    def send(self, nodeid, frame):
+        logger.debug("no network: dropping message for %s", nodeid)
+
+    def monitor(self, nodeid, portname, action):
+        _spawn_raw(action, "transport_error", nodeid, "no known address")
+        return None
+
+    def unmonitor(self, nodeid, portname, action):
+        pass
+
+    def kill(self, nodeid, portname, reason):
+        self.send(nodeid, ("", "kil1", portname) + tuple(reason))
+
+    def port_died(self, nodeid, portname, reason):
+        pass
+
+
+_net = _NoNetwork()
+
+
+def _set_network(net):
+    global _net
+    _net = net
+
+
+# --------------------------------------------------------------------------- snd / kil
+
+def snd(port, *msg):
+    """Send ``msg`` (a tag and arguments) to ``port``; never blocks, never fails for dead ports.
+
+    Messages from one sender to one port arrive in the order they were sent. Local messages are
+    not copied: the receiver gets the very objects passed here.
+
+    Example::
+
+        p = port(lambda *msg: print("got", msg))
+        snd(p, "hello", 1, [2, 3])
+    """
+    node, _, name = port.partition("#")
+    if node == _NODE:
+        p = _ports.get(name)
+        if p is not None:
+            p._deliver(msg)
+    else:
+        _net.send(node, (name,) + msg)
+
+
+def kil(port, *reason):
+    """Kill ``port`` (local or remote). No reason is a normal exit, any reason a crash.
+
+    Killing a port that does not exist is fine; killing a node port raises ``ValueError``.
+
+    Example::
+
+        kil(worker)                       # normal exit, monitors get no arguments
+        kil(worker, "error", "bad job")   # crash, monitors get ("error", "bad job")
+    """
+    node, _, name = port.partition("#")
+    if not name:
+        raise ValueError("cannot kill a node port: %r" % (port,))
+    if node == _NODE:
+        p = _ports.get(name)
+        if p is not None:
+            _kill_local(p, reason)
+    else:
+        _net.kill(node, name, reason)
+
+
+_DEAD = False  # value of port.monitors once the port is dead
+
+
+def _kill_local(p, reason):
+    """Remove ``p`` from the table, schedule its monitors, stop its code. Idempotent."""
+    mons = p.monitors
+    if mons is _DEAD:
+        return
+    p.monitors = _DEAD
+    if _ports.get(p.name) is p:
+        del _ports[p.name]
+    reason = tuple(reason)
+    if mons:
+        _spawn_raw(_fire_monitors, mons, reason)
+    p._terminate(reason)
+
+
+def _fire_monitors(mons, reason):
+    for action in list(mons):
+        try:
+            action(*reason)
+        except Exception:
+            logger.exception("monitor callback %r failed", action)
+
+
+def _die_reason(exc):
+    """AEMP's ``("die", $@)`` for a Python exception."""
+    text = str(exc)
+    msg = "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
+    return ("die", msg.rstrip("\n"))
+
+
+# --------------------------------------------------------------------------- monitors
+
+_MISSING = object()
+
+
+def _monitor_action(cb, msg):
+    """Turn the three non-callable ``mon`` forms into a callable action."""
+    if callable(cb):
+        if msg:
+            raise TypeError("mon(port, callable) takes no message arguments")
+        return cb
+    if not isinstance(cb, str):
+        raise TypeError("mon: second argument must be a callable or a port ID, not %r" % (cb,))
+    if msg:
+        return lambda *reason: snd(cb, *msg, *reason)
+    return lambda *reason: reason and kil(cb, *reason)
+
+
+def _add_monitor(port, action):
+    """Monitor ``port`` with the callable ``action``; returns the undo function."""
+    node, _, name = port.partition("#")
+    if node == _NODE:
+        p = _ports.get(name) if name else None
+        if p is None or p.monitors is _DEAD:
+            cell = [action]
+
+            def fire():
+                if cell[0] is not None:
+                    cell[0]("no_such_port", "cannot monitor nonexistent port", port)
+
+            _spawn_raw(fire)
+            return lambda: cell.__setitem__(0, None)
+        if p.monitors is None:
+            p.monitors = [action]
+        else:
+            p.monitors.append(action)
+
+        def undo():
+            mons = p.monitors
+            if mons:
+                try:
+                    mons.remove(action)
+                except ValueError:
+                    pass
+
+        return undo
+    _net.monitor(node, name, action)
+    return lambda: _net.unmonitor(node, name, action)
+
+
+def mon(port, cb=_MISSING, *msg):
+    """Monitor ``port``: act once when it dies or messages to it may have been lost.
+
+    Forms (as AEMP): ``mon(port, callable)`` calls ``callable(*reason)``; ``mon(port, rcvport)``
+    kills ``rcvport`` with the same reason when the reason is non-empty; ``mon(port)`` is that
+    with ``rcvport = SELF()``; ``mon(port, rcvport, *msg)`` sends ``msg + reason`` to
+    ``rcvport``. Monitoring a nonexistent local port fires (in the next loop turn) with
+    ``("no_such_port", "cannot monitor nonexistent port", port)``; losing the connection to the
+    port's node fires with ``("transport_error", node, why)``. Monitors fire once, always in a
+    fresh greenlet, never inside the dying port's own code.
+
+    Returns a guard: when the caller keeps it, dropping it or calling ``cancel()`` stops the
+    monitor; a bare statement ``mon(port, cb)`` monitors until the port dies (see ``_guard``).
+
+    Example::
+
+        mon(worker, lambda *reason: print("worker ended", reason))
+        g = mon(worker, SELF(), "worker_down", worker)   # sends ["worker_down", worker, *reason]
+        g.cancel()
+    """
+    if cb is _MISSING:
+        cb = _get_self()
+        if cb is None:
+            raise RuntimeError("mon(port) with one argument needs a port context (SELF)")
+        cb = cb.id
+    action = _monitor_action(cb, msg)
+    return Guard.for_caller(_add_monitor(port, action))
+
+
+def mon_guard(port, *objs):
+    """Keep ``objs`` alive until ``port`` dies (or the returned, kept guard is dropped).
+
+    Example::
+
+        mon_guard(p, timer, socket)   # both live as long as p does
+    """
+    return Guard.for_caller(_add_monitor(port, lambda *reason: objs))
+
+
+# --------------------------------------------------------------------------- timers
+
+def after(seconds, target, *msg):
+    """After ``seconds``, send ``msg`` to the port ``target`` or call ``target()``.
+
+    Runs in a fresh greenlet, so a callable may block. Returns a guard that cancels the timer
+    when cancelled (or, if kept, dropped).
+
+    Example::
+
+        after(0.5, SELF(), "tick")
+        after(2.0, lambda: print("two seconds later"))
+    """
+    loop = _get_hub().loop
+    timer = loop.timer(seconds)
+    if callable(target):
+        if msg:
+            raise TypeError("after(seconds, callable) takes no message arguments")
+        timer.start(_spawn_raw, target)
+    else:
+        timer.start(_spawn_raw, snd, target, *msg)
+    return Guard.for_caller(timer.close)
+
+
+# --------------------------------------------------------------------------- node port
+
+_NODE_REQ = {}
+_secure = False
+
+
+def register_node_request(tag, fn, *, code=False):
+    """Register ``fn(from_node, *args)`` as the handler of node-port request ``tag``.
+
+    ``code=True`` marks requests that run arbitrary code (refused when the node is ``secure``).
+    Used by the other modules (spawn, the global database); applications rarely need it.
+
+    Example::
+
+        register_node_request("my_ping", lambda from_node, *reply: snd(*reply, "pong"))
+    """
+    _NODE_REQ[tag] = (fn, code)
+
+
+def _set_secure(flag):
+    global _secure
+    _secure = bool(flag)
+
+
+class _NodePort:
+    """The node port ``""``: messages to it are requests (PROTOCOL.md section 4)."""
+
+    __slots__ = ()
+    name = ""
+    id = property(lambda self: _NODE + "#")
+
+    @property
+    def monitors(self):
+        return None
+
+    @monitors.setter
+    def monitors(self, value):  # pragma: no cover - never killed
+        raise ValueError("the node port cannot die")
+
+    def _deliver(self, msg):
+        node_request(_NODE, msg)
+
+    def _terminate(self, reason):  # pragma: no cover
+        raise ValueError("the node port cannot die")
+
+
+_ports[""] = _NodePort()
+
+
+def node_request(from_node, msg):
+    """Handle one node-port request ``msg`` (``[tag, *args]``) that came from ``from_node``.
+
+    Called by the network for every frame addressed to port ``""`` and by local sends to the
+    node port. Bad requests are logged and dropped; they never raise.
+    """
+    if not msg:
+        return
+    tag = msg[0]
+    if not isinstance(tag, str):
+        logger.warning("node request with non-string tag from %s dropped", from_node)
+        return
+    entry = _NODE_REQ.get(tag)
+    try:
+        if entry is not None:
+            fn, code = entry
+            if code and _secure:
+                logger.warning("secure node: refused %r request from %s", tag, from_node)
+                return
+            fn(from_node, *msg[1:])
+        elif tag:
+            _call_function(from_node, tag, msg[1:])
+    except Exception:
+        logger.exception("error processing node message %r from %s", tag, from_node)
+
+
+def _resolve_function(name):
+    """Resolve ``pkg.mod.func`` (or ``Pkg::Mod::func``) by importing the longest module prefix."""
+    import importlib
+
+    dotted = name.replace("::", ".")
+    parts = dotted.split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        raise LookupError("not a function name: %r" % (name,))
+    for i in range(len(parts) - 1, 0, -1):
+        modname = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(modname)
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise LookupError("no importable module in %r" % (name,))
+
+
+def _call_function(from_node, name, args):
+    if _secure:
+        logger.warning("secure node: refused function call %r from %s", name, from_node)
+        return
+    try:
+        fn = _resolve_function(name)
+    except (LookupError, AttributeError) as exc:
+        logger.warning("unknown node request %r from %s dropped: %s", name, from_node, exc)
+        return
+    fn(*args)
+
+
+# requests every node answers -------------------------------------------------------------
+
+_remote_monitors = {}  # (from_node, portname) -> action
+
+
+def _req_mon1(from_node, portid, *_):
+    name = portid.partition("#")[2] if "#" in portid else portid
+    p = _ports.get(name) if name else None
+    if p is None or p.monitors is _DEAD:
+        _reply_kil0(from_node, name, ("no_such_port", "cannot monitor nonexistent port",
+                                      _NODE + "#" + name))
+        return
+    key = (from_node, name)
+    if key in _remote_monitors:
+        return
+
+    def action(*reason):
+        _remote_monitors.pop(key, None)
+        _reply_kil0(from_node, name, reason)
+
+    _remote_monitors[key] = action
+    if p.monitors is None:
+        p.monitors = [action]
+    else:
+        p.monitors.append(action)
+
+
+def _reply_kil0(to_node, name, reason):
+    if to_node == _NODE:
+        return
+    _net.send(to_node, ("", "kil0", name) + tuple(reason))
+
+
+def _req_mon0(from_node, portid, *_):
+    name = portid.partition("#")[2] if "#" in portid else portid
+    action = _remote_monitors.pop((from_node, name), None)
+    p = _ports.get(name)
+    if action is not None and p is not None and p.monitors:
+        try:
+            p.monitors.remove(action)
+        except ValueError:
+            pass
+
+
+def _forget_node_monitors(nodeid):
+    """Drop every monitor a (now disconnected) remote node had on our ports."""
+    for key in [k for k in _remote_monitors if k[0] == nodeid]:
+        _req_mon0(nodeid, key[1])
+
+
+def _req_kil0(from_node, portname, *reason):
+    _net.port_died(from_node, portname, reason)
+
+
+def _req_kil1(from_node, portname, *reason):
+    if not portname:
+        logger.warning("kil1 of the node port from %s ignored", from_node)
+        return
+    p = _ports.get(portname)
+    if p is not None:
+        _kill_local(p, reason)
+
+
+def _req_snd(from_node, *msg):
+    if msg and isinstance(msg[0], str):
+        snd(*msg)
+
+
+def _req_can(from_node, method, *reply):
+    if reply:
+        snd(*reply, 1 if method in _NODE_REQ else "")
+
+
+def _req_time(from_node, *reply):
+    if reply:
+        snd(*reply, time.time())
+
+
+def _req_eval(from_node, expr, *reply):
+    logger.info("eval request from %s: %r", from_node, expr)
+    try:
+        result = eval(expr, {"__name__": "aemp_eval"})  # noqa: S307 - refused when secure
+        err = ""
+    except Exception as exc:
+        result, err = None, _die_reason(exc)[1]
+    if reply:
+        snd(*reply, err, result)
+
+
+def _req_noop(from_node, *args):
+    pass
+
+
+for _tag, _fn, _code in (
+    ("mon1", _req_mon1, False),
+    ("mon0", _req_mon0, False),
+    ("kil0", _req_kil0, False),
+    ("kil1", _req_kil1, False),
+    ("snd", _req_snd, False),
+    ("can", _req_can, False),
+    ("time", _req_time, False),
+    ("eval", _req_eval, True),
+    ("devnull", _req_noop, False),
+    ("", _req_noop, False),
+):
+    register_node_request(_tag, _fn, code=_code)
+del _tag, _fn, _code
+

@@ -1,0 +1,628 @@
+"""Ports: callback ports (``port``/``rcv``), greenlet ports (``spawn``/``receive``), port context.
+
+Two kinds of port share one port table (``kernel._ports``) and are addressed, monitored and
+killed the same way:
+
+* A **callback port** is a small slotted object: a catch-all handler and/or a dict of tag
+  handlers. It has no greenlet; handlers run in the sender's greenlet through the kernel's
+  trampoline, never nested. A million of them is a normal program (~200 bytes each).
+* A **greenlet port** is a greenlet plus a mailbox. Its code calls ``receive(tag)``, which
+  blocks only that greenlet and takes the first queued message with that tag (selective
+  receive: the others stay queued, in order). ``rcv`` works on greenlet ports too: a message
+  with a matching handler runs the handler instead of going to the mailbox, and a function
+  that set handlers and returned leaves its port alive as a callback port (this is how
+  AEMP-style spawned functions work).
+
+The port context (``SELF()``) is an attribute of the running greenlet: a greenlet port's own
+greenlet has it for life; handler calls, ``psub`` wrappers and ``peval`` set it for their
+duration and restore it afterwards, also when they run in some other greenlet.
+"""
+
+import logging
+from collections import deque
+
+from greenlet import GreenletExit, getcurrent, greenlet
+
+from . import kernel as _k
+from .exceptions import PortDied, Timeout
+
+__all__ = [
+    "SELF",
+    "port",
+    "rcv",
+    "spawn",
+    "receive",
+    "receive_match",
+    "psub",
+    "peval",
+    "cal",
+    "call",
+]
+
+logger = logging.getLogger(__name__)
+
+_dispatch = _k._dispatch
+_kill_local = _k._kill_local
+_DEAD = _k._DEAD
+
+
+class _Killed(BaseException):
+    """Thrown into a greenlet port's greenlet when the port is killed from outside."""
+
+
+_ANY = object()  # receive(): any message
+_PRED = object()  # receive_match(): wake on every message, the receiver checks
+_TIMEOUT = object()
+
+
+def _unhandled(p, msg):
+    tag = msg[0] if msg else None
+    _kill_local(p, ("unhandled_message", "no callback found for message '%s'" % (tag,)))
+
+
+def _find_handler(p, msg):
+    handlers = p.handlers
+    if handlers is not None and msg:
+        try:
+            h = handlers.get(msg[0])
+        except TypeError:  # unhashable tag
+            h = None
+        if h is not None:
+            return h, msg[1:]
+    if p.default is not None:
+        return p.default, msg
+    return None, None
+
+
+def _run_handler(p, msg, cur):
+    """Run the handler for ``msg`` in port context ``p`` (called by the kernel trampoline)."""
+    if p.monitors is _DEAD:
+        return
+    h, args = _find_handler(p, msg)
+    if h is None:
+        if p._keeps(msg):
+            return
+        _unhandled(p, msg)
+        return
+    cur.aemp_self = p
+    try:
+        h(*args)
+    except Exception as exc:
+        logger.error("port %s died in its handler", p.id, exc_info=True)
+        _kill_local(p, _k._die_reason(exc))
+
+
+class _CallbackPort:
+    __slots__ = ("name", "monitors", "handlers", "default")
+
+    def __init__(self, name, default=None):
+        self.name = name
+        self.monitors = None
+        self.handlers = None
+        self.default = default
+
+    @property
+    def id(self):
+        return _k._NODE + "#" + self.name
+
+    _deliver = _dispatch
+    _run = _run_handler
+
+    def _keeps(self, msg):
+        return False
+
+    def _terminate(self, reason):
+        self.handlers = self.default = None
+
+    def __repr__(self):
+        return "<callback port %s>" % self.id
+
+
+class _GreenletPort:
+    __slots__ = ("name", "monitors", "handlers", "default", "greenlet", "mailbox", "waiting",
+                 "resume", "adopted", "reason")
+
+    def __init__(self, name):
+        self.name = name
+        self.monitors = None
+        self.handlers = None
+        self.default = None
+        self.greenlet = None
+        self.mailbox = deque()
+        self.waiting = None
+        self.resume = None
+        self.adopted = False
+        self.reason = None
+
+    @property
+    def id(self):
+        return _k._NODE + "#" + self.name
+
+    def _deliver(self, msg):
+        if self.handlers is not None or self.default is not None or self.greenlet is None:
+            if self.greenlet is None or _find_handler(self, msg)[0] is not None:
+                _dispatch(self, msg)
+                return
+        w = self.waiting
+        if w is not None:
+            if w is _ANY or (msg and msg[0] == w):
+                self.waiting = None
+                _k._wake(self, msg)
+                return
+            if w is _PRED:
+                self.mailbox.append(msg)
+                self.waiting = None
+                _k._wake(self, _PRED)
+                return
+        self.mailbox.append(msg)
+
+    _run = _run_handler
+
+    def _keeps(self, msg):
+        """A message no handler takes goes to the mailbox while the greenlet runs."""
+        if self.greenlet is None:
+            return False
+        self.mailbox.append(msg)
+        return True
+
+    def _terminate(self, reason):
+        self.reason = reason
+        self.mailbox.clear()
+        self.handlers = self.default = None
+        was_waiting = self.waiting is not None
+        self.waiting = None
+        self.resume = None
+        g = self.greenlet
+        if g is None or g.dead:
+            return
+        if self.adopted:
+            # a greenlet we did not start: never throw into it; wake a blocked receive instead
+            if getattr(g, "aemp_self", None) is self:
+                g.aemp_self = None
+            if was_waiting:
+                _k._wake(self, _Dead(reason))
+            return
+        if g is getcurrent():
+            raise _Killed()
+        if g:  # started: stop it at the next loop turn
+            _k._get_hub().loop.run_callback(_throw_killed, g)
+        # not started yet: _start_port sees the port is dead and never runs it
+
+    def __repr__(self):
+        return "<greenlet port %s>" % self.id
+
+
+class _Dead:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason):
+        self.reason = reason
+
+
+def _throw_killed(g):
+    if g and not g.dead:
+        g.throw(_Killed())
+
+
+def _start_port(p, fn, args):
+    if p.monitors is _DEAD:
+        return
+    p.greenlet.switch(p, fn, args)
+
+
+def _port_main(p, fn, args):
+    cur = getcurrent()
+    cur.aemp_self = p
+    try:
+        fn(*args)
+    except _Killed:
+        return
+    except GreenletExit:
+        reason = ()
+    except Exception as exc:
+        logger.error("port %s died", p.id, exc_info=True)
+        reason = _k._die_reason(exc)
+    else:
+        reason = ()
+        if (p.handlers is not None or p.default is not None) and p.monitors is not _DEAD:
+            # AEMP style: the function set up handlers and returned; the port lives on
+            p.greenlet = None
+            pending, p.mailbox = p.mailbox, deque()
+            for msg in pending:
+                _dispatch(p, msg)
+            return
+    p.greenlet = None
+    _kill_local(p, reason)
+
+
+def _new_greenlet_port(name, fn, args):
+    p = _GreenletPort(name)
+    hub = _k._get_hub()
+    p.greenlet = greenlet(_port_main, parent=hub)
+    _k._register(p)
+    hub.loop.run_callback(_start_port, p, fn, args)
+    return p
+
+
+# --------------------------------------------------------------------------- public API
+
+def SELF():
+    """The ID of the port whose code is running now.
+
+    Set inside ``rcv`` handlers, ``psub`` wrappers, ``peval`` and greenlet ports (and in a
+    plain greenlet after its first ``receive``). Raises ``RuntimeError`` outside port context.
+
+    Example::
+
+        def worker():
+            print("I am", SELF())
+        spawn(worker)
+    """
+    p = getattr(getcurrent(), "aemp_self", None)
+    if p is None:
+        raise RuntimeError("SELF() called outside port context")
+    return p.id
+
+
+def port(cb=None):
+    """Create a callback port and return its ID; ``cb(*msg)`` becomes its catch-all handler.
+
+    A message no handler takes kills the port with
+    ``("unhandled_message", "no callback found for message '<tag>'")``.
+
+    Example::
+
+        p = port(lambda tag, *args: print(tag, args))
+        snd(p, "hello", 1)
+    """
+    p = _CallbackPort(_k._new_name(), cb)
+    _k._ports[p.name] = p
+    return _k._NODE + "#" + p.name
+
+
+def rcv(port_, *args):
+    """Set handlers on a local port; returns the port ID.
+
+    ``rcv(port, cb)`` sets the catch-all ``cb(*msg)``; ``rcv(port, tag, cb, tag2, cb2, ...)``
+    sets tag handlers ``cb(*args_after_tag)`` (exact match on element 0). ``cb=None`` removes
+    a handler. An exception in a handler kills the port with ``("die", "<message>")``.
+
+    Example::
+
+        p = port()
+        rcv(p, "ping", lambda reply: snd(reply, "pong"),
+               "stop", lambda: kil(SELF()))
+    """
+    p = _k._lookup(port_)
+    if p is None:
+        if _k.port_is_local(port_):
+            raise ValueError("rcv: no such local port %r (dead?)" % (port_,))
+        raise ValueError("rcv: can only be called on local ports, not %r" % (port_,))
+    if len(args) == 1:
+        p.default = args[0]
+    elif len(args) % 2:
+        raise TypeError("rcv(port, tag, cb, ...) needs tag/callback pairs")
+    else:
+        handlers = p.handlers if p.handlers is not None else {}
+        for i in range(0, len(args), 2):
+            tag, cb = args[i], args[i + 1]
+            if cb is None:
+                handlers.pop(tag, None)
+            else:
+                handlers[tag] = cb
+        p.handlers = handlers or None
+    if isinstance(p, _GreenletPort) and p.greenlet is not None and p.mailbox:
+        # queued messages the new handlers take are handled first, in their original order
+        keep = deque()
+        for msg in p.mailbox:
+            if _find_handler(p, msg)[0] is not None:
+                _k._queue.append((p, msg))
+            else:
+                keep.append(msg)
+        p.mailbox = keep
+        if _k._queue:
+            _k._schedule_drain()
+    return port_
+
+
+def spawn(target, *args):
+    """Start a greenlet port and return its ID.
+
+    ``spawn(fn, *args)`` runs ``fn(*args)`` in a new greenlet with the new port as ``SELF``.
+    When ``fn`` returns the port is killed normally (unless it set ``rcv`` handlers, then it
+    lives on as a callback port); when it raises, with ``("die", "<message>")``.
+
+    ``spawn(node, "pkg.mod.func", *args)`` creates the port on ``node`` (possibly this one) and
+    runs the named function there; it returns the new port ID at once. ``Pkg::Sub::func``
+    names map to ``Pkg.Sub.func``; a Perl node runs its own Perl functions this way.
+
+    Example::
+
+        def echo():
+            while True:
+                text, reply = receive("echo")
+                snd(reply, "echoed", text)
+        e = spawn(echo)
+    """
+    if callable(target):
+        return _new_greenlet_port(_k._new_name(), target, args).id
+    if not isinstance(target, str) or not args or not isinstance(args[0], str):
+        raise TypeError("spawn(fn, *args) or spawn(node, 'pkg.func', *args)")
+    node = target.partition("#")[0]
+    funcname, fargs = args[0], args[1:]
+    name = _k._new_spawn_name()
+    if node == _k._NODE:
+        _spawn_named(node, name, funcname, *fargs)
+    else:
+        _k._net.send(node, ("", "AnyEvent::MP::_spawn", name, funcname) + tuple(fargs))
+    return node + "#" + name
+
+
+def _spawn_named(from_node, name, funcname, *args):
+    """Node request ``AnyEvent::MP::_spawn``: create port ``name`` running ``funcname``."""
+    if not isinstance(name, str) or not name or name in _k._ports:
+        logger.warning("spawn request from %s with bad or used port name %r", from_node, name)
+        return
+    try:
+        fn = _k._resolve_function(funcname)
+    except (LookupError, AttributeError) as exc:
+        logger.warning("spawn request from %s: cannot resolve %r: %s", from_node, funcname, exc)
+        p = _GreenletPort(name)
+        _k._register(p)
+        _kill_local(p, ("die", "cannot resolve function %r: %s" % (funcname, exc)))
+        return
+    _new_greenlet_port(name, fn, args)
+
+
+_k.register_node_request("AnyEvent::MP::_spawn", _spawn_named, code=True)
+
+
+def _own_port():
+    """The greenlet port of the running greenlet, adopting a plain greenlet on first use."""
+    cur = getcurrent()
+    p = getattr(cur, "aemp_self", None)
+    if p is not None:
+        if isinstance(p, _GreenletPort) and p.greenlet is cur:
+            return p
+        raise RuntimeError("receive() inside a callback handler of %s: only greenlet ports "
+                           "(spawn) and plain greenlets can block in receive" % p.id)
+    if cur is _k._get_hub():
+        raise RuntimeError("receive() cannot block in the hub greenlet")
+    p = _GreenletPort(_k._new_name())
+    p.greenlet = cur
+    p.adopted = True
+    _k._register(p)
+    cur.aemp_self = p
+    link = getattr(cur, "rawlink", None)
+    if link is not None:  # a gevent Greenlet: its port ends with it
+        link(lambda g: _kill_local(p, ()))
+    return p
+
+
+def _wait(p, want, timeout):
+    p.waiting = want
+    timer = None
+    if timeout is not None:
+        timer = _k._get_hub().loop.timer(max(timeout, 0))
+        timer.start(_on_timeout, p)
+    try:
+        r = _k._block()
+    finally:
+        p.waiting = None
+        if timer is not None:
+            timer.close()
+    if r is _TIMEOUT:
+        raise Timeout("receive timed out after %s s" % timeout)
+    if type(r) is _Dead:
+        raise PortDied(r.reason)
+    return r
+
+
+def _on_timeout(p):
+    if p.waiting is not None:
+        p.waiting = None
+        p.greenlet.switch(_TIMEOUT)
+
+
+def receive(tag=None, timeout=None):
+    """Block this greenlet until a message arrives; selective by tag.
+
+    ``receive(tag)`` returns the first queued message whose element 0 equals ``tag``, as a
+    list without the tag; other messages stay queued, in order. ``receive()`` returns the
+    first message whole, tag included. Raises ``aemp_green.Timeout`` after ``timeout``
+    seconds. Works in greenlet ports and in any plain greenlet (the main one too), which gets
+    a port of its own on first use.
+
+    Example::
+
+        snd(SELF(), "later", 2)
+        snd(SELF(), "now", 1)
+        assert receive("now") == [1]
+        assert receive() == ["later", 2]
+    """
+    p = _own_port()
+    mb = p.mailbox
+    if mb:
+        if tag is None:
+            return list(mb.popleft())
+        i = 0
+        for m in mb:
+            if m and m[0] == tag:
+                del mb[i]
+                return list(m[1:])
+            i += 1
+    if timeout is not None and timeout <= 0:
+        raise Timeout("no matching message")
+    msg = _wait(p, _ANY if tag is None else tag, timeout)
+    return list(msg) if tag is None else list(msg[1:])
+
+
+def receive_match(pred, timeout=None):
+    """Block until a message for which ``pred(msg_list)`` is true arrives; return it whole.
+
+    Unmatched messages stay queued in order. Raises ``aemp_green.Timeout``.
+
+    Example::
+
+        reply = receive_match(lambda m: m[0] == "result" and m[1] == job_id, timeout=5)
+    """
+    p = _own_port()
+    deadline = None
+    if timeout is not None:
+        deadline = _k._get_hub().loop.now() + timeout
+    start = 0
+    while True:
+        mb = p.mailbox
+        for i in range(start, len(mb)):
+            m = mb[i]
+            if pred(list(m)):
+                del mb[i]
+                return list(m)
+        start = len(mb)
+        left = None
+        if deadline is not None:
+            left = deadline - _k._get_hub().loop.now()
+            if left <= 0:
+                raise Timeout("no matching message")
+        _wait(p, _PRED, left)
+
+
+def psub(fn):
+    """Wrap ``fn`` so that it runs later in the current port's context.
+
+    Exceptions raised by ``fn`` kill that port with ``("die", ...)`` instead of propagating.
+
+    Example::
+
+        def handler(*msg):
+            after(1.0, psub(lambda: snd(SELF(), "tick")))
+    """
+    p = getattr(getcurrent(), "aemp_self", None)
+    if p is None:
+        raise RuntimeError("psub() called outside port context")
+
+    def in_port_context(*args, **kwargs):
+        return _in_context(p, fn, args, kwargs)
+
+    in_port_context.__wrapped__ = fn
+    return in_port_context
+
+
+def _in_context(p, fn, args, kwargs):
+    cur = getcurrent()
+    prev = getattr(cur, "aemp_self", None)
+    cur.aemp_self = p
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        logger.error("port %s died in psub/peval code", p.id, exc_info=True)
+        _kill_local(p, _k._die_reason(exc))
+        return None
+    finally:
+        cur.aemp_self = prev
+
+
+def peval(port_, fn, *args):
+    """Run ``fn(*args)`` now in the context of the local port ``port_``; return its result.
+
+    An exception kills ``port_`` with ``("die", ...)`` (and ``peval`` returns None).
+
+    Example::
+
+        peval(p, lambda: mon(other))   # p now gets killed when other crashes
+    """
+    p = _k._lookup(port_)
+    if p is None:
+        raise ValueError("peval: no such local port %r" % (port_,))
+    return _in_context(p, fn, args, {})
+
+
+def cal(port_, *msg, cb, timeout=None):
+    """Send ``msg`` plus a fresh reply port to ``port_``; call ``cb(*reply)`` with the reply.
+
+    With ``timeout`` (seconds) ``cb()`` is called with no arguments if no reply came in time;
+    without one the reply port monitors ``port_`` and simply goes away if it dies. Returns the
+    reply port ID.
+
+    Example::
+
+        cal(server, "add", 1, 2, cb=lambda result: print("1+2 =", result), timeout=5)
+    """
+    reply = _CallbackPort(_k._new_name())
+    _k._register(reply)
+    reply_id = reply.id
+    timer = None
+
+    def on_reply(*r):
+        if timer is not None:
+            timer.close()
+        _kill_local(reply, ())
+        cb(*r)
+
+    reply.default = on_reply
+    if timeout is not None:
+        timer = _k._get_hub().loop.timer(timeout)
+
+        def on_timeout():
+            if reply.monitors is not _DEAD:
+                _kill_local(reply, ())
+                cb()
+
+        timer.start(_k._spawn_raw, on_timeout)
+    else:
+        _k._add_monitor(port_, lambda *reason: _kill_local(reply, reason))
+    _k.snd(port_, *msg, reply_id)
+    return reply_id
+
+
+class _CallWaiter:
+    __slots__ = ("greenlet", "resume")
+
+
+def call(port_, *msg, timeout=None):
+    """Send ``msg`` plus a reply port to ``port_`` and block until the reply; return it as a list.
+
+    Raises ``aemp_green.Timeout`` after ``timeout`` seconds and ``aemp_green.PortDied(reason)``
+    if ``port_`` dies (or its node becomes unreachable) first. Blocks only this greenlet.
+
+    Example::
+
+        total = call(server, "add", 1, 2, timeout=5)[0]
+    """
+    cur = getcurrent()
+    if cur is _k._get_hub():
+        raise RuntimeError("call() cannot block in the hub greenlet")
+    w = _CallWaiter()
+    w.greenlet = cur
+    w.resume = None
+    state = [True]
+
+    def finish(value):
+        if state[0]:
+            state[0] = False
+            _k._wake(w, value)
+
+    reply = _CallbackPort(_k._new_name(), lambda *r: finish(("reply", r)))
+    _k._register(reply)
+    undo = _k._add_monitor(port_, lambda *reason: finish(("died", reason)))
+    timer = None
+    if timeout is not None:
+        timer = _k._get_hub().loop.timer(max(timeout, 0))
+        timer.start(finish, ("timeout",))
+    try:
+        _k.snd(port_, *msg, reply.id)
+        r = _k._block()
+    finally:
+        state[0] = False
+        w.resume = None
+        if timer is not None:
+            timer.close()
+        undo()
+        _kill_local(reply, ())
+    kind = r[0]
+    if kind == "reply":
+        return list(r[1])
+    if kind == "died":
+        raise PortDied(r[1])
+    raise Timeout("call to %s timed out after %s s" % (port_, timeout))
+
