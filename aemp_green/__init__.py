@@ -25,6 +25,9 @@ from ._version import __version__
 from .exceptions import AempError, ConfigError, PortDied, ProtocolError, Timeout
 from .kernel import NODE, after, kil, mon, mon_guard, node_id, node_of, port_is_local, snd
 from .ports import SELF, cal, call, peval, port, psub, rcv, receive, receive_match, spawn
+from .node import (configure, eval_on, known_nodes, mon_nodes, node_is_up, shutdown, snd_on,
+                   snd_to_func, up_nodes)
+from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
@@ -54,6 +57,24 @@ __all__ = [
     # calls
     "cal",
     "call",
+    # network
+    "configure",
+    "shutdown",
+    "node_is_up",
+    "up_nodes",
+    "known_nodes",
+    "mon_nodes",
+    "snd_to_func",
+    "snd_on",
+    "eval_on",
+    # shared database
+    "db_set",
+    "db_del",
+    "db_reg",
+    "db_family",
+    "db_keys",
+    "db_values",
+    "db_mon",
     # errors
     "AempError",
     "ConfigError",

@@ -10,8 +10,11 @@ reads that once per call site (cached), so::
     g = mon(port, cb)        # kept: monitoring stops when g is dropped or g.cancel() is called
     with mon(port, cb): ...  # stops at the end of the block
 
-When the call site cannot be inspected the guard is treated as thrown away, the safe side:
-nothing is cancelled behind the user's back.
+A guard that is *returned* (``return mon(...)``, or a lambda such as ``lambda: mon(...)`` used
+as a handler) counts as not kept: handlers' results are thrown away by the caller, just as AEMP
+calls them in void context; ``cancel()`` still works on it. Whenever the call site cannot be
+inspected the guard is treated as thrown away, the safe side: nothing is cancelled behind the
+user's back.
 """
 
 import dis
@@ -24,6 +27,9 @@ __all__ = ["Guard"]
 logger = logging.getLogger(__name__)
 
 _site_cache = {}
+# the result is thrown away, or handed back to a caller we cannot see (a lambda handler's
+# ``return mon(...)``: AEMP calls handlers in void context, so that must keep monitoring)
+_NOT_KEPT = frozenset(("POP_TOP", "RETURN_VALUE", "YIELD_VALUE"))
 
 
 def _result_kept(frame):
@@ -39,7 +45,7 @@ def _result_kept(frame):
             _site_cache[code] = table
         offsets, names = table
         idx = bisect_right(offsets, frame.f_lasti)
-        kept = idx < len(names) and names[idx] != "POP_TOP"
+        kept = idx < len(names) and names[idx] not in _NOT_KEPT
         _site_cache[key] = kept
     return kept
 

@@ -38,6 +38,7 @@ __all__ = [
     "mon_guard",
     "after",
     "node_request",
+    "deliver_remote",
     "register_node_request",
 ]
 
@@ -189,6 +190,11 @@ def _dispatch(p, msg):
     if _queue:  # something older is still waiting (its drainer is blocked): keep FIFO
         _queue.append((p, msg))
         p = None
+    _drain(cur, p, msg)
+
+
+def _drain(cur, p=None, msg=None):
+    """Become the drainer of ``_queue`` in greenlet ``cur`` (after running ``p`` first)."""
     _draining.add(cur)
     prev = getattr(cur, "aemp_self", None)
     try:
@@ -219,9 +225,9 @@ def _spawn_drainer():
 
 
 def _drain_only():
-    if _queue:
-        p, msg = _queue.popleft()
-        _dispatch(p, msg)
+    cur = getcurrent()
+    if _queue and cur not in _draining:
+        _drain(cur)
 
 
 # --------------------------------------------------------------------------- greenlet wake-ups
@@ -287,7 +293,6 @@ class _NoNetwork:
 
     def monitor(self, nodeid, portname, action):
         _spawn_raw(action, "transport_error", nodeid, "no known address")
-        return None
 
     def unmonitor(self, nodeid, portname, action):
         pass
@@ -327,6 +332,25 @@ def snd(port, *msg):
             p._deliver(msg)
     else:
         _net.send(node, (name,) + msg)
+
+
+def deliver_remote(from_node, frame):
+    """Deliver a frame ``[portname, *msg]`` that arrived from ``from_node`` (called by ``node``).
+
+    Frames whose port name is not a string are logged and dropped; unknown ports drop silently.
+    """
+    if not frame:
+        return
+    name = frame[0]
+    if name.__class__ is not str:
+        logger.warning("frame from %s with non-string port name %r dropped", from_node, name)
+        return
+    if name:
+        p = _ports.get(name)
+        if p is not None:
+            p._deliver(frame[1:])
+    else:
+        node_request(from_node, frame[1:])
 
 
 def kil(port, *reason):
@@ -400,36 +424,55 @@ def _monitor_action(cb, msg):
     return lambda *reason: reason and kil(cb, *reason)
 
 
+class _MonitorAction:
+    """A monitor registration: calls ``action(*reason)`` once, unless cancelled before."""
+
+    __slots__ = ("action",)
+
+    def __init__(self, action):
+        self.action = action
+
+    def __call__(self, *reason):
+        action, self.action = self.action, None
+        if action is not None:
+            action(*reason)
+
+
 def _add_monitor(port, action):
-    """Monitor ``port`` with the callable ``action``; returns the undo function."""
+    """Monitor ``port`` with the callable ``action``; returns the undo function.
+
+    The undo works until the action has actually run, also after the port died and the
+    firing was scheduled.
+    """
     node, _, name = port.partition("#")
+    m = _MonitorAction(action)
     if node == _NODE:
         p = _ports.get(name) if name else None
         if p is None or p.monitors is _DEAD:
-            cell = [action]
-
-            def fire():
-                if cell[0] is not None:
-                    cell[0]("no_such_port", "cannot monitor nonexistent port", port)
-
-            _spawn_raw(fire)
-            return lambda: cell.__setitem__(0, None)
+            _spawn_raw(m, "no_such_port", "cannot monitor nonexistent port", port)
+            return lambda: setattr(m, "action", None)
         if p.monitors is None:
-            p.monitors = [action]
+            p.monitors = [m]
         else:
-            p.monitors.append(action)
+            p.monitors.append(m)
 
         def undo():
+            m.action = None
             mons = p.monitors
             if mons:
                 try:
-                    mons.remove(action)
+                    mons.remove(m)
                 except ValueError:
                     pass
 
         return undo
-    _net.monitor(node, name, action)
-    return lambda: _net.unmonitor(node, name, action)
+    _net.monitor(node, name, m)
+
+    def undo_remote():
+        m.action = None
+        _net.unmonitor(node, name, m)
+
+    return undo_remote
 
 
 def mon(port, cb=_MISSING, *msg):

@@ -552,10 +552,13 @@ def cal(port_, *msg, cb, timeout=None):
     _k._register(reply)
     reply_id = reply.id
     timer = None
+    undo_mon = None
 
     def on_reply(*r):
         if timer is not None:
             timer.close()
+        if undo_mon is not None:
+            undo_mon()
         _kill_local(reply, ())
         cb(*r)
 
@@ -570,7 +573,7 @@ def cal(port_, *msg, cb, timeout=None):
 
         timer.start(_k._spawn_raw, on_timeout)
     else:
-        _k._add_monitor(port_, lambda *reason: _kill_local(reply, reason))
+        undo_mon = _k._add_monitor(port_, lambda *reason: _kill_local(reply, reason))
     _k.snd(port_, *msg, reply_id)
     return reply_id
 

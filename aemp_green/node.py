@@ -1,0 +1,567 @@
+"""node: remote nodes, connections made on demand, remote monitors, seeds, ``configure``.
+
+One ``RemoteNode`` per other node this process has heard of. Sending to a node that is not
+connected queues the frame and connects: to the addresses the node is known by (seeds, the
+global database's ``'l`` family, ``g_found`` answers) or, for a node ID of the form
+``host:port``, to that address. If no link is up within ``connect_interval`` every monitor on
+that node fires with ``("transport_error", node, "connect timeout")`` and the queue is dropped.
+A link that breaks fires them with the reason it broke; frames still queued on it are dropped,
+never delivered after the monitors fired (the no-holes guarantee); a later send reconnects.
+
+The kernel reaches this module only through the object registered with
+``kernel._set_network``; incoming frames go back up through ``kernel.deliver_remote``.
+"""
+
+import logging
+import random
+import re
+import socket as _stdsocket
+
+import gevent
+from gevent.event import Event
+
+from . import config as _config
+from . import kernel as _k
+from . import transport
+from ._guard import Guard
+from .exceptions import ConfigError, RemoteProtocolError
+
+__all__ = [
+    "configure",
+    "node_is_up",
+    "up_nodes",
+    "known_nodes",
+    "mon_nodes",
+    "snd_to_func",
+    "snd_on",
+    "eval_on",
+    "RemoteNode",
+]
+
+logger = logging.getLogger(__name__)
+
+_nodes = {}  # nodeid -> RemoteNode
+_cfg = dict(_config.DEFAULTS)
+_listeners = []
+_binds = []  # our listener addresses as "host:port" strings (what others learn)
+_configured = False
+_node_watchers = []  # mon_nodes callbacks
+_seed_greenlets = []
+_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d+)$")
+
+
+def _hooks():
+    from . import global_
+
+    return global_
+
+
+# --------------------------------------------------------------------------- remote nodes
+
+class RemoteNode:
+    """Another node: its link (when up), frames waiting for a link, and monitors on its ports."""
+
+    def __init__(self, nodeid):
+        self.id = nodeid
+        self.link = None  # the link we send on
+        self.extra_links = []  # links from a simultaneous connect: read from, never sent on
+        self.queue = []
+        self.monitors = {}  # portname -> [actions]
+        self.connecting = False
+        self.addrs = None  # list of "host:port" when known
+        self._timer = None
+        self._attempts = {}
+        self.up_event = Event()
+
+    @property
+    def is_up(self):
+        return self.link is not None
+
+    # -- sending -------------------------------------------------------------------------
+    def send(self, frame):
+        link = self.link
+        if link is not None:
+            link.send(frame)
+            return
+        self.queue.append(frame)
+        if not self.connecting:
+            self.connect()
+
+    # -- connecting ----------------------------------------------------------------------
+    def connect(self):
+        if self.link is not None or self.connecting:
+            return
+        self.connecting = True
+        loop = gevent.get_hub().loop
+        self._timer = loop.timer(float(_cfg["connect_interval"]))
+        self._timer.start(self._connect_timeout)
+        addrs = self.addrs or _explicit_address(self.id)
+        if addrs:
+            self.connect_to(addrs)
+        elif not _hooks().find_node(self.id):
+            self.transport_error("no known address")
+
+    def found(self, addrs):
+        """``g_found`` (or the database) told us where this node listens."""
+        if addrs:
+            self.addrs = list(addrs)
+            if self.connecting and not self._attempts:
+                self.connect_to(self.addrs)
+        elif self.connecting and not self._attempts:
+            self.transport_error("no known address")
+
+    def connect_to(self, addrs):
+        if self.link is not None:
+            return
+        monitor = float(_cfg["monitor_timeout"])
+        interval = float(_cfg["connect_interval"])
+        if (monitor - interval) / len(addrs) < interval:
+            interval = (monitor - interval) / len(addrs)
+        interval = max(interval, 0.4)
+        for i, addr in enumerate(addrs):
+            if addr in self._attempts:
+                continue
+            delay = i * interval * (0.9 + 0.1 * random.random())
+            self._attempts[addr] = gevent.spawn_later(delay, self._attempt, addr)
+
+    def _attempt(self, addr):
+        try:
+            if self.link is not None:
+                return
+            host, port = _split_hostport(addr)
+            logger.debug("connecting to %s at %s", self.id, addr)
+            _dial(host, port, expect=self.id)
+        except Exception as exc:
+            logger.debug("connect to %s at %s failed: %s", self.id, addr, exc)
+        finally:
+            self._attempts.pop(addr, None)
+
+    def _connect_timeout(self):
+        if self.link is None and self.connecting:
+            self.transport_error("connect timeout")
+
+    # -- link up/down --------------------------------------------------------------------
+    def attach(self, link):
+        if self.link is not None:
+            self.extra_links.append(link)
+            return
+        self.link = link
+        self.connecting = False
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        queue, self.queue = self.queue, []
+        for frame in queue:
+            try:
+                link.send(frame)
+            except TypeError as exc:
+                logger.error("message to %s dropped: %s", self.id, exc)
+        logger.info("%s is up", self.id)
+        self.up_event.set()
+        _notify_watchers(self.id, True, ())
+        _hooks().node_up(self)
+
+    def detach(self, link, why):
+        if link in self.extra_links:
+            self.extra_links.remove(link)
+            return
+        if link is not self.link:
+            return
+        self.link = None
+        self.up_event.clear()
+        self.transport_error(why)
+        if self.extra_links:  # a simultaneous connection survives: use it from now on
+            self.attach(self.extra_links.pop(0))
+
+    def transport_error(self, why):
+        """Fire every monitor on this node once with ``("transport_error", id, why)``."""
+        was_up = self.link is not None
+        if self.link is not None:
+            link, self.link = self.link, None
+            link.close(why)
+        self.connecting = False
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        self.queue = []
+        mons, self.monitors = self.monitors, {}
+        reason = ("transport_error", self.id, why)
+        actions = [a for lst in mons.values() for a in lst]
+        if actions:
+            _k._spawn_raw(_k._fire_monitors, actions, reason)
+        logger.info("%s is down: %s", self.id, why)
+        _k._forget_node_monitors(self.id)
+        if was_up or why not in ("connect timeout", "no known address"):
+            _notify_watchers(self.id, False, reason)
+        _hooks().node_down(self)
+
+    # -- monitors ------------------------------------------------------------------------
+    def monitor(self, portname, action):
+        lst = self.monitors.get(portname)
+        if lst is None:
+            self.monitors[portname] = [action]
+            self.send(("", "mon1", portname))
+        else:
+            lst.append(action)
+
+    def unmonitor(self, portname, action):
+        lst = self.monitors.get(portname)
+        if not lst:
+            return
+        try:
+            lst.remove(action)
+        except ValueError:
+            return
+        if not lst:
+            del self.monitors[portname]
+            if self.link is not None:
+                self.link.send(("", "mon0", portname))
+
+    def port_died(self, portname, reason):
+        actions = self.monitors.pop(portname, None)
+        if actions:
+            _k._spawn_raw(_k._fire_monitors, actions, tuple(reason))
+
+    def __repr__(self):
+        return "<RemoteNode %s %s>" % (self.id, "up" if self.link else "down")
+
+
+def get_node(nodeid):
+    """The ``RemoteNode`` for ``nodeid``, created on first use."""
+    n = _nodes.get(nodeid)
+    if n is None:
+        n = _nodes[nodeid] = RemoteNode(nodeid)
+    return n
+
+
+def _explicit_address(nodeid):
+    """A node ID of the form ``host:port`` is reachable at that address (documented rule)."""
+    if _HOSTPORT.match(nodeid):
+        return [nodeid]
+    return None
+
+
+def _split_hostport(addr):
+    host, port = _config.parse_address(addr)
+    if port is None:
+        raise ConfigError("address without a port: %r" % (addr,))
+    return host, port
+
+
+class _Net:
+    """What the kernel calls for everything that leaves this node."""
+
+    def send(self, nodeid, frame):
+        if nodeid == _k._NODE:
+            _k.deliver_remote(nodeid, frame)
+            return
+        get_node(nodeid).send(frame)
+
+    def monitor(self, nodeid, portname, action):
+        get_node(nodeid).monitor(portname, action)
+
+    def unmonitor(self, nodeid, portname, action):
+        n = _nodes.get(nodeid)
+        if n is not None:
+            n.unmonitor(portname, action)
+
+    def kill(self, nodeid, portname, reason):
+        self.send(nodeid, ("", "kil1", portname) + tuple(reason))
+
+    def port_died(self, nodeid, portname, reason):
+        n = _nodes.get(nodeid)
+        if n is not None:
+            n.port_died(portname, reason)
+
+
+_k._set_network(_Net())
+
+
+# --------------------------------------------------------------------------- links
+
+def _on_frame(link, frame):
+    _k.deliver_remote(link.nodeid, frame)
+
+
+def _on_close(link, why):
+    logger.debug("%s disconnected: %s", link.nodeid, why)
+    n = _nodes.get(link.nodeid)
+    if n is not None:
+        n.detach(link, why)
+    link.closed_event.set()
+
+
+def _refuse_duplicates(ev):
+    n = _nodes.get(ev.nodeid)
+    if n is not None and n.link is not None:
+        raise transport.HandshakeRefused("%s already connected, not connecting again." % ev.nodeid)
+
+
+def _start_link(sock, est, trailing, outgoing):
+    link = transport.Link(sock, est.peer_nodeid, est.send_framing, est.recv_framing, trailing,
+                          _on_frame, _on_close, max_frame=int(_cfg.get("max_frame") or 64 << 20),
+                          peer_kv=est.kv, outgoing=outgoing)
+    link.closed_event = Event()
+    get_node(est.peer_nodeid).attach(link)
+    return link
+
+
+def _dial(host, port, expect=None):
+    """Connect to ``host:port``, handshake, attach the link and read it until it closes.
+
+    Returns the link after it closed; raises on connect/handshake failure.
+    """
+    sock = transport.connect(host, port, timeout=float(_cfg["connect_interval"]))
+    transport._apply_sockopts(sock, _cfg.get("nodelay", True), _cfg.get("autocork", False))
+    peeraddr = transport.bind_string(host, port)
+    hs = transport.make_handshake(_cfg, _k._NODE, peeraddr)
+
+    def on_greeting(ev):
+        if expect is not None and ev.nodeid != expect:
+            raise transport.HandshakeRefused("dialled %s but %s answered" % (expect, ev.nodeid))
+        _refuse_duplicates(ev)
+
+    try:
+        sock, est, trailing = transport.run_handshake(
+            sock, hs, timeout=float(_cfg["monitor_timeout"]), on_greeting=on_greeting,
+            cert=_cfg.get("cert"))
+    except BaseException:
+        sock.close()
+        raise
+    link = _start_link(sock, est, trailing, outgoing=True)
+    gevent.spawn(link.run)
+    return link
+
+
+def _accept(sock, addr):
+    transport._apply_sockopts(sock, _cfg.get("nodelay", True), _cfg.get("autocork", False))
+    peeraddr = transport.bind_string(addr[0], addr[1])
+    hs = transport.make_handshake(_cfg, _k._NODE, peeraddr)
+    try:
+        sock, est, trailing = transport.run_handshake(
+            sock, hs, timeout=float(_cfg["monitor_timeout"]), on_greeting=_refuse_duplicates,
+            cert=_cfg.get("cert"))
+    except (RemoteProtocolError, transport.HandshakeRefused) as exc:
+        logger.info("%s disconnected - %s", peeraddr, exc)
+        return
+    except (OSError, gevent.Timeout) as exc:
+        logger.info("%s disconnected - %s", peeraddr, exc)
+        return
+    if est.protocol != "aemp":
+        _hooks().subprotocol(est, sock, trailing)
+        return
+    link = _start_link(sock, est, trailing, outgoing=False)
+    link.run()
+
+
+# --------------------------------------------------------------------------- seeds
+
+def _seed_loop(addr):
+    """Keep a connection to the seed at ``addr`` with back-off; announce ourselves as slave."""
+    backoff = (1 + random.random()) * 0.6
+    while True:
+        try:
+            host, port = _split_hostport(addr)
+            link = _dial(host, port)
+        except RemoteProtocolError as exc:
+            if "refuse to talk to myself" in str(exc):
+                logger.debug("seed %s is ourselves: this node is global", addr)
+                _hooks().become_global()
+                return
+            logger.debug("seed %s: %s", addr, exc)
+        except transport.HandshakeRefused as exc:
+            logger.debug("seed %s: %s", addr, exc)
+        except (OSError, gevent.Timeout, ConfigError) as exc:
+            logger.debug("seed %s unreachable: %s", addr, exc)
+        else:
+            backoff = (1 + random.random()) * 0.6
+            _hooks().seed_up(addr, link)
+            link.closed_event.wait()
+            continue
+        gevent.sleep(backoff)
+        backoff = min(backoff * 2, float(_cfg["monitor_timeout"]))
+
+
+# --------------------------------------------------------------------------- configure
+
+def configure(profile=None, **kv):
+    """Configure this node once per process: node ID, listeners, seeds, secret, ...
+
+    Keys as AEMP (``nodeid``, ``binds``, ``seeds``, ``secret``, ``cert``, ``secure``,
+    ``services``, ``monitor_timeout``, ``connect_interval``, ``framing_format``, ``auth_offer``,
+    ``auth_accept``, ``autocork``, ``nodelay``, ``parent``, ``force``, ``norc``), merged with the
+    rc file and its profiles exactly as AEMP does (see ``config.find_profile``). Returns the
+    effective configuration.
+
+    Example::
+
+        configure(nodeid="worker/", binds=["127.0.0.1:*"], seeds=["127.0.0.1:4040"],
+                  secret="s3cret", norc=True)
+    """
+    global _cfg, _configured
+    if _configured:
+        raise RuntimeError("configure() can only be called once per process")
+    norc = kv.get("norc")
+    rc = {} if norc else _config.load_rc()
+    cfg = _config.validate(_config.find_profile(rc, profile, **kv))
+    nodeid = _config.expand_nodeid(_config.default_nodeid(cfg))
+    _k._set_node_id(nodeid)
+    _k._set_secure(cfg.get("secure"))
+    _cfg = cfg
+    _configured = True
+
+    # listeners
+    for host, port in _config.expand_binds(cfg.get("binds") or ["*"]):
+        lst = transport.Listener(host, port, _accept)
+        lst.start()
+        _listeners.append(lst)
+        _binds.append(transport.bind_string(*lst.address))
+    logger.info("node %s listens on %s", nodeid, _binds)
+    _hooks().configured(cfg)
+
+    for seed in cfg.get("seeds") or []:
+        _seed_greenlets.append(gevent.spawn(_seed_loop, seed))
+
+    for service in cfg.get("services") or []:
+        _start_service(service)
+    return cfg
+
+
+def _start_service(service):
+    """``"pkg.mod."`` imports a module, ``"pkg.func"`` calls it, ``["pkg.func", args...]`` too."""
+    import importlib
+
+    try:
+        if isinstance(service, list):
+            _k._resolve_function(service[0])(*service[1:])
+        elif service.endswith("::") or service.endswith("."):
+            importlib.import_module(service.rstrip(":.").replace("::", "."))
+        else:
+            _k._resolve_function(service)()
+    except Exception:
+        logger.exception("service %r failed to start", service)
+
+
+def listener_addresses():
+    """This node's listener addresses, ``["host:port", ...]`` (what other nodes learn)."""
+    return list(_binds)
+
+
+def shutdown():
+    """Stop listening, close every link (peers see the connection end) and stop seed loops.
+
+    Example::
+
+        shutdown()
+    """
+    for g in _seed_greenlets:
+        g.kill(block=False)
+    for lst in _listeners:
+        lst.stop()
+    for n in list(_nodes.values()):
+        for link in [n.link] + list(n.extra_links):
+            if link is not None:
+                link.close("shutdown")
+
+
+# --------------------------------------------------------------------------- node watching
+
+def node_is_up(nodeid):
+    """True if connected (or ourselves), False if known but not connected, None if unknown.
+
+    Example::
+
+        if node_is_up("seed"): ...
+    """
+    if nodeid == _k._NODE:
+        return True
+    n = _nodes.get(nodeid)
+    if n is None:
+        return None
+    return n.link is not None
+
+
+def up_nodes():
+    """IDs of the nodes we have a link to.
+
+    Example::
+
+        print(up_nodes())
+    """
+    return [n.id for n in _nodes.values() if n.link is not None]
+
+
+def known_nodes():
+    """IDs of every node this node has heard of (connected or not).
+
+    Example::
+
+        print(known_nodes())
+    """
+    return list(_nodes)
+
+
+def mon_nodes(cb):
+    """Call ``cb(node, is_up, *reason)`` whenever a node connects or disconnects; returns a guard.
+
+    Example::
+
+        mon_nodes(lambda node, up, *why: print(node, "up" if up else "down", why))
+    """
+    _node_watchers.append(cb)
+
+    def undo():
+        try:
+            _node_watchers.remove(cb)
+        except ValueError:
+            pass
+
+    return Guard.for_caller(undo)
+
+
+def _notify_watchers(nodeid, is_up, reason):
+    for cb in list(_node_watchers):
+        _k._spawn_raw(_safe_call, cb, nodeid, is_up, *reason)
+
+
+def _safe_call(cb, *args):
+    try:
+        cb(*args)
+    except Exception:
+        logger.exception("mon_nodes callback %r failed", cb)
+
+
+def snd_to_func(nodeid, func, *args):
+    """Ask ``nodeid`` to call its function ``func(*args)`` (refused by ``secure`` nodes).
+
+    Example::
+
+        snd_to_func("worker/abc", "myapp.jobs.start", 42)
+    """
+    _k.snd(nodeid, func, *args)
+
+
+def snd_on(nodeid, port, *msg):
+    """Ask ``nodeid`` to send ``msg`` to ``port`` (a relay through that node).
+
+    Example::
+
+        snd_on("seed", target_port, "hello")
+    """
+    _k.snd(nodeid, "snd", port, *msg)
+
+
+def eval_on(nodeid, expr, *reply):
+    """Ask ``nodeid`` to evaluate ``expr``; the reply port gets ``(error_text, result)``.
+
+    Python nodes evaluate a Python expression, Perl nodes Perl code; ``secure`` nodes refuse.
+
+    Example::
+
+        cal(NODE(), cb=print)  # see tests; typically: eval_on(node, "1+1", SELF(), "result")
+    """
+    _k.snd(nodeid, "eval", expr, *reply)
+
+
+def _hostname():
+    return _stdsocket.gethostname()
