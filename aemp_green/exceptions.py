@@ -18,7 +18,15 @@ __all__ = [
 
 
 class AempError(Exception):
-    """Base class of every aemp_green error."""
+    """Base class of every aemp_green error.
+
+    Example::
+
+        try:
+            call(server, "job", timeout=5)
+        except AempError as e:       # Timeout, PortDied, ...
+            print("call failed:", e)
+    """
 
 
 class Timeout(AempError):
@@ -56,7 +64,15 @@ class PortDied(AempError):
 
 
 class ProtocolError(AempError):
-    """Base of wire-protocol errors."""
+    """Base of wire-protocol errors.
+
+    Example::
+
+        try:
+            JsonDecoder().feed(b"garbage")
+        except ProtocolError as e:
+            print("peer sent garbage:", e)
+    """
 
 
 class LocalProtocolError(ProtocolError):
@@ -68,4 +84,12 @@ class RemoteProtocolError(ProtocolError):
 
 
 class ConfigError(AempError, ValueError):
-    """A configuration value, profile or rc file is invalid."""
+    """A configuration value, profile or rc file is invalid.
+
+    Example::
+
+        try:
+            configure(monitor_timeout=-1)
+        except ConfigError as e:
+            print(e)      # names the key and what is wrong with it
+    """
