@@ -80,16 +80,30 @@ node_id = NODE
 
 
 def _set_node_id(nodeid):
+    """Change this node's ID (``configure``); every local port's ID changes with it, as in AEMP."""
     global _NODE
     if "#" in nodeid:
         raise ValueError("node ID must not contain '#': %r" % (nodeid,))
     _NODE = nodeid
+    ports = [p for p in _ports.values() if p is not _node_port]
+    _ports.clear()
+    for p in ports:
+        p.id = nodeid + "#" + p.name
+        _ports[p.id] = p
+    _ports[nodeid] = _ports[nodeid + "#"] = _node_port
 
 
 def _new_name():
     global _next_id
     _next_id += 1
     return _UNIQ + _base62(_next_id)
+
+
+def _new_id():
+    """A fresh local port ID (``<node>#<name>``)."""
+    global _next_id
+    _next_id += 1
+    return _NODE + "#" + _UNIQ + _base62(_next_id)
 
 
 def _new_spawn_name():
@@ -137,7 +151,7 @@ def port_id(name):
 
 # --------------------------------------------------------------------------- port table
 
-_ports = {}  # name -> port object ("" is the node port)
+_ports = {}  # full port ID -> port object (the node port under "<node>" and "<node>#")
 _hub = None
 
 
@@ -149,15 +163,20 @@ def _get_hub():
 
 
 def _register(p):
-    _ports[p.name] = p
+    _ports[p.id] = p
 
 
 def _lookup(port):
-    """The local port object for a port ID, or None (also for remote IDs)."""
-    node, _, name = port.partition("#")
-    if node != _NODE or not name:
+    """The local port object for a port ID, or None (also for remote IDs and the node port)."""
+    p = _ports.get(port)
+    return None if p is _node_port else p
+
+
+def _local_by_name(name):
+    """The local port called ``name`` (as remote frames and node requests name it), or None."""
+    if not name:
         return None
-    return _ports.get(name)
+    return _ports.get(_NODE + "#" + name)
 
 
 # --------------------------------------------------------------------------- SELF context
@@ -184,13 +203,24 @@ _drain_scheduled = False
 def _dispatch(p, msg):
     """Run ``p._run(msg)`` without ever nesting handler calls (see module docstring)."""
     cur = getcurrent()
-    if cur in _draining:
+    if _queue or cur in _draining:
         _queue.append((p, msg))
-        return
-    if _queue:  # something older is still waiting (its drainer is blocked): keep FIFO
-        _queue.append((p, msg))
-        p = None
-    _drain(cur, p, msg)
+        if cur in _draining:  # a handler is running in this greenlet: the loop below takes it
+            return
+        p = None  # something older waits (its drainer is blocked): keep FIFO, drain here
+    _draining.add(cur)
+    prev = getattr(cur, "aemp_self", None)
+    try:
+        if p is not None:
+            p._run(msg, cur)
+        while _queue:
+            p, msg = _queue.popleft()
+            p._run(msg, cur)
+    finally:
+        cur.aemp_self = prev
+        _draining.discard(cur)
+        if _queue and not _draining:
+            _schedule_drain()
 
 
 def _drain(cur, p=None, msg=None):
@@ -325,12 +355,12 @@ def snd(port, *msg):
         p = port(lambda *msg: print("got", msg))
         snd(p, "hello", 1, [2, 3])
     """
+    p = _ports.get(port)
+    if p is not None:
+        p._deliver(msg)
+        return
     node, _, name = port.partition("#")
-    if node == _NODE:
-        p = _ports.get(name)
-        if p is not None:
-            p._deliver(msg)
-    else:
+    if node != _NODE:
         _net.send(node, (name,) + msg)
 
 
@@ -346,7 +376,7 @@ def deliver_remote(from_node, frame):
         logger.warning("frame from %s with non-string port name %r dropped", from_node, name)
         return
     if name:
-        p = _ports.get(name)
+        p = _ports.get(_NODE + "#" + name)
         if p is not None:
             p._deliver(frame[1:])
     else:
@@ -363,14 +393,14 @@ def kil(port, *reason):
         kil(worker)                       # normal exit, monitors get no arguments
         kil(worker, "error", "bad job")   # crash, monitors get ("error", "bad job")
     """
+    p = _ports.get(port)
+    if p is not None and p is not _node_port:
+        _kill_local(p, reason)
+        return
     node, _, name = port.partition("#")
     if not name:
         raise ValueError("cannot kill a node port: %r" % (port,))
-    if node == _NODE:
-        p = _ports.get(name)
-        if p is not None:
-            _kill_local(p, reason)
-    else:
+    if node != _NODE:
         _net.kill(node, name, reason)
 
 
@@ -383,8 +413,8 @@ def _kill_local(p, reason):
     if mons is _DEAD:
         return
     p.monitors = _DEAD
-    if _ports.get(p.name) is p:
-        del _ports[p.name]
+    if _ports.get(p.id) is p:
+        del _ports[p.id]
     reason = tuple(reason)
     if mons:
         _spawn_raw(_fire_monitors, mons, reason)
@@ -447,7 +477,7 @@ def _add_monitor(port, action):
     node, _, name = port.partition("#")
     m = _MonitorAction(action)
     if node == _NODE:
-        p = _ports.get(name) if name else None
+        p = _lookup(port) if name else None
         if p is None or p.monitors is _DEAD:
             _spawn_raw(m, "no_such_port", "cannot monitor nonexistent port", port)
             return lambda: setattr(m, "action", None)
@@ -584,7 +614,8 @@ class _NodePort:
         raise ValueError("the node port cannot die")
 
 
-_ports[""] = _NodePort()
+_node_port = _NodePort()
+_ports[_NODE] = _ports[_NODE + "#"] = _node_port
 
 
 def node_request(from_node, msg):
@@ -652,7 +683,7 @@ _remote_monitors = {}  # (from_node, portname) -> action
 
 def _req_mon1(from_node, portid, *_):
     name = portid.partition("#")[2] if "#" in portid else portid
-    p = _ports.get(name) if name else None
+    p = _local_by_name(name)
     if p is None or p.monitors is _DEAD:
         _reply_kil0(from_node, name, ("no_such_port", "cannot monitor nonexistent port",
                                       _NODE + "#" + name))
@@ -681,7 +712,7 @@ def _reply_kil0(to_node, name, reason):
 def _req_mon0(from_node, portid, *_):
     name = portid.partition("#")[2] if "#" in portid else portid
     action = _remote_monitors.pop((from_node, name), None)
-    p = _ports.get(name)
+    p = _local_by_name(name)
     if action is not None and p is not None and p.monitors:
         try:
             p.monitors.remove(action)
@@ -703,7 +734,7 @@ def _req_kil1(from_node, portname, *reason):
     if not portname:
         logger.warning("kil1 of the node port from %s ignored", from_node)
         return
-    p = _ports.get(portname)
+    p = _local_by_name(portname)
     if p is not None:
         _kill_local(p, reason)
 

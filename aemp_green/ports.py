@@ -84,32 +84,48 @@ def _run_handler(p, msg, cur):
     """Run the handler for ``msg`` in port context ``p`` (called by the kernel trampoline)."""
     if p.monitors is _DEAD:
         return
-    h, args = _find_handler(p, msg)
-    if h is None:
-        if p._keeps(msg):
+    handlers = p.handlers
+    if handlers is not None and msg:
+        try:
+            h = handlers.get(msg[0])
+        except TypeError:  # unhashable tag
+            h = None
+        if h is not None:
+            cur.aemp_self = p
+            try:
+                h(*msg[1:])
+            except Exception as exc:
+                _handler_died(p, exc)
             return
-        _unhandled(p, msg)
+    h = p.default
+    if h is None:
+        if not p._keeps(msg):
+            _unhandled(p, msg)
         return
     cur.aemp_self = p
     try:
-        h(*args)
+        h(*msg)
     except Exception as exc:
-        logger.error("port %s died in its handler", p.id, exc_info=True)
-        _kill_local(p, _k._die_reason(exc))
+        _handler_died(p, exc)
+
+
+def _handler_died(p, exc):
+    logger.error("port %s died in its handler", p.id, exc_info=True)
+    _kill_local(p, _k._die_reason(exc))
 
 
 class _CallbackPort:
-    __slots__ = ("name", "monitors", "handlers", "default")
+    __slots__ = ("id", "monitors", "handlers", "default")
 
-    def __init__(self, name, default=None):
-        self.name = name
+    def __init__(self, pid, default=None):
+        self.id = pid
         self.monitors = None
         self.handlers = None
         self.default = default
 
     @property
-    def id(self):
-        return _k._NODE + "#" + self.name
+    def name(self):
+        return self.id.partition("#")[2]
 
     _deliver = _dispatch
     _run = _run_handler
@@ -125,11 +141,11 @@ class _CallbackPort:
 
 
 class _GreenletPort:
-    __slots__ = ("name", "monitors", "handlers", "default", "greenlet", "mailbox", "waiting",
+    __slots__ = ("id", "monitors", "handlers", "default", "greenlet", "mailbox", "waiting",
                  "resume", "adopted", "reason")
 
-    def __init__(self, name):
-        self.name = name
+    def __init__(self, pid):
+        self.id = pid
         self.monitors = None
         self.handlers = None
         self.default = None
@@ -141,8 +157,8 @@ class _GreenletPort:
         self.reason = None
 
     @property
-    def id(self):
-        return _k._NODE + "#" + self.name
+    def name(self):
+        return self.id.partition("#")[2]
 
     def _deliver(self, msg):
         if self.handlers is not None or self.default is not None or self.greenlet is None:
@@ -247,8 +263,8 @@ def _port_main(p, fn, args):
     _kill_local(p, reason)
 
 
-def _new_greenlet_port(name, fn, args):
-    p = _GreenletPort(name)
+def _new_greenlet_port(pid, fn, args):
+    p = _GreenletPort(pid)
     hub = _k._get_hub()
     p.greenlet = _PortGreenlet(_port_main, parent=hub)
     _k._register(p)
@@ -287,9 +303,9 @@ def port(cb=None):
         p = port(lambda tag, *args: print(tag, args))
         snd(p, "hello", 1)
     """
-    p = _CallbackPort(_k._new_name(), cb)
-    _k._ports[p.name] = p
-    return _k._NODE + "#" + p.name
+    pid = _k._new_id()
+    _k._ports[pid] = _CallbackPort(pid, cb)
+    return pid
 
 
 def rcv(port_, *args):
@@ -357,7 +373,7 @@ def spawn(target, *args):
         e = spawn(echo)
     """
     if callable(target):
-        return _new_greenlet_port(_k._new_name(), target, args).id
+        return _new_greenlet_port(_k._new_id(), target, args).id
     if not isinstance(target, str) or not args or not isinstance(args[0], str):
         raise TypeError("spawn(fn, *args) or spawn(node, 'pkg.func', *args)")
     node = target.partition("#")[0]
@@ -372,18 +388,19 @@ def spawn(target, *args):
 
 def _spawn_named(from_node, name, funcname, *args):
     """Node request ``AnyEvent::MP::_spawn``: create port ``name`` running ``funcname``."""
-    if not isinstance(name, str) or not name or name in _k._ports:
+    if not isinstance(name, str) or not name or _k._local_by_name(name) is not None:
         logger.warning("spawn request from %s with bad or used port name %r", from_node, name)
         return
+    pid = _k._NODE + "#" + name
     try:
         fn = _k._resolve_function(funcname)
     except (LookupError, AttributeError) as exc:
         logger.warning("spawn request from %s: cannot resolve %r: %s", from_node, funcname, exc)
-        p = _GreenletPort(name)
+        p = _GreenletPort(pid)
         _k._register(p)
         _kill_local(p, ("die", "cannot resolve function %r: %s" % (funcname, exc)))
         return
-    _new_greenlet_port(name, fn, args)
+    _new_greenlet_port(pid, fn, args)
 
 
 _k.register_node_request("AnyEvent::MP::_spawn", _spawn_named, code=True)
@@ -400,7 +417,7 @@ def _own_port():
                            "(spawn) and plain greenlets can block in receive" % p.id)
     if cur is _k._get_hub():
         raise RuntimeError("receive() cannot block in the hub greenlet")
-    p = _GreenletPort(_k._new_name())
+    p = _GreenletPort(_k._new_id())
     p.greenlet = cur
     p.adopted = True
     _k._register(p)
@@ -560,9 +577,8 @@ def cal(port_, *msg, cb, timeout=None):
 
         cal(server, "add", 1, 2, cb=lambda result: print("1+2 =", result), timeout=5)
     """
-    reply = _CallbackPort(_k._new_name())
-    _k._register(reply)
-    reply_id = reply.id
+    reply_id = _k._new_id()
+    reply = _k._ports[reply_id] = _CallbackPort(reply_id)
     timer = None
     undo_mon = None
 
@@ -617,7 +633,7 @@ def call(port_, *msg, timeout=None):
             state[0] = False
             _k._wake(w, value)
 
-    reply = _CallbackPort(_k._new_name(), lambda *r: finish(("reply", r)))
+    reply = _CallbackPort(_k._new_id(), lambda *r: finish(("reply", r)))
     _k._register(reply)
     undo = _k._add_monitor(port_, lambda *reason: finish(("died", reason)))
     timer = None

@@ -469,7 +469,7 @@ def test_spawn_request_refused_on_secure_node(secure_node, caplog):
     name = "securetest" + kernel._base62(12345)
     kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target"])
     flush()
-    assert name not in kernel._ports
+    assert kernel._local_by_name(name) is None
     assert spawned_log[before:] == []
     assert any("secure" in r.getMessage() for r in caplog.records)
 

@@ -1,0 +1,720 @@
+"""framing: the two AEMP data-phase framings, ``json`` and ``cbor``, sans-IO.
+
+After the handshake every AEMP message is one array ``[portname, *payload]``, written back to
+back with no delimiter and no length prefix (PROTOCOL.md section 2). This module turns such
+arrays into bytes (``encode_json``, ``encode_cbor``) and byte streams into arrays
+(``JsonDecoder``, ``CborDecoder``). It never touches a socket: the transport feeds whatever it
+read, at any byte boundary, and sends whatever it was given.
+
+Value model
+    Both framings carry ``str``, ``int``, ``float``, ``bool``, ``None``, ``list``/``tuple``
+    (sent as arrays, received as ``list``) and ``dict`` with ``str`` keys. ``cbor`` also
+    carries ``bytes`` (and ``bytes`` dict keys), and floats NaN/Infinity. Anything else makes
+    the encoder raise ``TypeError`` naming the offending type, in the caller, before a single
+    byte is queued. Containers nested deeper than ``MAX_DEPTH`` (or cyclic) are refused too.
+
+json
+    We send compact UTF-8 (raw non-ASCII, ``/`` not escaped, no spaces) and end every frame
+    with ``b"\\n"``; a newline between frames is legal for Perl's incremental parser and lets a
+    receiver split cheaply. ``JsonDecoder`` takes both that and Perl's undelimited stream
+    (``["","g_slave"]["","g_find","seed"]``), with any whitespace between frames. It rejects
+    invalid UTF-8 (including UTF-8-encoded surrogates) and the non-JSON literals
+    ``NaN``/``Infinity``. (A ``\\ud800`` *escape* is syntactically valid JSON and is passed
+    through as a lone surrogate, as Python's ``json`` does.)
+
+cbor
+    One CBOR item per message, no self-describe tag, no delimiter. Python ``str`` goes out as a
+    CBOR text string, ``bytes`` as a byte string. The Perl peer sends almost every string (tags,
+    port ids, hash keys) as a CBOR *byte* string, so ``CborDecoder`` turns every byte string
+    that is pure ASCII into ``str``, everywhere: values, nested containers and map keys.
+    **Decision:** a byte string that is not pure ASCII stays ``bytes`` (it may be binary data;
+    Perl gives no way to tell). The one lossy case follows from this: a Python ``bytes`` value
+    that happens to be pure ASCII (``b"abc"``) arrives at a Python peer as ``str`` (``"abc"``),
+    exactly as a Perl peer would see no difference either. Map keys must be text or byte
+    strings (all Perl ever sends; anything else, e.g. an array used as key, is a
+    ``RemoteProtocolError``). If turning byte keys into ``str`` makes two keys equal
+    (``{b"a": 1, "a": 2}``) the later one wins. Tags: whatever ``cbor2`` decodes natively
+    (bignums, datetimes, ...) comes out as ``cbor2`` gives it, except shared references
+    (tags 28/29), which could build cyclic structures and are refused.
+
+Decoders
+    ``feed(data)`` returns the list of every frame completed so far (each a Python ``list``;
+    an empty array comes out as ``[]`` and is the kernel's to drop) and keeps the incomplete
+    tail. A frame that is not an array, malformed input, or a frame (complete or pending) larger
+    than ``max_frame`` raises ``RemoteProtocolError``; nothing else ever escapes ``feed``.
+    After an error the decoder is dead: every later ``feed`` raises the same error. A frame
+    split over many reads is resumed where scanning stopped, so a large frame costs linear,
+    not quadratic, time.
+
+Example::
+
+    >>> enc, Dec = codec("json")
+    >>> d = Dec()
+    >>> data = enc(["port", "hello", 1]) + b'["","g_find","seed"]["x"'
+    >>> d.feed(data[:5]), d.feed(data[5:]), d.feed(b"]")
+    ([], [['port', 'hello', 1], ['', 'g_find', 'seed']], [['x']])
+"""
+
+import io
+import json as _stdjson
+import logging
+import math
+import re
+
+import cbor2
+import ujson
+
+from .exceptions import RemoteProtocolError
+
+__all__ = [
+    "FRAMINGS",
+    "MAX_DEPTH",
+    "DEFAULT_MAX_FRAME",
+    "encode_json",
+    "encode_cbor",
+    "JsonDecoder",
+    "CborDecoder",
+    "codec",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The framings aemp_green speaks, in our order of preference.
+FRAMINGS = ("cbor", "json")
+
+#: Deepest container nesting the encoders accept (Perl's JSON::XS/CBOR::XS default is 512).
+MAX_DEPTH = 512
+
+#: Default limit for one frame, in bytes.
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+_NoneType = type(None)
+_JSON_SCALARS = frozenset((str, int, float, bool, _NoneType))
+_CBOR_SCALARS = frozenset((str, int, float, bool, _NoneType, bytes))
+_CONTAINERS = frozenset((list, tuple, dict))
+
+
+# --------------------------------------------------------------------------- value checks
+
+def _type_name(v):
+    t = type(v)
+    return t.__name__ if t.__module__ == "builtins" else "%s.%s" % (t.__module__, t.__qualname__)
+
+
+def _check_value(msg, cbor):
+    """Walk ``msg`` and raise ``TypeError`` for anything the framing cannot carry.
+
+    Returns True when every container and scalar had an exact builtin type (so the C encoder
+    can run without calling back into Python code).
+    """
+    fname = "cbor" if cbor else "json"
+    scalars = _CBOR_SCALARS if cbor else _JSON_SCALARS
+    key_types = (str, bytes) if cbor else str
+    scalar_bases = (str, int, float, bytes, bytearray) if cbor else (str, int, float)
+    exact = True
+    stack = [(msg, 1)]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        c, depth = pop()
+        if depth > MAX_DEPTH:
+            raise TypeError("cannot encode as %s: containers nested more than %d deep "
+                            "(or a cyclic structure)" % (fname, MAX_DEPTH))
+        if isinstance(c, dict):
+            if type(c) is not dict:
+                exact = False
+            for k in c:
+                if type(k) is not str and not isinstance(k, key_types):
+                    raise TypeError("cannot encode as %s: dict key %r has type %s, only %s keys "
+                                    "can be sent" % (fname, k, _type_name(k),
+                                                     "str or bytes" if cbor else "str"))
+            values = c.values()
+        else:
+            values = c
+        for v in values:
+            t = type(v)
+            if t in scalars:
+                continue
+            if t is list or t is tuple or t is dict:
+                push((v, depth + 1))
+            elif isinstance(v, (list, tuple, dict)):
+                exact = False
+                push((v, depth + 1))
+            elif isinstance(v, scalar_bases):
+                exact = False
+            else:
+                raise TypeError("cannot encode a value of type %s as %s (%r)"
+                                % (_type_name(v), fname, v))
+    return exact
+
+
+def _check_frame_type(msg, fname):
+    if not isinstance(msg, (list, tuple)):
+        raise TypeError("an AEMP %s frame must be a list or tuple, not %s" % (fname, _type_name(msg)))
+
+
+# --------------------------------------------------------------------------- json
+
+_ujson_dumps = ujson.dumps
+_ujson_loads = ujson.loads
+
+
+def encode_json(msg):
+    """Encode one message as a compact UTF-8 JSON array followed by ``b"\\n"``.
+
+    Raises ``TypeError`` (naming the type) for values JSON cannot carry: ``bytes``, sets,
+    arbitrary objects, non-``str`` dict keys, NaN/Infinity, strings with lone surrogates.
+
+    Example::
+
+        >>> encode_json(["a/b", "tag", {"k": [1, 2.5, None, True]}, "ü"])
+        b'["a/b","tag",{"k":[1,2.5,null,true]},"\\xc3\\xbc"]\\n'
+    """
+    if type(msg) is not list:
+        _check_frame_type(msg, "json")
+    if not _JSON_SCALARS.issuperset(map(type, msg)):
+        _check_value(msg, False)
+    try:
+        # positional: ensure_ascii, encode_html_chars, escape_forward_slashes, sort_keys,
+        # indent, allow_nan (keyword parsing costs more than the encoding itself)
+        text = _ujson_dumps(msg, False, False, False, False, 0, False)
+        return text.encode() + b"\n"
+    except OverflowError as exc:
+        if any(isinstance(v, float) and not math.isfinite(v) for v in _iter_scalars(msg)):
+            raise TypeError("cannot encode a float NaN/Infinity as json") from None
+        raise TypeError("cannot encode as json: %s" % (exc,)) from None
+    except UnicodeEncodeError:
+        raise TypeError("cannot encode as json: a str contains a lone surrogate") from None
+    except (TypeError, ValueError) as exc:
+        raise TypeError("cannot encode as json: %s" % (exc,)) from None
+
+
+def _iter_scalars(msg):
+    stack = [msg]
+    while stack:
+        c = stack.pop()
+        for v in (c.values() if isinstance(c, dict) else c):
+            if isinstance(v, (list, tuple, dict)):
+                if len(stack) < MAX_DEPTH:
+                    stack.append(v)
+            else:
+                yield v
+
+
+_WS = re.compile(rb"[ \t\r\n]*+")
+# Input that ujson would accept although it is not valid UTF-8 JSON: UTF-8-encoded surrogates
+# and the NaN/Infinity literals. Rare; a hit sends the frame through the strict decoder.
+_JSON_SUSPECT = re.compile(rb"\xed[\xa0-\xbf]|NaN|Infinity")
+
+
+def _build_frame_re(levels):
+    string = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+    atom = rb"(?:[^\[\]{}\"]++|" + string + rb")"
+    inner = rb"[\[{]" + atom + rb"*+[\]}]"
+    for _ in range(levels - 1):
+        inner = rb"[\[{](?:" + atom + rb"|" + inner + rb")*+[\]}]"
+    return re.compile(rb"\[(?:" + atom + rb"|" + inner + rb")*+[\]}]", re.S)
+
+
+# A complete top-level array nested at most 5 deep, in one regex call (bracket kinds are not
+# paired here; the JSON parser that follows rejects ``[}``).
+_JSON_FRAME = _build_frame_re(4)
+_JSON_STRUCT = re.compile(rb'[\[\]{}"]')
+_JSON_STR_SPECIAL = re.compile(rb'["\\]')
+
+
+def _reject_constant(name):
+    raise ValueError("%s is not valid JSON" % name)
+
+
+def _json_frame(b, careful):
+    """Decode one complete frame (bytes) into a list or raise RemoteProtocolError."""
+    if careful or _JSON_SUSPECT.search(b) is not None:
+        try:
+            obj = _stdjson.loads(b.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError("json frame is not valid UTF-8: %s" % (exc,)) from None
+        except (ValueError, RecursionError) as exc:
+            raise RemoteProtocolError("invalid json frame: %s" % (exc,)) from None
+    else:
+        try:
+            obj = _ujson_loads(b)
+        except (ValueError, OverflowError) as exc:
+            raise RemoteProtocolError("invalid json frame: %s" % (exc,)) from None
+    if type(obj) is not list:
+        raise RemoteProtocolError("json frame is not an array (%s)" % (type(obj).__name__,))
+    return obj
+
+
+class JsonDecoder:
+    """Incremental decoder for a stream of JSON arrays (the AEMP ``json`` framing).
+
+    Accepts frames back to back with no delimiter (Perl), separated by newlines (aemp_green)
+    or any JSON whitespace, split at any byte. ``feed`` returns the frames completed so far.
+
+    Example::
+
+        >>> d = JsonDecoder()
+        >>> d.feed(b'["","g_slave"]["","g_find","se')
+        [['', 'g_slave']]
+        >>> d.feed(b'ed"]\\n["p",1]\\n')
+        [['', 'g_find', 'seed'], ['p', 1]]
+    """
+
+    __slots__ = ("max_frame", "_pbuf", "_scan_pos", "_depth", "_in_str", "_error")
+
+    def __init__(self, max_frame=DEFAULT_MAX_FRAME):
+        self.max_frame = max_frame
+        self._pbuf = None       # bytearray holding an incomplete frame (starts at its '[')
+        self._scan_pos = 0      # where scanning of _pbuf resumes
+        self._depth = 0
+        self._in_str = False
+        self._error = None
+
+    @property
+    def pending(self):
+        """Number of buffered bytes of an incomplete frame."""
+        return len(self._pbuf) if self._pbuf is not None else 0
+
+    def feed(self, data):
+        """Add ``data`` (bytes) and return the list of frames it completed."""
+        if self._error is not None:
+            raise RemoteProtocolError(self._error)
+        try:
+            return self._feed(data)
+        except RemoteProtocolError as exc:
+            self._error = str(exc)
+            raise
+        except Exception as exc:  # pragma: no cover - safety net, must never happen
+            self._error = "json decoder failure: %r" % (exc,)
+            logger.exception("unexpected error in JsonDecoder")
+            raise RemoteProtocolError(self._error) from exc
+
+    def _feed(self, data):
+        frames = []
+        if self._pbuf is not None:
+            pbuf = self._pbuf
+            pbuf += data
+            end = self._scan(pbuf, self._scan_pos)
+            if end < 0:
+                if len(pbuf) > self.max_frame:
+                    raise RemoteProtocolError("json frame larger than %d bytes" % self.max_frame)
+                return frames
+            if end > self.max_frame:
+                raise RemoteProtocolError("json frame larger than %d bytes" % self.max_frame)
+            frames.append(_json_frame(bytes(pbuf[:end]), False))
+            data = bytes(pbuf[end:])
+            self._pbuf = None
+        elif type(data) is not bytes:
+            data = bytes(data)
+        n = len(data)
+        if not n:
+            return frames
+        pos = 0
+        max_frame = self.max_frame
+        # fast path: newline-separated frames (our own peers), one ujson call per frame
+        nl = data.rfind(b"\n")
+        if nl >= 0:
+            region = data[:nl]
+            careful = _JSON_SUSPECT.search(region) is not None
+            append = frames.append
+            start = 0
+            for piece in region.split(b"\n"):
+                plen = len(piece)
+                obj = None
+                if not careful and plen <= max_frame:
+                    try:
+                        obj = _ujson_loads(piece)
+                    except (ValueError, OverflowError):
+                        obj = None
+                if type(obj) is list:
+                    append(obj)
+                    start += plen + 1
+                    continue
+                if obj is None and not piece.strip():
+                    start += plen + 1
+                    continue
+                break  # several frames on one line, a frame spanning lines, or an error
+            pos = start
+        # general path: scan for the end of each top-level array
+        ws = _WS.match
+        frame_match = _JSON_FRAME.match
+        while True:
+            pos = ws(data, pos).end()
+            if pos >= n:
+                return frames
+            if data[pos] != 0x5B:  # '['
+                raise RemoteProtocolError("json frame is not an array (starts with %r)"
+                                          % data[pos:pos + 10])
+            m = frame_match(data, pos)
+            if m is not None:
+                end = m.end()
+            else:
+                self._depth = 0
+                self._in_str = False
+                end = self._scan(data, pos)
+                if end < 0:
+                    if n - pos > max_frame:
+                        raise RemoteProtocolError("json frame larger than %d bytes" % max_frame)
+                    self._pbuf = bytearray(data[pos:])
+                    self._scan_pos -= pos
+                    return frames
+            if end - pos > max_frame:
+                raise RemoteProtocolError("json frame larger than %d bytes" % max_frame)
+            frames.append(_json_frame(data[pos:end], False))
+            pos = end
+
+    def _scan(self, buf, i):
+        """Scan ``buf`` from ``i`` for the end of the current frame.
+
+        Returns the end offset (exclusive), or -1 when the frame is incomplete; then the state
+        is saved so that the next call resumes at ``self._scan_pos``.
+        """
+        depth = self._depth
+        in_str = self._in_str
+        n = len(buf)
+        struct = _JSON_STRUCT.search
+        special = _JSON_STR_SPECIAL.search
+        while True:
+            if in_str:
+                m = special(buf, i)
+                if m is None:
+                    i = n
+                    break
+                j = m.start()
+                if buf[j] == 0x5C:  # backslash: skip the escaped byte
+                    if j + 1 >= n:
+                        i = j  # resume at the backslash once more data is there
+                        break
+                    i = j + 2
+                    continue
+                in_str = False
+                i = j + 1
+                continue
+            m = struct(buf, i)
+            if m is None:
+                i = n
+                break
+            j = m.start()
+            c = buf[j]
+            if c == 0x22:
+                in_str = True
+            elif c == 0x5B or c == 0x7B:
+                depth += 1
+            else:
+                depth -= 1
+                if depth <= 0:
+                    self._depth = 0
+                    self._in_str = False
+                    return j + 1
+            i = j + 1
+        self._depth = depth
+        self._in_str = in_str
+        self._scan_pos = i
+        return -1
+
+
+# --------------------------------------------------------------------------- cbor
+
+_CBORDecoder = cbor2.CBORDecoder
+_CBORDecodeEOF = cbor2.CBORDecodeEOF
+_BytesIO = io.BytesIO
+_NEEDS_FIX = frozenset((bytes, list, dict))
+_encoder_pool = []
+
+
+def _no_shared_ref(value, immutable):
+    raise ValueError("shared references (CBOR tag 29) are not supported")
+
+
+def _plain_shareable(value, immutable):
+    return value
+
+
+_SEMANTIC = {28: _plain_shareable, 29: _no_shared_ref}
+
+
+def encode_cbor(msg):
+    """Encode one message as a single CBOR array item (no tag, no delimiter).
+
+    ``str`` becomes a CBOR text string, ``bytes`` a byte string; ints beyond 64 bits become
+    bignum tags. Other types (sets, datetimes, objects, non-string dict keys...) raise
+    ``TypeError`` naming the type.
+
+    Example::
+
+        >>> encode_cbor(["", "g_find", b"\\x01"]).hex()
+        '836066675f66696e644101'
+    """
+    if type(msg) is not list:
+        _check_frame_type(msg, "cbor")
+    if _CBOR_SCALARS.issuperset(map(type, msg)):
+        exact = True
+    else:
+        exact = _check_value(msg, True)
+    try:
+        if exact:
+            # a reusable encoder is twice as fast as cbor2.dumps; the pool makes it safe for
+            # re-entrant calls (e.g. from a finalizer) and for threads
+            try:
+                enc = _encoder_pool.pop()
+            except IndexError:
+                enc = cbor2.CBOREncoder(_BytesIO())
+            out = enc.encode_to_bytes(msg)
+            _encoder_pool.append(enc)
+            return out
+        return cbor2.dumps(msg)
+    except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError) as exc:
+        raise TypeError("cannot encode as cbor: %s" % (exc,)) from None
+
+
+def _fix_bytes(frame):
+    """Turn every pure-ASCII byte string in ``frame`` (values and map keys) into ``str``."""
+    stack = [frame]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        c = pop()
+        if type(c) is list:
+            i = 0
+            for v in c:
+                t = type(v)
+                if t is bytes:
+                    if v.isascii():
+                        c[i] = v.decode("ascii")
+                elif t is list or t is dict:
+                    push(v)
+                i += 1
+        else:  # dict
+            for k in c:
+                if type(k) is bytes:
+                    items = [((k.decode("ascii") if k.isascii() else k)
+                              if type(k) is bytes else k, v) for k, v in c.items()]
+                    c.clear()
+                    c.update(items)
+                    break
+            for k, v in c.items():
+                t = type(v)
+                if t is bytes:
+                    if v.isascii():
+                        c[k] = v.decode("ascii")
+                elif t is list or t is dict:
+                    push(v)
+    return frame
+
+
+def _cbor_skip(buf, pos, stack, limit):
+    """Advance over CBOR items in ``buf`` from ``pos`` without decoding them.
+
+    ``stack`` holds the open containers (remaining item count, or -1 for indefinite length).
+    Returns ``(pos, done)``: ``done`` is True when the top-level item ends at ``pos``; False
+    means more data is needed and scanning resumes at ``pos`` with the same ``stack``.
+    Raises RemoteProtocolError for malformed heads or declared sizes beyond ``limit``.
+    """
+    n = len(buf)
+    while True:
+        if pos >= n:
+            return pos, False
+        ib = buf[pos]
+        mt = ib >> 5
+        ai = ib & 31
+        if ai < 24:
+            arg = ai
+            hl = 1
+        elif ai < 28:
+            hl = 1 + (1 << (ai - 24))
+            if pos + hl > n:
+                return pos, False
+            arg = int.from_bytes(buf[pos + 1:pos + hl], "big")
+        elif ai == 31:
+            arg = -1
+            hl = 1
+        else:
+            raise RemoteProtocolError("malformed cbor: reserved additional info %d" % ai)
+        if len(stack) > 1024:
+            raise RemoteProtocolError("malformed cbor: nested too deeply")
+        complete = False
+        if arg < 0:  # indefinite length or break
+            if mt == 7:
+                if not stack or stack[-1] != -1:
+                    raise RemoteProtocolError("malformed cbor: unexpected break")
+                stack.pop()
+                pos += 1
+                complete = True
+            elif 2 <= mt <= 5:
+                stack.append(-1)
+                pos += 1
+            else:
+                raise RemoteProtocolError("malformed cbor: indefinite length for major type %d" % mt)
+        elif mt <= 1 or mt == 7:
+            pos += hl
+            complete = True
+        elif mt <= 3:
+            end = pos + hl + arg
+            if end > limit:
+                raise RemoteProtocolError("cbor frame larger than allowed (string of %d bytes)" % arg)
+            if end > n:
+                return pos, False
+            pos = end
+            complete = True
+        elif mt <= 5:
+            if arg > limit:
+                raise RemoteProtocolError("cbor frame larger than allowed (%d items)" % arg)
+            pos += hl
+            if arg:
+                stack.append(arg if mt == 4 else 2 * arg)
+            else:
+                complete = True
+        else:  # tag: its content is the next item
+            pos += hl
+        if complete:
+            while True:
+                if not stack:
+                    return pos, True
+                top = stack[-1]
+                if top < 0:
+                    break
+                if top > 1:
+                    stack[-1] = top - 1
+                    break
+                stack.pop()
+
+
+class CborDecoder:
+    """Incremental decoder for a stream of concatenated CBOR arrays (the AEMP ``cbor`` framing).
+
+    Pure-ASCII byte strings come out as ``str`` (see the module docstring); the Perl peer sends
+    ``["", "g_slave"]`` as ``82 40 47 675f736c617665``.
+
+    Example::
+
+        >>> d = CborDecoder()
+        >>> d.feed(bytes.fromhex("824047675f736c61"))
+        []
+        >>> d.feed(bytes.fromhex("7665") + encode_cbor(["p", b"\\xff", 1]))
+        [['', 'g_slave'], ['p', b'\\xff', 1]]
+    """
+
+    __slots__ = ("max_frame", "_pbuf", "_skip_pos", "_skip_stack", "_error")
+
+    def __init__(self, max_frame=DEFAULT_MAX_FRAME):
+        self.max_frame = max_frame
+        self._pbuf = None        # bytearray: an incomplete frame
+        self._skip_pos = 0
+        self._skip_stack = []
+        self._error = None
+
+    @property
+    def pending(self):
+        """Number of buffered bytes of an incomplete frame."""
+        return len(self._pbuf) if self._pbuf is not None else 0
+
+    def feed(self, data):
+        """Add ``data`` (bytes) and return the list of frames it completed."""
+        if self._error is not None:
+            raise RemoteProtocolError(self._error)
+        try:
+            return self._feed(data)
+        except RemoteProtocolError as exc:
+            self._error = str(exc)
+            raise
+        except Exception as exc:  # pragma: no cover - safety net, must never happen
+            self._error = "cbor decoder failure: %r" % (exc,)
+            logger.exception("unexpected error in CborDecoder")
+            raise RemoteProtocolError(self._error) from exc
+
+    def _feed(self, data):
+        frames = []
+        if self._pbuf is not None:
+            pbuf = self._pbuf
+            pbuf += data
+            end, done = _cbor_skip(pbuf, self._skip_pos, self._skip_stack, self.max_frame)
+            if not done:
+                if len(pbuf) > self.max_frame:
+                    raise RemoteProtocolError("cbor frame larger than %d bytes" % self.max_frame)
+                self._skip_pos = end
+                return frames
+            if end > self.max_frame:
+                raise RemoteProtocolError("cbor frame larger than %d bytes" % self.max_frame)
+            self._pbuf = None
+            frame = bytes(pbuf[:end])
+            got = self._decode_all(frame, frames)
+            if got != end:
+                raise RemoteProtocolError("malformed cbor frame")
+            data = bytes(pbuf[end:])
+        elif type(data) is not bytes:
+            data = bytes(data)
+        if data:
+            pos = self._decode_all(data, frames)
+            if pos < len(data):
+                self._start_pending(data, pos)
+        return frames
+
+    def _decode_all(self, data, frames):
+        """Decode every complete item of ``data`` into ``frames``; return the offset reached."""
+        n = len(data)
+        f = _BytesIO(data)
+        decode = _CBORDecoder(f, semantic_decoders=_SEMANTIC, strict_hashable_types=True).decode
+        tell = f.tell
+        append = frames.append
+        needs_fix = _NEEDS_FIX.isdisjoint
+        max_frame = self.max_frame
+        pos = 0
+        while pos < n:
+            try:
+                obj = decode()
+            except _CBORDecodeEOF:
+                return pos
+            except Exception as exc:
+                raise RemoteProtocolError("invalid cbor frame: %s" % (exc,)) from None
+            end = tell()
+            if end - pos > max_frame:
+                raise RemoteProtocolError("cbor frame larger than %d bytes" % max_frame)
+            pos = end
+            t = type(obj)
+            if t is not list:
+                if t is tuple:  # a self-describe tag (55799) makes cbor2 return a tuple
+                    obj = list(obj)
+                else:
+                    raise RemoteProtocolError("cbor frame is not an array (%s)" % (t.__name__,))
+            if not needs_fix(map(type, obj)):
+                _fix_bytes(obj)
+            append(obj)
+        return pos
+
+    def _start_pending(self, data, pos):
+        if data[pos] >> 5 not in (4, 6):
+            raise RemoteProtocolError("cbor frame is not an array (initial byte 0x%02x)" % data[pos])
+        pbuf = bytearray(data[pos:])
+        stack = []
+        end, done = _cbor_skip(pbuf, 0, stack, self.max_frame)
+        if done:  # cbor2 wanted more data than the item's structure says: malformed
+            raise RemoteProtocolError("malformed cbor frame")
+        if len(pbuf) > self.max_frame:
+            raise RemoteProtocolError("cbor frame larger than %d bytes" % self.max_frame)
+        self._pbuf = pbuf
+        self._skip_pos = end
+        self._skip_stack = stack
+
+
+# --------------------------------------------------------------------------- registry
+
+_CODECS = {
+    "json": (encode_json, JsonDecoder),
+    "cbor": (encode_cbor, CborDecoder),
+}
+
+
+def codec(name):
+    """Return ``(encode_fn, decoder_class)`` for the framing ``name`` (``"json"``/``"cbor"``).
+
+    Example::
+
+        >>> enc, Dec = codec("cbor")
+        >>> Dec().feed(enc(["p", "hi"]))
+        [['p', 'hi']]
+    """
+    try:
+        return _CODECS[name]
+    except (KeyError, TypeError):
+        raise ValueError("unknown framing %r (known: %s)" % (name, ", ".join(FRAMINGS))) from None
