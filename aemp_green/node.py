@@ -36,6 +36,8 @@ __all__ = [
     "snd_on",
     "eval_on",
     "RemoteNode",
+    "add_tracer",
+    "listener_addresses",
 ]
 
 logger = logging.getLogger(__name__)
@@ -252,6 +254,8 @@ class _Net:
     """What the kernel calls for everything that leaves this node."""
 
     def send(self, nodeid, frame):
+        if _tracers:
+            _trace("SND", nodeid, frame)
         if nodeid == _k._NODE:
             _k.deliver_remote(nodeid, frame)
             return
@@ -280,7 +284,83 @@ _k._set_network(_Net())
 # --------------------------------------------------------------------------- links
 
 def _on_frame(link, frame):
+    if _tracers:
+        _trace("RCV", link.nodeid, frame)
     _k.deliver_remote(link.nodeid, frame)
+
+
+# --------------------------------------------------------------------------- tracing
+
+_tracers = []  # callables (direction, nodeid, frame); empty = no cost but one truth test
+
+
+def add_tracer(fn):
+    """Call ``fn(direction, nodeid, frame)`` for every frame sent ("SND") or received ("RCV").
+
+    Returns a guard that removes it. ``PERL_ANYEVENT_MP_TRACE=1`` installs one that prints
+    each frame as JSON, like AEMP; ``aemp trace NODE`` streams them from another node.
+
+    Example::
+
+        add_tracer(lambda d, node, frame: print(d, node, frame))
+    """
+    _tracers.append(fn)
+
+    def undo():
+        if fn in _tracers:
+            _tracers.remove(fn)
+
+    return Guard.for_caller(undo)
+
+
+def _trace(direction, nodeid, frame):
+    for fn in list(_tracers):
+        try:
+            fn(direction, nodeid, frame)
+        except Exception:
+            _tracers.remove(fn)
+            logger.exception("tracer %r failed and was removed", fn)
+
+
+def _print_tracer(direction, nodeid, frame):
+    import json
+    import sys
+
+    arrow = "<-" if direction == "SND" else "->"
+    shown = [None if i == 0 and x == "" else x for i, x in enumerate(frame)]
+    sys.stderr.write("%s %s %s %s\n" % (direction, nodeid, arrow,
+                                         json.dumps(shown, ensure_ascii=False, default=repr)))
+
+
+_trace_subscribers = {}  # port -> guard
+
+
+def _req_trace(from_node, port, on=1, *_):
+    """Node request ``aemp_green_trace``: stream our frames to ``port`` (``on`` false stops)."""
+    if not isinstance(port, str):
+        return
+    old = _trace_subscribers.pop(port, None)
+    if old is not None:
+        old.cancel()
+    if not on:
+        return
+
+    def forward(direction, nodeid, frame):
+        if frame and frame[0] == port.partition("#")[2] and nodeid == node_of_port(port):
+            return  # never trace the trace stream itself
+        _k.snd(port, "trace", direction, nodeid, list(frame))
+
+    g = Guard(lambda: _tracers.remove(forward) if forward in _tracers else None)
+    _tracers.append(forward)
+    _trace_subscribers[port] = g
+    _k._add_monitor(port, lambda *r: _req_trace(from_node, port, 0))
+
+
+def node_of_port(port):
+    return port.partition("#")[0]
+
+
+_k.register_node_request("aemp_green_trace", _req_trace)
 
 
 def _on_close(link, why):
@@ -401,6 +481,10 @@ def configure(profile=None, **kv):
     global _cfg, _configured
     if _configured:
         raise RuntimeError("configure() can only be called once per process")
+    import os
+
+    if os.environ.get("PERL_ANYEVENT_MP_TRACE") and _print_tracer not in _tracers:
+        _tracers.append(_print_tracer)
     norc = kv.get("norc")
     rc = {} if norc else _config.load_rc()
     cfg = _config.validate(_config.find_profile(rc, profile, **kv))
