@@ -46,6 +46,20 @@ Decoders
     split over many reads is resumed where scanning stopped, so a large frame costs linear,
     not quadratic, time.
 
+Speed (see ``bench/codec.py``)
+    ``JsonDecoder`` first splits a read on newlines and hands each line to ``ujson``; a line
+    that is not exactly one array (Perl's undelimited frames) goes to a regex that matches a
+    whole frame nested up to 5 deep in one call, and deeper or incomplete frames to a
+    resumable bracket/string scanner. ``CborDecoder`` first decodes a whole read in a single
+    ``cbor2.loads`` call (the read wrapped in an array and closed by a random sentinel, which
+    proves that the read held complete items only); if that fails (typically a read that ends
+    inside a frame) it decodes item by item, and a frame that stays incomplete is tracked by
+    a small structural scanner until its last byte arrives. The byte-string fix-up costs one
+    C-level type check per frame when there is nothing to fix. The encoders check the value
+    model with one C-level type test for flat messages and a short loop otherwise; the value
+    check must come first for ``cbor2``, which crashes (C stack overflow) on a few thousand
+    levels of nesting.
+
 Example::
 
     >>> enc, Dec = codec("json")
@@ -59,6 +73,7 @@ import io
 import json as _stdjson
 import logging
 import math
+import os
 import re
 
 import cbor2
@@ -101,33 +116,44 @@ def _type_name(v):
     return t.__name__ if t.__module__ == "builtins" else "%s.%s" % (t.__module__, t.__qualname__)
 
 
+_STR_KEYS = frozenset((str,))
+_STR_BYTES_KEYS = frozenset((str, bytes))
+
+
+def _too_deep(fname):
+    return TypeError("cannot encode as %s: containers nested more than %d deep "
+                     "(or a cyclic structure)" % (fname, MAX_DEPTH))
+
+
+def _check_keys(c, key_types, fname):
+    for k in c:
+        if not isinstance(k, key_types):
+            raise TypeError("cannot encode as %s: dict key %r has type %s, only %s keys can be "
+                            "sent" % (fname, k, _type_name(k),
+                                      " or ".join(t.__name__ for t in key_types)))
+
+
 def _check_value(msg, cbor):
     """Walk ``msg`` and raise ``TypeError`` for anything the framing cannot carry.
 
-    Returns True when every container and scalar had an exact builtin type (so the C encoder
-    can run without calling back into Python code).
+    Depth-first, one tight loop (no recursion): nesting deeper than ``MAX_DEPTH``, which is
+    also how a cyclic structure shows up, is refused before any encoder sees it (``cbor2``
+    would overflow the C stack on very deep input).
     """
-    fname = "cbor" if cbor else "json"
-    scalars = _CBOR_SCALARS if cbor else _JSON_SCALARS
-    key_types = (str, bytes) if cbor else str
-    scalar_bases = (str, int, float, bytes, bytearray) if cbor else (str, int, float)
-    exact = True
+    if cbor:
+        fname, scalars, key_set, key_types = "cbor", _CBOR_SCALARS, _STR_BYTES_KEYS, (str, bytes)
+        bases = (str, int, float, bytes, bytearray)
+    else:
+        fname, scalars, key_set, key_types = "json", _JSON_SCALARS, _STR_KEYS, (str,)
+        bases = (str, int, float)
     stack = [(msg, 1)]
     pop = stack.pop
     push = stack.append
     while stack:
         c, depth = pop()
-        if depth > MAX_DEPTH:
-            raise TypeError("cannot encode as %s: containers nested more than %d deep "
-                            "(or a cyclic structure)" % (fname, MAX_DEPTH))
         if isinstance(c, dict):
-            if type(c) is not dict:
-                exact = False
-            for k in c:
-                if type(k) is not str and not isinstance(k, key_types):
-                    raise TypeError("cannot encode as %s: dict key %r has type %s, only %s keys "
-                                    "can be sent" % (fname, k, _type_name(k),
-                                                     "str or bytes" if cbor else "str"))
+            if not key_set.issuperset(map(type, c)):
+                _check_keys(c, key_types, fname)
             values = c.values()
         else:
             values = c
@@ -135,22 +161,19 @@ def _check_value(msg, cbor):
             t = type(v)
             if t in scalars:
                 continue
-            if t is list or t is tuple or t is dict:
+            if t is list or t is dict or t is tuple or isinstance(v, (list, tuple, dict)):
+                if depth >= MAX_DEPTH:
+                    raise _too_deep(fname)
                 push((v, depth + 1))
-            elif isinstance(v, (list, tuple, dict)):
-                exact = False
-                push((v, depth + 1))
-            elif isinstance(v, scalar_bases):
-                exact = False
-            else:
+            elif not isinstance(v, bases):
                 raise TypeError("cannot encode a value of type %s as %s (%r)"
                                 % (_type_name(v), fname, v))
-    return exact
 
 
 def _check_frame_type(msg, fname):
     if not isinstance(msg, (list, tuple)):
-        raise TypeError("an AEMP %s frame must be a list or tuple, not %s" % (fname, _type_name(msg)))
+        raise TypeError("an AEMP %s frame must be a list or tuple, not %s"
+                        % (fname, _type_name(msg)))
 
 
 # --------------------------------------------------------------------------- json
@@ -204,7 +227,14 @@ def _iter_scalars(msg):
 _WS = re.compile(rb"[ \t\r\n]*+")
 # Input that ujson would accept although it is not valid UTF-8 JSON: UTF-8-encoded surrogates
 # and the NaN/Infinity literals. Rare; a hit sends the frame through the strict decoder.
-_JSON_SUSPECT = re.compile(rb"\xed[\xa0-\xbf]|NaN|Infinity")
+_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
+
+
+def _json_suspect(b):
+    """True if ``b`` may hold UTF-8-encoded surrogates or NaN/Infinity (fast substring tests
+    first: a regex over every read would cost more than the JSON parsing)."""
+    return (b"NaN" in b or b"Infinity" in b
+            or (b"\xed" in b and _SURROGATE.search(b) is not None))
 
 
 def _build_frame_re(levels):
@@ -229,7 +259,7 @@ def _reject_constant(name):
 
 def _json_frame(b, careful):
     """Decode one complete frame (bytes) into a list or raise RemoteProtocolError."""
-    if careful or _JSON_SUSPECT.search(b) is not None:
+    if careful or _json_suspect(b):
         try:
             obj = _stdjson.loads(b.decode("utf-8"), parse_constant=_reject_constant)
         except UnicodeDecodeError as exc:
@@ -313,29 +343,28 @@ class JsonDecoder:
         pos = 0
         max_frame = self.max_frame
         # fast path: newline-separated frames (our own peers), one ujson call per frame
-        nl = data.rfind(b"\n")
-        if nl >= 0:
-            region = data[:nl]
-            careful = _JSON_SUSPECT.search(region) is not None
+        pieces = data.split(b"\n")
+        if len(pieces) > 1 and not _json_suspect(data):
+            tail = pieces.pop()
             append = frames.append
-            start = 0
-            for piece in region.split(b"\n"):
-                plen = len(piece)
-                obj = None
-                if not careful and plen <= max_frame:
-                    try:
-                        obj = _ujson_loads(piece)
-                    except (ValueError, OverflowError):
-                        obj = None
+            for piece in pieces:
+                if len(piece) > max_frame:
+                    break
+                try:
+                    obj = _ujson_loads(piece)
+                except (ValueError, OverflowError):
+                    obj = None
                 if type(obj) is list:
                     append(obj)
-                    start += plen + 1
+                    pos += len(piece) + 1
                     continue
-                if obj is None and not piece.strip():
-                    start += plen + 1
+                if obj is None and not piece.strip(b" \t\r"):
+                    pos += len(piece) + 1
                     continue
                 break  # several frames on one line, a frame spanning lines, or an error
-            pos = start
+            else:
+                if not tail:
+                    return frames
         # general path: scan for the end of each top-level array
         ws = _WS.match
         frame_match = _JSON_FRAME.match
@@ -417,6 +446,8 @@ class JsonDecoder:
 # --------------------------------------------------------------------------- cbor
 
 _CBORDecoder = cbor2.CBORDecoder
+_cbor_loads = cbor2.loads
+_EMPTY = io.BytesIO(b"")
 _CBORDecodeEOF = cbor2.CBORDecodeEOF
 _BytesIO = io.BytesIO
 _NEEDS_FIX = frozenset((bytes, list, dict))
@@ -448,22 +479,19 @@ def encode_cbor(msg):
     """
     if type(msg) is not list:
         _check_frame_type(msg, "cbor")
-    if _CBOR_SCALARS.issuperset(map(type, msg)):
-        exact = True
-    else:
-        exact = _check_value(msg, True)
+    if not _CBOR_SCALARS.issuperset(map(type, msg)):
+        _check_value(msg, True)
+    # A reusable encoder is twice as fast as cbor2.dumps. Each call takes one from the pool
+    # (list.pop/append are atomic), so re-entrant calls (a finalizer sending a message in the
+    # middle of an encode) and threads never share one.
     try:
-        if exact:
-            # a reusable encoder is twice as fast as cbor2.dumps; the pool makes it safe for
-            # re-entrant calls (e.g. from a finalizer) and for threads
-            try:
-                enc = _encoder_pool.pop()
-            except IndexError:
-                enc = cbor2.CBOREncoder(_BytesIO())
-            out = enc.encode_to_bytes(msg)
-            _encoder_pool.append(enc)
-            return out
-        return cbor2.dumps(msg)
+        enc = _encoder_pool.pop()
+    except IndexError:
+        enc = cbor2.CBOREncoder(_BytesIO())
+    try:
+        out = enc.encode_to_bytes(msg)
+        _encoder_pool.append(enc)
+        return out
     except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError) as exc:
         raise TypeError("cannot encode as cbor: %s" % (exc,)) from None
 
@@ -545,14 +573,16 @@ def _cbor_skip(buf, pos, stack, limit):
                 stack.append(-1)
                 pos += 1
             else:
-                raise RemoteProtocolError("malformed cbor: indefinite length for major type %d" % mt)
+                raise RemoteProtocolError("malformed cbor: indefinite length for major type %d"
+                                          % mt)
         elif mt <= 1 or mt == 7:
             pos += hl
             complete = True
         elif mt <= 3:
             end = pos + hl + arg
             if end > limit:
-                raise RemoteProtocolError("cbor frame larger than allowed (string of %d bytes)" % arg)
+                raise RemoteProtocolError("cbor frame larger than allowed (string of %d bytes)"
+                                          % arg)
             if end > n:
                 return pos, False
             pos = end
@@ -595,7 +625,8 @@ class CborDecoder:
         [['', 'g_slave'], ['p', b'\\xff', 1]]
     """
 
-    __slots__ = ("max_frame", "_pbuf", "_skip_pos", "_skip_stack", "_error")
+    __slots__ = ("max_frame", "_pbuf", "_skip_pos", "_skip_stack", "_error", "_dec",
+                 "_wrap", "_suffix", "_sentinel")
 
     def __init__(self, max_frame=DEFAULT_MAX_FRAME):
         self.max_frame = max_frame
@@ -603,6 +634,11 @@ class CborDecoder:
         self._skip_pos = 0
         self._skip_stack = []
         self._error = None
+        self._dec = None         # a reusable cbor2.CBORDecoder for the item-by-item path
+        self._wrap = True        # try the one-call path first (see _feed)
+        # An unguessable byte string closing the one-call wrapper (see _feed_wrapped).
+        self._sentinel = os.urandom(16)
+        self._suffix = b"\xff\x50" + self._sentinel
 
     @property
     def pending(self):
@@ -638,23 +674,70 @@ class CborDecoder:
                 raise RemoteProtocolError("cbor frame larger than %d bytes" % self.max_frame)
             self._pbuf = None
             frame = bytes(pbuf[:end])
-            got = self._decode_all(frame, frames)
+            got = self._decode_items(frame, frames)
             if got != end:
                 raise RemoteProtocolError("malformed cbor frame")
             data = bytes(pbuf[end:])
         elif type(data) is not bytes:
             data = bytes(data)
-        if data:
-            pos = self._decode_all(data, frames)
-            if pos < len(data):
-                self._start_pending(data, pos)
+        if not data:
+            return frames
+        if self._wrap and len(data) <= self.max_frame:
+            got = self._feed_wrapped(data)
+            if got is not None:
+                frames += got
+                return frames
+        pos = self._decode_items(data, frames)
+        if pos < len(data):
+            self._wrap = False  # reads end inside frames: the one-call path would fail too
+            self._start_pending(data, pos)
+        else:
+            self._wrap = True
         return frames
 
-    def _decode_all(self, data, frames):
-        """Decode every complete item of ``data`` into ``frames``; return the offset reached."""
+    def _feed_wrapped(self, data):
+        """Decode all of ``data`` in one ``cbor2.loads`` call, or return None.
+
+        ``data`` is wrapped as ``[[_ frames... ], sentinel]`` (an indefinite-length array of
+        the frames, closed by a break, then a 16-byte random byte string). It decodes to that
+        shape only if ``data`` is a sequence of complete items and nothing else: a truncated
+        last frame or a stray break inside ``data`` cannot produce our random sentinel in the
+        right place. Anything else (errors included) returns None and the item-by-item path
+        decides.
+        """
+        try:
+            res = _cbor_loads(b"\x82\x9f" + data + self._suffix, semantic_decoders=_SEMANTIC,
+                              strict_hashable_types=True)
+        except Exception:
+            return None
+        if type(res) is not list or len(res) != 2 or type(res[1]) is not bytes \
+                or res[1] != self._sentinel or type(res[0]) is not list:
+            return None  # pragma: no cover - would need the sentinel
+        frames = res[0]
+        needs_fix = _NEEDS_FIX.isdisjoint
+        for i, obj in enumerate(frames):
+            t = type(obj)
+            if t is not list:
+                if t is tuple:  # a self-describe tag (55799) makes cbor2 return a tuple
+                    obj = frames[i] = list(obj)
+                else:
+                    return None  # let the item-by-item path report it
+            if not needs_fix(map(type, obj)):
+                _fix_bytes(obj)
+        return frames
+
+    def _decode_items(self, data, frames):
+        """Decode the complete items of ``data`` one by one into ``frames``; return the offset
+        reached (``len(data)`` unless the last item is incomplete)."""
         n = len(data)
         f = _BytesIO(data)
-        decode = _CBORDecoder(f, semantic_decoders=_SEMANTIC, strict_hashable_types=True).decode
+        dec = self._dec
+        if dec is None:
+            dec = self._dec = _CBORDecoder(f, semantic_decoders=_SEMANTIC,
+                                           strict_hashable_types=True)
+        else:
+            dec.fp = f
+        decode = dec.decode
         tell = f.tell
         append = frames.append
         needs_fix = _NEEDS_FIX.isdisjoint
@@ -664,8 +747,10 @@ class CborDecoder:
             try:
                 obj = decode()
             except _CBORDecodeEOF:
+                self._dec = None  # start the next item with a fresh decoder state
                 return pos
             except Exception as exc:
+                self._dec = None
                 raise RemoteProtocolError("invalid cbor frame: %s" % (exc,)) from None
             end = tell()
             if end - pos > max_frame:
@@ -680,11 +765,13 @@ class CborDecoder:
             if not needs_fix(map(type, obj)):
                 _fix_bytes(obj)
             append(obj)
+        dec.fp = _EMPTY  # do not keep the read buffer alive
         return pos
 
     def _start_pending(self, data, pos):
         if data[pos] >> 5 not in (4, 6):
-            raise RemoteProtocolError("cbor frame is not an array (initial byte 0x%02x)" % data[pos])
+            raise RemoteProtocolError("cbor frame is not an array (initial byte 0x%02x)"
+                                      % data[pos])
         pbuf = bytearray(data[pos:])
         stack = []
         end, done = _cbor_skip(pbuf, 0, stack, self.max_frame)

@@ -1,0 +1,615 @@
+"""_handshake: the AEMP greeting/auth exchange as a sans-IO state machine (PROTOCOL.md 1, 12).
+
+``Handshake`` never touches a socket. The I/O layer sends ``data_to_send()``, feeds whatever it
+reads to ``receive_data(data)`` and reacts to the events that come back; the same object thus
+runs over plain sockets, TLS sockets, or recorded bytes in tests.
+
+Exchange (both sides do the same thing at the same time)::
+
+    we send  : line 1  aemp;1;<nodeid>;<auth_accept,...>;<framings,...>;key=value;...
+               line 2  <nonce: base64 of 66 random bytes, 88 chars>
+    we read  : the peer's two lines           -> GreetingReceived (or RemoteProtocolError)
+               (both want TLS)                -> NeedTLS; the I/O layer upgrades, then calls
+                                                 start_tls_done()
+    we send  : <auth method>;<token>;<framing we will send>
+    we read  : the peer's auth line, verified -> Established; bytes after it: trailing_data
+
+States (``state``)::
+
+    state       input                       -> next state   events / output
+    LINE1       peer line 1 (checked)       -> LINE2
+    LINE2       peer line 2 (checked)       -> AUTH         GreetingReceived; our auth line
+                                            -> WAIT_TLS     GreetingReceived, NeedTLS
+    WAIT_TLS    start_tls_done()            -> AUTH         our auth line
+    AUTH        peer auth line (verified)   -> ESTABLISHED  Established
+    ESTABLISHED more bytes                  -> ESTABLISHED  appended to trailing_data
+    any         a failed check              -> ERROR        RemoteProtocolError (raised again
+                                                            by every later call)
+
+Checks, in order, and their errors (all ``RemoteProtocolError``; the text is what Perl logs):
+
+* a line longer than ``max_line`` bytes before its LF: "greeting line too long" (auth line:
+  "auth line too long"). LF ends a line; a CR before it is dropped.
+* line 1: at least 5 ``;`` fields, UTF-8 ("unparsable greeting"); protocol name
+  ("unparsable greeting, expected 'aemp', got '...'"); version 1 ("version mismatch (we: 1,
+  they: N)"); non-empty node id.
+* after line 2: our own two lines echoed back ("authentication error, echo attack?"), checked
+  first so that an echo is reported as such; then our own node id ("I refuse to talk to
+  myself"). Duplicate connections are the I/O layer's business: it sees GreetingReceived
+  before anything of ours beyond the greeting has been sent, and may simply close.
+* auth choice: the first entry of the peer's field 4 that is in our ``auth_offer``, skipping
+  ``tls_*`` (and, stricter than Perl, ``cleartext``) unless TLS is active ("<list>: no common
+  auth type supported"); ``hmac_sha3_512``/``cleartext`` need a secret ("unable to handshake
+  TLS and no shared secret configured").
+* framing we send: the first entry of the peer's field 5 that is in our ``framings`` ("no
+  common framing method supported"). Each direction chooses on its own, so the two directions
+  can differ.
+* the peer's auth line ``method;token;framing`` (exactly three fields): a method we do not know
+  ("fatal, selected unsupported rcv auth method"); stricter than Perl, a method that is not in
+  our ``auth_accept`` ("<method>: auth method not accepted") and ``tls_*``/``cleartext``
+  without TLS ("<method>: auth method needs TLS"); the token, compared in constant time
+  ("authentication failure/shared secret mismatch"); the framing it announces must be ``cbor``
+  or ``json`` ("<framing>: unusable remote framing").
+
+Tokens: ``hmac_sha3_512`` is ``hmac.new(secret, msg, sha3_512).hexdigest()`` with
+``msg = my1\\nmy2\\npeer1\\npeer2\\n`` for the token we send and peer-first order for the one we
+expect; ``tls_sha3_512`` is the plain SHA3-512 hex of the same text; ``tls_anon`` is empty;
+``cleartext`` is the lowercase hex of the secret. A ``str`` secret is used as UTF-8 bytes.
+
+Protocol names: the object is created with the name we send (``"aemp"``, or ``"aemp-<word>"``
+for a sub-protocol such as ``aemp-dataconn``). We accept the peer's name if it equals ours; if
+ours is ``aemp`` we also accept ``aemp-<word>`` (a listener cannot know in advance that a
+connection is a data connection), and if ours is ``aemp-<word>`` we also accept plain ``aemp``
+(the listener's greeting). The name the peer sent is in ``GreetingReceived.protocol`` and the
+sub-protocol in effect in ``Established.protocol``.
+
+TLS: wanted when we have a certificate (``tls_offered``) and the peer's ``tls`` value is 1 as
+Perl's ``int()`` reads it (``1.0`` counts). The side whose nonce text is lower is the TLS client.
+The auth method and framing are chosen when the greeting arrives (so a hopeless peer is refused
+before any TLS work); the auth line is queued by ``start_tls_done()``. Bytes that arrived after
+the peer's line 2 in the same ``receive_data`` call are not handshake lines but the start of the
+peer's TLS handshake: they are kept in ``pre_tls_data`` for the I/O layer to hand to its TLS
+object (the gevent transport avoids this by reading the greeting line by line).
+
+Example::
+
+    >>> a = Handshake(nodeid="a", secret="s3cret")
+    >>> b = Handshake(nodeid="b", secret="s3cret", framings=("json",))
+    >>> a_greeting = a.data_to_send()
+    >>> [type(e).__name__ for e in b.receive_data(a_greeting)]
+    ['GreetingReceived']
+    >>> greeting_and_auth = b.data_to_send()       # b's greeting and, already, its auth line
+    >>> [type(e).__name__ for e in a.receive_data(greeting_and_auth)]
+    ['GreetingReceived', 'Established']
+    >>> est_b = b.receive_data(a.data_to_send())[0]    # a's auth line
+    >>> (est_b.send_framing, est_b.recv_framing, est_b.peer_nodeid, est_b.auth_method)
+    ('json', 'json', 'a', 'hmac_sha3_512')
+"""
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import re
+from typing import NamedTuple
+
+from ._version import __version__
+from .exceptions import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "Handshake",
+    "GreetingReceived",
+    "NeedTLS",
+    "Established",
+    "hmac_token",
+    "tls_token",
+    "make_nonce",
+    "parse_greeting_line1",
+    "KNOWN_AUTH_METHODS",
+    "USABLE_FRAMINGS",
+    "PROTOCOL_VERSION",
+    "DEFAULT_PROVIDER",
+]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+
+#: What we send as ``provider=`` unless told otherwise.
+DEFAULT_PROVIDER = "aemp_green-" + __version__
+
+#: The auth methods this module can check on receipt.
+KNOWN_AUTH_METHODS = ("tls_sha3_512", "hmac_sha3_512", "tls_anon", "cleartext")
+
+#: Framings a peer may announce in its auth line (what our decoders read).
+USABLE_FRAMINGS = ("cbor", "json")
+
+_TLS_ONLY = frozenset(("tls_sha3_512", "tls_anon", "cleartext"))
+_SUBPROTO = re.compile(r"aemp-[A-Za-z0-9_]+\Z")
+_PERL_NUM = re.compile(r"\s*([+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))")
+
+# states
+LINE1 = "LINE1"
+LINE2 = "LINE2"
+WAIT_TLS = "WAIT_TLS"
+AUTH = "AUTH"
+ESTABLISHED = "ESTABLISHED"
+ERROR = "ERROR"
+
+
+# --------------------------------------------------------------------------- events
+
+class GreetingReceived(NamedTuple):
+    """The peer's two greeting lines arrived and passed the checks.
+
+    ``protocol`` is the name the peer sent (``aemp`` or ``aemp-<word>``), ``version`` the
+    protocol version (always 1), ``auth_accept`` and ``framings`` its fields 4 and 5,
+    ``kv`` its key=value pairs (a pair without ``=`` has the value ``None``), ``nonce`` its
+    line 2. The I/O layer may still refuse the peer here (duplicate connection).
+
+    Example::
+
+        GreetingReceived("aemp", 1, "seed", ["hmac_sha3_512"], ["cbor", "json"],
+                         {"provider": "AE-2.02"}, "mEkgbWUD...")
+    """
+
+    protocol: str
+    version: int
+    nodeid: str
+    auth_accept: list
+    framings: list
+    kv: dict
+    nonce: str
+
+
+class NeedTLS(NamedTuple):
+    """Both sides want TLS: wrap the socket (as server if ``server_side``), then call
+    ``Handshake.start_tls_done()``.
+
+    Example::
+
+        ctx.wrap_socket(sock, server_side=ev.server_side); hs.start_tls_done()
+    """
+
+    server_side: bool
+
+
+class Established(NamedTuple):
+    """The peer's auth line checked out: the data phase starts.
+
+    ``send_framing`` is what we send, ``recv_framing`` what the peer announced it sends,
+    ``auth_method`` the method the peer authenticated with (``tls_anon`` means the peer is
+    untrusted), ``protocol`` the (sub-)protocol in effect, ``tls`` whether TLS is active.
+
+    Example::
+
+        Established("cbor", "json", "peer_a", {"provider": "AE-2.02"}, "hmac_sha3_512",
+                    "aemp", False)
+    """
+
+    send_framing: str
+    recv_framing: str
+    peer_nodeid: str
+    kv: dict
+    auth_method: str
+    protocol: str = "aemp"
+    tls: bool = False
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _b(x):
+    if x is None:
+        return b""
+    if isinstance(x, str):
+        return x.encode("utf-8")
+    return bytes(x)
+
+
+def _auth_msg(l1, l2, p1, p2):
+    return b"%s\n%s\n%s\n%s\n" % (_b(l1), _b(l2), _b(p1), _b(p2))
+
+
+def hmac_token(secret, l1, l2, p1, p2):
+    """The ``hmac_sha3_512`` token (128 lowercase hex chars) over ``l1\\nl2\\np1\\np2\\n``.
+
+    For the token we send, ``l1``/``l2`` are our greeting lines and ``p1``/``p2`` the
+    peer's (line ends removed); the token we expect from the peer swaps the pairs.
+    Arguments may be ``str`` (used as UTF-8) or ``bytes``.
+
+    Example::
+
+        >>> a1, b1 = "aemp;1;a;hmac_sha3_512;json", "aemp;1;b;hmac_sha3_512;json"
+        >>> hmac_token("s", a1, "n1", b1, "n2")[:16]
+        '8149aff1cdb8e5ac'
+    """
+    return hmac.new(_b(secret), _auth_msg(l1, l2, p1, p2), hashlib.sha3_512).hexdigest()
+
+
+def tls_token(l1, l2, p1, p2):
+    """The ``tls_sha3_512`` token: lowercase hex SHA3-512 of ``l1\\nl2\\np1\\np2\\n``.
+
+    Example::
+
+        >>> len(tls_token("a", "b", "c", "d"))
+        128
+    """
+    return hashlib.sha3_512(_auth_msg(l1, l2, p1, p2)).hexdigest()
+
+
+def make_nonce():
+    """A fresh greeting nonce: standard base64 of 66 bytes from ``os.urandom`` (88 chars).
+
+    Example::
+
+        >>> n = make_nonce(); len(n), "=" in n
+        (88, False)
+    """
+    return base64.b64encode(os.urandom(66)).decode("ascii")
+
+
+def _perl_int(value):
+    """Perl's ``int($value)`` for the strings a greeting carries (``"1.0"`` -> 1, junk -> 0)."""
+    if value is None:
+        return 0
+    m = _PERL_NUM.match(value)
+    if m is None:
+        return 0
+    try:
+        return int(float(m.group(1)))
+    except (ValueError, OverflowError):
+        return 0
+
+
+def parse_greeting_line1(line):
+    """Split a greeting line 1 (``str``, no line end) into its parts.
+
+    Returns ``(protocol, version, nodeid, auth_list, framing_list, kv)``; ``kv`` keeps the
+    order of the pairs; a pair without ``=`` gets ``None``. Raises ``RemoteProtocolError`` if
+    there are fewer than five fields.
+
+    Example::
+
+        >>> parse_greeting_line1("aemp;1;n;hmac_sha3_512;cbor,json;mproto=1;x")
+        ('aemp', '1', 'n', ['hmac_sha3_512'], ['cbor', 'json'], {'mproto': '1', 'x': None})
+    """
+    fields = line.split(";")
+    if len(fields) < 5:
+        raise RemoteProtocolError("unparsable greeting (%d fields)" % len(fields))
+    protocol, version, nodeid, auths, framings = fields[:5]
+    kv = {}
+    for pair in fields[5:]:
+        k, sep, v = pair.partition("=")
+        kv[k] = v if sep else None
+    return (protocol, version, nodeid, auths.split(",") if auths else [],
+            framings.split(",") if framings else [], kv)
+
+
+def _check_field(what, value, forbidden=";\r\n"):
+    if not isinstance(value, str):
+        raise LocalProtocolError("%s must be a str, not %s" % (what, type(value).__name__))
+    bad = [c for c in forbidden if c in value]
+    if bad:
+        raise LocalProtocolError("%s %r contains %r, which a greeting cannot carry"
+                                 % (what, value, bad[0]))
+    return value
+
+
+# --------------------------------------------------------------------------- the state machine
+
+class Handshake:
+    """One side of an AEMP handshake, sans-IO (see the module docstring).
+
+    Arguments: ``nodeid`` (ours), ``secret`` (``str``/``bytes`` or None), ``auth_offer`` (what
+    we are willing to send), ``auth_accept`` (what we accept; sent as field 4), ``framings``
+    (what we accept and send, in preference order; field 5), ``peeraddr`` (the peer's address as
+    we see it), ``tls_offered`` (we have a certificate; adds ``tls=1.0``), ``protocol`` (field
+    1), ``extra`` (more key=value pairs for line 1, e.g. ``{"dataconn_id": "x"}``; a ``None``
+    value sends the bare key), ``provider`` (default ``aemp_green-<version>``), ``nonce`` (66
+    raw ``bytes`` to base64, or a ``str`` sent verbatim; default: ``os.urandom(66)``),
+    ``max_line`` (longest accepted line, without its line end).
+    ``_kv_order`` (testing) lists the line-1 keys in the order to send them.
+
+    Example::
+
+        >>> hs = Handshake(nodeid="n", secret="s", peeraddr="10.0.0.1:4040", nonce=bytes(66))
+        >>> line1 = hs.data_to_send().split(b"\\n")[0].decode()
+        >>> line1.split(";")[:5]
+        ['aemp', '1', 'n', 'tls_sha3_512,hmac_sha3_512', 'cbor,json']
+        >>> line1.split(";")[5:]
+        ['provider=aemp_green-0.1.0', 'peeraddr=10.0.0.1:4040', 'mproto=1', 'gproto=1']
+    """
+
+    def __init__(self, *, nodeid, secret=None, auth_offer=("tls_sha3_512", "hmac_sha3_512"),
+                 auth_accept=("tls_sha3_512", "hmac_sha3_512"), framings=("cbor", "json"),
+                 peeraddr="", tls_offered=False, protocol="aemp", extra=None,
+                 provider=None, nonce=None, max_line=4096, _kv_order=None):
+        _check_field("nodeid", nodeid)
+        if not nodeid:
+            raise LocalProtocolError("nodeid must not be empty")
+        _check_field("protocol", protocol)
+        if protocol != "aemp" and not _SUBPROTO.match(protocol):
+            raise LocalProtocolError("protocol must be 'aemp' or 'aemp-<word>', not %r" % protocol)
+        self.nodeid = nodeid
+        self.protocol = protocol
+        self.secret = _b(secret) if secret else b""
+        self.auth_offer = tuple(auth_offer)
+        self.auth_accept = tuple(auth_accept)
+        self.framings = tuple(framings)
+        for what, items in (("auth_offer", self.auth_offer), ("auth_accept", self.auth_accept),
+                            ("framings", self.framings)):
+            for item in items:
+                _check_field(what + " entry", item, ";,\r\n")
+        if not self.framings:
+            raise LocalProtocolError("framings must not be empty")
+        self.tls_offered = bool(tls_offered)
+        self.max_line = int(max_line)
+
+        if provider is None:
+            provider = DEFAULT_PROVIDER
+        kv = {"provider": provider, "peeraddr": peeraddr, "mproto": "1", "gproto": "1"}
+        if self.tls_offered:
+            kv["tls"] = "1.0"
+        if extra:
+            kv.update(extra)
+        for k, v in kv.items():
+            _check_field("greeting key", k, ";=\r\n")
+            if v is not None:
+                _check_field("greeting value for %s" % k, str(v))
+        keys = list(kv) if _kv_order is None else list(_kv_order)
+        if sorted(keys) != sorted(kv):
+            raise LocalProtocolError("_kv_order %r does not list the keys %r" % (keys, list(kv)))
+        pairs = [k if kv[k] is None else "%s=%s" % (k, kv[k]) for k in keys]
+        line1 = ";".join([protocol, str(PROTOCOL_VERSION), nodeid, ",".join(self.auth_accept),
+                          ",".join(self.framings)] + pairs)
+        if nonce is None:
+            line2 = make_nonce()
+        elif isinstance(nonce, str):
+            line2 = _check_field("nonce", nonce)
+        else:
+            line2 = base64.b64encode(bytes(nonce)).decode("ascii")
+        self._l1 = line1.encode("utf-8")
+        self._l2 = line2.encode("utf-8")
+        if len(self._l1) > self.max_line:
+            raise LocalProtocolError("our greeting line 1 is longer than %d bytes" % self.max_line)
+        #: our two greeting lines (str, without line ends)
+        self.local_greeting = (line1, line2)
+        #: the peer's two greeting lines once received (str), else None
+        self.peer_greeting = None
+        #: bytes the peer sent after its auth line (valid once Established)
+        self.trailing_data = b""
+        #: bytes that followed the peer's line 2 when TLS was requested (see module docstring)
+        self.pre_tls_data = b""
+        self.state = LINE1
+        self.error = None
+        self._out = [self._l1 + b"\n" + self._l2 + b"\n"]
+        self._buf = b""
+        self._p1 = self._p2 = None
+        self._greeting = None
+        self._tls = False
+        self._auth_line = None
+        self._send_framing = None
+
+    # ---------------------------------------------------------------- public interface
+
+    def data_to_send(self):
+        """Return (and forget) the bytes we must send now: the greeting, later the auth line.
+
+        Example::
+
+            sock.sendall(hs.data_to_send())
+        """
+        out = b"".join(self._out)
+        self._out = []
+        return out
+
+    def receive_data(self, data):
+        """Feed bytes read from the peer; return the list of events they produced.
+
+        Raises ``RemoteProtocolError`` when the peer fails a check (the connection must be
+        closed; every later call raises again).
+
+        Example::
+
+            for ev in hs.receive_data(sock.recv(4096)):
+                ...
+        """
+        if self.state is ERROR:
+            raise RemoteProtocolError(self.error)
+        if self.state is ESTABLISHED:
+            self.trailing_data += bytes(data)
+            return []
+        if self.state is WAIT_TLS:
+            raise LocalProtocolError("receive_data() called before start_tls_done()")
+        try:
+            return self._receive(bytes(data))
+        except RemoteProtocolError as exc:
+            self._fail(str(exc))
+            raise
+        except Exception as exc:  # pragma: no cover - safety net: never leak anything else
+            logger.exception("unexpected error in handshake")
+            self._fail("malformed handshake: %r" % (exc,))
+            raise RemoteProtocolError(self.error) from exc
+
+    def start_tls_done(self):
+        """Tell the handshake that TLS is now active (after a ``NeedTLS`` event).
+
+        Queues our auth line; what the peer sends from now on is read through TLS.
+
+        Example::
+
+            sock = ctx.wrap_socket(sock, server_side=ev.server_side)
+            hs.start_tls_done()
+            sock.sendall(hs.data_to_send())
+        """
+        if self.state is not WAIT_TLS:
+            raise LocalProtocolError("start_tls_done() without a pending NeedTLS (state %s)"
+                                     % self.state)
+        self._tls = True
+        self.pre_tls_data = b""
+        self._out.append(self._auth_line)
+        self.state = AUTH
+
+    @property
+    def tls_active(self):
+        """True once TLS was started for this connection."""
+        return self._tls
+
+    # ---------------------------------------------------------------- internals
+
+    def _fail(self, reason):
+        self.state = ERROR
+        self.error = reason
+        logger.debug("handshake with %s failed: %s",
+                     self._greeting.nodeid if self._greeting else "?", reason)
+
+    def _receive(self, data):
+        events = []
+        buf = self._buf + data if self._buf else data
+        while True:
+            i = buf.find(b"\n")
+            if i < 0:
+                n = len(buf)
+                if n > self.max_line and not (n == self.max_line + 1 and buf[-1] == 0x0D):
+                    raise RemoteProtocolError(self._too_long())
+                break
+            line = buf[:i - 1] if i and buf[i - 1] == 0x0D else buf[:i]
+            if len(line) > self.max_line:
+                raise RemoteProtocolError(self._too_long())
+            buf = buf[i + 1:]
+            state = self.state
+            if state is LINE1:
+                self._on_line1(line)
+            elif state is LINE2:
+                self._on_line2(line, events)
+                if self.state is WAIT_TLS:
+                    self.pre_tls_data = buf
+                    buf = b""
+                    break
+            else:  # AUTH
+                events.append(self._on_auth(line))
+                self.trailing_data = buf
+                buf = b""
+                break
+        self._buf = buf
+        return events
+
+    def _too_long(self):
+        return "auth line too long" if self.state is AUTH else "greeting line too long"
+
+    def _on_line1(self, line):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("unparsable greeting (not UTF-8)") from None
+        protocol, version, nodeid, auths, framings, kv = parse_greeting_line1(text)
+        if not (protocol == self.protocol
+                or (self.protocol == "aemp" and _SUBPROTO.match(protocol))
+                or (protocol == "aemp" and _SUBPROTO.match(self.protocol))):
+            raise RemoteProtocolError("unparsable greeting, expected '%s', got '%s'"
+                                      % (self.protocol, protocol[:64]))
+        if version != str(PROTOCOL_VERSION):
+            raise RemoteProtocolError("version mismatch (we: %d, they: %s)"
+                                      % (PROTOCOL_VERSION, version[:32]))
+        if not nodeid:
+            raise RemoteProtocolError("unparsable greeting (empty node id)")
+        self._p1 = line
+        self._greeting = GreetingReceived(protocol, PROTOCOL_VERSION, nodeid, auths, framings,
+                                          kv, "")
+        self.state = LINE2
+
+    def _on_line2(self, line, events):
+        try:
+            nonce = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("unparsable greeting nonce (not UTF-8)") from None
+        self._p2 = line
+        g = self._greeting._replace(nonce=nonce)
+        self._greeting = g
+        if self._p1 == self._l1 and line == self._l2:
+            raise RemoteProtocolError("authentication error, echo attack?")
+        if g.nodeid == self.nodeid:
+            raise RemoteProtocolError("I refuse to talk to myself")
+        self.peer_greeting = (self._p1.decode("utf-8"), nonce)
+        events.append(g)
+
+        want_tls = self.tls_offered and _perl_int(g.kv.get("tls")) == 1
+        method = None
+        for m in g.auth_accept:
+            if m in self.auth_offer and (want_tls or m not in _TLS_ONLY):
+                method = m
+                break
+        if method is None:
+            raise RemoteProtocolError("%s: no common auth type supported"
+                                      % ",".join(g.auth_accept)[:256])
+        for f in g.framings:
+            if f in self.framings:
+                self._send_framing = f
+                break
+        else:
+            raise RemoteProtocolError("no common framing method supported")
+        token = self._make_token(method)
+        self._auth_line = ("%s;%s;%s\n" % (method, token, self._send_framing)).encode("utf-8")
+        if want_tls:
+            if self._l2 == line:
+                raise RemoteProtocolError("identical nonces, cannot choose TLS roles")
+            self.state = WAIT_TLS
+            events.append(NeedTLS(server_side=self._l2 > line))
+        else:
+            self._out.append(self._auth_line)
+            self.state = AUTH
+
+    def _make_token(self, method):
+        mine = (self._l1, self._l2, self._p1, self._p2)
+        if method == "hmac_sha3_512":
+            if not self.secret:
+                raise RemoteProtocolError("unable to handshake TLS and no shared secret configured")
+            return hmac_token(self.secret, *mine)
+        if method == "tls_sha3_512":
+            return tls_token(*mine)
+        if method == "tls_anon":
+            return ""
+        if method == "cleartext":
+            if not self.secret:
+                raise RemoteProtocolError("unable to handshake TLS and no shared secret configured")
+            return self.secret.hex()
+        raise RemoteProtocolError("%s: unsupported auth method in our auth_offer" % method)
+
+    def _on_auth(self, line):
+        try:
+            text = line.decode("ascii")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("unparsable auth line") from None
+        fields = text.split(";")
+        if len(fields) != 3:
+            raise RemoteProtocolError("unparsable auth line (%d fields)" % len(fields))
+        method, token, framing = fields
+        if method not in KNOWN_AUTH_METHODS:
+            raise RemoteProtocolError("fatal, selected unsupported rcv auth method")
+        if method not in self.auth_accept:
+            raise RemoteProtocolError("%s: auth method not accepted" % method)
+        if method in _TLS_ONLY and not self._tls:
+            raise RemoteProtocolError("%s: auth method needs TLS" % method)
+        theirs = (self._p1, self._p2, self._l1, self._l2)
+        if method == "hmac_sha3_512":
+            expected = hmac_token(self.secret, *theirs) if self.secret else None
+        elif method == "tls_sha3_512":
+            expected = tls_token(*theirs)
+        elif method == "cleartext":
+            expected = self.secret.hex() if self.secret else None
+        else:  # tls_anon: the token carries nothing
+            expected = token
+        if expected is None or not hmac.compare_digest(token.encode("ascii"),
+                                                       expected.encode("ascii")):
+            raise RemoteProtocolError("authentication failure/shared secret mismatch")
+        if framing not in USABLE_FRAMINGS:
+            raise RemoteProtocolError("%s: unusable remote framing" % framing[:64])
+        g = self._greeting
+        self.state = ESTABLISHED
+        protocol = self.protocol if self.protocol != "aemp" else g.protocol
+        return Established(self._send_framing, framing, g.nodeid, g.kv, method, protocol, self._tls)
+
+    def __repr__(self):
+        return "<Handshake %s state=%s peer=%s>" % (
+            self.nodeid, self.state, self._greeting.nodeid if self._greeting else None)

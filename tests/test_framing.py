@@ -1,0 +1,449 @@
+"""Tests for the AEMP data-phase framings (``aemp_green.framing``): encoders, incremental
+decoders, the CBOR byte-string rule and every error path."""
+
+import math
+import time
+from collections import OrderedDict
+
+import cbor2
+import pytest
+
+from aemp_green import framing
+from aemp_green.exceptions import RemoteProtocolError
+from aemp_green.framing import (FRAMINGS, CborDecoder, JsonDecoder, codec, encode_cbor,
+                                encode_json)
+
+UNICODE = "Grüße, 世界 ✓ 😀 ☠ \u00a0/\\\"'\t"
+
+SAMPLES = [
+    ["KQPFl3bClb", "test", 1, "abc"],
+    ["", "g_slave"],
+    ["p", UNICODE, {"text": UNICODE, UNICODE: [UNICODE]}],
+    ["p", 2 ** 40, -17, 0, -0, 2 ** 63 - 1, -2 ** 63, 2 ** 64 - 1],
+    ["p", 3.25, 0.1, -1.5e-300, 1e300, 1700000000.123456, -0.0],
+    ["p", None, True, False, {}, [], [[]], {"a": {}}],
+    ["p", {"list": [1, "two", [3, {"four": 4}]], "neg": -17, "null": None, "t": True}],
+    ["p", "[{]}\"\\", "\n\r\t\x00\x1f", "a\\", "\\\"", "]", '"]'],
+    ["a/b#c", "AnyEvent::MP::_spawn", "htwwPJOxs5c", "main::spawned", "peer_b#KSQsEF8z1b"],
+    ["deep", [[[[[[[[[[["x", {"y": [[[["z"]]]]}]]]]]]]]]]]],
+    [],
+]
+
+
+def ids(xs):
+    return [str(i) for i in range(len(xs))]
+
+
+def feed_all(dec, chunks):
+    out = []
+    for c in chunks:
+        out += dec.feed(c)
+    return out
+
+
+# --------------------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("name", FRAMINGS)
+@pytest.mark.parametrize("msg", SAMPLES, ids=ids(SAMPLES))
+def test_round_trip(name, msg):
+    enc, dec_cls = codec(name)
+    data = enc(msg)
+    assert isinstance(data, bytes)
+    out = dec_cls().feed(data)
+    assert out == [msg]
+    # exact types survive (floats stay floats, ints ints, -0.0 keeps its sign)
+    for a, b in zip(_leaves(out[0]), _leaves(msg)):
+        assert type(a) is type(b)
+        if isinstance(a, float):
+            assert math.copysign(1, a) == math.copysign(1, b)
+
+
+def _leaves(v):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield k
+            yield from _leaves(x)
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _leaves(x)
+    else:
+        yield v
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_tuples_and_subclasses_encode(name):
+    enc, dec_cls = codec(name)
+    assert dec_cls().feed(enc(("p", (1, 2), OrderedDict(a=1)))) == [["p", [1, 2], {"a": 1}]]
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_big_ints(name):
+    enc, dec_cls = codec(name)
+    msg = ["p", 2 ** 64, -2 ** 64 - 5, 2 ** 100]
+    assert dec_cls().feed(enc(msg)) == [msg]
+
+
+def test_json_encoding_is_compact_raw_utf8():
+    assert encode_json(["a/b", "ü€😀", 3.25, 2 ** 40, -17, True, False, None, {"k": []}]) == (
+        '["a/b","ü€😀",3.25,1099511627776,-17,true,false,null,{"k":[]}]\n'.encode())
+    assert b"\\u" not in encode_json([UNICODE])
+    assert encode_json(("t",)) == b'["t"]\n'
+
+
+def test_json_matches_perl_bytes():
+    """What JSON::XS sent in the recording (json-session conn03) is what we send."""
+    perl = '["KSQsEF8z1b","ok","danke schön ✓",42,-7,3.25,[1,[2,{"t":true,"x":null}]]]'.encode()
+    assert encode_json(["KSQsEF8z1b", "ok", "danke schön ✓", 42, -7, 3.25,
+                        [1, [2, {"t": True, "x": None}]]]) == perl + b"\n"
+
+
+def test_cbor_encoding_has_no_tag_and_text_strings():
+    data = encode_cbor(["", "g_find", b"\x01", 1])
+    assert data == bytes.fromhex("84") + bytes.fromhex("60") + b"\x66g_find" + b"\x41\x01" + b"\x01"
+    assert cbor2.loads(encode_cbor(["p", 3.25])) == ["p", 3.25]
+
+
+def test_codec_lookup():
+    assert codec("json") == (encode_json, JsonDecoder)
+    assert codec("cbor") == (encode_cbor, CborDecoder)
+    assert FRAMINGS == ("cbor", "json")
+    for bad in ("storable", "", None, "JSON"):
+        with pytest.raises(ValueError):
+            codec(bad)
+
+
+# --------------------------------------------------------------------------- streams
+
+def _stream(name, msgs):
+    enc = codec(name)[0]
+    return b"".join(enc(m) for m in msgs)
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_many_frames_one_feed(name):
+    msgs = [["p", i, "x" * (i % 7), {"i": [i]}] for i in range(1000)]
+    assert codec(name)[1]().feed(_stream(name, msgs)) == msgs
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_split_at_every_offset(name):
+    msgs = SAMPLES[:4] + [["tail", UNICODE]]
+    data = _stream(name, msgs)
+    for i in range(len(data) + 1):
+        d = codec(name)[1]()
+        assert d.feed(data[:i]) + d.feed(data[i:]) == msgs, i
+    d = codec(name)[1]()
+    assert feed_all(d, [data[i:i + 1] for i in range(len(data))]) == msgs
+    assert d.pending == 0
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_split_at_every_pair_of_offsets(name):
+    msgs = [["", "g_find", "sëed"], ["p", {"k": ["[\\\"]"]}]]
+    data = _stream(name, msgs)
+    for i in range(len(data) + 1):
+        for j in range(i, len(data) + 1):
+            d = codec(name)[1]()
+            assert feed_all(d, [data[:i], data[i:j], data[j:]]) == msgs, (i, j)
+
+
+PERL_JSON = (b'["","g_slave"]["","g_slave",{"\'l":{"peer_b":["127.0.0.1:36249"]}}]'
+             b'["","g_find","seed"]["x","\\"]\\\\",{"a":[1,[2,[3,[4,[5,[6,[7]]]]]]]}]["z"]')
+PERL_FRAMES = [["", "g_slave"], ["", "g_slave", {"'l": {"peer_b": ["127.0.0.1:36249"]}}],
+               ["", "g_find", "seed"], ["x", '"]\\', {"a": [1, [2, [3, [4, [5, [6, [7]]]]]]]}],
+               ["z"]]
+
+
+def test_json_perl_stream_without_delimiters():
+    assert JsonDecoder().feed(PERL_JSON) == PERL_FRAMES
+    for i in range(len(PERL_JSON) + 1):
+        d = JsonDecoder()
+        assert d.feed(PERL_JSON[:i]) + d.feed(PERL_JSON[i:]) == PERL_FRAMES
+
+
+def test_json_whitespace_between_and_inside_frames():
+    data = b' \r\n\t["a" ,\n 1]\n\n\r\n  ["b"]["c"]\n[\n"d"\n]\n'
+    assert JsonDecoder().feed(data) == [["a", 1], ["b"], ["c"], ["d"]]
+    for i in range(len(data) + 1):
+        d = JsonDecoder()
+        assert d.feed(data[:i]) + d.feed(data[i:]) == [["a", 1], ["b"], ["c"], ["d"]]
+
+
+def test_json_mixed_newline_and_concatenated():
+    data = b'["a"]\n["b"]["c"]\n["d"]\n["e"'
+    d = JsonDecoder()
+    assert d.feed(data) == [["a"], ["b"], ["c"], ["d"]]
+    assert d.feed(b"]") == [["e"]]
+
+
+def test_json_multibyte_char_split():
+    data = encode_json(["😀ü"])[:-1]  # without the newline: the frame ends at its "]"
+    for i in range(1, len(data)):
+        d = JsonDecoder()
+        assert d.feed(data[:i]) == []
+        assert d.feed(data[i:]) == [["😀ü"]]
+
+
+def test_json_backslash_at_split():
+    data = b'["a\\\\","b\\"c"]'
+    for i in range(len(data) + 1):
+        d = JsonDecoder()
+        assert d.feed(data[:i]) + d.feed(data[i:]) == [["a\\", 'b"c']]
+
+
+def test_json_deep_nesting_beyond_the_fast_regex():
+    msg = ["d"]
+    cur = msg
+    for _ in range(200):
+        cur.append([])
+        cur = cur[-1]
+    data = encode_json(msg)
+    assert JsonDecoder().feed(data) == [msg]
+    assert JsonDecoder().feed(data[:-1].replace(b"\n", b"")) == [msg]
+    d = JsonDecoder()
+    assert d.feed(data[:100]) == [] and d.feed(data[100:]) == [msg]
+
+
+def test_json_empty_array_is_returned():
+    assert JsonDecoder().feed(b"[][]\n[]") == [[], [], []]
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_large_frame_in_small_chunks_is_linear(name):
+    """An 8 MB frame fed 4 KB at a time (2000 feeds) must not be re-parsed on every feed."""
+    msg = ["big", ["x" * 100 + str(i) for i in range(60000)], "y" * 2000000]
+    data = codec(name)[0](msg)
+    assert len(data) > 8_000_000
+    d = codec(name)[1]()
+    t0 = time.perf_counter()
+    out = feed_all(d, [data[i:i + 4096] for i in range(0, len(data), 4096)])
+    elapsed = time.perf_counter() - t0
+    assert out == [msg]
+    assert elapsed < 10, elapsed
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_feed_accepts_bytearray_and_memoryview(name):
+    data = _stream(name, SAMPLES[:3])
+    assert codec(name)[1]().feed(bytearray(data)) == SAMPLES[:3]
+    assert codec(name)[1]().feed(memoryview(data)) == SAMPLES[:3]
+    d = codec(name)[1]()
+    assert d.feed(b"") == []
+
+
+# --------------------------------------------------------------------------- cbor byte strings
+
+def test_cbor_ascii_byte_strings_become_str_everywhere():
+    raw = cbor2.dumps([b"", b"g_slave", {b"key": b"val", "txt": [b"a", {b"n": [b"deep"]}]},
+                       b"\xff\x00"])
+    assert CborDecoder().feed(raw) == [["", "g_slave",
+                                        {"key": "val", "txt": ["a", {"n": ["deep"]}]},
+                                       b"\xff\x00"]]
+
+
+def test_cbor_non_ascii_bytes_stay_bytes_both_ways():
+    enc = encode_cbor(["p", b"\x80binary", {b"\xfe": 1}, "text"])
+    assert CborDecoder().feed(enc) == [["p", b"\x80binary", {b"\xfe": 1}, "text"]]
+
+
+def test_cbor_python_ascii_bytes_arrive_as_str():
+    """The documented lossy case."""
+    raw = encode_cbor(["p", b"abc", {b"k": b"v"}])
+    assert CborDecoder().feed(raw) == [["p", "abc", {"k": "v"}]]
+
+
+def test_cbor_perl_utf8_text_and_bytes_mixed():
+    # a Perl message: port and tag as byte strings, text with the UTF-8 flag as a text string
+    raw = bytes.fromhex("8340") + b"\x44kil0" + bytes([0x60 + len("reason text ☠".encode())]) + \
+        "reason text ☠".encode()
+    assert CborDecoder().feed(raw) == [["", "kil0", "reason text ☠"]]
+
+
+def test_cbor_key_collision_after_conversion_last_wins():
+    raw = cbor2.dumps([{b"a": 1, "a": 2}])
+    assert CborDecoder().feed(raw) == [[{"a": 2}]]
+
+
+def test_cbor_float_widths_from_perl():
+    # 3.25 as float32 (fa), a time as float64 (fb), a half float (f9)
+    raw = bytes.fromhex("8440fa40500000fb41d954fc40000000f93e00")
+    assert CborDecoder().feed(raw) == [["", 3.25, 1700000000.0, 1.5]]
+
+
+def test_cbor_indefinite_lengths_and_self_describe_tag():
+    raw = bytes.fromhex("9f40") + bytes.fromhex("5f4161416bff") + bytes.fromhex("ff")
+    assert CborDecoder().feed(raw) == [["", "ak"]]
+    raw = bytes.fromhex("d9d9f7824041") + b"x"
+    assert CborDecoder().feed(raw) == [["", "x"]]
+
+
+def test_cbor_bignum_and_other_native_tags():
+    raw = cbor2.dumps(["p", 2 ** 100, -2 ** 100])
+    assert CborDecoder().feed(raw) == [["p", 2 ** 100, -2 ** 100]]
+    tagged = CborDecoder().feed(bytes.fromhex("82") + b"\x40" + bytes.fromhex("d9ffff01"))
+    assert tagged[0][1] == cbor2.CBORTag(65535, 1)
+
+
+# --------------------------------------------------------------------------- encode errors
+
+class Thing:
+    pass
+
+
+@pytest.mark.parametrize("value, typename", [
+    (b"bytes", "bytes"), (bytearray(b"x"), "bytearray"), ({1, 2}, "set"), (Thing(), "Thing"),
+    (1 + 2j, "complex"), (object(), "object"),
+])
+def test_json_type_errors(value, typename):
+    with pytest.raises(TypeError, match=typename):
+        encode_json(["p", value])
+    with pytest.raises(TypeError, match=typename):
+        encode_json(["p", [{"k": value}]])
+
+
+@pytest.mark.parametrize("key", [1, None, True, 1.5, (1, 2), b"k"])
+def test_json_non_str_keys(key):
+    with pytest.raises(TypeError, match="dict key"):
+        encode_json(["p", {key: 1}])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_json_nan_inf(value):
+    with pytest.raises(TypeError, match="NaN/Infinity"):
+        encode_json(["p", value])
+    with pytest.raises(TypeError, match="NaN/Infinity"):
+        encode_json(["p", {"x": [value]}])
+
+
+def test_json_lone_surrogate():
+    with pytest.raises(TypeError, match="surrogate"):
+        encode_json(["p", "\ud800"])
+
+
+@pytest.mark.parametrize("value, typename", [
+    ({1, 2}, "set"), (Thing(), "Thing"), (1 + 2j, "complex"), (frozenset(), "frozenset"),
+])
+def test_cbor_type_errors(value, typename):
+    with pytest.raises(TypeError, match=typename):
+        encode_cbor(["p", value])
+    with pytest.raises(TypeError, match=typename):
+        encode_cbor(["p", {"k": [value]}])
+
+
+@pytest.mark.parametrize("key", [1, None, 1.5, (1, 2)])
+def test_cbor_non_string_keys(key):
+    with pytest.raises(TypeError, match="dict key"):
+        encode_cbor(["p", {key: 1}])
+
+
+def test_cbor_carries_nan_and_bytes_keys():
+    out = CborDecoder().feed(encode_cbor(["p", float("nan"), float("inf"), {b"\x80": 1}]))
+    assert math.isnan(out[0][1]) and out[0][2] == float("inf") and out[0][3] == {b"\x80": 1}
+
+
+@pytest.mark.parametrize("enc", [encode_json, encode_cbor])
+def test_frame_must_be_list(enc):
+    for bad in ("str", {"a": 1}, 1, None, b"x"):
+        with pytest.raises(TypeError, match="list or tuple"):
+            enc(bad)
+
+
+@pytest.mark.parametrize("enc", [encode_json, encode_cbor])
+def test_cyclic_and_too_deep(enc):
+    cyc = ["p"]
+    cyc.append(cyc)
+    with pytest.raises(TypeError, match="nested"):
+        enc(cyc)
+    deep = []
+    for _ in range(framing.MAX_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(TypeError, match="nested"):
+        enc(["p", deep])
+
+
+# --------------------------------------------------------------------------- decode errors
+
+@pytest.mark.parametrize("data", [
+    b'{"a":1}', b"1", b'"x"', b"true", b"null", b"x", b"\x00", b"[1,]", b"[1}", b"[1 2]",
+    b'["\xff"]', b'["\xed\xa0\x80"]', b'["\xc0\xaf"]', b"[NaN]", b"[Infinity]", b"[-Infinity]",
+    b'["a"]x', b'["a"]\n{}', b"\xef\xbb\xbf[1]", b"]", b"[" * 2000 + b"]" * 2000,
+])
+def test_json_garbage(data):
+    d = JsonDecoder()
+    with pytest.raises(RemoteProtocolError):
+        d.feed(data)
+        d.feed(b"\n")
+    with pytest.raises(RemoteProtocolError):  # the decoder stays dead
+        d.feed(b'["ok"]\n')
+
+
+def test_json_strings_named_like_constants_are_fine():
+    assert JsonDecoder().feed(b'["NaN","Infinity",1]\n') == [["NaN", "Infinity", 1]]
+    assert JsonDecoder().feed(b'["NaN"]["Infinity"]') == [["NaN"], ["Infinity"]]
+
+
+@pytest.mark.parametrize("data", [
+    cbor2.dumps({"a": 1}), cbor2.dumps(1), cbor2.dumps("x"), cbor2.dumps(b"x"), b"\xff",
+    b"\x1c", b"\x81\x1c", bytes.fromhex("a1810102"), bytes.fromhex("81a1810102"),
+    bytes.fromhex("81a10102"), bytes.fromhex("8161ff"), bytes.fromhex("d81c81d81d00"),
+    bytes.fromhex("81d81d00"), b"\x81" * 1000 + b"\x80",
+])
+def test_cbor_garbage(data):
+    d = CborDecoder()
+    with pytest.raises(RemoteProtocolError):
+        d.feed(data)
+    with pytest.raises(RemoteProtocolError):
+        d.feed(encode_cbor(["ok"]))
+
+
+def test_cbor_non_array_detected_while_incomplete():
+    with pytest.raises(RemoteProtocolError, match="not an array"):
+        CborDecoder().feed(bytes.fromhex("5a00100000") + b"abc")
+
+
+def test_cbor_truncated_waits():
+    data = encode_cbor(["p", "x" * 300, {"k": [1, 2.5]}])
+    d = CborDecoder()
+    for i in range(len(data) - 1):
+        assert d.feed(data[i:i + 1]) == []
+    assert d.feed(data[-1:]) == [["p", "x" * 300, {"k": [1, 2.5]}]]
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_max_frame_complete_and_pending(name):
+    enc, dec_cls = codec(name)
+    big = enc(["p", "x" * 2000])
+    with pytest.raises(RemoteProtocolError, match="larger than"):
+        dec_cls(max_frame=1000).feed(big)
+    d = dec_cls(max_frame=1000)
+    with pytest.raises(RemoteProtocolError, match="larger than"):
+        for i in range(0, len(big) - 1, 100):
+            d.feed(big[i:i + 100][: len(big) - 1 - i])
+    # frames just under the limit are fine, many of them in one feed
+    small = enc(["p", "x" * 900])
+    assert dec_cls(max_frame=1000).feed(small * 50) == [["p", "x" * 900]] * 50
+
+
+def test_cbor_declared_huge_string_refused_early():
+    d = CborDecoder(max_frame=1 << 20)
+    with pytest.raises(RemoteProtocolError, match="larger than"):
+        d.feed(bytes.fromhex("82405b0000000100000000") + b"abc")
+    d = CborDecoder(max_frame=1 << 20)
+    with pytest.raises(RemoteProtocolError, match="larger than"):
+        d.feed(bytes.fromhex("9b0000000100000000") + b"\x01")
+
+
+def test_json_pending_whitespace_does_not_count():
+    d = JsonDecoder(max_frame=10)
+    assert d.feed(b" " * 100 + b"\n" * 100) == []
+    assert d.feed(b'["a"]') == [["a"]]
+
+
+def test_cbor_skip_agrees_with_cbor2():
+    items = [["p", "x", b"y", {"k": [1, 2.5, None]}], [2 ** 70, -1, True], [[[]]], ["ü" * 300]]
+    for it in items:
+        raw = cbor2.dumps(it) + b"\xff\xff"
+        assert framing._cbor_skip(raw, 0, [], 1 << 30) == (len(raw) - 2, True)
+        for cut in range(len(raw) - 2):
+            pos, done = framing._cbor_skip(raw[:cut], 0, [], 1 << 30)
+            assert not done and pos <= cut
