@@ -393,11 +393,17 @@ def _req_g_slave(from_node, db=None, *_):
         _src_replace(from_node, db, mine=True)
 
 
+def _peer_up(nodeid):
+    """``nodeid`` is another global node: mesh with it (once) by sending it our slaves' view."""
+    if nodeid not in _peers:
+        _peers.add(nodeid)
+        _slaves.discard(nodeid)
+        _send(nodeid, "g_set", _mine_db())
+
+
 def _req_g_global(from_node, *_):
     if _global:
-        if from_node not in _peers:
-            _peers.add(from_node)
-            _send(from_node, "g_set", _mine_db())
+        _peer_up(from_node)
 
 
 def _mine_db():
@@ -407,8 +413,7 @@ def _mine_db():
 def _req_g_set(from_node, db=None, *_):
     if not _global:
         return
-    _peers.add(from_node)
-    _slaves.discard(from_node)
+    _peer_up(from_node)
     _src_replace(from_node, db if isinstance(db, dict) else {}, mine=False)
 
 
