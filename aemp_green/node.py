@@ -380,7 +380,9 @@ def _refuse_duplicates(ev):
 def _start_link(sock, est, trailing, outgoing):
     link = transport.Link(sock, est.peer_nodeid, est.send_framing, est.recv_framing, trailing,
                           _on_frame, _on_close, max_frame=int(_cfg.get("max_frame") or 64 << 20),
-                          peer_kv=est.kv, outgoing=outgoing)
+                          peer_kv=est.kv, outgoing=outgoing,
+                          keepalive=float(_cfg["monitor_timeout"]) if _cfg.get("keepalive", True)
+                          else None)
     link.closed_event = Event()
     get_node(est.peer_nodeid).attach(link)
     return link

@@ -122,7 +122,7 @@ class Link:
     """
 
     def __init__(self, sock, nodeid, send_framing, recv_framing, trailing, on_frame, on_close,
-                 *, max_frame=64 * 1024 * 1024, peer_kv=None, outgoing=False):
+                 *, max_frame=64 * 1024 * 1024, peer_kv=None, outgoing=False, keepalive=None):
         self.sock = sock
         self.nodeid = nodeid
         self.send_framing = send_framing
@@ -147,6 +147,10 @@ class Link:
         self._loop.run_callback(self._writer.switch)
         self.frames_in = 0
         self.frames_out = 0
+        self.last_rx = self.last_tx = self._loop.now()
+        self._watchdog = None
+        if keepalive:
+            self._watchdog = gevent.spawn(self._watch, float(keepalive))
 
     @property
     def closed(self):
@@ -158,6 +162,7 @@ class Link:
             return False
         self._wbuf.append(self._encode(frame))
         self.frames_out += 1
+        self.last_tx = self._loop.now()
         if self._writer_idle:
             self._writer_idle = False
             self._loop.run_callback(self._writer.switch)
@@ -193,6 +198,7 @@ class Link:
                 if not data:
                     self.close("Unexpected end-of-file")
                     break
+                self.last_rx = self._loop.now()
                 frames = dec.feed(data)
                 self.frames_in += len(frames)
                 for frame in frames:
@@ -207,6 +213,27 @@ class Link:
             if not self._closed:
                 self.close("reader ended")
 
+    def _watch(self, timeout):
+        """Keepalive: send the no-op ``["", ""]`` when idle; no byte for ``timeout`` s = dead.
+
+        AEMP 2.02 relies on TCP timeouts (minutes to hours for a silent peer); Perl nodes accept
+        the empty node-port request as a no-op, so this stays compatible.
+        """
+        interval = max(timeout / 3.0, 0.05)
+        loop = self._loop
+        while not self._closed:
+            gevent.sleep(interval)
+            if self._closed:
+                break
+            loop.update_now()
+            now = loop.now()
+            if now - self.last_rx > timeout:
+                logger.warning("%s: nothing received for %.1f s, link is dead", self.nodeid, timeout)
+                self.close("keepalive timeout (no data for %.1f s)" % timeout)
+                break
+            if now - self.last_tx >= interval:
+                self.send(("", ""))
+
     def close(self, why="closed"):
         """Close the connection (idempotent); ``on_close(link, why)`` runs once."""
         if self._closed:
@@ -214,6 +241,8 @@ class Link:
         self._closed = True
         self.close_reason = why
         self._wbuf = []
+        if self._watchdog is not None and self._watchdog is not gevent.getcurrent():
+            self._watchdog.kill(block=False)
         if self._writer_idle:
             self._writer_idle = False
             self._loop.run_callback(self._wake_writer_to_exit)

@@ -1,0 +1,82 @@
+"""Failure detection without waiting for TCP: a silent peer is declared down within monitor_timeout.
+
+A SIGSTOPped process keeps its TCP connections open (the kernel still ACKs), but sends nothing:
+exactly the "silent peer" AEMP 2.02 would only notice after TCP timeouts (minutes to hours).
+"""
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from netutil import ChildNode
+
+
+def _free_addr():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return "127.0.0.1:%d" % s.getsockname()[1]
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    started = []
+
+    def make(name, **cfg):
+        n = ChildNode(tmp_path, name, **cfg)
+        started.append(n)
+        return n
+
+    yield make
+    for n in started:
+        if n.proc.poll() is None:
+            try:
+                os.kill(n.proc.pid, signal.SIGCONT)
+            except OSError:
+                pass
+        n.stop()
+
+
+def test_silent_peer_is_declared_down_within_monitor_timeout(nodes):
+    """Issue 8: a silent peer must be declared down and its monitors fired within monitor_timeout."""
+    seed_addr = _free_addr()
+    seed = nodes("seed", nodeid="seed", binds=[seed_addr], seeds=[seed_addr], monitor_timeout=1.5)
+    quiet = nodes("quiet", nodeid="quiet", seeds=[seed_addr])
+    quiet.exec("p = port(lambda *m: None); db_set('ka', p); emit('port', p)")
+    (p,) = quiet.expect("port")
+    # make sure the monitor is in place (mon1 went out) before silencing the peer
+    # wait until the seed knows the port (so quiet's link is up), then monitor it
+    seed.exec("import time\n"
+              "def seen(db, *a):\n"
+              "    if %r in db and not done: done.append(1); mon(%r, lambda *r: emit('down', list(r), time.time())); emit('ok')\n"
+              "done = []\n"
+              "db_mon('ka', seen)" % (p, p))
+    seed.expect("ok")
+    t0 = time.time()
+    os.kill(quiet.proc.pid, signal.SIGSTOP)
+    reason, t_down = seed.expect("down", timeout=10)
+    assert reason[0] == "transport_error" and reason[1] == "quiet", reason
+    assert "keepalive" in reason[2], reason
+    assert t_down - t0 < 1.5 + 1.0, "declared down after %.2f s" % (t_down - t0)
+
+
+def test_idle_link_stays_up_with_keepalives(nodes):
+    """Idle but healthy links are not torn down: the no-op keepalive keeps them alive."""
+    seed_addr = _free_addr()
+    seed = nodes("seed", nodeid="seed", binds=[seed_addr], seeds=[seed_addr], monitor_timeout=0.6)
+    other = nodes("other", nodeid="other", seeds=[seed_addr], monitor_timeout=0.6)
+    other.exec("p = port(lambda *m: emit('got', list(m))); db_set('ka', p); emit('port', p)")
+    (p,) = other.expect("port")
+    seed.exec("db_mon('ka', lambda db, *a: %r in db and emit('seen'))" % p)
+    seed.expect("seen")
+    seed.exec("mon_nodes(lambda n, up, *r: emit('nodes', n, up, list(r)))\nemit('ok')")
+    seed.expect("ok")
+    # stay idle for several monitor_timeouts, then check the link never dropped
+    seed.exec("gevent.sleep(2.0); emit('idle_done', node_is_up('other'))")
+    (up,) = seed.expect("idle_done", timeout=10)
+    assert up is True
+    assert not [b for b in seed.backlog if b[0] == "nodes" and b[2] is False]
+    seed.exec("snd(%r, 'still', 'here')" % p)
+    assert other.expect("got", timeout=5) == [["still", "here"]]
