@@ -152,20 +152,6 @@ def node_down(node):
                 break
 
 
-def subprotocol(est, sock, trailing):
-    from . import dataconn  # noqa: F401 - registers itself when it exists
-
-    handler = _SUBPROTOCOLS.get(est.protocol)
-    if handler is None:
-        logger.info("%s: unsupported sub-protocol %s", est.peer_nodeid, est.protocol)
-        sock.close()
-        return
-    handler(est, sock, trailing)
-
-
-_SUBPROTOCOLS = {}
-
-
 def find_node(nodeid):
     """Look up ``nodeid``'s addresses; answers arrive through ``RemoteNode.found``."""
     if _global:

@@ -37,6 +37,8 @@ __all__ = [
     "eval_on",
     "RemoteNode",
     "add_tracer",
+    "register_subprotocol",
+    "dial_subprotocol",
     "listener_addresses",
 ]
 
@@ -372,6 +374,8 @@ def _on_close(link, why):
 
 
 def _refuse_duplicates(ev):
+    if ev.protocol != "aemp":  # a sub-protocol connection (DataConn) from a connected node is fine
+        return
     n = _nodes.get(ev.nodeid)
     if n is not None and n.link is not None:
         raise transport.HandshakeRefused("%s already connected, not connecting again." % ev.nodeid)
@@ -430,10 +434,69 @@ def _accept(sock, addr):
         logger.info("%s disconnected - %s", peeraddr, exc)
         return
     if est.protocol != "aemp":
-        _hooks().subprotocol(est, sock, trailing)
+        handler = _subprotocols.get(est.protocol)
+        if handler is None:
+            logger.info("%s: unsupported sub-protocol %s", est.peer_nodeid, est.protocol)
+            return
+        handler(est, sock, trailing)
         return
     link = _start_link(sock, est, trailing, outgoing=False)
     link.run()
+
+
+_subprotocols = {}
+
+
+def register_subprotocol(protocol, handler):
+    """Route accepted connections that greet with ``protocol`` (``aemp-<word>``) to ``handler``.
+
+    ``handler(established, sock, trailing_bytes)`` runs in the connection's greenlet after the
+    normal authentication; the socket is closed when it returns. Used by ``dataconn``.
+
+    Example::
+
+        register_subprotocol("aemp-dataconn", on_dataconn)
+    """
+    _subprotocols[protocol] = handler
+
+
+def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
+    """Open an authenticated ``protocol`` connection to ``nodeid``; returns ``(sock, est, rest)``.
+
+    Uses the node's known addresses (asking the master with ``g_find`` if needed). Raises
+    ``OSError``/``RemoteProtocolError``/``gevent.Timeout`` on failure.
+
+    Example::
+
+        sock, est, rest = dial_subprotocol("worker/x", "aemp-dataconn", {"dataconn_id": "1"})
+    """
+    timeout = float(_cfg["connect_interval"] if timeout is None else timeout)
+    n = get_node(nodeid)
+    addrs = n.addrs or _explicit_address(nodeid)
+    with gevent.Timeout(timeout):
+        if not addrs:
+            if not n.is_up:
+                n.send(("", ""))  # connecting finds the addresses (g_find) if anything can
+            while not (n.addrs or n.is_up):
+                gevent.sleep(0.02)
+            addrs = n.addrs
+        last = None
+        for addr in addrs or ():
+            host, port = _split_hostport(addr)
+            try:
+                sock = transport.connect(host, port, timeout=timeout)
+                hs = transport.make_handshake(_cfg, _k._NODE, transport.bind_string(host, port),
+                                              protocol=protocol, extra=extra)
+                sock2, est, rest = transport.run_handshake(sock, hs, timeout=timeout,
+                                                           cert=_cfg.get("cert"))
+                if est.peer_nodeid != nodeid:
+                    sock2.close()
+                    raise transport.HandshakeRefused("%s answered instead of %s" % (
+                        est.peer_nodeid, nodeid))
+                return sock2, est, rest
+            except (OSError, RemoteProtocolError, transport.HandshakeRefused) as exc:
+                last = exc
+        raise last or OSError("no known address for %s" % nodeid)
 
 
 # --------------------------------------------------------------------------- seeds
