@@ -419,20 +419,39 @@ def _dial(host, port, expect=None):
     return link
 
 
+_pending_handshakes = {}  # socket -> peeraddr, oldest first
+MAX_PENDING_HANDSHAKES = 256
+
+
 def _accept(sock, addr):
     transport._apply_sockopts(sock, _cfg.get("nodelay", True), _cfg.get("autocork", False))
     peeraddr = transport.bind_string(addr[0], addr[1])
+    cap = int(_cfg.get("max_pending_handshakes") or MAX_PENDING_HANDSHAKES)
+    while len(_pending_handshakes) >= cap:
+        # slowloris defence: the oldest unfinished handshake makes room; a real peer
+        # finishes in a round trip or two, so only stalled connections get evicted
+        old_sock, old_addr = next(iter(_pending_handshakes.items()))
+        del _pending_handshakes[old_sock]
+        logger.info("%s disconnected - too many pending handshakes, evicting the oldest", old_addr)
+        try:
+            old_sock.shutdown(2)
+        except OSError:
+            pass
+    raw = sock
+    _pending_handshakes[raw] = peeraddr
     hs = transport.make_handshake(_cfg, _k._NODE, peeraddr)
     try:
         sock, est, trailing = transport.run_handshake(
-            sock, hs, timeout=float(_cfg["monitor_timeout"]), on_greeting=_refuse_duplicates,
-            cert=_cfg.get("cert"))
+            sock, hs, timeout=float(_cfg.get("handshake_timeout") or _cfg["monitor_timeout"]),
+            on_greeting=_refuse_duplicates, cert=_cfg.get("cert"))
     except (RemoteProtocolError, transport.HandshakeRefused) as exc:
         logger.info("%s disconnected - %s", peeraddr, exc)
         return
     except (OSError, gevent.Timeout) as exc:
-        logger.info("%s disconnected - %s", peeraddr, exc)
+        logger.info("%s disconnected - %s", peeraddr, exc or exc.__class__.__name__)
         return
+    finally:
+        _pending_handshakes.pop(raw, None)
     if est.protocol != "aemp":
         handler = _subprotocols.get(est.protocol)
         if handler is None:
