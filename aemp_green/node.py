@@ -21,6 +21,7 @@ import gevent
 from gevent.event import Event
 
 from . import config as _config
+from . import framing
 from . import kernel as _k
 from . import transport
 from ._guard import Guard
@@ -87,6 +88,9 @@ class RemoteNode:
         if link is not None:
             link.send(frame)
             return
+        # the framing is not known yet: check with cbor (it carries everything json does, and
+        # bytes) so that a value no framing can carry raises TypeError here, in the caller
+        framing.encode_cbor(frame)
         self.queue.append(frame)
         if not self.connecting:
             self.connect()
@@ -159,7 +163,11 @@ class RemoteNode:
             try:
                 link.send(frame)
             except TypeError as exc:
-                logger.error("message to %s dropped: %s", self.id, exc)
+                # e.g. bytes for a json link: the message is lost, so its port's monitors fire
+                logger.error("message to %s#%s dropped: %s", self.id, frame[0], exc)
+                if frame and frame[0]:
+                    self.port_died(frame[0], ("transport_error", self.id,
+                                              "message could not be encoded: %s" % exc))
         logger.info("%s is up", self.id)
         self.up_event.set()
         _notify_watchers(self.id, True, ())
@@ -173,9 +181,12 @@ class RemoteNode:
             return
         self.link = None
         self.up_event.clear()
+        # the peer may have sent monitors over the other links: drop them all, so that both
+        # sides see the connection loss and fire their monitors (never a silent switch-over)
+        extra, self.extra_links = self.extra_links, []
+        for other in extra:
+            other.close(why)
         self.transport_error(why)
-        if self.extra_links:  # a simultaneous connection survives: use it from now on
-            self.attach(self.extra_links.pop(0))
 
     def transport_error(self, why):
         """Fire every monitor on this node once with ``("transport_error", id, why)``."""
@@ -188,6 +199,7 @@ class RemoteNode:
             self._timer.close()
             self._timer = None
         self.queue = []
+        self.addrs = None  # ask again next time: the node may come back elsewhere
         mons, self.monitors = self.monitors, {}
         reason = ("transport_error", self.id, why)
         actions = [a for lst in mons.values() for a in lst]

@@ -41,7 +41,9 @@ class HandshakeRefused(Exception):
 
 def _tls_context(cert_pem, server_side):
     """An SSL context for ``tls_sha3_512``: our PEM (key+cert+CAs), mutual verification."""
-    ctx = _stdssl.SSLContext(_stdssl.PROTOCOL_TLS_SERVER if server_side else _stdssl.PROTOCOL_TLS_CLIENT)
+    from gevent import ssl as _gssl  # gevent's context: its sockets block only the greenlet
+
+    ctx = _gssl.SSLContext(_stdssl.PROTOCOL_TLS_SERVER if server_side else _stdssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = _stdssl.CERT_REQUIRED
     fd, path = tempfile.mkstemp(prefix="aemp-cert-", suffix=".pem")
@@ -102,8 +104,6 @@ def run_handshake(sock, hs, *, timeout, on_greeting=None, cert=None, max_line=40
             out = hs.data_to_send()
             if out:
                 sock.sendall(out)
-            if exact and isinstance(sock, _stdssl.SSLSocket):
-                exact = False
 
 
 class Link:
@@ -347,4 +347,5 @@ def make_handshake(cfg, nodeid, peeraddr, *, protocol="aemp", extra=None):
         protocol=protocol,
         extra=extra,
         provider=PROVIDER,
+        max_line=int(cfg.get("line_max") or 4096),
     )

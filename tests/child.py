@@ -2,14 +2,18 @@
 
 It configures itself, prints ``["ready", nodeid, binds]`` and then executes the Python snippets
 it reads from stdin (one JSON object ``{"exec": code}`` per line), each in its own greenlet, with
-the whole ``aemp_green`` API and ``emit(*values)`` in scope. ``emit`` prints one JSON line to
+the whole ``aemp_green`` API, ``emit(*values)``, ``wait_for(pred, timeout)`` (a bounded poll),
+``gevent``, ``time`` and ``node`` (``aemp_green.node``) in scope. ``emit`` prints one JSON line to
 stdout; the test side (``tests/netutil.py``) waits for those lines with a deadline.
 """
 
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
+import time
 import traceback
 
 import gevent
@@ -24,6 +28,18 @@ def emit(*values):
     sys.stdout.flush()
 
 
+def wait_for(pred, timeout=10, what=None):
+    """Poll ``pred()`` on the gevent loop until it is truthy (return it) or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %s s waiting for %s" % (timeout, what or pred))
+        gevent.sleep(0.005)
+
+
 def _run(code, ns):
     try:
         exec(code, ns)
@@ -36,11 +52,14 @@ def main():
     logging.basicConfig(level=getattr(logging, level) if level else logging.WARNING,
                         stream=sys.stderr,
                         format="%(asctime)s " + "%(process)d %(levelname)s %(name)s: %(message)s")
+    # SIGUSR1 dumps the Python stack into the log (netutil does it when a wait times out)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     kwargs = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     profile = kwargs.pop("profile", None)
     aemp_green.configure(profile, **kwargs)
     ns = {name: getattr(aemp_green, name) for name in aemp_green.__all__}
-    ns.update(emit=emit, gevent=gevent, aemp_green=aemp_green, node=_node)
+    ns.update(emit=emit, gevent=gevent, aemp_green=aemp_green, node=_node, wait_for=wait_for,
+              time=time)
     emit("ready", aemp_green.NODE(), _node.listener_addresses())
     stdin = FileObjectPosix(sys.stdin.fileno(), "rb")
     for line in stdin:
