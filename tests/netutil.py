@@ -69,7 +69,8 @@ class ChildNode:
     """A child node process. ``exec(code)`` runs a snippet in it; ``expect(tag)`` waits for an
     ``emit(tag, ...)`` line and returns its values (after the tag)."""
 
-    def __init__(self, log_dir, name, _wait=True, **cfg):
+    def __init__(self, log_dir, name, _wait=True, _prefix=(), **cfg):
+        self.prefix = list(_prefix)  # e.g. ["ip", "netns", "exec", "ns1"]
         cfg.setdefault("secret", SECRET)
         cfg.setdefault("binds", ["127.0.0.1:*"])
         cfg.setdefault("norc", True)
@@ -96,7 +97,7 @@ class ChildNode:
         self._log.write(b"======== start %s\n" % self.name.encode())
         self._log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "child", json.dumps(self.cfg)],
+            self.prefix + [sys.executable, "-m", "child", json.dumps(self.cfg)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=str(REPO),
             env=env)
         self._lines = queue.Queue()
