@@ -335,8 +335,9 @@ _MISSING = object()
 
 
 def _call_watchers(family, db, added, changed, deleted, only=None):
+    """Call the watchers now, in update order (as AEMP): each sees the family as of its event."""
     for cb in list(only or _mon_cbs.get(family, ())):
-        _k._spawn_raw(_safe_watch, cb, db, list(added), list(changed), list(deleted))
+        _safe_watch(cb, db, list(added), list(changed), list(deleted))
 
 
 def _safe_watch(cb, db, added, changed, deleted):
@@ -633,7 +634,9 @@ def db_mon(family, cb):
 
     The first call carries the whole family (every key in ``added``), also when it is empty;
     later calls list the keys added, changed and deleted. ``family_dict`` is a live copy owned
-    by the library. Returns a guard (kept and dropped, or cancelled, stops watching).
+    by the library. Callbacks run synchronously, in update order, as in AEMP (on a global node the
+    first call may come before ``db_mon`` returns); they must not block: spawn a greenlet port
+    for slow work. Returns a guard (kept and dropped, or cancelled, stops watching).
 
     Example::
 

@@ -477,7 +477,9 @@ def _add_monitor(port, action):
     node, _, name = port.partition("#")
     m = _MonitorAction(action)
     if node == _NODE:
-        p = _lookup(port) if name else None
+        if not name:  # our own node port never dies
+            return lambda: setattr(m, "action", None)
+        p = _lookup(port)
         if p is None or p.monitors is _DEAD:
             _spawn_raw(m, "no_such_port", "cannot monitor nonexistent port", port)
             return lambda: setattr(m, "action", None)
@@ -683,6 +685,8 @@ _remote_monitors = {}  # (from_node, portname) -> action
 
 def _req_mon1(from_node, portid, *_):
     name = portid.partition("#")[2] if "#" in portid else portid
+    if not name:  # the node port: it lives as long as the connection, which the peer watches
+        return
     p = _local_by_name(name)
     if p is None or p.monitors is _DEAD:
         _reply_kil0(from_node, name, ("no_such_port", "cannot monitor nonexistent port",
@@ -754,15 +758,27 @@ def _req_time(from_node, *reply):
         snd(*reply, time.time())
 
 
+def _eval_namespace():
+    import aemp_green
+
+    ns = {name: getattr(aemp_green, name) for name in aemp_green.__all__}
+    ns["__name__"] = "aemp_eval"
+    ns["aemp_green"] = aemp_green
+    return ns
+
+
 def _req_eval(from_node, expr, *reply):
     logger.info("eval request from %s: %r", from_node, expr)
     try:
-        result = eval(expr, {"__name__": "aemp_eval"})  # noqa: S307 - refused when secure
+        result = eval(expr, _eval_namespace())  # noqa: S307 - refused when secure
         err = ""
     except Exception as exc:
         result, err = None, _die_reason(exc)[1]
     if reply:
-        snd(*reply, err, result)
+        try:
+            snd(*reply, err, result)
+        except TypeError as exc:  # the result cannot travel: say so instead of timing out
+            snd(*reply, "result cannot be sent: %s" % exc, None)
 
 
 def _req_noop(from_node, *args):

@@ -216,7 +216,11 @@ class RemoteNode:
         lst = self.monitors.get(portname)
         if lst is None:
             self.monitors[portname] = [action]
-            self.send(("", "mon1", portname))
+            if portname:
+                self.send(("", "mon1", portname))
+            elif self.link is None:
+                # monitoring a node port means monitoring the connection: make one
+                self.send(("", ""))
         else:
             lst.append(action)
 
@@ -230,7 +234,7 @@ class RemoteNode:
             return
         if not lst:
             del self.monitors[portname]
-            if self.link is not None:
+            if self.link is not None and portname:
                 self.link.send(("", "mon0", portname))
 
     def port_died(self, portname, reason):
