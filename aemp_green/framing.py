@@ -193,7 +193,7 @@ def encode_json(msg):
         >>> encode_json(["a/b", "tag", {"k": [1, 2.5, None, True]}, "ü"])
         b'["a/b","tag",{"k":[1,2.5,null,true]},"\\xc3\\xbc"]\\n'
     """
-    if type(msg) is not list:
+    if type(msg) is not tuple and type(msg) is not list:  # snd() passes tuples
         _check_frame_type(msg, "json")
     if not _JSON_SCALARS.issuperset(map(type, msg)):
         _check_value(msg, False)
@@ -477,7 +477,7 @@ def encode_cbor(msg):
         >>> encode_cbor(["", "g_find", b"\\x01"]).hex()
         '836066675f66696e644101'
     """
-    if type(msg) is not list:
+    if type(msg) is not tuple and type(msg) is not list:
         _check_frame_type(msg, "cbor")
     if not _CBOR_SCALARS.issuperset(map(type, msg)):
         _check_value(msg, True)

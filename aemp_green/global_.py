@@ -438,7 +438,9 @@ def _db_query(tag):
 def _req_g_reply(from_node, rid, result=None, *_):
     entry = _pending.pop(rid, None)
     if entry is not None and entry[1] is not None:
-        entry[1](result)
+        # in a fresh greenlet: the callback may block (even query the master again) without
+        # stalling the link this reply came on
+        _k._spawn_raw(entry[1], result)
 
 
 def _req_g_mon1(from_node, family, *_):
@@ -503,7 +505,7 @@ def _check_family(family, writing=False):
         if writing:
             raise ValueError("family %r is internal (names starting with ' are reserved)" % family)
         return
-    if not _FAMILY.match(family):
+    if not _FAMILY.fullmatch(family):
         raise ValueError("bad family name %r: must match [A-Za-z][A-Za-z0-9_:]*" % (family,))
 
 

@@ -137,6 +137,14 @@ class Link:
         self._on_frame = on_frame
         self._on_close = on_close
         self._wbuf = []
+        self._wbytes = 0
+        self._writing = False  # the writer is inside sendall: nobody else may write
+        self._turn = False  # a frame already went straight out in this loop turn
+        self._full = False  # a direct send hit a full socket buffer: leave it to the writer
+        # direct non-blocking writes go to the raw socket; never for TLS (would bypass it)
+        from gevent import ssl as _gssl
+
+        self._raw = None if isinstance(sock, _gssl.SSLSocket) else getattr(sock, "_sock", None)
         self._closed = False
         self.close_reason = None
         hub = gevent.get_hub()
@@ -156,17 +164,64 @@ class Link:
     def closed(self):
         return self._closed
 
+    #: queued bytes above which ``send`` itself pushes them to the socket (non-blocking)
+    FLUSH_BYTES = 256 * 1024
+
     def send(self, frame):
-        """Queue one frame (``[portname, *msg]``); raises ``TypeError`` for unencodable values."""
+        """Queue one frame (``[portname, *msg]``); raises ``TypeError`` for unencodable values.
+
+        Never blocks. The first frame of a loop turn is written to the socket at once (no hub
+        round trip: this is what keeps request/reply latency low); the frames that follow in the
+        same turn are coalesced by the writer greenlet into one ``sendall``. When more than
+        ``FLUSH_BYTES`` are queued they are pushed out here too, so that a sender in a tight
+        loop overlaps with its peer instead of building one huge buffer.
+        """
         if self._closed:
             return False
-        self._wbuf.append(self._encode(frame))
+        data = self._encode(frame)
         self.frames_out += 1
         self.last_tx = self._loop.now()
-        if self._writer_idle:
+        raw = self._raw
+        if raw is not None and not self._writing and not self._wbuf and not self._turn \
+                and not self._full:
+            self._turn = True
+            self._loop.run_callback(self._end_turn)
+            sent = self._raw_send(raw, data)
+            if sent is None:
+                return False
+            if sent == len(data):
+                return True
+            data = data[sent:]
+        self._wbuf.append(data)
+        self._wbytes += len(data)
+        if self._wbytes >= self.FLUSH_BYTES and raw is not None and not self._writing \
+                and not self._full:
+            buf = b"".join(self._wbuf)
+            sent = self._raw_send(raw, buf)
+            if sent is None:
+                return False
+            self._wbuf = [buf[sent:]] if sent < len(buf) else []
+            self._wbytes = len(buf) - sent
+        if self._wbuf and self._writer_idle:
             self._writer_idle = False
             self._loop.run_callback(self._writer.switch)
         return True
+
+    def _raw_send(self, raw, data):
+        """One non-blocking send; returns the bytes written (None when the link broke)."""
+        try:
+            return raw.send(data)
+        except BlockingIOError:
+            self._full = True
+            return 0
+        except InterruptedError:
+            return 0
+        except OSError as exc:
+            self.close("write error: %s" % (exc,))
+            return None
+
+    def _end_turn(self):
+        self._turn = False
 
     def _write_loop(self):
         sock = self.sock
@@ -177,7 +232,13 @@ class Link:
                     self._hub.switch()
                     continue
                 buf, self._wbuf = self._wbuf, []
-                sock.sendall(buf[0] if len(buf) == 1 else b"".join(buf))
+                self._wbytes = 0
+                self._writing = True
+                try:
+                    sock.sendall(buf[0] if len(buf) == 1 else b"".join(buf))
+                finally:
+                    self._writing = False
+                    self._full = False
         except OSError as exc:
             self.close("write error: %s" % (exc,))
         except gevent.GreenletExit:
@@ -193,6 +254,7 @@ class Link:
                     on_frame(self, frame)
                 self._trailing = b""
             recv = self.sock.recv
+            since_yield = 0
             while not self._closed:
                 data = recv(262144)
                 if not data:
@@ -203,7 +265,12 @@ class Link:
                 self.frames_in += len(frames)
                 for frame in frames:
                     on_frame(self, frame)
-                gevent.sleep(0)  # fairness: a flooding peer must not starve other links
+                since_yield += len(data)
+                if since_yield >= 65536:
+                    # fairness: a flooding peer must not starve other links (a recv that finds
+                    # data waiting returns without switching greenlets)
+                    since_yield = 0
+                    gevent.sleep(0)
         except RemoteProtocolError as exc:
             logger.warning("%s: protocol error, dropping connection: %s", self.nodeid, exc)
             self.close(str(exc))
