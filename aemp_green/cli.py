@@ -1097,9 +1097,18 @@ def _reason_failure(port, reason):
     return None
 
 
-def _talking(fn):
-    """Run ``fn(talk, a)`` with a started temporary node; always shut the node down."""
+def _talking(fn=None, check=None):
+    """Run ``fn(talk, a)`` with a started temporary node; always shut the node down.
+
+    ``check(a)`` validates the arguments first (raising ``_UsageError``), so that a bad
+    argument never configures a node.
+    """
+    if fn is None:
+        return lambda f: _talking(f, check)
+
     def run(sess, a):
+        if check is not None:
+            check(a)
         talk = _Talk(sess, a)
         talk.start()
         try:
@@ -1528,7 +1537,7 @@ Example:
   aemp db eg_receivers
   aemp db "'l"
 {options}""".format(options=_TALK_OPTIONS))
-@_talking
+@_talking(check=lambda a: _family_arg(a["<family>"]))
 def _cmd_db(talk, a):
     family = _family_arg(a["<family>"])
     _out(_dumps(_db_family(talk, family) or {}, pretty=True))
@@ -1548,7 +1557,7 @@ one has the whole family in "added". Runs until SIGINT/SIGTERM, or an explicit -
 Example:
   aemp dbmon eg_receivers
 """.format(options=_TALK_OPTIONS))
-@_talking
+@_talking(check=lambda a: _family_arg(a["<family>"]))
 def _cmd_dbmon(talk, a):
     from gevent.event import Event
 

@@ -14,6 +14,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "ConfigError",
+    "DataConnError",
 ]
 
 
@@ -93,3 +94,23 @@ class ConfigError(AempError, ValueError):
         except ConfigError as e:
             print(e)      # names the key and what is wrong with it
     """
+
+
+class DataConnError(AempError):
+    """A data connection could not be made; ``reason`` is ``("dataconn", why)``.
+
+    Raised by the blocking ``connect_to``: connect or handshake failure (wrong secret, TLS),
+    timeout, or the target refused (``secure`` node, unknown init function).
+
+    Example::
+
+        try:
+            sock = connect_to("worker/1", "myapp.sink", timeout=5)
+        except DataConnError as e:
+            print("no data connection:", e.why)
+    """
+
+    def __init__(self, why):
+        self.why = str(why)
+        self.reason = ("dataconn", self.why)
+        super().__init__(self.why)

@@ -41,6 +41,7 @@ __all__ = [
     "register_subprotocol",
     "dial_subprotocol",
     "listener_addresses",
+    "config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -510,27 +511,38 @@ def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
     addrs = n.addrs or _explicit_address(nodeid)
     with gevent.Timeout(timeout):
         if not addrs:
-            if not n.is_up:
+            if n.is_up:
+                # it dialled us, so we never learnt where it listens: ask the global nodes
+                _hooks().find_node(nodeid)
+            else:
                 n.send(("", ""))  # connecting finds the addresses (g_find) if anything can
-            while not (n.addrs or n.is_up):
+            while not n.addrs:
                 gevent.sleep(0.02)
             addrs = n.addrs
         last = None
         for addr in addrs or ():
             host, port = _split_hostport(addr)
+            sock = None
             try:
                 sock = transport.connect(host, port, timeout=timeout)
+                transport._apply_sockopts(sock, _cfg.get("nodelay", True),
+                                          _cfg.get("autocork", False))
                 hs = transport.make_handshake(_cfg, _k._NODE, transport.bind_string(host, port),
                                               protocol=protocol, extra=extra)
-                sock2, est, rest = transport.run_handshake(sock, hs, timeout=timeout,
-                                                           cert=_cfg.get("cert"))
+                sock, est, rest = transport.run_handshake(sock, hs, timeout=timeout,
+                                                          cert=_cfg.get("cert"))
                 if est.peer_nodeid != nodeid:
-                    sock2.close()
                     raise transport.HandshakeRefused("%s answered instead of %s" % (
                         est.peer_nodeid, nodeid))
-                return sock2, est, rest
+                return sock, est, rest
             except (OSError, RemoteProtocolError, transport.HandshakeRefused) as exc:
                 last = exc
+                if sock is not None:
+                    sock.close()
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
         raise last or OSError("no known address for %s" % nodeid)
 
 
@@ -606,9 +618,24 @@ def configure(profile=None, **kv):
     for seed in cfg.get("seeds") or []:
         _seed_greenlets.append(gevent.spawn(_seed_loop, seed))
 
+    # the side services every node answers (they register node requests and sub-protocols)
+    from . import dataconn, logcatcher  # noqa: F401
+
     for service in cfg.get("services") or []:
         _start_service(service)
     return cfg
+
+
+def config():
+    """A copy of this node's effective configuration (after ``configure``; defaults before).
+
+    Example::
+
+        print(config()["monitor_timeout"])
+    """
+    import copy
+
+    return copy.deepcopy(_cfg)
 
 
 def _start_service(service):

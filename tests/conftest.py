@@ -172,3 +172,15 @@ class Targets:
     @staticmethod
     def run(*args):
         spawned_log.append((aemp_green.SELF(), ("Targets.run",) + args))
+
+
+@pytest.fixture(autouse=True)
+def _pytest_process_stays_unconfigured():
+    """The pytest process is never a configured node: every network test uses child processes
+    (the local-kernel tests rely on the anonymous node ID). Fails the test that breaks it."""
+    from aemp_green import node as _node
+
+    was = _node._configured
+    yield
+    if not was:
+        assert not _node._configured, "this test called configure() in the pytest process"
