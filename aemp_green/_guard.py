@@ -20,6 +20,7 @@ user's back.
 import dis
 import logging
 import sys
+import threading
 from bisect import bisect_right
 
 __all__ = ["Guard"]
@@ -111,8 +112,16 @@ class Guard:
 
     def __del__(self):
         if self._kept and self._undo is not None:
+            undo, self._undo = self._undo, None
             try:
-                self.cancel()
+                from . import kernel
+
+                hub = kernel._hub
+                if hub is not None and threading.get_ident() != kernel._hub_thread:
+                    # collected by a GC pass in another thread: undo in the node's own thread
+                    hub.loop.run_callback_threadsafe(undo)
+                else:
+                    undo()
             except Exception:  # pragma: no cover - interpreter shutdown
                 logger.debug("guard undo failed during collection", exc_info=True)
 

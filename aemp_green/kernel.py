@@ -19,6 +19,7 @@ row before the hub gets its turn.
 import logging
 import secrets
 import string
+import threading
 import time
 from collections import deque
 
@@ -155,10 +156,14 @@ _ports = {}  # full port ID -> port object (the node port under "<node>" and "<n
 _hub = None
 
 
+_hub_thread = None  # ident of the thread whose hub runs this node
+
+
 def _get_hub():
-    global _hub
+    global _hub, _hub_thread
     if _hub is None:
         _hub = get_hub()
+        _hub_thread = threading.get_ident()
     return _hub
 
 

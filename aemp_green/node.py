@@ -658,8 +658,11 @@ def listener_addresses():
     return list(_binds)
 
 
-def shutdown():
+def shutdown(flush=1.0):
     """Stop listening, close every link (peers see the connection end) and stop seed loops.
+
+    Frames already queued are sent first, waiting at most ``flush`` seconds in all (``0``:
+    drop them).
 
     Example::
 
@@ -669,10 +672,14 @@ def shutdown():
         g.kill(block=False)
     for lst in _listeners:
         lst.stop()
-    for n in list(_nodes.values()):
-        for link in [n.link] + list(n.extra_links):
-            if link is not None:
-                link.close("shutdown")
+    links = [link for n in list(_nodes.values()) for link in [n.link] + list(n.extra_links)
+             if link is not None]
+    if flush:
+        with gevent.Timeout(flush, False):
+            for link in links:
+                link.flush(flush)
+    for link in links:
+        link.close("shutdown")
 
 
 # --------------------------------------------------------------------------- node watching

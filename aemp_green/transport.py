@@ -301,6 +301,21 @@ class Link:
             if now - self.last_tx >= interval:
                 self.send(("", ""))
 
+    def flush(self, timeout=1.0):
+        """Wait (at most ``timeout`` s) until everything queued has been handed to the socket.
+
+        Example::
+
+            link.flush(); link.close("bye")
+        """
+        with gevent.Timeout(timeout, False):
+            while not self._closed and (self._wbuf or self._writing):
+                if self._wbuf and self._writer_idle:
+                    self._writer_idle = False
+                    self._loop.run_callback(self._writer.switch)
+                gevent.sleep(0.005)
+        return not (self._wbuf or self._writing)
+
     def close(self, why="closed"):
         """Close the connection (idempotent); ``on_close(link, why)`` runs once."""
         if self._closed:
