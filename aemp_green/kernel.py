@@ -228,23 +228,6 @@ def _dispatch(p, msg):
             _schedule_drain()
 
 
-def _drain(cur, p=None, msg=None):
-    """Become the drainer of ``_queue`` in greenlet ``cur`` (after running ``p`` first)."""
-    _draining.add(cur)
-    prev = getattr(cur, "aemp_self", None)
-    try:
-        if p is not None:
-            p._run(msg, cur)
-        while _queue:
-            p, msg = _queue.popleft()
-            p._run(msg, cur)
-    finally:
-        cur.aemp_self = prev
-        _draining.discard(cur)
-        if _queue and not _draining:
-            _schedule_drain()
-
-
 def _schedule_drain():
     global _drain_scheduled
     if not _drain_scheduled:
@@ -259,10 +242,22 @@ def _spawn_drainer():
         _spawn_raw(_drain_only)
 
 
+class _NoOp:
+    """Dispatched by a scheduled drainer: it queues behind the waiting messages, so that
+    ``_dispatch`` drains them all in order in this greenlet."""
+
+    __slots__ = ()
+
+    def _run(self, msg, cur):
+        pass
+
+
+_noop = _NoOp()
+
+
 def _drain_only():
-    cur = getcurrent()
-    if _queue and cur not in _draining:
-        _drain(cur)
+    if _queue and getcurrent() not in _draining:
+        _dispatch(_noop, ())
 
 
 # --------------------------------------------------------------------------- greenlet wake-ups

@@ -114,7 +114,17 @@ def _handler_died(p, exc):
     _kill_local(p, _k._die_reason(exc))
 
 
-class _CallbackPort:
+class _Port:
+    """What both kinds of port share: the ID (``<node>#<name>``) and its name part."""
+
+    __slots__ = ()
+
+    @property
+    def name(self):
+        return self.id.partition("#")[2]
+
+
+class _CallbackPort(_Port):
     __slots__ = ("id", "monitors", "handlers", "default")
 
     def __init__(self, pid, default=None):
@@ -122,10 +132,6 @@ class _CallbackPort:
         self.monitors = None
         self.handlers = None
         self.default = default
-
-    @property
-    def name(self):
-        return self.id.partition("#")[2]
 
     _deliver = _dispatch
     _run = _run_handler
@@ -140,7 +146,7 @@ class _CallbackPort:
         return "<callback port %s>" % self.id
 
 
-class _GreenletPort:
+class _GreenletPort(_Port):
     __slots__ = ("id", "monitors", "handlers", "default", "greenlet", "mailbox", "waiting",
                  "resume", "adopted", "reason")
 
@@ -155,10 +161,6 @@ class _GreenletPort:
         self.resume = None
         self.adopted = False
         self.reason = None
-
-    @property
-    def name(self):
-        return self.id.partition("#")[2]
 
     def _deliver(self, msg):
         if self.handlers is not None or self.default is not None or self.greenlet is None:

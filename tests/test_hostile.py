@@ -5,27 +5,17 @@ import time
 
 import pytest
 
-from netutil import ChildNode
+from netutil import cluster, free_port  # noqa: F401 - cluster is a fixture
 
 
 def _free_addr():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return "127.0.0.1:%d" % s.getsockname()[1]
+    return "127.0.0.1:%d" % free_port()
 
 
 @pytest.fixture
-def nodes(tmp_path):
-    started = []
-
-    def make(name, **cfg):
-        n = ChildNode(tmp_path, name, **cfg)
-        started.append(n)
-        return n
-
-    yield make
-    for n in started:
-        n.stop()
+def nodes(cluster):
+    """``nodes(name, **configure_kwargs)`` starts a child node; the cluster stops them all."""
+    return cluster.node
 
 
 def test_slowloris_does_not_stop_a_legitimate_node(nodes):

@@ -6,37 +6,21 @@ exactly the "silent peer" AEMP 2.02 would only notice after TCP timeouts (minute
 
 import os
 import signal
-import socket
 import time
 
 import pytest
 
-from netutil import ChildNode
+from netutil import cluster, free_port  # noqa: F401 - cluster is a fixture
 
 
 def _free_addr():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return "127.0.0.1:%d" % s.getsockname()[1]
+    return "127.0.0.1:%d" % free_port()
 
 
 @pytest.fixture
-def nodes(tmp_path):
-    started = []
-
-    def make(name, **cfg):
-        n = ChildNode(tmp_path, name, **cfg)
-        started.append(n)
-        return n
-
-    yield make
-    for n in started:
-        if n.proc.poll() is None:
-            try:
-                os.kill(n.proc.pid, signal.SIGCONT)
-            except OSError:
-                pass
-        n.stop()
+def nodes(cluster):
+    """``nodes(name, **configure_kwargs)`` starts a child node; the cluster stops them all."""
+    return cluster.node
 
 
 def test_silent_peer_is_declared_down_within_monitor_timeout(nodes):
@@ -56,7 +40,10 @@ def test_silent_peer_is_declared_down_within_monitor_timeout(nodes):
     seed.expect("ok")
     t0 = time.time()
     os.kill(quiet.proc.pid, signal.SIGSTOP)
-    reason, t_down = seed.expect("down", timeout=10)
+    try:
+        reason, t_down = seed.expect("down", timeout=10)
+    finally:
+        os.kill(quiet.proc.pid, signal.SIGCONT)
     assert reason[0] == "transport_error" and reason[1] == "quiet", reason
     assert "keepalive" in reason[2], reason
     assert t_down - t0 < 1.5 + 1.0, "declared down after %.2f s" % (t_down - t0)
