@@ -450,7 +450,10 @@ _cbor_loads = cbor2.loads
 _EMPTY = io.BytesIO(b"")
 _CBORDecodeEOF = cbor2.CBORDecodeEOF
 _BytesIO = io.BytesIO
-_NEEDS_FIX = frozenset((bytes, list, dict))
+_frozendict = cbor2.frozendict
+# types that make a decoded frame need the fix-up walk: byte strings, containers to walk, and
+# the immutable containers cbor2 returns inside a self-describe tag (55799)
+_NEEDS_FIX = frozenset((bytes, list, dict, tuple, _frozendict))
 _encoder_pool = []
 
 
@@ -497,7 +500,8 @@ def encode_cbor(msg):
 
 
 def _fix_bytes(frame):
-    """Turn every pure-ASCII byte string in ``frame`` (values and map keys) into ``str``."""
+    """Turn every pure-ASCII byte string in ``frame`` (values and map keys) into ``str``, and
+    the tuples / frozendicts cbor2 makes inside a self-describe tag into lists / dicts."""
     stack = [frame]
     pop = stack.pop
     push = stack.append
@@ -511,6 +515,9 @@ def _fix_bytes(frame):
                     if v.isascii():
                         c[i] = v.decode("ascii")
                 elif t is list or t is dict:
+                    push(v)
+                elif t is tuple or t is _frozendict:
+                    v = c[i] = list(v) if t is tuple else dict(v)
                     push(v)
                 i += 1
         else:  # dict
@@ -527,6 +534,9 @@ def _fix_bytes(frame):
                     if v.isascii():
                         c[k] = v.decode("ascii")
                 elif t is list or t is dict:
+                    push(v)
+                elif t is tuple or t is _frozendict:
+                    v = c[k] = list(v) if t is tuple else dict(v)
                     push(v)
     return frame
 
@@ -707,7 +717,7 @@ class CborDecoder:
         """
         try:
             res = _cbor_loads(b"\x82\x9f" + data + self._suffix, semantic_decoders=_SEMANTIC,
-                              strict_hashable_types=True)
+                              strict_hashable_types=True, max_depth=MAX_DEPTH + 2)
         except Exception:
             return None
         if type(res) is not list or len(res) != 2 or type(res[1]) is not bytes \
@@ -734,7 +744,8 @@ class CborDecoder:
         dec = self._dec
         if dec is None:
             dec = self._dec = _CBORDecoder(f, semantic_decoders=_SEMANTIC,
-                                           strict_hashable_types=True)
+                                           strict_hashable_types=True,
+                                           max_depth=MAX_DEPTH + 2)
         else:
             dec.fp = f
         decode = dec.decode
