@@ -78,6 +78,9 @@ class RemoteNode:
         self._timer = None
         self._attempts = {}
         self.up_event = Event()
+        # ports whose monitors were told of a lost link but have not run yet: sends to them are
+        # dropped until then, so no message sent into the gap arrives before the monitor fires
+        self.broken = set()
 
     @property
     def is_up(self):
@@ -85,6 +88,8 @@ class RemoteNode:
 
     # -- sending -------------------------------------------------------------------------
     def send(self, frame):
+        if self.broken and frame and frame[0] in self.broken:
+            return
         link = self.link
         if link is not None:
             link.send(frame)
@@ -205,7 +210,16 @@ class RemoteNode:
         reason = ("transport_error", self.id, why)
         actions = [a for lst in mons.values() for a in lst]
         if actions:
-            _k._spawn_raw(_k._fire_monitors, actions, reason)
+            broken = set(mons) - self.broken
+            self.broken |= broken
+
+            def fire_then_heal():
+                try:
+                    _k._fire_monitors(actions, reason)
+                finally:
+                    self.broken -= broken
+
+            _k._spawn_raw(fire_then_heal)
         logger.info("%s is down: %s", self.id, why)
         _k._forget_node_monitors(self.id)
         if was_up or why not in ("connect timeout", "no known address"):
