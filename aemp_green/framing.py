@@ -276,30 +276,12 @@ def _json_frame(b, careful):
     return obj
 
 
-class JsonDecoder:
-    """Incremental decoder for a stream of JSON arrays (the AEMP ``json`` framing).
-
-    Accepts frames back to back with no delimiter (Perl), separated by newlines (aemp_green)
-    or any JSON whitespace, split at any byte. ``feed`` returns the frames completed so far.
-
-    Example::
-
-        >>> d = JsonDecoder()
-        >>> d.feed(b'["","g_slave"]["","g_find","se')
-        [['', 'g_slave']]
-        >>> d.feed(b'ed"]\\n["p",1]\\n')
-        [['', 'g_find', 'seed'], ['p', 1]]
+class _Decoder:
+    """What both decoders share: ``pending`` and ``feed``, which makes every failure sticky and
+    turns any unexpected exception into ``RemoteProtocolError`` (subclasses implement ``_feed``).
     """
 
-    __slots__ = ("max_frame", "_pbuf", "_scan_pos", "_depth", "_in_str", "_error")
-
-    def __init__(self, max_frame=DEFAULT_MAX_FRAME):
-        self.max_frame = max_frame
-        self._pbuf = None       # bytearray holding an incomplete frame (starts at its '[')
-        self._scan_pos = 0      # where scanning of _pbuf resumes
-        self._depth = 0
-        self._in_str = False
-        self._error = None
+    _kind = "?"
 
     @property
     def pending(self):
@@ -316,9 +298,37 @@ class JsonDecoder:
             self._error = str(exc)
             raise
         except Exception as exc:  # pragma: no cover - safety net, must never happen
-            self._error = "json decoder failure: %r" % (exc,)
-            logger.exception("unexpected error in JsonDecoder")
+            self._error = "%s decoder failure: %r" % (self._kind, exc)
+            logger.exception("unexpected error in the %s decoder", self._kind)
             raise RemoteProtocolError(self._error) from exc
+
+
+class JsonDecoder(_Decoder):
+    """Incremental decoder for a stream of JSON arrays (the AEMP ``json`` framing).
+
+    Accepts frames back to back with no delimiter (Perl), separated by newlines (aemp_green)
+    or any JSON whitespace, split at any byte. ``feed`` returns the frames completed so far.
+
+    Example::
+
+        >>> d = JsonDecoder()
+        >>> d.feed(b'["","g_slave"]["","g_find","se')
+        [['', 'g_slave']]
+        >>> d.feed(b'ed"]\\n["p",1]\\n')
+        [['', 'g_find', 'seed'], ['p', 1]]
+    """
+
+    _kind = "json"
+
+    __slots__ = ("max_frame", "_pbuf", "_scan_pos", "_depth", "_in_str", "_error")
+
+    def __init__(self, max_frame=DEFAULT_MAX_FRAME):
+        self.max_frame = max_frame
+        self._pbuf = None       # bytearray holding an incomplete frame (starts at its '[')
+        self._scan_pos = 0      # where scanning of _pbuf resumes
+        self._depth = 0
+        self._in_str = False
+        self._error = None
 
     def _feed(self, data):
         frames = []
@@ -620,7 +630,7 @@ def _cbor_skip(buf, pos, stack, limit):
                 stack.pop()
 
 
-class CborDecoder:
+class CborDecoder(_Decoder):
     """Incremental decoder for a stream of concatenated CBOR arrays (the AEMP ``cbor`` framing).
 
     Pure-ASCII byte strings come out as ``str`` (see the module docstring); the Perl peer sends
@@ -634,6 +644,8 @@ class CborDecoder:
         >>> d.feed(bytes.fromhex("7665") + encode_cbor(["p", b"\\xff", 1]))
         [['', 'g_slave'], ['p', b'\\xff', 1]]
     """
+
+    _kind = "cbor"
 
     __slots__ = ("max_frame", "_pbuf", "_skip_pos", "_skip_stack", "_error", "_dec",
                  "_wrap", "_suffix", "_sentinel")
@@ -649,25 +661,6 @@ class CborDecoder:
         # An unguessable byte string closing the one-call wrapper (see _feed_wrapped).
         self._sentinel = os.urandom(16)
         self._suffix = b"\xff\x50" + self._sentinel
-
-    @property
-    def pending(self):
-        """Number of buffered bytes of an incomplete frame."""
-        return len(self._pbuf) if self._pbuf is not None else 0
-
-    def feed(self, data):
-        """Add ``data`` (bytes) and return the list of frames it completed."""
-        if self._error is not None:
-            raise RemoteProtocolError(self._error)
-        try:
-            return self._feed(data)
-        except RemoteProtocolError as exc:
-            self._error = str(exc)
-            raise
-        except Exception as exc:  # pragma: no cover - safety net, must never happen
-            self._error = "cbor decoder failure: %r" % (exc,)
-            logger.exception("unexpected error in CborDecoder")
-            raise RemoteProtocolError(self._error) from exc
 
     def _feed(self, data):
         frames = []
