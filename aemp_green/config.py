@@ -310,8 +310,9 @@ SETTINGS = (
     Setting("line_max", 4096, _v_positive_int,
             "aemp_green: handshake read-buffer limit in bytes (Perl's rbuf_max)."),
     Setting("keepalive", True, _v_bool,
-            "aemp_green: send the no-op [\"\",\"\"] on idle links and drop a link that received "
-            "nothing for monitor_timeout (AEMP 2.02 waits for TCP instead)."),
+            "aemp_green: probe idle links with the node-port time request (every AEMP peer "
+            "answers) and drop a link that received nothing for monitor_timeout (AEMP 2.02 "
+            "waits for TCP instead)."),
     Setting("handshake_timeout", NO_DEFAULT, _v_positive_number,
             "aemp_green: seconds an incoming handshake may take (default: monitor_timeout)."),
     Setting("max_pending_handshakes", 256, _v_positive_int,

@@ -417,7 +417,9 @@ def _start_link(sock, est, trailing, outgoing):
                           _on_frame, _on_close, max_frame=int(_cfg.get("max_frame") or 64 << 20),
                           peer_kv=est.kv, outgoing=outgoing,
                           keepalive=float(_cfg["monitor_timeout"]) if _cfg.get("keepalive", True)
-                          else None)
+                          else None,
+                          # the peer answers ["", "", <time>] to our node port: a no-op
+                          probe=("", "time", _k._NODE + "#", ""))
     link.closed_event = Event()
     get_node(est.peer_nodeid).attach(link)
     return link

@@ -122,7 +122,8 @@ class Link:
     """
 
     def __init__(self, sock, nodeid, send_framing, recv_framing, trailing, on_frame, on_close,
-                 *, max_frame=64 * 1024 * 1024, peer_kv=None, outgoing=False, keepalive=None):
+                 *, max_frame=64 * 1024 * 1024, peer_kv=None, outgoing=False, keepalive=None,
+                 probe=("", "")):
         self.sock = sock
         self.nodeid = nodeid
         self.send_framing = send_framing
@@ -157,6 +158,7 @@ class Link:
         self.frames_out = 0
         self.last_rx = self.last_tx = self._loop.now()
         self._watchdog = None
+        self._probe = probe
         if keepalive:
             self._watchdog = gevent.spawn(self._watch, float(keepalive))
 
@@ -281,10 +283,13 @@ class Link:
                 self.close("reader ended")
 
     def _watch(self, timeout):
-        """Keepalive: send the no-op ``["", ""]`` when idle; no byte for ``timeout`` s = dead.
+        """Keepalive: when nothing arrived for a third of ``timeout``, send ``probe`` (a request
+        the peer answers); no byte for ``timeout`` s = dead.
 
-        AEMP 2.02 relies on TCP timeouts (minutes to hours for a silent peer); Perl nodes accept
-        the empty node-port request as a no-op, so this stays compatible.
+        AEMP 2.02 relies on TCP timeouts (minutes to hours for a silent peer) and never sends
+        keepalives itself, so the probe must make the peer talk: ``node`` passes the node-port
+        ``time`` request with our node port as the reply target, which every AEMP peer answers
+        and whose answer is a no-op here. This way the peer's own settings don't matter.
         """
         interval = max(timeout / 3.0, 0.05)
         loop = self._loop
@@ -298,8 +303,8 @@ class Link:
                 logger.warning("%s: nothing received for %.1f s, link is dead", self.nodeid, timeout)
                 self.close("keepalive timeout (no data for %.1f s)" % timeout)
                 break
-            if now - self.last_tx >= interval:
-                self.send(("", ""))
+            if now - self.last_rx >= interval:
+                self.send(self._probe)
 
     def flush(self, timeout=1.0):
         """Wait (at most ``timeout`` s) until everything queued has been handed to the socket.

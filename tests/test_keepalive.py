@@ -50,10 +50,13 @@ def test_silent_peer_is_declared_down_within_monitor_timeout(nodes):
 
 
 def test_idle_link_stays_up_with_keepalives(nodes):
-    """Idle but healthy links are not torn down: the no-op keepalive keeps them alive."""
+    """Idle but healthy links are not torn down, whatever the peer's own settings: the watcher
+    probes with the node-port ``time`` request, which every AEMP peer answers."""
     seed_addr = _free_addr()
     seed = nodes("seed", nodeid="seed", binds=[seed_addr], seeds=[seed_addr], monitor_timeout=0.6)
-    other = nodes("other", nodeid="other", seeds=[seed_addr], monitor_timeout=0.6)
+    # the peer keeps the default monitor_timeout (30 s): it would send nothing for 10 s on its
+    # own (a Perl 2.02 peer never does); the watcher's probe must make it answer
+    other = nodes("other", nodeid="other", seeds=[seed_addr])
     other.exec("p = port(lambda *m: emit('got', list(m))); db_set('ka', p); emit('port', p)")
     (p,) = other.expect("port")
     seed.exec("db_mon('ka', lambda db, *a: %r in db and emit('seen'))" % p)
