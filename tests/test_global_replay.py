@@ -32,6 +32,7 @@ import aemp_green
 from aemp_green import framing, global_, kernel
 from aemp_green import node as _node
 from conftest import flush
+from test_interop_replay import plain  # frames.json value -> what our decoder returns
 
 INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
 SESSIONS = [s for s in ("json-session", "cbor-session")
@@ -43,21 +44,6 @@ SEED_ADDR = "127.0.0.1:4050"  # the recorded seed's bind (meta.json)
 
 
 # --------------------------------------------------------------------------- recordings
-
-def plain(v):
-    """frames.json value -> plain Python (CBOR byte strings and stringified keys become str)."""
-    if isinstance(v, dict):
-        if set(v) == {"$cbor_bytes"}:
-            return v["$cbor_bytes"]
-        out = {}
-        for k, x in v.items():
-            if k.startswith('{"$cbor_bytes"'):
-                k = plain(json.loads(k))
-            out[k] = plain(x)
-        return out
-    if isinstance(v, list):
-        return [plain(x) for x in v]
-    return v
 
 
 class Rec:
