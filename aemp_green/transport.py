@@ -87,7 +87,19 @@ def run_handshake(sock, hs, *, timeout, on_greeting=None, cert=None, max_line=40
             data = _recv_line_exact(sock, max_line + 2) if exact else sock.recv(8192)
             if not data:
                 raise RemoteProtocolError("Unexpected end-of-file during handshake")
-            for ev in hs.receive_data(data):
+            try:
+                events = hs.receive_data(data)
+            except RemoteProtocolError:
+                # the peer failed a check (say its auth line) in the same read that queued our
+                # own auth line: send it anyway, so the peer learns why instead of seeing EOF
+                out = hs.data_to_send()
+                if out:
+                    try:
+                        sock.sendall(out)
+                    except OSError:
+                        pass
+                raise
+            for ev in events:
                 if isinstance(ev, GreetingReceived):
                     if on_greeting is not None:
                         on_greeting(ev)

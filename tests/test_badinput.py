@@ -17,6 +17,7 @@ import cbor2
 import pytest
 
 from aemp_green._handshake import hmac_token, tls_token
+from aemp_green.exceptions import RemoteProtocolError
 from netutil import SECRET, RawPeer, cluster, read_until_closed  # noqa: F401 - cluster: fixture
 
 MAX_FRAME = 65536
@@ -119,6 +120,25 @@ def test_wrong_secret_is_refused(target):
     finally:
         peer.close()
     assert target.t.ask("node_is_up('attacker')") in (None, False)
+    target.check_intact()
+
+
+def test_wrong_secret_in_the_same_read_still_gets_the_nodes_auth_line(target):
+    """A peer whose greeting and (bad) auth line reach the node in one read is told the node's
+    own auth line before the close - as AEMP does - so that peer can log an authentication
+    failure rather than an unexplained end-of-file."""
+    peer = RawPeer(target.addr, secret="not-the-secret")
+    try:
+        ours = peer.hs.data_to_send()
+        l1, l2 = peer.node_greeting()
+        peer.hs.receive_data(l1 + b"\n" + l2 + b"\n")
+        peer.send_raw(ours + peer.hs.data_to_send())  # greeting + wrong auth line in one write
+        (line,) = peer.read_lines(1)
+        with pytest.raises(RemoteProtocolError, match="shared secret mismatch"):
+            peer.hs.receive_data(line + b"\n")
+        target.expect_closed(peer.sock, "authentication failure/shared secret mismatch")
+    finally:
+        peer.close()
     target.check_intact()
 
 
@@ -450,15 +470,17 @@ def test_two_links_from_one_node_keep_the_monitor_guarantee(target):
     c1 = RawPeer(target.addr, nodeid="twin")
     c2 = RawPeer(target.addr, nodeid="twin")
     try:
-        for p in (c1, c2):  # both greetings are checked while no link to "twin" exists
-            p.send_raw(p.hs.data_to_send())
         for p in (c1, c2):
-            l1, l2 = p.node_greeting()
+            p.send_raw(p.hs.data_to_send())
+        auth = {}
+        for p in (c1, c2):
+            # the node sends its auth line once it has checked our greeting: reading it for
+            # both connections proves both greetings were checked while no link to "twin" existed
+            l1, l2, auth[p] = p.read_lines(3)
             p.hs.receive_data(l1 + b"\n" + l2 + b"\n")
         for p in (c1, c2):
             p.send_raw(p.hs.data_to_send())  # auth line
-            (line,) = p.read_lines(1)
-            (est,) = p.hs.receive_data(line + b"\n")
+            (est,) = p.hs.receive_data(auth[p] + b"\n")
             p.framing, p.recv_framing = est.send_framing, est.recv_framing
             target.t.run("wait_for(lambda: node_is_up('twin'))")
         assert target.t.ask("len(node._nodes['twin'].extra_links)") == 1

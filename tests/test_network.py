@@ -418,7 +418,7 @@ def test_wrong_secret_cannot_join(cluster):
     seed = cluster.seed()
     good, bad = cluster.start(("good", dict(seeds=[seed.addr])),
                               ("bad", dict(seeds=[seed.addr], secret="wrong-secret")))
-    seed.wait_log(lambda t: t.count("authentication failure") >= 2, timeout=15,
+    seed.wait_log(lambda t: t.count("authentication failure") >= 2, timeout=30,
                   what="two authentication failures (the bad node retried)")
     assert not bad.ask("node_is_up('seed')")
     assert bad.ask("up_nodes()") == []
