@@ -165,15 +165,22 @@ class RemoteNode:
             self._timer.close()
             self._timer = None
         queue, self.queue = self.queue, []
+        lost = set()
         for frame in queue:
+            if lost and frame[0] in lost:
+                # no holes: after a lost message, nothing more to that port from this queue
+                logger.error("message to %s#%s dropped after an earlier one was lost",
+                             self.id, frame[0])
+                continue
             try:
                 link.send(frame)
             except TypeError as exc:
                 # e.g. bytes for a json link: the message is lost, so its port's monitors fire
                 logger.error("message to %s#%s dropped: %s", self.id, frame[0], exc)
                 if frame and frame[0]:
-                    self.port_died(frame[0], ("transport_error", self.id,
-                                              "message could not be encoded: %s" % exc))
+                    lost.add(frame[0])
+                    self._message_lost(frame[0], ("transport_error", self.id,
+                                                  "message could not be encoded: %s" % exc))
         logger.info("%s is up", self.id)
         self.up_event.set()
         _notify_watchers(self.id, True, ())
@@ -214,10 +221,10 @@ class RemoteNode:
             self.broken |= broken
 
             def fire_then_heal():
-                try:
-                    _k._fire_monitors(actions, reason)
-                finally:
-                    self.broken -= broken
+                # heal first (no switch in between): sends made by the monitors themselves,
+                # and anything after them, go out again
+                self.broken -= broken
+                _k._fire_monitors(actions, reason)
 
             _k._spawn_raw(fire_then_heal)
         logger.info("%s is down: %s", self.id, why)
@@ -251,6 +258,20 @@ class RemoteNode:
             del self.monitors[portname]
             if self.link is not None and portname:
                 self.link.send(("", "mon0", portname))
+
+    def _message_lost(self, portname, reason):
+        """A message to ``portname`` could not be sent: fire its monitors, and drop later
+        sends to it until they ran (so nothing sent after the lost one arrives first)."""
+        actions = self.monitors.pop(portname, None)
+        if not actions:
+            return
+        self.broken.add(portname)
+
+        def fire_then_heal():
+            self.broken.discard(portname)  # as in transport_error: heal, then fire (no switch)
+            _k._fire_monitors(actions, tuple(reason))
+
+        _k._spawn_raw(fire_then_heal)
 
     def port_died(self, portname, reason):
         actions = self.monitors.pop(portname, None)
