@@ -1612,8 +1612,10 @@ def _cmd_restart(talk, a):
         raise _Fail("cannot reach node %s: no answer within %s s" % (node, _secs(talk.timeout)))
     func = ("aemp_green.cli._restart" if value and _is_yes(value[0])
             else "AnyEvent::Watchdog::Util::restart")
+    # the node answered just above; the request goes last, because the node shuts its links
+    # down as soon as it runs it (a round trip after it would race that); leaving the talking
+    # node flushes the request out before closing the link
     aemp_green.snd_to_func(node, func)
-    talk.reach(node)
     return 0
 
 
