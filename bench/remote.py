@@ -2,10 +2,11 @@
 
 Run ``python bench/remote.py [--quick]``. Each workload prints one JSON line::
 
-    {"workload": ..., "value": ..., "unit": ..., "n": ..., <extras>}
+    {"workload": ..., "value": ..., "unit": ..., "n": ..., <extras>, "pin": [0] | null}
 
-and a last line ``{"workload": "summary", ...}`` says which targets pass. ``--quick`` divides
-every count by 10. Every timed workload is warmed up once (a tenth of its size; the warm-up also
+(``pin``: the CPUs every process ran on, from ``--pin``; ``null`` if not pinned), and a last
+line ``{"workload": "summary", ...}`` says which targets pass. ``--quick`` divides every count
+by 10. Every timed workload is warmed up once (a tenth of its size; the warm-up also
 brings the link up, so connection setup is never timed) and then run ``--runs`` times (3); the
 best run is ``value``, every run is in ``runs``.
 
@@ -53,18 +54,43 @@ Targets (``summary``)
     >= 10,000 round trips/s (both framings).
 
 Reading the numbers
-    Round trips across two processes are dominated by how fast the OS wakes the other side
-    (on a small VM a cross-CPU wake-up can cost tens of µs, and it gets *cheaper* when the
-    machine is busy), and run-to-run spread on a shared machine is large. Compare each aemp
-    figure with the raw baselines of the same run, not with another run's.
+    A ping-pong round trip between two processes is mostly the OS waking the other side. On
+    the 2-vCPU development VM, when the two processes sit on different vCPUs and the other
+    vCPU is idle, that vCPU has halted, and waking it means an interrupt to another vCPU plus
+    a VM exit and re-entry: tens of µs per hop, more than the library spends on a message.
+    How often that happens depends on where the scheduler puts the processes and on what
+    else keeps the vCPUs busy (a busy vCPU does not halt, so the wake-up gets *cheaper* under
+    load), so unpinned ping-pong figures swing by 2-3x between runs and machines.
+
+    ``--pin 0`` puts the conductor and every child on one CPU: each hop is then a plain
+    context switch on that CPU, and what remains is mostly the per-message cost of the code
+    under test. For comparing aemp with the baselines, or one version of aemp with another,
+    prefer pinned ping-pong numbers. Measured on that VM (json framing, 20k round trips; the
+    pinned column with ``taskset -c 0``, which has the same effect as ``--pin 0``):
+
+    ================================  ==================  ===================
+    round trips/s                     ``--pin 0``         unpinned, idle VM
+    ================================  ==================  ===================
+    ``remote_pingpong_json``          9.6k (p50 90 µs)    4.4k
+    ``raw_socket_pingpong``           14.2k               7.2k
+    ``raw_blocking_socket_pingpong``  39k                 8.8k
+    ================================  ==================  ===================
+
+    Pinning to one CPU also serialises sender and receiver, so flood rates with ``--pin 0``
+    measure total CPU cost, not the overlap two CPUs allow. And pinning only removes the
+    wake-up noise: on a loaded machine the pinned processes share their CPU with whatever
+    else runs there, and the numbers scatter again (check the load average). Either way,
+    compare each aemp figure with the raw baselines of the same run, not with another run's.
 
 Safety
     Children are killed in a ``finally`` (SIGTERM, then SIGKILL), die on their own when their
     stdin closes (conductor gone) and arm ``alarm()`` as a last resort; every wait in the
     conductor has a deadline, and the whole run has one (``--deadline``).
 
-Other options: ``--runs K``, ``--only flood,pingpong,raw``, ``--profile DIR`` (children run
-under cProfile and write ``DIR/<role>_<fmt>.prof`` when they exit; rates then mean little).
+Other options: ``--runs K``, ``--only flood,pingpong,raw``, ``--framings json,cbor``,
+``--pin CPUS`` (``0``, ``0,1`` or ``0-1``: every process calls ``os.sched_setaffinity`` on
+that set when it starts; see above), ``--profile DIR`` (children run under cProfile and write
+``DIR/<role>_<fmt>.prof`` when they exit; rates then mean little).
 """
 
 import argparse
@@ -96,6 +122,28 @@ def mono():
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+def parse_cpus(text):
+    """``--pin`` argument: ``"0"``, ``"0,1"`` or ``"0-3"`` -> sorted list of CPU numbers."""
+    cpus = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a CPU list: %r (try 0 or 0,1)" % text) from None
+    if not cpus:
+        raise argparse.ArgumentTypeError("empty CPU list: %r" % text)
+    return sorted(cpus)
+
+
+def pin_cpus(cpus):
+    """Run this process (and the threads and processes it starts later) on ``cpus`` only."""
+    os.sched_setaffinity(0, cpus)
+    got = sorted(os.sched_getaffinity(0))
+    if got != cpus:  # the kernel drops CPUs that are offline or outside our cpuset
+        raise OSError("asked for CPUs %s, got %s" % (cpus, got))
+
+
 # =========================================================================== child processes
 
 def _emit(**kv):
@@ -113,6 +161,36 @@ def _percentiles(lat):
     return {"p50_us": round(pct(0.50), 1), "p90_us": round(pct(0.90), 1),
             "p99_us": round(pct(0.99), 1), "max_us": round(lat[-1] * 1e6, 1),
             "mean_us": round(sum(lat) / n * 1e6, 1)}
+
+
+def _line_pingpong(sock, n, error, what):
+    """``n`` round trips over a connected TCP socket (gevent or plain blocking), one
+    ``ujson`` line ``["ping", i]`` out and one ``["pong", i]`` back each: the measuring loop of
+    both raw ping-pong baselines. Returns ``{"seconds": ..., <percentiles>}``; raises
+    ``error`` if the peer closes or answers out of turn (``what`` names the peer)."""
+    import ujson
+
+    dumps, loads = ujson.dumps, ujson.loads
+    sendall, recv = sock.sendall, sock.recv
+    pc = time.perf_counter
+    lat = [0.0] * n
+    rest = b""
+    t0 = pc()
+    for i in range(n):
+        t = pc()
+        sendall(dumps(["ping", i]).encode() + b"\n")
+        while b"\n" not in rest:
+            data = recv(65536)
+            if not data:
+                raise error("%s closed" % what)
+            rest += data
+        line, _, rest = rest.partition(b"\n")
+        if loads(line)[1] != i:
+            raise error("bad pong from %s" % what)
+        lat[i] = pc() - t
+    out = {"seconds": pc() - t0}
+    out.update(_percentiles(lat))
+    return out
 
 
 def _rx_setup():
@@ -306,29 +384,10 @@ def _tx_setup():
 
     def raw_pingpong(addr, n):
         sock = raw_connect(addr, {"mode": "pingpong"})
-        dumps, loads = ujson.dumps, ujson.loads
-        sendall, recv = sock.sendall, sock.recv
-        pc = time.perf_counter
-        lat = [0.0] * n
-        rest = b""
-        t0 = pc()
-        for i in range(n):
-            t = pc()
-            sendall(dumps(["ping", i]).encode() + b"\n")
-            while b"\n" not in rest:
-                data = recv(65536)
-                if not data:
-                    raise AssertionError("raw pong server closed")
-                rest += data
-            line, _, rest = rest.partition(b"\n")
-            if loads(line)[1] != i:
-                raise AssertionError("bad raw pong")
-            lat[i] = pc() - t
-        seconds = pc() - t0
-        sock.close()
-        out = {"seconds": seconds}
-        out.update(_percentiles(lat))
-        return out
+        try:
+            return _line_pingpong(sock, n, AssertionError, "raw pong server")
+        finally:
+            sock.close()
 
     _emit(event="ready", nodeid=aemp_green.NODE())
     return {"connect": connect, "flood": flood, "pingpong": pingpong, "raw_flood": raw_flood,
@@ -361,42 +420,21 @@ def blocking_echo_main(lifetime):
     os._exit(0)
 
 
-def blocking_pingpong(n, log_dir, deadline):
+def blocking_pingpong(n, runs, log_dir, deadline, pin):
     """The conductor pings ``--child echo`` over a blocking socket: the machine's floor."""
     import socket
 
-    import ujson
-
-    echo = Child("echo", "-", log_dir, deadline)
+    echo = Child("echo", "-", log_dir, deadline, pin=pin)
     try:
         port = echo.event("ready", 30)["port"]
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        dumps, loads, recv, sendall = ujson.dumps, ujson.loads, sock.recv, sock.sendall
-        pc = time.perf_counter
 
         def run(n):
             deadline.left(1)
-            lat = [0.0] * n
-            rest = b""
-            t0 = pc()
-            for i in range(n):
-                t = pc()
-                sendall(dumps(["ping", i]).encode() + b"\n")
-                while b"\n" not in rest:
-                    data = recv(65536)
-                    if not data:
-                        raise BenchError("blocking echo server closed")
-                    rest += data
-                line, _, rest = rest.partition(b"\n")
-                if loads(line)[1] != i:
-                    raise BenchError("bad blocking pong")
-                lat[i] = pc() - t
-            out = {"seconds": pc() - t0}
-            out.update(_percentiles(lat))
-            return out
+            return _line_pingpong(sock, n, BenchError, "blocking echo server")
 
-        rs = timed_runs(run, n, 3)
+        rs = timed_runs(run, n, runs)
         sock.close()
         return rs
     finally:
@@ -468,7 +506,7 @@ class Deadline:
 class Child:
     """One child node process, driven by JSON lines."""
 
-    def __init__(self, role, fmt, log_dir, deadline, profile_dir=None):
+    def __init__(self, role, fmt, log_dir, deadline, profile_dir=None, pin=None):
         self.name = "%s-%s" % (role, fmt)
         self.deadline = deadline
         self.log_path = os.path.join(log_dir, self.name + ".log")
@@ -477,6 +515,8 @@ class Child:
                "--lifetime", str(int(deadline.end - time.monotonic()) + 60)]
         if profile_dir:
             cmd += ["--profile", profile_dir]
+        if pin:  # inherited anyway; passed so that each child sets (and checks) it itself
+            cmd += ["--pin", ",".join(map(str, pin))]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log,
                                      cwd=os.path.dirname(os.path.abspath(__file__)))
@@ -580,8 +620,8 @@ def timed_runs(run, n, runs):
 
 
 def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
-    rx = Child("rx", fmt, log_dir, deadline, args.profile)
-    tx = Child("tx", fmt, log_dir, deadline, args.profile)
+    rx = Child("rx", fmt, log_dir, deadline, args.profile, args.pin)
+    tx = Child("tx", fmt, log_dir, deadline, args.profile, args.pin)
     try:
         info = rx.event("ready", 30)
         tx.event("ready", 30)
@@ -627,6 +667,7 @@ def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
                 del line["framing"]
             if workload in TARGETS:
                 line["target"] = TARGETS[workload]
+            line["pin"] = args.pin
             results[workload] = line
             emit(**line)
 
@@ -647,6 +688,7 @@ def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
                 line[k] = best[k]
             if workload in TARGETS:
                 line["target"] = TARGETS[workload]
+            line["pin"] = args.pin
             results[workload] = line
             emit(**line)
 
@@ -663,7 +705,8 @@ def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
             report_flood("raw_socket_flood_ujson", timed_runs(flood_run("raw"), n_flood, args.runs),
                          n_flood, note="one sendall per message")
             report_pp("raw_socket_pingpong", timed_runs(pp_run("raw"), n_pp, args.runs), n_pp)
-            report_pp("raw_blocking_socket_pingpong", blocking_pingpong(n_pp, log_dir, deadline),
+            report_pp("raw_blocking_socket_pingpong",
+                      blocking_pingpong(n_pp, args.runs, log_dir, deadline, args.pin),
                       n_pp, note="plain blocking sockets, no gevent: this machine's floor")
     finally:
         tx.stop()
@@ -680,10 +723,17 @@ def main(argv=None):
     ap.add_argument("--deadline", type=float, default=None,
                     help="overall time limit in seconds (default 600, quick 180)")
     ap.add_argument("--profile", metavar="DIR", help="run the children under cProfile")
+    ap.add_argument("--pin", metavar="CPUS", type=parse_cpus,
+                    help="run the conductor and every child on these CPUs only (0 or 0,1)")
     ap.add_argument("--child", choices=("rx", "tx", "echo"), help=argparse.SUPPRESS)
     ap.add_argument("--framing", help=argparse.SUPPRESS)
     ap.add_argument("--lifetime", type=float, default=900, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.pin:  # first thing, in the conductor and in every child
+        try:
+            pin_cpus(args.pin)
+        except OSError as exc:
+            ap.error("--pin %s: %s" % (",".join(map(str, args.pin)), exc))
     if args.child == "echo":
         blocking_echo_main(args.lifetime)
         return 0
@@ -722,7 +772,7 @@ def main(argv=None):
                  if w in results}
     emit(workload="summary", quick=bool(args.quick), completed=ok,
          passed=ok and all(c["pass"] for c in checks.values()), checks=checks,
-         baselines=baselines)
+         baselines=baselines, pin=args.pin)
     if ok:
         import shutil
 
