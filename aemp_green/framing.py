@@ -52,13 +52,15 @@ Speed (see ``bench/codec.py``)
     whole frame nested up to 5 deep in one call, and deeper or incomplete frames to a
     resumable bracket/string scanner. ``CborDecoder`` first decodes a whole read in a single
     ``cbor2.loads`` call (the read wrapped in an array and closed by a random sentinel, which
-    proves that the read held complete items only); if that fails (typically a read that ends
-    inside a frame) it decodes item by item, and a frame that stays incomplete is tracked by
-    a small structural scanner until its last byte arrives. The byte-string fix-up costs one
-    C-level type check per frame when there is nothing to fix. The encoders check the value
-    model with one C-level type test for flat messages and a short loop otherwise; the value
-    check must come first for ``cbor2``, which crashes (C stack overflow) on a few thousand
-    levels of nesting.
+    proves that the read held complete items only). A large read that ends inside a frame (as
+    during a flood) is split where a bounded search from its end guesses the last frame starts,
+    and the part before is decoded in that single call (which proves the guess); what is left,
+    or a read without a good guess, is decoded item by item, and a frame that stays incomplete
+    is tracked by a small structural scanner until its last byte arrives. The byte-string
+    fix-up costs one C-level type check per frame when there is nothing to fix. The encoders
+    check the value model with one C-level type test for flat messages and a short loop
+    otherwise; the value check must come first for ``cbor2``, which crashes (C stack overflow)
+    on a few thousand levels of nesting.
 
 Example::
 
@@ -647,6 +649,20 @@ class CborDecoder(_Decoder):
 
     _kind = "cbor"
 
+    # Reads shorter than this that end inside a frame are decoded item by item (see _feed),
+    # and _last_frame_start looks for the last frame in the last 1/2**_REACH_SHIFT of a read.
+    _SPLIT_MIN = 4096
+    _REACH_SHIFT = 5
+    # For _last_frame_start only (a guess, never trusted): "A" for the head of an array of
+    # 1-23 items or of indefinite length, "S" for the head of a string (text or bytes) ...
+    _HEAD_CLASSES = bytes(ord("A") if 0x81 <= b <= 0x97 or b == 0x9f else
+                          ord("S") if 0x40 <= b <= 0x5b or 0x60 <= b <= 0x7b else ord(".")
+                          for b in range(256))
+    # ... and what may follow a complete frame: an array (up to 255 items) that starts with a
+    # string, after tag 55799 or not, or [].
+    _frame_like = re.compile(b"\x80|(?:\xd9\xd9\xf7)?(?:[\x81-\x97\x9f]|\x98[\x18-\xff])"
+                             b"[\x40-\x5b\x60-\x7b]").match
+
     __slots__ = ("max_frame", "_pbuf", "_skip_pos", "_skip_stack", "_error", "_dec",
                  "_wrap", "_suffix", "_sentinel")
 
@@ -685,11 +701,27 @@ class CborDecoder(_Decoder):
             data = bytes(data)
         if not data:
             return frames
-        if self._wrap and len(data) <= self.max_frame:
+        n = len(data)
+        tried = False
+        if self._wrap and n <= self.max_frame:
             got = self._feed_wrapped(data)
             if got is not None:
                 frames += got
                 return frames
+            tried = True
+        if n >= self._SPLIT_MIN:
+            # The read (most likely) ends inside a frame: decode the complete frames before
+            # the last one in one call too, if we can find where that last frame starts.
+            # (Large reads keep coming this way, even one that happens to end at a frame
+            # boundary: trying the whole read first would fail for most of the next ones.)
+            t = self._last_frame_start(data)
+            if 0 < t <= self.max_frame and not (tried and t == n):
+                got = self._feed_wrapped(data if t == n else data[:t])
+                if got is not None:  # data[:t] holds complete frames only: t is a boundary
+                    frames += got
+                    if t == n:
+                        return frames
+                    data = data[t:]
         pos = self._decode_items(data, frames)
         if pos < len(data):
             self._wrap = False  # reads end inside frames: the one-call path would fail too
@@ -771,6 +803,70 @@ class CborDecoder(_Decoder):
             append(obj)
         dec.fp = _EMPTY  # do not keep the read buffer alive
         return pos
+
+    def _last_frame_start(self, data):
+        """Guess where the last frame of ``data`` (a read that starts at a frame boundary)
+        begins: the offset of the incomplete last frame, ``len(data)`` if the read seems to
+        end at a frame boundary, or -1 if no guess was found.
+
+        Only a guess: it is used only to split ``data`` for ``_feed_wrapped``, which proves
+        that ``data[:t]`` holds complete items only (and a sequence of complete CBOR items
+        decodes the same wherever the stream goes on, so ``t`` then is a true frame boundary;
+        the rest goes to the item-by-item path). A wrong guess costs time, never a wrong frame.
+
+        Every AEMP message is an array that starts with the port name, a string. Going back
+        from the end over such array heads ("candidates"), we look for one from which
+        ``cbor2`` decodes a complete item, followed by nothing but items that start like a
+        frame up to the end; the start of the last, unfinished one (or the end of the read)
+        is the guess. The work is bounded (at most 8 candidates, all in the last n/32 bytes,
+        decoding at most n/16 bytes in all): a read that ends inside a large frame is left to
+        the item-by-item path.
+        """
+        n = len(data)
+        reach = min(n >> self._REACH_SHIFT, 32768)
+        work = 2 * reach
+        lo = n - reach
+        # one letter per byte: "A" array head, "S" string head (see _HEAD_CLASSES)
+        classes = data[lo:].translate(self._HEAD_CLASSES)
+        find = classes.rfind
+        f = _BytesIO(data)
+        seek = f.seek
+        tell = f.tell
+        frame_like = self._frame_like
+        dec = None  # our own decoder: decoding at a guessed offset must not touch self._dec
+        eof_at = -1
+        end = reach
+        for _ in range(8):
+            j = find(b"AS", 0, end)
+            if j < 0:
+                return -1
+            end = j + 1
+            c = lo + j
+            work -= n - c  # decoding from c reads at most n - c bytes
+            if work < 0:
+                return -1
+            if dec is None:  # (a fresh one after any exception, as in _decode_items)
+                dec = _CBORDecoder(f, semantic_decoders=_SEMANTIC, strict_hashable_types=True,
+                                   max_depth=MAX_DEPTH + 2)
+            seek(c)
+            try:
+                dec.decode()
+                while True:
+                    p = tell()
+                    if p == n or p == eof_at:  # (decoding from eof_at needs more data)
+                        return p
+                    if frame_like(data, p) is None:
+                        break
+                    try:
+                        dec.decode()
+                    except _CBORDecodeEOF:
+                        return p
+            except _CBORDecodeEOF:
+                dec = None
+                eof_at = c  # maybe the start of the last frame: remember it for the chain
+            except Exception:
+                dec = None
+        return -1
 
     def _start_pending(self, data, pos):
         if data[pos] >> 5 not in (4, 6):

@@ -10,19 +10,36 @@ Cases:
 * ``stream``: a data phase of 10,000 small frames fed in 64 KiB reads to one decoder
   (messages per second): our own json (newline after each frame), Perl's json (no delimiter),
   our cbor (text strings) and Perl's cbor (byte strings, which the decoder turns into ``str``).
+* ``split``: cbor streams fed in reads of 64 KiB and 256 KiB that end inside a frame (as during
+  a flood; ``mid_frame_reads`` says how many do): ``small`` frames (the small message above),
+  ``typical`` frames ``["portname", "tag", i, "some text", [1, 2, 3]]`` with text strings, the
+  same with Perl's byte strings, and ``mix`` (typical frames, every 16th one a larger frame of
+  1-16 KiB: a long string, a list of numbers or a map). Messages per second.
+
+``--baseline REV`` (e.g. ``--baseline HEAD``) also loads ``aemp_green/framing.py`` as it is in
+git revision ``REV`` and runs the ``split`` cases for both decoders in alternation (the
+machine may be shared and noisy; this measures CPU time of this process, which other load
+disturbs less than wall time), one line per case with each side's best and the median of the
+paired ratios (``speedup``: baseline time / current time).
 
 Example output line::
 
     {"case": "roundtrip", "framing": "cbor", "msg": "small", "encode_us": 0.6, ...}
 """
 
+import gc
+import importlib.util
 import json
+import os
+import random
+import statistics
+import subprocess
 import sys
 import time
 
 import cbor2
 
-from aemp_green.framing import codec
+from aemp_green.framing import CborDecoder, codec
 
 SMALL = ["KQPFl3bClb", "test", 1, "abc"]
 PERL_MSG = ["KQPFl3bClb", "test", {"float": 3.25, "f": False, "list": [1, "two", [3, {"four": 4}]],
@@ -96,9 +113,126 @@ def stream(label, name, data, nframes, repeat, read_size=65536):
             "msgs_per_s": int(nframes / t), "us_per_msg": round(t / nframes * 1e6, 3)}
 
 
+def _split_streams(n):
+    typical = [["portname", "tag", i, "some text", [1, 2, 3]] for i in range(n)]
+    rng = random.Random(1)
+    mix = []
+    for i, f in enumerate(typical):
+        if i % 16 == 15:
+            size = rng.randint(1024, 16384)
+            kind = i % 3
+            if kind == 0:
+                big = "x" * size
+            elif kind == 1:
+                big = [rng.random() for _ in range(size // 9)]
+            else:
+                big = {"k%d" % j: [j, "v%d" % j] for j in range(size // 16)}
+            f = ["portname", "big", i, big]
+        mix.append(f)
+    small = [["KQPFl3bClb", "test", i, "abc"] for i in range(n)]
+    enc = codec("cbor")[0]
+    return [
+        ("small", small, b"".join(enc(f) for f in small)),
+        ("typical", typical, b"".join(enc(f) for f in typical)),
+        ("typical_perl_bytes", typical, b"".join(cbor2.dumps(_perl_cbor(f)) for f in typical)),
+        ("mix", mix, b"".join(enc(f) for f in mix)),
+    ]
+
+
+def _chunks(data, read_size):
+    return [data[i:i + read_size] for i in range(0, len(data), read_size)]
+
+
+def _mid_frame_reads(chunks):
+    d = CborDecoder()
+    mid = 0
+    for c in chunks:
+        d.feed(c)
+        mid += d.pending > 0
+    return mid
+
+
+def _run_split(dec_cls, chunks, nframes, clock=time.perf_counter):
+    gc.collect()
+    t0 = clock()
+    d = dec_cls()
+    got = 0
+    for c in chunks:
+        got += len(d.feed(c))
+    t = clock() - t0
+    assert got == nframes
+    return t
+
+
+def split(n, repeat):
+    out = []
+    streams = _split_streams(n)
+    gc.collect()
+    gc.freeze()  # the test data must not make every full collection slower
+    for label, frames, data in streams:
+        for read_size in (65536, 262144):
+            chunks = _chunks(data, read_size)
+            t = min(_run_split(CborDecoder, chunks, n) for _ in range(repeat))
+            out.append({"case": "split", "framing": "cbor", "stream": label, "frames": n,
+                        "bytes": len(data), "read_size": read_size, "reads": len(chunks),
+                        "mid_frame_reads": _mid_frame_reads(chunks), "seconds": round(t, 5),
+                        "msgs_per_s": int(n / t)})
+    return out
+
+
+def load_baseline(rev):
+    """``aemp_green/framing.py`` of git revision ``rev``, as module aemp_green._baseline_framing
+    (for paired comparisons only)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = subprocess.run(["git", "-C", root, "show", "%s:aemp_green/framing.py" % rev],
+                         check=True, capture_output=True).stdout
+    spec = importlib.util.spec_from_loader("aemp_green._baseline_framing", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "aemp_green"
+    exec(compile(src, "%s:aemp_green/framing.py" % rev, "exec"), mod.__dict__)
+    return mod
+
+
+def split_compare(rev, n, pairs):
+    base_cls = load_baseline(rev).CborDecoder
+    out = []
+    streams = _split_streams(n)
+    gc.collect()
+    gc.freeze()  # the test data must not make every full collection slower
+    for label, frames, data in streams:
+        for read_size in (65536, 262144):
+            chunks = _chunks(data, read_size)
+            for cls in (base_cls, CborDecoder):  # same frames from both, and warm-up
+                d = cls()
+                got = []
+                for c in chunks:
+                    got += d.feed(c)
+                assert got == frames
+            tb, tn = [], []
+            for i in range(pairs):
+                order = ((base_cls, tb), (CborDecoder, tn))
+                for cls, ts in (order if i % 2 == 0 else order[::-1]):
+                    ts.append(_run_split(cls, chunks, n, time.process_time))
+            out.append({"case": "split_vs_baseline", "baseline": rev, "stream": label,
+                        "frames": n, "read_size": read_size, "reads": len(chunks),
+                        "mid_frame_reads": _mid_frame_reads(chunks), "pairs": pairs,
+                        "baseline_msgs_per_s": int(n / min(tb)),
+                        "current_msgs_per_s": int(n / min(tn)),
+                        "speedup": round(statistics.median(b / c for b, c in zip(tb, tn)), 2),
+                        "speedup_min_max": [round(min(b / c for b, c in zip(tb, tn)), 2),
+                                            round(max(b / c for b, c in zip(tb, tn)), 2)]})
+    return out
+
+
 def main(argv):
     quick = "--quick" in argv
     number, repeat = (5000, 3) if quick else (50000, 5)
+    nsplit = 20000 if quick else 100000
+    if "--baseline" in argv:
+        rev = argv[argv.index("--baseline") + 1]
+        for rec in split_compare(rev, nsplit, 6 if quick else 12):
+            print(json.dumps(rec, ensure_ascii=False))
+        return 0
     out = []
     for name in ("json", "cbor"):
         out.append(roundtrip(name, "small", SMALL, number, repeat))
@@ -114,6 +248,7 @@ def main(argv):
     ]
     for label, name, data in streams:
         out.append(stream(label, name, data, n, repeat))
+    out += split(nsplit, repeat)
     for rec in out:
         print(json.dumps(rec, ensure_ascii=False))
     return 0

@@ -447,3 +447,199 @@ def test_cbor_skip_agrees_with_cbor2():
         for cut in range(len(raw) - 2):
             pos, done = framing._cbor_skip(raw[:cut], 0, [], 1 << 30)
             assert not done and pos <= cut
+
+
+# --------------------------------------------------------------------------- cbor split reads
+# A large read that ends inside a frame: CborDecoder guesses where the last frame starts
+# (_last_frame_start), decodes the reads's complete frames before it in one call
+# (_feed_wrapped, which proves the guess) and only the rest item by item.
+
+class _NoSplit(CborDecoder):
+    """The decoder without the split-read path (reads that end inside a frame go item by
+    item, as before that path existed): the reference for frames and errors."""
+    __slots__ = ()
+    _SPLIT_MIN = 1 << 62
+
+
+class _AlwaysSplit(CborDecoder):
+    """The split-read path for reads of any size, looking for the last frame anywhere."""
+    __slots__ = ()
+    _SPLIT_MIN = 1
+    _REACH_SHIFT = 0
+
+
+def _perl_bytes(v):
+    if isinstance(v, str):
+        return v.encode() if v.isascii() else v
+    if isinstance(v, list):
+        return [_perl_bytes(x) for x in v]
+    if isinstance(v, dict):
+        return {_perl_bytes(k): _perl_bytes(x) for k, x in v.items()}
+    return v
+
+
+SPLIT_FRAMES = [
+    ["portname", "tag", 1, "some text", [1, 2, 3]],
+    ["p", ["x", 1], ["y", [2]], {"k": ["z"]}],  # inner arrays that look like frames
+    [],
+    ["p", UNICODE, b"\xff\x85\x68", 2 ** 70, 1.5],
+    ["portname", "tag", 2, "some text", [1, 2, 3]],
+]
+
+
+def _split_stream():
+    parts = [encode_cbor(f) for f in SPLIT_FRAMES]
+    parts.append(cbor2.dumps(_perl_bytes(SPLIT_FRAMES[0])))  # Perl's byte strings
+    parts.append(b"\xd9\xd9\xf7" + encode_cbor(["tagged", [1]]))  # self-describe tag
+    parts.append(cbor2.dumps(_perl_bytes(SPLIT_FRAMES[4])))
+    expect = SPLIT_FRAMES + [SPLIT_FRAMES[0], ["tagged", [1]], SPLIT_FRAMES[4]]
+    return b"".join(parts), expect
+
+
+def _outcome(cls, chunks, max_frame=framing.DEFAULT_MAX_FRAME):
+    """Per feed: the frames (repr) and pending bytes, or the error; errors must be sticky."""
+    d = cls(max_frame=max_frame)
+    out = []
+    for c in chunks:
+        try:
+            got = d.feed(c)
+        except RemoteProtocolError as exc:
+            out.append(("error", str(exc)))
+            with pytest.raises(RemoteProtocolError):
+                d.feed(encode_cbor(["ok"]))
+            break
+        out.append((repr(got), d.pending))
+    return out
+
+
+def _count_wrapped(monkeypatch):
+    """Record the length of every successful one-call decode."""
+    calls = []
+    orig = CborDecoder._feed_wrapped
+
+    def wrapped(self, data):
+        got = orig(self, data)
+        if got is not None:
+            calls.append(len(data))
+        return got
+    monkeypatch.setattr(CborDecoder, "_feed_wrapped", wrapped)
+    return calls
+
+
+def test_cbor_split_reads_at_every_cut_match_the_whole_read(monkeypatch):
+    data, expect = _split_stream()
+    assert CborDecoder().feed(data) == expect
+    calls = _count_wrapped(monkeypatch)
+    split_used = 0
+    for cut in range(1, len(data)):
+        chunks = [data[:cut], data[cut:]]
+        for cls in (_AlwaysSplit, CborDecoder):
+            d = cls()
+            del calls[:]
+            assert feed_all(d, chunks) == expect, (cls, cut)
+            assert d.pending == 0
+            split_used += cls is _AlwaysSplit and any(n < cut for n in calls[:1])
+        assert _outcome(_AlwaysSplit, chunks) == _outcome(_NoSplit, chunks), cut
+    # the first read went the one-call way for most cuts (not the ones inside the first frame)
+    assert split_used > len(data) // 2
+    # three reads, cut at every pair of offsets (every 3rd, to stay quick)
+    for a in range(1, len(data), 3):
+        for b in range(a + 1, len(data), 3):
+            chunks = [data[:a], data[a:b], data[b:]]
+            assert feed_all(_AlwaysSplit(), chunks) == expect, (a, b)
+
+
+def test_cbor_split_read_takes_the_one_call_path(monkeypatch):
+    frames = [["portname", "tag", i, "some text", [1, 2, 3]] for i in range(6000)]
+    data = b"".join(encode_cbor(f) for f in frames)
+    item_lengths = []
+    orig = CborDecoder._decode_items
+
+    def decode_items(self, data, out):
+        item_lengths.append(len(data))
+        return orig(self, data, out)
+    monkeypatch.setattr(CborDecoder, "_decode_items", decode_items)
+    calls = _count_wrapped(monkeypatch)
+    d = CborDecoder()
+    reads = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+    got = []
+    for r in reads[:-1]:
+        got += d.feed(r)
+        assert d.pending > 0  # every read ends inside a frame
+    got += d.feed(reads[-1])
+    assert got == frames and d.pending == 0
+    # item by item: only the frame completed by a read and the unfinished last one (each
+    # under 40 bytes), never a read's bulk; that went in one call per read
+    assert item_lengths and max(item_lengths) < 40, item_lengths
+    assert len(calls) == len(reads) and sum(calls) > len(data) - 40 * len(reads)
+
+
+def test_cbor_split_read_with_large_frames(monkeypatch):
+    # frames of a few KiB, some full of bytes that look like frame heads, in 64 KiB reads
+    import random
+    rnd = random.Random(5)
+    frames = []
+    for i in range(400):
+        if i % 7 == 3:
+            frames.append(["p", b"\x85\x68portname" * rnd.randint(10, 900)])
+        elif i % 7 == 5:
+            frames.append(["p", [rnd.random() for _ in range(rnd.randint(10, 900))]])
+        else:
+            frames.append(["portname", "tag", i, "some text", [1, 2, 3]])
+    data = b"".join(encode_cbor(f) for f in frames)
+    for size in (4096, 5000, 65536):
+        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        assert feed_all(CborDecoder(), chunks) == frames
+        assert _outcome(CborDecoder, chunks) == _outcome(_NoSplit, chunks)
+
+
+_GOOD = b"".join(encode_cbor(["portname", "tag", i, "some text", [1, 2, 3]])
+                 for i in range(400))
+
+
+@pytest.mark.parametrize("tail", [
+    bytes.fromhex("855b0000"),                                  # truncated string header
+    bytes.fromhex("82405b0000000100000000") + b"abc",            # 4 GiB string declared
+    bytes.fromhex("9b0000000100000000") + b"\x01",              # 4 Gi items declared
+    b"\x81" * 1000 + b"\x80",                                   # nested beyond MAX_DEPTH
+    b"\x81" * (framing.MAX_DEPTH + 1) + b"\x80",                # depth at the limits
+    b"\x81" * (framing.MAX_DEPTH + 2) + b"\x80",
+    b"\x81" * (framing.MAX_DEPTH + 3) + b"\x80",
+    b"\x81" * 3000,                                             # deep, unfinished
+    cbor2.dumps({"a": 1}) + encode_cbor(["x"]),                 # not an array
+    b"\xff" + encode_cbor(["x"]),                               # stray break
+    b"\x1c",                                                    # reserved additional info
+    bytes.fromhex("8261ff") + encode_cbor(["x"]),               # invalid UTF-8
+    bytes.fromhex("8362") + b"\xff\xfe" + b"\x5a\x00\x00\x10",  # invalid UTF-8, unfinished
+    bytes.fromhex("81d81d00"),                                  # shared reference
+    bytes.fromhex("8361706174") + b"\x85\x68port",              # fine, unfinished
+])
+@pytest.mark.parametrize("max_frame", [framing.DEFAULT_MAX_FRAME, 1 << 16, 2000])
+def test_cbor_split_read_hostile_tail_same_outcome(tail, max_frame):
+    data = _GOOD + tail + _GOOD[:100]
+    cuts = [len(_GOOD) + k for k in (0, 1, 2, 3, 5, len(tail) // 2, len(tail) - 1, len(tail))]
+    cuts += [4096, 8192, len(_GOOD) - 7]
+    for cut in sorted(set(c for c in cuts if 0 < c < len(data))):
+        for chunks in ([data[:cut], data[cut:]], [data[:cut], data[cut:cut + 5000], data[cut + 5000:]]):
+            for cls in (CborDecoder, _AlwaysSplit):
+                got = _outcome(cls, [c for c in chunks if c], max_frame)
+                assert got == _outcome(_NoSplit, [c for c in chunks if c], max_frame), (cls, cut)
+    # the whole thing in one read
+    assert _outcome(CborDecoder, [data], max_frame) == _outcome(_NoSplit, [data], max_frame)
+
+
+def test_cbor_split_read_enforces_max_frame():
+    big = encode_cbor(["portname", "x" * 3000])
+    data = _GOOD + big + _GOOD
+    for max_frame in (2000, 3000, 3010, 5000, 20000):
+        for cut in (len(_GOOD) - 5, len(_GOOD) + 10, len(_GOOD) + len(big) + 7,
+                    len(data) - 7):
+            chunks = [data[:cut], data[cut:]]
+            for cls in (CborDecoder, _AlwaysSplit):
+                assert _outcome(cls, chunks, max_frame) == _outcome(_NoSplit, chunks, max_frame)
+        chunks = [data[:len(data) - 7], data[-7:]]
+        if max_frame < len(big):
+            with pytest.raises(RemoteProtocolError, match="larger than"):
+                feed_all(CborDecoder(max_frame=max_frame), chunks)
+        else:
+            assert len(feed_all(CborDecoder(max_frame=max_frame), chunks)) == 801
