@@ -24,6 +24,7 @@ import time
 from collections import deque
 
 from gevent import get_hub
+from gevent.monkey import get_original as _gevent_original
 from greenlet import getcurrent, greenlet
 
 from ._guard import Guard
@@ -83,6 +84,7 @@ node_id = NODE
 def _set_node_id(nodeid):
     """Change this node's ID (``configure``); every local port's ID changes with it, as in AEMP."""
     global _NODE
+    _check_thread()  # configure(): before it changes anything
     if "#" in nodeid:
         raise ValueError("node ID must not contain '#': %r" % (nodeid,))
     _NODE = nodeid
@@ -96,6 +98,7 @@ def _set_node_id(nodeid):
 
 def _new_name():
     global _next_id
+    _check_thread()
     _next_id += 1
     return _UNIQ + _base62(_next_id)
 
@@ -103,12 +106,15 @@ def _new_name():
 def _new_id():
     """A fresh local port ID (``<node>#<name>``)."""
     global _next_id
+    if _hub is not None and _os_thread_ident() != _hub_ident:  # port, spawn, call, receive
+        raise _foreign_thread_error()
     _next_id += 1
     return _NODE + "#" + _UNIQ + _base62(_next_id)
 
 
 def _new_spawn_name():
     global _next_id
+    _check_thread()
     _next_id += 1
     return _RUNIQ + _base62(_next_id)
 
@@ -158,13 +164,66 @@ _hub = None
 
 _hub_thread = None  # ident of the thread whose hub runs this node
 
+# ---- the hub-thread check (docs/running.md, "One thread owns the node") ----------------------
+# Once bound, only the OS thread of the hub may use the kernel: gevent loops are not
+# thread-safe. Entry points that touch the loop or shared state check before they change
+# anything (``_check_thread``, ``_get_hub``); the hot path, ``_dispatch``, compares the running
+# greenlet with the last one that passed (``_hub_glet``): greenlets never change threads, so
+# that is one identity test. ``_hub_ident`` is the *OS* thread ident (gevent's original
+# ``get_ident``): under monkey-patching ``threading.get_ident()`` is per greenlet, and all those
+# greenlets rightly pass.
+_os_thread_ident = _gevent_original("_thread", "get_ident")
+_hub_ident = None  # OS thread ident of the hub thread, None until bound
+_hub_thread_name = None  # (for the error message)
+_hub_glet = None  # the last greenlet that passed the check (it runs in the hub thread)
+
 
 def _get_hub():
-    global _hub, _hub_thread
+    global _hub, _hub_thread, _hub_ident, _hub_glet, _hub_thread_name
     if _hub is None:
+        _hub_ident = _os_thread_ident()
+        _hub_thread_name = _thread_name(_hub_ident)
+        _hub_glet = None
         _hub = get_hub()
         _hub_thread = threading.get_ident()
+    elif _os_thread_ident() != _hub_ident:
+        raise _foreign_thread_error()
     return _hub
+
+
+def _unbind_hub():
+    """Forget the hub binding (``threaded.start`` when it failed before the node did anything)."""
+    global _hub, _hub_thread, _hub_ident, _hub_glet, _hub_thread_name
+    _hub = _hub_thread = _hub_ident = _hub_glet = _hub_thread_name = None
+
+
+def _check_thread():
+    """Raise ``RuntimeError`` when the kernel is bound to the hub of another OS thread."""
+    if _hub is not None and _os_thread_ident() != _hub_ident:
+        raise _foreign_thread_error()
+
+
+def _check_greenlet(cur):
+    """``_dispatch``'s check for a greenlet other than the last one seen (kernel bound)."""
+    global _hub_glet
+    if _os_thread_ident() != _hub_ident:
+        raise _foreign_thread_error()
+    _hub_glet = cur
+
+
+def _thread_name(ident):
+    """The name of the Python thread with OS thread ident ``ident``, or None."""
+    for t in threading.enumerate():
+        if t.ident == ident:
+            return t.name
+    return None
+
+
+def _foreign_thread_error(delivered=False):
+    """The ``RuntimeError`` for a call from an OS thread that is not the hub thread."""
+    from .threaded import _wrong_thread_error
+
+    return _wrong_thread_error(_os_thread_ident(), _hub_ident, _hub_thread_name, delivered)
 
 
 def _register(p):
@@ -173,6 +232,8 @@ def _register(p):
 
 def _lookup(port):
     """The local port object for a port ID, or None (also for remote IDs and the node port)."""
+    if _hub is not None and _os_thread_ident() != _hub_ident:  # rcv, peval, mon
+        raise _foreign_thread_error()
     p = _ports.get(port)
     return None if p is _node_port else p
 
@@ -208,6 +269,8 @@ _drain_scheduled = False
 def _dispatch(p, msg):
     """Run ``p._run(msg)`` without ever nesting handler calls (see module docstring)."""
     cur = getcurrent()
+    if cur is not _hub_glet and _hub is not None:  # the thread check, before any change
+        _check_greenlet(cur)
     if _queue or cur in _draining:
         _queue.append((p, msg))
         if cur in _draining:  # a handler is running in this greenlet: the loop below takes it
@@ -231,8 +294,9 @@ def _dispatch(p, msg):
 def _schedule_drain():
     global _drain_scheduled
     if not _drain_scheduled:
+        hub = _get_hub()  # checks the thread before the flag changes
         _drain_scheduled = True
-        _get_hub().loop.run_callback(_spawn_drainer)
+        hub.loop.run_callback(_spawn_drainer)
 
 
 def _spawn_drainer():
@@ -275,7 +339,17 @@ def _wake(w, value):
     _ready.append(w)
     if not _ready_scheduled:
         _ready_scheduled = True
-        _get_hub().loop.run_callback(_run_ready)
+        hub = _hub
+        if hub is None:
+            hub = _get_hub()
+        elif _os_thread_ident() != _hub_ident:
+            # snd() from another OS thread to a waiting greenlet port: the port has already
+            # given its message to this wake-up, so finish it safely in the hub thread, then
+            # refuse the call. (While a wake-up is scheduled, the append above is all there is
+            # to do, and the hub thread's _run_ready/_block takes it: nothing to refuse.)
+            hub.loop.run_callback_threadsafe(_run_ready)
+            raise _foreign_thread_error(delivered=True)
+        hub.loop.run_callback(_run_ready)
 
 
 def _run_ready():
@@ -302,7 +376,8 @@ def _block():
             w.resume = None
             _handoffs += 1
             return w.greenlet.switch(r)
-    return _get_hub().switch()
+    # callers (call, receive) bound the hub and passed the thread check already
+    return (_hub if _hub is not None else _get_hub()).switch()
 
 
 def _spawn_raw(fn, *args):
@@ -361,6 +436,8 @@ def snd(port, *msg):
         return
     node, _, name = port.partition("#")
     if node != _NODE:
+        if _hub is not None and _os_thread_ident() != _hub_ident:
+            raise _foreign_thread_error()
         _net.send(node, (name,) + msg)
 
 
@@ -393,6 +470,8 @@ def kil(port, *reason):
         kil(worker)                       # normal exit, monitors get no arguments
         kil(worker, "error", "bad job")   # crash, monitors get ("error", "bad job")
     """
+    if _hub is not None and _os_thread_ident() != _hub_ident:
+        raise _foreign_thread_error()
     p = _ports.get(port)
     if p is not None and p is not _node_port:
         _kill_local(p, reason)
@@ -498,6 +577,7 @@ def _add_monitor(port, action):
                     pass
 
         return undo
+    _check_thread()  # (the local branch checked in _lookup)
     _net.monitor(node, name, m)
 
     def undo_remote():
@@ -610,6 +690,7 @@ class _NodePort:
         raise ValueError("the node port cannot die")
 
     def _deliver(self, msg):
+        _check_thread()  # snd to this node's node port
         node_request(_NODE, msg)
 
     def _terminate(self, reason):  # pragma: no cover

@@ -34,7 +34,11 @@ before any ``configure()``, ``call``, ``after`` ... in the process, and it refus
 ``RuntimeError``) when the kernel is already bound to another hub, when ``configure()`` already
 ran, or when the process is monkey-patched (then threads are greenlets: use ``aemp_green``
 directly, see ``aemp_green.monkey``). After ``start()`` only the hub thread may call the plain
-``aemp_green`` functions; every other thread goes through the ``Node``.
+``aemp_green`` functions; every other thread goes through the ``Node``. The kernel enforces
+this: ``aemp_green.snd``, ``call``, ``port``, ``kil``, ``mon``, ``rcv``, ``spawn``, ``receive``,
+``after``, ``cal``, ``configure`` ... called from another thread raise ``RuntimeError`` (naming
+the function and both threads) instead of corrupting the hub; docs/running.md ("One thread
+owns the node") lists what is and is not checked.
 
 When to use which (docs/running.md has the long version): native greenlets when you write
 the program for gevent; ``aemp_green.monkey`` when blocking code should simply cooperate and
@@ -138,6 +142,50 @@ def _stopped_error():
     return RuntimeError("the aemp_green threaded bridge is stopped")
 
 
+def _wrong_thread_error(ident, hub_ident, hub_name, delivered=False):
+    """The ``RuntimeError`` the kernel raises when OS thread ``ident`` calls the plain API
+    while the node is bound to the hub of thread ``hub_ident`` (see ``kernel._check_thread``)."""
+    import sys
+
+    from .kernel import _thread_name
+
+    def label(ident, name=None):
+        name = name or _thread_name(ident)
+        return "ident %s" % (ident,) if name is None else "%r (ident %s)" % (name, ident)
+
+    return RuntimeError(
+        "%s called from thread %s, but aemp_green is bound to the gevent hub of thread %s: "
+        "gevent hubs are not thread-safe, so only that thread may use the plain aemp_green "
+        "API.%s Other threads must use the Node handle returned by "
+        "aemp_green.threaded.start() (node.snd, node.call, node.port, node.submit(fn), ...), "
+        "or hand the work to the hub thread with hub.loop.run_callback_threadsafe(fn, *args) "
+        "(see docs/running.md)."
+        % (_api_name(sys._getframe(1)), label(ident), label(hub_ident, hub_name),
+           " (This message was still handed over to the hub thread safely.)" if delivered
+           else ""))
+
+
+def _api_name(frame):
+    """``aemp_green.<name>()`` for the aemp_green function the application called (the
+    outermost aemp_green frame of the stack)."""
+    found = None
+    while frame is not None:
+        mod = frame.f_globals.get("__name__", "")
+        if mod != "aemp_green" and not mod.startswith("aemp_green."):
+            break
+        code = frame.f_code
+        found = (mod, getattr(code, "co_qualname", code.co_name))
+        frame = frame.f_back
+    if found is None:
+        return "aemp_green"
+    mod, qual = found
+    import aemp_green
+
+    if qual in aemp_green.__all__:
+        return "aemp_green.%s()" % qual
+    return "%s.%s()" % (mod, qual)
+
+
 def _node_configured():
     from . import node as _node
 
@@ -194,7 +242,9 @@ class Node:
 
         try:
             hub = gevent.get_hub()
-            bound = kernel._get_hub()
+            bound = kernel._hub  # (kernel._get_hub() itself refuses another thread's hub)
+            if bound is None:
+                bound = kernel._get_hub()
             if bound is not hub:
                 raise RuntimeError("aemp_green got bound to the hub of thread %s meanwhile"
                                    % getattr(bound, "thread_ident", "?"))
@@ -209,7 +259,7 @@ class Node:
         except BaseException as exc:
             self._close_watcher()
             if kernel._hub is self._hub and not _node_configured():
-                kernel._hub = None  # nothing happened yet: a corrected start() may bind again
+                kernel._unbind_hub()  # nothing happened yet: a corrected start() may bind again
             started.set_exception(exc)
             return
         started.set_result(self.config)
