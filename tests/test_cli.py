@@ -29,7 +29,7 @@ from netutil import REPO, SECRET, ChildNode
 
 AEMP = [sys.executable, "-m", "aemp_green.cli"]
 BIN_AEMP = [sys.executable, str(REPO / "bin" / "aemp")]
-INTEROP = Path("/work/shared/interop")
+INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 
 
 # ------------------------------------------------------------------------------------ helpers

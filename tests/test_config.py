@@ -38,7 +38,7 @@ from aemp_green.config import (
 )
 from aemp_green.exceptions import ConfigError
 
-INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
+INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 SAMPLES = sorted(INTEROP.glob("*/aemprc*")) if INTEROP.is_dir() else []
 
 

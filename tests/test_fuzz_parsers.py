@@ -18,6 +18,7 @@ encode/decode round trips of arbitrary values.
 import base64
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from aemp_green.framing import CborDecoder, JsonDecoder, encode_cbor, encode_jso
 from aemp_green._handshake import Handshake, NeedTLS, parse_greeting_line1
 from aemp_green.exceptions import RemoteProtocolError
 
-INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
+INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 
 BATCH = 100            # inputs per hypothesis example in the batched tests
 BATCH_EXAMPLES = 360   # examples per batched test: 3 tests x 360 x 100 = 108,000 inputs

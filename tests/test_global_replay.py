@@ -23,6 +23,7 @@ would hand them over.
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import gevent
@@ -34,7 +35,7 @@ from aemp_green import node as _node
 from conftest import flush
 from test_interop_replay import plain  # frames.json value -> what our decoder returns
 
-INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
+INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 SESSIONS = [s for s in ("json-session", "cbor-session")
             if (INTEROP / s / "conn02_peer_b-to-seed" / "frames.json").is_file()]
 

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from aemp_green._handshake import (Established, GreetingReceived, Handshake, hma
                                    parse_greeting_line1)
 from aemp_green.exceptions import RemoteProtocolError
 
-INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
+INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 CONNS = sorted(p.parent for p in INTEROP.glob("*/conn*/frames.json")) if INTEROP.is_dir() else []
 
 pytestmark = pytest.mark.skipif(not CONNS, reason="interop recordings not found at %s" % INTEROP)
