@@ -164,19 +164,24 @@ def _run_split(dec_cls, chunks, nframes, clock=time.perf_counter):
     return t
 
 
-def split(n, repeat):
-    out = []
+def _split_cases(n):
+    """Yield ``(label, frames, data, read_size, chunks)`` for every split-read stream and read size."""
     streams = _split_streams(n)
     gc.collect()
     gc.freeze()  # the test data must not make every full collection slower
     for label, frames, data in streams:
         for read_size in (65536, 262144):
-            chunks = _chunks(data, read_size)
-            t = min(_run_split(CborDecoder, chunks, n) for _ in range(repeat))
-            out.append({"case": "split", "framing": "cbor", "stream": label, "frames": n,
-                        "bytes": len(data), "read_size": read_size, "reads": len(chunks),
-                        "mid_frame_reads": _mid_frame_reads(chunks), "seconds": round(t, 5),
-                        "msgs_per_s": int(n / t)})
+            yield label, frames, data, read_size, _chunks(data, read_size)
+
+
+def split(n, repeat):
+    out = []
+    for label, frames, data, read_size, chunks in _split_cases(n):
+        t = min(_run_split(CborDecoder, chunks, n) for _ in range(repeat))
+        out.append({"case": "split", "framing": "cbor", "stream": label, "frames": n,
+                    "bytes": len(data), "read_size": read_size, "reads": len(chunks),
+                    "mid_frame_reads": _mid_frame_reads(chunks), "seconds": round(t, 5),
+                    "msgs_per_s": int(n / t)})
     return out
 
 
@@ -196,31 +201,26 @@ def load_baseline(rev):
 def split_compare(rev, n, pairs):
     base_cls = load_baseline(rev).CborDecoder
     out = []
-    streams = _split_streams(n)
-    gc.collect()
-    gc.freeze()  # the test data must not make every full collection slower
-    for label, frames, data in streams:
-        for read_size in (65536, 262144):
-            chunks = _chunks(data, read_size)
-            for cls in (base_cls, CborDecoder):  # same frames from both, and warm-up
-                d = cls()
-                got = []
-                for c in chunks:
-                    got += d.feed(c)
-                assert got == frames
-            tb, tn = [], []
-            for i in range(pairs):
-                order = ((base_cls, tb), (CborDecoder, tn))
-                for cls, ts in (order if i % 2 == 0 else order[::-1]):
-                    ts.append(_run_split(cls, chunks, n, time.process_time))
-            out.append({"case": "split_vs_baseline", "baseline": rev, "stream": label,
-                        "frames": n, "read_size": read_size, "reads": len(chunks),
-                        "mid_frame_reads": _mid_frame_reads(chunks), "pairs": pairs,
-                        "baseline_msgs_per_s": int(n / min(tb)),
-                        "current_msgs_per_s": int(n / min(tn)),
-                        "speedup": round(statistics.median(b / c for b, c in zip(tb, tn)), 2),
-                        "speedup_min_max": [round(min(b / c for b, c in zip(tb, tn)), 2),
-                                            round(max(b / c for b, c in zip(tb, tn)), 2)]})
+    for label, frames, data, read_size, chunks in _split_cases(n):
+        for cls in (base_cls, CborDecoder):  # same frames from both, and warm-up
+            d = cls()
+            got = []
+            for c in chunks:
+                got += d.feed(c)
+            assert got == frames
+        tb, tn = [], []
+        for i in range(pairs):
+            order = ((base_cls, tb), (CborDecoder, tn))
+            for cls, ts in (order if i % 2 == 0 else order[::-1]):
+                ts.append(_run_split(cls, chunks, n, time.process_time))
+        out.append({"case": "split_vs_baseline", "baseline": rev, "stream": label,
+                    "frames": n, "read_size": read_size, "reads": len(chunks),
+                    "mid_frame_reads": _mid_frame_reads(chunks), "pairs": pairs,
+                    "baseline_msgs_per_s": int(n / min(tb)),
+                    "current_msgs_per_s": int(n / min(tn)),
+                    "speedup": round(statistics.median(b / c for b, c in zip(tb, tn)), 2),
+                    "speedup_min_max": [round(min(b / c for b, c in zip(tb, tn)), 2),
+                                        round(max(b / c for b, c in zip(tb, tn)), 2)]})
     return out
 
 

@@ -21,6 +21,7 @@ from aemp_green import (NODE, after, cal, call, kernel, kil, mon, mon_guard, pev
                         receive, snd, spawn)
 from conftest import flush, run_in_port
 from test_examples_more import run_python
+from test_threaded import _results
 
 _ADVICE = ("threaded.start()", "run_callback_threadsafe")
 
@@ -40,14 +41,6 @@ def _in_thread(fn, name="intruder"):
     t.join(20)
     assert not t.is_alive(), "the thread did not finish"
     return out.get("exc", out.get("value"))
-
-
-def _results(out):
-    assert out.returncode == 0, "rc=%s\nstdout:\n%s\nstderr:\n%s" % (
-        out.returncode, out.stdout, out.stderr[-5000:])
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, "no RESULT line\nstdout:\n%s\nstderr:\n%s" % (out.stdout, out.stderr[-5000:])
-    return json.loads(lines[-1][7:])
 
 
 @pytest.mark.timeout(30)
