@@ -100,7 +100,13 @@ class Guard:
             undo()
 
     def detach(self):
-        """Forget the undo action: dropping or cancelling the guard no longer does anything."""
+        """Forget the undo action: dropping or cancelling the guard no longer does anything.
+
+        Example::
+
+            g = mon(port, cb)
+            g.detach()        # monitoring goes on after g is dropped
+        """
         self._undo = None
 
     def __enter__(self):

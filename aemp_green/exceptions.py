@@ -77,11 +77,27 @@ class ProtocolError(AempError):
 
 
 class LocalProtocolError(ProtocolError):
-    """We were asked to send something the protocol or the chosen framing cannot carry."""
+    """We were asked to send something the protocol or the chosen framing cannot carry.
+
+    Example::
+
+        try:
+            Handshake(nodeid="")
+        except LocalProtocolError as e:
+            print(e)      # nodeid must not be empty
+    """
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent something malformed; the connection to it is dropped with this reason."""
+    """The peer sent something malformed; the connection to it is dropped with this reason.
+
+    Example::
+
+        try:
+            JsonDecoder().feed(b"garbage")
+        except RemoteProtocolError as e:
+            print(e)      # json frame is not an array (starts with b'garbage')
+    """
 
 
 class ConfigError(AempError, ValueError):

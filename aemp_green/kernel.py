@@ -445,6 +445,11 @@ def deliver_remote(from_node, frame):
     """Deliver a frame ``[portname, *msg]`` that arrived from ``from_node`` (called by ``node``).
 
     Frames whose port name is not a string are logged and dropped; unknown ports drop silently.
+
+    Example::
+
+        deliver_remote(link.nodeid, frame)              # node's on_frame, for every frame read
+        deliver_remote("other/1", ["worker", "job", 42])  # our port worker gets ("job", 42)
     """
     if not frame:
         return
@@ -706,6 +711,11 @@ def node_request(from_node, msg):
 
     Called by the network for every frame addressed to port ``""`` and by local sends to the
     node port. Bad requests are logged and dropped; they never raise.
+
+    Example::
+
+        node_request(from_node, frame[1:])               # deliver_remote, for a frame to port ""
+        node_request("other/1", ["snd", port, "hello"])  # other/1 asks us to relay "hello"
     """
     if not msg:
         return

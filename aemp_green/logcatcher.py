@@ -93,18 +93,36 @@ class ForwardingHandler(logging.Handler):
 
     # -- subscriptions ---------------------------------------------------------------------
     def add(self, port, level):
-        """Send records at ``level`` or above to ``port``."""
+        """Send records at ``level`` or above to ``port``.
+
+        Example::
+
+            h.add("logs/x#ab12", logging.WARNING)   # as the node request _req_catch does
+        """
         self.subs[port] = int(level)
         self.setLevel(min(self.subs.values()))
 
     def remove(self, port):
-        """Stop sending to ``port``; returns True when no subscriber is left."""
+        """Stop sending to ``port``; returns True when no subscriber is left.
+
+        Example::
+
+            if h.remove("logs/x#ab12"):            # that was the last subscriber
+                logging.getLogger().removeHandler(h)
+        """
         self.subs.pop(port, None)
         self.setLevel(min(self.subs.values()) if self.subs else logging.CRITICAL + 1)
         return not self.subs
 
     # -- logging side ----------------------------------------------------------------------
     def emit(self, record):
+        """Queue ``record`` for the subscribers and wake the sender (never blocks; any thread).
+
+        Example::
+
+            logging.getLogger().addHandler(h)
+            logging.getLogger("app").warning("disk full")   # logging calls h.emit(record)
+        """
         if (getattr(record, "aemp_caught", False) or record.name.startswith(__name__)
                 or (self._sender is not None and getcurrent() is self._sender)):
             return
@@ -157,6 +175,13 @@ class ForwardingHandler(logging.Handler):
             self.buffer.clear()
 
     def close(self):
+        """Stop the cross-thread wake-up watcher, then close as every ``logging.Handler`` does.
+
+        Example::
+
+            logging.getLogger().removeHandler(h)
+            h.close()          # as _unsubscribe does when the last subscriber left
+        """
         self._async.stop()
         super().close()
 

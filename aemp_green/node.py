@@ -65,7 +65,13 @@ def _hooks():
 # --------------------------------------------------------------------------- remote nodes
 
 class RemoteNode:
-    """Another node: its link (when up), frames waiting for a link, and monitors on its ports."""
+    """Another node: its link (when up), frames waiting for a link, and monitors on its ports.
+
+    Example::
+
+        n = get_node("other/1")            # one per node ID, made on first use
+        n.send(("portname", "hello"))      # queued, and connecting, while n.is_up is False
+    """
 
     def __init__(self, nodeid):
         self.id = nodeid
@@ -88,6 +94,14 @@ class RemoteNode:
 
     # -- sending -------------------------------------------------------------------------
     def send(self, frame):
+        """Send ``frame`` (``(portname, *msg)``) on the link, or queue it and connect.
+
+        A value no framing can carry raises ``TypeError`` here, in the caller.
+
+        Example::
+
+            get_node("other/1").send(("portname", "hello"))   # _Net.send, for snd()
+        """
         if self.broken and frame and frame[0] in self.broken:
             return
         link = self.link
@@ -103,6 +117,13 @@ class RemoteNode:
 
     # -- connecting ----------------------------------------------------------------------
     def connect(self):
+        """Start connecting (idempotent): to the known addresses, a ``host:port`` node ID, or
+        the addresses the global nodes tell ``found``; ``connect_interval`` bounds it.
+
+        Example::
+
+            get_node("10.0.0.5:4040").connect()   # as send() does when no link is up
+        """
         if self.link is not None or self.connecting:
             return
         self.connecting = True
@@ -116,7 +137,12 @@ class RemoteNode:
             self.transport_error("no known address")
 
     def found(self, addrs):
-        """``g_found`` (or the database) told us where this node listens."""
+        """``g_found`` (or the database) told us where this node listens.
+
+        Example::
+
+            get_node(nodeid).found(["10.0.0.5:4040"])   # the g_found answer, in global_
+        """
         if addrs:
             self.addrs = list(addrs)
             if self.connecting and not self._attempts:
@@ -125,6 +151,13 @@ class RemoteNode:
             self.transport_error("no known address")
 
     def connect_to(self, addrs):
+        """Dial the non-empty list ``addrs`` (``"host:port"``), staggered, skipping addresses
+        already being tried; the first handshake that succeeds attaches its link.
+
+        Example::
+
+            self.connect_to(self.addrs)   # connect() and found(), while connecting
+        """
         if self.link is not None:
             return
         monitor = float(_cfg["monitor_timeout"])
@@ -156,6 +189,13 @@ class RemoteNode:
 
     # -- link up/down --------------------------------------------------------------------
     def attach(self, link):
+        """Make ``link`` (handshake done) the one we send on: flush the queue, report the node
+        up. A second link (simultaneous connect) is only read from.
+
+        Example::
+
+            get_node(est.peer_nodeid).attach(link)   # _start_link, after the handshake
+        """
         if self.link is not None:
             self.extra_links.append(link)
             return
@@ -187,6 +227,15 @@ class RemoteNode:
         _hooks().node_up(self)
 
     def detach(self, link, why):
+        """``link`` closed because of ``why``: if we sent on it, close the node's other links
+        and fire its monitors (``transport_error``).
+
+        Example::
+
+            n = _nodes.get(link.nodeid)   # _on_close, every link's on_close callback
+            if n is not None:
+                n.detach(link, why)
+        """
         if link in self.extra_links:
             self.extra_links.remove(link)
             return
@@ -202,7 +251,12 @@ class RemoteNode:
         self.transport_error(why)
 
     def transport_error(self, why):
-        """Fire every monitor on this node once with ``("transport_error", id, why)``."""
+        """Fire every monitor on this node once with ``("transport_error", id, why)``.
+
+        Example::
+
+            get_node("other/1").transport_error("connect timeout")   # the connect timer
+        """
         was_up = self.link is not None
         if self.link is not None:
             link, self.link = self.link, None
@@ -235,6 +289,14 @@ class RemoteNode:
 
     # -- monitors ------------------------------------------------------------------------
     def monitor(self, portname, action):
+        """Call ``action(*reason)`` once when port ``portname`` there dies or the link is lost.
+
+        The first monitor on a port sends ``mon1``; ``portname`` ``""`` watches the connection.
+
+        Example::
+
+            get_node("other/1").monitor("worker", action)   # _Net.monitor, for mon()
+        """
         lst = self.monitors.get(portname)
         if lst is None:
             self.monitors[portname] = [action]
@@ -247,6 +309,14 @@ class RemoteNode:
             lst.append(action)
 
     def unmonitor(self, portname, action):
+        """Forget ``action``; after the last one on ``portname``, send ``mon0`` if the link is up.
+
+        Example::
+
+            n = _nodes.get("other/1")   # _Net.unmonitor, when a mon() guard is cancelled
+            if n is not None:
+                n.unmonitor("worker", action)
+        """
         lst = self.monitors.get(portname)
         if not lst:
             return
@@ -274,6 +344,14 @@ class RemoteNode:
         _k._spawn_raw(fire_then_heal)
 
     def port_died(self, portname, reason):
+        """Port ``portname`` there died with ``reason`` (its ``kil0``): fire its monitors once.
+
+        Example::
+
+            n = _nodes.get(from_node)   # _Net.port_died, for a kil0 from that node
+            if n is not None:
+                n.port_died("worker", ("die", "bad job"))
+        """
         actions = self.monitors.pop(portname, None)
         if actions:
             _k._spawn_raw(_k._fire_monitors, actions, tuple(reason))
@@ -691,7 +769,12 @@ def _start_service(service):
 
 
 def listener_addresses():
-    """This node's listener addresses, ``["host:port", ...]`` (what other nodes learn)."""
+    """This node's listener addresses, ``["host:port", ...]`` (what other nodes learn).
+
+    Example::
+
+        print(listener_addresses())    # ['127.0.0.1:4040']
+    """
     return list(_binds)
 
 

@@ -36,7 +36,14 @@ PROVIDER = "aemp_green-" + __version__
 
 
 class HandshakeRefused(Exception):
-    """The local side refused a handshake (duplicate connection, self connection, ...)."""
+    """The local side refused a handshake (duplicate connection, self connection, ...).
+
+    Example::
+
+        def on_greeting(ev):           # passed to run_handshake
+            if ev.nodeid in connected:
+                raise HandshakeRefused("%s already connected" % ev.nodeid)
+    """
 
 
 def _tls_context(cert_pem, server_side):
@@ -189,6 +196,10 @@ class Link:
         same turn are coalesced by the writer greenlet into one ``sendall``. When more than
         ``FLUSH_BYTES`` are queued they are pushed out here too, so that a sender in a tight
         loop overlaps with its peer instead of building one huge buffer.
+
+        Example::
+
+            link.send(["portname", "hello", 1])   # False once the link is closed
         """
         if self._closed:
             return False
@@ -259,7 +270,12 @@ class Link:
             pass
 
     def run(self):
-        """Read frames until the connection ends (runs in the calling greenlet)."""
+        """Read frames until the connection ends (runs in the calling greenlet).
+
+        Example::
+
+            gevent.spawn(link.run)   # a link we dialled; an accepted one calls link.run()
+        """
         dec = self._decoder
         on_frame = self._on_frame
         try:
@@ -334,7 +350,12 @@ class Link:
         return not (self._wbuf or self._writing)
 
     def close(self, why="closed"):
-        """Close the connection (idempotent); ``on_close(link, why)`` runs once."""
+        """Close the connection (idempotent); ``on_close(link, why)`` runs once.
+
+        Example::
+
+            link.close("shutdown")
+        """
         if self._closed:
             return
         self._closed = True
@@ -412,6 +433,13 @@ class Listener:
                 pass
 
     def start(self):
+        """Bind and start accepting; ``address`` then tells the port bound.
+
+        Example::
+
+            lst = Listener("127.0.0.1", 0, handler)
+            lst.start()
+        """
         self._server.start()
 
     @property
@@ -420,6 +448,12 @@ class Listener:
         return host, port
 
     def stop(self):
+        """Close the listening socket; greenlets still handling accepted sockets are killed.
+
+        Example::
+
+            lst.stop()   # as node.shutdown() does for each listener
+        """
         self._server.stop(timeout=0)
 
 
