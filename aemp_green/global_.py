@@ -532,6 +532,7 @@ def db_set(family, key, value=None):
 
         db_set("eg_receivers", SELF(), {"info": "receiver"})
     """
+    _k._check_thread()  # before anything changes (docs/running.md)
     _check_family(family, writing=True)
     _check_key(key)
     fam = _local_db.setdefault(family, {})
@@ -548,6 +549,7 @@ def db_del(family, *keys):
 
         db_del("eg_receivers", SELF())
     """
+    _k._check_thread()  # before anything changes (docs/running.md)
     _check_family(family, writing=True)
     fam = _local_db.get(family)
     gone = [k for k in keys if fam and k in fam]
@@ -568,6 +570,7 @@ def db_reg(family, port=None, value=None):
 
         db_reg("workers")          # inside a port: register it until it dies
     """
+    _k._check_thread()  # before anything changes (docs/running.md)
     if port is None:
         port = _k._get_self()
         if port is None:
@@ -589,6 +592,7 @@ def db_reg(family, port=None, value=None):
 
 
 def _query(tag, family, cb, timeout):
+    _k._check_thread()  # before anything changes (docs/running.md)
     _check_family(family)
     if cb is not None:
         _request((tag, family), cb)
@@ -647,6 +651,7 @@ def db_mon(family, cb):
                 snd(port, "test", "hello")
         db_mon("eg_receivers", seen)
     """
+    _k._check_thread()  # before anything changes (docs/running.md)
     _check_family(family)
     cbs = _mon_cbs.get(family)
     if cbs is None:

@@ -788,6 +788,7 @@ def shutdown(flush=1.0):
 
         shutdown()
     """
+    _k._check_thread()  # before anything changes (docs/running.md)
     for g in _seed_greenlets:
         g.kill(block=False)
     for lst in _listeners:
@@ -846,6 +847,7 @@ def mon_nodes(cb):
 
         mon_nodes(lambda node, up, *why: print(node, "up" if up else "down", why))
     """
+    _k._check_thread()  # before anything changes (docs/running.md)
     _node_watchers.append(cb)
 
     def undo():

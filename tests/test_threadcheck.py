@@ -106,6 +106,46 @@ def test_plain_thread_gets_a_clear_error_and_nothing_changes(collector):
     kil(target)
 
 
+@pytest.mark.timeout(30)
+def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_change(collector):
+    """db_set, db_del, db_reg, db_family/keys/values (both forms), db_mon, mon_nodes and shutdown
+    check the thread first, like the port API: RuntimeError naming the call, and the local
+    database, the pending requests, the watchers and the node's links stay as they were."""
+    from aemp_green import global_, node
+
+    kernel._get_hub()
+    target = collector.port()
+    local_db = {f: dict(d) for f, d in global_._local_db.items()}
+    state = (dict(global_._pending), global_._req_id, dict(global_._mon_cbs),
+             list(node._node_watchers), list(node._listeners), dict(node._nodes))
+    attempts = {
+        "db_set": lambda: aemp_green.db_set("tc_fam", "k", 1),
+        "db_del": lambda: aemp_green.db_del("tc_fam", "k"),
+        "db_reg": lambda: aemp_green.db_reg("tc_fam", target),
+        "db_family": lambda: aemp_green.db_family("tc_fam", timeout=1),
+        "db_keys": lambda: aemp_green.db_keys("tc_fam", cb=print),
+        "db_values": lambda: aemp_green.db_values("tc_fam", timeout=1),
+        "db_mon": lambda: aemp_green.db_mon("tc_fam", print),
+        "mon_nodes": lambda: aemp_green.mon_nodes(print),
+        "shutdown": lambda: aemp_green.shutdown(),
+    }
+    results = {}
+
+    def intruder():
+        for name, fn in attempts.items():
+            results[name] = _catch(fn)
+
+    assert _in_thread(intruder) is None
+    for name, exc in results.items():
+        assert isinstance(exc, RuntimeError), (name, exc)
+        assert str(exc).startswith("aemp_green.%s() called from thread 'intruder'" % name), exc
+    assert {f: dict(d) for f, d in global_._local_db.items()} == local_db
+    assert (dict(global_._pending), global_._req_id, dict(global_._mon_cbs),
+            list(node._node_watchers), list(node._listeners), dict(node._nodes)) == state
+    assert kernel._lookup(target).monitors is None  # db_reg added no monitor
+    kil(target)
+
+
 def _catch(fn):
     try:
         fn()
