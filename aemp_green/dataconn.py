@@ -72,7 +72,7 @@ from . import node as _node
 from . import ports as _ports
 from . import transport as _transport
 from ._guard import Guard
-from .exceptions import DataConnError, RemoteProtocolError
+from .exceptions import AempError, DataConnError, RemoteProtocolError
 
 __all__ = ["connect_to", "DataConnError", "DataSocket", "PROTOCOL", "MAX_HEADER", "FAIR_BYTES"]
 

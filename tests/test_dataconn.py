@@ -183,6 +183,26 @@ def test_target_without_dataconn_loaded_is_probed(cluster):
     assert b.ask("'aemp-dataconn' in node._subprotocols") is True
 
 
+def test_peer_with_unknown_listeners_and_no_database_fails_with_dataconn_error(cluster):
+    """B connected to A, so B is up on A, but A knows none of B's listeners and has no global
+    node to ask (no seeds): the ``'l`` lookup times out and ``connect_to`` fails with
+    ``DataConnError`` (it raised NameError from the lookup's error handling before)."""
+    a, b = cluster.start(("A", {"binds": ["127.0.0.1:*"]}), ("B", {"binds": ["127.0.0.1:*"]}))
+    b.run("node.get_node(%r).addrs = [%r]; snd(%r, 'devnull')" % (a.nodeid, a.addr, a.nodeid))
+    a.run("""
+        import aemp_green.dataconn as dataconn
+        wait_for(lambda: node.node_is_up(%r), what="B's link")
+        emit("addrs", node.get_node(%r).addrs)
+        try:
+            dataconn.connect_to(%r, "dcfuncs.echo", timeout=2)
+        except Exception as exc:
+            emit("err", type(exc).__name__, str(exc))
+    """ % (b.nodeid, b.nodeid, b.nodeid))
+    assert not a.expect("addrs", timeout=15)[0]
+    name, text = a.expect("err", timeout=15)
+    assert name == "DataConnError", (name, text)
+
+
 def test_auth_is_refused_like_a_node_link(cluster):
     """A data connection authenticates exactly like a node link: with a wrong secret the node
     closes both kinds of connection without answering (and a node with another secret gets
