@@ -12,8 +12,6 @@ In the children, ``watch(tag, family)`` starts a ``db_mon`` that emits
 dict in ``VIEW[tag]``.
 """
 
-import pytest
-
 from netutil import cluster, free_port  # noqa: F401 - cluster is a fixture
 
 HELPERS = """

@@ -11,7 +11,6 @@ The first tests run in the pytest process, whose kernel is bound to the main thr
 others run in child processes (``configure()``, the threaded bridge, monkey-patching).
 """
 
-import json
 import threading
 
 import pytest
