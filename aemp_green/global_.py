@@ -110,9 +110,9 @@ def become_global():
     for nodeid in _net().up_nodes():
         _send(nodeid, "g_global")
     # our own pending requests are answered locally from now on
-    pending = list(_pending.items())
+    pending = list(_pending.values())
     _pending.clear()
-    for rid, (frame, cb) in pending:
+    for frame, cb in pending:
         _answer_locally(frame, cb)
     for family in list(_mon_cbs):
         _local_chg1(family)
@@ -146,7 +146,7 @@ def node_down(node):
     elif nodeid == _master:
         _master = None
         logger.info("master %s is down, looking for another", nodeid)
-        for addr, sid in _seeds.items():
+        for sid in _seeds.values():
             if sid != nodeid and _net().node_is_up(sid):
                 _set_master(sid)
                 break
@@ -173,7 +173,7 @@ def _set_master(nodeid):
     _master = nodeid
     logger.info("new master node: %s", nodeid)
     _send(nodeid, "g_slave", _local_db)
-    for rid, (frame, cb) in list(_pending.items()):
+    for frame, _cb in list(_pending.values()):
         _send(nodeid, *frame)
     for family in _mon_cbs:
         _send(nodeid, "g_mon1", family)
