@@ -151,7 +151,7 @@ class Link:
         self.outgoing = outgoing
         from . import framing
 
-        self._encode, decoder_cls = framing.codec(send_framing)
+        self._encode = framing.codec(send_framing)[0]
         self._decoder = framing.codec(recv_framing)[1](max_frame=max_frame)
         self._trailing = trailing
         self._on_frame = on_frame
