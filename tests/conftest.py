@@ -25,6 +25,7 @@ import time
 import gevent
 import pytest
 from gevent.event import Event
+from greenlet import getcurrent
 
 import aemp_green
 from aemp_green import kernel
@@ -184,3 +185,15 @@ def _pytest_process_stays_unconfigured():
     yield
     if not was:
         assert not _node._configured, "this test called configure() in the pytest process"
+
+
+@pytest.fixture(autouse=True)
+def _main_greenlet_leaves_its_port_behind():
+    """Every test starts with the main greenlet outside port context: a ``receive()`` there
+    gives it a port of its own (API.md), which would make later tests' "outside port context"
+    code run in that port. After each test, that port is killed (normal exit)."""
+    yield
+    p = getattr(getcurrent(), "aemp_self", None)
+    if p is not None and kernel._ports.get(p.id) is p:
+        aemp_green.kil(p.id)
+    getcurrent().aemp_self = None
