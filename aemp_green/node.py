@@ -691,6 +691,9 @@ def _seed_loop(addr):
 
 # --------------------------------------------------------------------------- configure
 
+_CONFIGURE_ONLY = frozenset(("norc", "force", "profile"))  # configure() arguments, not settings
+
+
 def configure(profile=None, **kv):
     """Configure this node once per process: node ID, listeners, seeds, secret, ...
 
@@ -699,6 +702,10 @@ def configure(profile=None, **kv):
     ``auth_accept``, ``autocork``, ``nodelay``, ``parent``, ``force``, ``norc``), merged with the
     rc file and its profiles exactly as AEMP does (see ``config.find_profile``). Returns the
     effective configuration.
+
+    A bad value, a ``cert`` that is not a usable PEM or a listener that cannot bind raises
+    ``ConfigError`` naming the key, and leaves the node as it was (it can be called again).
+    Keys that are not settings are kept, as in AEMP, but logged as a likely typo.
 
     Example::
 
@@ -712,21 +719,44 @@ def configure(profile=None, **kv):
 
     if os.environ.get("PERL_ANYEVENT_MP_TRACE") and _print_tracer not in _tracers:
         _tracers.append(_print_tracer)
+    unknown = sorted(k for k in kv
+                     if k not in _config.SETTINGS_BY_NAME and k not in _CONFIGURE_ONLY)
+    if unknown:  # kept (AEMP keeps unknown keys too), but most likely a typo
+        logger.warning("configure(): unknown setting(s) %s ignored (known: %s)",
+                       ", ".join(unknown), ", ".join(s.name for s in _config.SETTINGS))
     norc = kv.get("norc")
     rc = {} if norc else _config.load_rc()
     cfg = _config.validate(_config.find_profile(rc, profile, **kv))
     nodeid = _config.expand_nodeid(_config.default_nodeid(cfg))
+    if cfg.get("cert"):  # now, not at the first TLS handshake
+        try:
+            transport._tls_context(cfg["cert"], True)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("cert: not a usable PEM with key, certificate and CA certificates "
+                              "(%s)" % (exc,)) from None
+    before = (_k._NODE, _k._secure, _cfg)
     _k._set_node_id(nodeid)
     _k._set_secure(cfg.get("secure"))
     _cfg = cfg
     _configured = True
 
-    # listeners
-    for host, port in _config.expand_binds(cfg.get("binds") or ["*"]):
-        lst = transport.Listener(host, port, _accept)
-        lst.start()
-        _listeners.append(lst)
-        _binds.append(transport.bind_string(*lst.address))
+    # listeners (nothing else has started yet: a failure undoes the above and can be retried)
+    bind = None
+    try:
+        for bind in _config.expand_binds(cfg.get("binds") or ["*"]):
+            lst = transport.Listener(bind[0], bind[1], _accept)
+            lst.start()
+            _listeners.append(lst)
+            _binds.append(transport.bind_string(*lst.address))
+    except OSError as exc:
+        for lst in _listeners:
+            lst.stop()
+        del _listeners[:], _binds[:]
+        _k._set_node_id(before[0])
+        _k._set_secure(before[1])
+        _cfg, _configured = before[2], False
+        where = "%s:%s" % (bind[0], "*" if bind[1] is None else bind[1]) if bind else "?"
+        raise ConfigError("binds: cannot listen on %s: %s" % (where, exc)) from None
     logger.info("node %s listens on %s", nodeid, _binds)
     _hooks().configured(cfg)
 

@@ -637,3 +637,55 @@ def test_local_addresses_real_host():
 def test_expand_binds_rejects_bad_entry():
     with pytest.raises(ConfigError):
         expand_binds(["a:b"])
+
+
+# --------------------------------------------------------------------------- configure() itself
+
+_BAD_CONFIGURE = """
+    import json, logging, socket
+    logging.basicConfig(level=logging.WARNING, format="LOG %(message)s")
+    import aemp_green
+    from aemp_green import kernel, node
+    from aemp_green.exceptions import ConfigError
+    p = aemp_green.port()
+    obj = kernel._ports[p]
+    anon = aemp_green.NODE()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    busy_addr = "127.0.0.1:%d" % busy.getsockname()[1]
+    out = {}
+    for name, kv in (("busy", {"binds": ["127.0.0.1:*", busy_addr]}),
+                     ("cert", {"cert": "not a pem", "binds": ["127.0.0.1:*"]})):
+        try:
+            aemp_green.configure(norc=True, secret="s", **kv)
+            out[name] = "accepted"
+        except ConfigError as exc:
+            out[name] = str(exc)
+        # nothing changed: same anonymous ID, the port kept it, no listener left open
+        assert aemp_green.NODE() == anon and p in kernel._ports and p.startswith(anon + "#")
+        assert not node._listeners and not node._binds and not node._configured
+    aemp_green.configure(norc=True, secret="s", nodeid="ok/", binds=["127.0.0.1:*"],
+                         nodelay_typo=1)
+    out["retry"] = [aemp_green.NODE(), node.listener_addresses(),  # the port got the new ID
+                    kernel._ports.get(aemp_green.NODE() + "#" + obj.name) is obj]
+    out["busy_addr"] = busy_addr
+    print("RESULT " + json.dumps(out))
+"""
+
+
+def test_bad_configure_fails_before_anything_starts_and_can_be_retried():
+    """A listener that cannot bind (address in use) or a cert that is not a usable PEM raises
+    ConfigError naming the key, and leaves the node as it was (anonymous ID, no listener), so
+    configure() can be called again; an unknown keyword is kept but logged as a likely typo."""
+    from test_threaded import _results
+    from test_examples_more import run_python
+
+    out = run_python(_BAD_CONFIGURE, timeout=30)
+    res = _results(out)
+    assert res["busy"].startswith("binds: cannot listen on %s:" % res["busy_addr"]), res
+    assert "in use" in res["busy"], res
+    assert res["cert"].startswith("cert: not a usable PEM"), res
+    nodeid, addrs, kept = res["retry"]
+    assert nodeid.startswith("ok/") and len(addrs) == 1 and kept, res
+    assert "unknown setting(s) nodelay_typo ignored" in out.stderr, out.stderr
