@@ -22,6 +22,7 @@ Only this module writes the database. The public API: ``db_set``, ``db_del``, ``
 import json
 import logging
 import re
+import time
 
 import gevent
 from gevent.event import AsyncResult
@@ -207,33 +208,58 @@ def _answer_locally(frame, cb):
 
 
 # ---------------------------------------------------------------- per-source value store
+#
+# store[family][key] = {source: (stamp, value)}. The effective value of a key is the one with
+# the newest stamp (ties: the larger JSON encoding), so every global node picks the same value
+# from the same entries, whatever order they arrived in. A stamp is the wall-clock time at which
+# a global node first took the value from one of its slaves (or from itself); global nodes pass
+# it on to each other as an extra argument of ``g_set``/``g_upd`` (AEMP ignores extra
+# arguments; values from peers that send none are stamped when they arrive). Without stamps,
+# "last arrived wins" let two global nodes keep different values for a key that two nodes set
+# at about the same time, for good.
+
+def _stamp_ok(stamp):
+    return stamp.__class__ in (int, float) and stamp == stamp  # a number, not NaN
+
+
+def _winner(srcs):
+    """The ``(stamp, value)`` entry of ``srcs`` that is in effect."""
+    if len(srcs) == 1:
+        return next(iter(srcs.values()))
+    return max(srcs.values(), key=lambda sv: (sv[0], _enc(sv[1])))
+
 
 def _effective(store, family, key):
     srcs = store.get(family, {}).get(key)
     if not srcs:
         return None
-    return srcs[next(reversed(srcs))]
+    return _winner(srcs)[1]
 
 
 def _family_view(store, family):
     fam = store.get(family)
     if not fam:
         return {}
-    return {k: srcs[next(reversed(srcs))] for k, srcs in fam.items() if srcs}
+    return {k: _winner(srcs)[1] for k, srcs in fam.items() if srcs}
 
 
-def _store_set(store, family, key, src, value):
+def _family_stamps(store, family):
+    fam = store.get(family)
+    if not fam:
+        return {}
+    return {k: _winner(srcs)[0] for k, srcs in fam.items() if srcs}
+
+
+def _store_set(store, family, key, src, value, stamp):
     """Set ``src``'s value; returns True when the effective value changed."""
     fam = store.setdefault(family, {})
     srcs = fam.get(key)
-    if srcs is None:
-        fam[key] = {src: value}
+    if not srcs:
+        fam[key] = {src: (stamp, value)}
         return True
-    old = srcs[next(reversed(srcs))]
-    had = bool(srcs)
-    srcs.pop(src, None)
-    srcs[src] = value
-    return not had or _enc(old) != _enc(value)
+    old = _winner(srcs)[1]
+    srcs[src] = (stamp, value)
+    return _enc(old) != _enc(_winner(srcs)[1])
 
 
 def _store_del(store, family, key, src):
@@ -242,24 +268,31 @@ def _store_del(store, family, key, src):
     if not fam or key not in fam or src not in fam[key]:
         return False, bool(fam and fam.get(key))
     srcs = fam[key]
-    old = srcs[next(reversed(srcs))]
+    old = _winner(srcs)[1]
     del srcs[src]
     if not srcs:
         del fam[key]
         if not fam:
             del store[family]
         return True, False
-    return _enc(old) != _enc(srcs[next(reversed(srcs))]), True
+    return _enc(old) != _enc(_winner(srcs)[1]), True
 
 
-def _apply(src, family, set_=None, dels=None, mine=False):
-    """Apply a source's change to the merged views; notify watchers; tell other globals."""
+def _apply(src, family, set_=None, dels=None, mine=False, stamps=None):
+    """Apply a source's change to the merged views; notify watchers; tell other globals.
+
+    ``stamps`` (``{key: stamp}``, from a peer global node) dates the values; the others are
+    stamped now."""
     chg_set, chg_del = {}, []
     mine_set, mine_del = {}, []
+    now = time.time()
     for key, value in (set_ or {}).items():
-        if _store_set(_all, family, key, src, value):
+        stamp = stamps.get(key, now) if stamps else now
+        if not _stamp_ok(stamp):
+            stamp = now
+        if _store_set(_all, family, key, src, value, stamp):
             chg_set[key] = _effective(_all, family, key)
-        if mine and _store_set(_mine, family, key, src, value):
+        if mine and _store_set(_mine, family, key, src, value, stamp):
             mine_set[key] = _effective(_mine, family, key)
     for key in dels or ():
         changed, exists = _store_del(_all, family, key, src)
@@ -282,12 +315,15 @@ def _apply(src, family, set_=None, dels=None, mine=False):
                 if nodeid != _k._NODE and not _net().node_is_up(nodeid):
                     _send(nodeid, "g_global")  # keep the global mesh connected
     if mine_set or mine_del:
+        fam = _mine.get(family, {})
+        mine_stamps = {k: _winner(fam[k])[0] for k in mine_set}
         for peer in list(_peers):
-            _send(peer, "g_upd", family, mine_set or None, mine_del or None)
+            _send(peer, "g_upd", family, mine_set or None, mine_del or None, mine_stamps)
 
 
-def _src_replace(src, db, mine):
-    """Replace everything ``src`` contributed with ``db`` (``g_slave`` with a db, ``g_set``)."""
+def _src_replace(src, db, mine, stamps=None):
+    """Replace everything ``src`` contributed with ``db`` (``g_slave`` with a db, ``g_set``;
+    ``stamps``: ``{family: {key: stamp}}`` from a ``g_set``)."""
     new = db or {}
     for family in list(_all):
         fam = _all.get(family, {})
@@ -296,7 +332,9 @@ def _src_replace(src, db, mine):
             _apply(src, family, None, gone, mine=mine)
     for family, kv in new.items():
         if isinstance(kv, dict) and kv:
-            _apply(src, family, kv, None, mine=mine)
+            fstamps = stamps.get(family) if isinstance(stamps, dict) else None
+            _apply(src, family, kv, None, mine=mine,
+                   stamps=fstamps if isinstance(fstamps, dict) else None)
 
 
 def _src_drop(src):
@@ -385,7 +423,7 @@ def _peer_up(nodeid):
     if nodeid not in _peers:
         _peers.add(nodeid)
         _slaves.discard(nodeid)
-        _send(nodeid, "g_set", _mine_db())
+        _send(nodeid, "g_set", _mine_db(), {f: _family_stamps(_mine, f) for f in list(_mine)})
 
 
 def _req_g_global(from_node, *_):
@@ -397,18 +435,20 @@ def _mine_db():
     return {f: _family_view(_mine, f) for f in list(_mine)}
 
 
-def _req_g_set(from_node, db=None, *_):
+def _req_g_set(from_node, db=None, stamps=None, *_):
     if not _global:
         return
     _peer_up(from_node)
-    _src_replace(from_node, db if isinstance(db, dict) else {}, mine=False)
+    _src_replace(from_node, db if isinstance(db, dict) else {}, mine=False, stamps=stamps)
 
 
-def _req_g_upd(from_node, family, set_=None, dels=None, *_):
+def _req_g_upd(from_node, family, set_=None, dels=None, stamps=None, *_):
     if not _global or not isinstance(family, str):
         return
+    peer = from_node in _peers
     _apply(from_node, family, set_ if isinstance(set_, dict) else None,
-           dels if isinstance(dels, list) else None, mine=from_node not in _peers)
+           dels if isinstance(dels, list) else None, mine=not peer,
+           stamps=stamps if peer and isinstance(stamps, dict) else None)
 
 
 def _req_g_find(from_node, nodeid, *_):

@@ -390,6 +390,8 @@ def test_seed_meshes_with_another_global_node(net):
     assert g_set[2]["fam"] == {"kx": "x"}
     assert g_set[2]["'l"] == {"seed": [SEED_ADDR], "X": ["127.0.0.1:1"]}
     assert g_set[2]["'g"] == {"seed": None}
+    # the extra argument: when each value was taken from its slave (see the next test)
+    assert set(g_set[3]["fam"]) == {"kx"} and isinstance(g_set[3]["fam"]["kx"], float)
     feed("other", ["", "g_set", {"'l": {"other": ["127.0.0.1:2"], "Z": ["127.0.0.1:3"]},
                                  "'g": {"other": None}, "fam": {"kz": "z"}}])
     feed("other", ["", "g_upd", "fam", {"kz2": "z2"}])
@@ -398,10 +400,54 @@ def test_seed_meshes_with_another_global_node(net):
     feed("X", ["", "g_find", "Z"])
     assert net.take("X") == [["", "g_found", "Z", ["127.0.0.1:3"]]]
     feed("X", ["", "g_upd", "fam", {"kx": "x2"}])
-    assert net.take("other") == [["", "g_upd", "fam", {"kx": "x2"}, None]]
+    (upd,) = net.take("other")
+    assert upd[:5] == ["", "g_upd", "fam", {"kx": "x2"}, None], upd
+    assert set(upd[5]) == {"kx"} and upd[5]["kx"] >= g_set[3]["fam"]["kx"], upd
     net.disconnect("other")
     assert db_family_now("fam") == {"kx": "x2"}
     assert set(db_family_now("'l")) == {"seed", "X"}
+
+
+def test_global_nodes_agree_on_a_key_set_twice_whatever_the_arrival_order(net):
+    """PROTOCOL.md 7, two global nodes: X (our slave) and Y (a slave of the other global node)
+    set the same key. The value in effect is the one taken from its slave last, by the stamp
+    the other global node sends along, not the one that arrived here last: a value of Y's that
+    is older than X's current one but arrives after it does not win. (With "last arrived wins"
+    two global nodes could keep different values for good: each had the other's value last.)"""
+    net.become("seed", [SEED_ADDR])
+    net.connect("X")
+    feed("X", ["", "g_slave"])  # makes us global
+    net.connect("W")
+    feed("W", ["", "g_slave"])
+    feed("W", ["", "g_mon1", "fam"])
+    net.connect("other")
+    feed("other", ["", "g_global"])
+    net.take()
+    feed("X", ["", "g_upd", "fam", {"k": "from X"}])
+    ((upd,),) = [net.take("other")]
+    t_x = upd[5]["k"]
+    # Y's value, stamped by the other global node after X's value was stamped here
+    feed("other", ["", "g_upd", "fam", {"k": "from Y"}, None, {"k": t_x + 1e-6}])
+    assert db_family_now("fam") == {"k": "from Y"}
+    # and in the opposite order (Y's older than a new X value): X's stays
+    feed("X", ["", "g_upd", "fam", {"k": "from X again"}])
+    assert db_family_now("fam") == {"k": "from X again"}
+    feed("other", ["", "g_upd", "fam", {"k": "from Y, late"}, None, {"k": t_x + 5e-7}])
+    assert db_family_now("fam") == {"k": "from X again"}
+    # a peer without stamps (AEMP 2.02) counts as "now", bad stamps too
+    feed("other", ["", "g_upd", "fam", {"k": "unstamped"}])
+    assert db_family_now("fam") == {"k": "unstamped"}
+    feed("X", ["", "g_upd", "fam", {"k": "x3"}])
+    feed("other", ["", "g_upd", "fam", {"k": "nan"}, None, {"k": float("nan")}])
+    assert db_family_now("fam") == {"k": "nan"}
+    feed("other", ["", "g_upd", "fam", {"k": "str"}, None, "not a dict"])
+    assert db_family_now("fam") == {"k": "str"}
+    # the watcher saw every change of the effective value, in order
+    changes = [f[3]["k"] for f in net.take("W") if f[1] == "g_chg2" and f[3]]
+    assert changes == ["from X", "from Y", "from X again", "unstamped", "x3", "nan", "str"]
+    # when Y's global node goes, X's latest value is back
+    net.disconnect("other")
+    assert db_family_now("fam") == {"k": "x3"}
 
 
 def test_seed_db_reg_and_local_watchers(net):
