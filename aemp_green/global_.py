@@ -12,7 +12,8 @@ Roles (PROTOCOL.md sections 4, 7, 8):
 * A **global node** merges the databases of its slaves and of the other global nodes it meshes
   with (``g_global``, then ``g_set``; changes as ``g_upd``). Values are kept per source node,
   so when a node goes down its entries disappear and a value another node set for the same key
-  comes back. Global nodes answer ``g_find`` from ``'l``, ``g_db_*`` and push ``g_chg1`` /
+  comes back. When several nodes set one key, the newest value is in effect: global nodes stamp
+  a value when they take it from a slave and pass the stamp on (see "per-source value store"). Global nodes answer ``g_find`` from ``'l``, ``g_db_*`` and push ``g_chg1`` /
   ``g_chg2`` to nodes that watch a family.
 
 Only this module writes the database. The public API: ``db_set``, ``db_del``, ``db_reg``,
