@@ -288,9 +288,14 @@ def _apply(src, family, set_=None, dels=None, mine=False, stamps=None):
     mine_set, mine_del = {}, []
     now = time.time()
     for key, value in (set_ or {}).items():
-        stamp = stamps.get(key, now) if stamps else now
+        stamp = stamps.get(key) if stamps else None
         if not _stamp_ok(stamp):
-            stamp = now
+            # taken from a slave (or a peer that sends no stamps) now; but the same value again
+            # from the same source (a slave re-sending its whole database to a new master, say)
+            # is not a new write: it keeps its date
+            had = _all.get(family, {}).get(key, {}).get(src)
+            same = had is not None and _enc(had[1]) == _enc(value)
+            stamp = had[0] if same else now
         if _store_set(_all, family, key, src, value, stamp):
             chg_set[key] = _effective(_all, family, key)
         if mine and _store_set(_mine, family, key, src, value, stamp):

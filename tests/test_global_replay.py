@@ -450,6 +450,26 @@ def test_global_nodes_agree_on_a_key_set_twice_whatever_the_arrival_order(net):
     assert db_family_now("fam") == {"k": "x3"}
 
 
+def test_a_slave_resending_its_database_does_not_win_keys_it_did_not_write_again(net):
+    """X set ``k`` first, Y later (Y's value is in effect). X's link drops and X sends its whole
+    database again (``g_slave``, as to a new master): its unchanged ``k`` keeps its old date, so
+    Y's value stays; a value X really changes is newer and wins."""
+    net.become("seed", [SEED_ADDR])
+    for n in ("X", "Y", "W"):
+        net.connect(n)
+        feed(n, ["", "g_slave"])
+    feed("X", ["", "g_slave", {"fam": {"k": "from X"}}])
+    feed("Y", ["", "g_slave", {"fam": {"k": "from Y"}}])
+    feed("W", ["", "g_mon1", "fam"])
+    assert db_family_now("fam") == {"k": "from Y"}
+    net.take()
+    feed("X", ["", "g_slave", {"fam": {"k": "from X"}}])  # the same again
+    assert db_family_now("fam") == {"k": "from Y"}
+    assert net.take("W") == []
+    feed("X", ["", "g_upd", "fam", {"k": "from X, new"}])
+    assert db_family_now("fam") == {"k": "from X, new"}
+
+
 def test_seed_db_reg_and_local_watchers(net):
     """API.md: ``db_reg`` on a global node is deleted when the port dies; a local ``db_mon``
     gets the whole family first (also a second one), then added/changed/deleted."""
