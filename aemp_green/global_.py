@@ -294,7 +294,7 @@ def _apply(src, family, set_=None, dels=None, mine=False, stamps=None):
             # from the same source (a slave re-sending its whole database to a new master, say)
             # is not a new write: it keeps its date
             had = _all.get(family, {}).get(key, {}).get(src)
-            same = had is not None and _enc(had[1]) == _enc(value)
+            same = had is not None and had[1] == value and _enc(had[1]) == _enc(value)
             stamp = had[0] if same else now
         if _store_set(_all, family, key, src, value, stamp):
             chg_set[key] = _effective(_all, family, key)
