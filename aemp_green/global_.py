@@ -13,7 +13,8 @@ Roles (PROTOCOL.md sections 4, 7, 8):
   with (``g_global``, then ``g_set``; changes as ``g_upd``). Values are kept per source node,
   so when a node goes down its entries disappear and a value another node set for the same key
   comes back. When several nodes set one key, the newest value is in effect: global nodes stamp
-  a value when they take it from a slave and pass the stamp on (see "per-source value store"). Global nodes answer ``g_find`` from ``'l``, ``g_db_*`` and push ``g_chg1`` /
+  a value when they take it from a slave and pass the stamp on (see "per-source value store").
+  Global nodes answer ``g_find`` from ``'l``, ``g_db_*`` and push ``g_chg1`` /
   ``g_chg2`` to nodes that watch a family.
 
 Only this module writes the database. The public API: ``db_set``, ``db_del``, ``db_reg``,
@@ -22,6 +23,7 @@ Only this module writes the database. The public API: ``db_set``, ``db_del``, ``
 
 import json
 import logging
+import math
 import re
 import time
 
@@ -220,7 +222,7 @@ def _answer_locally(frame, cb):
 # at about the same time, for good.
 
 def _stamp_ok(stamp):
-    return stamp.__class__ in (int, float) and stamp == stamp  # a number, not NaN
+    return stamp.__class__ in (int, float) and math.isfinite(stamp)  # not bool, NaN or inf
 
 
 def _winner(srcs):

@@ -442,12 +442,16 @@ def test_global_nodes_agree_on_a_key_set_twice_whatever_the_arrival_order(net):
     assert db_family_now("fam") == {"k": "nan"}
     feed("other", ["", "g_upd", "fam", {"k": "str"}, None, "not a dict"])
     assert db_family_now("fam") == {"k": "str"}
+    feed("other", ["", "g_upd", "fam", {"k": "inf"}, None, {"k": float("inf")}])
+    feed("X", ["", "g_upd", "fam", {"k": "x4"}])  # an infinite stamp counts as "now" too
+    assert db_family_now("fam") == {"k": "x4"}
     # the watcher saw every change of the effective value, in order
     changes = [f[3]["k"] for f in net.take("W") if f[1] == "g_chg2" and f[3]]
-    assert changes == ["from X", "from Y", "from X again", "unstamped", "x3", "nan", "str"]
+    assert changes == ["from X", "from Y", "from X again", "unstamped", "x3", "nan", "str",
+                       "inf", "x4"]
     # when Y's global node goes, X's latest value is back
     net.disconnect("other")
-    assert db_family_now("fam") == {"k": "x3"}
+    assert db_family_now("fam") == {"k": "x4"}
 
 
 def test_a_slave_resending_its_database_does_not_win_keys_it_did_not_write_again(net):
