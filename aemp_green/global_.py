@@ -215,7 +215,8 @@ def _answer_locally(frame, cb):
 # store[family][key] = {source: (stamp, value)}. The effective value of a key is the one with
 # the newest stamp (ties: the larger JSON encoding), so every global node picks the same value
 # from the same entries, whatever order they arrived in. A stamp is the wall-clock time at which
-# a global node first took the value from one of its slaves (or from itself); global nodes pass
+# a global node first took the value from one of its slaves (or from itself), made later than
+# every stamp it already holds for the key (clocks of global nodes may differ); global nodes pass
 # it on to each other as an extra argument of ``g_set``/``g_upd`` (AEMP ignores extra
 # arguments; values from peers that send none are stamped when they arrive). Without stamps,
 # "last arrived wins" let two global nodes keep different values for a key that two nodes set
@@ -295,9 +296,16 @@ def _apply(src, family, set_=None, dels=None, mine=False, stamps=None):
             # taken from a slave (or a peer that sends no stamps) now; but the same value again
             # from the same source (a slave re-sending its whole database to a new master, say)
             # is not a new write: it keeps its date
-            had = _all.get(family, {}).get(key, {}).get(src)
-            same = had is not None and had[1] == value and _enc(had[1]) == _enc(value)
-            stamp = had[0] if same else now
+            srcs = _all.get(family, {}).get(key)
+            had = srcs.get(src) if srcs else None
+            if had is not None and had[1] == value and _enc(had[1]) == _enc(value):
+                stamp = had[0]
+            elif srcs:
+                # a new write is newer than anything we hold for the key, even when another
+                # global node's clock runs ahead of ours
+                stamp = max(now, _winner(srcs)[0] + 1e-6)
+            else:
+                stamp = now
         if _store_set(_all, family, key, src, value, stamp):
             chg_set[key] = _effective(_all, family, key)
         if mine and _store_set(_mine, family, key, src, value, stamp):

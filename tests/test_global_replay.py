@@ -24,9 +24,11 @@ would hand them over.
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import gevent
+
 import pytest
 
 import aemp_green
@@ -452,6 +454,25 @@ def test_global_nodes_agree_on_a_key_set_twice_whatever_the_arrival_order(net):
     # when Y's global node goes, X's latest value is back
     net.disconnect("other")
     assert db_family_now("fam") == {"k": "x4"}
+
+
+def test_a_new_write_wins_over_a_peer_whose_clock_runs_ahead(net):
+    """The other global node's clock is 1000 s ahead: Y's value carries a stamp in our future.
+    X's later write is still the newer one here (its stamp goes past Y's), and the stamp we
+    send to the other global node says so too."""
+    net.become("seed", [SEED_ADDR])
+    net.connect("X")
+    feed("X", ["", "g_slave"])
+    net.connect("other")
+    feed("other", ["", "g_global"])
+    net.take()
+    ahead = time.time() + 1000
+    feed("other", ["", "g_upd", "fam", {"k": "from Y"}, None, {"k": ahead}])
+    assert db_family_now("fam") == {"k": "from Y"}
+    feed("X", ["", "g_upd", "fam", {"k": "from X"}])
+    assert db_family_now("fam") == {"k": "from X"}
+    (upd,) = net.take("other")
+    assert upd[3] == {"k": "from X"} and upd[5]["k"] > ahead, upd
 
 
 def test_a_slave_resending_its_database_does_not_win_keys_it_did_not_write_again(net):
