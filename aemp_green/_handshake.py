@@ -4,24 +4,43 @@
 reads to ``receive_data(data)`` and reacts to the events that come back; the same object thus
 runs over plain sockets, TLS sockets, or recorded bytes in tests.
 
-Exchange (both sides do the same thing at the same time)::
+Exchange (``role="connect"``: we dialled; ``role="accept"``: the peer dialled us)::
 
     we send  : line 1  aemp;1;<nodeid>;<auth_accept,...>;<framings,...>;key=value;...
                line 2  <nonce: base64 of 66 random bytes, 88 chars>
     we read  : the peer's two lines           -> GreetingReceived (or RemoteProtocolError)
                (both want TLS)                -> NeedTLS; the I/O layer upgrades, then calls
                                                  start_tls_done()
-    we send  : <auth method>;<token>;<framing we will send>
+    connector: <auth method>;<token>;<framing we will send>      (as soon as the greeting checks)
     we read  : the peer's auth line, verified -> Established; bytes after it: trailing_data
+    acceptor : <auth method>;<token>;<framing we will send>      (only after Established)
+
+Relays. AEMP's tokens cover the four greeting lines, but both sides send theirs before checking
+the peer's, so a relay between two nodes could hand one node's token to the other. Two rules
+stop that without changing a byte of what a Perl AEMP 2.x peer sees:
+
+* **The connector proves first** (as in Erlang's distribution handshake): an acceptor sends its
+  auth line only after the connector's checked out. A Perl connector sends its auth line
+  without waiting for ours anyway. An attacker who opens connections to two nodes gets no
+  token from either.
+* **The greeting names who was dialled**: line 1 carries ``peeraddr`` (the connector: the
+  address it dialled; the acceptor: the connector's address as it sees it) and the tokens cover
+  it. With ``peeraddr_check`` (a callable ``addr -> bool`` the I/O layer supplies) the acceptor
+  refuses a connector whose ``peeraddr`` is not one of its own addresses, so the proof of a node
+  that was made to dial an attacker is useless at any other node; and the connector refuses an
+  acceptor whose ``peeraddr`` is not its own side of the connection, so two nodes made to dial
+  an attacker cannot be cross-relayed. The check runs before we send anything beyond the
+  greeting. Missing ``peeraddr`` fails it.
 
 States (``state``)::
 
     state       input                       -> next state   events / output
     LINE1       peer line 1 (checked)       -> LINE2
-    LINE2       peer line 2 (checked)       -> AUTH         GreetingReceived; our auth line
+    LINE2       peer line 2 (checked)       -> AUTH         GreetingReceived; connector: our
+                                                            auth line
                                             -> WAIT_TLS     GreetingReceived, NeedTLS
-    WAIT_TLS    start_tls_done()            -> AUTH         our auth line
-    AUTH        peer auth line (verified)   -> ESTABLISHED  Established
+    WAIT_TLS    start_tls_done()            -> AUTH         connector: our auth line
+    AUTH        peer auth line (verified)   -> ESTABLISHED  Established; acceptor: our auth line
     ESTABLISHED more bytes                  -> ESTABLISHED  appended to trailing_data
     any         a failed check              -> ERROR        RemoteProtocolError (raised again
                                                             by every later call)
@@ -35,7 +54,9 @@ Checks, in order, and their errors (all ``RemoteProtocolError``; the text is wha
   they: N)"); non-empty node id.
 * after line 2: our own two lines echoed back ("authentication error, echo attack?"), checked
   first so that an echo is reported as such; then our own node id ("I refuse to talk to
-  myself"). Duplicate connections are the I/O layer's business: it sees GreetingReceived
+  myself"); then, with ``peeraddr_check``, the peer's ``peeraddr`` ("peer dialled ..., which is
+  not an address of this node" / "peer sees us at ..., which is not this connection's
+  address"). Duplicate connections are the I/O layer's business: it sees GreetingReceived
   before anything of ours beyond the greeting has been sent, and may simply close.
 * auth choice: the first entry of the peer's field 4 that is in our ``auth_offer``, skipping
   ``tls_*`` (and, stricter than Perl, ``cleartext``) unless TLS is active ("<list>: no common
@@ -73,17 +94,18 @@ object (the gevent transport avoids this by reading the greeting line by line).
 
 Example::
 
-    >>> a = Handshake(nodeid="a", secret="s3cret")
-    >>> b = Handshake(nodeid="b", secret="s3cret", framings=("json",))
-    >>> a_greeting = a.data_to_send()
-    >>> [type(e).__name__ for e in b.receive_data(a_greeting)]
+    >>> a = Handshake(nodeid="a", secret="s3cret", peeraddr="10.0.0.2:4040")   # a dials b
+    >>> b = Handshake(nodeid="b", secret="s3cret", framings=("json",), role="accept",
+    ...               peeraddr="10.0.0.1:5555", peeraddr_check=lambda x: x == "10.0.0.2:4040")
+    >>> [type(e).__name__ for e in b.receive_data(a.data_to_send())]
     ['GreetingReceived']
-    >>> greeting_and_auth = b.data_to_send()       # b's greeting and, already, its auth line
-    >>> [type(e).__name__ for e in a.receive_data(greeting_and_auth)]
-    ['GreetingReceived', 'Established']
-    >>> est_b = b.receive_data(a.data_to_send())[0]    # a's auth line
+    >>> [type(e).__name__ for e in a.receive_data(b.data_to_send())]   # b's greeting only
+    ['GreetingReceived']
+    >>> est_b = b.receive_data(a.data_to_send())[0]    # a's auth line: a proved it first
     >>> (est_b.send_framing, est_b.recv_framing, est_b.peer_nodeid, est_b.auth_method)
     ('json', 'json', 'a', 'hmac_sha3_512')
+    >>> [type(e).__name__ for e in a.receive_data(b.data_to_send())]   # now b's auth line
+    ['Established']
 """
 
 import base64
@@ -110,6 +132,7 @@ __all__ = [
     "USABLE_FRAMINGS",
     "PROTOCOL_VERSION",
     "DEFAULT_PROVIDER",
+    "ROLES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,6 +151,9 @@ USABLE_FRAMINGS = ("cbor", "json")
 _TLS_ONLY = frozenset(("tls_sha3_512", "tls_anon", "cleartext"))
 _SUBPROTO = re.compile(r"aemp-[A-Za-z0-9_]+\Z")
 _PERL_NUM = re.compile(r"\s*([+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))")
+
+#: ``Handshake(role=...)``: we dialled the peer, or the peer dialled us.
+ROLES = ("connect", "accept")
 
 # states
 LINE1 = "LINE1"
@@ -308,7 +334,10 @@ class Handshake:
     1), ``extra`` (more key=value pairs for line 1, e.g. ``{"dataconn_id": "x"}``; a ``None``
     value sends the bare key), ``provider`` (default ``aemp_green-<version>``), ``nonce`` (66
     raw ``bytes`` to base64, or a ``str`` sent verbatim; default: ``os.urandom(66)``),
-    ``max_line`` (longest accepted line, without its line end).
+    ``max_line`` (longest accepted line, without its line end), ``role`` (``"connect"``: we
+    dialled, we prove first; ``"accept"``: we send our auth line only after the peer's checked
+    out), ``peeraddr_check`` (``None``, or ``addr -> bool``: is the ``peeraddr`` the peer's
+    greeting names one of our addresses; see "Relays" in the module docstring).
     ``_kv_order`` (testing) lists the line-1 keys in the order to send them.
 
     Example::
@@ -324,7 +353,8 @@ class Handshake:
     def __init__(self, *, nodeid, secret=None, auth_offer=("tls_sha3_512", "hmac_sha3_512"),
                  auth_accept=("tls_sha3_512", "hmac_sha3_512"), framings=("cbor", "json"),
                  peeraddr="", tls_offered=False, protocol="aemp", extra=None,
-                 provider=None, nonce=None, max_line=4096, _kv_order=None):
+                 provider=None, nonce=None, max_line=4096, role="connect", peeraddr_check=None,
+                 _kv_order=None):
         _check_field("nodeid", nodeid)
         if not nodeid:
             raise LocalProtocolError("nodeid must not be empty")
@@ -345,6 +375,13 @@ class Handshake:
             raise LocalProtocolError("framings must not be empty")
         self.tls_offered = bool(tls_offered)
         self.max_line = int(max_line)
+        if role not in ROLES:
+            raise LocalProtocolError("role must be one of %s, not %r" % (", ".join(ROLES), role))
+        #: ``"connect"`` (we dialled) or ``"accept"`` (the peer dialled us)
+        self.role = role
+        if peeraddr_check is not None and not callable(peeraddr_check):
+            raise LocalProtocolError("peeraddr_check must be callable or None")
+        self._peeraddr_check = peeraddr_check
 
         if provider is None:
             provider = DEFAULT_PROVIDER
@@ -448,7 +485,8 @@ class Handshake:
                                      % self.state)
         self._tls = True
         self.pre_tls_data = b""
-        self._out.append(self._auth_line)
+        if self.role == "connect":
+            self._out.append(self._auth_line)
         self.state = AUTH
 
     @property
@@ -531,6 +569,8 @@ class Handshake:
             raise RemoteProtocolError("authentication error, echo attack?")
         if g.nodeid == self.nodeid:
             raise RemoteProtocolError("I refuse to talk to myself")
+        if self._peeraddr_check is not None:
+            self._check_peeraddr(g.kv.get("peeraddr"))
         self.peer_greeting = (self._p1.decode("utf-8"), nonce)
         events.append(g)
 
@@ -557,8 +597,23 @@ class Handshake:
             self.state = WAIT_TLS
             events.append(NeedTLS(server_side=self._l2 > line))
         else:
-            self._out.append(self._auth_line)
+            if self.role == "connect":
+                self._out.append(self._auth_line)
             self.state = AUTH
+
+    def _check_peeraddr(self, addr):
+        """Refuse a greeting whose ``peeraddr`` does not name us (see "Relays" above)."""
+        if addr is not None and self._peeraddr_check(addr):
+            return
+        shown = repr(addr)[:80] if addr is not None else "no peeraddr"
+        if self.role == "accept":
+            raise RemoteProtocolError(
+                "peer dialled %s, which is not an address of this node (a relayed handshake?); "
+                "behind NAT, a proxy or a port forward, list that address in public_addresses"
+                % shown)
+        raise RemoteProtocolError(
+            "peer sees us at %s, which is not this connection's address (a relayed "
+            "handshake?); behind NAT, list that address in public_addresses" % shown)
 
     def _make_token(self, method):
         mine = (self._l1, self._l2, self._p1, self._p2)
@@ -607,6 +662,10 @@ class Handshake:
             raise RemoteProtocolError("%s: unusable remote framing" % framing[:64])
         g = self._greeting
         self.state = ESTABLISHED
+        if self.role == "accept":
+            # only now that the connector proved the secret do we prove it back: a relay
+            # between two acceptors never gets a token to pass on
+            self._out.append(self._auth_line)
         protocol = self.protocol if self.protocol != "aemp" else g.protocol
         return Established(self._send_framing, framing, g.nodeid, g.kv, method, protocol, self._tls)
 

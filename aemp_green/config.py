@@ -317,7 +317,17 @@ SETTINGS = (
             "aemp_green: seconds an incoming handshake may take (default: monitor_timeout)."),
     Setting("max_pending_handshakes", 256, _v_positive_int,
             "aemp_green: unfinished incoming handshakes kept at once; beyond it the oldest "
-            "stalled one is dropped (slowloris defence)."),
+            "stalled one of the source address with the most is dropped (slowloris defence)."),
+    Setting("max_pending_per_source", 32, _v_positive_int,
+            "aemp_green: unfinished incoming handshakes kept at once from one source IP address; "
+            "beyond it that source's oldest is dropped."),
+    Setting("check_peeraddr", True, _v_bool,
+            "aemp_green: refuse a handshake whose peer greeting does not name our address of "
+            "that connection (stops relayed handshakes; see docs/security.md). Switch off only "
+            "if public_addresses cannot describe your NAT."),
+    Setting("public_addresses", [], _v_addresses,
+            "aemp_green: extra host:port addresses peers reach or see this node at (NAT, "
+            "proxies, port forwards); port '*' matches any port (an outgoing NAT address)."),
 )
 
 #: Lookup of :data:`SETTINGS` by key name.

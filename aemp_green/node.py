@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 _nodes = {}  # nodeid -> RemoteNode
 _cfg = dict(_config.DEFAULTS)
+_tls = None  # transport.TLSContexts of our cert, built once by configure
 _listeners = []
 _binds = []  # our listener addresses as "host:port" strings (what others learn)
 _configured = False
@@ -531,8 +532,7 @@ def _dial(host, port, expect=None):
     """
     sock = transport.connect(host, port, timeout=float(_cfg["connect_interval"]))
     transport._apply_sockopts(sock, _cfg.get("nodelay", True), _cfg.get("autocork", False))
-    peeraddr = transport.bind_string(host, port)
-    hs = transport.make_handshake(_cfg, _k._NODE, peeraddr)
+    hs = _connector_handshake(sock)
 
     def on_greeting(ev):
         if expect is not None and ev.nodeid != expect:
@@ -542,7 +542,7 @@ def _dial(host, port, expect=None):
     try:
         sock, est, trailing = transport.run_handshake(
             sock, hs, timeout=float(_cfg["monitor_timeout"]), on_greeting=on_greeting,
-            cert=_cfg.get("cert"))
+            tls=_tls)
     except BaseException:
         sock.close()
         raise
@@ -551,31 +551,106 @@ def _dial(host, port, expect=None):
     return link
 
 
-_pending_handshakes = {}  # socket -> peeraddr, oldest first
+def _connector_handshake(sock, protocol="aemp", extra=None):
+    """The handshake for a connection we dialled: ``peeraddr`` is the numeric address we reached
+    (the acceptor checks it names itself) and the acceptor must see us at our own address."""
+    peer = sock.getpeername()
+    return transport.make_handshake(_cfg, _k._NODE, transport.bind_string(peer[0], peer[1]),
+                                    protocol=protocol, extra=extra, role="connect",
+                                    check=_check_for(sock.getsockname(), ()))
+
+
+def _check_for(own, extra):
+    """The peeraddr check for a connection whose local address is ``own`` (None: checks off)."""
+    if not _cfg.get("check_peeraddr", True):
+        return None
+    return transport.peeraddr_check(own, list(extra) + list(_cfg.get("public_addresses") or ()))
+
+
+def _named_binds():
+    """Configured binds written with a host name and a fixed port (``box.lan:4040``): a connector
+    that dialled that name names it. Numeric binds are covered by the socket's own address, and
+    a bind with a dynamic port names no particular address."""
+    named = []
+    for b in _cfg.get("binds") or ():
+        try:
+            host, port = _config.parse_address(b)
+        except ConfigError:
+            continue
+        if port is not None and host != "*":
+            named.append(b)
+    return named
+
+
+_pending_handshakes = {}  # socket -> (source host, Handshake), oldest first
 MAX_PENDING_HANDSHAKES = 256
+MAX_PENDING_PER_SOURCE = 32
+
+
+def _make_room(source):
+    """Slowloris defence: keep unfinished incoming handshakes within the caps, evicting fairly.
+
+    A source (remote IP) over its own cap loses its oldest pending handshake; when the total cap
+    is reached the oldest handshake of the source with the most pending ones goes. A real peer
+    finishes in a round trip or two, so only stalled connections from the busiest source are
+    evicted, and an attacker churning connections from one address cannot lock out a slow
+    legitimate peer elsewhere.
+    """
+    cap = int(_cfg.get("max_pending_handshakes") or MAX_PENDING_HANDSHAKES)
+    per_source = int(_cfg.get("max_pending_per_source") or MAX_PENDING_PER_SOURCE)
+    counts = {}
+    for src, _hs in _pending_handshakes.values():
+        counts[src] = counts.get(src, 0) + 1
+    while _pending_handshakes:
+        if counts.get(source, 0) >= per_source:
+            victim_src = source
+        elif len(_pending_handshakes) >= cap:
+            victim_src = max(counts, key=counts.get)
+        else:
+            return
+        for old_sock, (src, _hs) in _pending_handshakes.items():
+            if src == victim_src:
+                break
+        del _pending_handshakes[old_sock]
+        counts[victim_src] -= 1
+        _log_evicted(victim_src)
+        try:
+            old_sock.shutdown(2)
+        except OSError:
+            pass
+
+
+_evict_log = {"next": 0.0, "count": 0}
+
+
+def _log_evicted(source):
+    """One log line per ``source`` burst at most every 10 s (an attacker controls the rate)."""
+    now = gevent.get_hub().loop.now()
+    _evict_log["count"] += 1
+    if now >= _evict_log["next"]:
+        logger.warning("too many pending handshakes: evicted %d stalled one(s), the last from %s "
+                       "(max_pending_handshakes=%s, max_pending_per_source=%s)",
+                       _evict_log["count"], source, _cfg.get("max_pending_handshakes"),
+                       _cfg.get("max_pending_per_source"))
+        _evict_log["count"] = 0
+        _evict_log["next"] = now + 10.0
 
 
 def _accept(sock, addr):
     transport._apply_sockopts(sock, _cfg.get("nodelay", True), _cfg.get("autocork", False))
     peeraddr = transport.bind_string(addr[0], addr[1])
-    cap = int(_cfg.get("max_pending_handshakes") or MAX_PENDING_HANDSHAKES)
-    while len(_pending_handshakes) >= cap:
-        # slowloris defence: the oldest unfinished handshake makes room; a real peer
-        # finishes in a round trip or two, so only stalled connections get evicted
-        old_sock, old_addr = next(iter(_pending_handshakes.items()))
-        del _pending_handshakes[old_sock]
-        logger.info("%s disconnected - too many pending handshakes, evicting the oldest", old_addr)
-        try:
-            old_sock.shutdown(2)
-        except OSError:
-            pass
+    source = transport.normalize_address(addr[0], None)[0]
+    _make_room(source)
     raw = sock
-    _pending_handshakes[raw] = peeraddr
-    hs = transport.make_handshake(_cfg, _k._NODE, peeraddr)
+    # a connector must name the address it dialled: this connection's local address, one of the
+    # configured binds (a host name as written there) or a public_addresses entry
+    hs = transport.make_handshake(_cfg, _k._NODE, peeraddr, role="accept",
+                                  check=_check_for(sock.getsockname(), _named_binds()))
+    _pending_handshakes[raw] = (source, hs)
     try:
         sock, est, trailing = transport.run_handshake(
             sock, hs, timeout=float(_cfg.get("handshake_timeout") or _cfg["monitor_timeout"]),
-            on_greeting=_refuse_duplicates, cert=_cfg.get("cert"))
+            on_greeting=_refuse_duplicates, tls=_tls)
     except (RemoteProtocolError, transport.HandshakeRefused) as exc:
         logger.info("%s disconnected - %s", peeraddr, exc)
         return
@@ -642,10 +717,8 @@ def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
                 sock = transport.connect(host, port, timeout=timeout)
                 transport._apply_sockopts(sock, _cfg.get("nodelay", True),
                                           _cfg.get("autocork", False))
-                hs = transport.make_handshake(_cfg, _k._NODE, transport.bind_string(host, port),
-                                              protocol=protocol, extra=extra)
-                sock, est, rest = transport.run_handshake(sock, hs, timeout=timeout,
-                                                          cert=_cfg.get("cert"))
+                hs = _connector_handshake(sock, protocol=protocol, extra=extra)
+                sock, est, rest = transport.run_handshake(sock, hs, timeout=timeout, tls=_tls)
                 if est.peer_nodeid != nodeid:
                     raise transport.HandshakeRefused("%s answered instead of %s" % (
                         est.peer_nodeid, nodeid))
@@ -712,7 +785,7 @@ def configure(profile=None, **kv):
         configure(nodeid="worker/", binds=["127.0.0.1:*"], seeds=["127.0.0.1:4040"],
                   secret="s3cret", norc=True)
     """
-    global _cfg, _configured
+    global _cfg, _configured, _tls
     if _configured:
         raise RuntimeError("configure() can only be called once per process")
     import os
@@ -728,13 +801,15 @@ def configure(profile=None, **kv):
     rc = {} if norc else _config.load_rc()
     cfg = _config.validate(_config.find_profile(rc, profile, **kv))
     nodeid = _config.expand_nodeid(_config.default_nodeid(cfg))
-    if cfg.get("cert"):  # now, not at the first TLS handshake
+    tls = None
+    if cfg.get("cert"):  # now, once: never per connection
         try:
-            transport._tls_context(cfg["cert"], True)
+            tls = transport.tls_contexts(cfg["cert"])
         except (OSError, ValueError) as exc:
             raise ConfigError("cert: not a usable PEM with key, certificate and CA certificates "
                               "(%s)" % (exc,)) from None
-    before = (_k._NODE, _k._secure, _cfg)
+    before = (_k._NODE, _k._secure, _cfg, _tls)
+    _tls = tls
     _k._set_node_id(nodeid)
     _k._set_secure(cfg.get("secure"))
     _cfg = cfg
@@ -754,7 +829,7 @@ def configure(profile=None, **kv):
         del _listeners[:], _binds[:]
         _k._set_node_id(before[0])
         _k._set_secure(before[1])
-        _cfg, _configured = before[2], False
+        _cfg, _configured, _tls = before[2], False, before[3]
         where = "%s:%s" % (bind[0], "*" if bind[1] is None else bind[1]) if bind else "?"
         raise ConfigError("binds: cannot listen on %s: %s" % (where, exc)) from None
     logger.info("node %s listens on %s", nodeid, _binds)

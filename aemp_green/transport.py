@@ -14,11 +14,13 @@ and ``framing``).
 Nothing here knows about ports or nodes: the caller (``node``) passes callbacks.
 """
 
+import ipaddress
 import logging
 import os
 import socket as _stdsocket
 import ssl as _stdssl
 import tempfile
+from typing import Any, NamedTuple
 
 import gevent
 from gevent import socket
@@ -26,9 +28,11 @@ from gevent.server import StreamServer
 from greenlet import greenlet
 
 from ._version import __version__
-from .exceptions import RemoteProtocolError
+from .config import parse_address
+from .exceptions import ConfigError, RemoteProtocolError
 
-__all__ = ["Link", "Listener", "connect", "run_handshake", "HandshakeRefused"]
+__all__ = ["Link", "Listener", "connect", "run_handshake", "HandshakeRefused", "TLSContexts",
+           "tls_contexts", "peeraddr_check", "normalize_address"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,22 +50,124 @@ class HandshakeRefused(Exception):
     """
 
 
+class TLSContexts(NamedTuple):
+    """The two SSL contexts of a node's ``cert``, built once at ``configure``: ``server`` for the
+    side whose nonce is higher, ``client`` for the other (AEMP's rule).
+
+    Example::
+
+        tls = tls_contexts(pem_text)     # raises ssl.SSLError/ValueError for a bad PEM
+        run_handshake(sock, hs, timeout=30, tls=tls)
+    """
+
+    server: Any
+    client: Any
+
+
+def _load_chain(ctx, cert_pem):
+    """Load key and certificate from the PEM text without writing the key to a disk file.
+
+    ``ssl`` only loads a chain from a path: an anonymous memory file (Linux ``memfd_create``)
+    gives it one that no other process can open and that vanishes with its descriptor. Where
+    there is none, a private temporary file is used (once per ``configure``, never per
+    connection) and removed at once.
+    """
+    data = cert_pem.encode("utf-8") if isinstance(cert_pem, str) else bytes(cert_pem)
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None:
+        try:
+            fd = memfd("aemp-cert", getattr(os, "MFD_CLOEXEC", 0))
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                os.write(fd, data)
+                ctx.load_cert_chain("/proc/self/fd/%d" % fd)
+                return
+            except FileNotFoundError:  # no /proc: fall back to a file
+                pass
+            finally:
+                os.close(fd)
+    fd, path = tempfile.mkstemp(prefix="aemp-cert-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        ctx.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+
+
 def _tls_context(cert_pem, server_side):
-    """An SSL context for ``tls_sha3_512``: our PEM (key+cert+CAs), mutual verification."""
     from gevent import ssl as _gssl  # gevent's context: its sockets block only the greenlet
 
     ctx = _gssl.SSLContext(_stdssl.PROTOCOL_TLS_SERVER if server_side else _stdssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = _stdssl.CERT_REQUIRED
-    fd, path = tempfile.mkstemp(prefix="aemp-cert-", suffix=".pem")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(cert_pem)
-        ctx.load_cert_chain(path)
-    finally:
-        os.unlink(path)
-    ctx.load_verify_locations(cadata=cert_pem)
+    _load_chain(ctx, cert_pem)
+    ctx.load_verify_locations(cadata=cert_pem if isinstance(cert_pem, str) else cert_pem.decode())
     return ctx
+
+
+def tls_contexts(cert_pem):
+    """Both SSL contexts for ``tls_sha3_512`` from one PEM (key + certificate + CA certificates),
+    mutual verification against the CA; the key never touches the disk where Linux allows.
+
+    Raises ``ssl.SSLError``/``ValueError``/``OSError`` for a PEM that is not usable.
+
+    Example::
+
+        tls = tls_contexts(open("node.pem").read())
+    """
+    return TLSContexts(_tls_context(cert_pem, True), _tls_context(cert_pem, False))
+
+
+def normalize_address(host, port):
+    """``(host, port)`` in the one form addresses are compared in: IP addresses in their
+    canonical text (an IPv4-mapped IPv6 address as the IPv4 one), names in lower case.
+
+    Example::
+
+        >>> normalize_address("::ffff:127.0.0.1", 4040), normalize_address("Box", None)
+        (('127.0.0.1', 4040), ('box', None))
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower(), port
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip), port
+
+
+def peeraddr_check(own, allowed=()):
+    """The ``peeraddr_check`` callable for ``Handshake``: true when the ``peeraddr`` text names
+    ``own`` (our end of the connection, a ``getsockname()`` tuple) or an entry of ``allowed``
+    (``"host:port"`` strings; a port of ``*`` matches any port).
+
+    Example::
+
+        >>> ok = peeraddr_check(("127.0.0.1", 4040), ["203.0.113.7:4040"])
+        >>> ok("127.0.0.1:4040"), ok("203.0.113.7:4040"), ok("127.0.0.1:9")
+        (True, True, False)
+    """
+    ok = {normalize_address(own[0], int(own[1]))}
+    for text in allowed:
+        try:
+            host, port = parse_address(text)
+        except ConfigError:
+            continue
+        ok.add(normalize_address(host, port))
+
+    def check(addr):
+        try:
+            host, port = parse_address(addr)
+        except ConfigError:
+            return False
+        if port is None:
+            return False
+        host, port = normalize_address(host, port)
+        return (host, port) in ok or (host, None) in ok
+
+    return check
 
 
 def _recv_line_exact(sock, limit):
@@ -74,10 +180,11 @@ def _recv_line_exact(sock, limit):
     return sock.recv(n)
 
 
-def run_handshake(sock, hs, *, timeout, on_greeting=None, cert=None, max_line=4096):
+def run_handshake(sock, hs, *, timeout, on_greeting=None, tls=None, max_line=4096):
     """Drive the sans-IO handshake ``hs`` over ``sock`` until it is established.
 
-    ``on_greeting(event)`` may raise ``HandshakeRefused`` (duplicate connection...). Returns
+    ``on_greeting(event)`` may raise ``HandshakeRefused`` (duplicate connection...). ``tls``
+    (``TLSContexts``) is our certificate's contexts, None without one. Returns
     ``(sock, established_event, trailing_bytes)``; ``sock`` is TLS-wrapped when TLS was used.
     Raises ``RemoteProtocolError``/``HandshakeRefused``/``OSError``/``gevent.Timeout``.
 
@@ -89,7 +196,7 @@ def run_handshake(sock, hs, *, timeout, on_greeting=None, cert=None, max_line=40
 
     with gevent.Timeout(timeout, RemoteProtocolError("handshake timeout")):
         sock.sendall(hs.data_to_send())
-        exact = cert is not None  # don't read past the greeting when TLS may follow
+        exact = tls is not None  # don't read past the greeting when TLS may follow
         while True:
             data = _recv_line_exact(sock, max_line + 2) if exact else sock.recv(8192)
             if not data:
@@ -111,7 +218,9 @@ def run_handshake(sock, hs, *, timeout, on_greeting=None, cert=None, max_line=40
                     if on_greeting is not None:
                         on_greeting(ev)
                 elif isinstance(ev, NeedTLS):
-                    ctx = _tls_context(cert, ev.server_side)
+                    if tls is None:  # pragma: no cover - the handshake asks only if offered
+                        raise RemoteProtocolError("TLS requested but no certificate configured")
+                    ctx = tls.server if ev.server_side else tls.client
                     sock = ctx.wrap_socket(sock, server_side=ev.server_side)
                     exact = False
                     hs.start_tls_done()
@@ -464,8 +573,17 @@ def bind_string(host, port):
     return "%s:%d" % (host, port)
 
 
-def make_handshake(cfg, nodeid, peeraddr, *, protocol="aemp", extra=None):
-    """A ``Handshake`` for our configuration ``cfg`` (the dict ``config.find_profile`` made)."""
+def make_handshake(cfg, nodeid, peeraddr, *, protocol="aemp", extra=None, role="connect",
+                   check=None):
+    """A ``Handshake`` for our configuration ``cfg`` (the dict ``config.find_profile`` made).
+
+    ``role`` is ``"connect"`` or ``"accept"``, ``check`` the ``peeraddr_check`` callable (None:
+    no check).
+
+    Example::
+
+        hs = make_handshake(cfg, "me/1", "10.0.0.5:4040", check=peeraddr_check(own))
+    """
     from . import framing
     from ._handshake import Handshake
 
@@ -481,4 +599,6 @@ def make_handshake(cfg, nodeid, peeraddr, *, protocol="aemp", extra=None):
         extra=extra,
         provider=PROVIDER,
         max_line=int(cfg.get("line_max") or 4096),
+        role=role,
+        peeraddr_check=check,
     )

@@ -123,20 +123,20 @@ def test_wrong_secret_is_refused(target):
     target.check_intact()
 
 
-def test_wrong_secret_in_the_same_read_still_gets_the_nodes_auth_line(target):
-    """A peer whose greeting and (bad) auth line reach the node in one read is told the node's
-    own auth line before the close - as AEMP does - so that peer can log an authentication
-    failure rather than an unexplained end-of-file."""
+def test_wrong_secret_gets_no_auth_line_from_the_accepting_node(target):
+    """The accepting node proves the secret only to a connector that proved it first
+    (docs/security.md, "Relayed handshakes"): a peer whose auth line is wrong gets the node's
+    greeting and then the close, never the node's own auth line (a token it could relay)."""
     peer = RawPeer(target.addr, secret="not-the-secret")
     try:
         ours = peer.hs.data_to_send()
         l1, l2 = peer.node_greeting()
         peer.hs.receive_data(l1 + b"\n" + l2 + b"\n")
         peer.send_raw(ours + peer.hs.data_to_send())  # greeting + wrong auth line in one write
-        (line,) = peer.read_lines(1)
-        with pytest.raises(RemoteProtocolError, match="shared secret mismatch"):
-            peer.hs.receive_data(line + b"\n")
-        target.expect_closed(peer.sock, "authentication failure/shared secret mismatch")
+        closed, data = read_until_closed(peer.sock)
+        assert closed and data == b"" and peer.rbuf == b"", (closed, data, peer.rbuf)  # no token
+        target.t.wait_log(lambda t: "authentication failure/shared secret mismatch" in t,
+                          what="the refusal logged")
     finally:
         peer.close()
     target.check_intact()
@@ -472,15 +472,18 @@ def test_two_links_from_one_node_keep_the_monitor_guarantee(target):
     try:
         for p in (c1, c2):
             p.send_raw(p.hs.data_to_send())
-        auth = {}
         for p in (c1, c2):
-            # the node sends its auth line once it has checked our greeting: reading it for
-            # both connections proves both greetings were checked while no link to "twin" existed
-            l1, l2, auth[p] = p.read_lines(3)
+            l1, l2 = p.read_lines(2)
             p.hs.receive_data(l1 + b"\n" + l2 + b"\n")
+        # the accepting node sends its auth line only after ours checked out: wait until it has
+        # checked both greetings (both handshakes wait for our auth line) while no link to
+        # "twin" existed
+        target.t.run("wait_for(lambda: sum(1 for src, hs in node._pending_handshakes.values()"
+                     " if hs.state == 'AUTH' and hs.peer_greeting) == 2)")
         for p in (c1, c2):
             p.send_raw(p.hs.data_to_send())  # auth line
-            (est,) = p.hs.receive_data(auth[p] + b"\n")
+            (line,) = p.read_lines(1)
+            (est,) = p.hs.receive_data(line + b"\n")
             p.framing, p.recv_framing = est.send_framing, est.recv_framing
             target.t.run("wait_for(lambda: node_is_up('twin'))")
         assert target.t.ask("len(node._nodes['twin'].extra_links)") == 1

@@ -561,3 +561,132 @@ def test_pre_tls_data_kept_for_the_io_layer():
 def test_start_tls_done_without_need():
     with pytest.raises(LocalProtocolError):
         hs("a").start_tls_done()
+
+
+# --------------------------------------------------------------------------- relays (roles, peeraddr)
+# docs/security.md, "Relayed handshakes": the attacks of the security issue, on bytes.
+
+A_ADDR, B_ADDR, EVIL_ADDR, EVIL2_ADDR = "10.0.0.1:4040", "10.0.0.2:4040", "10.6.6.6:1", "10.6.6.6:2"
+
+
+def _addr_is(*ok):
+    return lambda addr: addr in ok
+
+
+def _lines(data):
+    return data.split(b"\n")[:-1]
+
+
+def test_relay_between_two_acceptors_gets_no_token():
+    """An attacker connects to A and B and relays their greetings: both accept and wait for
+    the connector's proof, so neither sends an auth line."""
+    a = Handshake(nodeid="A", secret="s", role="accept", peeraddr="10.6.6.6:7",
+                  peeraddr_check=_addr_is(A_ADDR))
+    b = Handshake(nodeid="B", secret="s", role="accept", peeraddr="10.6.6.6:8",
+                  peeraddr_check=_addr_is(B_ADDR))
+    ga, gb = a.data_to_send(), b.data_to_send()
+    # each acceptor's greeting names the attacker's address as the connector: the other refuses
+    # it as a connector greeting, or (without the check) still only waits
+    for hs, g in ((a, gb), (b, ga)):
+        try:
+            hs.receive_data(g)
+        except RemoteProtocolError:
+            pass
+        assert hs.data_to_send() == b"", "an acceptor sent its auth line to an unproven peer"
+
+
+def test_relay_between_two_acceptors_without_peeraddr_check_still_gets_no_token():
+    a = Handshake(nodeid="A", secret="s", role="accept")
+    b = Handshake(nodeid="B", secret="s", role="accept")
+    ga, gb = a.data_to_send(), b.data_to_send()
+    assert [type(e) for e in a.receive_data(gb)] == [GreetingReceived]
+    assert [type(e) for e in b.receive_data(ga)] == [GreetingReceived]
+    assert a.data_to_send() == b.data_to_send() == b""
+    assert a.state == b.state == "AUTH"
+
+
+def test_proof_of_a_node_that_dialled_the_attacker_is_useless_elsewhere():
+    """V dials the attacker (its address is in V's seeds); the attacker relays to T. V's greeting
+    names the attacker's address, which T refuses before sending anything."""
+    v = Handshake(nodeid="V", secret="s", peeraddr=EVIL_ADDR, role="connect")
+    t = Handshake(nodeid="T", secret="s", role="accept", peeraddr="10.6.6.6:9",
+                  peeraddr_check=_addr_is(B_ADDR))
+    gv, gt = v.data_to_send(), t.data_to_send()
+    v.receive_data(gt)  # V (no check of its own here) proves at once
+    auth_v = v.data_to_send()
+    assert auth_v.startswith(b"hmac_sha3_512;")
+    with pytest.raises(RemoteProtocolError, match="not an address of this node"):
+        t.receive_data(gv + auth_v)
+    assert t.data_to_send() == b""
+    assert t.state == "ERROR"
+
+
+def test_the_same_relay_succeeds_without_the_peeraddr_check():
+    """The control for the test above: the check is what stops it (this is the attack)."""
+    v = Handshake(nodeid="V", secret="s", peeraddr=EVIL_ADDR, role="connect")
+    t = Handshake(nodeid="T", secret="s", role="accept", peeraddr="10.6.6.6:9")
+    gv, gt = v.data_to_send(), t.data_to_send()
+    v.receive_data(gt)
+    events = t.receive_data(gv + v.data_to_send())
+    assert isinstance(events[-1], Established) and events[-1].peer_nodeid == "V"
+
+
+def test_two_nodes_made_to_dial_the_attacker_cannot_be_cross_relayed():
+    """V1 and V2 both dial the attacker, who passes each one's greeting to the other as the
+    acceptor's. Each connector sees a peeraddr that is not its own address and stops before
+    sending its auth line."""
+    v1 = Handshake(nodeid="V1", secret="s", peeraddr=EVIL_ADDR, role="connect",
+                   peeraddr_check=_addr_is("10.0.0.1:50001"))
+    v2 = Handshake(nodeid="V2", secret="s", peeraddr=EVIL2_ADDR, role="connect",
+                   peeraddr_check=_addr_is("10.0.0.2:50002"))
+    g1, g2 = v1.data_to_send(), v2.data_to_send()
+    for hs, g in ((v1, g2), (v2, g1)):
+        with pytest.raises(RemoteProtocolError, match="not this connection's address"):
+            hs.receive_data(g)
+        assert hs.data_to_send() == b""
+
+
+def test_reflection_and_missing_peeraddr_are_refused():
+    a = Handshake(nodeid="A", secret="s", role="accept", peeraddr="10.6.6.6:7",
+                  peeraddr_check=_addr_is(A_ADDR))
+    with pytest.raises(RemoteProtocolError, match="echo attack"):
+        a.receive_data(a.data_to_send())
+    a2 = Handshake(nodeid="A", secret="s", role="accept", peeraddr_check=_addr_is(A_ADDR))
+    with pytest.raises(RemoteProtocolError, match="no peeraddr"):
+        a2.receive_data(b"aemp;1;X;hmac_sha3_512;json\nnonce\n")
+    assert a2.data_to_send() == a2.local_greeting[0].encode() + b"\n" + \
+        a2.local_greeting[1].encode() + b"\n"
+
+
+def test_connector_and_acceptor_with_checks_establish_and_acceptor_proves_last():
+    c = Handshake(nodeid="C", secret="s", peeraddr=B_ADDR, role="connect",
+                  peeraddr_check=_addr_is("10.0.0.1:50001"))
+    acc = Handshake(nodeid="B", secret="s", role="accept", peeraddr="10.0.0.1:50001",
+                    peeraddr_check=_addr_is(B_ADDR))
+    gc, ga = c.data_to_send(), acc.data_to_send()
+    acc.receive_data(gc)
+    assert acc.data_to_send() == b""
+    c.receive_data(ga)
+    auth_c = c.data_to_send()
+    (est_a,) = acc.receive_data(auth_c)
+    auth_a = acc.data_to_send()
+    assert _lines(auth_a)[0].startswith(b"hmac_sha3_512;")
+    (est_c,) = c.receive_data(auth_a)
+    assert (est_a.peer_nodeid, est_c.peer_nodeid) == ("C", "B")
+
+
+def test_acceptor_never_sends_its_token_after_a_wrong_one():
+    c = Handshake(nodeid="C", secret="wrong", peeraddr=B_ADDR)
+    acc = Handshake(nodeid="B", secret="s", role="accept", peeraddr_check=_addr_is(B_ADDR))
+    ga = acc.data_to_send()
+    acc.receive_data(c.data_to_send())
+    assert acc.data_to_send() == b""
+    c.receive_data(ga)
+    with pytest.raises(RemoteProtocolError, match="shared secret mismatch"):
+        acc.receive_data(c.data_to_send())
+    assert acc.data_to_send() == b""
+
+
+def test_role_is_checked():
+    with pytest.raises(LocalProtocolError, match="role"):
+        Handshake(nodeid="n", role="server")

@@ -74,7 +74,7 @@ class Conn:
     def data_start(self, side):
         return len(self.greeting_bytes(side)) + len(self.auth_line(side)) + 1
 
-    def handshake_for(self, side, secret=None, nodeid=None):
+    def handshake_for(self, side, secret=None, nodeid=None, **kw):
         """A Handshake whose greeting is byte-identical to ``side``'s recorded one."""
         l1, l2 = self.greeting(side)
         protocol, version, rec_nodeid, auths, framings, kv = parse_greeting_line1(l1)
@@ -84,7 +84,12 @@ class Conn:
                          secret=self.secret[side] if secret is None else secret,
                          auth_accept=auths, framings=framings, peeraddr=kv["peeraddr"],
                          provider=kv["provider"], protocol=protocol,
-                         nonce=base64.b64decode(l2, validate=True), _kv_order=list(kv))
+                         nonce=base64.b64decode(l2, validate=True), _kv_order=list(kv), **kw)
+
+    def connector(self):
+        """The side that dialled (``a``: its TCP segments come from the client)."""
+        first = next(s for s in self.fr["tcp_segments"] if "off" in s)
+        return "a" if first["from"] == "c" else "b"
 
 
 def plain(v):
@@ -342,3 +347,51 @@ def test_cbor_byte_strings_from_perl_become_str():
                           "182a26fa4050000082018202a24174f54178f6")
     assert d.feed(frame) == [["LweJilgwNb", "ok", "danke schön ✓", 42, -7, 3.25,
                               [1, [2, {"t": True, "x": None}]]]]
+
+
+# --------------------------------------------------------------------------- roles (relay defence)
+
+@pytest.mark.parametrize("path", [p for p in AUTH_CONNS if p.parent.name != "badauth-session"],
+                         ids=[i for p, i in zip(AUTH_CONNS, AUTH_IDS)
+                              if p.parent.name != "badauth-session"])
+def test_perl_peers_pass_the_role_and_peeraddr_rules(path):
+    """docs/security.md, "Relayed handshakes": as the accepting side we hold our auth line back
+    until the connector's checked out, and each side checks the peeraddr the other names. A
+    Perl AEMP 2.02 connector (it proves first anyway) and a Perl acceptor (it names the
+    connector's address as seen) pass both rules; our bytes stay what Perl sent."""
+    conn = Conn(path)
+    for side in "ab":
+        peer = OTHER[side]
+        role = "connect" if side == conn.connector() else "accept"
+        # the peeraddr the peer names is, in the recording, our address of that connection
+        named = parse_greeting_line1(conn.greeting(peer)[0])[5]["peeraddr"]
+        hs = conn.handshake_for(side, role=role, peeraddr_check=lambda a, n=named: a == n)
+        out = hs.data_to_send()
+        assert out == conn.greeting_bytes(side)
+        peer_greeting_len = len(conn.greeting_bytes(peer))
+        events = hs.receive_data(conn.stream[peer][:peer_greeting_len])
+        assert [type(e) for e in events] == [GreetingReceived]
+        after_greeting = hs.data_to_send()
+        if role == "accept":
+            assert after_greeting == b"", "the acceptor sent its auth line before the peer's"
+        else:
+            assert after_greeting == (conn.auth_line(side) + "\n").encode()
+        events = hs.receive_data(conn.stream[peer][peer_greeting_len:conn.data_start(peer)])
+        assert isinstance(events[-1], Established)
+        if role == "accept":
+            assert hs.data_to_send() == (conn.auth_line(side) + "\n").encode()
+
+
+@pytest.mark.parametrize("path", [p for p in AUTH_CONNS if p.parent.name != "badauth-session"],
+                         ids=[i for p, i in zip(AUTH_CONNS, AUTH_IDS)
+                              if p.parent.name != "badauth-session"])
+def test_recorded_greeting_relayed_to_another_address_is_refused(path):
+    """The recorded Perl connector's greeting names the address it dialled: an acceptor at
+    any other address refuses it before sending anything but its greeting."""
+    conn = Conn(path)
+    side = OTHER[conn.connector()]
+    hs = conn.handshake_for(side, role="accept", peeraddr_check=lambda a: a == "10.9.9.9:4040")
+    hs.data_to_send()
+    with pytest.raises(RemoteProtocolError, match="not an address of this node"):
+        hs.receive_data(conn.stream[conn.connector()][:conn.data_start(conn.connector())])
+    assert hs.data_to_send() == b""
