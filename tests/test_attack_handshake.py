@@ -55,7 +55,7 @@ INTEROP_SECRET = "interop-test-secret-0123456789"
 #: short timeouts so that every stalled handshake ends within the test
 FAST = dict(monitor_timeout=4, handshake_timeout=4, connect_interval=1)
 #: how long an attacker waits for an auth line that a fixed node never sends
-AUTH_WAIT = 1.0
+AUTH_WAIT = 2.0
 #: how long a target may take to close an attack connection after the attacker's EOF
 CLOSE_WAIT = 8
 
@@ -163,7 +163,8 @@ def read_auth_lines(conns, wait=AUTH_WAIT):
 def relay_two_acceptors(a_addr, b_addr):
     """Connect to A and to B, give each the other's greeting and then the other's auth line
     (whatever arrived within ``AUTH_WAIT``). Returns ``(conn_to_a, framing_for_a, conn_to_b,
-    framing_for_b)``: frames sent on ``conn_to_b`` in ``framing_for_b`` look like A's to B."""
+    framing_for_b, tokens)``: frames sent on ``conn_to_b`` in ``framing_for_b`` look like A's to
+    B; ``tokens`` lists the auth lines A and B gave away (None: none)."""
     ca, cb = RawConn(a_addr), RawConn(b_addr)
     ga, gb = ca.read_lines(2), cb.read_lines(2)
     assert ga and gb, "no greeting from the targets"
@@ -174,7 +175,7 @@ def relay_two_acceptors(a_addr, b_addr):
         cb.send(auth_a + b"\n")
     if auth_b:
         ca.send(auth_b + b"\n")
-    return ca, auth_framing(auth_b), cb, auth_framing(auth_a)
+    return ca, auth_framing(auth_b), cb, auth_framing(auth_a), [auth_a, auth_b]
 
 
 def test_control_authenticated_frames_are_seen(cluster, tmp_path):
@@ -201,10 +202,11 @@ def test_control_authenticated_frames_are_seen(cluster, tmp_path):
 def test_relay_between_two_acceptors_dispatches_nothing(cluster, tmp_path):
     """(a) The attacker connects to A and to B (same secret, not linked to each other), relays
     their greetings and any auth line, then sends frames as A to B and as B to A. Neither node
-    may run them, and both close the attacker's connections."""
+    may run them, both close the attacker's connections, and neither gave the attacker an auth
+    line (an accepting node proves itself only to a peer that proved itself first)."""
     a, b = cluster.start(("A", FAST), ("B", FAST))
     va, vb = Victim(a, tmp_path), Victim(b, tmp_path)
-    ca, fa, cb, fb = relay_two_acceptors(a.addr, b.addr)
+    ca, fa, cb, fb, tokens = relay_two_acceptors(a.addr, b.addr)
     try:
         closed_b = inject(cb, fb, vb.frames("as_A"))
         closed_a = inject(ca, fa, va.frames("as_B"))
@@ -214,6 +216,7 @@ def test_relay_between_two_acceptors_dispatches_nothing(cluster, tmp_path):
     assert closed_b and closed_a, "a target kept the attack connection open"
     vb.assert_untouched()
     va.assert_untouched()
+    assert tokens == [None, None], "an accepting node sent its auth line to the attacker"
 
 
 @xfail_today()
@@ -234,7 +237,7 @@ def test_relay_of_a_victim_that_dialled_the_attacker(cluster, tmp_path):
         assert gt, "T sent no greeting"
         ct.send(lines(*gv))
         cv.send(lines(*gt))
-        auth_v, _auth_t = read_auth_lines([cv, ct])
+        auth_v, auth_t = read_auth_lines([cv, ct])
         if auth_v:
             ct.send(auth_v + b"\n")
         try:
@@ -244,6 +247,7 @@ def test_relay_of_a_victim_that_dialled_the_attacker(cluster, tmp_path):
             ct.close()
             cv.close()
         vt.assert_untouched()
+        assert auth_t is None, "T sent its auth line before its peer had proved anything"
     finally:
         lsock.close()
 
@@ -298,6 +302,7 @@ def test_reflection_and_echo_are_refused(cluster, tmp_path):
         c2.send(lines(*g1))
         c3.send(lines(*g3))
         auth1, auth2, auth3 = read_auth_lines([c1, c2, c3])
+        assert [auth1, auth2, auth3] == [None, None, None], "A gave a reflected peer its token"
         for conn, auth in ((c1, auth2), (c2, auth1), (c3, auth3)):
             if auth:
                 conn.send(auth + b"\n")
@@ -364,19 +369,20 @@ def test_ten_concurrent_relays_dispatch_nothing(cluster, tmp_path):
     va, vb = Victim(a, tmp_path), Victim(b, tmp_path)
 
     def one(i):
-        ca, fa, cb, fb = relay_two_acceptors(a.addr, b.addr)
+        ca, fa, cb, fb, tokens = relay_two_acceptors(a.addr, b.addr)
         try:
             return (inject(cb, fb, vb.frames("as_A_%d" % i)),
-                    inject(ca, fa, va.frames("as_B_%d" % i)))
+                    inject(ca, fa, va.frames("as_B_%d" % i)), tokens)
         finally:
             ca.close()
             cb.close()
 
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         results = list(pool.map(one, range(10)))
-    assert results == [(True, True)] * 10, results
+    assert [r[:2] for r in results] == [(True, True)] * 10, results
     vb.assert_untouched()
     va.assert_untouched()
+    assert [r[2] for r in results] == [[None, None]] * 10, "auth lines given to the attacker"
 
 
 # --------------------------------------------------------------------------- lockout
