@@ -15,6 +15,8 @@ The pytest process never calls ``aemp_green.configure()``: every node is a child
 * ``free_port()`` asks the OS for a free TCP port on 127.0.0.1.
 * ``RawPeer`` is a blocking-socket AEMP client driven by ``aemp_green._handshake.Handshake``,
   for the bad-input tests.
+* ``RawConn`` is a bare TCP connection with a line buffer and no protocol at all, for attackers
+  that relay or replay other nodes' handshake lines (``tests/test_attack_handshake.py``).
 """
 
 import json
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-secret-0123456789"
 
 __all__ = ["REPO", "SECRET", "ChildNode", "Cluster", "cluster", "free_port", "wait_file",
-           "RawPeer", "read_until_closed"]
+           "RawPeer", "RawConn", "read_until_closed"]
 
 
 def free_port():
@@ -67,10 +69,12 @@ def wait_file(path, pred, timeout=10, what=None):
 
 class ChildNode:
     """A child node process. ``exec(code)`` runs a snippet in it; ``expect(tag)`` waits for an
-    ``emit(tag, ...)`` line and returns its values (after the tag)."""
+    ``emit(tag, ...)`` line and returns its values (after the tag). ``_env`` (a dict) adds or
+    overrides environment variables of the process, e.g. ``_env={"TMPDIR": "/x"}``."""
 
-    def __init__(self, log_dir, name, _wait=True, _prefix=(), **cfg):
+    def __init__(self, log_dir, name, _wait=True, _prefix=(), _env=None, **cfg):
         self.prefix = list(_prefix)  # e.g. ["ip", "netns", "exec", "ns1"]
+        self.env_extra = dict(_env or {})
         cfg.setdefault("secret", SECRET)
         cfg.setdefault("binds", ["127.0.0.1:*"])
         cfg.setdefault("norc", True)
@@ -93,6 +97,7 @@ class ChildNode:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
         env.setdefault("AEMP_TEST_LOG", "INFO")
         env.pop("PERL_ANYEVENT_MP_TRACE", None)
+        env.update(self.env_extra)
         self._log = open(self.log_path, "ab")
         self._log.write(b"======== start %s\n" % self.name.encode())
         self._log.flush()
@@ -418,6 +423,70 @@ class RawPeer:
     def closed_by_node(self, timeout=10):
         """True once the node closed the connection (EOF or reset) within ``timeout``."""
         return read_until_closed(self.sock, timeout)[0]
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+
+
+class RawConn:
+    """A bare blocking TCP connection with a line buffer: no AEMP logic, for relaying and replaying.
+
+    ``RawConn(addr)`` dials ``host:port`` (from ``source`` if given, e.g. ``"127.0.0.2"``);
+    ``RawConn(sock=s)`` wraps an accepted socket. ``read_lines(n, timeout)`` returns ``n`` lines
+    (without their LF) or ``None`` if the peer closed first or the deadline passed; ``send``
+    returns False instead of raising when the peer is gone.
+
+    Example::
+
+        a = RawConn(node_a.addr)
+        greeting = a.read_lines(2)            # [line1, line2] the node sent on accept
+        a.send(b"\\n".join(greeting) + b"\\n")
+    """
+
+    def __init__(self, addr=None, *, sock=None, source=None, timeout=10):
+        if sock is None:
+            host, port = addr.rsplit(":", 1)
+            sock = socket.create_connection((host, int(port)), timeout=timeout,
+                                            source_address=(source, 0) if source else None)
+        self.sock = sock
+        self.rbuf = b""
+        self.eof = False
+
+    def read_lines(self, n, timeout=10):
+        """``n`` LF-terminated lines without their LF, or None (EOF/reset/deadline first)."""
+        deadline = time.monotonic() + timeout
+        while self.rbuf.count(b"\n") < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.eof:
+                return None
+            self.sock.settimeout(max(left, 0.001))
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return None
+            except OSError:
+                self.eof = True
+                return None
+            if not chunk:
+                self.eof = True
+                return None
+            self.rbuf += chunk
+        lines = []
+        for _ in range(n):
+            line, _, self.rbuf = self.rbuf.partition(b"\n")
+            lines.append(line)
+        return lines
+
+    def send(self, data):
+        """Write ``data``; False if the connection is already gone."""
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
 
     def close(self):
         try:
