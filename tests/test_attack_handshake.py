@@ -27,8 +27,9 @@ attacker's end-of-file after the injected frames, so every byte the attacker sen
 dispatched or thrown away by then; ``test_control_*`` show that the same check sees the frames
 when they come over a properly authenticated connection.
 
-Tests marked ``xfail(strict=True)`` perform an attack that works against the handshake of
-today: they fail now and must pass once the handshake change lands (then drop the marker).
+Eight of these attacks worked against aemp_green 0.1.0 (the relays (a), (b), (c) and (f), the
+two TLS key-file tests (i) and the pending-handshake churn (j)): each failed there and passes
+since the handshake change (docs/security.md, "Relayed handshakes").
 """
 
 import concurrent.futures
@@ -57,13 +58,6 @@ FAST = dict(monitor_timeout=4, handshake_timeout=4, connect_interval=1)
 AUTH_WAIT = 2.0
 #: how long a target may take to close an attack connection after the attacker's EOF
 CLOSE_WAIT = 8
-
-FIXED_BY_HANDSHAKE = "attack works against today's handshake; fixed by the handshake change"
-
-
-def xfail_today(why=FIXED_BY_HANDSHAKE):
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=why)
-
 
 # --------------------------------------------------------------------------- victims
 
@@ -197,7 +191,6 @@ def test_control_authenticated_frames_are_seen(cluster, tmp_path):
     assert ["A", True] in seen["up"], seen
 
 
-@xfail_today()
 @pytest.mark.parametrize("secure", [False, True], ids=["open", "secure"])
 def test_relay_between_two_acceptors_dispatches_nothing(cluster, tmp_path, secure):
     """(a) The attacker connects to A and to B (same secret, not linked to each other), relays
@@ -221,7 +214,6 @@ def test_relay_between_two_acceptors_dispatches_nothing(cluster, tmp_path, secur
     assert tokens == [None, None], "an accepting node sent its auth line to the attacker"
 
 
-@xfail_today()
 def test_relay_of_a_victim_that_dialled_the_attacker(cluster, tmp_path):
     """(b) Victim V has the attacker's address among its seeds. The attacker relays V's greeting
     to target T and T's to V, passes V's auth line to T and sends frames to T as V. V's proof
@@ -254,7 +246,6 @@ def test_relay_of_a_victim_that_dialled_the_attacker(cluster, tmp_path):
         lsock.close()
 
 
-@xfail_today()
 def test_double_dial_cross_relay(cluster, tmp_path):
     """(c) V1 and V2 both dial the attacker (one attacker address in each one's seeds). The
     attacker hands each the other's greeting and auth line and then sends frames to each as the
@@ -364,7 +355,6 @@ def test_replayed_perl_handshakes_are_refused(cluster, tmp_path):
 
 # --------------------------------------------------------------------------- many at once
 
-@xfail_today()
 def test_ten_concurrent_relays_dispatch_nothing(cluster, tmp_path):
     """(f) Ten relays between A and B at the same time, each injecting in both directions."""
     a, b = cluster.start(("A", FAST), ("B", FAST))
@@ -535,8 +525,6 @@ class _Inotify:
         os.close(self.fd)
 
 
-@xfail_today("today every incoming TLS handshake writes the private key into a temp file; "
-             "fixed by building the TLS context once at configure")
 def test_tls_handshakes_write_no_key_files(cluster, tmp_path, certs):
     """(i) Twenty TLS handshakes with a node whose TMPDIR we watch create no file there
     (``aemp-cert-*`` today: the private key is written out per handshake). What configure
@@ -555,8 +543,6 @@ def test_tls_handshakes_write_no_key_files(cluster, tmp_path, certs):
     assert files == [], "%d files written during 20 TLS handshakes" % len(files)
 
 
-@xfail_today("today every incoming TLS handshake writes the private key into a temp file; "
-             "fixed by building the TLS context once at configure")
 def test_tls_handshake_without_a_usable_tmpdir(cluster, tmp_path, certs):
     """(i) A TLS node whose temp directory disappeared after configure still accepts TLS
     handshakes (nothing per handshake depends on the file system). A TMPDIR that is missing
@@ -572,8 +558,6 @@ def test_tls_handshake_without_a_usable_tmpdir(cluster, tmp_path, certs):
 
 # --------------------------------------------------------------------------- pending handshakes
 
-@xfail_today("today the oldest pending handshake is evicted whatever its source; fixed by "
-             "per-source caps that evict from the busiest source")
 def test_pending_handshake_churn_from_one_source_spares_other_sources(cluster):
     """(j) The node allows 8 pending handshakes. A legitimate peer on 127.0.0.1 with a slow
     handshake has sent its greeting; meanwhile an attacker opens 24 stalled connections from
