@@ -22,7 +22,8 @@ import logging as _logging
 
 from ._guard import Guard
 from ._version import __version__
-from .exceptions import AempError, ConfigError, PortDied, ProtocolError, Timeout
+from .exceptions import (AempError, AuthenticationFailed, ConfigError, NodeUnreachable,
+                         NoSuchPort, PortDied, ProtocolError, Timeout)
 from .kernel import NODE, after, kil, mon, mon_guard, node_id, node_of, port_is_local, snd
 from .ports import SELF, cal, call, peval, port, psub, rcv, receive, receive_match, spawn
 from .node import (configure, eval_on, known_nodes, mon_nodes, node_is_up, shutdown, snd_on,
@@ -79,6 +80,9 @@ __all__ = [
     "AempError",
     "ConfigError",
     "PortDied",
+    "NoSuchPort",
+    "NodeUnreachable",
+    "AuthenticationFailed",
     "ProtocolError",
     "Timeout",
 ]

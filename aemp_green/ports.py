@@ -445,7 +445,7 @@ def _wait(p, want, timeout):
     if r is _TIMEOUT:
         raise Timeout("receive timed out after %s s" % timeout)
     if type(r) is _Dead:
-        raise PortDied(r.reason)
+        raise PortDied.from_reason(r.reason)
     return r
 
 
@@ -656,6 +656,6 @@ def call(port_, *msg, timeout=None):
     if kind == "reply":
         return list(r[1])
     if kind == "died":
-        raise PortDied(r[1])
+        raise PortDied.from_reason(r[1])
     raise Timeout("call to %s timed out after %s s" % (port_, timeout))
 
