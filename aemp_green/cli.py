@@ -929,9 +929,14 @@ def _cmd_run(sess, a):
                       "defaults, as in AEMP); add `force 1` to make them win"
                       % (key, json.dumps(value)))
     try:
-        aemp_green.configure(profile, **kv)
+        cfg = aemp_green.configure(profile, **kv)
     except (ConfigError, OSError) as e:
         raise _Fail("run: cannot start the node: %s" % e) from None
+    if not cfg.get("secret") and not cfg.get("cert"):
+        _warn("run: no secret and no cert are configured (profile %r): this node can neither "
+              "authenticate to other nodes nor accept them. Set one with `aemp gensecret` (the "
+              "same secret on every node) or `aemp setsecret SECRET`."
+              % (profile or _config.hostname()))
     from .node import listener_addresses
 
     stop = Event()
@@ -990,8 +995,14 @@ class _Talk:
         try:
             eff = _config.find_profile(self.sess.rc, self.profile)
             binds = _dynamic_binds(eff.get("binds") or ["*"])
+            extra = {}
+            if self.explicit:
+                # --timeout N: keep trying to reach a node for N s, not for the profile's
+                # connect_interval (2 s by default), after which every monitor would fire
+                extra["connect_interval"] = max(self.timeout,
+                                                float(eff.get("connect_interval") or 0))
             self.cfg = aemp_green.configure(self.profile, nodeid=_TEMP_NODEID, binds=binds,
-                                            force=True)
+                                            force=True, **extra)
         except (ConfigError, OSError) as e:
             raise _Fail("cannot start the temporary node (profile %r): %s"
                         % (self.profile, e)) from None

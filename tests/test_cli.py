@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from aemp_green import cli, config
-from netutil import REPO, SECRET, ChildNode
+from netutil import REPO, SECRET, ChildNode, wait_file
 
 AEMP = [sys.executable, "-m", "aemp_green.cli"]
 BIN_AEMP = [sys.executable, str(REPO / "bin" / "aemp")]
@@ -657,3 +657,40 @@ def test_unreachable_network_fails_within_the_timeout(tmp_path):
     config.save_rc({"version": 1, "secret": SECRET, "binds": ["127.0.0.1:*"]}, str(rcf))
     r = aemp(rcf, "nodes")
     assert r.returncode == 1 and "no seeds are configured" in r.stderr
+
+
+def test_explicit_timeout_is_honoured_when_the_node_cannot_be_reached(tmp_path):
+    """``aemp --timeout N`` waits N s for an unreachable node (it gave up after the profile's
+    connect_interval, ~2 s, whatever N was), then says so and exits with status 1."""
+    rc = tmp_path / "rc"
+    assert aemp(rc, "setsecret", SECRET).returncode == 0
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed = "127.0.0.1:%d" % s.getsockname()[1]
+    s.close()
+    t0 = time.monotonic()
+    r = aemp(rc, "--timeout", "4", "snd", closed + "#p", "hi", timeout=30)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "cannot reach node %s" % closed in r.stderr, r.stderr
+    assert elapsed >= 3.5, "gave up after %.1f s despite --timeout 4" % elapsed
+
+
+def test_run_warns_when_no_secret_is_configured(tmp_path):
+    """A node without a secret or cert can neither authenticate nor be authenticated: `aemp
+    run` says so on stderr, with the command that fixes it, and still runs."""
+    rc = tmp_path / "rc"
+    log = tmp_path / "run.log"
+    with open(log, "w") as f:
+        proc = aemp_bg(rc, "run", "profile", "lonely", "nodeid", "lonely",
+                       "binds", "127.0.0.1:*", log=f)
+    try:
+        text = wait_file(log, lambda t: "no secret" in t, what="the warning")
+        assert "aemp: warning: run: no secret and no cert are configured" in text
+        assert "aemp gensecret" in text
+        assert proc.poll() is None, "the node should still run"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
