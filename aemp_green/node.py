@@ -794,9 +794,8 @@ def configure(profile=None, **kv):
         _tracers.append(_print_tracer)
     unknown = sorted(k for k in kv
                      if k not in _config.SETTINGS_BY_NAME and k not in _CONFIGURE_ONLY)
-    if unknown:  # kept (AEMP keeps unknown keys too), but most likely a typo
-        logger.warning("configure(): unknown setting(s) %s ignored (known: %s)",
-                       ", ".join(unknown), ", ".join(s.name for s in _config.SETTINGS))
+    if unknown:  # kept (AEMP keeps unknown keys too), but most likely a typo: say so visibly
+        _warn_unknown(unknown)
     norc = kv.get("norc")
     rc = {} if norc else _config.load_rc()
     cfg = _config.validate(_config.find_profile(rc, profile, **kv))
@@ -844,6 +843,23 @@ def configure(profile=None, **kv):
     for service in cfg.get("services") or []:
         _start_service(service)
     return cfg
+
+
+def _warn_unknown(unknown):
+    """A ``UserWarning`` (shown on stderr by default, once per call site) for settings that
+    are not settings, with the likely meant one."""
+    import difflib
+    import warnings
+
+    known = [s.name for s in _config.SETTINGS]
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        parts.append("%r (did you mean %r?)" % (key, close[0]) if close else repr(key))
+    text = ("configure(): unknown setting%s %s ignored (known: %s)"
+            % ("s" if len(unknown) > 1 else "", ", ".join(parts), ", ".join(known)))
+    logger.warning("%s", text)
+    warnings.warn(text, UserWarning, stacklevel=3)
 
 
 def config():
