@@ -21,6 +21,7 @@ opt-in monkey-patched mode.
 import logging as _logging
 
 from ._guard import Guard
+from ._report import CrashReport, apply_verbose_env as _apply_verbose_env, set_crash_handler
 from ._version import __version__
 from .exceptions import (AempError, AuthenticationFailed, ConfigError, NodeUnreachable,
                          NoSuchPort, PortDied, ProtocolError, Timeout)
@@ -31,6 +32,7 @@ from .node import (configure, eval_on, known_nodes, mon_nodes, node_is_up, shutd
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
+_apply_verbose_env()  # AE_VERBOSE / PERL_ANYEVENT_VERBOSE: the library's log on stderr
 
 __all__ = [
     "__version__",
@@ -77,6 +79,8 @@ __all__ = [
     "db_values",
     "db_mon",
     # errors
+    "set_crash_handler",
+    "CrashReport",
     "AempError",
     "ConfigError",
     "PortDied",

@@ -43,6 +43,7 @@ from collections import namedtuple
 import docopt
 
 from . import config as _config
+from . import _report
 from ._version import __version__
 from .exceptions import ConfigError
 
@@ -158,35 +159,16 @@ def _str_arg(arg, what):
 # =============================================================================================
 # logging from the AEMP environment variables
 
-_AEMP_LEVEL_NAMES = {"fatal": 1, "alert": 2, "critical": 3, "crit": 3, "error": 4, "warn": 5,
-                     "warning": 5, "note": 6, "notice": 6, "info": 7, "debug": 8, "trace": 9}
-
-
 def _log_level(environ):
     """Python log level for ``PERL_ANYEVENT_VERBOSE`` (or ``AE_VERBOSE``), AnyEvent's 0-9 scale."""
-    raw = environ.get("PERL_ANYEVENT_VERBOSE") or environ.get("AE_VERBOSE")
-    if raw is None or not raw.strip():
-        return logging.WARNING
-    raw = raw.strip().lower()
-    try:
-        level = int(raw)
-    except ValueError:
-        level = _AEMP_LEVEL_NAMES.get(raw)
-        if level is None:
-            return logging.WARNING
-    if level >= 8:
-        return logging.DEBUG
-    if level == 7:
-        return logging.INFO
-    if level >= 5:
-        return logging.WARNING
-    return logging.ERROR
+    return _report.log_level(environ)
 
 
 def _setup_logging():
     root = logging.getLogger()
     if root.handlers:  # embedded (tests, an application calling main): leave logging alone
         return
+    _report.drop_verbose_handler()  # ours replaces the one importing the package set up
     logging.basicConfig(level=_log_level(os.environ), stream=sys.stderr,
                         format="%(asctime)s aemp[%(process)d] %(levelname)s %(name)s: "
                                "%(message)s")

@@ -28,6 +28,7 @@ from gevent.monkey import get_original as _gevent_original
 from greenlet import getcurrent, greenlet
 
 from ._guard import Guard
+from ._report import report_crash
 
 __all__ = [
     "NODE",
@@ -509,8 +510,14 @@ def _fire_monitors(mons, reason):
     for action in list(mons):
         try:
             action(*reason)
-        except Exception:
-            logger.exception("monitor callback %r failed", action)
+        except Exception as exc:
+            report_crash("monitor callback", None, exc,
+                         detail="(%s, fired with reason %s)" % (_short(action), _short(reason)))
+
+
+def _short(value, limit=80):
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
 def _die_reason(exc):

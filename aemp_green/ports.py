@@ -24,6 +24,7 @@ from collections import deque
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from . import kernel as _k
+from ._report import report_crash
 from .exceptions import PortDied, Timeout
 
 __all__ = [
@@ -95,7 +96,7 @@ def _run_handler(p, msg, cur):
             try:
                 h(*msg[1:])
             except Exception as exc:
-                _handler_died(p, exc)
+                _handler_died(p, exc, msg)
             return
     h = p.default
     if h is None:
@@ -106,11 +107,11 @@ def _run_handler(p, msg, cur):
     try:
         h(*msg)
     except Exception as exc:
-        _handler_died(p, exc)
+        _handler_died(p, exc, msg)
 
 
-def _handler_died(p, exc):
-    logger.error("port %s died in its handler", p.id, exc_info=True)
+def _handler_died(p, exc, msg=None):
+    report_crash("callback port", p.id, exc, tag=msg[0] if msg else None)
     _kill_local(p, _k._die_reason(exc))
 
 
@@ -250,7 +251,7 @@ def _port_main(p, fn, args):
     except GreenletExit:
         reason = ()
     except Exception as exc:
-        logger.error("port %s died", p.id, exc_info=True)
+        report_crash("greenlet port", p.id, exc)
         reason = _k._die_reason(exc)
     else:
         reason = ()
@@ -546,7 +547,7 @@ def _in_context(p, fn, args, kwargs):
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
-        logger.error("port %s died in psub/peval code", p.id, exc_info=True)
+        report_crash("psub/peval code", p.id, exc)
         _kill_local(p, _k._die_reason(exc))
         return None
     finally:
