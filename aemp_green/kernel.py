@@ -292,6 +292,19 @@ def _dispatch(p, msg):
             _schedule_drain()
 
 
+def dispatching():
+    """True while the running greenlet is inside a callback handler (the dispatcher runs
+    handlers in whatever greenlet sent the message, and queues what arrives meanwhile behind
+    it), where blocking would deadlock: see ``ports.check_may_block``.
+
+    Example::
+
+        if dispatching():
+            raise RuntimeError("do not block here")
+    """
+    return getcurrent() in _draining
+
+
 def _schedule_drain():
     global _drain_scheduled
     if not _drain_scheduled:

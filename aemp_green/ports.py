@@ -409,17 +409,51 @@ def _spawn_named(from_node, name, funcname, *args):
 _k.register_node_request("AnyEvent::MP::_spawn", _spawn_named, code=True)
 
 
+class BlockingInHandlerError(RuntimeError):
+    """``receive``, ``receive_match`` or ``call`` inside a callback handler (or in the hub).
+
+    Callback handlers run one after another on the node's dispatcher: a handler that waited
+    would wait for messages that can only be dispatched once it returns. The text names the
+    port and the fix.
+
+    Example::
+
+        rcv(p, "job", lambda: call(other, "x"))   # raises BlockingInHandlerError: use spawn
+    """
+
+
+def check_may_block(what, own_port=False):
+    """Raise ``BlockingInHandlerError`` when the running code may not block (a callback
+    handler, the hub; with ``own_port``, also code running in another port's context, as
+    receive needs the running greenlet's own mailbox); ``what`` names the call in the message.
+
+    Example::
+
+        check_may_block("call()")
+    """
+    cur = getcurrent()
+    p = getattr(cur, "aemp_self", None)
+    foreign = p is not None and not (isinstance(p, _GreenletPort) and p.greenlet is cur)
+    if _k.dispatching() or (own_port and foreign):
+        name = p.id if p is not None else "a callback port"
+        raise BlockingInHandlerError(
+            "%s inside the callback handler of %s: callback handlers run on the node's "
+            "dispatcher and must not block (receive, receive_match, call; a gevent.sleep delays "
+            "every other handler). Run code that waits in a greenlet port, e.g. "
+            "spawn(fn, *args) from the handler, or use cal(port, ..., cb=...) for a reply "
+            "callback (docs/tutorial.md, \"Callback ports must not block\")." % (what, name))
+    if cur is _k._get_hub():
+        raise BlockingInHandlerError("%s cannot block in the hub greenlet: call it from a "
+                                     "greenlet port (spawn) or any other greenlet" % what)
+    return p
+
+
 def _own_port():
     """The greenlet port of the running greenlet, adopting a plain greenlet on first use."""
     cur = getcurrent()
-    p = getattr(cur, "aemp_self", None)
+    p = check_may_block("receive()", own_port=True)
     if p is not None:
-        if isinstance(p, _GreenletPort) and p.greenlet is cur:
-            return p
-        raise RuntimeError("receive() inside a callback handler of %s: only greenlet ports "
-                           "(spawn) and plain greenlets can block in receive" % p.id)
-    if cur is _k._get_hub():
-        raise RuntimeError("receive() cannot block in the hub greenlet")
+        return p
     p = _GreenletPort(_k._new_id())
     p.greenlet = cur
     p.adopted = True
@@ -624,8 +658,7 @@ def call(port_, *msg, timeout=None):
         total = call(server, "add", 1, 2, timeout=5)[0]
     """
     cur = getcurrent()
-    if cur is _k._get_hub():
-        raise RuntimeError("call() cannot block in the hub greenlet")
+    check_may_block("call()")
     w = _CallWaiter()
     w.greenlet = cur
     w.resume = None
