@@ -18,6 +18,7 @@ __all__ = [
     "RemoteProtocolError",
     "ConfigError",
     "DataConnError",
+    "BlockingInHandlerError",
 ]
 
 
@@ -223,3 +224,16 @@ class DataConnError(AempError):
         self.why = str(why)
         self.reason = ("dataconn", self.why)
         super().__init__(self.why)
+
+
+class BlockingInHandlerError(AempError, RuntimeError):
+    """``receive``, ``receive_match`` or ``call`` inside a callback handler (or in the hub).
+
+    Callback handlers run one after another on the node's dispatcher: a handler that waited
+    would wait for messages that can only be dispatched once it returns. The text names the
+    port and the fix.
+
+    Example::
+
+        rcv(p, "job", lambda: call(other, "x"))   # raises BlockingInHandlerError: use spawn
+    """

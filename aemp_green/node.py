@@ -862,6 +862,37 @@ def _warn_unknown(unknown):
     warnings.warn(text, UserWarning, stacklevel=3)
 
 
+def run_forever(signals=None):
+    """Run this node until SIGINT (Ctrl-C) or SIGTERM, then shut it down cleanly (listeners
+    closed, queued frames flushed, peers see the links end) and return the signal number.
+
+    The way to end a node program: no ``KeyboardInterrupt`` traceback on Ctrl-C, and the
+    process exits with status 0. Call it from the main thread (signal handlers live there).
+
+    Example::
+
+        configure(nodeid="worker/", seeds=["127.0.0.1:4040"])
+        spawn(serve)
+        run_forever()
+    """
+    import signal
+
+    from gevent.event import AsyncResult
+
+    _k._check_thread()
+    got = AsyncResult()
+    watchers = [gevent.signal_handler(s, got.set, s)
+                for s in (signals or (signal.SIGINT, signal.SIGTERM))]
+    try:
+        signum = got.get()
+    finally:
+        for w in watchers:
+            w.cancel()
+    logger.info("node %s stopping on signal %s", _k._NODE, signum)
+    shutdown()
+    return signum
+
+
 def config():
     """A copy of this node's effective configuration (after ``configure``; defaults before).
 

@@ -25,7 +25,7 @@ from greenlet import GreenletExit, getcurrent, greenlet
 
 from . import kernel as _k
 from ._report import report_crash
-from .exceptions import PortDied, Timeout
+from .exceptions import BlockingInHandlerError, PortDied, Timeout
 
 __all__ = [
     "SELF",
@@ -407,19 +407,6 @@ def _spawn_named(from_node, name, funcname, *args):
 
 
 _k.register_node_request("AnyEvent::MP::_spawn", _spawn_named, code=True)
-
-
-class BlockingInHandlerError(RuntimeError):
-    """``receive``, ``receive_match`` or ``call`` inside a callback handler (or in the hub).
-
-    Callback handlers run one after another on the node's dispatcher: a handler that waited
-    would wait for messages that can only be dispatched once it returns. The text names the
-    port and the fix.
-
-    Example::
-
-        rcv(p, "job", lambda: call(other, "x"))   # raises BlockingInHandlerError: use spawn
-    """
 
 
 def check_may_block(what, own_port=False):

@@ -182,7 +182,7 @@ def test_receive_in_callback_handler_is_refused():
 def test_call_in_callback_handler_raises_at_once_naming_the_fix():
     """A call from a handler to another callback port never returned (the reply is dispatched
     only after the handler returns): it raises at once, saying why and what to do."""
-    from aemp_green.ports import BlockingInHandlerError
+    from aemp_green import BlockingInHandlerError
 
     server = aemp_green.port()
     aemp_green.rcv(server, "ping", lambda reply: snd(reply, "pong"))
