@@ -765,16 +765,27 @@ def _resolve_function(name):
     parts = dotted.split(".")
     if len(parts) < 2 or not all(p.isidentifier() for p in parts):
         raise LookupError("not a function name: %r" % (name,))
+    missing = None
     for i in range(len(parts) - 1, 0, -1):
         modname = ".".join(parts[:i])
         try:
             obj = importlib.import_module(modname)
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and modname != exc.name and \
+                    not modname.startswith(exc.name + "."):
+                # the module exists, but one of its own imports failed: that is the cause
+                raise LookupError("importing %s failed: %s: %s"
+                                  % (modname, type(exc).__name__, exc)) from exc
+            missing = exc
             continue
+        except Exception as exc:  # the module exists but fails to import (SyntaxError, ...)
+            raise LookupError("importing %s failed: %s: %s"
+                              % (modname, type(exc).__name__, exc)) from exc
         for attr in parts[i:]:
             obj = getattr(obj, attr)
         return obj
-    raise LookupError("no importable module in %r" % (name,))
+    raise LookupError("no importable module in %r (%s: %s)"
+                      % (name, type(missing).__name__, missing))
 
 
 def _call_function(from_node, name, args):
@@ -793,6 +804,25 @@ def _call_function(from_node, name, args):
 
 _remote_monitors = {}  # (from_node, portname) -> action
 
+#: why recently spawned ports died at birth (name -> reason), for the monitor that the spawning
+#: node sends right after its spawn request: it gets the cause, not "no_such_port"
+_obituaries = {}
+OBITUARIES_MAX = 1024
+
+
+def record_obituary(name, reason):
+    """Remember why port ``name`` died at birth, for a monitor request that arrives after it
+    (bounded: the oldest are forgotten first).
+
+    Example::
+
+        record_obituary(name, ("die", "cannot resolve function 'x.y': ..."))
+    """
+    _obituaries.pop(name, None)
+    _obituaries[name] = tuple(reason)
+    while len(_obituaries) > OBITUARIES_MAX:
+        del _obituaries[next(iter(_obituaries))]
+
 
 def _req_mon1(from_node, portid, *_):
     name = portid.partition("#")[2] if "#" in portid else portid
@@ -800,8 +830,9 @@ def _req_mon1(from_node, portid, *_):
         return
     p = _local_by_name(name)
     if p is None or p.monitors is _DEAD:
-        _reply_kil0(from_node, name, ("no_such_port", "cannot monitor nonexistent port",
-                                      _NODE + "#" + name))
+        reason = _obituaries.pop(name, None)
+        _reply_kil0(from_node, name, reason or ("no_such_port", "cannot monitor nonexistent port",
+                                                _NODE + "#" + name))
         return
     key = (from_node, name)
     if key in _remote_monitors:

@@ -399,9 +399,13 @@ def _spawn_named(from_node, name, funcname, *args):
         fn = _k._resolve_function(funcname)
     except (LookupError, AttributeError) as exc:
         logger.warning("spawn request from %s: cannot resolve %r: %s", from_node, funcname, exc)
+        reason = ("die", "cannot resolve function %r on %s: %s"
+                  % (funcname, _k._NODE, exc if isinstance(exc, LookupError)
+                     else "%s: %s" % (type(exc).__name__, exc)))
         p = _GreenletPort(pid)
         _k._register(p)
-        _kill_local(p, ("die", "cannot resolve function %r: %s" % (funcname, exc)))
+        _kill_local(p, reason)
+        _k.record_obituary(name, reason)  # the spawner's monitor comes right after this
         return
     _new_greenlet_port(pid, fn, args)
 

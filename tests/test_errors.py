@@ -61,3 +61,26 @@ def test_call_to_a_node_nobody_listens_on_raises_nodeunreachable(cluster):
     name, text, is_portdied = n.expect("err", timeout=15)
     assert (name, is_portdied) == ("NodeUnreachable", True)
     assert text.startswith("node 127.0.0.1:") and "unreachable" in text
+
+
+def test_remote_spawn_of_a_function_that_cannot_be_imported_reports_the_cause(cluster, tmp_path):
+    """The spawning node's monitor gets the remote's exception type and text, not only
+    no_such_port: for a missing module, and for a module whose own imports fail."""
+    (tmp_path / "brokenmod.py").write_text("import no_such_dependency_xyz\n\ndef run():\n"
+                                           "    pass\n")
+    b = cluster.seed("b")
+    b.run("import sys; sys.path.insert(0, %r)" % str(tmp_path))
+    a = cluster.node("a", seeds=[b.addr])
+    a.run("""
+        wait_for(lambda: node_is_up("b"))
+        for fn in ("nosuchmod_xyz.run", "brokenmod.run"):
+            p = spawn("b", fn)
+            mon(p, lambda *r, fn=fn: emit("died", fn, list(r)))
+    """)
+    got = dict(a.expect("died") for _ in range(2))
+    assert got["nosuchmod_xyz.run"][0] == "die", got
+    assert "ModuleNotFoundError: No module named 'nosuchmod_xyz'" in \
+        got["nosuchmod_xyz.run"][1], got
+    assert got["brokenmod.run"][0] == "die", got
+    assert "importing brokenmod failed: ModuleNotFoundError: No module named " \
+        "'no_such_dependency_xyz'" in got["brokenmod.run"][1], got
