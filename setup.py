@@ -14,11 +14,13 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="BSD-2-Clause",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["aemp_green", "aemp_green.*"]),
     package_data={"aemp_green": ["py.typed"]},
     install_requires=[
         "gevent>=24.2,<27",
+        "greenlet>=3.0,<4",
         "ujson>=5.8,<7",
         "cbor2>=5.6,<7",
         "docopt-ng>=0.9,<1",
@@ -28,10 +30,12 @@ setup(
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
             "hypothesis>=6.100,<7",
+            "build>=1.0,<2",
         ],
     },
+    # one `aemp` on PATH once installed: the console script. bin/aemp (the same program) is for
+    # running from a checkout and ships in the sdist only, never installed.
     entry_points={"console_scripts": ["aemp = aemp_green.cli:main"]},
-    scripts=["bin/aemp"],
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: System :: Distributed Computing",

@@ -21,15 +21,18 @@ opt-in monkey-patched mode.
 import logging as _logging
 
 from ._guard import Guard
+from ._report import CrashReport, apply_verbose_env as _apply_verbose_env, set_crash_handler
 from ._version import __version__
-from .exceptions import AempError, ConfigError, PortDied, ProtocolError, Timeout
+from .exceptions import (AempError, AuthenticationFailed, BlockingInHandlerError, ConfigError,
+                         NodeUnreachable, NoSuchPort, PortDied, ProtocolError, Timeout)
 from .kernel import NODE, after, kil, mon, mon_guard, node_id, node_of, port_is_local, snd
 from .ports import SELF, cal, call, peval, port, psub, rcv, receive, receive_match, spawn
-from .node import (configure, eval_on, known_nodes, mon_nodes, node_is_up, shutdown, snd_on,
-                   snd_to_func, up_nodes)
+from .node import (configure, eval_on, known_nodes, mon_nodes, node_is_up, run_forever, shutdown,
+                   snd_on, snd_to_func, up_nodes)
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
+_apply_verbose_env()  # AE_VERBOSE / PERL_ANYEVENT_VERBOSE: the library's log on stderr
 
 __all__ = [
     "__version__",
@@ -60,6 +63,7 @@ __all__ = [
     # network
     "configure",
     "shutdown",
+    "run_forever",
     "node_is_up",
     "up_nodes",
     "known_nodes",
@@ -76,9 +80,15 @@ __all__ = [
     "db_values",
     "db_mon",
     # errors
+    "set_crash_handler",
+    "CrashReport",
     "AempError",
     "ConfigError",
     "PortDied",
+    "NoSuchPort",
+    "NodeUnreachable",
+    "AuthenticationFailed",
     "ProtocolError",
     "Timeout",
+    "BlockingInHandlerError",
 ]

@@ -1,58 +1,24 @@
-"""Guards: objects that undo something when cancelled or, if the caller kept them, when dropped.
+"""Guards: objects that undo something when cancelled or at the end of a ``with`` block.
 
-AEMP returns a guard from ``mon``, ``db_set`` and friends *only in non-void context*: a Perl
-statement ``mon $port, $cb;`` keeps monitoring forever, while ``my $g = mon ...`` stops when
-``$g`` goes away. Python has no void context, but the caller's bytecode says whether the result
-of the call is thrown away (the instruction after the call is ``POP_TOP``). ``Guard.kept_by_caller``
-reads that once per call site (cached), so::
+``mon``, ``db_set``, ``db_reg``, ``db_mon``, ``after``, ``mon_nodes`` and ``connect_to`` return a
+guard. What they set up **lasts until it ends by itself or the guard is cancelled**::
 
-    mon(port, cb)            # statement: monitors until the port dies
-    g = mon(port, cb)        # kept: monitoring stops when g is dropped or g.cancel() is called
-    with mon(port, cb): ...  # stops at the end of the block
+    mon(port, cb)            # monitors until the port dies
+    g = mon(port, cb)        # the same; g.cancel() stops it early
+    with mon(port, cb): ...  # monitors for the block only: scope is asked for explicitly
 
-A guard that is *returned* (``return mon(...)``, or a lambda such as ``lambda: mon(...)`` used
-as a handler) counts as not kept: handlers' results are thrown away by the caller, just as AEMP
-calls them in void context; ``cancel()`` still works on it. Whenever the call site cannot be
-inspected the guard is treated as thrown away, the safe side: nothing is cancelled behind the
-user's back.
+A guard that is dropped (garbage collected) undoes **nothing**. AEMP (Perl) cancels a guard
+that was kept and then destroyed ("non-void context"), and aemp_green 0.1.0 imitated that by
+reading the caller's bytecode; but in Python that made the most natural code,
+``g = mon(p, cb)`` at the end of a function, silently stop monitoring when the function
+returned. Scope is therefore explicit: ``with`` or ``cancel()``.
 """
-
-import dis
-import logging
-import sys
-import threading
-from bisect import bisect_right
 
 __all__ = ["Guard"]
 
-logger = logging.getLogger(__name__)
-
-_site_cache = {}
-# the result is thrown away, or handed back to a caller we cannot see (a lambda handler's
-# ``return mon(...)``: AEMP calls handlers in void context, so that must keep monitoring)
-_NOT_KEPT = frozenset(("POP_TOP", "RETURN_VALUE", "YIELD_VALUE"))
-
-
-def _result_kept(frame):
-    """True when the call that is running in ``frame`` keeps its result."""
-    code = frame.f_code
-    key = (code, frame.f_lasti)
-    kept = _site_cache.get(key)
-    if kept is None:
-        table = _site_cache.get(code)
-        if table is None:
-            instrs = list(dis.get_instructions(code))
-            table = ([i.offset for i in instrs], [i.opname for i in instrs])
-            _site_cache[code] = table
-        offsets, names = table
-        idx = bisect_right(offsets, frame.f_lasti)
-        kept = idx < len(names) and names[idx] not in _NOT_KEPT
-        _site_cache[key] = kept
-    return kept
-
 
 class Guard:
-    """Undo an action once: on ``cancel()``, at the end of a ``with`` block, or when dropped if kept.
+    """Undo an action once: on ``cancel()`` or at the end of a ``with`` block (never when dropped).
 
     Example::
 
@@ -60,15 +26,15 @@ class Guard:
         g.cancel()        # the callback will not run
     """
 
-    __slots__ = ("_undo", "_kept", "__weakref__")
+    __slots__ = ("_undo", "__weakref__")
 
-    def __init__(self, undo, kept=True):
+    def __init__(self, undo):
         self._undo = undo
-        self._kept = kept
 
     @classmethod
-    def for_caller(cls, undo, depth=2):
-        """A guard for the caller ``depth`` frames up: dropped-means-cancel only if it keeps it.
+    def for_caller(cls, undo, depth=None):
+        """The guard an API call returns: ``Guard(undo)`` (``depth`` is ignored; 0.1.0 read the
+        caller's frame there).
 
         Example::
 
@@ -76,11 +42,7 @@ class Guard:
                 ...
                 return Guard.for_caller(lambda: remove(cb))
         """
-        try:
-            kept = _result_kept(sys._getframe(depth))
-        except Exception:  # pragma: no cover - exotic interpreters
-            kept = False
-        return cls(undo, kept)
+        return cls(undo)
 
     @property
     def active(self):
@@ -100,12 +62,13 @@ class Guard:
             undo()
 
     def detach(self):
-        """Forget the undo action: dropping or cancelling the guard no longer does anything.
+        """Forget the undo action: cancelling the guard (or leaving its ``with`` block) no
+        longer does anything.
 
         Example::
 
-            g = mon(port, cb)
-            g.detach()        # monitoring goes on after g is dropped
+            with mon(port, cb) as g:
+                g.detach()    # monitoring goes on after the block
         """
         self._undo = None
 
@@ -115,21 +78,6 @@ class Guard:
     def __exit__(self, *exc):
         self.cancel()
         return False
-
-    def __del__(self):
-        if self._kept and self._undo is not None:
-            undo, self._undo = self._undo, None
-            try:
-                from . import kernel
-
-                hub = kernel._hub
-                if hub is not None and threading.get_ident() != kernel._hub_thread:
-                    # collected by a GC pass in another thread: undo in the node's own thread
-                    hub.loop.run_callback_threadsafe(undo)
-                else:
-                    undo()
-            except Exception:  # pragma: no cover - interpreter shutdown
-                logger.debug("guard undo failed during collection", exc_info=True)
 
     def __repr__(self):
         return "<Guard %s>" % ("active" if self._undo is not None else "cancelled")

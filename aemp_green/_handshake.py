@@ -347,7 +347,7 @@ class Handshake:
         >>> line1.split(";")[:5]
         ['aemp', '1', 'n', 'tls_sha3_512,hmac_sha3_512', 'cbor,json']
         >>> line1.split(";")[5:]
-        ['provider=aemp_green-0.1.0', 'peeraddr=10.0.0.1:4040', 'mproto=1', 'gproto=1']
+        ['provider=aemp_green-0.2.0', 'peeraddr=10.0.0.1:4040', 'mproto=1', 'gproto=1']
     """
 
     def __init__(self, *, nodeid, secret=None, auth_offer=("tls_sha3_512", "hmac_sha3_512"),

@@ -43,6 +43,7 @@ from collections import namedtuple
 import docopt
 
 from . import config as _config
+from . import _report
 from ._version import __version__
 from .exceptions import ConfigError
 
@@ -158,35 +159,16 @@ def _str_arg(arg, what):
 # =============================================================================================
 # logging from the AEMP environment variables
 
-_AEMP_LEVEL_NAMES = {"fatal": 1, "alert": 2, "critical": 3, "crit": 3, "error": 4, "warn": 5,
-                     "warning": 5, "note": 6, "notice": 6, "info": 7, "debug": 8, "trace": 9}
-
-
 def _log_level(environ):
     """Python log level for ``PERL_ANYEVENT_VERBOSE`` (or ``AE_VERBOSE``), AnyEvent's 0-9 scale."""
-    raw = environ.get("PERL_ANYEVENT_VERBOSE") or environ.get("AE_VERBOSE")
-    if raw is None or not raw.strip():
-        return logging.WARNING
-    raw = raw.strip().lower()
-    try:
-        level = int(raw)
-    except ValueError:
-        level = _AEMP_LEVEL_NAMES.get(raw)
-        if level is None:
-            return logging.WARNING
-    if level >= 8:
-        return logging.DEBUG
-    if level == 7:
-        return logging.INFO
-    if level >= 5:
-        return logging.WARNING
-    return logging.ERROR
+    return _report.log_level(environ)
 
 
 def _setup_logging():
     root = logging.getLogger()
     if root.handlers:  # embedded (tests, an application calling main): leave logging alone
         return
+    _report.drop_verbose_handler()  # ours replaces the one importing the package set up
     logging.basicConfig(level=_log_level(os.environ), stream=sys.stderr,
                         format="%(asctime)s aemp[%(process)d] %(levelname)s %(name)s: "
                                "%(message)s")
@@ -747,36 +729,37 @@ def _cmd_delparent(sess, a):
 # ---------------------------------------------------------------------------- showing
 
 @_command("showprofile", 1, doc="""
-Print the effective configuration of profile NAME as JSON.
+Print profile NAME as stored in the rc file, as JSON (as Perl's aemp does).
 
 Usage:
   aemp showprofile <name>
 
-This is what a node configured with that profile uses: the built-in defaults, the rc top level,
-the parent chain and the profile itself, merged (use `showconfig NAME` for the profile as
-stored).
+Only the keys set in that profile itself; `showconfig NAME` prints what a node configured with
+it would use.
 
 Example:
   aemp showprofile seed
 """)
 def _cmd_showprofile(sess, a):
     name = _str_arg(a["<name>"], "the profile name")
-    try:
-        cfg = _config.find_profile(sess.rc, name)
-    except ConfigError as e:
-        raise _Fail("showprofile: %s" % e) from None
-    _out(_dumps(cfg, pretty=True))
+    table = sess.rc.get("profile")
+    if not isinstance(table, dict) or name not in table:
+        _warn("there is no profile %r" % name)
+        _out("{}")
+        return
+    _out(_dumps(table[name], pretty=True))
 
 
 @_command("showconfig", final=True, doc="""
-Print the rc file, a profile, or a node's configuration as JSON.
+Print the effective configuration of a profile as JSON (as Perl's aemp does).
 
 Usage:
   aemp showconfig [<name> [(<key> <value>)...]]
 
-Without arguments it prints the whole rc file; with NAME the profile NAME as stored in it. With
-key/value pairs too it prints the effective configuration a node started with
-`aemp run profile NAME KEY VALUE...` would get (configure() arguments merged with the rc file).
+What a node started with `aemp run profile NAME KEY VALUE...` would use: the built-in defaults,
+the rc top level, the parent chain and the profile itself merged, with the key/value pairs as
+configure() arguments (which the rc file overrides, as in AEMP). NAME defaults to the host name,
+the profile a node uses when none is given. `showprofile NAME` prints the profile as stored.
 
 Example:
   aemp showconfig
@@ -785,19 +768,8 @@ Example:
 """)
 def _cmd_showconfig(sess, a):
     name_arg = a["<name>"]
-    if name_arg is None:
-        _out(_dumps(sess.rc, pretty=True))
-        return
-    name = _str_arg(name_arg, "the profile name")
+    name = _config.hostname() if name_arg is None else _str_arg(name_arg, "the profile name")
     kv = _kv_pairs(a["<key>"], a["<value>"])
-    if not kv:
-        table = sess.rc.get("profile")
-        if not isinstance(table, dict) or name not in table:
-            _warn("there is no profile %r" % name)
-            _out("{}")
-            return
-        _out(_dumps(table[name], pretty=True))
-        return
     try:
         cfg = _config.find_profile(sess.rc, name, **kv)
     except ConfigError as e:
@@ -929,9 +901,14 @@ def _cmd_run(sess, a):
                       "defaults, as in AEMP); add `force 1` to make them win"
                       % (key, json.dumps(value)))
     try:
-        aemp_green.configure(profile, **kv)
+        cfg = aemp_green.configure(profile, **kv)
     except (ConfigError, OSError) as e:
         raise _Fail("run: cannot start the node: %s" % e) from None
+    if not cfg.get("secret") and not cfg.get("cert"):
+        _warn("run: no secret and no cert are configured (profile %r): this node can neither "
+              "authenticate to other nodes nor accept them. Set one with `aemp gensecret` (the "
+              "same secret on every node) or `aemp setsecret SECRET`."
+              % (profile or _config.hostname()))
     from .node import listener_addresses
 
     stop = Event()
@@ -990,8 +967,14 @@ class _Talk:
         try:
             eff = _config.find_profile(self.sess.rc, self.profile)
             binds = _dynamic_binds(eff.get("binds") or ["*"])
+            extra = {}
+            if self.explicit:
+                # --timeout N: keep trying to reach a node for N s, not for the profile's
+                # connect_interval (2 s by default), after which every monitor would fire
+                extra["connect_interval"] = max(self.timeout,
+                                                float(eff.get("connect_interval") or 0))
             self.cfg = aemp_green.configure(self.profile, nodeid=_TEMP_NODEID, binds=binds,
-                                            force=True)
+                                            force=True, **extra)
         except (ConfigError, OSError) as e:
             raise _Fail("cannot start the temporary node (profile %r): %s"
                         % (self.profile, e)) from None
@@ -1196,12 +1179,14 @@ def _cmd_snd(talk, a):
 
 
 @_command("cal", final=True, options=True, doc="""
-Call a port: send the arguments plus a reply port, print the reply as JSON.
+Call a port: send the arguments plus a reply port, print the reply.
 
 Usage:
   aemp cal [options] <port> [<arg>...]
 
-The reply (the values the port sent to the reply port) is printed as a JSON array. Exits with
+The reply (the values the port sent to the reply port) is printed as Perl's aemp prints it: the
+values separated by spaces, strings as they are, other values as JSON (`pong`, `3.5`,
+`re ping [1, 2]`). Exits with
 status 1 if no reply came within the timeout, the port does not exist or died, or its node
 cannot be reached. PORT may be a node ID: `aemp cal seed time` asks the node port.
 {options}
@@ -1215,7 +1200,7 @@ def _cmd_cal(talk, a):
     msg = [x.value for x in a["<arg>"]]
     kind, value = talk.ask(port, msg)
     if kind == "reply":
-        _out(_dumps(list(value)))
+        _out(" ".join(v if isinstance(v, str) else _dumps(v) for v in value))
         return 0
     if kind == "died":
         failure = _reason_failure(port, value)

@@ -10,11 +10,15 @@ __all__ = [
     "AempError",
     "Timeout",
     "PortDied",
+    "NoSuchPort",
+    "NodeUnreachable",
+    "AuthenticationFailed",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",
     "ConfigError",
     "DataConnError",
+    "BlockingInHandlerError",
 ]
 
 
@@ -30,8 +34,11 @@ class AempError(Exception):
     """
 
 
-class Timeout(AempError):
+class Timeout(AempError, TimeoutError):
     """A blocking ``receive``, ``receive_match`` or ``call`` ran out of time.
+
+    A subclass of the builtin ``TimeoutError`` too, so code that handles timeouts generically
+    catches it.
 
     Example::
 
@@ -60,8 +67,95 @@ class PortDied(AempError):
         self.reason = tuple(reason)
         super().__init__(*self.reason)
 
+    @staticmethod
+    def from_reason(reason):
+        """The ``PortDied`` subclass that fits a kill reason: ``NoSuchPort`` for
+        ``("no_such_port", ...)``, ``AuthenticationFailed`` for a ``transport_error`` whose
+        text is an authentication failure, ``NodeUnreachable`` for any other
+        ``transport_error``, plain ``PortDied`` otherwise.
+
+        Example::
+
+            >>> type(PortDied.from_reason(("no_such_port", "cannot monitor", "n#p"))).__name__
+            'NoSuchPort'
+            >>> PortDied.from_reason(("die", "boom")).reason
+            ('die', 'boom')
+        """
+        reason = tuple(reason)
+        kind = reason[0] if reason else None
+        if kind == "no_such_port":
+            return NoSuchPort(reason)
+        if kind == "transport_error":
+            why = str(reason[2]) if len(reason) > 2 else ""
+            if any(w in why for w in _AUTH_WORDS):
+                return AuthenticationFailed(reason)
+            return NodeUnreachable(reason)
+        return PortDied(reason)
+
     def __str__(self):
+        if not self.reason:
+            return "port died (normal exit)"
         return "port died: %r" % (self.reason,)
+
+
+_AUTH_WORDS = ("authentication", "shared secret", "auth type", "auth method", "certificate",
+               "TLS")
+
+
+class NoSuchPort(PortDied):
+    """The port does not exist (any more): the reason is ``("no_such_port", text, port)``.
+
+    Example::
+
+        try:
+            call("seed#gone", "ping", timeout=5)
+        except NoSuchPort as e:
+            print(e)      # no such port seed#gone: cannot monitor nonexistent port
+    """
+
+    def __str__(self):
+        text = self.reason[1] if len(self.reason) > 1 else "no such port"
+        port = self.reason[2] if len(self.reason) > 2 else "?"
+        return "no such port %s: %s" % (port, text)
+
+
+class NodeUnreachable(PortDied):
+    """The port's node could not be reached or the connection to it was lost, so messages may
+    have been lost: the reason is ``("transport_error", node, why)``.
+
+    Example::
+
+        try:
+            call("worker/1#job", "run", timeout=5)
+        except NodeUnreachable as e:
+            print(e.node, e.why)
+    """
+
+    @property
+    def node(self):
+        """The node ID the reason names."""
+        return self.reason[1] if len(self.reason) > 1 else None
+
+    @property
+    def why(self):
+        """What happened, as the transport reported it (``connect timeout``, ...)."""
+        return str(self.reason[2]) if len(self.reason) > 2 else ""
+
+    def __str__(self):
+        return "node %s unreachable: %s" % (self.node, self.why)
+
+
+class AuthenticationFailed(NodeUnreachable):
+    """The node was reached but the handshake failed its authentication: most likely the two
+    nodes do not share the secret, have no auth method in common, or one requires TLS.
+
+    Example::
+
+        try:
+            call("seed#ping", "ping", timeout=5)
+        except AuthenticationFailed as e:
+            print(e)     # node seed unreachable: authentication failure/shared secret mismatch
+    """
 
 
 class ProtocolError(AempError):
@@ -130,3 +224,16 @@ class DataConnError(AempError):
         self.why = str(why)
         self.reason = ("dataconn", self.why)
         super().__init__(self.why)
+
+
+class BlockingInHandlerError(AempError, RuntimeError):
+    """``receive``, ``receive_match`` or ``call`` inside a callback handler (or in the hub).
+
+    Callback handlers run one after another on the node's dispatcher: a handler that waited
+    would wait for messages that can only be dispatched once it returns. The text names the
+    port and the fix.
+
+    Example::
+
+        rcv(p, "job", lambda: call(other, "x"))   # raises BlockingInHandlerError: use spawn
+    """

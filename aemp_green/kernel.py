@@ -28,6 +28,7 @@ from gevent.monkey import get_original as _gevent_original
 from greenlet import getcurrent, greenlet
 
 from ._guard import Guard
+from ._report import report_crash
 
 __all__ = [
     "NODE",
@@ -291,6 +292,19 @@ def _dispatch(p, msg):
             _schedule_drain()
 
 
+def dispatching():
+    """True while the running greenlet is inside a callback handler (the dispatcher runs
+    handlers in whatever greenlet sent the message, and queues what arrives meanwhile behind
+    it), where blocking would deadlock: see ``ports.check_may_block``.
+
+    Example::
+
+        if dispatching():
+            raise RuntimeError("do not block here")
+    """
+    return getcurrent() in _draining
+
+
 def _schedule_drain():
     global _drain_scheduled
     if not _drain_scheduled:
@@ -509,8 +523,14 @@ def _fire_monitors(mons, reason):
     for action in list(mons):
         try:
             action(*reason)
-        except Exception:
-            logger.exception("monitor callback %r failed", action)
+        except Exception as exc:
+            report_crash("monitor callback", None, exc,
+                         detail="(%s, fired with reason %s)" % (_short(action), _short(reason)))
+
+
+def _short(value, limit=80):
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
 def _die_reason(exc):
@@ -745,16 +765,27 @@ def _resolve_function(name):
     parts = dotted.split(".")
     if len(parts) < 2 or not all(p.isidentifier() for p in parts):
         raise LookupError("not a function name: %r" % (name,))
+    missing = None
     for i in range(len(parts) - 1, 0, -1):
         modname = ".".join(parts[:i])
         try:
             obj = importlib.import_module(modname)
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and modname != exc.name and \
+                    not modname.startswith(exc.name + "."):
+                # the module exists, but one of its own imports failed: that is the cause
+                raise LookupError("importing %s failed: %s: %s"
+                                  % (modname, type(exc).__name__, exc)) from exc
+            missing = exc
             continue
+        except Exception as exc:  # the module exists but fails to import (SyntaxError, ...)
+            raise LookupError("importing %s failed: %s: %s"
+                              % (modname, type(exc).__name__, exc)) from exc
         for attr in parts[i:]:
             obj = getattr(obj, attr)
         return obj
-    raise LookupError("no importable module in %r" % (name,))
+    raise LookupError("no importable module in %r (%s: %s)"
+                      % (name, type(missing).__name__, missing))
 
 
 def _call_function(from_node, name, args):
@@ -773,6 +804,25 @@ def _call_function(from_node, name, args):
 
 _remote_monitors = {}  # (from_node, portname) -> action
 
+#: why recently spawned ports died at birth (name -> reason), for the monitor that the spawning
+#: node sends right after its spawn request: it gets the cause, not "no_such_port"
+_obituaries = {}
+OBITUARIES_MAX = 1024
+
+
+def record_obituary(name, reason):
+    """Remember why port ``name`` died at birth, for a monitor request that arrives after it
+    (bounded: the oldest are forgotten first).
+
+    Example::
+
+        record_obituary(name, ("die", "cannot resolve function 'x.y': ..."))
+    """
+    _obituaries.pop(name, None)
+    _obituaries[name] = tuple(reason)
+    while len(_obituaries) > OBITUARIES_MAX:
+        del _obituaries[next(iter(_obituaries))]
+
 
 def _req_mon1(from_node, portid, *_):
     name = portid.partition("#")[2] if "#" in portid else portid
@@ -780,8 +830,9 @@ def _req_mon1(from_node, portid, *_):
         return
     p = _local_by_name(name)
     if p is None or p.monitors is _DEAD:
-        _reply_kil0(from_node, name, ("no_such_port", "cannot monitor nonexistent port",
-                                      _NODE + "#" + name))
+        reason = _obituaries.pop(name, None)
+        _reply_kil0(from_node, name, reason or ("no_such_port", "cannot monitor nonexistent port",
+                                                _NODE + "#" + name))
         return
     key = (from_node, name)
     if key in _remote_monitors:

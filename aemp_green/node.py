@@ -794,9 +794,8 @@ def configure(profile=None, **kv):
         _tracers.append(_print_tracer)
     unknown = sorted(k for k in kv
                      if k not in _config.SETTINGS_BY_NAME and k not in _CONFIGURE_ONLY)
-    if unknown:  # kept (AEMP keeps unknown keys too), but most likely a typo
-        logger.warning("configure(): unknown setting(s) %s ignored (known: %s)",
-                       ", ".join(unknown), ", ".join(s.name for s in _config.SETTINGS))
+    if unknown:  # kept (AEMP keeps unknown keys too), but most likely a typo: say so visibly
+        _warn_unknown(unknown)
     norc = kv.get("norc")
     rc = {} if norc else _config.load_rc()
     cfg = _config.validate(_config.find_profile(rc, profile, **kv))
@@ -844,6 +843,54 @@ def configure(profile=None, **kv):
     for service in cfg.get("services") or []:
         _start_service(service)
     return cfg
+
+
+def _warn_unknown(unknown):
+    """A ``UserWarning`` (shown on stderr by default, once per call site) for settings that
+    are not settings, with the likely meant one."""
+    import difflib
+    import warnings
+
+    known = [s.name for s in _config.SETTINGS]
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        parts.append("%r (did you mean %r?)" % (key, close[0]) if close else repr(key))
+    text = ("configure(): unknown setting%s %s ignored (known: %s)"
+            % ("s" if len(unknown) > 1 else "", ", ".join(parts), ", ".join(known)))
+    logger.warning("%s", text)
+    warnings.warn(text, UserWarning, stacklevel=3)
+
+
+def run_forever(signals=None):
+    """Run this node until SIGINT (Ctrl-C) or SIGTERM, then shut it down cleanly (listeners
+    closed, queued frames flushed, peers see the links end) and return the signal number.
+
+    The way to end a node program: no ``KeyboardInterrupt`` traceback on Ctrl-C, and the
+    process exits with status 0. Call it from the main thread (signal handlers live there).
+
+    Example::
+
+        configure(nodeid="worker/", seeds=["127.0.0.1:4040"])
+        spawn(serve)
+        run_forever()
+    """
+    import signal
+
+    from gevent.event import AsyncResult
+
+    _k._check_thread()
+    got = AsyncResult()
+    watchers = [gevent.signal_handler(s, got.set, s)
+                for s in (signals or (signal.SIGINT, signal.SIGTERM))]
+    try:
+        signum = got.get()
+    finally:
+        for w in watchers:
+            w.cancel()
+    logger.info("node %s stopping on signal %s", _k._NODE, signum)
+    shutdown()
+    return signum
 
 
 def config():

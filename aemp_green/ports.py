@@ -24,7 +24,8 @@ from collections import deque
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from . import kernel as _k
-from .exceptions import PortDied, Timeout
+from ._report import report_crash
+from .exceptions import BlockingInHandlerError, PortDied, Timeout
 
 __all__ = [
     "SELF",
@@ -95,7 +96,7 @@ def _run_handler(p, msg, cur):
             try:
                 h(*msg[1:])
             except Exception as exc:
-                _handler_died(p, exc)
+                _handler_died(p, exc, msg)
             return
     h = p.default
     if h is None:
@@ -106,11 +107,11 @@ def _run_handler(p, msg, cur):
     try:
         h(*msg)
     except Exception as exc:
-        _handler_died(p, exc)
+        _handler_died(p, exc, msg)
 
 
-def _handler_died(p, exc):
-    logger.error("port %s died in its handler", p.id, exc_info=True)
+def _handler_died(p, exc, msg=None):
+    report_crash("callback port", p.id, exc, tag=msg[0] if msg else None)
     _kill_local(p, _k._die_reason(exc))
 
 
@@ -250,7 +251,7 @@ def _port_main(p, fn, args):
     except GreenletExit:
         reason = ()
     except Exception as exc:
-        logger.error("port %s died", p.id, exc_info=True)
+        report_crash("greenlet port", p.id, exc)
         reason = _k._die_reason(exc)
     else:
         reason = ()
@@ -398,9 +399,13 @@ def _spawn_named(from_node, name, funcname, *args):
         fn = _k._resolve_function(funcname)
     except (LookupError, AttributeError) as exc:
         logger.warning("spawn request from %s: cannot resolve %r: %s", from_node, funcname, exc)
+        reason = ("die", "cannot resolve function %r on %s: %s"
+                  % (funcname, _k._NODE, exc if isinstance(exc, LookupError)
+                     else "%s: %s" % (type(exc).__name__, exc)))
         p = _GreenletPort(pid)
         _k._register(p)
-        _kill_local(p, ("die", "cannot resolve function %r: %s" % (funcname, exc)))
+        _kill_local(p, reason)
+        _k.record_obituary(name, reason)  # the spawner's monitor comes right after this
         return
     _new_greenlet_port(pid, fn, args)
 
@@ -408,17 +413,38 @@ def _spawn_named(from_node, name, funcname, *args):
 _k.register_node_request("AnyEvent::MP::_spawn", _spawn_named, code=True)
 
 
+def check_may_block(what, own_port=False):
+    """Raise ``BlockingInHandlerError`` when the running code may not block (a callback
+    handler, the hub; with ``own_port``, also code running in another port's context, as
+    receive needs the running greenlet's own mailbox); ``what`` names the call in the message.
+
+    Example::
+
+        check_may_block("call()")
+    """
+    cur = getcurrent()
+    p = getattr(cur, "aemp_self", None)
+    foreign = p is not None and not (isinstance(p, _GreenletPort) and p.greenlet is cur)
+    if _k.dispatching() or (own_port and foreign):
+        name = p.id if p is not None else "a callback port"
+        raise BlockingInHandlerError(
+            "%s inside the callback handler of %s: callback handlers run on the node's "
+            "dispatcher and must not block (receive, receive_match, call; a gevent.sleep delays "
+            "every other handler). Run code that waits in a greenlet port, e.g. "
+            "spawn(fn, *args) from the handler, or use cal(port, ..., cb=...) for a reply "
+            "callback (docs/tutorial.md, \"Callback ports must not block\")." % (what, name))
+    if cur is _k._get_hub():
+        raise BlockingInHandlerError("%s cannot block in the hub greenlet: call it from a "
+                                     "greenlet port (spawn) or any other greenlet" % what)
+    return p
+
+
 def _own_port():
     """The greenlet port of the running greenlet, adopting a plain greenlet on first use."""
     cur = getcurrent()
-    p = getattr(cur, "aemp_self", None)
+    p = check_may_block("receive()", own_port=True)
     if p is not None:
-        if isinstance(p, _GreenletPort) and p.greenlet is cur:
-            return p
-        raise RuntimeError("receive() inside a callback handler of %s: only greenlet ports "
-                           "(spawn) and plain greenlets can block in receive" % p.id)
-    if cur is _k._get_hub():
-        raise RuntimeError("receive() cannot block in the hub greenlet")
+        return p
     p = _GreenletPort(_k._new_id())
     p.greenlet = cur
     p.adopted = True
@@ -445,7 +471,7 @@ def _wait(p, want, timeout):
     if r is _TIMEOUT:
         raise Timeout("receive timed out after %s s" % timeout)
     if type(r) is _Dead:
-        raise PortDied(r.reason)
+        raise PortDied.from_reason(r.reason)
     return r
 
 
@@ -546,7 +572,7 @@ def _in_context(p, fn, args, kwargs):
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
-        logger.error("port %s died in psub/peval code", p.id, exc_info=True)
+        report_crash("psub/peval code", p.id, exc)
         _kill_local(p, _k._die_reason(exc))
         return None
     finally:
@@ -623,8 +649,7 @@ def call(port_, *msg, timeout=None):
         total = call(server, "add", 1, 2, timeout=5)[0]
     """
     cur = getcurrent()
-    if cur is _k._get_hub():
-        raise RuntimeError("call() cannot block in the hub greenlet")
+    check_may_block("call()")
     w = _CallWaiter()
     w.greenlet = cur
     w.resume = None
@@ -656,6 +681,6 @@ def call(port_, *msg, timeout=None):
     if kind == "reply":
         return list(r[1])
     if kind == "died":
-        raise PortDied(r[1])
+        raise PortDied.from_reason(r[1])
     raise Timeout("call to %s timed out after %s s" % (port_, timeout))
 

@@ -470,7 +470,7 @@ class Node:
                 timer = state["timer"] = self._hub.loop.timer(max(float(timeout), 0.0))
                 timer.start(finish, False, Timeout("call to %s timed out after %s s"
                                                    % (port, timeout)))
-            guard = mon(port, lambda *reason: finish(False, PortDied(reason)))
+            guard = mon(port, lambda *reason: finish(False, PortDied.from_reason(reason)))
             if state["done"]:
                 guard.cancel()
                 return

@@ -18,9 +18,7 @@ that seed and secret instead of your rc file.
 import os
 import sys
 
-import gevent
-
-from aemp_green import NODE, configure, db_set, mon, port, rcv, snd
+from aemp_green import NODE, configure, db_set, mon, port, rcv, run_forever, snd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _demo_env import demo_config  # noqa: E402
@@ -57,4 +55,4 @@ server = port()
 rcv(server, "join", on_join, "privmsg", on_privmsg)
 db_set("eg_chat_server", server)
 print("server ready: %s on node %s" % (server, NODE()), flush=True)
-gevent.wait()
+run_forever()  # until Ctrl-C or SIGTERM, then a clean shutdown

@@ -7,9 +7,7 @@ Every ``test`` message is printed; the sender watches the family with ``db_mon``
 
 import sys
 
-import gevent
-
-from aemp_green import NODE, configure, db_set, port, rcv
+from aemp_green import NODE, configure, db_set, port, rcv, run_forever
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from _demo_env import demo_config  # noqa: E402
@@ -26,4 +24,4 @@ def on_test(data, *reply):
 
 rcv(p, "test", on_test)
 print("receiver: port %s registered in eg_receivers" % p, flush=True)
-gevent.wait()
+run_forever()  # until Ctrl-C or SIGTERM, then a clean shutdown

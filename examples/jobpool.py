@@ -27,7 +27,7 @@ from collections import deque
 import gevent
 from gevent.event import AsyncResult
 
-from aemp_green import SELF, configure, db_mon, db_reg, mon, receive, snd, spawn
+from aemp_green import SELF, configure, db_mon, db_reg, mon, receive, run_forever, snd, spawn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _demo_env import demo_config  # noqa: E402
@@ -121,7 +121,7 @@ def main(argv=None):
     configure(**demo_config(nodeid="jobpool_%s/%%u" % args.role))
     if args.role == "worker":
         spawn(worker, args.delay)
-        gevent.wait()
+        run_forever()  # until Ctrl-C or SIGTERM, then a clean shutdown
         return 0
     jobs = [(i, 1000 + i) for i in range(args.jobs)]
     finished = AsyncResult()

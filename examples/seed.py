@@ -6,9 +6,7 @@ Run:  python examples/seed.py 127.0.0.1:4040
 
 import sys
 
-import gevent
-
-from aemp_green import NODE, configure, mon_nodes
+from aemp_green import NODE, configure, mon_nodes, run_forever
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from _demo_env import demo_config  # noqa: E402
@@ -18,4 +16,4 @@ configure(**demo_config(nodeid="seed", binds=[addr], seeds=[addr]))
 print("seed: %s listening on %s" % (NODE(), addr), flush=True)
 mon_nodes(lambda node, up, *why: print("seed: node %s %s %s" % (node, "up" if up else "down",
                                                                  " ".join(map(str, why))), flush=True))
-gevent.wait()
+run_forever()  # until Ctrl-C or SIGTERM, then a clean shutdown

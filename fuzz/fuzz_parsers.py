@@ -172,7 +172,15 @@ def _synthetic(name, ours, peer):
     for ev in them.receive_data(us.data_to_send()):
         if isinstance(ev, NeedTLS):
             them.start_tls_done()
-    return Config(name, ours, greeting, them.data_to_send())
+    tail = them.data_to_send()
+    if them.role == "accept":
+        # an accepting peer proves only after our auth line checked out: run ours through it
+        for ev in us.receive_data(greeting):
+            if isinstance(ev, NeedTLS):
+                us.start_tls_done()
+        them.receive_data(us.data_to_send())
+        tail = them.data_to_send()
+    return Config(name, ours, greeting, tail)
 
 
 def _recorded(name, ours, peer, secret):
@@ -185,9 +193,16 @@ def _recorded(name, ours, peer, secret):
     return Config("rec:" + name, kwargs, ("%s\n%s\n" % peer).encode("utf-8"))
 
 
+def _is_addr(expected):
+    return lambda addr: addr == expected
+
+
 def _configs():
-    base = dict(nodeid="us", secret=SECRET, nonce=NONCE_US, peeraddr="127.0.0.1:4040")
-    peer = dict(nodeid="them", secret=SECRET, nonce=NONCE_THEM, peeraddr="127.0.0.1:4041")
+    # a fixed provider: the seed corpus must not change with the package version
+    base = dict(nodeid="us", secret=SECRET, nonce=NONCE_US, peeraddr="127.0.0.1:4040",
+                provider="aemp_green-fuzz")
+    peer = dict(nodeid="them", secret=SECRET, nonce=NONCE_THEM, peeraddr="127.0.0.1:4041",
+                provider="aemp_green-fuzz")
     tls = dict(tls_offered=True, auth_accept=ALL_AUTH, auth_offer=ALL_AUTH)
     cfgs = [
         _synthetic("hmac", base, dict(peer, framings=("json", "cbor"))),
@@ -204,6 +219,15 @@ def _configs():
                         auth_accept=("tls_anon", "tls_sha3_512"))),
         _synthetic("aemp-dataconn", dict(base, protocol="aemp-dataconn",
                                          extra={"dataconn_id": "dc1", "bare": None}), peer),
+        # the relay defence (docs/security.md): we accept, the connector names our address
+        _synthetic("hmac,accept,peeraddr-check",
+                   dict(base, role="accept", peeraddr="127.0.0.1:50000",
+                        peeraddr_check=_is_addr("127.0.0.1:4041")),
+                   dict(peer, peeraddr="127.0.0.1:4041")),
+        # we dial and check the acceptor names our side of the connection; it proves last
+        _synthetic("hmac,connect,peeraddr-check,accepting-peer",
+                   dict(base, peeraddr="127.0.0.1:4041", peeraddr_check=_is_addr("127.0.0.1:50000")),
+                   dict(peer, role="accept", peeraddr="127.0.0.1:50000")),
     ]
     cfgs += [_recorded(*r) for r in RECORDED]
     return cfgs

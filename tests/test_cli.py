@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from aemp_green import cli, config
-from netutil import REPO, SECRET, ChildNode
+from netutil import REPO, SECRET, ChildNode, wait_file
 
 AEMP = [sys.executable, "-m", "aemp_green.cli"]
 BIN_AEMP = [sys.executable, str(REPO / "bin" / "aemp")]
@@ -309,12 +309,14 @@ def test_gensecret_profile_scoping_and_delprofile(rc, capsys):
 def test_chaining_and_showconfig_via_bin(tmp_path):
     rcf = tmp_path / "rc"
     r = aemp(rcf, "gensecret", "profile", "seed", "binds", "127.0.0.1:4040", "nodeid", "seed",
-             "showconfig", cmd=BIN_AEMP)
+             "showconfig", "seed", cmd=BIN_AEMP)
     assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout)
-    assert shown == load(rcf)
-    assert len(shown["secret"]) == 64 and shown["version"] == 1
-    assert shown["profile"] == {"seed": {"binds": ["127.0.0.1:4040"], "nodeid": "seed"}}
+    stored = load(rcf)
+    assert len(stored["secret"]) == 64 and stored["version"] == 1
+    assert stored["profile"] == {"seed": {"binds": ["127.0.0.1:4040"], "nodeid": "seed"}}
+    assert (shown["secret"], shown["binds"], shown["nodeid"]) == (
+        stored["secret"], ["127.0.0.1:4040"], "seed")
 
 
 def test_json_argument_rules(rc, capsys):
@@ -329,26 +331,32 @@ def test_json_argument_rules(rc, capsys):
     assert status == 2 and "the secret must be a non-empty string" in err
 
 
-def test_showprofile_and_showconfig(rc, capsys):
+def test_showprofile_and_showconfig(rc, capsys, monkeypatch):
+    """As Perl's aemp: showprofile NAME is the profile as stored, showconfig [NAME [K V...]] the
+    effective configuration (NAME defaults to the host name)."""
     assert run_main(capsys, "secret", "s", "monitor_timeout", "9", "profile", "base",
                     "binds", "127.0.0.1:4040", "profile", "seed", "parent", "base",
                     "nodeid", "seed")[0] == 0
-    status, out, _ = run_main(capsys, "showprofile", "seed")
+    status, out, _ = run_main(capsys, "showconfig", "seed")
     merged = json.loads(out)
     assert status == 0
     assert merged["nodeid"] == "seed" and merged["binds"] == ["127.0.0.1:4040"]
     assert merged["secret"] == "s" and merged["monitor_timeout"] == 9
     assert merged["connect_interval"] == config.DEFAULTS["connect_interval"]
     assert merged["profile"] == "seed"
-    status, out, _ = run_main(capsys, "showconfig", "seed")
+    status, out, _ = run_main(capsys, "showprofile", "seed")
     assert json.loads(out) == {"parent": "base", "nodeid": "seed"}
     status, out, _ = run_main(capsys, "showconfig", "seed", "connect_interval", "7",
                               "monitor_timeout", "1")
     eff = json.loads(out)
     assert eff["connect_interval"] == "7"     # a configure() argument ...
     assert eff["monitor_timeout"] == 9        # ... loses against the rc file (AEMP precedence)
-    status, out, err = run_main(capsys, "showconfig", "nosuch")
+    status, out, err = run_main(capsys, "showprofile", "nosuch")
     assert status == 0 and json.loads(out) == {} and "no profile 'nosuch'" in err
+    # without a name: the host's profile, as a node started without one would use
+    monkeypatch.setattr(config, "hostname", lambda: "seed")
+    status, out, _ = run_main(capsys, "showconfig")
+    assert status == 0 and json.loads(out) == merged
 
 
 def test_aemp_format_file_keeps_unknown_keys_and_backup(rc, capsys):
@@ -481,9 +489,9 @@ def test_snd_to_missing_port_and_unknown_node(net):
 def test_cal_prints_the_reply(net):
     r = aemp(net["rc"], "cal", net["echo"], "ping", "[1, 2]")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == ["re", "ping", [1, 2]]
+    assert r.stdout == "re ping [1, 2]\n"      # as Perl's aemp prints "@reply"
     r = aemp(net["rc"], "cal", "seed", "time")   # the node port answers too
-    assert r.returncode == 0 and isinstance(json.loads(r.stdout)[0], float)
+    assert r.returncode == 0 and isinstance(float(r.stdout), float)
     r = aemp(net["rc"], "--timeout", "1", "cal", net["got"], "no-reply")
     assert r.returncode == 1 and "no reply from %s within 1 s" % net["got"] in r.stderr
     net["peer"].expect("got")
@@ -657,3 +665,40 @@ def test_unreachable_network_fails_within_the_timeout(tmp_path):
     config.save_rc({"version": 1, "secret": SECRET, "binds": ["127.0.0.1:*"]}, str(rcf))
     r = aemp(rcf, "nodes")
     assert r.returncode == 1 and "no seeds are configured" in r.stderr
+
+
+def test_explicit_timeout_is_honoured_when_the_node_cannot_be_reached(tmp_path):
+    """``aemp --timeout N`` waits N s for an unreachable node (it gave up after the profile's
+    connect_interval, ~2 s, whatever N was), then says so and exits with status 1."""
+    rc = tmp_path / "rc"
+    assert aemp(rc, "setsecret", SECRET).returncode == 0
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed = "127.0.0.1:%d" % s.getsockname()[1]
+    s.close()
+    t0 = time.monotonic()
+    r = aemp(rc, "--timeout", "4", "snd", closed + "#p", "hi", timeout=30)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "cannot reach node %s" % closed in r.stderr, r.stderr
+    assert elapsed >= 3.5, "gave up after %.1f s despite --timeout 4" % elapsed
+
+
+def test_run_warns_when_no_secret_is_configured(tmp_path):
+    """A node without a secret or cert can neither authenticate nor be authenticated: `aemp
+    run` says so on stderr, with the command that fixes it, and still runs."""
+    rc = tmp_path / "rc"
+    log = tmp_path / "run.log"
+    with open(log, "w") as f:
+        proc = aemp_bg(rc, "run", "profile", "lonely", "nodeid", "lonely",
+                       "binds", "127.0.0.1:*", log=f)
+    try:
+        text = wait_file(log, lambda t: "no secret" in t, what="the warning")
+        assert "aemp: warning: run: no secret and no cert are configured" in text
+        assert "aemp gensecret" in text
+        assert proc.poll() is None, "the node should still run"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

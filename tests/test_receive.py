@@ -175,7 +175,33 @@ def test_receive_in_callback_handler_is_refused():
     aemp_green.mon(p, col)
     snd(p, "go")
     reason = col.wait_one()
-    assert reason[0] == "die" and reason[1].startswith("RuntimeError")
+    assert reason[0] == "die" and reason[1].startswith("BlockingInHandlerError: receive() "
+                                                       "inside the callback handler of " + p)
+
+
+def test_call_in_callback_handler_raises_at_once_naming_the_fix():
+    """A call from a handler to another callback port never returned (the reply is dispatched
+    only after the handler returns): it raises at once, saying why and what to do."""
+    from aemp_green import BlockingInHandlerError
+
+    server = aemp_green.port()
+    aemp_green.rcv(server, "ping", lambda reply: snd(reply, "pong"))
+    errors = Collector()
+
+    def handler():
+        try:
+            aemp_green.call(server, "ping", timeout=5)
+        except BlockingInHandlerError as exc:
+            errors(str(exc))
+
+    p = aemp_green.port()
+    aemp_green.rcv(p, "go", handler)
+    snd(p, "go")
+    (text,) = errors.wait_one()
+    assert text.startswith("call() inside the callback handler of %s: callback handlers run on "
+                           "the node's dispatcher and must not block" % p)
+    assert "spawn(fn, *args)" in text and "docs/tutorial.md" in text
+    assert isinstance(BlockingInHandlerError("x"), RuntimeError)
 
 
 def test_receive_result_is_fresh_list():

@@ -141,7 +141,7 @@ def test_hammer_8_threads_snd_and_call_for_10_seconds(cluster):
 
 def test_bridge_api_from_threads():
     """snd/call/kil/port/inbox/mon/db_set/db_family/submit/run from ordinary threads; callbacks
-    run in the hub thread; Timeout and PortDied reach the calling thread; kept guards undo when
+    run in the hub thread; Timeout and PortDied reach the calling thread; cancelled guards undo when
     dropped; stop() fails waiting calls and refuses later ones."""
     out = run_python(_self_seeded("""
         hub = node.thread.ident
@@ -194,9 +194,9 @@ def test_bridge_api_from_threads():
         res["submit"] = inbox.receive("sum", timeout=5)
 
         node.db_set("bridge_fam", "bare", 1)          # a bare statement: stays
-        kept = node.db_set("bridge_fam", "kept", 2)    # kept: deleted when dropped
+        kept = node.db_set("bridge_fam", "kept", 2)    # cancelled: deleted
         first = node.db_family("bridge_fam", timeout=5)
-        del kept  # the guard's undo is queued before the next query (FIFO through the bridge)
+        kept.cancel()  # the guard's undo is queued before the next query (FIFO through the bridge)
         res["db"] = [first, node.db_family("bridge_fam", timeout=5),
                      node.db_keys("bridge_fam", timeout=5)]
         try:
