@@ -1,7 +1,7 @@
 """The replicated database at scale, with real processes on 127.0.0.1 (reliability).
 
 * A node joining or leaving costs a global node work in proportion to what that node held,
-  never to the size of the database. The work is counted, not timed: the number of Python
+  never to the size of the database or the number of watched families. The work is counted, not timed: the number of Python
   lines a global node runs (``sys.settrace`` in the seed's process) for a node that held one
   key going down, and for a node's ``g_slave`` with its database, with 100 keys and with
   20,000 keys in the database. (Timings are in ``bench/scale.py``.)
@@ -68,6 +68,10 @@ def test_join_and_leave_cost_does_not_grow_with_the_database(cluster):
     small = seed.ask("[leave_work('a1'), leave_work('a2'), join_work('b1'), join_work('b2')]")
     w.run("fill('big', %d, 100)" % (KEYS - 100), timeout=60)
     assert seed.ask("len(db_keys('big', timeout=5))") == KEYS
+    # and other nodes watch many families (the old node-down went through all of them)
+    w.run("WS = [db_mon('f%d' % i, lambda *a: None) for i in range(5000)]\n"
+          "db_keys('sync', timeout=10)")
+    assert seed.ask("len(G._remote_mons)") == 5000
     big = seed.ask("[leave_work('a3'), leave_work('a4'), join_work('b3'), join_work('b4')]")
     print("lines run with 100 keys: %s; with %d keys: %s" % (small, KEYS, big))
     leave_small, leave_big = min(small[:2]), min(big[:2])
