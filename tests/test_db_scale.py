@@ -1,8 +1,8 @@
 """The replicated database at scale, with real processes on 127.0.0.1 (reliability).
 
 * A node joining or leaving costs a global node work in proportion to what that node held,
-  never to the size of the database or the number of watched families. The work is counted, not timed: the number of Python
-  lines a global node runs (``sys.settrace`` in the seed's process) for a node that held one
+  never to the size of the database or the number of watched families. The work is counted,
+  not timed: the number of Python lines a global node runs (``sys.settrace`` in the seed's process) for a node that held one
   key going down, and for a node's ``g_slave`` with its database, with 100 keys and with
   20,000 keys in the database. (Timings are in ``bench/scale.py``.)
 * A family larger than a reader's ``max_frame`` reaches it: ``db_family`` returns, the first
