@@ -1026,7 +1026,11 @@ def _req_g_reply(from_node, rid=None, result=None, more=None, *_):
     if entry is None:
         return
     if more:
-        _parts[rid] = _merge_part(_parts.get(rid), result)
+        acc = _parts[rid] = _merge_part(_parts.get(rid), result)
+        if acc is not None and len(acc) > _lim("db_max_keys"):
+            _warn("db_parts", "answer to %s from %s dropped: more than db_max_keys entries",
+                  rid, from_node)
+            del _parts[rid], _pending[rid]
         return
     acc = _parts.pop(rid, None)
     if acc is not None:
@@ -1086,6 +1090,11 @@ def _req_g_chg2(from_node, family=None, set_=None, dels=None, more=None, *_):
     if acc is not None:  # a part of a g_chg1
         if isinstance(set_, dict):
             acc.update(set_)
+        if len(acc) > _lim("db_max_keys"):
+            _warn("db_parts", "g_chg1 of %s from %s dropped: more than db_max_keys entries",
+                  _show(family), from_node)
+            del _parts[("chg1", family)]
+            return
         if not more:
             del _parts[("chg1", family)]
             _apply_chg1(family, acc)

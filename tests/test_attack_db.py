@@ -141,6 +141,27 @@ def test_node_downs_of_nodes_that_held_nothing_cost_nothing(cluster):
     assert tg.t.ask("len(G._remote_mons)") == 0
 
 
+def test_keys_per_source_are_bounded(cluster):
+    """A node holds at most ``db_max_keys`` keys on a global node: the others are dropped with
+    one log line, and what it held goes when it goes."""
+    tg = Target(cluster, tcfg=dict(db_max_keys=50))
+    peer = tg.attacker()
+    peer.send_frame(["", "g_upd", "many", {"k%03d" % i: i for i in range(100)}])
+    peer.send_frame(["", "g_upd", "more", {"x": 1}])
+    sync(peer)
+    tg.t.wait_log("db_max_keys")
+    assert tg.l.ask("db_family('many', timeout=5)") == {"k%03d" % i: i for i in range(50)}
+    assert tg.l.ask("db_family('more', timeout=5)") == {}
+    peer.send_frame(["", "g_upd", "many", None, ["k000"]])  # room for one more
+    peer.send_frame(["", "g_upd", "more", {"x": 1}])
+    sync(peer)
+    assert tg.l.ask("db_family('more', timeout=5)") == {"x": 1}
+    peer.close()
+    wait_gone(tg.t, "attacker")
+    assert tg.l.ask("db_family('many', timeout=5)") == {}
+    tg.responsive()
+
+
 # --------------------------------------------------------------------------- finding 2
 
 def test_one_update_naming_20000_fake_global_nodes_does_not_freeze_the_node(cluster):
@@ -234,6 +255,8 @@ def test_values_that_cannot_be_encoded_are_refused_locally_and_from_peers(cluste
                                         "ok": 1}])
     sync(peer)
     tg.t.wait_log("database write from attacker")
+    # one line for the five bad values (rate-limited), not one each
+    assert tg.t.log_text().count("database write from attacker") == 1
     assert tg.l.ask("db_family('v', timeout=5)") == {"ok": 1}
     assert tg.l.ask("db_family('w', timeout=5)") == {"ok2": [1, {"a": None}]}
     tg.l.run("""

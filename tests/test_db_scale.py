@@ -134,3 +134,40 @@ def test_a_family_larger_than_the_readers_max_frame_reaches_it(cluster):
     b.run("wait_for(lambda: len(db_keys('big', timeout=5)) == %d, 30)" % (KEYS + 1), timeout=40)
     assert w.ask("node.get_node('seedB').link is LINK_B and not LINK_B.closed") is True
     assert _frame_errors(b) == []
+
+
+def test_a_large_family_reaches_an_aemp_2_02_style_watcher_and_requester(cluster):
+    """What AEMP 2.02 nodes send and understand keeps working with large families: a watcher
+    whose ``g_mon1`` says nothing about parts gets ``g_chg1`` with a part of the family and the
+    rest as ``g_chg2`` (added keys), and a ``g_db_family`` without the extra argument is
+    answered in one ``g_reply``."""
+    from aemp_green import framing
+    from netutil import RawPeer
+
+    seed = cluster.seed()
+    w = cluster.node("w", seeds=[seed.addr])
+    w.run("import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'seed', 15)")
+    w.run(FILL)
+    w.run("fill('big', %d)" % KEYS, timeout=60)
+    peer = RawPeer(seed.addr, nodeid="perl_like", framings=("json",))
+    est = peer.handshake()
+    dec = framing.codec(est.recv_framing)[1]()
+    peer.send_frame(["", "g_mon1", "big"])
+    peer.send_frame(["", "g_db_family", "big", "b"])
+    frames, data = [], peer.rbuf
+    peer.sock.settimeout(20)
+    while not any(f[1] == "g_reply" for f in frames):
+        frames += dec.feed(data)
+        if not any(f[1] == "g_reply" for f in frames):
+            data = peer.sock.recv(1 << 20)
+            assert data, "closed"
+    peer.close()
+    chg = [f for f in frames if f[1] in ("g_chg1", "g_chg2")]
+    assert chg[0][1] == "g_chg1" and all(f[1] == "g_chg2" for f in chg[1:]) and len(chg) > 1
+    seen = {}
+    for f in chg:
+        assert not set(f[3]) & set(seen)  # every key once: added, never changed
+        seen.update(f[3])
+    assert seen == {"w#p%07d" % i: {"n": i, "info": "worker"} for i in range(KEYS)}
+    (reply,) = [f for f in frames if f[1] == "g_reply"]
+    assert reply[:3] == ["", "g_reply", "b"] and len(reply) == 4 and reply[3] == seen
