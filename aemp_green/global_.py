@@ -329,7 +329,12 @@ def node_up(node):
 def node_down(node):
     """``node`` went down (or could not be reached): forget what it held and watched.
 
-    Costs work in proportion to what that node held, not to the database size."""
+    Costs work in proportion to what that node held and watched, not to the database size.
+
+    Example::
+
+        _hooks().node_down(self)   # RemoteNode.transport_error, in node
+    """
     global _master
     nodeid = node.id
     if _global:
