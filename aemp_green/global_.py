@@ -1333,6 +1333,7 @@ def db_mon(family, cb):
             if not lst:
                 del _mon_cbs[family]
                 _mon_db.pop(family, None)
+                _parts.pop(("chg1", family), None)
                 if not _global and _master is not None:
                     _send(_master, "g_mon0", family)
 
