@@ -328,6 +328,27 @@ SETTINGS = (
     Setting("public_addresses", [], _v_addresses,
             "aemp_green: extra host:port addresses peers reach or see this node at (NAT, "
             "proxies, port forwards); port '*' matches any port (an outgoing NAT address)."),
+    # the replicated database (global_)
+    Setting("db_stamp_skew", 300, _v_positive_number,
+            "aemp_green: seconds a database write stamp from another global node may be ahead "
+            "of our clock; a later stamp is replaced by ours (logged)."),
+    Setting("db_max_value", _MiB, _v_positive_int,
+            "aemp_green: largest database value (bytes of JSON); larger ones raise in db_set "
+            "and are dropped (logged) when a peer sends them."),
+    Setting("db_max_key", 1024, _v_positive_int,
+            "aemp_green: longest database key or family name (characters)."),
+    Setting("db_max_keys", 1000000, _v_positive_int,
+            "aemp_green: keys one source node may hold on a global node; new keys beyond it "
+            "are dropped (logged)."),
+    Setting("db_max_watches", 10000, _v_positive_int,
+            "aemp_green: families one node may watch (db_mon) on a global node."),
+    Setting("db_chunk", 64 * 1024, _v_positive_int,
+            "aemp_green: target bytes of one database frame; larger families, replies and "
+            "updates travel in several frames."),
+    Setting("max_node_addrs", 64, _v_positive_int,
+            "aemp_green: addresses kept for one node from g_found or the 'l family."),
+    Setting("max_addr_len", 256, _v_positive_int,
+            "aemp_green: longest host:port address accepted from g_found or the 'l family."),
 )
 
 #: Lookup of :data:`SETTINGS` by key name.
