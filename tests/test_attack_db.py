@@ -322,7 +322,9 @@ def test_g_found_from_the_master_is_bounded(cluster):
         conn, _ = lsock.accept()
         peer = RawPeer.__new__(RawPeer)
         peer.addr, peer.sock, peer.rbuf, peer.framing = evil, conn, b"", None
-        peer.hs = Handshake(nodeid="evilseed", secret=SECRET, framings=("json",), peeraddr=evil)
+        # an accepting peer names the connector's address as it sees it (docs/security.md)
+        peer.hs = Handshake(nodeid="evilseed", secret=SECRET, framings=("json",),
+                            peeraddr="%s:%d" % conn.getpeername()[:2])
         start(peer)
         victim.run("import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'evilseed', 15)",
                    timeout=20)
