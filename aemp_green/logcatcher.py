@@ -17,9 +17,9 @@ How it works
     * The catching node watches the ``'l`` family (``db_mon``): every node in the network, and
       every node that joins later, gets the node request ``aemp_green.logcatcher._req_catch``
       with the catcher's port and level (``level`` None unsubscribes). The request is a
-      function name, so a node that never imported this module loads it on demand (unless it
-      is ``secure``, which refuses requests by name; importing ``aemp_green.logcatcher``
-      there registers the request so that secure nodes answer it too).
+      function name, so a node that never imported this module loads it on demand. A
+      ``secure`` node refuses it (log records tell a lot about a node), unless its setting
+      ``allow_trace`` is true, as it refuses ``aemp trace``.
     * A subscribed node installs one ``logging.Handler`` on its root logger (removed again
       when the last subscription ends). It only filters by level and appends to a bounded
       buffer (``BUFFER`` records; when full the oldest is dropped and counted) and wakes a
@@ -233,7 +233,8 @@ def _unsubscribe(port):
         logger.debug("log forwarding off")
 
 
-_k.register_node_request(_TAG, lambda from_node, *args: _req_catch(*args))
+# trace=True: a secure node refuses it unless the setting allow_trace is true
+_k.register_node_request(_TAG, lambda from_node, *args: _req_catch(*args), trace=True)
 
 
 # =========================================================================== catching side

@@ -19,12 +19,15 @@ import socket as _stdsocket
 
 import gevent
 from gevent.event import Event
+from greenlet import getcurrent
 
 from . import config as _config
 from . import framing
 from . import kernel as _k
 from . import transport
 from ._guard import Guard
+from ._ratelog import RateLog, esc, exc_text
+from ._ratelog import set_limits as _set_log_limits
 from .exceptions import ConfigError, RemoteProtocolError
 
 __all__ = [
@@ -45,8 +48,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_rl = RateLog(logger)  # bad input from peers (see _ratelog)
 
 _nodes = {}  # nodeid -> RemoteNode
+_idle = {}  # nodeid -> RemoteNode kept after it went down (oldest first; see _maybe_forget)
 _cfg = dict(_config.DEFAULTS)
 _listeners = []
 _binds = []  # our listener addresses as "host:port" strings (what others learn)
@@ -149,6 +154,7 @@ class RemoteNode:
                 self.connect_to(self.addrs)
         elif self.connecting and not self._attempts:
             self.transport_error("no known address")
+        _maybe_forget(self)  # an answer nobody waits for: kept only as an idle node
 
     def connect_to(self, addrs):
         """Dial the non-empty list ``addrs`` (``"host:port"``), staggered, skipping addresses
@@ -286,6 +292,13 @@ class RemoteNode:
         if was_up or why not in ("connect timeout", "no known address"):
             _notify_watchers(self.id, False, reason)
         _hooks().node_down(self)
+        # free it when it holds nothing; a node that had a link (reported down above) stays
+        # known; if its monitors still have to run (spawned above), after them
+        had_link = was_up or why not in ("connect timeout", "no known address")
+        if self.broken:
+            _k._spawn_raw(_maybe_forget, self, had_link)
+        else:
+            _maybe_forget(self, had_link)
 
     # -- monitors ------------------------------------------------------------------------
     def monitor(self, portname, action):
@@ -361,11 +374,72 @@ class RemoteNode:
 
 
 def get_node(nodeid):
-    """The ``RemoteNode`` for ``nodeid``, created on first use."""
+    """The ``RemoteNode`` for ``nodeid``, created on first use.
+
+    Example::
+
+        get_node("other/1").send(("portname", "hello"))
+    """
     n = _nodes.get(nodeid)
     if n is None:
+        if len(_nodes) >= _max_nodes():
+            _make_room()
         n = _nodes[nodeid] = RemoteNode(nodeid)
     return n
+
+
+# ---- freeing the state of nodes nobody needs (setting max_nodes) ----------------------------
+# A node that is down and holds nothing (no link, no queue, no monitors, not connecting) is
+# forgotten at once unless it was ever up or its addresses are known: a peer that makes us send
+# to invented node IDs leaves nothing behind. The others are kept (known_nodes, node_is_up
+# False, cached addresses) in ``_idle``, oldest first, and dropped when ``max_nodes`` is reached.
+
+def _max_nodes():
+    return int(_cfg.get("max_nodes") or 10000)
+
+
+def _is_idle(n):
+    return (n.link is None and not n.extra_links and not n.connecting and not n.queue
+            and not n.monitors and not n._attempts and not n.broken)
+
+
+def _maybe_forget(n, had_link=False):
+    """``n`` went down (or got an unsolicited answer): free it, or keep it in ``_idle``."""
+    if had_link:
+        n._was_up = True
+    if _nodes.get(n.id) is not n or not _is_idle(n):
+        return
+    _idle.pop(n.id, None)
+    if n.addrs or getattr(n, "_was_up", False):
+        _idle[n.id] = n
+    else:
+        del _nodes[n.id]
+
+
+def _make_room():
+    """Drop the oldest idle nodes until ``_nodes`` is below ``max_nodes`` (or none is idle)."""
+    cap = _max_nodes()
+    while len(_nodes) >= cap and _idle:
+        nodeid = next(iter(_idle))
+        n = _idle.pop(nodeid)
+        if _nodes.get(nodeid) is n and _is_idle(n):
+            del _nodes[nodeid]
+
+
+def _node_for_relay(nodeid):
+    """``get_node(nodeid)``, unless a peer's request would make us remember one node more than
+    ``max_nodes`` (then None: the caller drops what the peer asked for, with a log line)."""
+    n = _nodes.get(nodeid)
+    if n is not None:
+        return n
+    if len(_nodes) >= _max_nodes():
+        _make_room()
+        origin = _k.request_origin()
+        if len(_nodes) >= _max_nodes() and origin is not None and origin != _k._NODE:
+            _rl.warning((origin, "max_nodes"), "request from %s for unknown node %s dropped: "
+                        "%d nodes known (max_nodes)", origin, esc(nodeid), len(_nodes))
+            return None
+    return get_node(nodeid)
 
 
 def _explicit_address(nodeid):
@@ -391,10 +465,16 @@ class _Net:
         if nodeid == _k._NODE:
             _k.deliver_remote(nodeid, frame)
             return
-        get_node(nodeid).send(frame)
+        n = _nodes.get(nodeid) or _node_for_relay(nodeid)
+        if n is not None:
+            n.send(frame)
 
     def monitor(self, nodeid, portname, action):
-        get_node(nodeid).monitor(portname, action)
+        n = _nodes.get(nodeid) or _node_for_relay(nodeid)
+        if n is None:
+            _k._spawn_raw(action, "transport_error", nodeid, "too many nodes (max_nodes)")
+            return
+        n.monitor(portname, action)
 
     def unmonitor(self, nodeid, portname, action):
         n = _nodes.get(nodeid)
@@ -445,13 +525,28 @@ def add_tracer(fn):
     return Guard.for_caller(undo)
 
 
+_tracing = set()  # greenlets running the tracers: what tracers send is not traced
+
+
 def _trace(direction, nodeid, frame):
-    for fn in list(_tracers):
-        try:
-            fn(direction, nodeid, frame)
-        except Exception:
-            _tracers.remove(fn)
-            logger.exception("tracer %r failed and was removed", fn)
+    # Not re-entrant: a frame that a tracer sends (a trace stream to a subscriber) is not
+    # traced again, so two subscriptions cannot feed each other. A tracer that fails is
+    # removed (once, however the failures nest) and logged in one line.
+    cur = getcurrent()
+    if cur in _tracing:
+        return
+    _tracing.add(cur)
+    try:
+        for fn in list(_tracers):
+            try:
+                fn(direction, nodeid, frame)
+            except Exception as exc:
+                if fn in _tracers:
+                    _tracers.remove(fn)
+                    _rl.error(("tracer", "failed"), "tracer %s failed and was removed: %s",
+                              esc(fn), exc_text(exc))
+    finally:
+        _tracing.discard(cur)
 
 
 def _print_tracer(direction, nodeid, frame):
@@ -492,7 +587,8 @@ def node_of_port(port):
     return port.partition("#")[0]
 
 
-_k.register_node_request("aemp_green_trace", _req_trace)
+# a secure node refuses it unless the setting allow_trace is true (kernel.node_request)
+_k.register_node_request("aemp_green_trace", _req_trace, trace=True)
 
 
 def _on_close(link, why):
@@ -736,7 +832,9 @@ def configure(profile=None, **kv):
                               "(%s)" % (exc,)) from None
     before = (_k._NODE, _k._secure, _cfg)
     _k._set_node_id(nodeid)
-    _k._set_secure(cfg.get("secure"))
+    _k._set_secure(cfg.get("secure"), cfg.get("allow_trace"))
+    _k._set_limits(max_forward_depth=cfg.get("max_forward_depth"))
+    _set_log_limits(cfg.get("log_rate_lines"), cfg.get("log_rate_interval"))
     _cfg = cfg
     _configured = True
 
