@@ -742,9 +742,10 @@ def node_request(from_node, msg):
         node_request(from_node, frame[1:])               # deliver_remote, for a frame to port ""
         node_request("other/1", ["snd", port, "hello"])  # other/1 asks us to relay "hello"
     """
+    global _req_glet, _req_state
     cur = getcurrent()
-    st = getattr(cur, "aemp_req", None)
-    if st is not None:  # nested: a handler sent to our node port (see above)
+    if _req_glet is cur:  # nested: a handler sent to our node port (see above)
+        st = _req_state
         if from_node == _NODE:
             from_node = st[0]
         depth = st[1] + 1
@@ -753,18 +754,30 @@ def node_request(from_node, msg):
                         "(max_forward_depth) dropped: %s", from_node, _max_forward_depth,
                         esc(msg[:1]))
             return
-        st[2].append((from_node, msg, depth))
+        queue = st[2]
+        if queue is None:
+            queue = st[2] = deque()
+        queue.append((from_node, msg, depth))
         return
-    queue = deque()
-    st = cur.aemp_req = [from_node, 0, queue]
+    # (a handler that blocks lets other greenlets handle requests meanwhile: each one saves
+    # and restores the running request's state)
+    prev = _req_glet, _req_state
+    st = _req_state = [from_node, 0, None]
+    _req_glet = cur
     try:
         _node_request1(from_node, msg)
-        while queue:
-            from_node, msg, st[1] = queue.popleft()
-            st[0] = from_node
-            _node_request1(from_node, msg)
+        queue = st[2]
+        if queue:
+            while queue:
+                from_node, msg, st[1] = queue.popleft()
+                st[0] = from_node
+                _node_request1(from_node, msg)
     finally:
-        cur.aemp_req = None
+        _req_glet, _req_state = prev
+
+
+_req_glet = None  # the greenlet handling a node request (see node_request)
+_req_state = None  # its [origin, depth, queue of nested requests or None]
 
 
 def request_origin():
@@ -777,8 +790,7 @@ def request_origin():
         def my_request(from_node, *args):
             assert request_origin() == from_node
     """
-    st = getattr(getcurrent(), "aemp_req", None)
-    return st[0] if st is not None else None
+    return _req_state[0] if _req_glet is getcurrent() else None
 
 
 def _node_request1(from_node, msg):

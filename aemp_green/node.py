@@ -287,14 +287,17 @@ class RemoteNode:
                 _k._fire_monitors(actions, reason)
 
             _k._spawn_raw(fire_then_heal)
-        logger.info("%s is down: %s", self.id, why)
+        had_link = was_up or why not in ("connect timeout", "no known address")
+        if had_link:
+            logger.info("%s is down: %s", self.id, why)
+        else:  # a node that never came up (maybe invented by a peer): rate-limited
+            _rl.info(("never up", why), "%s is down: %s", self.id, why)
         _k._forget_node_monitors(self.id)
-        if was_up or why not in ("connect timeout", "no known address"):
+        if had_link:
             _notify_watchers(self.id, False, reason)
         _hooks().node_down(self)
         # free it when it holds nothing; a node that had a link (reported down above) stays
         # known; if its monitors still have to run (spawned above), after them
-        had_link = was_up or why not in ("connect timeout", "no known address")
         if self.broken:
             _k._spawn_raw(_maybe_forget, self, had_link)
         else:
@@ -390,8 +393,8 @@ def get_node(nodeid):
 
 # ---- freeing the state of nodes nobody needs (setting max_nodes) ----------------------------
 # A node that is down and holds nothing (no link, no queue, no monitors, not connecting) is
-# forgotten at once unless it was ever up or its addresses are known: a peer that makes us send
-# to invented node IDs leaves nothing behind. The others are kept (known_nodes, node_is_up
+# forgotten at once unless it was ever up or its addresses are known (also a ``host:port`` ID):
+# a peer that makes us send to invented node IDs leaves nothing behind. The others are kept (known_nodes, node_is_up
 # False, cached addresses) in ``_idle``, oldest first, and dropped when ``max_nodes`` is reached.
 
 def _max_nodes():
@@ -410,7 +413,7 @@ def _maybe_forget(n, had_link=False):
     if _nodes.get(n.id) is not n or not _is_idle(n):
         return
     _idle.pop(n.id, None)
-    if n.addrs or getattr(n, "_was_up", False):
+    if n.addrs or getattr(n, "_was_up", False) or _HOSTPORT.match(n.id):
         _idle[n.id] = n
     else:
         del _nodes[n.id]

@@ -208,16 +208,21 @@ def test_forward_depth_is_a_setting(cluster):
 
 def test_invented_node_ids_leave_no_state(cluster):
     """20,000 relays to ports on invented nodes made 20,000 RemoteNode objects that were never
-    freed. Now a node that never came up and holds nothing is forgotten when it goes down."""
+    freed, and a log line each. Now a node that never came up and holds nothing is forgotten
+    when it goes down, and the lines about such nodes are rate-limited."""
     target = cluster.node("target")
     peer = Peer(target.addr)
     rss0 = peak_rss(target)
+    log0 = log_size(target)
     peer.send_raw(b"".join(framing.encode_json(["", "snd", "fake%d#p" % i, "x"])
                            for i in range(20000)))
     peer.ping(timeout=30)
     grown = peak_rss(target) - rss0
+    logged = new_log(target, log0)
     assert target.ask("len(node._nodes)") <= 2, target.ask("list(node._nodes)[:5]")
     assert grown < 40 * MiB, "peak RSS grew by %.0f MB" % (grown / MiB)
+    # "fakeN is down: no known address" once per invented node was 1.7 MB of log
+    assert len(logged) < 5000, "%d bytes of log" % len(logged)
     # a node that was up and went down stays known (known_nodes, node_is_up False)
     peer.close()
     target.run("wait_for(lambda: node_is_up('attacker') is False)")
