@@ -327,6 +327,9 @@ SETTINGS = (
     Setting("allow_trace", False, _v_bool,
             "aemp_green: let a secure node stream its traffic trace and log records to other "
             "nodes (aemp trace, logcatcher); a node that is not secure always does."),
+    Setting("max_trace_streams", 16, _v_positive_int,
+            "aemp_green: trace streams (aemp trace) and log-record streams (logcatcher) this "
+            "node sends at once, each; further subscriptions are refused."),
     Setting("log_rate_lines", 5, _v_positive_int,
             "aemp_green: log lines per peer and reason for bad input from the network, per "
             "log_rate_interval; further ones are counted and reported as suppressed."),

@@ -562,17 +562,26 @@ def _print_tracer(direction, nodeid, frame):
                                          json.dumps(shown, ensure_ascii=False, default=repr)))
 
 
-_trace_subscribers = {}  # port -> guard
+_trace_subscribers = {}  # port -> cancel function (stops the stream and its monitor)
 
 
 def _req_trace(from_node, port, on=1, *_):
-    """Node request ``aemp_green_trace``: stream our frames to ``port`` (``on`` false stops)."""
+    """Node request ``aemp_green_trace``: stream our frames to ``port`` (``on`` false stops).
+
+    At most ``max_trace_streams`` ports at once (each frame costs one message per stream);
+    a secure node refuses it unless ``allow_trace`` (``trace=True`` below).
+    """
     if not isinstance(port, str):
         return
     old = _trace_subscribers.pop(port, None)
     if old is not None:
-        old.cancel()
+        old()
     if not on:
+        return
+    cap = int(_cfg.get("max_trace_streams") or 16)
+    if len(_trace_subscribers) >= cap:
+        _rl.warning((from_node, "trace streams"), "trace request from %s for %s refused: %d "
+                    "streams already (max_trace_streams)", from_node, esc(port), cap)
         return
 
     def forward(direction, nodeid, frame):
@@ -580,10 +589,14 @@ def _req_trace(from_node, port, on=1, *_):
             return  # never trace the trace stream itself
         _k.snd(port, "trace", direction, nodeid, list(frame))
 
-    g = Guard(lambda: _tracers.remove(forward) if forward in _tracers else None)
+    def cancel():
+        if forward in _tracers:
+            _tracers.remove(forward)
+        undo_monitor()
+
     _tracers.append(forward)
-    _trace_subscribers[port] = g
-    _k._add_monitor(port, lambda *r: _req_trace(from_node, port, 0))
+    _trace_subscribers[port] = cancel
+    undo_monitor = _k._add_monitor(port, lambda *r: _req_trace(from_node, port, 0))
 
 
 def node_of_port(port):
@@ -866,6 +879,8 @@ def configure(profile=None, **kv):
 
     # the side services every node answers (they register node requests and sub-protocols)
     from . import dataconn, logcatcher  # noqa: F401
+
+    logcatcher.set_max_streams(cfg.get("max_trace_streams"))
 
     for service in cfg.get("services") or []:
         _start_service(service)

@@ -313,6 +313,26 @@ def test_two_trace_subscriptions_do_not_feed_each_other(cluster):
     peer.close()
 
 
+def test_trace_and_log_streams_are_bounded(cluster):
+    """Each trace or log stream costs the target one message per frame or record: 40
+    subscriptions multiplied its work by 40. Now at most max_trace_streams (4 here) of each;
+    re-subscribing one port 500 times no longer leaves 500 monitors behind."""
+    target = cluster.node("target", max_trace_streams=4)
+    peer = Peer(target.addr)
+    for _ in range(500):
+        peer.send_frame(["", "aemp_green_trace", "attacker#again", 1])
+    peer.send_frame(["", "aemp_green_trace", "attacker#again", 0])
+    for i in range(40):
+        peer.send_frame(["", "aemp_green_trace", "attacker#t%d" % i, 1])
+        peer.send_frame(["", "aemp_green.logcatcher._req_catch", "attacker#L%d" % i, 40])
+    peer.ping()
+    assert target.ask("len(node._trace_subscribers)") == 4
+    assert target.ask("len(aemp_green.logcatcher.subscribers())") == 4
+    assert target.ask("sum(map(len, node._nodes['attacker'].monitors.values()))") == 8
+    target.wait_log("streams already (max_trace_streams)")
+    peer.close()
+
+
 # --------------------------------------------------------------------------- 5. secure and trace
 
 def test_secure_node_refuses_trace_and_log_streams(cluster):
