@@ -390,3 +390,26 @@ def test_malformed_requests_log_one_line_per_reason(cluster):
     assert b"evil\\x1b[2J\\x07" in logged
     assert answers(target)
     peer.close()
+
+
+# --------------------------------------------------------------------------- the helper
+
+def test_ratelog_summarises_what_it_suppressed(caplog):
+    from aemp_green._ratelog import RateLog, esc
+
+    now = [0.0]
+    rl = RateLog(logging.getLogger("ratelog_test"), lines=2, interval=10, max_keys=3,
+                 clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="ratelog_test"):
+        logged = [rl.warning(("p", "bad"), "bad %s from %s", esc("x\x1b"), "p\x07")
+                  for _ in range(7)]
+        assert logged == [True, True, False, False, False, False, False]
+        now[0] = 11
+        assert rl.warning(("p", "bad"), "bad again")
+        for i in range(10):  # the table of keys stays bounded
+            rl.info(("q%d" % i, "x"), "key %d", i)
+    texts = [r.getMessage() for r in caplog.records]
+    assert texts[0] == r"bad 'x\x1b' from p\x07"
+    assert texts[1].endswith("(further lines like this suppressed for 10 s)")
+    assert texts[2] == "bad again (5 more like this suppressed in the last 10 s)"
+    assert len(rl._keys) == 3
