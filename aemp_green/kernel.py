@@ -966,7 +966,7 @@ def _eval_namespace():
 
 
 def _req_eval(from_node, expr, *reply):
-    logger.info("eval request from %s: %r", from_node, expr)
+    logger.info("eval request from %s: %s", from_node, esc(expr))
     try:
         result = eval(expr, _eval_namespace())  # noqa: S307 - refused when secure
         err = ""
