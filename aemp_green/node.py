@@ -445,6 +445,37 @@ def _node_for_relay(nodeid):
     return get_node(nodeid)
 
 
+_RELAY_SCAN_MIN = 8  # node-port frames this short cannot carry a long relay chain
+
+
+def _relay_chain(frame):
+    """True (and logged) if ``frame``, a request to another node's node port that we send on
+    behalf of a peer's request, names more node ports than ``max_forward_depth``.
+
+    A peer can make two nodes relay a request back and forth (``["", "snd", "B#", "snd",
+    "A#", "snd", "B#", ...]`` sent to A, or the same with ``time``/``can`` replies): each hop
+    is a new request, so the local nesting bound does not see it, and each hop re-sends the
+    rest of the frame (quadratic work for both nodes). Every hop of such a chain is one node
+    port ID in the frame (``node#``, or the bare ID of a node we know), so counting them
+    bounds the chain at its first hop.
+    """
+    origin = _k.request_origin()
+    if origin is None or origin == _k._NODE:
+        return False  # our own code sends what it wants
+    limit = int(_cfg.get("max_forward_depth") or 8)
+    hops = 0
+    me = _k._NODE
+    for x in frame:  # node ports: "node#", or a bare node ID (of a node we could send to)
+        if x.__class__ is str and ((x.endswith("#") and len(x) > 1) or x in _nodes or x == me):
+            hops += 1
+            if hops > limit:
+                _rl.warning((origin, "relay chain"), "request from %s relaying more than %d "
+                            "node-port requests dropped (max_forward_depth): %s", origin,
+                            limit, esc(frame[:3]))
+                return True
+    return False
+
+
 def _explicit_address(nodeid):
     """A node ID of the form ``host:port`` is reachable at that address (documented rule)."""
     if _HOSTPORT.match(nodeid):
@@ -467,6 +498,8 @@ class _Net:
             _trace("SND", nodeid, frame)
         if nodeid == _k._NODE:
             _k.deliver_remote(nodeid, frame)
+            return
+        if frame and frame[0] == "" and len(frame) > _RELAY_SCAN_MIN and _relay_chain(frame):
             return
         n = _nodes.get(nodeid) or _node_for_relay(nodeid)
         if n is not None:

@@ -11,8 +11,8 @@ import time
 
 from aemp_green import framing
 from netutil import ChildNode
-from test_attack_member import (Peer, _nested_snd, _stringref_frame, answers, cpu_seconds,
-                                log_size, peak_rss)
+from test_attack_member import (Peer, _nested_snd, _relay_chain, _stringref_frame, answers,
+                                cpu_seconds, log_size, peak_rss)
 
 MB = 1 << 20
 
@@ -82,6 +82,32 @@ def main():
          extra=lambda t: "nodes kept=%s" % t.ask("len(node._nodes)", timeout=60))
     case(tmp, "malformed requests", garbage, cfg={})
     case(tmp, "two trace subscriptions", traces)
+    relay_chain(tmp, 3000)
+
+
+def relay_chain(tmp, depth):
+    """["", "snd", "B#", "snd", "A#", ...] sent to A, which is linked to B (its seed)."""
+    addr = "127.0.0.1:%d" % __import__("netutil").free_port()
+    b = ChildNode(tmp, "B%d" % time.monotonic_ns(), nodeid="B", binds=[addr], seeds=[addr])
+    a = ChildNode(tmp, "A%d" % time.monotonic_ns(), nodeid="A", seeds=[addr])
+    try:
+        a.run("wait_for(lambda: node_is_up('B'))")
+        p = Peer(a.addr)
+        raw = framing.encode_json(_relay_chain("A", "B", depth, "attacker#r"))
+        cpu0 = cpu_seconds(a) + cpu_seconds(b)
+        t0 = time.monotonic()
+        p.send_raw(raw)
+        try:
+            p.read_frames(lambda f: f == ["r", "done"], timeout=120)
+            done = "relayed to the end after %.1f s" % (time.monotonic() - t0)
+        except AssertionError:
+            done = "cut"
+        print("%-34s cpu A+B %5.2f s  %s" % ("relay chain A<->B (%d KB in)" % (len(raw) // 1024),
+                                              cpu_seconds(a) + cpu_seconds(b) - cpu0, done))
+        p.close()
+    finally:
+        a.stop()
+        b.stop()
 
 
 if __name__ == "__main__":

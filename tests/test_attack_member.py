@@ -413,3 +413,39 @@ def test_ratelog_summarises_what_it_suppressed(caplog):
     assert texts[1].endswith("(further lines like this suppressed for 10 s)")
     assert texts[2] == "bad again (5 more like this suppressed in the last 10 s)"
     assert len(rl._keys) == 3
+
+
+def _relay_chain(a, b, depth, reply):
+    frame = [""]
+    for i in range(depth):
+        frame += ["snd", (b if i % 2 == 0 else a) + "#"]
+    return frame + ["snd", reply, "done"]
+
+
+@pytest.mark.parametrize("bare", [False, True], ids=["node_port_ids", "bare_node_ids"])
+def test_relay_chain_between_two_nodes_is_cut(cluster, bare):
+    """["", "snd", "B#", "snd", "A#", "snd", "B#", ...] sent to A: A and B relayed it back and
+    forth, each hop a new request re-sending the rest of the frame: quadratic work (3,000
+    hops in 32 KB: 1.3 s of CPU; 128 KB: 13 s). Now the first hop refuses a request naming more
+    node ports than max_forward_depth, with one log line naming the peer."""
+    b = cluster.seed("B")
+    a = cluster.node("A", seeds=[b.addr])
+    a.run("wait_for(lambda: node_is_up('B'))")
+    peer = Peer(a.addr)
+    frame = _relay_chain("A", "B", 3000, "attacker#r")
+    if bare:
+        frame = [x[:-1] if x in ("A#", "B#") else x for x in frame]
+    raw = framing.encode_json(frame)
+    cpu0 = cpu_seconds(a) + cpu_seconds(b)
+    peer.send_raw(raw)
+    peer.ping(timeout=60)
+    a.wait_log("relaying more than 8 node-port requests dropped")
+    used = cpu_seconds(a) + cpu_seconds(b) - cpu0
+    assert used < 0.5, "%.1f s CPU for a %d KB frame" % (used, len(raw) // 1024)
+    assert ["r", "done"] not in peer.frames
+    # a short chain still works: A -> B -> A -> attacker
+    peer.send_frame(_relay_chain("A", "B", 2, "attacker#r")
+                    if not bare else [x.rstrip("#") if x in ("A#", "B#") else x
+                                      for x in _relay_chain("A", "B", 2, "attacker#r")])
+    peer.read_frames(lambda f: f == ["r", "done"])
+    peer.close()
