@@ -1010,7 +1010,8 @@ def up_nodes():
 
 
 def known_nodes():
-    """IDs of every node this node has heard of (connected or not).
+    """IDs of every node this node has heard of (connected or not) and still keeps: a node that
+    never came up is forgotten when it goes down, and at most ``max_nodes`` are kept.
 
     Example::
 
