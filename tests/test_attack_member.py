@@ -449,3 +449,27 @@ def test_relay_chain_between_two_nodes_is_cut(cluster, bare):
                                       for x in _relay_chain("A", "B", 2, "attacker#r")])
     peer.read_frames(lambda f: f == ["r", "done"])
     peer.close()
+
+
+@pytest.mark.parametrize("tag", [4, 5, 30, 35, 36])
+def test_cbor_costly_tags_come_out_uninterpreted(tag):
+    value = {4: [-2, 12345], 5: [-1, 3], 30: [1, 3], 35: "(a+)+$", 36: "Subject: x\n\nbody"}[tag]
+    frame = framing.CborDecoder().feed(cbor2.dumps(["p", cbor2.CBORTag(tag, value)]))
+    assert frame == [["p", cbor2.CBORTag(tag, value)]]
+
+
+@pytest.mark.parametrize("raw", [
+    bytes.fromhex("82") + b"\x40" + bytes.fromhex("d9010082") + b"\x43abc" + bytes.fromhex("d81900"),
+    bytes.fromhex("82") + b"\x40" + bytes.fromhex("d81900"),
+    bytes.fromhex("82") + b"\x40" + bytes.fromhex("d81c82") + b"\x41a" + bytes.fromhex("d81d00"),
+], ids=["stringref_in_namespace", "stringref_alone", "shared_ref"])
+def test_cbor_references_are_refused(raw):
+    from aemp_green.exceptions import RemoteProtocolError
+
+    with pytest.raises(RemoteProtocolError, match="refused"):
+        framing.CborDecoder().feed(raw)
+
+
+def test_cbor_shareable_alone_is_its_value():
+    raw = bytes.fromhex("82") + b"\x40" + bytes.fromhex("d81c82") + b"\x41a" + b"\x41b"
+    assert framing.CborDecoder().feed(raw) == [["", ["a", "b"]]]
