@@ -37,10 +37,11 @@ def case(tmp, name, send, cfg=None, extra=None):
         size = send(p)
         try:
             p.ping(timeout=120)
+            kept = True
         except AssertionError:
-            pass  # the link was dropped
+            kept = False  # the link was dropped
         report("%s (%d KB in)" % (name, size // 1024), t, rss0, log0, cpu0,
-               extra(t) if extra else "")
+               "link kept=%s %s" % (kept, extra(t) if extra else ""))
         p.close()
     finally:
         t.stop()
