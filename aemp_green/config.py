@@ -349,6 +349,23 @@ SETTINGS = (
             "aemp_green: addresses kept for one node from g_found or the 'l family."),
     Setting("max_addr_len", 256, _v_positive_int,
             "aemp_green: longest host:port address accepted from g_found or the 'l family."),
+    Setting("max_forward_depth", 8, _v_positive_int,
+            "aemp_green: how deep node-port requests may nest (a request to our own node port "
+            "made while handling another, e.g. snd relays to ourselves); deeper ones are dropped."),
+    Setting("max_nodes", 10000, _v_positive_int,
+            "aemp_green: other nodes kept in memory; beyond it down nodes are forgotten (oldest "
+            "first) and relays from peers to yet unknown nodes are dropped."),
+    Setting("allow_trace", False, _v_bool,
+            "aemp_green: let a secure node stream its traffic trace and log records to other "
+            "nodes (aemp trace, logcatcher); a node that is not secure always does."),
+    Setting("max_trace_streams", 16, _v_positive_int,
+            "aemp_green: trace streams (aemp trace) and log-record streams (logcatcher) this "
+            "node sends at once, each; further subscriptions are refused."),
+    Setting("log_rate_lines", 5, _v_positive_int,
+            "aemp_green: log lines per peer and reason for bad input from the network, per "
+            "log_rate_interval; further ones are counted and reported as suppressed."),
+    Setting("log_rate_interval", 60, _v_positive_number,
+            "aemp_green: seconds of one log_rate_lines window."),
 )
 
 #: Lookup of :data:`SETTINGS` by key name.

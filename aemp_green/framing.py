@@ -33,9 +33,12 @@ cbor
     exactly as a Perl peer would see no difference either. Map keys must be text or byte
     strings (all Perl ever sends; anything else, e.g. an array used as key, is a
     ``RemoteProtocolError``). If turning byte keys into ``str`` makes two keys equal
-    (``{b"a": 1, "a": 2}``) the later one wins. Tags: whatever ``cbor2`` decodes natively
-    (bignums, datetimes, ...) comes out as ``cbor2`` gives it, except shared references
-    (tags 28/29), which could build cyclic structures and are refused.
+    (``{b"a": 1, "a": 2}``) the later one wins. Tags: a decoded frame never costs much more
+    memory or time than its bytes. String references (tags 25/256, which repeat a string for
+    3 bytes) and shared references (tag 29) are refused: the frame is malformed. Tags whose
+    decoding is super-linear or runs a parser (4, 5, 30: decimal, bigfloat, rational; 35
+    regex; 36 MIME) come out uninterpreted as ``cbor2.CBORTag``; unknown tags too. The other
+    tags ``cbor2`` decodes natively (bignums, datetimes, ...) come out as ``cbor2`` gives them.
 
 Decoders
     ``feed(data)`` returns the list of every frame completed so far (each a Python ``list``;
@@ -469,15 +472,49 @@ _NEEDS_FIX = frozenset((bytes, list, dict, tuple, _frozendict))
 _encoder_pool = []
 
 
-def _no_shared_ref(value, immutable):
-    raise ValueError("shared references (CBOR tag 29) are not supported")
+def _refused_tag(tag, what):
+    def refuse(value, immutable):
+        raise ValueError("CBOR tag %d (%s) refused" % (tag, what))
+    return refuse
+
+
+def _opaque_tag(tag):
+    def opaque(value, immutable):
+        return _CBORTag(tag, value)
+    return opaque
+
+
+def _cbor_why(exc):
+    """cbor2's error text, with the cause it wraps (e.g. why a tag was refused)."""
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in str(exc):
+        return "%s: %s" % (exc, cause)
+    return str(exc)
 
 
 def _plain_shareable(value, immutable):
     return value
 
 
-_SEMANTIC = {28: _plain_shareable, 29: _no_shared_ref}
+_CBORTag = cbor2.CBORTag
+# The CBOR tags cbor2 would interpret (see the module docstring, "Tags"). A peer that holds the
+# secret must not make us use far more memory or CPU than the bytes it sent:
+# * refused (the frame is malformed, the link is dropped): string references (25, 256: a
+#   3-byte reference repeats a whole string, 109 KB became 303 MB) and shared references (29:
+#   cycles, repetition). Perl's CBOR::XS sends none of them unless told to (pack_strings,
+#   allow_sharing); tag 28 alone (a value marked shareable) is harmless and decoded as its value.
+# * left uninterpreted (a cbor2.CBORTag): tags whose decoding costs more than linear time in
+#   the input (4 decimal fraction, 5 bigfloat, 30 rational: big-number arithmetic, 0.5 s for
+#   an 80 KB decimal, four times that for twice the size) or runs a parser on peer data (35
+#   regular expression, 36 MIME message).
+# Everything else cbor2 decodes in time and memory linear in the input (the largest factor is
+# for empty containers: a 1-byte empty map becomes about 80 bytes).
+_SEMANTIC = {25: _refused_tag(25, "string reference"),
+             256: _refused_tag(256, "string reference namespace"),
+             28: _plain_shareable,
+             29: _refused_tag(29, "shared reference"),
+             4: _opaque_tag(4), 5: _opaque_tag(5), 30: _opaque_tag(30),
+             35: _opaque_tag(35), 36: _opaque_tag(36)}
 
 
 def encode_cbor(msg):
@@ -787,7 +824,7 @@ class CborDecoder(_Decoder):
                 return pos
             except Exception as exc:
                 self._dec = None
-                raise RemoteProtocolError("invalid cbor frame: %s" % (exc,)) from None
+                raise RemoteProtocolError("invalid cbor frame: %s" % (_cbor_why(exc),)) from None
             end = tell()
             if end - pos > max_frame:
                 raise RemoteProtocolError("cbor frame larger than %d bytes" % max_frame)

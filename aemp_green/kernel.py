@@ -28,6 +28,7 @@ from gevent.monkey import get_original as _gevent_original
 from greenlet import getcurrent, greenlet
 
 from ._guard import Guard
+from ._ratelog import RateLog, esc, exc_text
 from ._report import report_crash
 
 __all__ = [
@@ -43,9 +44,11 @@ __all__ = [
     "node_request",
     "deliver_remote",
     "register_node_request",
+    "request_origin",
 ]
 
 logger = logging.getLogger(__name__)
+_rl = RateLog(logger)  # bad input from peers: one line per peer and reason (see _ratelog)
 
 _ALNUM = string.digits + string.ascii_letters
 
@@ -469,7 +472,8 @@ def deliver_remote(from_node, frame):
         return
     name = frame[0]
     if name.__class__ is not str:
-        logger.warning("frame from %s with non-string port name %r dropped", from_node, name)
+        _rl.warning((from_node, "port name"), "frame from %s with non-string port name %s "
+                    "dropped", from_node, esc(name))
         return
     if name:
         p = _ports.get(_NODE + "#" + name)
@@ -679,24 +683,38 @@ def after(seconds, target, *msg):
 
 _NODE_REQ = {}
 _secure = False
+_allow_trace = False
+_max_forward_depth = 8  # setting max_forward_depth (configure sets it)
+_CODE = 1  # request kinds refused by a secure node (the second item of a _NODE_REQ entry)
+_TRACE = 2
 
 
-def register_node_request(tag, fn, *, code=False):
+def register_node_request(tag, fn, *, code=False, trace=False):
     """Register ``fn(from_node, *args)`` as the handler of node-port request ``tag``.
 
-    ``code=True`` marks requests that run arbitrary code (refused when the node is ``secure``).
+    ``code=True`` marks requests that run arbitrary code (refused when the node is ``secure``);
+    ``trace=True`` marks requests that stream this node's traffic or log records to another
+    node (refused when the node is ``secure``, unless the setting ``allow_trace`` is true).
     Used by the other modules (spawn, the global database); applications rarely need it.
 
     Example::
 
         register_node_request("my_ping", lambda from_node, *reply: snd(*reply, "pong"))
     """
-    _NODE_REQ[tag] = (fn, code)
+    _NODE_REQ[tag] = (fn, _CODE if code else _TRACE if trace else 0)
 
 
-def _set_secure(flag):
-    global _secure
+def _set_secure(flag, allow_trace=False):
+    global _secure, _allow_trace
     _secure = bool(flag)
+    _allow_trace = bool(allow_trace)
+
+
+def _set_limits(max_forward_depth=None):
+    """Set the kernel's limits from the configuration (``configure``)."""
+    global _max_forward_depth
+    if max_forward_depth is not None:
+        _max_forward_depth = int(max_forward_depth)
 
 
 class _NodePort:
@@ -716,7 +734,7 @@ class _NodePort:
 
     def _deliver(self, msg):
         _check_thread()  # snd to this node's node port
-        node_request(_NODE, msg)
+        node_request(_NODE, msg)  # (inside a request: queued as that request's origin)
 
     def _terminate(self, reason):  # pragma: no cover
         raise ValueError("the node port cannot die")
@@ -730,31 +748,99 @@ def node_request(from_node, msg):
     """Handle one node-port request ``msg`` (``[tag, *args]``) that came from ``from_node``.
 
     Called by the network for every frame addressed to port ``""`` and by local sends to the
-    node port. Bad requests are logged and dropped; they never raise.
+    node port. Bad requests are logged (rate-limited, see ``_ratelog``) and dropped; they never
+    raise.
+
+    A request to our own node port made *while* a request is handled in this greenlet (a
+    ``snd`` relay to ourselves, a reply sent to our node port) is not handled inside the
+    running one: it is queued and handled when that one returned (a loop, never a recursion),
+    as coming from the node that sent the first request (its real origin, as Perl's
+    ``$SRCNODE``), at most ``max_forward_depth`` such levels deep.
 
     Example::
 
         node_request(from_node, frame[1:])               # deliver_remote, for a frame to port ""
         node_request("other/1", ["snd", port, "hello"])  # other/1 asks us to relay "hello"
     """
+    global _req_glet, _req_state
+    cur = getcurrent()
+    if _req_glet is cur:  # nested: a handler sent to our node port (see above)
+        st = _req_state
+        if from_node == _NODE:
+            from_node = st[0]
+        depth = st[1] + 1
+        if depth > _max_forward_depth:
+            _rl.warning((from_node, "depth"), "node request from %s nested more than %d deep "
+                        "(max_forward_depth) dropped: %s", from_node, _max_forward_depth,
+                        esc(msg[:1]))
+            return
+        queue = st[2]
+        if queue is None:
+            queue = st[2] = deque()
+        queue.append((from_node, msg, depth))
+        return
+    # (a handler that blocks lets other greenlets handle requests meanwhile: each one saves
+    # and restores the running request's state)
+    prev = _req_glet, _req_state
+    st = _req_state = [from_node, 0, None]
+    _req_glet = cur
+    try:
+        _node_request1(from_node, msg)
+        queue = st[2]
+        if queue:
+            while queue:
+                from_node, msg, st[1] = queue.popleft()
+                st[0] = from_node
+                _node_request1(from_node, msg)
+    finally:
+        _req_glet, _req_state = prev
+
+
+_req_glet = None  # the greenlet handling a node request (see node_request)
+_req_state = None  # its [origin, depth, queue of nested requests or None]
+
+
+def request_origin():
+    """The node whose node-port request the running greenlet is handling, or None.
+
+    Requests that our own handlers make to our node port count as the original sender's.
+
+    Example::
+
+        def my_request(from_node, *args):
+            assert request_origin() == from_node
+    """
+    return _req_state[0] if _req_glet is getcurrent() else None
+
+
+def _node_request1(from_node, msg):
     if not msg:
         return
     tag = msg[0]
-    if not isinstance(tag, str):
-        logger.warning("node request with non-string tag from %s dropped", from_node)
+    if tag.__class__ is not str:
+        _rl.warning((from_node, "tag"), "node request with non-string tag %s from %s dropped",
+                    esc(tag), from_node)
         return
     entry = _NODE_REQ.get(tag)
     try:
         if entry is not None:
-            fn, code = entry
-            if code and _secure:
-                logger.warning("secure node: refused %r request from %s", tag, from_node)
+            fn, kind = entry
+            if kind and _secure and (kind == _CODE or not _allow_trace):
+                _rl.warning((from_node, "secure"), "secure node: refused %s request from %s%s",
+                            esc(tag), from_node,
+                            "" if kind == _CODE else " (setting allow_trace)")
                 return
             fn(from_node, *msg[1:])
         elif tag:
             _call_function(from_node, tag, msg[1:])
-    except Exception:
-        logger.exception("error processing node message %r from %s", tag, from_node)
+    except Exception as exc:
+        if from_node == _NODE:  # our own code asked: a bug here, worth a traceback
+            logger.exception("error processing node message %r from %s", tag, from_node)
+            return
+        # a peer's bad request: one line, no traceback (unless debugging)
+        _rl.error((from_node, "failed"), "error processing node message %s from %s: %s",
+                  esc(tag), from_node, exc_text(exc),
+                  exc_info=exc if logger.isEnabledFor(logging.DEBUG) else None)
 
 
 def _resolve_function(name):
@@ -790,19 +876,21 @@ def _resolve_function(name):
 
 def _call_function(from_node, name, args):
     if _secure:
-        logger.warning("secure node: refused function call %r from %s", name, from_node)
+        _rl.warning((from_node, "secure"), "secure node: refused function call %s from %s",
+                    esc(name), from_node)
         return
     try:
         fn = _resolve_function(name)
     except (LookupError, AttributeError) as exc:
-        logger.warning("unknown node request %r from %s dropped: %s", name, from_node, exc)
+        _rl.warning((from_node, "unknown"), "unknown node request %s from %s dropped: %s",
+                    esc(name), from_node, exc_text(exc))
         return
     fn(*args)
 
 
 # requests every node answers -------------------------------------------------------------
 
-_remote_monitors = {}  # (from_node, portname) -> action
+_remote_monitors = {}  # from_node -> {portname: action} (by node: node-down is linear)
 
 #: why recently spawned ports died at birth (name -> reason), for the monitor that the spawning
 #: node sends right after its spawn request: it gets the cause, not "no_such_port"
@@ -834,15 +922,21 @@ def _req_mon1(from_node, portid, *_):
         _reply_kil0(from_node, name, reason or ("no_such_port", "cannot monitor nonexistent port",
                                                 _NODE + "#" + name))
         return
-    key = (from_node, name)
-    if key in _remote_monitors:
+    mons = _remote_monitors.get(from_node)
+    if mons is None:
+        mons = _remote_monitors[from_node] = {}
+    elif name in mons:
         return
 
     def action(*reason):
-        _remote_monitors.pop(key, None)
+        m = _remote_monitors.get(from_node)
+        if m is not None and m.get(name) is action:
+            del m[name]
+            if not m:
+                del _remote_monitors[from_node]
         _reply_kil0(from_node, name, reason)
 
-    _remote_monitors[key] = action
+    mons[name] = action
     if p.monitors is None:
         p.monitors = [action]
     else:
@@ -857,9 +951,19 @@ def _reply_kil0(to_node, name, reason):
 
 def _req_mon0(from_node, portid, *_):
     name = portid.partition("#")[2] if "#" in portid else portid
-    action = _remote_monitors.pop((from_node, name), None)
+    mons = _remote_monitors.get(from_node)
+    if not mons:
+        return
+    action = mons.pop(name, None)
+    if not mons:
+        del _remote_monitors[from_node]
+    if action is not None:
+        _unhook_monitor(name, action)
+
+
+def _unhook_monitor(name, action):
     p = _local_by_name(name)
-    if action is not None and p is not None and p.monitors:
+    if p is not None and p.monitors:
         try:
             p.monitors.remove(action)
         except ValueError:
@@ -867,9 +971,12 @@ def _req_mon0(from_node, portid, *_):
 
 
 def _forget_node_monitors(nodeid):
-    """Drop every monitor a (now disconnected) remote node had on our ports."""
-    for key in [k for k in _remote_monitors if k[0] == nodeid]:
-        _req_mon0(nodeid, key[1])
+    """Drop every monitor a (now disconnected) remote node had on our ports (costs what that
+    node held, not what every node holds)."""
+    mons = _remote_monitors.pop(nodeid, None)
+    if mons:
+        for name, action in mons.items():
+            _unhook_monitor(name, action)
 
 
 def _req_kil0(from_node, portname, *reason):
@@ -878,7 +985,7 @@ def _req_kil0(from_node, portname, *reason):
 
 def _req_kil1(from_node, portname, *reason):
     if not portname:
-        logger.warning("kil1 of the node port from %s ignored", from_node)
+        _rl.warning((from_node, "kil1"), "kil1 of the node port from %s ignored", from_node)
         return
     p = _local_by_name(portname)
     if p is not None:
@@ -910,7 +1017,7 @@ def _eval_namespace():
 
 
 def _req_eval(from_node, expr, *reply):
-    logger.info("eval request from %s: %r", from_node, expr)
+    logger.info("eval request from %s: %s", from_node, esc(expr))
     try:
         result = eval(expr, _eval_namespace())  # noqa: S307 - refused when secure
         err = ""

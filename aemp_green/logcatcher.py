@@ -17,9 +17,9 @@ How it works
     * The catching node watches the ``'l`` family (``db_mon``): every node in the network, and
       every node that joins later, gets the node request ``aemp_green.logcatcher._req_catch``
       with the catcher's port and level (``level`` None unsubscribes). The request is a
-      function name, so a node that never imported this module loads it on demand (unless it
-      is ``secure``, which refuses requests by name; importing ``aemp_green.logcatcher``
-      there registers the request so that secure nodes answer it too).
+      function name, so a node that never imported this module loads it on demand. A
+      ``secure`` node refuses it (log records tell a lot about a node), unless its setting
+      ``allow_trace`` is true, as it refuses ``aemp trace``.
     * A subscribed node installs one ``logging.Handler`` on its root logger (removed again
       when the last subscription ends). It only filters by level and appends to a bounded
       buffer (``BUFFER`` records; when full the oldest is dropped and counted) and wakes a
@@ -47,6 +47,7 @@ import gevent
 from greenlet import getcurrent
 
 from . import kernel as _k
+from ._ratelog import RateLog, esc
 
 __all__ = ["catch", "ForwardingHandler", "subscribers", "BUFFER", "BATCH"]
 
@@ -188,6 +189,21 @@ class ForwardingHandler(logging.Handler):
 
 _handler = None
 _sub_guards = {}  # port -> monitor undo
+_max_streams = 16  # setting max_trace_streams
+_rl = RateLog(logger)
+
+
+def set_max_streams(n):
+    """Subscribe at most ``n`` catcher ports at once (the setting ``max_trace_streams``;
+    ``configure`` calls this). Each record costs one message per subscriber.
+
+    Example::
+
+        set_max_streams(4)
+    """
+    global _max_streams
+    if n is not None:
+        _max_streams = int(n)
 
 
 def subscribers():
@@ -200,7 +216,7 @@ def subscribers():
     return dict(_handler.subs) if _handler is not None else {}
 
 
-def _req_catch(port, level=logging.INFO, *_):
+def _req_catch(port, level=logging.INFO, *_, from_node="?"):
     """Node request (also resolvable by name): subscribe ``port`` at ``level``; None stops."""
     global _handler
     if not isinstance(port, str) or "#" not in port:
@@ -212,6 +228,10 @@ def _req_catch(port, level=logging.INFO, *_):
         level = logging.getLevelName(str(level).upper())
         if not isinstance(level, int):
             return
+    if port not in _sub_guards and len(_sub_guards) >= _max_streams:
+        _rl.warning((from_node, "log streams"), "log catch request from %s for %s refused: %d "
+                    "streams already (max_trace_streams)", from_node, esc(port), _max_streams)
+        return
     if _handler is None:
         _handler = ForwardingHandler()
         logging.getLogger().addHandler(_handler)
@@ -233,7 +253,9 @@ def _unsubscribe(port):
         logger.debug("log forwarding off")
 
 
-_k.register_node_request(_TAG, lambda from_node, *args: _req_catch(*args))
+# trace=True: a secure node refuses it unless the setting allow_trace is true
+_k.register_node_request(_TAG, lambda from_node, *args: _req_catch(*args, from_node=from_node),
+                         trace=True)
 
 
 # =========================================================================== catching side

@@ -19,12 +19,15 @@ import socket as _stdsocket
 
 import gevent
 from gevent.event import Event
+from greenlet import getcurrent
 
 from . import config as _config
 from . import framing
 from . import kernel as _k
 from . import transport
 from ._guard import Guard
+from ._ratelog import RateLog, esc, exc_text
+from ._ratelog import set_limits as _set_log_limits
 from .exceptions import ConfigError, RemoteProtocolError
 
 __all__ = [
@@ -45,8 +48,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_rl = RateLog(logger)  # bad input from peers (see _ratelog)
 
 _nodes = {}  # nodeid -> RemoteNode
+_idle = {}  # nodeid -> RemoteNode kept after it went down (oldest first; see _maybe_forget)
 _cfg = dict(_config.DEFAULTS)
 _tls = None  # transport.TLSContexts of our cert, built once by configure
 _listeners = []
@@ -150,6 +155,7 @@ class RemoteNode:
                 self.connect_to(self.addrs)
         elif self.connecting and not self._attempts:
             self.transport_error("no known address")
+        _maybe_forget(self)  # an answer nobody waits for: kept only as an idle node
 
     def connect_to(self, addrs):
         """Dial the non-empty list ``addrs`` (``"host:port"``), staggered, skipping addresses
@@ -282,11 +288,21 @@ class RemoteNode:
                 _k._fire_monitors(actions, reason)
 
             _k._spawn_raw(fire_then_heal)
-        logger.info("%s is down: %s", self.id, why)
+        had_link = was_up or why not in ("connect timeout", "no known address")
+        if had_link:
+            logger.info("%s is down: %s", self.id, why)
+        else:  # a node that never came up (maybe invented by a peer): rate-limited
+            _rl.info(("never up", why), "%s is down: %s", self.id, why)
         _k._forget_node_monitors(self.id)
-        if was_up or why not in ("connect timeout", "no known address"):
+        if had_link:
             _notify_watchers(self.id, False, reason)
         _hooks().node_down(self)
+        # free it when it holds nothing; a node that had a link (reported down above) stays
+        # known; if its monitors still have to run (spawned above), after them
+        if self.broken:
+            _k._spawn_raw(_maybe_forget, self, had_link)
+        else:
+            _maybe_forget(self, had_link)
 
     # -- monitors ------------------------------------------------------------------------
     def monitor(self, portname, action):
@@ -362,11 +378,103 @@ class RemoteNode:
 
 
 def get_node(nodeid):
-    """The ``RemoteNode`` for ``nodeid``, created on first use."""
+    """The ``RemoteNode`` for ``nodeid``, created on first use.
+
+    Example::
+
+        get_node("other/1").send(("portname", "hello"))
+    """
     n = _nodes.get(nodeid)
     if n is None:
+        if len(_nodes) >= _max_nodes():
+            _make_room()
         n = _nodes[nodeid] = RemoteNode(nodeid)
     return n
+
+
+# ---- freeing the state of nodes nobody needs (setting max_nodes) ----------------------------
+# A node that is down and holds nothing (no link, no queue, no monitors, not connecting) is
+# forgotten at once unless it was ever up or its addresses are known (also a ``host:port`` ID):
+# a peer that makes us send to invented node IDs leaves nothing behind. The others are kept (known_nodes, node_is_up
+# False, cached addresses) in ``_idle``, oldest first, and dropped when ``max_nodes`` is reached.
+
+def _max_nodes():
+    return int(_cfg.get("max_nodes") or 10000)
+
+
+def _is_idle(n):
+    return (n.link is None and not n.extra_links and not n.connecting and not n.queue
+            and not n.monitors and not n._attempts and not n.broken)
+
+
+def _maybe_forget(n, had_link=False):
+    """``n`` went down (or got an unsolicited answer): free it, or keep it in ``_idle``."""
+    if had_link:
+        n._was_up = True
+    if _nodes.get(n.id) is not n or not _is_idle(n):
+        return
+    _idle.pop(n.id, None)
+    if n.addrs or getattr(n, "_was_up", False) or _HOSTPORT.match(n.id):
+        _idle[n.id] = n
+    else:
+        del _nodes[n.id]
+
+
+def _make_room():
+    """Drop the oldest idle nodes until ``_nodes`` is below ``max_nodes`` (or none is idle)."""
+    cap = _max_nodes()
+    while len(_nodes) >= cap and _idle:
+        nodeid = next(iter(_idle))
+        n = _idle.pop(nodeid)
+        if _nodes.get(nodeid) is n and _is_idle(n):
+            del _nodes[nodeid]
+
+
+def _node_for_relay(nodeid):
+    """``get_node(nodeid)``, unless a peer's request would make us remember one node more than
+    ``max_nodes`` (then None: the caller drops what the peer asked for, with a log line)."""
+    n = _nodes.get(nodeid)
+    if n is not None:
+        return n
+    if len(_nodes) >= _max_nodes():
+        _make_room()
+        origin = _k.request_origin()
+        if len(_nodes) >= _max_nodes() and origin is not None and origin != _k._NODE:
+            _rl.warning((origin, "max_nodes"), "request from %s for unknown node %s dropped: "
+                        "%d nodes known (max_nodes)", origin, esc(nodeid), len(_nodes))
+            return None
+    return get_node(nodeid)
+
+
+_RELAY_SCAN_MIN = 8  # node-port frames this short cannot carry a long relay chain
+
+
+def _relay_chain(frame):
+    """True (and logged) if ``frame``, a request to another node's node port that we send on
+    behalf of a peer's request, names more node ports than ``max_forward_depth``.
+
+    A peer can make two nodes relay a request back and forth (``["", "snd", "B#", "snd",
+    "A#", "snd", "B#", ...]`` sent to A, or the same with ``time``/``can`` replies): each hop
+    is a new request, so the local nesting bound does not see it, and each hop re-sends the
+    rest of the frame (quadratic work for both nodes). Every hop of such a chain is one node
+    port ID in the frame (``node#``, or the bare ID of a node we know), so counting them
+    bounds the chain at its first hop.
+    """
+    origin = _k.request_origin()
+    if origin is None or origin == _k._NODE:
+        return False  # our own code sends what it wants
+    limit = int(_cfg.get("max_forward_depth") or 8)
+    hops = 0
+    me = _k._NODE
+    for x in frame:  # node ports: "node#", or a bare node ID (of a node we could send to)
+        if x.__class__ is str and ((x.endswith("#") and len(x) > 1) or x in _nodes or x == me):
+            hops += 1
+            if hops > limit:
+                _rl.warning((origin, "relay chain"), "request from %s relaying more than %d "
+                            "node-port requests dropped (max_forward_depth): %s", origin,
+                            limit, esc(frame[:3]))
+                return True
+    return False
 
 
 def _explicit_address(nodeid):
@@ -392,10 +500,18 @@ class _Net:
         if nodeid == _k._NODE:
             _k.deliver_remote(nodeid, frame)
             return
-        get_node(nodeid).send(frame)
+        if frame and frame[0] == "" and len(frame) > _RELAY_SCAN_MIN and _relay_chain(frame):
+            return
+        n = _nodes.get(nodeid) or _node_for_relay(nodeid)
+        if n is not None:
+            n.send(frame)
 
     def monitor(self, nodeid, portname, action):
-        get_node(nodeid).monitor(portname, action)
+        n = _nodes.get(nodeid) or _node_for_relay(nodeid)
+        if n is None:
+            _k._spawn_raw(action, "transport_error", nodeid, "too many nodes (max_nodes)")
+            return
+        n.monitor(portname, action)
 
     def unmonitor(self, nodeid, portname, action):
         n = _nodes.get(nodeid)
@@ -446,13 +562,28 @@ def add_tracer(fn):
     return Guard.for_caller(undo)
 
 
+_tracing = set()  # greenlets running the tracers: what tracers send is not traced
+
+
 def _trace(direction, nodeid, frame):
-    for fn in list(_tracers):
-        try:
-            fn(direction, nodeid, frame)
-        except Exception:
-            _tracers.remove(fn)
-            logger.exception("tracer %r failed and was removed", fn)
+    # Not re-entrant: a frame that a tracer sends (a trace stream to a subscriber) is not
+    # traced again, so two subscriptions cannot feed each other. A tracer that fails is
+    # removed (once, however the failures nest) and logged in one line.
+    cur = getcurrent()
+    if cur in _tracing:
+        return
+    _tracing.add(cur)
+    try:
+        for fn in list(_tracers):
+            try:
+                fn(direction, nodeid, frame)
+            except Exception as exc:
+                if fn in _tracers:
+                    _tracers.remove(fn)
+                    _rl.error(("tracer", "failed"), "tracer %s failed and was removed: %s",
+                              esc(fn), exc_text(exc))
+    finally:
+        _tracing.discard(cur)
 
 
 def _print_tracer(direction, nodeid, frame):
@@ -465,17 +596,26 @@ def _print_tracer(direction, nodeid, frame):
                                          json.dumps(shown, ensure_ascii=False, default=repr)))
 
 
-_trace_subscribers = {}  # port -> guard
+_trace_subscribers = {}  # port -> cancel function (stops the stream and its monitor)
 
 
 def _req_trace(from_node, port, on=1, *_):
-    """Node request ``aemp_green_trace``: stream our frames to ``port`` (``on`` false stops)."""
+    """Node request ``aemp_green_trace``: stream our frames to ``port`` (``on`` false stops).
+
+    At most ``max_trace_streams`` ports at once (each frame costs one message per stream);
+    a secure node refuses it unless ``allow_trace`` (``trace=True`` below).
+    """
     if not isinstance(port, str):
         return
     old = _trace_subscribers.pop(port, None)
     if old is not None:
-        old.cancel()
+        old()
     if not on:
+        return
+    cap = int(_cfg.get("max_trace_streams") or 16)
+    if len(_trace_subscribers) >= cap:
+        _rl.warning((from_node, "trace streams"), "trace request from %s for %s refused: %d "
+                    "streams already (max_trace_streams)", from_node, esc(port), cap)
         return
 
     def forward(direction, nodeid, frame):
@@ -483,17 +623,22 @@ def _req_trace(from_node, port, on=1, *_):
             return  # never trace the trace stream itself
         _k.snd(port, "trace", direction, nodeid, list(frame))
 
-    g = Guard(lambda: _tracers.remove(forward) if forward in _tracers else None)
+    def cancel():
+        if forward in _tracers:
+            _tracers.remove(forward)
+        undo_monitor()
+
     _tracers.append(forward)
-    _trace_subscribers[port] = g
-    _k._add_monitor(port, lambda *r: _req_trace(from_node, port, 0))
+    _trace_subscribers[port] = cancel
+    undo_monitor = _k._add_monitor(port, lambda *r: _req_trace(from_node, port, 0))
 
 
 def node_of_port(port):
     return port.partition("#")[0]
 
 
-_k.register_node_request("aemp_green_trace", _req_trace)
+# a secure node refuses it unless the setting allow_trace is true (kernel.node_request)
+_k.register_node_request("aemp_green_trace", _req_trace, trace=True)
 
 
 def _on_close(link, why):
@@ -810,7 +955,9 @@ def configure(profile=None, **kv):
     before = (_k._NODE, _k._secure, _cfg, _tls)
     _tls = tls
     _k._set_node_id(nodeid)
-    _k._set_secure(cfg.get("secure"))
+    _k._set_secure(cfg.get("secure"), cfg.get("allow_trace"))
+    _k._set_limits(max_forward_depth=cfg.get("max_forward_depth"))
+    _set_log_limits(cfg.get("log_rate_lines"), cfg.get("log_rate_interval"))
     _cfg = cfg
     _configured = True
 
@@ -839,6 +986,8 @@ def configure(profile=None, **kv):
 
     # the side services every node answers (they register node requests and sub-protocols)
     from . import dataconn, logcatcher  # noqa: F401
+
+    logcatcher.set_max_streams(cfg.get("max_trace_streams"))
 
     for service in cfg.get("services") or []:
         _start_service(service)
@@ -983,7 +1132,8 @@ def up_nodes():
 
 
 def known_nodes():
-    """IDs of every node this node has heard of (connected or not).
+    """IDs of every node this node has heard of (connected or not) and still keeps: a node that
+    never came up is forgotten when it goes down, and at most ``max_nodes`` are kept.
 
     Example::
 
