@@ -732,7 +732,7 @@ MAX_PENDING_HANDSHAKES = 256
 MAX_PENDING_PER_SOURCE = 32
 
 
-def _make_room(source):
+def _make_handshake_room(source):
     """Slowloris defence: keep unfinished incoming handshakes within the caps, evicting fairly.
 
     A source (remote IP) over its own cap loses its oldest pending handshake; when the total cap
@@ -785,7 +785,7 @@ def _accept(sock, addr):
     transport._apply_sockopts(sock, _cfg.get("nodelay", True), _cfg.get("autocork", False))
     peeraddr = transport.bind_string(addr[0], addr[1])
     source = transport.normalize_address(addr[0], None)[0]
-    _make_room(source)
+    _make_handshake_room(source)
     raw = sock
     # a connector must name the address it dialled: this connection's local address, one of the
     # configured binds (a host name as written there) or a public_addresses entry
