@@ -77,6 +77,9 @@ class RemoteNode:
         self.id = nodeid
         self.link = None  # the link we send on
         self.extra_links = []  # links from a simultaneous connect: read from, never sent on
+        # every link to this node, judged alive together: after a simultaneous connect the peer
+        # answers our keepalive probes on the connection it sends on, not on ours
+        self.liveness = transport.LinkGroup()
         self.queue = []
         self.monitors = {}  # portname -> [actions]
         self.connecting = False
@@ -198,6 +201,7 @@ class RemoteNode:
         """
         if self.link is not None:
             self.extra_links.append(link)
+            link.probe = None  # probes go out on the link we send on (they test that direction)
             return
         self.link = link
         self.connecting = False
@@ -518,7 +522,8 @@ def _start_link(sock, est, trailing, outgoing):
                           keepalive=float(_cfg["monitor_timeout"]) if _cfg.get("keepalive", True)
                           else None,
                           # the peer answers ["", "", <time>] to our node port: a no-op
-                          probe=("", "time", _k._NODE + "#", ""))
+                          probe=("", "time", _k._NODE + "#", ""),
+                          group=get_node(est.peer_nodeid).liveness)
     link.closed_event = Event()
     get_node(est.peer_nodeid).attach(link)
     return link

@@ -1,0 +1,86 @@
+"""Link management: simultaneous connects, a stopped-and-continued node, dialling exhaustion.
+
+* Two nodes that dial each other at the same moment end up with two TCP connections (each side
+  sends on one and reads the other). The keepalive watchdog must judge the peer over all of its
+  connections, or a healthy idle peer is declared dead after monitor_timeout and every monitor
+  on it fires (AEMP promises a monitor fires only when messages may have been lost).
+* A node that was SIGSTOPped for longer than monitor_timeout must read what its peers sent
+  meanwhile before it judges them: the data waiting in the socket proves they are alive.
+* A node made to dial thousands of unreachable addresses must not run out of file descriptors:
+  outgoing dials are bounded (``max_dials``), a file descriptor reserve is kept for accepts
+  (``fd_reserve``), and an address that failed is backed off; a legitimate node still connects.
+"""
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from netutil import RawPeer, cluster, free_port  # noqa: F401 - cluster is a fixture
+
+TIMEOUT = 2.0  # monitor_timeout of the mesh nodes
+
+
+def _addr():
+    return "127.0.0.1:%d" % free_port()
+
+
+# ----------------------------------------------------------------- 1. simultaneous connects
+
+_MESH_SNIPPET = """
+import time as _t
+FIRED = []
+DOWN = []
+mon_nodes(lambda n, up, *r: (not up) and DOWN.append((n, list(r))))
+gevent.sleep(max(0.0, %(at)r - _t.time()))
+for other in %(others)r:
+    if other != NODE():
+        mon(other + "#", lambda *r, o=other: FIRED.append((o, list(r))))
+emit("dialled")
+"""
+
+
+def test_simultaneous_connects_keep_healthy_links_up(cluster):
+    """16 nodes (plus a seed) dial each other at the same moment in a full mesh, each
+    monitoring every other node's node port, then idle for more than 2 x monitor_timeout:
+    no monitor fires and no node is reported down, although some pairs got two links."""
+    seed = cluster.seed(monitor_timeout=TIMEOUT)
+    ids = []
+    specs = []
+    for i in range(16):
+        a = _addr()
+        ids.append(a)  # a node ID host:port is dialled directly: no lookup jitter
+        specs.append(("n%02d" % i, dict(nodeid=a, binds=[a], seeds=[seed.addr],
+                                        monitor_timeout=TIMEOUT)))
+    nodes = cluster.start(*specs)
+    for n in nodes:
+        n.run("wait_for(lambda: node_is_up(%r))" % seed.nodeid, timeout=15)
+    at = time.time() + 1.5
+    for n in nodes:
+        n.exec(_MESH_SNIPPET % dict(at=at, others=ids))
+    for n in nodes:
+        n.expect("dialled", timeout=10)
+    for n in nodes:
+        n.run("wait_for(lambda: all(node_is_up(o) for o in %r), timeout=10)" % ids, timeout=15)
+    doubles = sum(n.ask("sum(1 for x in node._nodes.values() if x.extra_links)")
+                  for n in nodes)
+    # idle past 2 x monitor_timeout (the condition under test is the idling itself)
+    t_idle = time.time()
+    for n in nodes:
+        n.exec("gevent.sleep(%r); emit('idle', FIRED, DOWN)" % (2.3 * TIMEOUT))
+    fired = []
+    down = []
+    for n in nodes:
+        f, d = n.expect("idle", timeout=2.3 * TIMEOUT + 10)
+        fired += [(n.nodeid,) + tuple(x) for x in f]
+        down += [(n.nodeid,) + tuple(x) for x in d]
+    assert time.time() - t_idle >= 2 * TIMEOUT
+    print("pairs with two links (counted on both sides): %d" % doubles)
+    assert not fired, "%d monitors fired on healthy peers (%d double links): %r" % (
+        len(fired), doubles, fired[:5])
+    assert not down, "%d node-down reports for healthy peers: %r" % (len(down), down[:5])
+    for n in nodes:
+        assert n.ask("sorted(up_nodes())") == sorted(set(ids + [seed.nodeid]) - {n.nodeid})
