@@ -84,3 +84,43 @@ def test_simultaneous_connects_keep_healthy_links_up(cluster):
     assert not down, "%d node-down reports for healthy peers: %r" % (len(down), down[:5])
     for n in nodes:
         assert n.ask("sorted(up_nodes())") == sorted(set(ids + [seed.nodeid]) - {n.nodeid})
+
+
+# ----------------------------------------------------------------- 2. stopped and continued
+
+def test_stopped_node_reads_before_it_judges(cluster):
+    """A node SIGSTOPped for more than its monitor_timeout, whose peer kept probing it (the
+    probes wait in its socket), must not declare that peer dead when it continues: no monitor
+    fires, on either side. The peer's own timeout is longer than the stop, so it stays up."""
+    peer = cluster.seed("peer", monitor_timeout=6)
+    stopped = cluster.node("stopped", seeds=[peer.addr], monitor_timeout=1.5)
+    for a, b in ((stopped, peer), (peer, stopped)):
+        a.run("""
+            wait_for(lambda: node_is_up(%(b)r), timeout=10)
+            FIRED = []
+            DOWN = []
+            mon_nodes(lambda n, up, *r: (not up) and DOWN.append((n, list(r))))
+            mon(%(b)r + "#", lambda *r: FIRED.append(list(r)))
+        """ % dict(b=b.nodeid))
+    # a round trip after the mon1 went out: both monitors are in place
+    stopped.run("wait_for(lambda: node._nodes[%r].link.frames_in > 0)" % peer.nodeid)
+    before = stopped.ask("node._nodes[%r].link.frames_in" % peer.nodeid)
+    os.kill(stopped.proc.pid, signal.SIGSTOP)
+    try:
+        # the peer probes an idle link every monitor_timeout / 3 = 2 s: wait for its second
+        # probe (the first one may go out before the stop) to be sent, unanswered
+        peer.run("""
+            L = node._nodes[%r].link
+            n0 = L.frames_out
+            wait_for(lambda: L.frames_out >= n0 + 2, timeout=8)
+        """ % stopped.nodeid, timeout=10)
+    finally:
+        os.kill(stopped.proc.pid, signal.SIGCONT)
+    # two watchdog rounds of the stopped node and more: judge after it had every chance
+    stopped.exec("gevent.sleep(2.0); emit('after', FIRED, DOWN, "
+                 "node_is_up(%r), node._nodes[%r].link.frames_in)" % (peer.nodeid, peer.nodeid))
+    fired, down, up, frames_in = stopped.expect("after", timeout=10)
+    assert not fired and not down, "the stopped node declared its live peer dead: %r %r" % (
+        fired, down)
+    assert up is True and frames_in > before
+    assert peer.ask("[FIRED, DOWN]") == [[], []]
