@@ -124,3 +124,67 @@ def test_stopped_node_reads_before_it_judges(cluster):
         fired, down)
     assert up is True and frames_in > before
     assert peer.ask("[FIRED, DOWN]") == [[], []]
+
+
+# ----------------------------------------------------------------- 3. dialling exhaustion
+
+_FD_SAMPLER = """
+import os as _os
+FDMAX = [0]
+def _sample():
+    while True:
+        FDMAX[0] = max(FDMAX[0], len(_os.listdir("/proc/self/fd")))
+        gevent.sleep(0.01)
+gevent.spawn(_sample)
+emit("sampling")
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds in /proc")
+def test_dialling_thousands_of_dead_addresses_leaves_room_for_accepts(cluster):
+    """A peer holding the secret makes a node (RLIMIT_NOFILE 128) relay messages to 1,200
+    ``host:port`` node IDs nobody answers: 1,000 refuse the connection, 200 accept it and never
+    say a word (the dial then holds its descriptor for the whole handshake timeout). The node
+    must stay below its descriptor limit and a legitimate node must still connect to it
+    within a few seconds."""
+    holes = []
+    try:
+        for _ in range(200):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(16)  # the kernel completes connections; nobody ever accepts or answers
+            holes.append(s)
+        addrs = ["127.0.0.1:%d" % s.getsockname()[1] for s in holes]
+        addrs += ["127.0.0.1:%d" % free_port() for _ in range(1000)]
+        addrs = list(dict.fromkeys(addrs))  # free_port() may hand out a port twice
+        target = cluster.seed("target", _prefix=["sh", "-c", 'ulimit -n 128 && exec "$@"', "sh"])
+        assert target.ask("__import__('resource').getrlimit(__import__('resource')"
+                          ".RLIMIT_NOFILE)[0]") == 128
+        target.exec(_FD_SAMPLER)
+        target.expect("sampling")
+        peer = RawPeer(target.addr, nodeid="attacker")
+        try:
+            peer.handshake()
+            for a in addrs:
+                peer.send_frame(["", "snd", a + "#x", "hello"])
+            # the target has taken every relay request once it answers a later one
+            peer.send_frame(["", "snd", target.nodeid + "#", "devnull"])
+            target.run("wait_for(lambda: len(node._nodes) >= %d, timeout=10)" % len(addrs))
+            t0 = time.monotonic()
+            legit = cluster.node("legit", seeds=[target.addr])
+            legit.run("wait_for(lambda: node_is_up(%r), timeout=20)" % target.nodeid,
+                      timeout=25)
+            t_legit = time.monotonic() - t0
+            fdmax = target.ask("FDMAX[0]")
+        finally:
+            peer.close()
+    finally:
+        for s in holes:
+            s.close()
+    print("legit node up after %.2f s; target's peak fds %d of 128" % (t_legit, fdmax))
+    assert target.alive
+    assert "Too many open files" not in target.log_text()
+    assert fdmax <= 128 - 32, "the target used %d of its 128 file descriptors" % fdmax
+    assert t_legit < 6, "the legitimate node needed %.1f s to connect" % t_legit
+    # refusals are logged, rate-limited: a line or two, not one per address
+    assert 1 <= target.log_text().count("not dialling") <= 3
