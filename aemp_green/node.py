@@ -432,10 +432,6 @@ class _DialLimiter:
         """A dial of ``addr`` succeeded: forget its back-off."""
         self._backoff.pop(addr, None)
 
-    def fds_left(self):
-        """File descriptors left below the soft RLIMIT_NOFILE (None when unknown)."""
-        return _fds_left()
-
     def turn(self, addr):
         """A context manager yielding True when this dial may go ahead (holding a slot)."""
         return _DialTurn(self, addr)

@@ -383,6 +383,7 @@ class Link:
         group = self.group
         blind = 0.0  # seconds we could not observe the peer since its last arrival
         blind_since = None  # the group's last_rx those seconds are counted from
+        excused = None  # loop time since which unread data has kept the link from being judged
         loop.update_now()
         before = loop.now()
         while not self._closed:
@@ -400,11 +401,16 @@ class Link:
                 blind += late  # we were stopped or blocked: the peer could not be heard
             idle = now - last - blind
             if idle > timeout:
-                if group.has_unread():
-                    continue  # the reader has data to take first; judge again next round
+                if group.has_unread() and (excused is None or now - excused <= timeout):
+                    # the reader has data to take first; judge again next round (but a reader
+                    # that takes nothing for another timeout is not waited for any longer)
+                    if excused is None:
+                        excused = now
+                    continue
                 logger.warning("%s: nothing received for %.1f s, link is dead", self.nodeid, timeout)
                 self.close("keepalive timeout (no data for %.1f s)" % timeout)
                 break
+            excused = None
             if now - last >= interval and self.probe is not None:
                 self.send(self.probe)
 
