@@ -462,6 +462,9 @@ class _DialTurn:
         reserve = int(_cfg.get("fd_reserve", 64) or 0)
         if reserve:
             left = _fds_left()
+            # the other dials holding a turn may not have opened their socket yet
+            if left is not None:
+                left -= lim._size - sem.counter - 1
             if left is not None and left < reserve:
                 lim._refuse(self._addr, "only %d file descriptors left (fd_reserve %d)"
                             % (left, reserve))
