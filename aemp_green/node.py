@@ -180,9 +180,11 @@ class RemoteNode:
         try:
             if self.link is not None:
                 return
-            with _dials.turn(addr) as ok:
+            with _dials.turn(addr, self) as ok:
                 if not ok or self.link is not None:
                     return
+                if not self.connecting and _dials.waiting:
+                    return  # the node gave up meanwhile and others wait for a turn
                 host, port = _split_hostport(addr)
                 logger.debug("connecting to %s at %s", self.id, addr)
                 try:
@@ -199,6 +201,8 @@ class RemoteNode:
     def _connect_timeout(self):
         if self.link is None and self.connecting:
             self.transport_error("connect timeout")
+            # its dials still running are speculative now: they make way if others wait
+            _dials.shed(self)
 
     # -- link up/down --------------------------------------------------------------------
     def attach(self, link):
@@ -385,7 +389,10 @@ class _DialLimiter:
     * no dial while fewer than ``fd_reserve`` file descriptors are left below RLIMIT_NOFILE
       (they are kept for accepting connections);
     * an address whose dial failed waits ``connect_interval / 4``, doubling per further
-      failure up to ``dial_backoff_max`` seconds, before it is dialled again.
+      failure up to ``dial_backoff_max`` seconds, before it is dialled again;
+    * a dial whose node has given up (its ``connect_interval`` passed) makes way: when every
+      turn is taken, a new dial stops the oldest such one (a black hole holds its dial for
+      the whole handshake timeout, and must not keep our real connections out).
 
     Example::
 
@@ -402,6 +409,8 @@ class _DialLimiter:
         self._backoff = {}  # addr -> (loop time it may be dialled again, current pause)
         self._refused = 0  # dials refused since the last log line
         self._logged = -1e9  # loop time of that log line
+        self._holders = {}  # greenlet holding a turn -> its RemoteNode (oldest first)
+        self.waiting = 0  # dials waiting for a turn
 
     def _semaphore(self):
         size = int(_cfg.get("max_dials") or 64)
@@ -432,9 +441,28 @@ class _DialLimiter:
         """A dial of ``addr`` succeeded: forget its back-off."""
         self._backoff.pop(addr, None)
 
-    def turn(self, addr):
-        """A context manager yielding True when this dial may go ahead (holding a slot)."""
-        return _DialTurn(self, addr)
+    def turn(self, addr, node=None):
+        """A context manager yielding True when this dial (for ``node``) may go ahead."""
+        return _DialTurn(self, addr, node)
+
+    def shed(self, node=None):
+        """Stop dials whose node gave up (no link, not connecting), if others wait for a turn:
+        only ``node``'s when given, else the oldest one. Returns how many were stopped."""
+        if not self.waiting:
+            return 0
+        stopped = 0
+        for g, n in list(self._holders.items()):
+            if n is None or (node is not None and n is not node):
+                continue
+            if n.link is None and not n.connecting:
+                del self._holders[g]
+                g.kill(block=False)
+                stopped += 1
+                if node is None:
+                    break
+        if stopped:
+            logger.debug("stopped %d dial(s) whose node gave up, to make way", stopped)
+        return stopped
 
     def _refuse(self, addr, why):
         self._refused += 1
@@ -447,18 +475,26 @@ class _DialLimiter:
 
 
 class _DialTurn:
-    __slots__ = ("_lim", "_addr", "_sem")
+    __slots__ = ("_lim", "_addr", "_node", "_sem")
 
-    def __init__(self, lim, addr):
-        self._lim, self._addr, self._sem = lim, addr, None
+    def __init__(self, lim, addr, node):
+        self._lim, self._addr, self._node, self._sem = lim, addr, node, None
 
     def __enter__(self):
         lim = self._lim
         sem = lim._semaphore()
-        if not sem.acquire(timeout=float(_cfg["connect_interval"])):
+        lim.waiting += 1
+        try:
+            if sem.locked():
+                lim.shed()  # every turn is taken: the oldest dial nobody waits for makes way
+            got = sem.acquire(timeout=float(_cfg["connect_interval"]))
+        finally:
+            lim.waiting -= 1
+        if not got:
             lim._refuse(self._addr, "%d dials already in progress (max_dials)" % lim._size)
             return False
         self._sem = sem
+        lim._holders[gevent.getcurrent()] = self._node
         reserve = int(_cfg.get("fd_reserve", 64) or 0)
         if reserve:
             left = _fds_left()
@@ -473,6 +509,7 @@ class _DialTurn:
 
     def __exit__(self, *exc):
         if self._sem is not None:
+            self._lim._holders.pop(gevent.getcurrent(), None)
             self._sem.release()
             self._sem = None
         return False

@@ -192,9 +192,11 @@ def test_dialling_thousands_of_dead_addresses_leaves_room_for_accepts(cluster):
             legit.run("wait_for(lambda: node_is_up(%r), timeout=10)" % target.nodeid,
                       timeout=15)
             t_legit = time.monotonic() - t0
-            # while the black holes still hold their dials: the dials that waited
-            # connect_interval (2 s) for a turn are dropped, which is logged (rate-limited)
-            target.wait_log("not dialling", timeout=10)
+            # while the black holes still hold their dials: every flooded node gives up
+            # after connect_interval (2 s), and nothing waits for a turn any more
+            target.run("wait_for(lambda: not node._dials.waiting and not any("
+                       "n.connecting for n in list(node._nodes.values())), timeout=10)",
+                       timeout=15)
             fdmax = target.ask("FDMAX[0]")
         finally:
             peer.close()
@@ -206,4 +208,45 @@ def test_dialling_thousands_of_dead_addresses_leaves_room_for_accepts(cluster):
     assert "Too many open files" not in target.log_text()
     assert fdmax <= 128 - 32, "the target used %d of its 128 file descriptors" % fdmax
     assert t_legit < 6, "the legitimate node needed %.1f s to connect" % t_legit
-    assert target.log_text().count("not dialling") <= 3  # not one line per address
+    # refused dials are logged rate-limited: a line or two, not one per address
+    assert target.log_text().count("not dialling") <= 3
+
+
+def test_dials_to_black_holes_make_way_for_real_ones(cluster):
+    """Every dial turn (``max_dials`` 4) held by a dial to an address that accepts and never
+    answers (it would hold the turn for the whole handshake timeout), and their nodes gave up
+    long ago: a dial to a real node still gets through within its connect_interval."""
+    holes = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(4)
+            holes.append(s)
+        real_addr = _addr()
+        real = cluster.node("real", nodeid=real_addr, binds=[real_addr])
+        target = cluster.seed("target", max_dials=4)
+        peer = RawPeer(target.addr, nodeid="attacker")
+        try:
+            peer.handshake()
+            for s in holes:
+                peer.send_frame(["", "snd", "127.0.0.1:%d#x" % s.getsockname()[1], "hello"])
+            # all four turns taken, and all four nodes gave up (connect_interval, 2 s)
+            target.run("wait_for(lambda: len(node._dials._holders) == 4 and not any("
+                       "n.connecting for n in list(node._nodes.values())), timeout=10)",
+                       timeout=15)
+            target.exec("""
+                FIRED = []
+                t = time.monotonic()
+                mon(%(r)r + "#", lambda *r: FIRED.append(list(r)))
+                wait_for(lambda: node_is_up(%(r)r) or FIRED, timeout=10)
+                emit("real", node_is_up(%(r)r), FIRED, time.monotonic() - t)
+            """ % dict(r=real.nodeid))
+            up, fired, took = target.expect("real", timeout=15)
+        finally:
+            peer.close()
+    finally:
+        for s in holes:
+            s.close()
+    print("the real node was up after %.2f s" % took)
+    assert up is True and not fired, "the target could not dial a real node: %r" % (fired,)
