@@ -328,7 +328,8 @@ SETTINGS = (
             "stalled one is dropped (slowloris defence)."),
     Setting("max_dials", 64, _v_positive_int,
             "aemp_green: outgoing connection attempts (connect and handshake) in progress at "
-            "once; more wait up to connect_interval for a turn, then are dropped."),
+            "once; more wait up to connect_interval for a turn (taking it from a dial whose "
+            "node gave up), then are dropped."),
     Setting("fd_reserve", 64, _v_count,
             "aemp_green: file descriptors kept free for accepting connections: no dial while "
             "fewer than this many are left below RLIMIT_NOFILE (0: no check)."),
