@@ -136,6 +136,14 @@ def _v_positive_int(name, value):
     return value
 
 
+def _v_count(name, value):
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError("%s must be a non-negative integer, not %r" % (name, value))
+    return value
+
+
 _TRUE_STRINGS = {"1": True, "true": True, "yes": True, "on": True,
                  "0": False, "false": False, "no": False, "off": False, "": False}
 
@@ -366,6 +374,16 @@ SETTINGS = (
             "log_rate_interval; further ones are counted and reported as suppressed."),
     Setting("log_rate_interval", 60, _v_positive_number,
             "aemp_green: seconds of one log_rate_lines window."),
+    Setting("max_dials", 64, _v_positive_int,
+            "aemp_green: outgoing connection attempts (connect and handshake) in progress at "
+            "once; more wait up to connect_interval for a turn (taking it from a dial whose "
+            "node gave up), then are dropped."),
+    Setting("fd_reserve", 64, _v_count,
+            "aemp_green: file descriptors kept free for accepting connections: no dial while "
+            "fewer than this many are left below RLIMIT_NOFILE (0: no check)."),
+    Setting("dial_backoff_max", 10, _v_positive_number,
+            "aemp_green: longest pause (s) before an address whose dials failed is dialled "
+            "again (the pause starts at connect_interval / 4 and doubles per failure)."),
 )
 
 #: Lookup of :data:`SETTINGS` by key name.

@@ -83,6 +83,9 @@ class RemoteNode:
         self.id = nodeid
         self.link = None  # the link we send on
         self.extra_links = []  # links from a simultaneous connect: read from, never sent on
+        # every link to this node, judged alive together: after a simultaneous connect the peer
+        # answers our keepalive probes on the connection it sends on, not on ours
+        self.liveness = transport.LinkGroup()
         self.queue = []
         self.monitors = {}  # portname -> [actions]
         self.connecting = False
@@ -176,15 +179,27 @@ class RemoteNode:
             if addr in self._attempts:
                 continue
             delay = i * interval * (0.9 + 0.1 * random.random())
+            # an address whose dials failed is tried again only after its back-off
+            delay = max(delay, _dials.backoff_left(addr))
             self._attempts[addr] = gevent.spawn_later(delay, self._attempt, addr)
 
     def _attempt(self, addr):
         try:
             if self.link is not None:
                 return
-            host, port = _split_hostport(addr)
-            logger.debug("connecting to %s at %s", self.id, addr)
-            _dial(host, port, expect=self.id)
+            with _dials.turn(addr, self) as ok:
+                if not ok or self.link is not None:
+                    return
+                if not self.connecting and _dials.waiting:
+                    return  # the node gave up meanwhile and others wait for a turn
+                host, port = _split_hostport(addr)
+                logger.debug("connecting to %s at %s", self.id, addr)
+                try:
+                    _dial(host, port, expect=self.id)
+                except BaseException:
+                    _dials.failed(addr)
+                    raise
+                _dials.succeeded(addr)
         except Exception as exc:
             logger.debug("connect to %s at %s failed: %s", self.id, addr, exc)
         finally:
@@ -193,6 +208,8 @@ class RemoteNode:
     def _connect_timeout(self):
         if self.link is None and self.connecting:
             self.transport_error("connect timeout")
+            # its dials still running are speculative now: they make way if others wait
+            _dials.shed(self)
 
     # -- link up/down --------------------------------------------------------------------
     def attach(self, link):
@@ -205,6 +222,7 @@ class RemoteNode:
         """
         if self.link is not None:
             self.extra_links.append(link)
+            link.probe = None  # probes go out on the link we send on (they test that direction)
             return
         self.link = link
         self.connecting = False
@@ -375,6 +393,167 @@ class RemoteNode:
 
     def __repr__(self):
         return "<RemoteNode %s %s>" % (self.id, "up" if self.link else "down")
+
+
+# --------------------------------------------------------------------------- dial limiter
+
+class _DialLimiter:
+    """Bounds what dialling out may take, so that addresses from the network (the global
+    database, ``host:port`` node IDs) cannot exhaust this process (docs/security.md):
+
+    * at most ``max_dials`` dials (connect and handshake) at once; a dial waits at most
+      ``connect_interval`` for its turn and is then dropped;
+    * no dial while fewer than ``fd_reserve`` file descriptors are left below RLIMIT_NOFILE
+      (they are kept for accepting connections);
+    * an address whose dial failed waits ``connect_interval / 4``, doubling per further
+      failure up to ``dial_backoff_max`` seconds, before it is dialled again;
+    * a dial whose node has given up (its ``connect_interval`` passed) makes way: when every
+      turn is taken, a new dial stops the oldest such one (a black hole holds its dial for
+      the whole handshake timeout, and must not keep our real connections out).
+
+    Example::
+
+        with _dials.turn("10.0.0.5:4040") as ok:
+            if ok:
+                _dial("10.0.0.5", 4040)
+    """
+
+    MAX_BACKOFF_ENTRIES = 4096  # addresses remembered; the oldest entry makes room
+
+    def __init__(self):
+        self._sem = None
+        self._size = None
+        self._backoff = {}  # addr -> (loop time it may be dialled again, current pause)
+        self._refused = 0  # dials refused since the last log line
+        self._logged = -1e9  # loop time of that log line
+        self._holders = {}  # greenlet holding a turn -> its RemoteNode (oldest first)
+        self.waiting = 0  # dials waiting for a turn
+
+    def _semaphore(self):
+        size = int(_cfg.get("max_dials") or 64)
+        if self._sem is None or size != self._size:
+            from gevent.lock import BoundedSemaphore
+
+            self._sem, self._size = BoundedSemaphore(size), size
+        return self._sem
+
+    def backoff_left(self, addr):
+        """Seconds before ``addr`` may be dialled again (0 when it may be dialled now)."""
+        entry = self._backoff.get(addr)
+        if entry is None:
+            return 0.0
+        return max(0.0, entry[0] - gevent.get_hub().loop.now())
+
+    def failed(self, addr):
+        """A dial of ``addr`` failed: back it off (double the pause, up to the maximum)."""
+        base = float(_cfg["connect_interval"]) / 4.0
+        cap = float(_cfg.get("dial_backoff_max") or 10)
+        entry = self._backoff.pop(addr, None)
+        pause = min(cap, max(base, entry[1] * 2 if entry else base))
+        if len(self._backoff) >= self.MAX_BACKOFF_ENTRIES:
+            del self._backoff[next(iter(self._backoff))]
+        self._backoff[addr] = (gevent.get_hub().loop.now() + pause, pause)
+
+    def succeeded(self, addr):
+        """A dial of ``addr`` succeeded: forget its back-off."""
+        self._backoff.pop(addr, None)
+
+    def turn(self, addr, node=None):
+        """A context manager yielding True when this dial (for ``node``) may go ahead."""
+        return _DialTurn(self, addr, node)
+
+    def shed(self, node=None):
+        """Stop dials whose node gave up (no link, not connecting), if others wait for a turn:
+        only ``node``'s when given, else the oldest one. Returns how many were stopped."""
+        if not self.waiting:
+            return 0
+        stopped = 0
+        for g, n in list(self._holders.items()):
+            if n is None or (node is not None and n is not node):
+                continue
+            if n.link is None and not n.connecting:
+                del self._holders[g]
+                g.kill(block=False)
+                stopped += 1
+                if node is None:
+                    break
+        if stopped:
+            logger.debug("stopped %d dial(s) whose node gave up, to make way", stopped)
+        return stopped
+
+    def _refuse(self, addr, why):
+        self._refused += 1
+        now = gevent.get_hub().loop.now()
+        if now - self._logged >= 10.0:  # one line per 10 s, however many are refused
+            logger.warning("not dialling %s: %s (%d dial(s) refused in the last %.0f s)",
+                           repr(addr)[:120], why,
+                           self._refused, min(now - self._logged, 10.0))
+            self._logged, self._refused = now, 0
+
+
+class _DialTurn:
+    __slots__ = ("_lim", "_addr", "_node", "_sem")
+
+    def __init__(self, lim, addr, node):
+        self._lim, self._addr, self._node, self._sem = lim, addr, node, None
+
+    def __enter__(self):
+        lim = self._lim
+        sem = lim._semaphore()
+        lim.waiting += 1
+        try:
+            if sem.locked():
+                lim.shed()  # every turn is taken: the oldest dial nobody waits for makes way
+            got = sem.acquire(timeout=float(_cfg["connect_interval"]))
+        finally:
+            lim.waiting -= 1
+        if not got:
+            lim._refuse(self._addr, "%d dials already in progress (max_dials)" % lim._size)
+            return False
+        self._sem = sem
+        lim._holders[gevent.getcurrent()] = self._node
+        reserve = int(_cfg.get("fd_reserve", 64) or 0)
+        if reserve:
+            left = _fds_left()
+            # the other dials holding a turn may not have opened their socket yet
+            if left is not None:
+                left -= lim._size - sem.counter - 1
+            if left is not None and left < reserve:
+                lim._refuse(self._addr, "only %d file descriptors left (fd_reserve %d)"
+                            % (left, reserve))
+                return False
+        return True
+
+    def __exit__(self, *exc):
+        if self._sem is not None:
+            self._lim._holders.pop(gevent.getcurrent(), None)
+            self._sem.release()
+            self._sem = None
+        return False
+
+
+def _fds_left():
+    """File descriptors this process may still open (soft RLIMIT_NOFILE minus open ones), or
+    None where that cannot be told."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY:
+        return None
+    import os
+
+    for d in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return soft - len(os.listdir(d))
+        except OSError:
+            continue
+    return None
+
+
+_dials = _DialLimiter()
 
 
 def get_node(nodeid):
@@ -664,7 +843,8 @@ def _start_link(sock, est, trailing, outgoing):
                           keepalive=float(_cfg["monitor_timeout"]) if _cfg.get("keepalive", True)
                           else None,
                           # the peer answers ["", "", <time>] to our node port: a no-op
-                          probe=("", "time", _k._NODE + "#", ""))
+                          probe=("", "time", _k._NODE + "#", ""),
+                          group=get_node(est.peer_nodeid).liveness)
     link.closed_event = Event()
     get_node(est.peer_nodeid).attach(link)
     return link
@@ -882,7 +1062,11 @@ def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
 # --------------------------------------------------------------------------- seeds
 
 def _seed_loop(addr):
-    """Keep a connection to the seed at ``addr`` with back-off; announce ourselves as slave."""
+    """Keep a connection to the seed at ``addr`` with back-off; announce ourselves as slave.
+
+    Seeds are configured, not learnt from the network: their dials don't wait for a
+    ``max_dials`` turn, and they have their own back-off here.
+    """
     backoff = (1 + random.random()) * 0.6
     while True:
         try:

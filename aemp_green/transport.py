@@ -23,6 +23,7 @@ import tempfile
 from typing import Any, NamedTuple
 
 import gevent
+from gevent import monkey as _monkey
 from gevent import socket
 from gevent.server import StreamServer
 from greenlet import greenlet
@@ -31,8 +32,8 @@ from ._version import __version__
 from .config import parse_address
 from .exceptions import ConfigError, RemoteProtocolError
 
-__all__ = ["Link", "Listener", "connect", "run_handshake", "HandshakeRefused", "TLSContexts",
-           "tls_contexts", "peeraddr_check", "normalize_address"]
+__all__ = ["Link", "LinkGroup", "Listener", "connect", "run_handshake", "HandshakeRefused",
+           "TLSContexts", "tls_contexts", "peeraddr_check", "normalize_address"]
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,53 @@ def run_handshake(sock, hs, *, timeout, on_greeting=None, tls=None, max_line=409
                 sock.sendall(out)
 
 
+# the unpatched poll(): has_unread() asks with a zero timeout and must never yield
+_poll = _monkey.get_original("select", "poll")
+_POLLIN = _monkey.get_original("select", "POLLIN")
+
+
+class LinkGroup:
+    """The links to one peer, whose keepalive watchdogs judge the peer alive together.
+
+    Two nodes that dial each other at the same moment can end up with two connections, each
+    side sending on one and reading the other: a peer answers a probe on the connection *it*
+    sends on. So a link is dead only when nothing arrived on any link of its group for the
+    timeout (and nothing is waiting unread in any of their sockets).
+
+    Example::
+
+        group = LinkGroup()
+        a = Link(sock_a, "peer", "cbor", "cbor", b"", on_frame, on_close, group=group,
+                 keepalive=30)
+        b = Link(sock_b, "peer", "cbor", "cbor", b"", on_frame, on_close, group=group,
+                 keepalive=30, probe=None)      # read-only link: only ``a`` probes
+        group.last_rx()                         # the latest arrival on a or b
+    """
+
+    __slots__ = ("links",)
+
+    def __init__(self):
+        self.links = set()
+
+    def last_rx(self):
+        """Loop time of the latest data received on any open link of the group (0 if none).
+
+        Example::
+
+            idle = loop.now() - group.last_rx()
+        """
+        return max((link.last_rx for link in self.links), default=0.0)
+
+    def has_unread(self):
+        """True if data is waiting unread in the socket of any open link of the group.
+
+        Example::
+
+            if now - group.last_rx() > timeout and not group.has_unread(): ...
+        """
+        return any(link.has_unread() for link in list(self.links))
+
+
 class Link:
     """An authenticated connection to one remote node.
 
@@ -251,7 +299,7 @@ class Link:
 
     def __init__(self, sock, nodeid, send_framing, recv_framing, trailing, on_frame, on_close,
                  *, max_frame=64 * 1024 * 1024, peer_kv=None, outgoing=False, keepalive=None,
-                 probe=("", "")):
+                 probe=("", ""), group=None):
         self.sock = sock
         self.nodeid = nodeid
         self.send_framing = send_framing
@@ -286,7 +334,11 @@ class Link:
         self.frames_out = 0
         self.last_rx = self.last_tx = self._loop.now()
         self._watchdog = None
-        self._probe = probe
+        #: the keepalive probe frame (a request the peer answers); None: this link never probes
+        self.probe = probe
+        #: the links judged alive together with this one (see LinkGroup)
+        self.group = group if group is not None else LinkGroup()
+        self.group.links.add(self)
         if keepalive:
             self._watchdog = gevent.spawn(self._watch, float(keepalive))
 
@@ -421,27 +473,74 @@ class Link:
 
     def _watch(self, timeout):
         """Keepalive: when nothing arrived for a third of ``timeout``, send ``probe`` (a request
-        the peer answers); no byte for ``timeout`` s = dead.
+        the peer answers); no byte on any link of the group for ``timeout`` s = dead.
 
         AEMP 2.02 relies on TCP timeouts (minutes to hours for a silent peer) and never sends
         keepalives itself, so the probe must make the peer talk: ``node`` passes the node-port
         ``time`` request with our node port as the reply target, which every AEMP peer answers
-        and whose answer is a no-op here. This way the peer's own settings don't matter.
+        and whose answer is a no-op here. This way the peer's own settings don't matter. The
+        peer answers on the connection it sends on, which after a simultaneous connect is not
+        the one the probe went out on: hence the group.
+
+        Read first, then judge: time this process did not run (stopped, or the loop blocked)
+        is not counted as the peer's silence, and data waiting unread in a socket of the group
+        proves the peer alive (the readers get to it before anything is judged).
         """
         interval = max(timeout / 3.0, 0.05)
+        slack = max(interval * 0.1, 0.05)  # lateness below this is ordinary scheduling
         loop = self._loop
+        group = self.group
+        blind = 0.0  # seconds we could not observe the peer since its last arrival
+        blind_since = None  # the group's last_rx those seconds are counted from
+        excused = None  # loop time since which unread data has kept the link from being judged
+        loop.update_now()
+        before = loop.now()
         while not self._closed:
             gevent.sleep(interval)
             if self._closed:
                 break
             loop.update_now()
             now = loop.now()
-            if now - self.last_rx > timeout:
+            last = group.last_rx()
+            if last != blind_since:
+                blind, blind_since = 0.0, last
+            late = now - before - interval
+            before = now
+            if late > slack:
+                blind += late  # we were stopped or blocked: the peer could not be heard
+            idle = now - last - blind
+            if idle > timeout:
+                if group.has_unread() and (excused is None or now - excused <= timeout):
+                    # the reader has data to take first; judge again next round (but a reader
+                    # that takes nothing for another timeout is not waited for any longer)
+                    if excused is None:
+                        excused = now
+                    continue
                 logger.warning("%s: nothing received for %.1f s, link is dead", self.nodeid, timeout)
                 self.close("keepalive timeout (no data for %.1f s)" % timeout)
                 break
-            if now - self.last_rx >= interval:
-                self.send(self._probe)
+            excused = None
+            if now - last >= interval and self.probe is not None:
+                self.send(self.probe)
+
+    def has_unread(self):
+        """True if bytes are waiting in the socket that the reader has not taken yet.
+
+        Example::
+
+            link.has_unread()   # the keepalive watchdog asks before declaring a peer dead
+        """
+        if self._closed:
+            return False
+        try:
+            pending = getattr(self.sock, "pending", None)
+            if pending is not None and pending():
+                return True  # TLS: decrypted bytes already buffered
+            poller = _poll()
+            poller.register(self.sock.fileno(), _POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return False
 
     def flush(self, timeout=1.0):
         """Wait (at most ``timeout`` s) until everything queued has been handed to the socket.
@@ -470,6 +569,7 @@ class Link:
         self._closed = True
         self.close_reason = why
         self._wbuf = []
+        self.group.links.discard(self)
         if self._watchdog is not None and self._watchdog is not gevent.getcurrent():
             self._watchdog.kill(block=False)
         if self._writer_idle:
