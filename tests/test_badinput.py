@@ -17,7 +17,6 @@ import cbor2
 import pytest
 
 from aemp_green._handshake import hmac_token, tls_token
-from aemp_green.exceptions import RemoteProtocolError
 from netutil import SECRET, RawPeer, cluster, read_until_closed  # noqa: F401 - cluster: fixture
 
 MAX_FRAME = 65536

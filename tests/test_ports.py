@@ -1,7 +1,6 @@
 """Ports and messages: snd, port, rcv, spawn, kil, psub, peval, after (API.md "Ports and
 messages")."""
 
-import logging
 
 import gevent
 import pytest
