@@ -239,8 +239,9 @@ def large(runs, read_size=65536, classes=None):
         chunks = {v: _chunks(d, read_size) for v, d in data.items()}
         times = {k: [] for k in classes}
         gc.collect()
-        for _ in range(runs + 1):  # the first round is a warm-up
-            for k, (cls, variant) in classes.items():
+        order = list(classes.items())
+        for r in range(runs + 1):  # the first round is a warm-up; the order alternates
+            for k, (cls, variant) in (order if r % 2 else order[::-1]):
                 times[k].append(_run_large(cls, chunks[variant], msg, time.process_time))
         rec = {"case": "large", "msg": label, "read_size": read_size, "runs": runs,
                "bytes": {v: len(d) for v, d in data.items()}}
