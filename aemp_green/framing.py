@@ -428,7 +428,11 @@ class JsonDecoder(_Decoder):
         # general path: scan for the end of each top-level array
         ws = _WS.match
         frame_match = _JSON_FRAME.match
-        find = data.find
+        # no frame can end after the last ']' or '}' of the read: a frame that starts there
+        # (the start of a long one, or the tail of a read of small ones) waits for more data
+        last = data.rfind(b"]")
+        if last < n - 1:
+            last = max(last, data.rfind(b"}", last + 1))
         while True:
             pos = ws(data, pos).end()
             if pos >= n:
@@ -436,9 +440,9 @@ class JsonDecoder(_Decoder):
             if data[pos] != 0x5B:  # '['
                 raise RemoteProtocolError("json frame is not an array (starts with %r)"
                                           % data[pos:pos + 10])
-            if n - pos > 4096 and find(b"]", pos) < 0 and find(b"}", pos) < 0:
-                end = -1  # the start of a long frame, which cannot end in this read
-                self._scan_pos = pos  # (its scanning is left for later)
+            if pos > last:
+                end = -1  # (its scanning is left for later)
+                self._scan_pos = pos
                 self._depth = 0
                 self._in_str = False
             else:

@@ -27,7 +27,8 @@ Cases:
 git revision ``REV`` and runs the ``split`` cases for both decoders in alternation (the
 machine may be shared and noisy; this measures CPU time of this process, which other load
 disturbs less than wall time), one line per case with each side's best and the median of the
-paired ratios (``speedup``: baseline time / current time); then the ``large`` messages,
+paired ratios (``speedup``: baseline time / current time); then small json messages with
+both revisions' ``JsonDecoder`` (``json_small_vs_baseline``); then the ``large`` messages,
 json decoded by both revisions and cbor by the current one (``large_vs_baseline``: MB/s of
 each, medians of the per-run ratios).
 
@@ -295,6 +296,43 @@ def split_compare(rev, n, pairs):
     return out
 
 
+def json_small_compare(rev, pairs, number):
+    """Small json messages, the decoder of ``rev`` against the current one, in alternation:
+    one frame per ``feed`` (µs per message: the small message and the Perl test hash) and the
+    10,000-frame streams in 64 KiB reads (ours with newlines, Perl's without)."""
+    base_cls, cur_cls = load_baseline(rev).JsonDecoder, codec("json")[1]
+    enc = codec("json")[0]
+    frames = [["KQPFl3bClb", "test", i, "abc"] for i in range(10000)]
+    cases = [("feed_small", [enc(SMALL)] * number),
+             ("feed_perl_test_hash", [enc(PERL_MSG)] * (number // 5)),
+             ("stream_ours_newline", _chunks(b"".join(enc(f) for f in frames), 65536)),
+             ("stream_perl_no_delimiter", _chunks(b"".join(enc(f)[:-1] for f in frames), 65536))]
+    out = []
+    for label, chunks in cases:
+        def run(cls):
+            d = cls()
+            feed = d.feed
+            t0 = time.process_time()
+            for c in chunks:
+                feed(c)
+            return time.process_time() - t0
+        tb, tn = [], []
+        for i in range(pairs + 1):
+            order = ((base_cls, tb), (cur_cls, tn))
+            for cls, ts in (order if i % 2 == 0 else order[::-1]):
+                ts.append(run(cls))
+        tb, tn = tb[1:], tn[1:]  # the first pair is a warm-up
+        nmsg = len(chunks) if label.startswith("feed") else len(frames)
+        out.append({"case": "json_small_vs_baseline", "baseline": rev, "workload": label,
+                    "pairs": pairs,
+                    "baseline_us_per_msg": round(statistics.median(tb) / nmsg * 1e6, 3),
+                    "current_us_per_msg": round(statistics.median(tn) / nmsg * 1e6, 3),
+                    "speedup": round(statistics.median(b / c for b, c in zip(tb, tn)), 3),
+                    "speedup_min_max": [round(min(b / c for b, c in zip(tb, tn)), 3),
+                                        round(max(b / c for b, c in zip(tb, tn)), 3)]})
+    return out
+
+
 def main(argv):
     quick = "--quick" in argv
     number, repeat = (5000, 3) if quick else (50000, 5)
@@ -309,6 +347,8 @@ def main(argv):
         if "--large" not in argv:
             for rec in split_compare(rev, nsplit, 6 if quick else 12):
                 print(json.dumps(rec, ensure_ascii=False))
+        for rec in json_small_compare(rev, 6 if quick else 15, number):
+            print(json.dumps(rec, ensure_ascii=False))
         base_json = load_baseline(rev).JsonDecoder
         cur_json, cur_cbor = codec("json")[1], codec("cbor")[1]
         for rec in large(5 if quick else 15, classes={
