@@ -49,8 +49,12 @@ Decoders
 Speed (see ``bench/codec.py``)
     ``JsonDecoder`` first splits a read on newlines and hands each line to ``ujson``; a line
     that is not exactly one array (Perl's undelimited frames) goes to a regex that matches a
-    whole frame nested up to 5 deep in one call, and deeper or incomplete frames to a
-    resumable bracket/string scanner. ``CborDecoder`` first decodes a whole read in a single
+    whole frame nested up to 5 deep in one call, and deeper frames to a resumable scanner. A
+    frame spanning reads is not scanned on every read: a newline is tried as its end (one
+    ``ujson`` call), and the scanner runs only over reads that hold a ``]`` or ``}``, in
+    strides of C calls (a regex over scalars, short strings and small nested values,
+    ``bytes.find`` over long strings). A 1 MB message in 64 KiB reads decodes at 0.6-0.9x
+    the speed of ``cbor`` for strings and text, 5-15x for maps and numbers. ``CborDecoder`` first decodes a whole read in a single
     ``cbor2.loads`` call (the read wrapped in an array and closed by a random sentinel, which
     proves that the read held complete items only). A large read that ends inside a frame (as
     during a flood) is split where a bounded search from its end guesses the last frame starts,
