@@ -53,8 +53,9 @@ Speed (see ``bench/codec.py``)
     frame spanning reads is not scanned on every read: a newline is tried as its end (one
     ``ujson`` call), and the scanner runs only over reads that hold a ``]`` or ``}``, in
     strides of C calls (a regex over scalars, short strings and small nested values,
-    ``bytes.find`` over long strings). A 1 MB message in 64 KiB reads decodes at 0.6-0.9x
-    the speed of ``cbor`` for strings and text, 5-15x for maps and numbers. ``CborDecoder`` first decodes a whole read in a single
+    ``bytes.find`` over long strings). A 1 MB message in 64 KiB reads decodes at 0.6-1x the
+    speed of ``cbor`` for strings and text, 4-15x for maps and numbers (``bench/codec.py``,
+    case ``large``). ``CborDecoder`` first decodes a whole read in a single
     ``cbor2.loads`` call (the read wrapped in an array and closed by a random sentinel, which
     proves that the read held complete items only). A large read that ends inside a frame (as
     during a flood) is split where a bounded search from its end guesses the last frame starts,
@@ -241,12 +242,15 @@ _INFINITY = re.compile(rb"Infinity").search
 
 def _json_suspect(b):
     """True if ``b`` may hold UTF-8-encoded surrogates or NaN/Infinity (fast substring tests
-    first: a regex over every read would cost more than the JSON parsing). Long inputs are
-    first checked for ``N``, ``I`` and ``\\xed`` alone (``memchr``), and only the letters found
-    lead to a literal search."""
-    if len(b) < 4096:
-        return (b"NaN" in b or b"Infinity" in b
-                or (b"\xed" in b and _SURROGATE.search(b) is not None))
+    first: a regex over every read would cost more than the JSON parsing)."""
+    return (b"NaN" in b or b"Infinity" in b
+            or (b"\xed" in b and _SURROGATE.search(b) is not None))
+
+
+def _json_suspect_long(b):
+    """``_json_suspect`` for long input (twice as fast from a few KB on): ``N``, ``I`` and
+    ``\\xed`` are looked for alone first (``memchr``), and only the ones found lead to a
+    literal search."""
     return ((b"N" in b and _NAN(b) is not None) or (b"I" in b and _INFINITY(b) is not None)
             or (b"\xed" in b and _SURROGATE.search(b) is not None))
 
@@ -299,10 +303,10 @@ def _reject_constant(name):
     raise ValueError("%s is not valid JSON" % name)
 
 
-def _json_frame(b, careful):
+def _json_frame(b, suspect=_json_suspect):
     """Decode one complete frame (bytes or bytearray) into a list or raise
-    RemoteProtocolError."""
-    if careful or _json_suspect(b):
+    RemoteProtocolError (``suspect(b)`` true: with the strict decoder)."""
+    if suspect(b):
         try:
             obj = _stdjson.loads(b.decode("utf-8"), parse_constant=_reject_constant)
         except UnicodeDecodeError as exc:
@@ -323,7 +327,7 @@ def _json_whole(buf):
     """``buf`` (starting with ``[``) decoded as exactly one frame, or None if it is not one
     (incomplete, followed by more, or invalid: the scanner then finds out which)."""
     try:
-        return _json_frame(buf, False)
+        return _json_frame(buf, _json_suspect_long)
     except RemoteProtocolError:
         return None
 
@@ -408,7 +412,8 @@ class JsonDecoder(_Decoder):
         max_frame = self.max_frame
         # fast path: newline-separated frames (our own peers), one ujson call per frame
         pieces = data.split(b"\n")
-        if len(pieces) > 1 and not _json_suspect(data):
+        if len(pieces) > 1 and not (_json_suspect(data) if n < 4096
+                                    else _json_suspect_long(data)):
             tail = pieces.pop()
             append = frames.append
             for piece in pieces:
@@ -437,6 +442,7 @@ class JsonDecoder(_Decoder):
         last = data.rfind(b"]")
         if last < n - 1:
             last = max(last, data.rfind(b"}", last + 1))
+        stop = last + 1
         while True:
             pos = ws(data, pos).end()
             if pos >= n:
@@ -444,18 +450,16 @@ class JsonDecoder(_Decoder):
             if data[pos] != 0x5B:  # '['
                 raise RemoteProtocolError("json frame is not an array (starts with %r)"
                                           % data[pos:pos + 10])
-            if pos > last:
-                end = -1  # (its scanning is left for later)
-                self._scan_pos = pos
+            m = frame_match(data, pos, stop)  # (fails at once for a frame after the last ']')
+            if m is not None:
+                end = m.end()
+            else:
                 self._depth = 0
                 self._in_str = False
-            else:
-                m = frame_match(data, pos)
-                if m is not None:
-                    end = m.end()
+                if pos > last:
+                    end = -1  # (its scanning is left for later)
+                    self._scan_pos = pos
                 else:
-                    self._depth = 0
-                    self._in_str = False
                     end = self._scan(data, pos)
             if end < 0:
                 if n - pos > max_frame:
@@ -466,7 +470,7 @@ class JsonDecoder(_Decoder):
                 return frames
             if end - pos > max_frame:
                 raise _too_large("json", end - pos, max_frame)
-            frames.append(_json_frame(data[pos:end], False))
+            frames.append(_json_frame(data[pos:end]))
             pos = end
 
     def _feed_pending(self, data, frames):
@@ -510,7 +514,7 @@ class JsonDecoder(_Decoder):
             return None
         if end > max_frame:
             raise _too_large("json", end, max_frame)
-        frames.append(_json_frame(pbuf if end == n else pbuf[:end], False))
+        frames.append(_json_frame(pbuf if end == n else pbuf[:end], _json_suspect_long))
         self._pbuf = None
         return bytes(pbuf[end:])
 
