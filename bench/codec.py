@@ -1,6 +1,7 @@
 """Micro-benchmark of the AEMP framings (``aemp_green.framing``); one JSON line per case.
 
-Run: ``python bench/codec.py [--quick]``
+Run: ``python bench/codec.py [--quick] [--large] [--baseline REV]`` (``--large``: only the
+``large`` case)
 
 Cases:
 
@@ -15,12 +16,21 @@ Cases:
   ``typical`` frames ``["portname", "tag", i, "some text", [1, 2, 3]]`` with text strings, the
   same with Perl's byte strings, and ``mix`` (typical frames, every 16th one a larger frame of
   1-16 KiB: a long string, a list of numbers or a map). Messages per second.
+* ``large``: one message of about 1 MB fed in 64 KiB reads (so it spans 16 reads), decoded
+  many times by fresh decoders, for json (ours, newline-terminated), json as Perl sends it (no
+  delimiter) and cbor, in alternation: MB/s of each (median over the runs) and the median of
+  the per-run ratios json/cbor. Messages: ``strings`` (1,000 strings of 1 KB), ``text`` (one
+  1 MB string of mixed-script text), ``records`` (7,000 small maps like the Perl test hash),
+  ``numbers`` (50,000 floats).
 
 ``--baseline REV`` (e.g. ``--baseline HEAD``) also loads ``aemp_green/framing.py`` as it is in
 git revision ``REV`` and runs the ``split`` cases for both decoders in alternation (the
 machine may be shared and noisy; this measures CPU time of this process, which other load
 disturbs less than wall time), one line per case with each side's best and the median of the
-paired ratios (``speedup``: baseline time / current time).
+paired ratios (``speedup``: baseline time / current time); then small json messages with
+both revisions' ``JsonDecoder`` (``json_small_vs_baseline``); then the ``large`` messages,
+json decoded by both revisions and cbor by the current one (``large_vs_baseline``: MB/s of
+each, medians of the per-run ratios).
 
 Example output line::
 
@@ -185,6 +195,69 @@ def split(n, repeat):
     return out
 
 
+_RECORD = {"float": 3.25, "f": False, "list": [1, "two", [3, {"four": 4}]], "neg": -17,
+           "null": None, "text": "Grüße, 世界 ✓ 😀", "big": 1099511627776, "int": 42, "t": True}
+
+
+def _large_messages():
+    rng = random.Random(2)
+    return [
+        ("strings", ["port", "big", ["s%04d" % i + "y" * 995 for i in range(1000)]]),
+        ("text", ["port", "big", "Grüße, 世界 ✓ Now and then \\ \"quoted\" text. " * 24000]),
+        ("records", ["port", "big", [dict(_RECORD, i=i) for i in range(7000)]]),
+        ("numbers", ["port", "big", [rng.random() for _ in range(50000)]]),
+    ]
+
+
+def _large_variants(msg):
+    """``(label, decoder name, data)``: json as we send it, json as Perl sends it, cbor."""
+    j = codec("json")[0](msg)
+    return [("json", "json", j), ("json_perl", "json", j[:-1]), ("cbor", "cbor", codec("cbor")[0](msg))]
+
+
+def _run_large(dec_cls, chunks, msg, clock=time.perf_counter):
+    gc.collect()  # (the previous run's garbage must not be collected on this one's time)
+    t0 = clock()
+    d = dec_cls()
+    got = []
+    for c in chunks:
+        got += d.feed(c)
+    t = clock() - t0
+    assert len(got) == 1 and len(got[0]) == len(msg)
+    return t
+
+
+def large(runs, read_size=65536, classes=None):
+    """The ``large`` case: 1 MB messages in 64 KiB reads, every decoder in alternation.
+
+    ``classes`` maps a label to ``(decoder class, variant)``; default: the current decoders.
+    """
+    if classes is None:
+        classes = {"json": (codec("json")[1], "json"), "json_perl": (codec("json")[1], "json_perl"),
+                   "cbor": (codec("cbor")[1], "cbor")}
+    out = []
+    for label, msg in _large_messages():
+        data = {v: d for v, _name, d in _large_variants(msg)}
+        chunks = {v: _chunks(d, read_size) for v, d in data.items()}
+        times = {k: [] for k in classes}
+        gc.collect()
+        order = list(classes.items())
+        for r in range(runs + 1):  # the first round is a warm-up; the order alternates
+            for k, (cls, variant) in (order if r % 2 else order[::-1]):
+                times[k].append(_run_large(cls, chunks[variant], msg, time.process_time))
+        rec = {"case": "large", "msg": label, "read_size": read_size, "runs": runs,
+               "bytes": {v: len(d) for v, d in data.items()}}
+        for k, (cls, variant) in classes.items():
+            rec[k + "_MBps"] = round(len(data[variant]) / statistics.median(times[k][1:]) / 1e6, 1)
+        for k, (cls, variant) in classes.items():
+            if k != "cbor":
+                rec[k + "_per_cbor"] = round(statistics.median(
+                    (len(data[variant]) / t) / (len(data["cbor"]) / c)
+                    for t, c in zip(times[k][1:], times["cbor"][1:])), 3)
+        out.append(rec)
+    return out
+
+
 def load_baseline(rev):
     """``aemp_green/framing.py`` of git revision ``rev``, as module aemp_green._baseline_framing
     (for paired comparisons only)."""
@@ -224,13 +297,67 @@ def split_compare(rev, n, pairs):
     return out
 
 
+def json_small_compare(rev, pairs, number):
+    """Small json messages, the decoder of ``rev`` against the current one, in alternation:
+    one frame per ``feed`` (µs per message: the small message and the Perl test hash) and the
+    10,000-frame streams in 64 KiB reads (ours with newlines, Perl's without)."""
+    base_cls, cur_cls = load_baseline(rev).JsonDecoder, codec("json")[1]
+    enc = codec("json")[0]
+    frames = [["KQPFl3bClb", "test", i, "abc"] for i in range(10000)]
+    cases = [("feed_small", [enc(SMALL)] * number),
+             ("feed_perl_test_hash", [enc(PERL_MSG)] * (number // 5)),
+             ("stream_ours_newline", _chunks(b"".join(enc(f) for f in frames), 65536)),
+             ("stream_perl_no_delimiter", _chunks(b"".join(enc(f)[:-1] for f in frames), 65536))]
+    out = []
+    for label, chunks in cases:
+        def run(cls):
+            d = cls()
+            feed = d.feed
+            t0 = time.process_time()
+            for c in chunks:
+                feed(c)
+            return time.process_time() - t0
+        tb, tn = [], []
+        for i in range(pairs + 1):
+            order = ((base_cls, tb), (cur_cls, tn))
+            for cls, ts in (order if i % 2 == 0 else order[::-1]):
+                ts.append(run(cls))
+        tb, tn = tb[1:], tn[1:]  # the first pair is a warm-up
+        nmsg = len(chunks) if label.startswith("feed") else len(frames)
+        out.append({"case": "json_small_vs_baseline", "baseline": rev, "workload": label,
+                    "pairs": pairs,
+                    "baseline_us_per_msg": round(statistics.median(tb) / nmsg * 1e6, 3),
+                    "current_us_per_msg": round(statistics.median(tn) / nmsg * 1e6, 3),
+                    "speedup": round(statistics.median(b / c for b, c in zip(tb, tn)), 3),
+                    "speedup_min_max": [round(min(b / c for b, c in zip(tb, tn)), 3),
+                                        round(max(b / c for b, c in zip(tb, tn)), 3)]})
+    return out
+
+
 def main(argv):
     quick = "--quick" in argv
     number, repeat = (5000, 3) if quick else (50000, 5)
     nsplit = 20000 if quick else 100000
+    if "--large" in argv:  # the large case alone (with --baseline: json against REV too)
+        if "--baseline" not in argv:
+            for rec in large(5 if quick else 15):
+                print(json.dumps(rec, ensure_ascii=False))
+            return 0
     if "--baseline" in argv:
         rev = argv[argv.index("--baseline") + 1]
-        for rec in split_compare(rev, nsplit, 6 if quick else 12):
+        if "--large" not in argv:
+            for rec in split_compare(rev, nsplit, 6 if quick else 12):
+                print(json.dumps(rec, ensure_ascii=False))
+        for rec in json_small_compare(rev, 6 if quick else 15, number):
+            print(json.dumps(rec, ensure_ascii=False))
+        base_json = load_baseline(rev).JsonDecoder
+        cur_json, cur_cbor = codec("json")[1], codec("cbor")[1]
+        for rec in large(5 if quick else 15, classes={
+                "base_json": (base_json, "json"), "json": (cur_json, "json"),
+                "base_json_perl": (base_json, "json_perl"), "json_perl": (cur_json, "json_perl"),
+                "cbor": (cur_cbor, "cbor")}):
+            rec["case"] = "large_vs_baseline"
+            rec["baseline"] = rev
             print(json.dumps(rec, ensure_ascii=False))
         return 0
     out = []
@@ -249,6 +376,7 @@ def main(argv):
     for label, name, data in streams:
         out.append(stream(label, name, data, n, repeat))
     out += split(nsplit, repeat)
+    out += large(5 if quick else 15)
     for rec in out:
         print(json.dumps(rec, ensure_ascii=False))
     return 0

@@ -643,3 +643,177 @@ def test_cbor_split_read_enforces_max_frame():
                 feed_all(CborDecoder(max_frame=max_frame), chunks)
         else:
             assert len(feed_all(CborDecoder(max_frame=max_frame), chunks)) == 801
+
+
+# --------------------------------------------------------------------------- json: large frames
+
+def _prefix_frames(data, cut):
+    """The frames of ``data[:cut]`` fed whole, or "error"."""
+    try:
+        return JsonDecoder().feed(data[:cut])
+    except RemoteProtocolError:
+        return "error"
+
+
+def _check_cuts(data, cuts):
+    """Fed as ``data`` cut at ``cuts``, every feed returns exactly the frames that the prefix
+    read so far completes (fed whole: the fast paths), and errors come at the same read."""
+    d = JsonDecoder()
+    got = []
+    bounds = [0] + sorted(cuts) + [len(data)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        want = _prefix_frames(data, hi)
+        try:
+            got += d.feed(data[lo:hi])
+        except RemoteProtocolError:
+            assert want == "error", (bounds, hi)
+            return "error"
+        assert want != "error" and got == want, (bounds, hi)
+    return got
+
+
+_LONG = "x" * 5000
+
+
+def _big_inputs():
+    esc = ("a" * 3000 + '\\"' + "b" * 10 + "\\\\" + "]" + "\\n") * 2
+    return [
+        # (bytes, expected frames or "error")
+        (b'["p","' + esc.encode() + b'"]\n["q"]\n', [["p", json_loads(esc)], ["q"]]),
+        (b'["p","' + esc.encode() + b'"]["q"]', [["p", json_loads(esc)], ["q"]]),
+        (b'[\n "p",\n "' + _LONG.encode() + b'"\n]\n["q"]\n', [["p", _LONG], ["q"]]),
+        (b'["p",' + b"[1]," * 1500 + b'"' + _LONG.encode() + b'"]["z"]',
+         [["p"] + [[1]] * 1500 + [_LONG], ["z"]]),
+        (b"[" * 12 + b'"' + _LONG.encode() + b'"' + b"]" * 12 + b"\n",
+         [[[[[[[[[[[[[_LONG]]]]]]]]]]]]]),
+        (b'["p","' + _LONG.encode() + b'"]\r\n["q"]', [["p", _LONG], ["q"]]),
+        (b'["p","' + _LONG.encode() + b'"]["q"]\n["r"]', [["p", _LONG], ["q"], ["r"]]),
+        (b'["p","NaN' + _LONG.encode() + b'Infinity"]\n', [["p", "NaN" + _LONG + "Infinity"]]),
+        (b'["p","' + "한".encode() * 2000 + b'"]\n', [["p", "한" * 2000]]),
+        (b'["p","' + _LONG.encode() + b'"]x', "error"),
+        (b'["p","' + _LONG.encode() + b'"]\nx', "error"),
+        (b'["p","' + _LONG.encode() + b'",NaN]\n', "error"),
+        (b'["p","' + _LONG.encode() + b'",-Infinity]', "error"),
+        (b'["p","' + _LONG.encode() + b'\xed\xa0\x80"]\n', "error"),
+        (b'["p","' + _LONG.encode() + b'\xff"]\n', "error"),
+        (b'["p","' + _LONG.encode() + b'"}\n', "error"),
+        (b'{"p":"' + _LONG.encode() + b'"}\n', "error"),
+    ]
+
+
+def json_loads(s):
+    import json
+    return json.loads('"%s"' % s)
+
+
+@pytest.mark.parametrize("i", range(len(_big_inputs())))
+def test_json_large_frame_split_anywhere_matches_prefixes(i):
+    """Large frames (longer than one stride and than the 4096-byte start check) cut in two and
+    three reads anywhere near a special byte, and at random: each read yields exactly what the
+    data up to it completes, whatever path (newline try, ']' try, lazy or resumed scan) ran."""
+    import random
+    data, want = _big_inputs()[i]
+    assert _check_cuts(data, []) == want
+    special = [j for j, c in enumerate(data) if c in b'"\\[]{}\n\r']
+    rng = random.Random(i)
+    near = set()
+    for j in special[:8] + special[-8:] + rng.sample(special, min(40, len(special))):
+        near.update(range(max(1, j - 2), min(len(data), j + 3)))
+    near.update((1, 4095, 4096, 4097, len(data) - 1))
+    for cut in sorted(near):
+        assert _check_cuts(data, [cut]) == want, cut
+    for _ in range(60):
+        cuts = rng.sample(range(1, len(data)), 2)
+        assert _check_cuts(data, cuts) == want, cuts
+    assert _check_cuts(data, list(range(1000, len(data), 1000))) == want
+
+
+def test_json_long_string_backslash_at_every_read_end():
+    """A long string full of escapes, fed in reads that end right after each backslash."""
+    s = ('\\"' * 700 + "\\\\" * 700 + "\\u00e9" * 300) * 2
+    data = b'["p","' + s.encode() + b'"]'
+    want = [["p", json_loads(s)]]
+    cuts = [j + 1 for j, c in enumerate(data) if c == 0x5C]
+    assert _check_cuts(data, cuts) == want
+    assert _check_cuts(data + b"\n", cuts) == want
+
+
+def test_json_reads_ending_with_bracket_stay_linear():
+    """A Perl-style frame (no newline) of 1M small arrays whose every read ends with ']': the
+    whole-buffer try at a read that ends with ']' is rationed, not made at every read (which
+    would parse the growing buffer 1,000 times)."""
+    data = b"[" + b"[0]," * 1_000_000 + b"[1]]"
+    cuts, j = [], 4096
+    while True:
+        j = data.find(b"]", j)
+        if j < 0:
+            break
+        cuts.append(j + 1)
+        j += 4096
+    chunks = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)]) if a < b]
+    assert len(chunks) > 900
+    d = JsonDecoder()
+    t0 = time.process_time()
+    out = feed_all(d, chunks)
+    elapsed = time.process_time() - t0
+    assert len(out) == 1 and len(out[0]) == 1_000_001 and out[0][-1] == [1]
+    assert elapsed < 5, elapsed
+
+
+def test_json_newlines_inside_a_large_frame_stay_linear():
+    """A 4 MB frame with a newline every 3 bytes, in 2 KB reads: the newline is tried as the
+    frame's end once per frame, then the scanner takes over (a try at every read would parse
+    the growing buffer 2,000 times)."""
+    data = b"[" + b"1,\n" * 1_400_000 + b"2]\n"
+    d = JsonDecoder()
+    t0 = time.process_time()
+    out = feed_all(d, [data[i:i + 2048] for i in range(0, len(data), 2048)])
+    elapsed = time.process_time() - t0
+    assert len(out) == 1 and len(out[0]) == 1_400_001
+    assert elapsed < 5, elapsed
+
+
+# --------------------------------------------------------------------------- frame size errors
+
+_SIZE_ERR = (r"^%s frame larger than allowed: %s bytes, max_frame is %d bytes "
+             r"\(raise the max_frame setting to accept it\)$")
+
+
+def _size_error(dec, chunks):
+    with pytest.raises(RemoteProtocolError) as info:
+        feed_all(dec, chunks)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_frame_size_error_states_size_and_limit_for_a_complete_frame(name):
+    import re
+    enc, dec_cls = codec(name)
+    frame = enc(["p", "x" * 2000])
+    size = len(frame) - (name == "json")  # (json: the newline is not part of the frame)
+    for data in (frame, enc(["a"]) + frame):
+        text = _size_error(dec_cls(max_frame=1000), [data])
+        assert re.match(_SIZE_ERR % (name, size, 1000), text), text
+
+
+@pytest.mark.parametrize("name", FRAMINGS)
+def test_frame_size_error_states_at_least_for_a_pending_frame(name):
+    import re
+    enc, dec_cls = codec(name)
+    frame = enc(["p", "y" * 100000])
+    text = _size_error(dec_cls(max_frame=65536), [frame[:40000], frame[40000:70000]])
+    if name == "json":
+        assert re.match(_SIZE_ERR % (name, "at least 70000", 65536), text), text
+    else:  # the string's head announces its size at once
+        assert re.match(_SIZE_ERR % (name, "at least %d" % (len(frame)), 65536), text), text
+    # json: a first read already beyond the limit
+    text = _size_error(JsonDecoder(max_frame=65536), [b'["p","' + b"z" * 70000])
+    assert re.match(_SIZE_ERR % ("json", "at least 70006", 65536), text), text
+
+
+def test_cbor_frame_size_error_for_announced_sizes():
+    import re
+    text = _size_error(CborDecoder(max_frame=1 << 20), [bytes.fromhex("82405b0000000100000000")])
+    assert re.match(_SIZE_ERR % ("cbor", "at least %d" % (11 + (1 << 32)), 1 << 20), text), text
+    text = _size_error(CborDecoder(max_frame=1000), [bytes.fromhex("9a00100000") + b"\x01"])
+    assert re.match(_SIZE_ERR % ("cbor", "at least %d" % (5 + 0x100000), 1000), text), text
