@@ -90,6 +90,7 @@ class RemoteNode:
         self.monitors = {}  # portname -> [actions]
         self.connecting = False
         self.addrs = None  # list of "host:port" when known
+        self._last_error = None  # why the last dial failed (for the reason monitors get)
         self._timer = None
         self._attempts = {}
         self.up_event = Event()
@@ -184,6 +185,7 @@ class RemoteNode:
             self._attempts[addr] = gevent.spawn_later(delay, self._attempt, addr)
 
     def _attempt(self, addr):
+        why = None
         try:
             if self.link is not None:
                 return
@@ -201,13 +203,23 @@ class RemoteNode:
                     raise
                 _dials.succeeded(addr)
         except Exception as exc:
+            if not isinstance(exc, transport.HandshakeRefused):
+                why = self._last_error = transport.describe_connect_error(addr, exc)
             logger.debug("connect to %s at %s failed: %s", self.id, addr, exc)
         finally:
             self._attempts.pop(addr, None)
+            if why is not None and not self._attempts and self.link is None and self.connecting:
+                # every known address was tried and failed: say why now (a refused connection
+                # within milliseconds) instead of "connect timeout" after connect_interval
+                self.transport_error(why, connecting=True)
+                _dials.shed(self)
 
     def _connect_timeout(self):
         if self.link is None and self.connecting:
-            self.transport_error("connect timeout")
+            last = self._last_error
+            self.transport_error("connect timeout" if last is None
+                                 else "connect timeout (last attempt: %s)" % last,
+                                 connecting=True)
             # its dials still running are speculative now: they make way if others wait
             _dials.shed(self)
 
@@ -226,6 +238,7 @@ class RemoteNode:
             return
         self.link = link
         self.connecting = False
+        self._last_error = None
         if self._timer is not None:
             self._timer.close()
             self._timer = None
@@ -275,8 +288,11 @@ class RemoteNode:
             other.close(why)
         self.transport_error(why)
 
-    def transport_error(self, why):
+    def transport_error(self, why, connecting=False):
         """Fire every monitor on this node once with ``("transport_error", id, why)``.
+
+        ``connecting``: the node never came up (a failed connect), so ``mon_nodes`` watchers are
+        not told it went down.
 
         Example::
 
@@ -306,7 +322,7 @@ class RemoteNode:
                 _k._fire_monitors(actions, reason)
 
             _k._spawn_raw(fire_then_heal)
-        had_link = was_up or why not in ("connect timeout", "no known address")
+        had_link = was_up or not (connecting or why in ("connect timeout", "no known address"))
         if had_link:
             logger.info("%s is down: %s", self.id, why)
         else:  # a node that never came up (maybe invented by a peer): rate-limited

@@ -33,7 +33,8 @@ from .config import parse_address
 from .exceptions import ConfigError, RemoteProtocolError
 
 __all__ = ["Link", "LinkGroup", "Listener", "connect", "run_handshake", "HandshakeRefused",
-           "TLSContexts", "tls_contexts", "peeraddr_check", "normalize_address"]
+           "TLSContexts", "tls_contexts", "peeraddr_check", "normalize_address",
+           "describe_connect_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -601,6 +602,38 @@ def _apply_sockopts(sock, nodelay=True, autocork=False):
             pass  # writes are already coalesced per loop iteration; corking adds latency only
     except OSError:  # pragma: no cover - e.g. socketpair in tests
         pass
+
+
+def describe_connect_error(addr, exc):
+    """What a failed dial of ``addr`` means, for a user: the reason monitors fire with.
+
+    Example::
+
+        >>> describe_connect_error("10.0.0.5:4040", ConnectionRefusedError(111, "refused"))
+        'connection refused by 10.0.0.5:4040: nothing listens there (is the node running?)'
+    """
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused by %s: nothing listens there (is the node running?)" % addr
+    if isinstance(exc, (_stdsocket.timeout, gevent.Timeout)) or "timed out" in str(exc):
+        return "no answer from %s in time (unreachable, filtered or overloaded)" % addr
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return "cannot reach %s: %s" % (addr, os.strerror(exc.errno))
+    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, RemoteProtocolError):
+        if "shared secret mismatch" in text:
+            return ("authentication failed at %s: shared secret mismatch (both nodes need the "
+                    "same secret)" % addr)
+        if "no common auth type" in text or "no shared secret" in text:
+            return ("authentication failed at %s: %s (configure the same secret, or "
+                    "certificates from one CA, on both nodes)" % (addr, text))
+        if "version mismatch" in text or "unparsable greeting" in text:
+            return "protocol mismatch at %s: %s (is it an AEMP node?)" % (addr, text)
+        if "end-of-file during handshake" in text:
+            return ("%s closed the connection during the handshake: it most likely refused our "
+                    "authentication (a different secret, TLS required, or the address we "
+                    "dialled is not one it accepts: see public_addresses)" % addr)
+        return "handshake with %s failed: %s" % (addr, text)
+    return "connecting to %s failed: %s" % (addr, text)
 
 
 def connect(host, port, *, timeout):

@@ -316,7 +316,10 @@ def test_g_found_from_the_master_is_bounded(cluster):
     lsock.listen(4)
     lsock.settimeout(20)
     evil = "127.0.0.1:%d" % lsock.getsockname()[1]
-    closed = free_port()
+    hole = socket.socket()  # answers no handshake: the dials wait, so the addresses stay known
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    closed = hole.getsockname()[1]
     try:
         victim = cluster.node("victim", seeds=[evil], max_node_addrs=8, connect_interval=10)
         conn, _ = lsock.accept()
@@ -338,3 +341,4 @@ def test_g_found_from_the_master_is_bounded(cluster):
         peer.close()
     finally:
         lsock.close()
+        hole.close()

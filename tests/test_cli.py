@@ -672,16 +672,36 @@ def test_explicit_timeout_is_honoured_when_the_node_cannot_be_reached(tmp_path):
     connect_interval, ~2 s, whatever N was), then says so and exits with status 1."""
     rc = tmp_path / "rc"
     assert aemp(rc, "setsecret", SECRET).returncode == 0
+    hole = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(8)
+    silent = "127.0.0.1:%d" % hole.getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        r = aemp(rc, "--timeout", "4", "snd", silent + "#p", "hi", timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        hole.close()
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "cannot reach node %s" % silent in r.stderr, r.stderr
+    assert elapsed >= 3.5, "gave up after %.1f s despite --timeout 4" % elapsed
+
+
+def test_refused_connection_is_reported_at_once_and_says_so(tmp_path):
+    """Nothing listens at the address: aemp says "connection refused" within about a second,
+    even with a long --timeout (it waited for the timeout and said "connect timeout")."""
+    rc = tmp_path / "rc"
+    assert aemp(rc, "setsecret", SECRET).returncode == 0
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     closed = "127.0.0.1:%d" % s.getsockname()[1]
     s.close()
     t0 = time.monotonic()
-    r = aemp(rc, "--timeout", "4", "snd", closed + "#p", "hi", timeout=30)
+    r = aemp(rc, "--timeout", "20", "snd", closed + "#p", "hi", timeout=30)
     elapsed = time.monotonic() - t0
     assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "cannot reach node %s" % closed in r.stderr, r.stderr
-    assert elapsed >= 3.5, "gave up after %.1f s despite --timeout 4" % elapsed
+    assert "connection refused by %s: nothing listens there" % closed in r.stderr, r.stderr
+    assert elapsed < 5, elapsed
 
 
 def test_run_warns_when_no_secret_is_configured(tmp_path):

@@ -84,3 +84,33 @@ def test_remote_spawn_of_a_function_that_cannot_be_imported_reports_the_cause(cl
     assert got["brokenmod.run"][0] == "die", got
     assert "importing brokenmod failed: ModuleNotFoundError: No module named " \
         "'no_such_dependency_xyz'" in got["brokenmod.run"][1], got
+
+
+def test_connect_failures_say_why(cluster):
+    """Refused within a second with "connection refused", a wrong secret as
+    AuthenticationFailed, instead of "connect timeout" after connect_interval for both."""
+    addr = "127.0.0.1:%d" % free_port()
+    good = cluster.node("good", nodeid=addr, binds=[addr])  # a host:port ID: dialled directly
+    bad = cluster.node("bad", secret="not-the-secret", connect_interval=5)
+    closed = "127.0.0.1:%d" % free_port()
+    bad.run("""
+        def report(target):
+            t0 = time.monotonic()
+            try:
+                call(target, "ping", timeout=20)
+            except PortDied as e:
+                emit("why", target, type(e).__name__, e.why, time.monotonic() - t0)
+        gevent.spawn(report, %r)
+        gevent.spawn(report, %r)
+    """ % (closed + "#p", good.addr + "#p"))
+    got = {}
+    for _ in range(2):
+        target, name, why, elapsed = bad.expect("why", timeout=15)
+        got[target] = (name, why, elapsed)
+    name, why, elapsed = got[closed + "#p"]
+    assert name == "NodeUnreachable" and why.startswith("connection refused by " + closed), got
+    assert elapsed < 2, got
+    name, why, elapsed = got[good.addr + "#p"]
+    assert name == "AuthenticationFailed", got
+    assert "refused our authentication" in why or "secret mismatch" in why, got
+    assert elapsed < 4, got
