@@ -24,7 +24,8 @@ from ._guard import Guard
 from ._report import CrashReport, apply_verbose_env as _apply_verbose_env, set_crash_handler
 from ._version import __version__
 from .exceptions import (AempError, AuthenticationFailed, BlockingInHandlerError, ConfigError,
-                         NodeUnreachable, NoSuchPort, PortDied, ProtocolError, Timeout)
+                         NoDatabaseError, NodeUnreachable, NoSuchPort, PortDied, ProtocolError,
+                         Timeout)
 from .kernel import NODE, after, kil, mon, mon_guard, node_id, node_of, port_is_local, snd
 from .ports import SELF, cal, call, peval, port, psub, rcv, receive, receive_match, spawn
 from .node import (configure, eval_on, known_nodes, mon_nodes, node_is_up, run_forever, shutdown,
@@ -91,4 +92,5 @@ __all__ = [
     "ProtocolError",
     "Timeout",
     "BlockingInHandlerError",
+    "NoDatabaseError",
 ]

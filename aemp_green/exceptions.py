@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "DataConnError",
     "BlockingInHandlerError",
+    "NoDatabaseError",
 ]
 
 
@@ -236,4 +237,17 @@ class BlockingInHandlerError(AempError, RuntimeError):
     Example::
 
         rcv(p, "job", lambda: call(other, "x"))   # raises BlockingInHandlerError: use spawn
+    """
+
+
+class NoDatabaseError(AempError):
+    """A database query or ``db_mon`` on a node that has no seeds and is no global node: there
+    is no database to ask, so it fails at once (instead of a timeout). Configure seeds.
+
+    Example::
+
+        try:
+            db_family("workers", timeout=5)
+        except NoDatabaseError as e:
+            print(e)      # ... has no seeds and is not a global node ... Configure seeds ...
     """

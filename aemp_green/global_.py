@@ -43,7 +43,7 @@ from . import config as _config
 from . import framing as _framing
 from . import kernel as _k
 from ._guard import Guard
-from .exceptions import Timeout
+from .exceptions import NoDatabaseError, Timeout
 
 __all__ = ["db_set", "db_del", "db_reg", "db_family", "db_keys", "db_values", "db_mon",
            "is_global", "master"]
@@ -1249,9 +1249,21 @@ def db_reg(family, port=None, value=None):
     return Guard.for_caller(undo)
 
 
+def _check_reachable(what, family):
+    """A node with no seeds that is no global node has no database to ask: say so at once
+    instead of waiting for a timeout."""
+    if not _global and _master is None and not _seeds_configured():
+        raise NoDatabaseError(
+            "%s(%r): this node has no seeds and is not a global node, so there is no database "
+            "to ask. Configure seeds (configure(seeds=['host:port']) or `aemp setseeds "
+            "host:port`); a seed lists its own address in its seeds to become a global node."
+            % (what, family))
+
+
 def _query(tag, family, cb, timeout):
     _k._check_thread()  # before anything changes (docs/running.md)
     _check_family(family)
+    _check_reachable("db_" + tag[5:], family)
     # after the request id: the part size we take the answer in (AEMP ignores it)
     if cb is not None:
         _request((tag, family), cb, extra=(_my_chunk(),))
@@ -1312,6 +1324,7 @@ def db_mon(family, cb):
     """
     _k._check_thread()  # before anything changes (docs/running.md)
     _check_family(family)
+    _check_reachable("db_mon", family)
     cbs = _mon_cbs.get(family)
     if cbs is None:
         _mon_cbs[family] = [cb]

@@ -114,3 +114,25 @@ def test_connect_failures_say_why(cluster):
     assert name == "AuthenticationFailed", got
     assert "refused our authentication" in why or "secret mismatch" in why, got
     assert elapsed < 4, got
+
+
+def test_database_query_without_seeds_fails_at_once_saying_why(cluster):
+    """A node with no seeds that is no global node has no database: queries and db_mon raise
+    NoDatabaseError at once instead of a Timeout after waiting."""
+    n = cluster.node("lonely")
+    n.run("""
+        for what in ("db_family", "db_mon"):
+            t0 = time.monotonic()
+            try:
+                if what == "db_family":
+                    db_family("fam", timeout=10)
+                else:
+                    db_mon("fam", lambda *a: None)
+            except aemp_green.NoDatabaseError as e:
+                emit("nodb", what, str(e), time.monotonic() - t0)
+    """)
+    for what in ("db_family", "db_mon"):
+        got, text, elapsed = n.expect("nodb", pred=lambda v, w=what: v[0] == w)
+        assert text.startswith("%s('fam'): this node has no seeds and is not a global node"
+                               % what), text
+        assert "Configure seeds" in text and elapsed < 1, (text, elapsed)
