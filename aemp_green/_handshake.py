@@ -133,6 +133,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "DEFAULT_PROVIDER",
     "ROLES",
+    "PERL_PROVIDER_PREFIX",
+    "is_perl_peer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,6 +143,22 @@ PROTOCOL_VERSION = 1
 
 #: What we send as ``provider=`` unless told otherwise.
 DEFAULT_PROVIDER = "aemp_green-" + __version__
+
+#: How a Perl AnyEvent::MP node names itself in ``provider=`` (``AE-2.02``).
+PERL_PROVIDER_PREFIX = "AE-"
+
+
+def is_perl_peer(kv):
+    """True when a greeting's key=value pairs (``GreetingReceived.kv``) come from a Perl
+    AnyEvent::MP node, whose strings have no bytes/text distinction.
+
+    Example::
+
+        >>> is_perl_peer({"provider": "AE-2.02"}), is_perl_peer({"provider": "aemp_green-0.2.0"})
+        (True, False)
+    """
+    return str((kv or {}).get("provider") or "").startswith(PERL_PROVIDER_PREFIX)
+
 
 #: The auth methods this module can check on receipt.
 KNOWN_AUTH_METHODS = ("tls_sha3_512", "hmac_sha3_512", "tls_anon", "cleartext")

@@ -374,6 +374,10 @@ SETTINGS = (
             "log_rate_interval; further ones are counted and reported as suppressed."),
     Setting("log_rate_interval", 60, _v_positive_number,
             "aemp_green: seconds of one log_rate_lines window."),
+    Setting("perl_bytes_as_text", True, _v_bool,
+            "aemp_green: byte strings from a Perl node (cbor framing) arrive as str, read as "
+            "Latin-1 (a Perl string has no bytes/text distinction); between Python nodes bytes "
+            "stay bytes."),
     Setting("max_dials", 64, _v_positive_int,
             "aemp_green: outgoing connection attempts (connect and handshake) in progress at "
             "once; more wait up to connect_interval for a turn (taking it from a dial whose "

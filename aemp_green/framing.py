@@ -667,9 +667,11 @@ def encode_cbor(msg):
         raise TypeError("cannot encode as cbor: %s" % (exc,)) from None
 
 
-def _fix_bytes(frame):
-    """Turn every pure-ASCII byte string in ``frame`` (values and map keys) into ``str``, and
-    the tuples / frozendicts cbor2 makes inside a self-describe tag into lists / dicts."""
+def _fix_bytes(frame, text=False):
+    """Turn every pure-ASCII byte string in ``frame`` (values and map keys) into ``str`` (with
+    ``text``: every byte string, read as Latin-1, which is what a Perl string without the UTF-8
+    flag holds), and the tuples / frozendicts cbor2 makes inside a self-describe tag into lists /
+    dicts."""
     stack = [frame]
     pop = stack.pop
     push = stack.append
@@ -680,8 +682,8 @@ def _fix_bytes(frame):
             for v in c:
                 t = type(v)
                 if t is bytes:
-                    if v.isascii():
-                        c[i] = v.decode("ascii")
+                    if text or v.isascii():
+                        c[i] = v.decode("latin-1")
                 elif t is list or t is dict:
                     push(v)
                 elif t is tuple or t is _frozendict:
@@ -691,7 +693,7 @@ def _fix_bytes(frame):
         else:  # dict
             for k in c:
                 if type(k) is bytes:
-                    items = [((k.decode("ascii") if k.isascii() else k)
+                    items = [((k.decode("latin-1") if text or k.isascii() else k)
                               if type(k) is bytes else k, v) for k, v in c.items()]
                     c.clear()
                     c.update(items)
@@ -699,8 +701,8 @@ def _fix_bytes(frame):
             for k, v in c.items():
                 t = type(v)
                 if t is bytes:
-                    if v.isascii():
-                        c[k] = v.decode("ascii")
+                    if text or v.isascii():
+                        c[k] = v.decode("latin-1")
                 elif t is list or t is dict:
                     push(v)
                 elif t is tuple or t is _frozendict:
@@ -791,7 +793,9 @@ class CborDecoder(_Decoder):
     """Incremental decoder for a stream of concatenated CBOR arrays (the AEMP ``cbor`` framing).
 
     Pure-ASCII byte strings come out as ``str`` (see the module docstring); the Perl peer sends
-    ``["", "g_slave"]`` as ``82 40 47 675f736c617665``.
+    ``["", "g_slave"]`` as ``82 40 47 675f736c617665``. With ``text_bytes`` (the link's peer is
+    a Perl node, whose strings have no bytes/text distinction) every byte string comes out as
+    ``str``, read as Latin-1: a Perl ``"caf\\xe9"`` is the text ``"café"``.
 
     Example::
 
@@ -800,6 +804,8 @@ class CborDecoder(_Decoder):
         []
         >>> d.feed(bytes.fromhex("7665") + encode_cbor(["p", b"\\xff", 1]))
         [['', 'g_slave'], ['p', b'\\xff', 1]]
+        >>> CborDecoder(text_bytes=True).feed(encode_cbor(["p", b"caf\\xe9", {b"cl\\xe9": 1}]))
+        [['p', 'café', {'clé': 1}]]
     """
 
     _kind = "cbor"
@@ -819,10 +825,12 @@ class CborDecoder(_Decoder):
                              b"[\x40-\x5b\x60-\x7b]").match
 
     __slots__ = ("max_frame", "_pbuf", "_skip_pos", "_skip_stack", "_error", "_dec",
-                 "_wrap", "_suffix", "_sentinel")
+                 "_wrap", "_suffix", "_sentinel", "_text")
 
-    def __init__(self, max_frame=DEFAULT_MAX_FRAME):
+    def __init__(self, max_frame=DEFAULT_MAX_FRAME, text_bytes=False):
         self.max_frame = max_frame
+        #: every byte string becomes str (Latin-1): for a Perl peer, which has no bytes type
+        self._text = bool(text_bytes)
         self._pbuf = None        # bytearray: an incomplete frame
         self._skip_pos = 0
         self._skip_stack = []
@@ -913,7 +921,7 @@ class CborDecoder(_Decoder):
                 else:
                     return None  # let the item-by-item path report it
             if not needs_fix(map(type, obj)):
-                _fix_bytes(obj)
+                _fix_bytes(obj, self._text)
         return frames
 
     def _decode_items(self, data, frames):
@@ -954,7 +962,7 @@ class CborDecoder(_Decoder):
                 else:
                     raise RemoteProtocolError("cbor frame is not an array (%s)" % (t.__name__,))
             if not needs_fix(map(type, obj)):
-                _fix_bytes(obj)
+                _fix_bytes(obj, self._text)
             append(obj)
         dec.fp = _EMPTY  # do not keep the read buffer alive
         return pos

@@ -26,6 +26,7 @@ from . import framing
 from . import kernel as _k
 from . import transport
 from ._guard import Guard
+from ._handshake import is_perl_peer
 from ._ratelog import RateLog, esc, exc_text
 from ._ratelog import set_limits as _set_log_limits
 from .exceptions import ConfigError, RemoteProtocolError
@@ -860,7 +861,10 @@ def _start_link(sock, est, trailing, outgoing):
                           else None,
                           # the peer answers ["", "", <time>] to our node port: a no-op
                           probe=("", "time", _k._NODE + "#", ""),
-                          group=get_node(est.peer_nodeid).liveness)
+                          group=get_node(est.peer_nodeid).liveness,
+                          # a Perl string has no bytes/text distinction: its byte strings are text
+                          text_bytes=bool(_cfg.get("perl_bytes_as_text", True))
+                          and is_perl_peer(est.kv))
     link.closed_event = Event()
     get_node(est.peer_nodeid).attach(link)
     return link

@@ -300,7 +300,7 @@ class Link:
 
     def __init__(self, sock, nodeid, send_framing, recv_framing, trailing, on_frame, on_close,
                  *, max_frame=64 * 1024 * 1024, peer_kv=None, outgoing=False, keepalive=None,
-                 probe=("", ""), group=None):
+                 probe=("", ""), group=None, text_bytes=False):
         self.sock = sock
         self.nodeid = nodeid
         self.send_framing = send_framing
@@ -310,7 +310,9 @@ class Link:
         from . import framing
 
         self._encode = framing.codec(send_framing)[0]
-        self._decoder = framing.codec(recv_framing)[1](max_frame=max_frame)
+        decoder = framing.codec(recv_framing)[1]
+        self._decoder = (decoder(max_frame=max_frame, text_bytes=True) if text_bytes
+                         and recv_framing == "cbor" else decoder(max_frame=max_frame))
         self._trailing = trailing
         self._on_frame = on_frame
         self._on_close = on_close
