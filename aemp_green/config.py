@@ -318,6 +318,15 @@ SETTINGS = (
     Setting("max_pending_handshakes", 256, _v_positive_int,
             "aemp_green: unfinished incoming handshakes kept at once; beyond it the oldest "
             "stalled one is dropped (slowloris defence)."),
+    Setting("link_high_water", 4 * _MiB, _v_positive_int,
+            "aemp_green: bytes queued on a link above which a greenlet sender waits until they "
+            "drained to link_low_water (Erlang's busy distribution port)."),
+    Setting("link_low_water", NO_DEFAULT, _v_positive_int,
+            "aemp_green: bytes a busy link must drain to before waiting senders go on "
+            "(default: half of link_high_water)."),
+    Setting("link_hard_limit", 64 * _MiB, _v_positive_int,
+            "aemp_green: bytes queued on a link (or for a node not yet connected) beyond which "
+            "a sender that cannot wait (callback handler, hub, link reader) fails the link."),
 )
 
 #: Lookup of :data:`SETTINGS` by key name.

@@ -42,6 +42,7 @@ __all__ = [
     "node_request",
     "deliver_remote",
     "register_node_request",
+    "may_block",
 ]
 
 logger = logging.getLogger(__name__)
@@ -289,6 +290,27 @@ def _dispatch(p, msg):
         _draining.discard(cur)
         if _queue and not _draining:
             _schedule_drain()
+
+
+def may_block():
+    """True when the running greenlet may wait (for a busy link or a full mailbox).
+
+    False in the hub, inside a callback port's handler (handlers never block: they run in
+    whatever greenlet sent the message), and in a greenlet marked ``aemp_noblock`` (the reader
+    of a node link: if it waited, two nodes could wait for each other for ever). Those senders
+    get the non-blocking behaviour instead (docs/running.md, "Backpressure").
+
+    Example::
+
+        if may_block():
+            wait_for_room()
+        else:
+            drop_or_fail()
+    """
+    cur = getcurrent()
+    if cur in _draining or getattr(cur, "aemp_noblock", False):
+        return False
+    return cur is not (_hub if _hub is not None else get_hub())
 
 
 def _schedule_drain():
