@@ -442,10 +442,12 @@ def _set_network(net):
 # --------------------------------------------------------------------------- snd / kil
 
 def snd(port, *msg):
-    """Send ``msg`` (a tag and arguments) to ``port``; never blocks, never fails for dead ports.
+    """Send ``msg`` (a tag and arguments) to ``port``; never fails for dead ports.
 
     Messages from one sender to one port arrive in the order they were sent. Local messages are
-    not copied: the receiver gets the very objects passed here.
+    not copied: the receiver gets the very objects passed here. It never blocks a callback
+    handler; a greenlet waits here while the link to ``port``'s node is busy or ``port``'s
+    mailbox is full with ``on_full="block"`` (docs/running.md, "Backpressure").
 
     Example::
 
