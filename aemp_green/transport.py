@@ -211,6 +211,8 @@ class Link:
 
     #: queued bytes above which ``send`` itself pushes them to the socket (non-blocking)
     FLUSH_BYTES = 256 * 1024
+    #: the writer hands a bigger buffer to the socket in pieces of this size
+    WRITE_CHUNK = 1024 * 1024
 
     def send(self, frame):
         """Queue one frame (``[portname, *msg]``); raises ``TypeError`` for unencodable values.
@@ -363,13 +365,28 @@ class Link:
                 buf, self._wbuf = self._wbuf, []
                 data = buf[0] if len(buf) == 1 else b"".join(buf)
                 del buf
-                self._inflight = n = len(data)
+                n = len(data)
                 self._wbytes = 0
-                # send() checks the totals as soon as they could pass the high-water mark
-                self._check_at = min(self.FLUSH_BYTES, max(1, self._high - n))
                 self._writing = True
                 try:
-                    sock.sendall(data)
+                    if n <= self.WRITE_CHUNK:
+                        self._inflight = n
+                        # send() checks the totals as soon as they could pass the high water
+                        self._check_at = min(self.FLUSH_BYTES, max(1, self._high - n))
+                        sock.sendall(data)
+                    else:
+                        # in pieces, so that waiting senders go on at the low-water mark while
+                        # the rest is still being written (sender and peer keep overlapping)
+                        view = memoryview(data)
+                        off = 0
+                        while off < n:
+                            left = self._inflight = n - off
+                            self._check_at = min(self.FLUSH_BYTES, max(1, self._high - left))
+                            sock.sendall(view[off:off + self.WRITE_CHUNK])
+                            off += self.WRITE_CHUNK
+                            if self._nwaiting and self._wbytes + n - off <= self._low:
+                                self._drained.set()
+                        del view
                 finally:
                     self._writing = False
                     self._full = False

@@ -139,6 +139,35 @@ def test_queue_for_a_node_not_yet_connected_is_bounded(cluster):
         lst.close()
 
 
+def test_greenlet_sender_waits_while_a_node_is_being_connected(cluster):
+    """A greenlet sending to a node whose handshake hangs waits once link_high_water bytes are
+    queued for it, instead of queueing everything; the failed attempt lets it go on."""
+    t = cluster.node("target", connect_interval=3, **LIMITS)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(5)
+    ghost = "127.0.0.1:%d" % lst.getsockname()[1]
+    try:
+        t.run("""
+            SENT = [0]
+            def flood():
+                for i in range(1000):   # 62.5 MiB if nothing held the sender back
+                    snd(%r, "m", i, "z" * 65536)
+                    SENT[0] += 1
+                    gevent.sleep(0)
+            spawn(flood)
+            GHOST = node.get_node(%r)
+        """ % (ghost + "#sink", ghost))
+        t.run("wait_for(lambda: SENT[0] >= 1000 or (GHOST.queue_bytes if hasattr(GHOST, "
+              "'queue_bytes') else 0) > %d, 10)" % HIGH, timeout=15)
+        sent, queued = t.ask("[SENT[0], getattr(GHOST, 'queue_bytes', None)]")
+        assert sent < 100, "the sender never waited: %d of 1000 messages queued" % sent
+        assert queued <= HIGH + 2 * 65536, queued
+        assert t.ask("SENT[0]") == sent  # still waiting (connect_interval is 3 s)
+    finally:
+        lst.close()
+
+
 # --------------------------------------------------------------------------- mailbox limits
 
 SLOW = """
