@@ -27,7 +27,8 @@ from .exceptions import (AempError, AuthenticationFailed, BlockingInHandlerError
                          NoDatabaseError, NodeUnreachable, NoSuchPort, PortDied, ProtocolError,
                          Timeout)
 from .kernel import NODE, after, kil, mon, mon_guard, node_id, node_of, port_is_local, snd
-from .ports import SELF, cal, call, peval, port, psub, rcv, receive, receive_match, spawn
+from .ports import (SELF, cal, call, mailbox_info, peval, port, psub, rcv, receive,
+                    receive_match, spawn)
 from .node import (configure, eval_on, known_nodes, mon_nodes, node_is_up, run_forever, shutdown,
                    snd_on, snd_to_func, up_nodes)
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
@@ -54,6 +55,7 @@ __all__ = [
     "psub",
     "peval",
     "after",
+    "mailbox_info",
     # monitoring
     "mon",
     "mon_guard",

@@ -388,6 +388,15 @@ SETTINGS = (
     Setting("dial_backoff_max", 10, _v_positive_number,
             "aemp_green: longest pause (s) before an address whose dials failed is dialled "
             "again (the pause starts at connect_interval / 4 and doubles per failure)."),
+    Setting("link_high_water", 4 * _MiB, _v_positive_int,
+            "aemp_green: bytes queued on a link above which a greenlet sender waits until they "
+            "drained to link_low_water (Erlang's busy distribution port)."),
+    Setting("link_low_water", NO_DEFAULT, _v_positive_int,
+            "aemp_green: bytes a busy link must drain to before waiting senders go on "
+            "(default: half of link_high_water)."),
+    Setting("link_hard_limit", 64 * _MiB, _v_positive_int,
+            "aemp_green: bytes queued on a link (or for a node not yet connected) beyond which "
+            "a sender that cannot wait (callback handler, hub, link reader) fails the link."),
 )
 
 #: Lookup of :data:`SETTINGS` by key name.

@@ -45,6 +45,7 @@ __all__ = [
     "deliver_remote",
     "register_node_request",
     "request_origin",
+    "may_block",
 ]
 
 logger = logging.getLogger(__name__)
@@ -308,6 +309,27 @@ def dispatching():
     return getcurrent() in _draining
 
 
+def may_block():
+    """True when the running greenlet may wait (for a busy link or a full mailbox).
+
+    False in the hub, inside a callback port's handler (handlers never block: they run in
+    whatever greenlet sent the message), and in a greenlet marked ``aemp_noblock`` (the reader
+    of a node link: if it waited, two nodes could wait for each other for ever). Those senders
+    get the non-blocking behaviour instead (docs/running.md, "Backpressure").
+
+    Example::
+
+        if may_block():
+            wait_for_room()
+        else:
+            drop_or_fail()
+    """
+    cur = getcurrent()
+    if cur in _draining or getattr(cur, "aemp_noblock", False):
+        return False
+    return cur is not (_hub if _hub is not None else get_hub())
+
+
 def _schedule_drain():
     global _drain_scheduled
     if not _drain_scheduled:
@@ -437,10 +459,12 @@ def _set_network(net):
 # --------------------------------------------------------------------------- snd / kil
 
 def snd(port, *msg):
-    """Send ``msg`` (a tag and arguments) to ``port``; never blocks, never fails for dead ports.
+    """Send ``msg`` (a tag and arguments) to ``port``; never fails for dead ports.
 
     Messages from one sender to one port arrive in the order they were sent. Local messages are
-    not copied: the receiver gets the very objects passed here.
+    not copied: the receiver gets the very objects passed here. It never blocks a callback
+    handler; a greenlet waits here while the link to ``port``'s node is busy or ``port``'s
+    mailbox is full with ``on_full="block"`` (docs/running.md, "Backpressure").
 
     Example::
 

@@ -88,6 +88,8 @@ class RemoteNode:
         # answers our keepalive probes on the connection it sends on, not on ours
         self.liveness = transport.LinkGroup()
         self.queue = []
+        self.queue_bytes = 0  # encoded size of the queue (bounded like a link's buffer)
+        self._queue_room = None  # Event: the queue went out or was dropped (waiting senders)
         self.monitors = {}  # portname -> [actions]
         self.connecting = False
         self.addrs = None  # list of "host:port" when known
@@ -121,10 +123,35 @@ class RemoteNode:
             return
         # the framing is not known yet: check with cbor (it carries everything json does, and
         # bytes) so that a value no framing can carry raises TypeError here, in the caller
-        framing.encode_cbor(frame)
+        size = len(framing.encode_cbor(frame))
         self.queue.append(frame)
+        self.queue_bytes += size
         if not self.connecting:
             self.connect()
+        if self.queue_bytes > int(_cfg["link_high_water"]) and self.queue:
+            self._queue_full()
+
+    def _queue_full(self):
+        """The queue for a node being connected is over ``link_high_water``: a sender that may
+        block waits until the link is up (or the connection failed); past ``link_hard_limit``
+        the connection attempt fails (docs/running.md, "Backpressure")."""
+        hard = int(_cfg["link_hard_limit"])
+        if self.queue_bytes > hard:
+            self.transport_error("send queue over link_hard_limit (%d bytes queued, limit %d) "
+                                 "while connecting" % (self.queue_bytes, hard))
+            return
+        if not _k.may_block():
+            return
+        while self.link is None and self.queue:
+            ev = self._queue_room
+            if ev is None or ev.is_set():
+                ev = self._queue_room = Event()
+            ev.wait()
+
+    def _queue_gone(self):
+        self.queue_bytes = 0
+        if self._queue_room is not None:
+            self._queue_room.set()
 
     # -- connecting ----------------------------------------------------------------------
     def connect(self):
@@ -244,6 +271,7 @@ class RemoteNode:
             self._timer.close()
             self._timer = None
         queue, self.queue = self.queue, []
+        self._queue_gone()
         lost = set()
         for frame in queue:
             if lost and frame[0] in lost:
@@ -252,7 +280,7 @@ class RemoteNode:
                              self.id, frame[0])
                 continue
             try:
-                link.send(frame)
+                link.send_nowait(frame)  # counted against the limits while queued
             except TypeError as exc:
                 # e.g. bytes for a json link: the message is lost, so its port's monitors fire
                 logger.error("message to %s#%s dropped: %s", self.id, frame[0], exc)
@@ -308,6 +336,7 @@ class RemoteNode:
             self._timer.close()
             self._timer = None
         self.queue = []
+        self._queue_gone()
         self.addrs = None  # ask again next time: the node may come back elsewhere
         mons, self.monitors = self.monitors, {}
         reason = ("transport_error", self.id, why)
@@ -864,7 +893,10 @@ def _start_link(sock, est, trailing, outgoing):
                           group=get_node(est.peer_nodeid).liveness,
                           # a Perl string has no bytes/text distinction: its byte strings are text
                           text_bytes=bool(_cfg.get("perl_bytes_as_text", True))
-                          and is_perl_peer(est.kv))
+                          and is_perl_peer(est.kv),
+                          high_water=int(_cfg["link_high_water"]),
+                          low_water=_cfg.get("link_low_water"),
+                          hard_limit=int(_cfg["link_hard_limit"]), may_wait=_k.may_block)
     link.closed_event = Event()
     get_node(est.peer_nodeid).attach(link)
     return link

@@ -21,6 +21,7 @@ duration and restore it afterwards, also when they run in some other greenlet.
 import logging
 from collections import deque
 
+from gevent.event import Event
 from greenlet import GreenletExit, getcurrent, greenlet
 
 from . import kernel as _k
@@ -38,6 +39,7 @@ __all__ = [
     "peval",
     "cal",
     "call",
+    "mailbox_info",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,9 +149,55 @@ class _CallbackPort(_Port):
         return "<callback port %s>" % self.id
 
 
+class _MailboxLimit:
+    """A greenlet port's ``mailbox_limit`` and what happens when its mailbox is full."""
+
+    __slots__ = ("limit", "on_full", "dropped", "blocked", "room")
+
+    def __init__(self, limit, on_full):
+        self.limit = limit
+        self.on_full = on_full
+        self.dropped = 0  # messages dropped because the mailbox was full
+        self.blocked = 0  # senders waiting for room now
+        self.room = None  # Event set when the mailbox has room again (made by a waiter)
+
+    def wake(self):
+        """Let waiting senders try again (the mailbox shrank, the port waits or died)."""
+        room = self.room
+        if room is not None:
+            self.room = None
+            room.set()
+
+    def full(self, p, msg):
+        """``msg`` meets a full mailbox of ``p``: block, drop or kill, as configured."""
+        if self.on_full == "kill":
+            _kill_local(p, ("mailbox_full", "%s had %d messages queued (mailbox_limit %d)"
+                            % (p.id, len(p.mailbox), self.limit)))
+            return
+        if self.on_full == "block" and getcurrent() is not p.greenlet and _k.may_block():
+            self.blocked += 1
+            try:
+                while not p._try_deliver(msg):
+                    room = self.room
+                    if room is None:
+                        room = self.room = Event()
+                    room.wait()
+            finally:
+                self.blocked -= 1
+            return
+        self.dropped += 1
+        n = self.dropped
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: a log line, not a log flood
+            logger.warning("port %s: mailbox full (mailbox_limit %d), %d message(s) dropped",
+                           p.id, self.limit, n)
+
+
+_ON_FULL = ("block", "drop", "kill")
+
+
 class _GreenletPort(_Port):
     __slots__ = ("id", "monitors", "handlers", "default", "greenlet", "mailbox", "waiting",
-                 "resume", "adopted", "reason")
+                 "resume", "adopted", "reason", "limit")
 
     def __init__(self, pid):
         self.id = pid
@@ -162,6 +210,7 @@ class _GreenletPort(_Port):
         self.resume = None
         self.adopted = False
         self.reason = None
+        self.limit = None  # a _MailboxLimit (spawn(..., mailbox_limit=N))
 
     def _deliver(self, msg):
         if self.handlers is not None or self.default is not None or self.greenlet is None:
@@ -185,7 +234,35 @@ class _GreenletPort(_Port):
         mb = self.mailbox
         if mb is None:
             mb = self.mailbox = deque()
+        elif self.limit is not None and len(mb) >= self.limit.limit:
+            self.limit.full(self, msg)
+            return
         mb.append(msg)
+
+    def _try_deliver(self, msg):
+        """``_deliver`` for a sender that waited for room: False (nothing done) while the
+        mailbox is still full; a dead port takes (and loses) the message."""
+        if self.monitors is _DEAD:
+            return True
+        if self.handlers is not None or self.default is not None or self.greenlet is None:
+            if self.greenlet is None or _find_handler(self, msg)[0] is not None:
+                _dispatch(self, msg)
+                return True
+        w = self.waiting
+        if w is not None and (w is _ANY or (msg and msg[0] == w)):
+            self.waiting = None
+            _k._wake(self, msg)
+            return True
+        mb = self.mailbox
+        if mb is not None and len(mb) >= self.limit.limit and w is not _PRED:
+            return False  # (receive_match waits for a new message: let it in)
+        if mb is None:
+            mb = self.mailbox = deque()
+        mb.append(msg)
+        if w is _PRED:
+            self.waiting = None
+            _k._wake(self, _PRED)
+        return True
 
     _run = _run_handler
 
@@ -200,6 +277,8 @@ class _GreenletPort(_Port):
         self.reason = reason
         self.mailbox = None
         self.handlers = self.default = None
+        if self.limit is not None:
+            self.limit.wake()  # blocked senders return (the message is lost with the port)
         was_waiting = self.waiting is not None
         self.waiting = None
         self.resume = None
@@ -259,6 +338,8 @@ def _port_main(p, fn, args):
             # AEMP style: the function set up handlers and returned; the port lives on
             p.greenlet = None
             pending, p.mailbox = p.mailbox, None
+            if p.limit is not None:
+                p.limit.wake()  # a callback port now: no mailbox to wait for
             for msg in pending or ():
                 _dispatch(p, msg)
             return
@@ -266,8 +347,9 @@ def _port_main(p, fn, args):
     _kill_local(p, reason)
 
 
-def _new_greenlet_port(pid, fn, args):
+def _new_greenlet_port(pid, fn, args, limit=None):
     p = _GreenletPort(pid)
+    p.limit = limit
     hub = _k._get_hub()
     p.greenlet = _PortGreenlet(_port_main, parent=hub)
     _k._register(p)
@@ -351,17 +433,25 @@ def rcv(port_, *args):
             else:
                 keep.append(msg)
         p.mailbox = keep
+        if p.limit is not None and p.limit.blocked:
+            p.limit.wake()
         if _k._queue:
             _k._schedule_drain()
     return port_
 
 
-def spawn(target, *args):
+def spawn(target, *args, mailbox_limit=None, on_full="block"):
     """Start a greenlet port and return its ID.
 
     ``spawn(fn, *args)`` runs ``fn(*args)`` in a new greenlet with the new port as ``SELF``.
     When ``fn`` returns the port is killed normally (unless it set ``rcv`` handlers, then it
     lives on as a callback port); when it raises, with ``("die", "<message>")``.
+
+    ``mailbox_limit=N`` bounds the messages waiting in its mailbox; a message that finds N
+    there is handled as ``on_full`` says: ``"block"`` makes a sender that can wait (a greenlet,
+    not a callback handler, the hub or a message from another node) wait for room and drops
+    the others' messages; ``"drop"`` drops it; ``"kill"`` kills the port with
+    ``("mailbox_full", text)``. Dropped messages are counted (``mailbox_info``).
 
     ``spawn(node, "pkg.mod.func", *args)`` creates the port on ``node`` (possibly this one) and
     runs the named function there; it returns the new port ID at once. ``Pkg::Sub::func``
@@ -374,11 +464,23 @@ def spawn(target, *args):
                 text, reply = receive("echo")
                 snd(reply, "echoed", text)
         e = spawn(echo)
+        w = spawn(worker, mailbox_limit=1000, on_full="drop")
     """
+    limit = None
+    if mailbox_limit is not None:
+        if isinstance(mailbox_limit, bool) or not isinstance(mailbox_limit, int) \
+                or mailbox_limit <= 0:
+            raise ValueError("spawn: mailbox_limit must be a positive integer, not %r"
+                             % (mailbox_limit,))
+        if on_full not in _ON_FULL:
+            raise ValueError("spawn: on_full must be one of %s, not %r" % (_ON_FULL, on_full))
+        limit = _MailboxLimit(mailbox_limit, on_full)
     if callable(target):
-        return _new_greenlet_port(_k._new_id(), target, args).id
+        return _new_greenlet_port(_k._new_id(), target, args, limit).id
     if not isinstance(target, str) or not args or not isinstance(args[0], str):
         raise TypeError("spawn(fn, *args) or spawn(node, 'pkg.func', *args)")
+    if limit is not None:
+        raise TypeError("spawn: mailbox_limit only for a function run on this node")
     node = target.partition("#")[0]
     funcname, fargs = args[0], args[1:]
     name = _k._new_spawn_name()
@@ -458,6 +560,8 @@ def _own_port():
 
 def _wait(p, want, timeout):
     p.waiting = want
+    if p.limit is not None and p.limit.blocked:
+        p.limit.wake()  # a blocked sender may hold the message this receive waits for
     timer = None
     if timeout is not None:
         timer = _k._get_hub().loop.timer(max(timeout, 0))
@@ -500,6 +604,8 @@ def receive(tag=None, timeout=None):
     p = _own_port()
     mb = p.mailbox
     if mb:
+        if p.limit is not None and p.limit.blocked and len(mb) <= p.limit.limit // 2 + 1:
+            p.limit.wake()  # (room again after this message: senders go on in a loop turn)
         if tag is None:
             return list(mb.popleft())
         i = 0
@@ -534,6 +640,8 @@ def receive_match(pred, timeout=None):
             m = mb[i]
             if pred(list(m)):
                 del mb[i]
+                if p.limit is not None and p.limit.blocked:
+                    p.limit.wake()
                 return list(m)
         start = len(mb)
         left = None
@@ -684,3 +792,28 @@ def call(port_, *msg, timeout=None):
         raise PortDied.from_reason(r[1])
     raise Timeout("call to %s timed out after %s s" % (port_, timeout))
 
+
+
+def mailbox_info(port_):
+    """What the mailbox of the local port ``port_`` holds now, and its limit's counters.
+
+    Returns ``{"queued": n, "limit": N or None, "on_full": ..., "dropped": k, "blocked": s}``:
+    messages waiting in the mailbox, the ``mailbox_limit`` (``spawn``), what happens when it
+    is full, how many messages were dropped because it was, and how many senders wait for
+    room. A callback port has no mailbox (``queued`` 0). Raises ``ValueError`` for a port that
+    is not a live local port.
+
+    Example::
+
+        w = spawn(worker, mailbox_limit=100, on_full="drop")
+        print(mailbox_info(w)["dropped"])     # 0
+    """
+    p = _k._lookup(port_)
+    if p is None:
+        raise ValueError("mailbox_info: no such local port %r" % (port_,))
+    lim = getattr(p, "limit", None)
+    return {"queued": len(getattr(p, "mailbox", None) or ()),
+            "limit": lim.limit if lim is not None else None,
+            "on_full": lim.on_full if lim is not None else None,
+            "dropped": lim.dropped if lim is not None else 0,
+            "blocked": lim.blocked if lim is not None else 0}

@@ -25,8 +25,9 @@ from typing import Any, NamedTuple
 import gevent
 from gevent import monkey as _monkey
 from gevent import socket
+from gevent.event import Event
 from gevent.server import StreamServer
-from greenlet import greenlet
+from greenlet import getcurrent, greenlet
 
 from ._version import __version__
 from .config import parse_address
@@ -291,6 +292,12 @@ class Link:
     queued in one ``sendall``. ``run()`` reads until the connection ends, calling
     ``on_frame(frame)`` for each decoded frame; ``on_close(link, why)`` runs exactly once.
 
+    Backpressure (docs/running.md, "Backpressure"): when more than ``high_water`` bytes wait
+    for the socket, a sender that may wait (``may_wait()`` true, and not the hub, a link's
+    reader or the keepalive) waits until they drained to ``low_water``; any other sender
+    queues, and once more than ``hard_limit`` bytes wait the link is closed with a reason
+    naming ``link_hard_limit``.
+
     Example::
 
         link = Link(sock, "peer", "json", "json", b"", on_frame, on_close)
@@ -298,9 +305,14 @@ class Link:
         link.send(["portname", "hello", 1])
     """
 
+    #: defaults of the ``link_high_water`` / ``link_hard_limit`` settings (bytes)
+    HIGH_WATER = 4 * 1024 * 1024
+    HARD_LIMIT = 64 * 1024 * 1024
+
     def __init__(self, sock, nodeid, send_framing, recv_framing, trailing, on_frame, on_close,
                  *, max_frame=64 * 1024 * 1024, peer_kv=None, outgoing=False, keepalive=None,
-                 probe=("", ""), group=None, text_bytes=False):
+                 probe=("", ""), group=None, text_bytes=False, high_water=None,
+                 low_water=None, hard_limit=None, may_wait=None):
         self.sock = sock
         self.nodeid = nodeid
         self.send_framing = send_framing
@@ -318,6 +330,18 @@ class Link:
         self._on_close = on_close
         self._wbuf = []
         self._wbytes = 0
+        self._inflight = 0  # bytes the writer took from _wbuf and is handing to the socket
+        self._high = int(high_water or self.HIGH_WATER)
+        self._low = min(int(low_water or self._high // 2), self._high)
+        self._hard = max(int(hard_limit or self.HARD_LIMIT), self._high)
+        # send() looks at the totals only from this many queued bytes on (the hot path; the
+        # writer lowers it while it holds bytes, so that the totals never pass _high unseen)
+        self._check_at = min(self.FLUSH_BYTES, self._high)
+        self._may_wait = may_wait
+        self._nowait = 0  # > 0 inside send_nowait()
+        self._drained = None  # Event set when the queue drained to _low (made by a waiter)
+        self._nwaiting = 0  # senders waiting for _drained
+        self.busy_waits = 0  # how often a sender waited for the link to drain
         self._writing = False  # the writer is inside sendall: nobody else may write
         self._turn = False  # a frame already went straight out in this loop turn
         self._full = False  # a direct send hit a full socket buffer: leave it to the writer
@@ -351,6 +375,8 @@ class Link:
 
     #: queued bytes above which ``send`` itself pushes them to the socket (non-blocking)
     FLUSH_BYTES = 256 * 1024
+    #: the writer hands a bigger buffer to the socket in pieces of this size
+    WRITE_CHUNK = 1024 * 1024
 
     def send(self, frame):
         """Queue one frame (``[portname, *msg]``); raises ``TypeError`` for unencodable values.
@@ -383,6 +409,51 @@ class Link:
             data = data[sent:]
         self._wbuf.append(data)
         self._wbytes += len(data)
+        if self._wbytes >= self._check_at:
+            return self._queued_a_lot(raw, len(data))
+        if self._writer_idle:
+            self._writer_idle = False
+            self._loop.run_callback(self._writer.switch)
+        return True
+
+    def send_nowait(self, frame):
+        """``send`` that never waits and never fails the link for its size (for frames that
+        were already counted elsewhere, like a node's queue flushed when its link comes up).
+
+        Example::
+
+            for frame in queued:
+                link.send_nowait(frame)
+        """
+        self._nowait += 1
+        try:
+            return self.send(frame)
+        finally:
+            self._nowait -= 1
+
+    @property
+    def bytes_pending(self):
+        """Bytes queued for the socket and not yet handed to it (the backpressure measure).
+
+        Example::
+
+            print(link.bytes_pending, link.busy_waits)
+        """
+        return self._wbytes + self._inflight
+
+    @property
+    def senders_waiting(self):
+        """How many senders wait for this link to drain now (see ``busy_waits`` for a total).
+
+        Example::
+
+            if link.senders_waiting: print(link.nodeid, "is busy")
+        """
+        return self._nwaiting
+
+    def _queued_a_lot(self, raw, n):
+        """``send``'s slow path, from ``_check_at`` queued bytes on: push them to the socket
+        (non-blocking) and apply the high-water mark and the hard limit."""
         if self._wbytes >= self.FLUSH_BYTES and raw is not None and not self._writing \
                 and not self._full:
             buf = b"".join(self._wbuf)
@@ -394,7 +465,42 @@ class Link:
         if self._wbuf and self._writer_idle:
             self._writer_idle = False
             self._loop.run_callback(self._writer.switch)
-        return True
+        pending = self._wbytes + self._inflight
+        if pending <= self._high:
+            if self._nwaiting and pending <= self._low:
+                self._drained.set()
+            return True
+        if self._nowait:
+            return True
+        if pending > self._hard and pending > n:  # (one frame alone always goes out)
+            why = ("write buffer over link_hard_limit (%d bytes queued, limit %d): the peer "
+                   "does not read fast enough" % (pending, self._hard))
+            logger.warning("%s: %s; closing the link", self.nodeid, why)
+            self.close(why)
+            return False
+        if not self._can_wait():
+            return True
+        self.busy_waits += 1
+        while not self._closed and self._wbytes + self._inflight > self._low:
+            ev = self._drained
+            if ev is None or ev.is_set():
+                ev = self._drained = Event()
+            self._nwaiting += 1
+            try:
+                ev.wait()
+            finally:
+                self._nwaiting -= 1
+        return not self._closed
+
+    def _can_wait(self):
+        """May the running greenlet wait for the link to drain? Never the hub, a link's reader
+        (it must keep reading: two nodes waiting for each other would deadlock), this link's
+        keepalive, or where the ``may_wait`` hook says no (a callback port's handler)."""
+        cur = getcurrent()
+        if cur is self._hub or cur is self._watchdog or getattr(cur, "aemp_noblock", False):
+            return False
+        may_wait = self._may_wait
+        return may_wait is None or bool(may_wait())
 
     def _raw_send(self, raw, data):
         """One non-blocking send; returns the bytes written (None when the link broke)."""
@@ -421,13 +527,38 @@ class Link:
                     self._hub.switch()
                     continue
                 buf, self._wbuf = self._wbuf, []
+                data = buf[0] if len(buf) == 1 else b"".join(buf)
+                del buf
+                n = len(data)
                 self._wbytes = 0
                 self._writing = True
                 try:
-                    sock.sendall(buf[0] if len(buf) == 1 else b"".join(buf))
+                    if n <= self.WRITE_CHUNK:
+                        self._inflight = n
+                        # send() checks the totals as soon as they could pass the high water
+                        self._check_at = min(self.FLUSH_BYTES, max(1, self._high - n))
+                        sock.sendall(data)
+                    else:
+                        # in pieces, so that waiting senders go on at the low-water mark while
+                        # the rest is still being written (sender and peer keep overlapping)
+                        view = memoryview(data)
+                        off = 0
+                        while off < n:
+                            left = self._inflight = n - off
+                            self._check_at = min(self.FLUSH_BYTES, max(1, self._high - left))
+                            sock.sendall(view[off:off + self.WRITE_CHUNK])
+                            off += self.WRITE_CHUNK
+                            if self._nwaiting and self._wbytes + n - off <= self._low:
+                                self._drained.set()
+                        del view
                 finally:
                     self._writing = False
                     self._full = False
+                    self._inflight = 0
+                    self._check_at = min(self.FLUSH_BYTES, self._high)
+                del data
+                if self._nwaiting and self._wbytes <= self._low:
+                    self._drained.set()
         except OSError as exc:
             self.close("write error: %s" % (exc,))
         except gevent.GreenletExit:
@@ -442,6 +573,8 @@ class Link:
         """
         dec = self._decoder
         on_frame = self._on_frame
+        # backpressure: what the frames make this greenlet send never waits (see _can_wait)
+        getcurrent().aemp_noblock = True
         try:
             if self._trailing:
                 for frame in dec.feed(self._trailing):
@@ -573,6 +706,9 @@ class Link:
         self.close_reason = why
         self._wbuf = []
         self.group.links.discard(self)
+        self._wbytes = 0
+        if self._drained is not None:
+            self._drained.set()  # senders waiting for the link to drain return False
         if self._watchdog is not None and self._watchdog is not gevent.getcurrent():
             self._watchdog.kill(block=False)
         if self._writer_idle:
