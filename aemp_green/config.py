@@ -374,6 +374,9 @@ SETTINGS = (
             "log_rate_interval; further ones are counted and reported as suppressed."),
     Setting("log_rate_interval", 60, _v_positive_number,
             "aemp_green: seconds of one log_rate_lines window."),
+    Setting("check_local_messages", False, _v_bool,
+            "aemp_green: snd to a local port also checks the message could cross the wire "
+            "(raises TypeError as for a remote port); on in the test suite."),
     Setting("perl_bytes_as_text", True, _v_bool,
             "aemp_green: byte strings from a Perl node (cbor framing) arrive as str, read as "
             "Latin-1 (a Perl string has no bytes/text distinction); between Python nodes bytes "

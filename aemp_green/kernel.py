@@ -28,6 +28,7 @@ from gevent.monkey import get_original as _gevent_original
 from greenlet import getcurrent, greenlet
 
 from ._guard import Guard
+from .framing import encode_cbor
 from ._ratelog import RateLog, esc, exc_text
 from ._report import report_crash
 
@@ -473,6 +474,8 @@ def snd(port, *msg):
     """
     p = _ports.get(port)
     if p is not None:
+        if _check_local and not getattr(getcurrent(), "aemp_local_only", False):
+            _check_wire(port, msg)
         p._deliver(msg)
         return
     node, _, name = port.partition("#")
@@ -480,6 +483,55 @@ def snd(port, *msg):
         if _hub is not None and _os_thread_ident() != _hub_ident:
             raise _foreign_thread_error()
         _net.send(node, (name,) + msg)
+
+
+_check_local = False
+
+
+def check_local_messages(flag):
+    """With ``flag`` true, ``snd`` to a local port checks that the message could also cross
+    the wire (what the cbor framing carries: JSON values and bytes) and raises ``TypeError``
+    when it could not, as it does for a remote port; so code that works locally does not break
+    when the port moves to another node. Off by default (it costs an encoding per local
+    message); the ``check_local_messages`` setting turns it on, and the test suite does.
+
+    Example::
+
+        check_local_messages(True)
+        snd(p, "job", object())    # TypeError: ... cannot be sent ...
+    """
+    global _check_local
+    _check_local = bool(flag)
+
+
+class local_only:
+    """Within this block the running greenlet may send values that cannot cross the wire to
+    local ports (for messages that are local by design, such as a supervisor's callable child
+    spec), even with ``check_local_messages`` on.
+
+    Example::
+
+        with local_only():
+            call(local_sup, "start_child", spec_with_a_callable)
+    """
+
+    def __enter__(self):
+        cur = getcurrent()
+        self._prev = getattr(cur, "aemp_local_only", False)
+        cur.aemp_local_only = True
+        return self
+
+    def __exit__(self, *exc):
+        getcurrent().aemp_local_only = self._prev
+        return False
+
+
+def _check_wire(port, msg):
+    try:
+        encode_cbor((port.partition("#")[2],) + tuple(msg))
+    except TypeError as exc:
+        raise TypeError("snd(%s, ...): %s (check_local_messages: this message could not reach "
+                        "the port if it were on another node)" % (port, exc)) from None
 
 
 def deliver_remote(from_node, frame):

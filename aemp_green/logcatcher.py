@@ -48,6 +48,7 @@ from greenlet import getcurrent
 
 from . import kernel as _k
 from ._ratelog import RateLog, esc
+from .exceptions import NoDatabaseError
 
 __all__ = ["catch", "ForwardingHandler", "subscribers", "BUFFER", "BATCH"]
 
@@ -275,7 +276,10 @@ class _Catcher:
 
         self.port = ports.port()
         ports.rcv(self.port, "logs", self.on_logs)
-        self.guard = global_.db_mon("'l", self.on_nodes)
+        try:
+            self.guard = global_.db_mon("'l", self.on_nodes)
+        except NoDatabaseError:  # no network to catch from: only records sent to our port
+            logger.info("catch: no database (no seeds), so no node is asked for its records")
 
     def on_nodes(self, db, added, changed=(), deleted=()):
         me = _k.NODE()

@@ -1192,6 +1192,8 @@ def configure(profile=None, **kv):
     _tls = tls
     _k._set_node_id(nodeid)
     _k._set_secure(cfg.get("secure"), cfg.get("allow_trace"))
+    if cfg.get("check_local_messages"):
+        _k.check_local_messages(True)
     _k._set_limits(max_forward_depth=cfg.get("max_forward_depth"))
     _set_log_limits(cfg.get("log_rate_lines"), cfg.get("log_rate_interval"))
     _cfg = cfg

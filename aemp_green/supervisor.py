@@ -375,7 +375,8 @@ def start_child(sup, spec, timeout=5):
 
         port = start_child(sup, child_spec("extra", "myapp.worker", 3))
     """
-    r = _call(sup, "start_child", spec, timeout=timeout)
+    with _k.local_only():  # a callable start is for a supervisor on this node (documented)
+        r = _call(sup, "start_child", spec, timeout=timeout)
     if r[0] != "ok":
         raise ValueError(r[1])
     return r[1]

@@ -56,6 +56,7 @@ def main():
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     kwargs = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     profile = kwargs.pop("profile", None)
+    kwargs.setdefault("check_local_messages", True)  # as in the pytest process (conftest)
     aemp_green.configure(profile, **kwargs)
     ns = {name: getattr(aemp_green, name) for name in aemp_green.__all__}
     ns.update(emit=emit, gevent=gevent, aemp_green=aemp_green, node=_node, wait_for=wait_for,

@@ -197,3 +197,9 @@ def _main_greenlet_leaves_its_port_behind():
     if p is not None and kernel._ports.get(p.id) is p:
         aemp_green.kil(p.id)
     getcurrent().aemp_self = None
+
+
+# Messages to local ports are checked as if they crossed the wire (the check_local_messages
+# setting; child nodes get it from tests/child.py): code that works locally must not break
+# when its port moves to another node.
+kernel.check_local_messages(True)

@@ -136,3 +136,24 @@ def test_database_query_without_seeds_fails_at_once_saying_why(cluster):
         assert text.startswith("%s('fam'): this node has no seeds and is not a global node"
                                % what), text
         assert "Configure seeds" in text and elapsed < 1, (text, elapsed)
+
+
+def test_check_local_messages_catches_what_could_not_cross_the_wire():
+    """The check_local_messages setting (on in this test suite, tests/conftest.py): a local
+    snd of a value no framing carries raises TypeError as a remote one would, instead of
+    working until the port moves to another node."""
+    from aemp_green import kernel, snd
+
+    got = []
+    p = port(lambda *m: got.append(m))
+    with pytest.raises(TypeError, match="check_local_messages: this message could not reach"):
+        snd(p, "job", object())
+    snd(p, "job", {"fine": [1, 2.5, "x", None]}, b"bytes travel with cbor")
+    with kernel.local_only():
+        snd(p, "local", len)  # a message that is local by design
+    kernel.check_local_messages(False)
+    try:
+        snd(p, "unchecked", object())
+    finally:
+        kernel.check_local_messages(True)
+    assert [m[0] for m in got] == ["job", "local", "unchecked"]
