@@ -2,7 +2,8 @@
 
 An exception that escapes a callback handler, a greenlet port, ``psub``/``peval`` code, a
 spawned function or a monitor callback kills the port (AEMP semantics) and is **reported
-once**: by default the report is printed to stderr with its traceback, as gevent prints a
+once**; so is one escaping a ``mon_nodes`` or ``db_mon`` callback, a function a peer called by
+name (``snd_to_func``) or a service that failed to start: by default the report is printed to stderr with its traceback, as gevent prints a
 greenlet that died and ``threading`` a thread. ``set_crash_handler`` routes reports elsewhere::
 
     set_crash_handler("stderr")    # the default
@@ -31,7 +32,8 @@ crash_logger = logging.getLogger("aemp_green.crash")
 
 class CrashReport(NamedTuple):
     """One crash: ``what`` crashed (``"callback port"``, ``"greenlet port"``, ``"psub/peval
-    code"``, ``"monitor callback"``), the ``port`` ID (None for a monitor callback), the message
+    code"``, ``"monitor callback"``, ``"mon_nodes callback"``, ``"db_mon callback"``,
+    ``"function called by name"``, ``"service"``), the ``port`` ID (None but for ports), the message
     ``tag`` being handled (None when there is none), the exception and the report's text
     (headline and traceback).
 

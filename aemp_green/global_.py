@@ -43,6 +43,7 @@ from . import config as _config
 from . import framing as _framing
 from . import kernel as _k
 from ._guard import Guard
+from ._report import report_crash
 from .exceptions import NoDatabaseError, Timeout
 
 __all__ = ["db_set", "db_del", "db_reg", "db_family", "db_keys", "db_values", "db_mon",
@@ -898,8 +899,8 @@ def _call_watchers(family, db, added, changed, deleted, only=None):
 def _safe_watch(cb, db, added, changed, deleted):
     try:
         cb(db, added, changed, deleted)
-    except Exception:
-        logger.exception("db_mon callback %r failed", cb)
+    except Exception as exc:
+        report_crash("db_mon callback", None, exc, detail="(%r, family change)" % (cb,))
 
 
 def _local_chg1(family):

@@ -961,7 +961,11 @@ def _call_function(from_node, name, args):
         _rl.warning((from_node, "unknown"), "unknown node request %s from %s dropped: %s",
                     esc(name), from_node, exc_text(exc))
         return
-    fn(*args)
+    try:
+        fn(*args)
+    except Exception as exc:  # the function's own code failed: a crash, with its traceback
+        report_crash("function called by name", None, exc,
+                     detail="(%s, asked by %s)" % (esc(name), from_node))
 
 
 # requests every node answers -------------------------------------------------------------

@@ -27,6 +27,7 @@ from . import kernel as _k
 from . import transport
 from ._guard import Guard
 from ._handshake import is_perl_peer
+from ._report import report_crash
 from ._ratelog import RateLog, esc, exc_text
 from ._ratelog import set_limits as _set_log_limits
 from .exceptions import ConfigError, RemoteProtocolError
@@ -1303,8 +1304,8 @@ def _start_service(service):
             importlib.import_module(service.rstrip(":.").replace("::", "."))
         else:
             _k._resolve_function(service)()
-    except Exception:
-        logger.exception("service %r failed to start", service)
+    except Exception as exc:
+        report_crash("service", None, exc, detail="(%r failed to start)" % (service,))
 
 
 def listener_addresses():
@@ -1407,8 +1408,8 @@ def _notify_watchers(nodeid, is_up, reason):
 def _safe_call(cb, *args):
     try:
         cb(*args)
-    except Exception:
-        logger.exception("mon_nodes callback %r failed", cb)
+    except Exception as exc:
+        report_crash("mon_nodes callback", None, exc, detail="(%r)" % (cb,))
 
 
 def snd_to_func(nodeid, func, *args):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from netutil import REPO
+from netutil import REPO, cluster  # noqa: F401 - cluster: fixture
 
 PRELUDE = """
 import gevent
@@ -89,3 +89,27 @@ def test_ae_verbose_shows_the_library_log_to_library_users():
     assert "listens on" not in run(code).stderr
     out = run(code, env={"AE_VERBOSE": "7"})
     assert "INFO aemp_green.node: node verbose listens on ['127.0.0.1:" in out.stderr, out.stderr
+
+
+def test_node_and_database_watcher_crashes_are_printed(cluster):
+    """A crash in a mon_nodes callback or a function a peer called by name is reported too (it
+    was logged only, invisible without logging)."""
+    a = cluster.seed("a")
+    b = cluster.node("b", seeds=[a.addr])
+    b.run("wait_for(lambda: node_is_up('a'))")
+    a.run("""
+        import aemp_green._report as R
+        R.set_crash_handler(lambda r: emit("crash", r.what, r.text.splitlines()[0]))
+        mon_nodes(lambda node, up, *why: {}["boom"])
+    """)
+    b.run("""
+        import aemp_green._report as R
+        R.set_crash_handler(lambda r: emit("crash", r.what, r.text.splitlines()[0]))
+        snd_to_func("a", "json.loads", "not json")
+    """)
+    what, head = a.expect("crash", pred=lambda v: v[0] == "function called by name")
+    assert head.startswith("aemp_green: a function called by name failed ('json.loads', "
+                           "asked by b)"), head
+    b.kill()
+    what, head = a.expect("crash", pred=lambda v: v[0] == "mon_nodes callback")
+    assert head.startswith("aemp_green: a mon_nodes callback failed"), head
