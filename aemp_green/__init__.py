@@ -32,6 +32,7 @@ from .ports import (SELF, cal, call, mailbox_info, peval, port, psub, rcv, recei
 from .node import (configure, eval_on, known_nodes, mon_nodes, node_is_up, run_forever, shutdown,
                    snd_on, snd_to_func, up_nodes)
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
+from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 _apply_verbose_env()  # AE_VERBOSE / PERL_ANYEVENT_VERBOSE: the library's log on stderr

@@ -69,6 +69,7 @@ from gevent.event import AsyncResult, Event
 
 from . import kernel as _k
 from . import node as _node
+from .global_ import db_family
 from . import ports as _ports
 from . import transport as _transport
 from ._guard import Guard
@@ -307,8 +308,6 @@ def _learn_addresses(nodeid, timeout):
     n = _node.get_node(nodeid)
     if n.addrs or not n.is_up or _node._explicit_address(nodeid):
         return
-    from .global_ import db_family
-
     try:
         addrs = db_family("'l", timeout=timeout).get(nodeid)
     except AempError:

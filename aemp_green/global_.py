@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 
 import gevent
@@ -42,6 +43,7 @@ from gevent.event import AsyncResult
 from . import config as _config
 from . import framing as _framing
 from . import kernel as _k
+from . import node as _node
 from ._guard import Guard
 from ._report import report_crash
 from .exceptions import NoDatabaseError, Timeout
@@ -100,9 +102,7 @@ def master():
 
 
 def _net():
-    from . import node
-
-    return node
+    return _node
 
 
 def _send(nodeid, *frame):
@@ -1352,3 +1352,7 @@ def db_mon(family, cb):
                     _send(_master, "g_mon0", family)
 
     return Guard.for_caller(undo)
+
+
+# the node layer asks us where nodes live, and tells us about nodes coming and going
+_node.set_directory(sys.modules[__name__])

@@ -19,6 +19,7 @@ row before the hub gets its turn.
 import logging
 import secrets
 import string
+import sys
 import threading
 import time
 from collections import deque
@@ -227,9 +228,46 @@ def _thread_name(ident):
 
 def _foreign_thread_error(delivered=False):
     """The ``RuntimeError`` for a call from an OS thread that is not the hub thread."""
-    from .threaded import _wrong_thread_error
-
     return _wrong_thread_error(_os_thread_ident(), _hub_ident, _hub_thread_name, delivered)
+
+
+def _wrong_thread_error(ident, hub_ident, hub_name, delivered=False):
+    """The ``RuntimeError`` the kernel raises when OS thread ``ident`` calls the plain API
+    while the node is bound to the hub of thread ``hub_ident`` (see ``kernel._check_thread``)."""
+    def label(ident, name=None):
+        name = name or _thread_name(ident)
+        return "ident %s" % (ident,) if name is None else "%r (ident %s)" % (name, ident)
+
+    return RuntimeError(
+        "%s called from thread %s, but aemp_green is bound to the gevent hub of thread %s: "
+        "gevent hubs are not thread-safe, so only that thread may use the plain aemp_green "
+        "API.%s Other threads must use the Node handle returned by "
+        "aemp_green.threaded.start() (node.snd, node.call, node.port, node.submit(fn), ...), "
+        "or hand the work to the hub thread with hub.loop.run_callback_threadsafe(fn, *args) "
+        "(see docs/running.md)."
+        % (_api_name(sys._getframe(1)), label(ident), label(hub_ident, hub_name),
+           " (This message was still handed over to the hub thread safely.)" if delivered
+           else ""))
+
+
+def _api_name(frame):
+    """``aemp_green.<name>()`` for the aemp_green function the application called (the
+    outermost aemp_green frame of the stack)."""
+    found = None
+    while frame is not None:
+        mod = frame.f_globals.get("__name__", "")
+        if mod != "aemp_green" and not mod.startswith("aemp_green."):
+            break
+        code = frame.f_code
+        found = (mod, getattr(code, "co_qualname", code.co_name))
+        frame = frame.f_back
+    if found is None:
+        return "aemp_green"
+    mod, qual = found
+    pkg = sys.modules.get("aemp_green")  # loaded by now; no import (the package is above us)
+    if pkg is not None and qual in getattr(pkg, "__all__", ()):
+        return "aemp_green.%s()" % qual
+    return "%s.%s()" % (mod, qual)
 
 
 def _register(p):
@@ -1088,11 +1126,12 @@ def _req_time(from_node, *reply):
 
 
 def _eval_namespace():
-    import aemp_green
-
-    ns = {name: getattr(aemp_green, name) for name in aemp_green.__all__}
+    # the public API, from the package the application imported (the kernel never imports the
+    # layers above it; by the time a peer asks, the package is loaded)
+    pkg = sys.modules.get("aemp_green")
+    ns = {name: getattr(pkg, name) for name in getattr(pkg, "__all__", ())}
     ns["__name__"] = "aemp_eval"
-    ns["aemp_green"] = aemp_green
+    ns["aemp_green"] = pkg
     return ns
 
 

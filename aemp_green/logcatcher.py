@@ -46,7 +46,10 @@ from collections import deque
 import gevent
 from greenlet import getcurrent
 
+from . import global_
 from . import kernel as _k
+from . import node as _node
+from . import ports
 from ._ratelog import RateLog, esc
 from .exceptions import NoDatabaseError
 
@@ -272,8 +275,6 @@ class _Catcher:
         self.guard = None
 
     def start(self):
-        from . import global_, ports
-
         self.port = ports.port()
         ports.rcv(self.port, "logs", self.on_logs)
         try:
@@ -353,3 +354,5 @@ def catch(level=logging.INFO, into=None):
     _catcher.start()
     return _catcher.port
 
+
+_node.on_configured(lambda cfg: set_max_streams(cfg.get("max_trace_streams")))

@@ -64,10 +64,47 @@ _seed_greenlets = []
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d+)$")
 
 
-def _hooks():
-    from . import global_
+class _NoDirectory:
+    """Stands in for the layer that knows where nodes live (the global database, ``global_``)
+    until it installs itself with ``set_directory``: this module never imports it."""
 
-    return global_
+    def find_node(self, nodeid):
+        return False
+
+    def node_up(self, node):
+        pass
+
+    def node_down(self, node):
+        pass
+
+    def become_global(self):
+        pass
+
+    def seed_up(self, addr, link):
+        pass
+
+    def configured(self, cfg):
+        pass
+
+
+_directory = _NoDirectory()
+
+
+def set_directory(directory):
+    """Install the object node asks where nodes live and tells about nodes coming and going
+    (``find_node``, ``node_up``, ``node_down``, ``become_global``, ``seed_up``,
+    ``configured``): the global database does, when it is imported.
+
+    Example::
+
+        node.set_directory(sys.modules[__name__])   # at the end of global_
+    """
+    global _directory
+    _directory = directory
+
+
+def _hooks():
+    return _directory
 
 
 # --------------------------------------------------------------------------- remote nodes
@@ -1223,10 +1260,10 @@ def configure(profile=None, **kv):
     for seed in cfg.get("seeds") or []:
         _seed_greenlets.append(gevent.spawn(_seed_loop, seed))
 
-    # the side services every node answers (they register node requests and sub-protocols)
-    from . import dataconn, logcatcher  # noqa: F401
-
-    logcatcher.set_max_streams(cfg.get("max_trace_streams"))
+    # the side services (dataconn, logcatcher) registered their node requests when the package
+    # was imported; they read their settings here
+    for fn in list(_configured_hooks):
+        fn(cfg)
 
     for service in cfg.get("services") or []:
         _start_service(service)
@@ -1291,6 +1328,20 @@ def config():
     import copy
 
     return copy.deepcopy(_cfg)
+
+
+_configured_hooks = []
+
+
+def on_configured(fn):
+    """Call ``fn(cfg)`` with the effective configuration when ``configure`` has run (the way
+    the services above this layer read their settings; node never imports them).
+
+    Example::
+
+        node.on_configured(lambda cfg: set_max_streams(cfg.get("max_trace_streams")))
+    """
+    _configured_hooks.append(fn)
 
 
 def _start_service(service):

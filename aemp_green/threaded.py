@@ -142,50 +142,6 @@ def _stopped_error():
     return RuntimeError("the aemp_green threaded bridge is stopped")
 
 
-def _wrong_thread_error(ident, hub_ident, hub_name, delivered=False):
-    """The ``RuntimeError`` the kernel raises when OS thread ``ident`` calls the plain API
-    while the node is bound to the hub of thread ``hub_ident`` (see ``kernel._check_thread``)."""
-    import sys
-
-    from .kernel import _thread_name
-
-    def label(ident, name=None):
-        name = name or _thread_name(ident)
-        return "ident %s" % (ident,) if name is None else "%r (ident %s)" % (name, ident)
-
-    return RuntimeError(
-        "%s called from thread %s, but aemp_green is bound to the gevent hub of thread %s: "
-        "gevent hubs are not thread-safe, so only that thread may use the plain aemp_green "
-        "API.%s Other threads must use the Node handle returned by "
-        "aemp_green.threaded.start() (node.snd, node.call, node.port, node.submit(fn), ...), "
-        "or hand the work to the hub thread with hub.loop.run_callback_threadsafe(fn, *args) "
-        "(see docs/running.md)."
-        % (_api_name(sys._getframe(1)), label(ident), label(hub_ident, hub_name),
-           " (This message was still handed over to the hub thread safely.)" if delivered
-           else ""))
-
-
-def _api_name(frame):
-    """``aemp_green.<name>()`` for the aemp_green function the application called (the
-    outermost aemp_green frame of the stack)."""
-    found = None
-    while frame is not None:
-        mod = frame.f_globals.get("__name__", "")
-        if mod != "aemp_green" and not mod.startswith("aemp_green."):
-            break
-        code = frame.f_code
-        found = (mod, getattr(code, "co_qualname", code.co_name))
-        frame = frame.f_back
-    if found is None:
-        return "aemp_green"
-    mod, qual = found
-    import aemp_green
-
-    if qual in aemp_green.__all__:
-        return "aemp_green.%s()" % qual
-    return "%s.%s()" % (mod, qual)
-
-
 def _node_configured():
     from . import node as _node
 
