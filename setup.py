@@ -31,6 +31,7 @@ setup(
             "pytest-timeout>=2.3,<3",
             "hypothesis>=6.100,<7",
             "build>=1.0,<2",
+            "ruff>=0.6,<1",
         ],
     },
     # one `aemp` on PATH once installed: the console script. bin/aemp (the same program) is for

@@ -283,7 +283,7 @@ def test_remote_spawn_and_call(cluster):
     returns its ID at once; ``call`` to it works; ``Pkg::func`` names map to ``Pkg.func``; a
     function that only sets ``rcv`` handlers on ``SELF`` and returns keeps serving (Perl style)."""
     seed, a, b = start_trio(cluster)
-    pb = make_port(b, "PB", "B_got")
+    make_port(b, "PB", "B_got")
     b.exec("""
         t0 = time.monotonic()
         SP = spawn("A", "netfuncs.echo_server")
@@ -311,7 +311,7 @@ def test_node_port_requests(cluster):
     or ``(error, None)``); PROTOCOL.md 4: ``can`` and ``time`` sent to the node port."""
     seed, a, b = start_trio(cluster)
     pa = make_port(a, "PA", "A_got")
-    pb = make_port(b, "PB", "B_got")
+    make_port(b, "PB", "B_got")
     b.run("snd_to_func('A', 'netfuncs.record', PB, 'x', 1)")
     assert b.expect("B_got", timeout=15) == [repr(["recorded", "x", 1])]
     assert a.ask("__import__('netfuncs').recorded") == [["x", 1]]
@@ -345,7 +345,7 @@ def test_secure_node_refuses_eval_spawn_and_function_calls(cluster):
     seed = cluster.seed()
     c, b = cluster.start(("C", dict(seeds=[seed.addr], secure=True)), ("B", dict(seeds=[seed.addr])))
     wait_registered(seed, c, b)
-    pb = make_port(b, "PB", "B_got")
+    make_port(b, "PB", "B_got")
     b.run("""
         eval_on('C', '__import__("netfuncs").recorded.append("evaluated") or 5', PB, 'sec_eval')
         SP = spawn('C', 'netfuncs.echo_server')
@@ -424,7 +424,7 @@ def test_wrong_secret_cannot_join(cluster):
     assert bad.ask("up_nodes()") == []
     assert "bad" not in seed.ask("up_nodes()")
     assert "bad is up" not in seed.log_text() and "seed is up" not in bad.log_text()
-    pg = make_port(good, "PG", "G_got")
+    make_port(good, "PG", "G_got")
     good.run("wait_for(lambda: node_is_up('seed'))")
     good.run("eval_on('seed', '6*7', PG, 'from_seed')")
     assert good.expect("G_got") == [repr(["from_seed", "", 42])]

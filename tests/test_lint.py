@@ -1,0 +1,97 @@
+"""The tree stays clean and layered (docs: README "Shape of the code"):
+
+* ``ruff check`` (pyflakes rules, configured in pyproject.toml) finds nothing anywhere;
+* the package has no import cycle, function-level imports included: a lower layer never
+  imports a higher one (kernel < node < global_ < services, API on top).
+"""
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from netutil import REPO
+
+PKG = REPO / "aemp_green"
+
+
+def _ruff():
+    exe = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    return exe if Path(exe).exists() else None
+
+
+def test_ruff_finds_nothing():
+    ruff = _ruff()
+    if ruff is None:
+        pytest.fail("ruff is not installed: pip install -e '.[test]'")
+    proc = subprocess.run([ruff, "check", "--output-format", "concise", str(REPO)],
+                          capture_output=True, text=True, timeout=120, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def _module_name(path):
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def import_graph():
+    """``{module: {modules of the package it imports}}``, imports inside functions included."""
+    mods = {_module_name(p): p for p in PKG.rglob("*.py")}
+    graph = {}
+    for mod, path in mods.items():
+        out = graph.setdefault(mod, set())
+        is_pkg = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    base = base[:len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                names = [target + "." + a.name if target + "." + a.name in mods else target
+                         for a in node.names]
+            for name in names:
+                while name and name not in mods and "." in name:
+                    name = name.rsplit(".", 1)[0]
+                if name in mods and name != mod:
+                    out.add(name)
+    return graph
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    cyclic = sorted(m for m in graph if m in reach(m))
+    assert not cyclic, "import cycle among: %s" % " ".join(cyclic)
+
+
+def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
+    """The check above is not vacuous: a made-up package with a function-level cycle fails."""
+    pkg = tmp_path / "aemp_green"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "low.py").write_text("def f():\n    from . import high\n")
+    (pkg / "high.py").write_text("from . import low\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    with pytest.raises(AssertionError, match="import cycle among: aemp_green.high aemp_green.low"):
+        test_no_import_cycles()
