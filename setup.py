@@ -32,6 +32,7 @@ setup(
             "hypothesis>=6.100,<7",
             "build>=1.0,<2",
             "ruff>=0.6,<1",
+            "mypy>=1.8,<3",
         ],
     },
     # one `aemp` on PATH once installed: the console script. bin/aemp (the same program) is for

@@ -39,11 +39,12 @@ import tempfile
 import textwrap
 import time
 from collections import namedtuple
+from typing import Any
 
 import docopt
 
-from . import config as _config
 from . import _report
+from . import config as _config
 from ._version import __version__
 from .exceptions import ConfigError
 
@@ -237,7 +238,7 @@ _Cmd = namedtuple("_Cmd", "name nargs final options fn doc")
 
 #: subcommand name -> _Cmd.  ``nargs``: the number of arguments of a chainable subcommand;
 #: ``final`` subcommands take the rest of the command line (docopt checks the count).
-_COMMANDS = {}
+_COMMANDS: dict[Any, Any] = {}
 
 _TALK_OPTIONS = """
 Options:
@@ -1123,7 +1124,7 @@ def _stop_event(seconds=None, res=None):
     return res
 
 
-_handles = []  # signal watchers and timers of _stop_event (alive until the process ends)
+_handles: list[Any] = []  # signal watchers and timers of _stop_event (alive until the process ends)
 
 
 @_command("snd", final=True, options=True, doc="""

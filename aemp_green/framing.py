@@ -85,6 +85,7 @@ import logging
 import math
 import os
 import re
+from typing import Any
 
 import cbor2
 import ujson
@@ -588,7 +589,7 @@ _frozendict = cbor2.frozendict
 # types that make a decoded frame need the fix-up walk: byte strings, containers to walk, and
 # the immutable containers cbor2 returns inside a self-describe tag (55799)
 _NEEDS_FIX = frozenset((bytes, list, dict, tuple, _frozendict))
-_encoder_pool = []
+_encoder_pool: list[Any] = []
 
 
 def _refused_tag(tag, what):

@@ -35,6 +35,7 @@ import math
 import re
 import sys
 import time
+from typing import Any
 
 import gevent
 import ujson
@@ -58,27 +59,27 @@ _FAMILY = re.compile(r"^[A-Za-z][A-Za-z0-9_:]*$")
 # ---------------------------------------------------------------- state (one owner: this module)
 _global = False
 _master = None  # nodeid of our master (non-global nodes)
-_seeds = {}  # seed address -> nodeid, for seeds that answered
-_local_db = {}  # what this node itself set: family -> {key: value}
+_seeds: dict[Any, Any] = {}  # seed address -> nodeid, for seeds that answered
+_local_db: dict[Any, Any] = {}  # what this node itself set: family -> {key: value}
 
 # non-global nodes: pending requests and monitors
-_pending = {}  # request id -> (frame, callback or None)
+_pending: dict[Any, Any] = {}  # request id -> (frame, callback or None)
 _req_id = 0
-_mon_db = {}  # family -> dict (our copy, None until the first g_chg1)
-_mon_cbs = {}  # family -> [callbacks]
-_parts = {}  # answers arriving in parts: request id or ("chg1", family) -> what came so far
+_mon_db: dict[Any, Any] = {}  # family -> dict (our copy, None until the first g_chg1)
+_mon_cbs: dict[Any, Any] = {}  # family -> [callbacks]
+_parts: dict[Any, Any] = {}  # answers arriving in parts: request id or ("chg1", family) -> what came so far
 
 # global nodes: values per source (see "per-source value store")
-_by_src = {}  # source node -> family -> key -> (stamp, value): everything a source holds
-_all = {}  # family -> key -> the source holding it (a str), or a tuple of sources
-_src_n = {}  # source node -> number of keys it holds
-_slaves = set()
-_peers = set()  # other global nodes we mesh with
-_remote_mons = {}  # family -> set of nodes watching it (no empty sets)
-_mons_of = {}  # node -> set of families it watches (no empty sets)
+_by_src: dict[Any, Any] = {}  # source node -> family -> key -> (stamp, value): everything a source holds
+_all: dict[Any, Any] = {}  # family -> key -> the source holding it (a str), or a tuple of sources
+_src_n: dict[Any, Any] = {}  # source node -> number of keys it holds
+_slaves: set[Any] = set()
+_peers: set[Any] = set()  # other global nodes we mesh with
+_remote_mons: dict[Any, Any] = {}  # family -> set of nodes watching it (no empty sets)
+_mons_of: dict[Any, Any] = {}  # node -> set of families it watches (no empty sets)
 
-_limits = {}  # settings read by configure(); the defaults of config.SETTINGS until then
-_warned = {}  # rate-limited warnings: kind -> [monotonic time of the last line, lines skipped]
+_limits: dict[Any, Any] = {}  # settings read by configure(); the defaults of config.SETTINGS until then
+_warned: dict[Any, Any] = {}  # rate-limited warnings: kind -> [monotonic time of the last line, lines skipped]
 
 
 def is_global():

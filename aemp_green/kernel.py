@@ -23,15 +23,16 @@ import sys
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from gevent import get_hub
 from gevent.monkey import get_original as _gevent_original
 from greenlet import getcurrent, greenlet
 
 from ._guard import Guard
-from .framing import encode_cbor
 from ._ratelog import RateLog, esc, exc_text
 from ._report import report_crash
+from .framing import encode_cbor
 
 __all__ = [
     "NODE",
@@ -305,8 +306,8 @@ def _set_self(port):
 
 # --------------------------------------------------------------------------- trampoline
 
-_queue = deque()
-_draining = set()
+_queue: deque[Any] = deque()
+_draining: set[Any] = set()
 _drain_scheduled = False
 
 
@@ -404,7 +405,7 @@ def _drain_only():
 
 # --------------------------------------------------------------------------- greenlet wake-ups
 
-_ready = deque()  # waiters whose .resume is set; their greenlets are switched to in order
+_ready: deque[Any] = deque()  # waiters whose .resume is set; their greenlets are switched to in order
 _ready_scheduled = False
 _handoffs = 0
 _HANDOFF_LIMIT = 64
@@ -795,7 +796,7 @@ def after(seconds, target, *msg):
 
 # --------------------------------------------------------------------------- node port
 
-_NODE_REQ = {}
+_NODE_REQ: dict[Any, Any] = {}
 _secure = False
 _allow_trace = False
 _max_forward_depth = 8  # setting max_forward_depth (configure sets it)
@@ -1008,11 +1009,11 @@ def _call_function(from_node, name, args):
 
 # requests every node answers -------------------------------------------------------------
 
-_remote_monitors = {}  # from_node -> {portname: action} (by node: node-down is linear)
+_remote_monitors: dict[Any, Any] = {}  # from_node -> {portname: action} (by node: node-down is linear)
 
 #: why recently spawned ports died at birth (name -> reason), for the monitor that the spawning
 #: node sends right after its spawn request: it gets the cause, not "no_such_port"
-_obituaries = {}
+_obituaries: dict[Any, Any] = {}
 OBITUARIES_MAX = 1024
 
 

@@ -42,14 +42,14 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import gevent
 from greenlet import getcurrent
 
-from . import global_
+from . import global_, ports
 from . import kernel as _k
 from . import node as _node
-from . import ports
 from ._ratelog import RateLog, esc
 from .exceptions import NoDatabaseError
 
@@ -192,7 +192,7 @@ class ForwardingHandler(logging.Handler):
 
 
 _handler = None
-_sub_guards = {}  # port -> monitor undo
+_sub_guards: dict[Any, Any] = {}  # port -> monitor undo
 _max_streams = 16  # setting max_trace_streams
 _rl = RateLog(logger)
 

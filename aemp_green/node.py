@@ -16,20 +16,20 @@ import logging
 import random
 import re
 import socket as _stdsocket
+from typing import Any
 
 import gevent
 from gevent.event import Event
 from greenlet import getcurrent
 
 from . import config as _config
-from . import framing
+from . import framing, transport
 from . import kernel as _k
-from . import transport
 from ._guard import Guard
 from ._handshake import is_perl_peer
-from ._report import report_crash
 from ._ratelog import RateLog, esc, exc_text
 from ._ratelog import set_limits as _set_log_limits
+from ._report import report_crash
 from .exceptions import ConfigError, RemoteProtocolError
 
 __all__ = [
@@ -52,15 +52,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _rl = RateLog(logger)  # bad input from peers (see _ratelog)
 
-_nodes = {}  # nodeid -> RemoteNode
-_idle = {}  # nodeid -> RemoteNode kept after it went down (oldest first; see _maybe_forget)
+_nodes: dict[Any, Any] = {}  # nodeid -> RemoteNode
+_idle: dict[Any, Any] = {}  # nodeid -> RemoteNode kept after it went down (oldest first; see _maybe_forget)
 _cfg = dict(_config.DEFAULTS)
 _tls = None  # transport.TLSContexts of our cert, built once by configure
-_listeners = []
-_binds = []  # our listener addresses as "host:port" strings (what others learn)
+_listeners: list[Any] = []
+_binds: list[Any] = []  # our listener addresses as "host:port" strings (what others learn)
 _configured = False
-_node_watchers = []  # mon_nodes callbacks
-_seed_greenlets = []
+_node_watchers: list[Any] = []  # mon_nodes callbacks
+_seed_greenlets: list[Any] = []
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d+)$")
 
 
@@ -803,7 +803,7 @@ def _on_frame(link, frame):
 
 # --------------------------------------------------------------------------- tracing
 
-_tracers = []  # callables (direction, nodeid, frame); empty = no cost but one truth test
+_tracers: list[Any] = []  # callables (direction, nodeid, frame); empty = no cost but one truth test
 
 
 def add_tracer(fn):
@@ -825,7 +825,7 @@ def add_tracer(fn):
     return Guard.for_caller(undo)
 
 
-_tracing = set()  # greenlets running the tracers: what tracers send is not traced
+_tracing: set[Any] = set()  # greenlets running the tracers: what tracers send is not traced
 
 
 def _trace(direction, nodeid, frame):
@@ -859,7 +859,7 @@ def _print_tracer(direction, nodeid, frame):
                                          json.dumps(shown, ensure_ascii=False, default=repr)))
 
 
-_trace_subscribers = {}  # port -> cancel function (stops the stream and its monitor)
+_trace_subscribers: dict[Any, Any] = {}  # port -> cancel function (stops the stream and its monitor)
 
 
 def _req_trace(from_node, port, on=1, *_):
@@ -997,7 +997,7 @@ def _named_binds():
     return named
 
 
-_pending_handshakes = {}  # socket -> (source host, Handshake), oldest first
+_pending_handshakes: dict[Any, Any] = {}  # socket -> (source host, Handshake), oldest first
 MAX_PENDING_HANDSHAKES = 256
 MAX_PENDING_PER_SOURCE = 32
 
@@ -1085,7 +1085,7 @@ def _accept(sock, addr):
     link.run()
 
 
-_subprotocols = {}
+_subprotocols: dict[Any, Any] = {}
 
 
 def register_subprotocol(protocol, handler):
@@ -1330,7 +1330,7 @@ def config():
     return copy.deepcopy(_cfg)
 
 
-_configured_hooks = []
+_configured_hooks: list[Any] = []
 
 
 def on_configured(fn):

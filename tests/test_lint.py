@@ -1,6 +1,7 @@
 """The tree stays clean and layered (docs: README "Shape of the code"):
 
 * ``ruff check`` (pyflakes rules, configured in pyproject.toml) finds nothing anywhere;
+* ``mypy`` (default mode, configured in pyproject.toml) finds nothing in the package;
 * the package has no import cycle, function-level imports included: a lower layer never
   imports a higher one (kernel < node < global_ < services, API on top).
 """
@@ -29,6 +30,14 @@ def test_ruff_finds_nothing():
         pytest.fail("ruff is not installed: pip install -e '.[test]'")
     proc = subprocess.run([ruff, "check", "--output-format", "concise", str(REPO)],
                           capture_output=True, text=True, timeout=120, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_mypy_finds_nothing():
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary"],
+                          capture_output=True, text=True, timeout=300, cwd=str(REPO))
+    if "No module named mypy" in proc.stderr:
+        pytest.fail("mypy is not installed: pip install -e '.[test]'")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
