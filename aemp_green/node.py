@@ -1051,6 +1051,13 @@ def _log_evicted(source):
         _evict_log["next"] = now + 10.0
 
 
+def _printable(exc):
+    """An error's text with control characters escaped (it may quote a peer's bytes; our
+    handshake errors already cut those short)."""
+    text = str(exc) or exc.__class__.__name__
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _accept(sock, addr):
     transport._apply_sockopts(sock, _cfg.get("nodelay", True), _cfg.get("autocork", False))
     peeraddr = transport.bind_string(addr[0], addr[1])
@@ -1067,10 +1074,11 @@ def _accept(sock, addr):
             sock, hs, timeout=float(_cfg.get("handshake_timeout") or _cfg["monitor_timeout"]),
             on_greeting=_refuse_duplicates, tls=_tls)
     except (RemoteProtocolError, transport.HandshakeRefused) as exc:
-        logger.info("%s disconnected - %s", peeraddr, exc)
+        # the reason may quote the peer's bytes: escaped, and rate-limited per source
+        _rl.info((source, "handshake"), "%s disconnected - %s", peeraddr, _printable(exc))
         return
     except (OSError, gevent.Timeout) as exc:
-        logger.info("%s disconnected - %s", peeraddr, exc or exc.__class__.__name__)
+        _rl.info((source, "handshake"), "%s disconnected - %s", peeraddr, _printable(exc))
         return
     finally:
         _pending_handshakes.pop(raw, None)
