@@ -351,6 +351,15 @@ def read_until_closed(sock, timeout=10):
         data += chunk
 
 
+def _pop_lines(conn, n):
+    """Take ``n`` LF-terminated lines (without their LF) from ``conn.rbuf``."""
+    lines = []
+    for _ in range(n):
+        line, _, conn.rbuf = conn.rbuf.partition(b"\n")
+        lines.append(line)
+    return lines
+
+
 class RawPeer:
     """A plain blocking-socket AEMP client for bad-input tests.
 
@@ -386,11 +395,7 @@ class RawPeer:
                 raise AssertionError("%s closed before sending %d lines: %r" % (
                     self.addr, n, self.rbuf))
             self.rbuf += chunk
-        lines = []
-        for _ in range(n):
-            line, _, self.rbuf = self.rbuf.partition(b"\n")
-            lines.append(line)
-        return lines
+        return _pop_lines(self, n)
 
     def node_greeting(self, timeout=10):
         """Read (only) the node's two greeting lines."""
@@ -474,11 +479,7 @@ class RawConn:
                 self.eof = True
                 return None
             self.rbuf += chunk
-        lines = []
-        for _ in range(n):
-            line, _, self.rbuf = self.rbuf.partition(b"\n")
-            lines.append(line)
-        return lines
+        return _pop_lines(self, n)
 
     def send(self, data):
         """Write ``data``; False if the connection is already gone."""
