@@ -305,7 +305,8 @@ SETTINGS = (
     Setting("auth_accept", ["tls_sha3_512", "hmac_sha3_512"], _v_auth,
             "Auth methods we accept from a peer (cleartext/tls_anon never without TLS)."),
     Setting("autocork", False, _v_bool,
-            "Delay writes to batch them (AnyEvent::Handle autocork)."),
+            "AEMP's AnyEvent::Handle autocork; accepted for rc-file compatibility, no effect "
+            "here (writes are coalesced per loop turn and a lone message goes out at once)."),
     Setting("nodelay", True, _v_bool,
             "Set TCP_NODELAY on node connections."),
     Setting("secure", False, _v_bool,

@@ -325,8 +325,7 @@ def _dial_once(nodeid, header, deadline):
                                              timeout=left)
     # as node links (dial_subprotocol leaves the socket as it is): without TCP_NODELAY the
     # header waits for the ACK of our auth line, a delayed ACK: 40 ms per connection
-    _transport._apply_sockopts(sock, _node._cfg.get("nodelay", True),
-                                    _node._cfg.get("autocork", False))
+    _transport.apply_sockopts(sock, _node._cfg.get("nodelay", True))
     try:
         sock.sendall(header)
         line, extra = _read_line(sock, rest, _MAX_ANSWER)

@@ -946,7 +946,7 @@ def _dial(host, port, expect=None):
     Returns the link after it closed; raises on connect/handshake failure.
     """
     sock = transport.connect(host, port, timeout=float(_cfg["connect_interval"]))
-    transport._apply_sockopts(sock, _cfg.get("nodelay", True), _cfg.get("autocork", False))
+    transport.apply_sockopts(sock, _cfg.get("nodelay", True))
     hs = _connector_handshake(sock)
 
     def on_greeting(ev):
@@ -1059,7 +1059,7 @@ def _printable(exc):
 
 
 def _accept(sock, addr):
-    transport._apply_sockopts(sock, _cfg.get("nodelay", True), _cfg.get("autocork", False))
+    transport.apply_sockopts(sock, _cfg.get("nodelay", True))
     peeraddr = transport.bind_string(addr[0], addr[1])
     source = transport.normalize_address(addr[0], None)[0]
     _make_handshake_room(source)
@@ -1138,8 +1138,7 @@ def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
             sock = None
             try:
                 sock = transport.connect(host, port, timeout=timeout)
-                transport._apply_sockopts(sock, _cfg.get("nodelay", True),
-                                          _cfg.get("autocork", False))
+                transport.apply_sockopts(sock, _cfg.get("nodelay", True))
                 hs = _connector_handshake(sock, protocol=protocol, extra=extra)
                 sock, est, rest = transport.run_handshake(sock, hs, timeout=timeout, tls=_tls)
                 if est.peer_nodeid != nodeid:

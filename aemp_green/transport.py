@@ -732,12 +732,16 @@ class Link:
                                       " closed" if self._closed else "")
 
 
-def _apply_sockopts(sock, nodelay=True, autocork=False):
+def apply_sockopts(sock, nodelay=True):
+    """TCP_NODELAY (as the ``nodelay`` setting says) and SO_KEEPALIVE on a node connection.
+
+    Example::
+
+        apply_sockopts(sock, nodelay=True)
+    """
     try:
         sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1 if nodelay else 0)
         sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_KEEPALIVE, 1)
-        if autocork and hasattr(_stdsocket, "TCP_CORK"):
-            pass  # writes are already coalesced per loop iteration; corking adds latency only
     except OSError:  # pragma: no cover - e.g. socketpair in tests
         pass
 
