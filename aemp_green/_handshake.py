@@ -116,7 +116,7 @@ import os
 import re
 from typing import NamedTuple
 
-from ._version import __version__
+from . import _protocol
 from .exceptions import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -139,13 +139,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = _protocol.PROTOCOL_VERSION
 
 #: What we send as ``provider=`` unless told otherwise.
-DEFAULT_PROVIDER = "aemp_green-" + __version__
+DEFAULT_PROVIDER = _protocol.PROVIDER
 
 #: How a Perl AnyEvent::MP node names itself in ``provider=`` (``AE-2.02``).
-PERL_PROVIDER_PREFIX = "AE-"
+PERL_PROVIDER_PREFIX = _protocol.PERL_PROVIDER_PREFIX
 
 
 def is_perl_peer(kv):
@@ -161,12 +161,12 @@ def is_perl_peer(kv):
 
 
 #: The auth methods this module can check on receipt.
-KNOWN_AUTH_METHODS = ("tls_sha3_512", "hmac_sha3_512", "tls_anon", "cleartext")
+KNOWN_AUTH_METHODS = _protocol.AUTH_METHODS
 
 #: Framings a peer may announce in its auth line (what our decoders read).
-USABLE_FRAMINGS = ("cbor", "json")
+USABLE_FRAMINGS = _protocol.FRAMINGS
 
-_TLS_ONLY = frozenset(("tls_sha3_512", "tls_anon", "cleartext"))
+_TLS_ONLY = _protocol.TLS_ONLY_AUTH
 _SUBPROTO = re.compile(r"aemp-[A-Za-z0-9_]+\Z")
 _PERL_NUM = re.compile(r"\s*([+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))")
 
@@ -368,10 +368,10 @@ class Handshake:
         ['provider=aemp_green-0.2.0', 'peeraddr=10.0.0.1:4040', 'mproto=1', 'gproto=1']
     """
 
-    def __init__(self, *, nodeid, secret=None, auth_offer=("tls_sha3_512", "hmac_sha3_512"),
-                 auth_accept=("tls_sha3_512", "hmac_sha3_512"), framings=("cbor", "json"),
+    def __init__(self, *, nodeid, secret=None, auth_offer=_protocol.DEFAULT_AUTH,
+                 auth_accept=_protocol.DEFAULT_AUTH, framings=_protocol.FRAMINGS,
                  peeraddr="", tls_offered=False, protocol="aemp", extra=None,
-                 provider=None, nonce=None, max_line=4096, role="connect", peeraddr_check=None,
+                 provider=None, nonce=None, max_line=_protocol.MAX_LINE, role="connect", peeraddr_check=None,
                  _kv_order=None):
         _check_field("nodeid", nodeid)
         if not nodeid:

@@ -39,6 +39,7 @@ import struct
 import tempfile
 from typing import Any, Callable, NamedTuple
 
+from . import _protocol
 from .exceptions import ConfigError
 
 __all__ = [
@@ -70,11 +71,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Framings aemp_green can speak, in default preference order (Perl's "storable" is Perl-only).
-FRAMING_FORMATS = ("cbor", "json")
+FRAMING_FORMATS = _protocol.FRAMINGS
 
 #: Auth methods AEMP 2.02 knows. Only the first two are ever accepted by us without TLS
 #: (the transport enforces that; the config merely lists what is allowed to appear).
-AUTH_METHODS = ("tls_sha3_512", "hmac_sha3_512", "tls_anon", "cleartext")
+AUTH_METHODS = _protocol.AUTH_METHODS
 
 _ALNUM = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _MiB = 1024 * 1024
@@ -298,11 +299,11 @@ SETTINGS = (
             "Seconds: handshake read timeout and upper bound of reconnect back-off."),
     Setting("connect_interval", 2, _v_positive_number,
             "Seconds: connect timeout and the gap between trying a node's addresses."),
-    Setting("framing_format", ["cbor", "json"], _v_framing,
+    Setting("framing_format", list(_protocol.FRAMINGS), _v_framing,
             "Framings we offer and accept, in preference order (cbor, json)."),
-    Setting("auth_offer", ["tls_sha3_512", "hmac_sha3_512"], _v_auth,
+    Setting("auth_offer", list(_protocol.DEFAULT_AUTH), _v_auth,
             "Auth methods we are willing to send, in preference order."),
-    Setting("auth_accept", ["tls_sha3_512", "hmac_sha3_512"], _v_auth,
+    Setting("auth_accept", list(_protocol.DEFAULT_AUTH), _v_auth,
             "Auth methods we accept from a peer (cleartext/tls_anon never without TLS)."),
     Setting("autocork", False, _v_bool,
             "AEMP's AnyEvent::Handle autocork; accepted for rc-file compatibility, no effect "
@@ -316,7 +317,7 @@ SETTINGS = (
     # ---- aemp_green tuning keys (unknown to Perl, which ignores them) ----
     Setting("max_frame", 64 * _MiB, _v_positive_int,
             "aemp_green: largest data frame (bytes) accepted before the peer is dropped."),
-    Setting("line_max", 4096, _v_positive_int,
+    Setting("line_max", _protocol.MAX_LINE, _v_positive_int,
             "aemp_green: handshake read-buffer limit in bytes (Perl's rbuf_max)."),
     Setting("keepalive", True, _v_bool,
             "aemp_green: probe idle links with the node-port time request (every AEMP peer "

@@ -90,6 +90,7 @@ from typing import Any
 import cbor2
 import ujson
 
+from . import _protocol
 from .exceptions import RemoteProtocolError
 
 __all__ = [
@@ -106,7 +107,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The framings aemp_green speaks, in our order of preference.
-FRAMINGS = ("cbor", "json")
+FRAMINGS = _protocol.FRAMINGS
 
 #: Deepest container nesting the encoders accept (Perl's JSON::XS/CBOR::XS default is 512).
 MAX_DEPTH = 512

@@ -29,7 +29,7 @@ from gevent.event import Event
 from gevent.server import StreamServer
 from greenlet import getcurrent, greenlet
 
-from ._version import __version__
+from . import _protocol
 from .config import parse_address
 from .exceptions import ConfigError, RemoteProtocolError
 
@@ -39,7 +39,7 @@ __all__ = ["Link", "LinkGroup", "Listener", "connect", "run_handshake", "Handsha
 
 logger = logging.getLogger(__name__)
 
-PROVIDER = "aemp_green-" + __version__
+PROVIDER = _protocol.PROVIDER
 
 
 class HandshakeRefused(Exception):
@@ -865,15 +865,15 @@ def make_handshake(cfg, nodeid, peeraddr, *, protocol="aemp", extra=None, role="
     return Handshake(
         nodeid=nodeid,
         secret=cfg.get("secret"),
-        auth_offer=tuple(cfg.get("auth_offer") or ("tls_sha3_512", "hmac_sha3_512")),
-        auth_accept=tuple(cfg.get("auth_accept") or ("tls_sha3_512", "hmac_sha3_512")),
+        auth_offer=tuple(cfg.get("auth_offer") or _protocol.DEFAULT_AUTH),
+        auth_accept=tuple(cfg.get("auth_accept") or _protocol.DEFAULT_AUTH),
         framings=tuple(cfg.get("framing_format") or framing.FRAMINGS),
         peeraddr=peeraddr,
         tls_offered=bool(cfg.get("cert")),
         protocol=protocol,
         extra=extra,
         provider=PROVIDER,
-        max_line=int(cfg.get("line_max") or 4096),
+        max_line=int(cfg.get("line_max") or _protocol.MAX_LINE),
         role=role,
         peeraddr_check=check,
     )
