@@ -104,3 +104,20 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     with pytest.raises(AssertionError, match="import cycle among: aemp_green.high aemp_green.low"):
         test_no_import_cycles()
+
+
+#: The layers, bottom up (README "Layout"): a module may import only modules listed before it.
+#: ``cli`` is the ``aemp`` program on top of the public API (the package imports it nowhere).
+LAYERS = ["_version", "_protocol", "_report", "_ratelog", "exceptions", "_guard", "config",
+          "_handshake", "framing", "kernel", "ports", "transport", "node", "global_",
+          "dataconn", "logcatcher", "supervisor", "threaded", "monkey", "", "cli"]
+
+
+def test_imports_go_down_the_layers():
+    order = {("aemp_green." + m) if m else "aemp_green": i for i, m in enumerate(LAYERS)}
+    graph = import_graph()
+    unknown = sorted(m for m in graph if m not in order)
+    assert not unknown, "modules missing from LAYERS (place them): %s" % unknown
+    upward = sorted("%s -> %s" % (m, o) for m, outs in graph.items() for o in outs
+                    if order[o] >= order[m])
+    assert not upward, "imports going up the layers: %s" % ", ".join(upward)
