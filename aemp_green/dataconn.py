@@ -225,7 +225,7 @@ def _on_accept(est, sock, trailing):
         _answer(sock, "error secure node refuses init functions")
         return
     try:
-        fn = _k._resolve_function(funcname)
+        fn = _k.resolve_function(funcname)
     except (LookupError, AttributeError, ImportError) as exc:
         logger.warning("dataconn %s from %s: cannot resolve %r: %s", dcid, peer, funcname, exc)
         _answer(sock, "error cannot resolve %r: %s" % (funcname, exc))
@@ -256,7 +256,7 @@ def _run_owned(fn, initdata, sock):
         done.set()
 
     pid = _ports.spawn(fn, *initdata, _make_fair(sock))
-    _k._add_monitor(pid, died)
+    _k.add_monitor(pid, died)
     return done
 
 
@@ -290,7 +290,7 @@ def _init_name(init, local):
 
 def _local_pair(init, initdata):
     try:
-        fn = _k._resolve_function(init) if isinstance(init, str) else init
+        fn = _k.resolve_function(init) if isinstance(init, str) else init
     except (LookupError, AttributeError, ImportError) as exc:
         raise DataConnError("cannot resolve %r: %s" % (init, exc)) from None
     a, b = _gsocket.socketpair()
@@ -433,7 +433,7 @@ def connect_to(node, init, *initdata, timeout=None, cb=None):
             return _local_pair(init, initdata)
         return _connect_blocking(nodeid, header, timeout)
 
-    owner = _k._get_self()
+    owner = _k.get_self()
 
     def attempt():
         try:

@@ -397,7 +397,7 @@ def _request(frame, cb, key=None, extra=()):
     global _req_id
     if key is None:
         _req_id += 1
-        key = "r" + _k._base62(_req_id)
+        key = "r" + _k.base62(_req_id)
         frame = frame + (key,) + extra
     if _global:
         _answer_locally(frame, cb)
@@ -414,7 +414,7 @@ def _answer_locally(frame, cb):
         return
     if tag in _DB_QUERIES and cb is not None:
         result = _DB_QUERIES[tag](frame[1])
-        _k._spawn_raw(cb, result)
+        _k.spawn_raw(cb, result)
 
 
 # ---------------------------------------------------------------- per-source value store
@@ -1046,7 +1046,7 @@ def _req_g_reply(from_node, rid=None, result=None, more=None, *_):
     if entry[1] is not None:
         # in a fresh greenlet: the callback may block (even query the master again) without
         # stalling the link this reply came on
-        _k._spawn_raw(entry[1], result)
+        _k.spawn_raw(entry[1], result)
 
 
 def _req_g_mon1(from_node, family=None, *_):
@@ -1190,7 +1190,7 @@ def db_set(family, key, value=None):
 
         db_set("eg_receivers", SELF(), {"info": "receiver"})
     """
-    _k._check_thread()  # before anything changes (docs/running.md)
+    _k.check_thread()  # before anything changes (docs/running.md)
     _check_family(family, writing=True)
     _check_key(key)
     _check_value(value)
@@ -1208,7 +1208,7 @@ def db_del(family, *keys):
 
         db_del("eg_receivers", SELF())
     """
-    _k._check_thread()  # before anything changes (docs/running.md)
+    _k.check_thread()  # before anything changes (docs/running.md)
     _check_family(family, writing=True)
     fam = _local_db.get(family)
     gone = [k for k in keys if fam and k in fam]
@@ -1229,9 +1229,9 @@ def db_reg(family, port=None, value=None):
 
         db_reg("workers")          # inside a port: register it until it dies
     """
-    _k._check_thread()  # before anything changes (docs/running.md)
+    _k.check_thread()  # before anything changes (docs/running.md)
     if port is None:
-        port = _k._get_self()
+        port = _k.get_self()
         if port is None:
             raise RuntimeError("db_reg without a port needs a port context (SELF)")
         port = port.id
@@ -1242,7 +1242,7 @@ def db_reg(family, port=None, value=None):
     if port not in fam or _enc(fam[port]) != _enc(value):
         fam[port] = value
         _local_update(family, {port: value}, None)
-    undo_mon = _k._add_monitor(port, lambda *reason: db_del(family, port))
+    undo_mon = _k.add_monitor(port, lambda *reason: db_del(family, port))
 
     def undo():
         undo_mon()
@@ -1263,7 +1263,7 @@ def _check_reachable(what, family):
 
 
 def _query(tag, family, cb, timeout):
-    _k._check_thread()  # before anything changes (docs/running.md)
+    _k.check_thread()  # before anything changes (docs/running.md)
     _check_family(family)
     _check_reachable("db_" + tag[5:], family)
     # after the request id: the part size we take the answer in (AEMP ignores it)
@@ -1324,7 +1324,7 @@ def db_mon(family, cb):
                 snd(port, "test", "hello")
         db_mon("eg_receivers", seen)
     """
-    _k._check_thread()  # before anything changes (docs/running.md)
+    _k.check_thread()  # before anything changes (docs/running.md)
     _check_family(family)
     _check_reachable("db_mon", family)
     cbs = _mon_cbs.get(family)

@@ -3,16 +3,16 @@
 Everything that crosses a port boundary goes through here. The kernel never imports the port
 classes (``ports``) nor the network (``node``): ports are duck-typed objects with ``name``,
 ``monitors``, ``_deliver(msg)`` and ``_terminate(reason)``; the network registers itself with
-``_set_network`` and gets messages for other nodes, and hands incoming node-port requests back
+``set_network`` and gets messages for other nodes, and hands incoming node-port requests back
 through ``node_request``.
 
-Delivery to callback ports is a trampoline (``_dispatch``): the first send in a greenlet runs
+Delivery to callback ports is a trampoline (``dispatch``): the first send in a greenlet runs
 the handler directly; sends made *by* handlers are queued and run by the outermost loop in FIFO
 order. Handlers therefore never nest, the stack never grows with message chains (a million
 messages bounced between two ports is a loop, not a recursion), and messages from one sender
 reach one port in the order they were sent. Greenlet ports get a mailbox append and, when their
 greenlet waits for exactly this message, a wake-up that is handed over directly from the next
-blocking receiver (``_block``) without a hub round trip, at most ``_HANDOFF_LIMIT`` times in a
+blocking receiver (``block``) without a hub round trip, at most ``_HANDOFF_LIMIT`` times in a
 row before the hub gets its turn.
 """
 
@@ -89,10 +89,10 @@ def NODE():
 node_id = NODE
 
 
-def _set_node_id(nodeid):
+def set_node_id(nodeid):
     """Change this node's ID (``configure``); every local port's ID changes with it, as in AEMP."""
     global _NODE
-    _check_thread()  # configure(): before it changes anything
+    check_thread()  # configure(): before it changes anything
     if "#" in nodeid:
         raise ValueError("node ID must not contain '#': %r" % (nodeid,))
     _NODE = nodeid
@@ -106,28 +106,28 @@ def _set_node_id(nodeid):
 
 def _new_name():
     global _next_id
-    _check_thread()
+    check_thread()
     _next_id += 1
-    return _UNIQ + _base62(_next_id)
+    return _UNIQ + base62(_next_id)
 
 
-def _new_id():
+def new_port_id():
     """A fresh local port ID (``<node>#<name>``)."""
     global _next_id
     if _hub is not None and _os_thread_ident() != _hub_ident:  # port, spawn, call, receive
         raise _foreign_thread_error()
     _next_id += 1
-    return _NODE + "#" + _UNIQ + _base62(_next_id)
+    return _NODE + "#" + _UNIQ + base62(_next_id)
 
 
-def _new_spawn_name():
+def new_spawn_name():
     global _next_id
-    _check_thread()
+    check_thread()
     _next_id += 1
-    return _RUNIQ + _base62(_next_id)
+    return _RUNIQ + base62(_next_id)
 
 
-def _base62(n):
+def base62(n):
     out = ""
     while n:
         n, r = divmod(n, 62)
@@ -175,7 +175,7 @@ _hub_thread = None  # ident of the thread whose hub runs this node
 # ---- the hub-thread check (docs/running.md, "One thread owns the node") ----------------------
 # Once bound, only the OS thread of the hub may use the kernel: gevent loops are not
 # thread-safe. Entry points that touch the loop or shared state check before they change
-# anything (``_check_thread``, ``_get_hub``); the hot path, ``_dispatch``, compares the running
+# anything (``check_thread``, ``bound_hub``); the hot path, ``dispatch``, compares the running
 # greenlet with the last one that passed (``_hub_glet``): greenlets never change threads, so
 # that is one identity test. ``_hub_ident`` is the *OS* thread ident (gevent's original
 # ``get_ident``): under monkey-patching ``threading.get_ident()`` is per greenlet, and all those
@@ -186,7 +186,7 @@ _hub_thread_name = None  # (for the error message)
 _hub_glet = None  # the last greenlet that passed the check (it runs in the hub thread)
 
 
-def _get_hub():
+def bound_hub():
     global _hub, _hub_thread, _hub_ident, _hub_glet, _hub_thread_name
     if _hub is None:
         _hub_ident = _os_thread_ident()
@@ -205,14 +205,14 @@ def _unbind_hub():
     _hub = _hub_thread = _hub_ident = _hub_glet = _hub_thread_name = None
 
 
-def _check_thread():
+def check_thread():
     """Raise ``RuntimeError`` when the kernel is bound to the hub of another OS thread."""
     if _hub is not None and _os_thread_ident() != _hub_ident:
         raise _foreign_thread_error()
 
 
 def _check_greenlet(cur):
-    """``_dispatch``'s check for a greenlet other than the last one seen (kernel bound)."""
+    """``dispatch``'s check for a greenlet other than the last one seen (kernel bound)."""
     global _hub_glet
     if _os_thread_ident() != _hub_ident:
         raise _foreign_thread_error()
@@ -271,11 +271,11 @@ def _api_name(frame):
     return "%s.%s()" % (mod, qual)
 
 
-def _register(p):
+def register_port(p):
     _ports[p.id] = p
 
 
-def _lookup(port):
+def lookup_port(port):
     """The local port object for a port ID, or None (also for remote IDs and the node port)."""
     if _hub is not None and _os_thread_ident() != _hub_ident:  # rcv, peval, mon
         raise _foreign_thread_error()
@@ -283,7 +283,7 @@ def _lookup(port):
     return None if p is _node_port else p
 
 
-def _local_by_name(name):
+def local_port_by_name(name):
     """The local port called ``name`` (as remote frames and node requests name it), or None."""
     if not name:
         return None
@@ -292,7 +292,7 @@ def _local_by_name(name):
 
 # --------------------------------------------------------------------------- SELF context
 
-def _get_self():
+def get_self():
     return getattr(getcurrent(), "aemp_self", None)
 
 
@@ -311,7 +311,7 @@ _draining: set[Any] = set()
 _drain_scheduled = False
 
 
-def _dispatch(p, msg):
+def dispatch(p, msg):
     """Run ``p._run(msg)`` without ever nesting handler calls (see module docstring)."""
     cur = getcurrent()
     if cur is not _hub_glet and _hub is not None:  # the thread check, before any change
@@ -333,7 +333,7 @@ def _dispatch(p, msg):
         cur.aemp_self = prev
         _draining.discard(cur)
         if _queue and not _draining:
-            _schedule_drain()
+            schedule_drain()
 
 
 def dispatching():
@@ -370,10 +370,10 @@ def may_block():
     return cur is not (_hub if _hub is not None else get_hub())
 
 
-def _schedule_drain():
+def schedule_drain():
     global _drain_scheduled
     if not _drain_scheduled:
-        hub = _get_hub()  # checks the thread before the flag changes
+        hub = bound_hub()  # checks the thread before the flag changes
         _drain_scheduled = True
         hub.loop.run_callback(_spawn_drainer)
 
@@ -382,12 +382,12 @@ def _spawn_drainer():
     global _drain_scheduled
     _drain_scheduled = False
     if _queue:
-        _spawn_raw(_drain_only)
+        spawn_raw(_drain_only)
 
 
 class _NoOp:
     """Dispatched by a scheduled drainer: it queues behind the waiting messages, so that
-    ``_dispatch`` drains them all in order in this greenlet."""
+    ``dispatch`` drains them all in order in this greenlet."""
 
     __slots__ = ()
 
@@ -400,7 +400,7 @@ _noop = _NoOp()
 
 def _drain_only():
     if _queue and getcurrent() not in _draining:
-        _dispatch(_noop, ())
+        dispatch(_noop, ())
 
 
 # --------------------------------------------------------------------------- greenlet wake-ups
@@ -411,7 +411,7 @@ _handoffs = 0
 _HANDOFF_LIMIT = 64
 
 
-def _wake(w, value):
+def wake(w, value):
     """Resume the blocked waiter ``w`` (a greenlet port or call waiter) with ``value``."""
     global _ready_scheduled
     w.resume = value
@@ -420,12 +420,12 @@ def _wake(w, value):
         _ready_scheduled = True
         hub = _hub
         if hub is None:
-            hub = _get_hub()
+            hub = bound_hub()
         elif _os_thread_ident() != _hub_ident:
             # snd() from another OS thread to a waiting greenlet port: the port has already
             # given its message to this wake-up, so finish it safely in the hub thread, then
             # refuse the call. (While a wake-up is scheduled, the append above is all there is
-            # to do, and the hub thread's _run_ready/_block takes it: nothing to refuse.)
+            # to do, and the hub thread's _run_ready/block takes it: nothing to refuse.)
             hub.loop.run_callback_threadsafe(_run_ready)
             raise _foreign_thread_error(delivered=True)
         hub.loop.run_callback(_run_ready)
@@ -445,8 +445,8 @@ def _run_ready():
                 g.switch(r)
 
 
-def _block():
-    """Block the current greenlet until a ``_wake``; hand the CPU straight to a ready waiter."""
+def block():
+    """Block the current greenlet until a ``wake``; hand the CPU straight to a ready waiter."""
     global _handoffs
     while _ready and _handoffs < _HANDOFF_LIMIT:
         w = _ready.popleft()
@@ -456,12 +456,12 @@ def _block():
             _handoffs += 1
             return w.greenlet.switch(r)
     # callers (call, receive) bound the hub and passed the thread check already
-    return (_hub if _hub is not None else _get_hub()).switch()
+    return (_hub if _hub is not None else bound_hub()).switch()
 
 
-def _spawn_raw(fn, *args):
+def spawn_raw(fn, *args):
     """Run ``fn(*args)`` in a fresh greenlet at the next loop turn."""
-    hub = _get_hub()
+    hub = bound_hub()
     g = greenlet(fn, parent=hub)
     hub.loop.run_callback(g.switch, *args)
     return g
@@ -476,7 +476,7 @@ class _NoNetwork:
         logger.debug("no network: dropping message for %s", nodeid)
 
     def monitor(self, nodeid, portname, action):
-        _spawn_raw(action, "transport_error", nodeid, "no known address")
+        spawn_raw(action, "transport_error", nodeid, "no known address")
 
     def unmonitor(self, nodeid, portname, action):
         pass
@@ -491,7 +491,7 @@ class _NoNetwork:
 _net = _NoNetwork()
 
 
-def _set_network(net):
+def set_network(net):
     global _net
     _net = net
 
@@ -612,7 +612,7 @@ def kil(port, *reason):
         raise _foreign_thread_error()
     p = _ports.get(port)
     if p is not None and p is not _node_port:
-        _kill_local(p, reason)
+        kill_local(p, reason)
         return
     node, _, name = port.partition("#")
     if not name:
@@ -624,7 +624,7 @@ def kil(port, *reason):
 _DEAD = False  # value of port.monitors once the port is dead
 
 
-def _kill_local(p, reason):
+def kill_local(p, reason):
     """Remove ``p`` from the table, schedule its monitors, stop its code. Idempotent."""
     mons = p.monitors
     if mons is _DEAD:
@@ -634,11 +634,11 @@ def _kill_local(p, reason):
         del _ports[p.id]
     reason = tuple(reason)
     if mons:
-        _spawn_raw(_fire_monitors, mons, reason)
+        spawn_raw(fire_monitors, mons, reason)
     p._terminate(reason)
 
 
-def _fire_monitors(mons, reason):
+def fire_monitors(mons, reason):
     for action in list(mons):
         try:
             action(*reason)
@@ -652,7 +652,7 @@ def _short(value, limit=80):
     return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
-def _die_reason(exc):
+def die_reason(exc):
     """AEMP's ``("die", $@)`` for a Python exception."""
     text = str(exc)
     msg = "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
@@ -691,7 +691,7 @@ class _MonitorAction:
             action(*reason)
 
 
-def _add_monitor(port, action):
+def add_monitor(port, action):
     """Monitor ``port`` with the callable ``action``; returns the undo function.
 
     The undo works until the action has actually run, also after the port died and the
@@ -702,9 +702,9 @@ def _add_monitor(port, action):
     if node == _NODE:
         if not name:  # our own node port never dies
             return lambda: setattr(m, "action", None)
-        p = _lookup(port)
+        p = lookup_port(port)
         if p is None or p.monitors is _DEAD:
-            _spawn_raw(m, "no_such_port", "cannot monitor nonexistent port", port)
+            spawn_raw(m, "no_such_port", "cannot monitor nonexistent port", port)
             return lambda: setattr(m, "action", None)
         if p.monitors is None:
             p.monitors = [m]
@@ -721,7 +721,7 @@ def _add_monitor(port, action):
                     pass
 
         return undo
-    _check_thread()  # (the local branch checked in _lookup)
+    check_thread()  # (the local branch checked in lookup_port)
     _net.monitor(node, name, m)
 
     def undo_remote():
@@ -752,12 +752,12 @@ def mon(port, cb=_MISSING, *msg):
         g.cancel()
     """
     if cb is _MISSING:
-        cb = _get_self()
+        cb = get_self()
         if cb is None:
             raise RuntimeError("mon(port) with one argument needs a port context (SELF)")
         cb = cb.id
     action = _monitor_action(cb, msg)
-    return Guard.for_caller(_add_monitor(port, action))
+    return Guard.for_caller(add_monitor(port, action))
 
 
 def mon_guard(port, *objs):
@@ -767,7 +767,7 @@ def mon_guard(port, *objs):
 
         mon_guard(p, timer, socket)   # both live as long as p does
     """
-    return Guard.for_caller(_add_monitor(port, lambda *reason: objs))
+    return Guard.for_caller(add_monitor(port, lambda *reason: objs))
 
 
 # --------------------------------------------------------------------------- timers
@@ -783,14 +783,14 @@ def after(seconds, target, *msg):
         after(0.5, SELF(), "tick")
         after(2.0, lambda: print("two seconds later"))
     """
-    loop = _get_hub().loop
+    loop = bound_hub().loop
     timer = loop.timer(seconds)
     if callable(target):
         if msg:
             raise TypeError("after(seconds, callable) takes no message arguments")
-        timer.start(_spawn_raw, target)
+        timer.start(spawn_raw, target)
     else:
-        timer.start(_spawn_raw, snd, target, *msg)
+        timer.start(spawn_raw, snd, target, *msg)
     return Guard.for_caller(timer.close)
 
 
@@ -819,13 +819,13 @@ def register_node_request(tag, fn, *, code=False, trace=False):
     _NODE_REQ[tag] = (fn, _CODE if code else _TRACE if trace else 0)
 
 
-def _set_secure(flag, allow_trace=False):
+def set_secure(flag, allow_trace=False):
     global _secure, _allow_trace
     _secure = bool(flag)
     _allow_trace = bool(allow_trace)
 
 
-def _set_limits(max_forward_depth=None):
+def set_limits(max_forward_depth=None):
     """Set the kernel's limits from the configuration (``configure``)."""
     global _max_forward_depth
     if max_forward_depth is not None:
@@ -848,7 +848,7 @@ class _NodePort:
         raise ValueError("the node port cannot die")
 
     def _deliver(self, msg):
-        _check_thread()  # snd to this node's node port
+        check_thread()  # snd to this node's node port
         node_request(_NODE, msg)  # (inside a request: queued as that request's origin)
 
     def _terminate(self, reason):  # pragma: no cover
@@ -958,7 +958,7 @@ def _node_request1(from_node, msg):
                   exc_info=exc if logger.isEnabledFor(logging.DEBUG) else None)
 
 
-def _resolve_function(name):
+def resolve_function(name):
     """Resolve ``pkg.mod.func`` (or ``Pkg::Mod::func``) by importing the longest module prefix."""
     import importlib
 
@@ -995,7 +995,7 @@ def _call_function(from_node, name, args):
                     esc(name), from_node)
         return
     try:
-        fn = _resolve_function(name)
+        fn = resolve_function(name)
     except (LookupError, AttributeError) as exc:
         _rl.warning((from_node, "unknown"), "unknown node request %s from %s dropped: %s",
                     esc(name), from_node, exc_text(exc))
@@ -1035,7 +1035,7 @@ def _req_mon1(from_node, portid, *_):
     name = portid.partition("#")[2] if "#" in portid else portid
     if not name:  # the node port: it lives as long as the connection, which the peer watches
         return
-    p = _local_by_name(name)
+    p = local_port_by_name(name)
     if p is None or p.monitors is _DEAD:
         reason = _obituaries.pop(name, None)
         _reply_kil0(from_node, name, reason or ("no_such_port", "cannot monitor nonexistent port",
@@ -1081,7 +1081,7 @@ def _req_mon0(from_node, portid, *_):
 
 
 def _unhook_monitor(name, action):
-    p = _local_by_name(name)
+    p = local_port_by_name(name)
     if p is not None and p.monitors:
         try:
             p.monitors.remove(action)
@@ -1089,7 +1089,7 @@ def _unhook_monitor(name, action):
             pass
 
 
-def _forget_node_monitors(nodeid):
+def forget_node_monitors(nodeid):
     """Drop every monitor a (now disconnected) remote node had on our ports (costs what that
     node held, not what every node holds)."""
     mons = _remote_monitors.pop(nodeid, None)
@@ -1106,9 +1106,9 @@ def _req_kil1(from_node, portname, *reason):
     if not portname:
         _rl.warning((from_node, "kil1"), "kil1 of the node port from %s ignored", from_node)
         return
-    p = _local_by_name(portname)
+    p = local_port_by_name(portname)
     if p is not None:
-        _kill_local(p, reason)
+        kill_local(p, reason)
 
 
 def _req_snd(from_node, *msg):
@@ -1142,7 +1142,7 @@ def _req_eval(from_node, expr, *reply):
         result = eval(expr, _eval_namespace())  # noqa: S307 - refused when secure
         err = ""
     except Exception as exc:
-        result, err = None, _die_reason(exc)[1]
+        result, err = None, die_reason(exc)[1]
     if reply:
         try:
             snd(*reply, err, result)

@@ -242,7 +242,7 @@ def _req_catch(port, level=logging.INFO, *_, from_node="?"):
         logger.debug("log forwarding on")
     _handler.add(port, level)
     if port not in _sub_guards:
-        _sub_guards[port] = _k._add_monitor(port, lambda *reason: _unsubscribe(port))
+        _sub_guards[port] = _k.add_monitor(port, lambda *reason: _unsubscribe(port))
 
 
 def _unsubscribe(port):

@@ -214,7 +214,7 @@ def patch_all(*, force=False, **gevent_kwargs):
             _gmonkey.patch_all(**gevent_kwargs)
         _state["patched"] = True
     hub = gevent.get_hub()
-    bound = kernel._get_hub()
+    bound = kernel.bound_hub()
     if bound is not hub and not force:
         raise RuntimeError("aemp_green is bound to the hub of thread %s, not this thread's"
                            % getattr(bound, "thread_ident", "?"))

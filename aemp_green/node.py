@@ -9,7 +9,7 @@ A link that breaks fires them with the reason it broke; frames still queued on i
 never delivered after the monitors fired (the no-holes guarantee); a later send reconnects.
 
 The kernel reaches this module only through the object registered with
-``kernel._set_network``; incoming frames go back up through ``kernel.deliver_remote``.
+``kernel.set_network``; incoming frames go back up through ``kernel.deliver_remote``.
 """
 
 import logging
@@ -387,22 +387,22 @@ class RemoteNode:
                 # heal first (no switch in between): sends made by the monitors themselves,
                 # and anything after them, go out again
                 self.broken -= broken
-                _k._fire_monitors(actions, reason)
+                _k.fire_monitors(actions, reason)
 
-            _k._spawn_raw(fire_then_heal)
+            _k.spawn_raw(fire_then_heal)
         had_link = was_up or not (connecting or why in ("connect timeout", "no known address"))
         if had_link:
             logger.info("%s is down: %s", self.id, why)
         else:  # a node that never came up (maybe invented by a peer): rate-limited
             _rl.info(("never up", why), "%s is down: %s", self.id, why)
-        _k._forget_node_monitors(self.id)
+        _k.forget_node_monitors(self.id)
         if had_link:
             _notify_watchers(self.id, False, reason)
         _hooks().node_down(self)
         # free it when it holds nothing; a node that had a link (reported down above) stays
         # known; if its monitors still have to run (spawned above), after them
         if self.broken:
-            _k._spawn_raw(_maybe_forget, self, had_link)
+            _k.spawn_raw(_maybe_forget, self, had_link)
         else:
             _maybe_forget(self, had_link)
 
@@ -458,9 +458,9 @@ class RemoteNode:
 
         def fire_then_heal():
             self.broken.discard(portname)  # as in transport_error: heal, then fire (no switch)
-            _k._fire_monitors(actions, tuple(reason))
+            _k.fire_monitors(actions, tuple(reason))
 
-        _k._spawn_raw(fire_then_heal)
+        _k.spawn_raw(fire_then_heal)
 
     def port_died(self, portname, reason):
         """Port ``portname`` there died with ``reason`` (its ``kil0``): fire its monitors once.
@@ -473,7 +473,7 @@ class RemoteNode:
         """
         actions = self.monitors.pop(portname, None)
         if actions:
-            _k._spawn_raw(_k._fire_monitors, actions, tuple(reason))
+            _k.spawn_raw(_k.fire_monitors, actions, tuple(reason))
 
     def __repr__(self):
         return "<RemoteNode %s %s>" % (self.id, "up" if self.link else "down")
@@ -772,7 +772,7 @@ class _Net:
     def monitor(self, nodeid, portname, action):
         n = _nodes.get(nodeid) or _node_for_relay(nodeid)
         if n is None:
-            _k._spawn_raw(action, "transport_error", nodeid, "too many nodes (max_nodes)")
+            _k.spawn_raw(action, "transport_error", nodeid, "too many nodes (max_nodes)")
             return
         n.monitor(portname, action)
 
@@ -790,7 +790,7 @@ class _Net:
             n.port_died(portname, reason)
 
 
-_k._set_network(_Net())
+_k.set_network(_Net())
 
 
 # --------------------------------------------------------------------------- links
@@ -893,7 +893,7 @@ def _req_trace(from_node, port, on=1, *_):
 
     _tracers.append(forward)
     _trace_subscribers[port] = cancel
-    undo_monitor = _k._add_monitor(port, lambda *r: _req_trace(from_node, port, 0))
+    undo_monitor = _k.add_monitor(port, lambda *r: _req_trace(from_node, port, 0))
 
 
 def node_of_port(port):
@@ -1235,11 +1235,11 @@ def configure(profile=None, **kv):
                               "(%s)" % (exc,)) from None
     before = (_k._NODE, _k._secure, _cfg, _tls)
     _tls = tls
-    _k._set_node_id(nodeid)
-    _k._set_secure(cfg.get("secure"), cfg.get("allow_trace"))
+    _k.set_node_id(nodeid)
+    _k.set_secure(cfg.get("secure"), cfg.get("allow_trace"))
     if cfg.get("check_local_messages"):
         _k.check_local_messages(True)
-    _k._set_limits(max_forward_depth=cfg.get("max_forward_depth"))
+    _k.set_limits(max_forward_depth=cfg.get("max_forward_depth"))
     _set_log_limits(cfg.get("log_rate_lines"), cfg.get("log_rate_interval"))
     _cfg = cfg
     _configured = True
@@ -1256,8 +1256,8 @@ def configure(profile=None, **kv):
         for lst in _listeners:
             lst.stop()
         del _listeners[:], _binds[:]
-        _k._set_node_id(before[0])
-        _k._set_secure(before[1])
+        _k.set_node_id(before[0])
+        _k.set_secure(before[1])
         _cfg, _configured, _tls = before[2], False, before[3]
         where = "%s:%s" % (bind[0], "*" if bind[1] is None else bind[1]) if bind else "?"
         raise ConfigError("binds: cannot listen on %s: %s" % (where, exc)) from None
@@ -1311,7 +1311,7 @@ def run_forever(signals=None):
 
     from gevent.event import AsyncResult
 
-    _k._check_thread()
+    _k.check_thread()
     got = AsyncResult()
     watchers = [gevent.signal_handler(s, got.set, s)
                 for s in (signals or (signal.SIGINT, signal.SIGTERM))]
@@ -1357,11 +1357,11 @@ def _start_service(service):
 
     try:
         if isinstance(service, list):
-            _k._resolve_function(service[0])(*service[1:])
+            _k.resolve_function(service[0])(*service[1:])
         elif service.endswith("::") or service.endswith("."):
             importlib.import_module(service.rstrip(":.").replace("::", "."))
         else:
-            _k._resolve_function(service)()
+            _k.resolve_function(service)()
     except Exception as exc:
         report_crash("service", None, exc, detail="(%r failed to start)" % (service,))
 
@@ -1386,7 +1386,7 @@ def shutdown(flush=1.0):
 
         shutdown()
     """
-    _k._check_thread()  # before anything changes (docs/running.md)
+    _k.check_thread()  # before anything changes (docs/running.md)
     for g in _seed_greenlets:
         g.kill(block=False)
     for lst in _listeners:
@@ -1446,7 +1446,7 @@ def mon_nodes(cb):
 
         mon_nodes(lambda node, up, *why: print(node, "up" if up else "down", why))
     """
-    _k._check_thread()  # before anything changes (docs/running.md)
+    _k.check_thread()  # before anything changes (docs/running.md)
     _node_watchers.append(cb)
 
     def undo():
@@ -1460,7 +1460,7 @@ def mon_nodes(cb):
 
 def _notify_watchers(nodeid, is_up, reason):
     for cb in list(_node_watchers):
-        _k._spawn_raw(_safe_call, cb, nodeid, is_up, *reason)
+        _k.spawn_raw(_safe_call, cb, nodeid, is_up, *reason)
 
 
 def _safe_call(cb, *args):

@@ -44,8 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_dispatch = _k._dispatch
-_kill_local = _k._kill_local
+_dispatch = _k.dispatch
+_kill_local = _k.kill_local
 _DEAD = _k._DEAD
 
 
@@ -114,7 +114,7 @@ def _run_handler(p, msg, cur):
 
 def _handler_died(p, exc, msg=None):
     report_crash("callback port", p.id, exc, tag=msg[0] if msg else None)
-    _kill_local(p, _k._die_reason(exc))
+    _kill_local(p, _k.die_reason(exc))
 
 
 class _Port:
@@ -221,12 +221,12 @@ class _GreenletPort(_Port):
         if w is not None:
             if w is _ANY or (msg and msg[0] == w):
                 self.waiting = None
-                _k._wake(self, msg)
+                _k.wake(self, msg)
                 return
             if w is _PRED:
                 self._queue_msg(msg)
                 self.waiting = None
-                _k._wake(self, _PRED)
+                _k.wake(self, _PRED)
                 return
         self._queue_msg(msg)
 
@@ -251,7 +251,7 @@ class _GreenletPort(_Port):
         w = self.waiting
         if w is not None and (w is _ANY or (msg and msg[0] == w)):
             self.waiting = None
-            _k._wake(self, msg)
+            _k.wake(self, msg)
             return True
         mb = self.mailbox
         if mb is not None and len(mb) >= self.limit.limit and w is not _PRED:
@@ -261,7 +261,7 @@ class _GreenletPort(_Port):
         mb.append(msg)
         if w is _PRED:
             self.waiting = None
-            _k._wake(self, _PRED)
+            _k.wake(self, _PRED)
         return True
 
     _run = _run_handler
@@ -290,12 +290,12 @@ class _GreenletPort(_Port):
             if getattr(g, "aemp_self", None) is self:
                 g.aemp_self = None
             if was_waiting:
-                _k._wake(self, _Dead(reason))
+                _k.wake(self, _Dead(reason))
             return
         if g is getcurrent():
             raise _Killed()
         if g:  # started: stop it at the next loop turn
-            _k._get_hub().loop.run_callback(_throw_killed, g)
+            _k.bound_hub().loop.run_callback(_throw_killed, g)
         # not started yet: _start_port sees the port is dead and never runs it
 
     def __repr__(self):
@@ -331,7 +331,7 @@ def _port_main(p, fn, args):
         reason = ()
     except Exception as exc:
         report_crash("greenlet port", p.id, exc)
-        reason = _k._die_reason(exc)
+        reason = _k.die_reason(exc)
     else:
         reason = ()
         if (p.handlers is not None or p.default is not None) and p.monitors is not _DEAD:
@@ -350,9 +350,9 @@ def _port_main(p, fn, args):
 def _new_greenlet_port(pid, fn, args, limit=None):
     p = _GreenletPort(pid)
     p.limit = limit
-    hub = _k._get_hub()
+    hub = _k.bound_hub()
     p.greenlet = _PortGreenlet(_port_main, parent=hub)
-    _k._register(p)
+    _k.register_port(p)
     hub.loop.run_callback(_start_port, p, fn, args)
     return p
 
@@ -388,7 +388,7 @@ def port(cb=None):
         p = port(lambda tag, *args: print(tag, args))
         snd(p, "hello", 1)
     """
-    pid = _k._new_id()
+    pid = _k.new_port_id()
     _k._ports[pid] = _CallbackPort(pid, cb)
     return pid
 
@@ -406,7 +406,7 @@ def rcv(port_, *args):
         rcv(p, "ping", lambda reply: snd(reply, "pong"),
                "stop", lambda: kil(SELF()))
     """
-    p = _k._lookup(port_)
+    p = _k.lookup_port(port_)
     if p is None:
         if _k.port_is_local(port_):
             raise ValueError("rcv: no such local port %r (dead?)" % (port_,))
@@ -436,7 +436,7 @@ def rcv(port_, *args):
         if p.limit is not None and p.limit.blocked:
             p.limit.wake()
         if _k._queue:
-            _k._schedule_drain()
+            _k.schedule_drain()
     return port_
 
 
@@ -476,14 +476,14 @@ def spawn(target, *args, mailbox_limit=None, on_full="block"):
             raise ValueError("spawn: on_full must be one of %s, not %r" % (_ON_FULL, on_full))
         limit = _MailboxLimit(mailbox_limit, on_full)
     if callable(target):
-        return _new_greenlet_port(_k._new_id(), target, args, limit).id
+        return _new_greenlet_port(_k.new_port_id(), target, args, limit).id
     if not isinstance(target, str) or not args or not isinstance(args[0], str):
         raise TypeError("spawn(fn, *args) or spawn(node, 'pkg.func', *args)")
     if limit is not None:
         raise TypeError("spawn: mailbox_limit only for a function run on this node")
     node = target.partition("#")[0]
     funcname, fargs = args[0], args[1:]
-    name = _k._new_spawn_name()
+    name = _k.new_spawn_name()
     if node == _k._NODE:
         _spawn_named(node, name, funcname, *fargs)
     else:
@@ -493,19 +493,19 @@ def spawn(target, *args, mailbox_limit=None, on_full="block"):
 
 def _spawn_named(from_node, name, funcname, *args):
     """Node request ``AnyEvent::MP::_spawn``: create port ``name`` running ``funcname``."""
-    if not isinstance(name, str) or not name or _k._local_by_name(name) is not None:
+    if not isinstance(name, str) or not name or _k.local_port_by_name(name) is not None:
         logger.warning("spawn request from %s with bad or used port name %r", from_node, name)
         return
     pid = _k._NODE + "#" + name
     try:
-        fn = _k._resolve_function(funcname)
+        fn = _k.resolve_function(funcname)
     except (LookupError, AttributeError) as exc:
         logger.warning("spawn request from %s: cannot resolve %r: %s", from_node, funcname, exc)
         reason = ("die", "cannot resolve function %r on %s: %s"
                   % (funcname, _k._NODE, exc if isinstance(exc, LookupError)
                      else "%s: %s" % (type(exc).__name__, exc)))
         p = _GreenletPort(pid)
-        _k._register(p)
+        _k.register_port(p)
         _kill_local(p, reason)
         _k.record_obituary(name, reason)  # the spawner's monitor comes right after this
         return
@@ -535,7 +535,7 @@ def check_may_block(what, own_port=False):
             "every other handler). Run code that waits in a greenlet port, e.g. "
             "spawn(fn, *args) from the handler, or use cal(port, ..., cb=...) for a reply "
             "callback (docs/tutorial.md, \"Callback ports must not block\")." % (what, name))
-    if cur is _k._get_hub():
+    if cur is _k.bound_hub():
         raise BlockingInHandlerError("%s cannot block in the hub greenlet: call it from a "
                                      "greenlet port (spawn) or any other greenlet" % what)
     return p
@@ -547,10 +547,10 @@ def _own_port():
     p = check_may_block("receive()", own_port=True)
     if p is not None:
         return p
-    p = _GreenletPort(_k._new_id())
+    p = _GreenletPort(_k.new_port_id())
     p.greenlet = cur
     p.adopted = True
-    _k._register(p)
+    _k.register_port(p)
     cur.aemp_self = p
     link = getattr(cur, "rawlink", None)
     if link is not None:  # a gevent Greenlet: its port ends with it
@@ -564,10 +564,10 @@ def _wait(p, want, timeout):
         p.limit.wake()  # a blocked sender may hold the message this receive waits for
     timer = None
     if timeout is not None:
-        timer = _k._get_hub().loop.timer(max(timeout, 0))
+        timer = _k.bound_hub().loop.timer(max(timeout, 0))
         timer.start(_on_timeout, p)
     try:
-        r = _k._block()
+        r = _k.block()
     finally:
         p.waiting = None
         if timer is not None:
@@ -632,7 +632,7 @@ def receive_match(pred, timeout=None):
     p = _own_port()
     deadline = None
     if timeout is not None:
-        deadline = _k._get_hub().loop.now() + timeout
+        deadline = _k.bound_hub().loop.now() + timeout
     start = 0
     while True:
         mb = p.mailbox or ()
@@ -646,7 +646,7 @@ def receive_match(pred, timeout=None):
         start = len(mb)
         left = None
         if deadline is not None:
-            left = deadline - _k._get_hub().loop.now()
+            left = deadline - _k.bound_hub().loop.now()
             if left <= 0:
                 raise Timeout("no matching message")
         _wait(p, _PRED, left)
@@ -681,7 +681,7 @@ def _in_context(p, fn, args, kwargs):
         return fn(*args, **kwargs)
     except Exception as exc:
         report_crash("psub/peval code", p.id, exc)
-        _kill_local(p, _k._die_reason(exc))
+        _kill_local(p, _k.die_reason(exc))
         return None
     finally:
         cur.aemp_self = prev
@@ -696,7 +696,7 @@ def peval(port_, fn, *args):
 
         peval(p, lambda: mon(other))   # p now gets killed when other crashes
     """
-    p = _k._lookup(port_)
+    p = _k.lookup_port(port_)
     if p is None:
         raise ValueError("peval: no such local port %r" % (port_,))
     return _in_context(p, fn, args, {})
@@ -713,7 +713,7 @@ def cal(port_, *msg, cb, timeout=None):
 
         cal(server, "add", 1, 2, cb=lambda result: print("1+2 =", result), timeout=5)
     """
-    reply_id = _k._new_id()
+    reply_id = _k.new_port_id()
     reply = _k._ports[reply_id] = _CallbackPort(reply_id)
     timer = None
     undo_mon = None
@@ -728,16 +728,16 @@ def cal(port_, *msg, cb, timeout=None):
 
     reply.default = on_reply
     if timeout is not None:
-        timer = _k._get_hub().loop.timer(timeout)
+        timer = _k.bound_hub().loop.timer(timeout)
 
         def on_timeout():
             if reply.monitors is not _DEAD:
                 _kill_local(reply, ())
                 cb()
 
-        timer.start(_k._spawn_raw, on_timeout)
+        timer.start(_k.spawn_raw, on_timeout)
     else:
-        undo_mon = _k._add_monitor(port_, lambda *reason: _kill_local(reply, reason))
+        undo_mon = _k.add_monitor(port_, lambda *reason: _kill_local(reply, reason))
     _k.snd(port_, *msg, reply_id)
     return reply_id
 
@@ -766,18 +766,18 @@ def call(port_, *msg, timeout=None):
     def finish(value):
         if state[0]:
             state[0] = False
-            _k._wake(w, value)
+            _k.wake(w, value)
 
-    reply = _CallbackPort(_k._new_id(), lambda *r: finish(("reply", r)))
-    _k._register(reply)
-    undo = _k._add_monitor(port_, lambda *reason: finish(("died", reason)))
+    reply = _CallbackPort(_k.new_port_id(), lambda *r: finish(("reply", r)))
+    _k.register_port(reply)
+    undo = _k.add_monitor(port_, lambda *reason: finish(("died", reason)))
     timer = None
     if timeout is not None:
-        timer = _k._get_hub().loop.timer(max(timeout, 0))
+        timer = _k.bound_hub().loop.timer(max(timeout, 0))
         timer.start(finish, ("timeout",))
     try:
         _k.snd(port_, *msg, reply.id)
-        r = _k._block()
+        r = _k.block()
     finally:
         state[0] = False
         w.resume = None
@@ -808,7 +808,7 @@ def mailbox_info(port_):
         w = spawn(worker, mailbox_limit=100, on_full="drop")
         print(mailbox_info(w)["dropped"])     # 0
     """
-    p = _k._lookup(port_)
+    p = _k.lookup_port(port_)
     if p is None:
         raise ValueError("mailbox_info: no such local port %r" % (port_,))
     lim = getattr(p, "limit", None)

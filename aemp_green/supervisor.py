@@ -179,7 +179,7 @@ class _Supervisor:
             ch.node = node
         ch.port = pid
         inc, cid = ch.inc, ch.id
-        ch.undo_mon = _k._add_monitor(
+        ch.undo_mon = _k.add_monitor(
             pid, lambda *reason: _k.snd(self.id, "_sup_down", cid, inc, *reason))
         if ch.register:
             from .global_ import db_reg
@@ -325,7 +325,7 @@ def supervise(children, strategy="one_for_one", max_restarts=3, period=5.0):
            "terminate_child", sup.terminate_child,
            "restart_child", sup.restart_child,
            "delete_child", sup.delete_child)
-    _k._add_monitor(pid, sup.on_own_death)
+    _k.add_monitor(pid, sup.on_own_death)
     for ch in list(sup.children):
         sup._start(ch)
 

@@ -29,7 +29,7 @@ stall the node). To get messages *into* an ordinary thread, use an ``inbox()``: 
 messages land in a thread-safe queue.
 
 **The hub binding.** aemp_green's kernel is bound to the gevent hub of the first thread that
-uses it (``kernel._get_hub()``); the bridge must be that first user, so ``start()`` must come
+uses it (``kernel.bound_hub()``); the bridge must be that first user, so ``start()`` must come
 before any ``configure()``, ``call``, ``after`` ... in the process, and it refuses (with
 ``RuntimeError``) when the kernel is already bound to another hub, when ``configure()`` already
 ran, or when the process is monkey-patched (then threads are greenlets: use ``aemp_green``
@@ -198,9 +198,9 @@ class Node:
 
         try:
             hub = gevent.get_hub()
-            bound = kernel._hub  # (kernel._get_hub() itself refuses another thread's hub)
+            bound = kernel._hub  # (kernel.bound_hub() itself refuses another thread's hub)
             if bound is None:
-                bound = kernel._get_hub()
+                bound = kernel.bound_hub()
             if bound is not hub:
                 raise RuntimeError("aemp_green got bound to the hub of thread %s meanwhile"
                                    % getattr(bound, "thread_ident", "?"))

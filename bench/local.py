@@ -193,7 +193,7 @@ def spawn_kill_greenlet(n):
         kil(p)
     all_ended.wait()
     t = time.perf_counter() - t0
-    assert not any(kernel._lookup(p) for p in ports)
+    assert not any(kernel.lookup_port(p) for p in ports)
     return t
 
 

@@ -270,7 +270,7 @@ def test_node_down_costs_what_that_node_held(cluster):
     peer = Peer(target.addr)
     peer.send_raw(b"".join(framing.encode_json(["", "mon1", name]) for name in names))
     peer.ping(timeout=30)
-    assert target.ask("sum(len(p.monitors or ()) for p in map(aemp_green.kernel._lookup, PS))"
+    assert target.ask("sum(len(p.monitors or ()) for p in map(aemp_green.kernel.lookup_port, PS))"
                       ) == 40000
     target.run("""
         import time as _t
@@ -284,7 +284,7 @@ def test_node_down_costs_what_that_node_held(cluster):
     # and the peer's own node-down frees its monitors
     peer.close()
     target.run("wait_for(lambda: not aemp_green.kernel._remote_monitors)")
-    assert target.ask("sum(len(p.monitors or ()) for p in map(aemp_green.kernel._lookup, PS))"
+    assert target.ask("sum(len(p.monitors or ()) for p in map(aemp_green.kernel.lookup_port, PS))"
                       ) == 0
 
 

@@ -454,7 +454,7 @@ def _read_frames_until(peer, pred, timeout=5):
 
 BUG_TWO_LINKS = (
     "BUG: node.RemoteNode keeps a second link from a simultaneous connect in extra_links; when "
-    "the primary link breaks, detach() fires transport_error and kernel._forget_node_monitors() "
+    "the primary link breaks, detach() fires transport_error and kernel.forget_node_monitors() "
     "drops every monitor the peer set up - also those it sent over the surviving link - and "
     "promotes that link, so the peer (whose own primary link is the survivor) is neither told nor "
     "disconnected: its monitor never fires (a silent hole)")

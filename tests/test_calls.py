@@ -64,7 +64,7 @@ def test_cal_timeout_calls_cb_without_args():
     reply = cal(silent, "q", cb=col, timeout=0.05)
     assert col.wait_one() == ()
     assert time.monotonic() - t0 >= 0.04
-    assert kernel._lookup(reply) is None  # the reply port is gone
+    assert kernel.lookup_port(reply) is None  # the reply port is gone
     snd(reply, "late", "answer")  # a late reply does nothing
     flush()
     assert col.items == [()]
@@ -91,9 +91,9 @@ def test_cal_without_timeout_monitors_callee():
     base = len(kernel._ports)
     callee = port(lambda *m: None)
     reply = cal(callee, "q", cb=col)
-    assert kernel._lookup(reply) is not None
+    assert kernel.lookup_port(reply) is not None
     kil(callee, "gone")
-    wait_until(lambda: kernel._lookup(reply) is None, what="reply port to die with the callee")
+    wait_until(lambda: kernel.lookup_port(reply) is None, what="reply port to die with the callee")
     flush()
     assert col.items == []
     assert len(kernel._ports) == base
@@ -119,7 +119,7 @@ def test_cal_without_timeout_leaves_no_monitor_on_callee():
         cal(srv, "add", i, 0, cb=col)
     col.wait(100)
     flush()
-    assert not kernel._lookup(srv).monitors
+    assert not kernel.lookup_port(srv).monitors
     kil(srv)
 
 

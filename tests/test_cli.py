@@ -506,7 +506,7 @@ def test_mon_prints_the_reason(net):
         peer.exec("""
 from aemp_green import kernel
 for _ in range(500):
-    p = kernel._lookup(victim)
+    p = kernel.lookup_port(victim)
     if p is not None and p.monitors:
         break
     gevent.sleep(0.01)

@@ -79,7 +79,7 @@ def test_pywsgi_app_uses_ports_without_taking_over_the_hub():
     assert answers == [(200, {"result": "TEXT%d" % i}) for i in range(10)]
     assert {"text%d" % i for i in range(10)} <= set(seen)
     assert flow["n"] > 0 and seen.count("tick") == flow["n"]
-    assert kernel._get_hub() is gevent.get_hub()
+    assert kernel.bound_hub() is gevent.get_hub()
     assert getcurrent() is main
 
 

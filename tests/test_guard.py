@@ -169,4 +169,4 @@ def test_monitor_set_up_in_def_handler_keeps_monitoring():
     kil(target, "down")
     assert col.wait_one() == ("down",)
     kil(watcher)
-    assert kernel._lookup(watcher) is None
+    assert kernel.lookup_port(watcher) is None

@@ -30,7 +30,7 @@ def test_node_id_charset():
     """API.md: "A node ID is a string of `[A-Za-z0-9_\\-.:/]`"."""
     assert NODE_CHARS.fullmatch(NODE())
     with pytest.raises(ValueError):
-        kernel._set_node_id("bad#id")
+        kernel.set_node_id("bad#id")
     assert NODE_CHARS.fullmatch(NODE())
 
 
@@ -89,7 +89,7 @@ def test_port_names_never_reused():
         seen.add(p)
         kil(p)
     assert len(seen) == 10_000
-    assert all(kernel._lookup(p) is None for p in seen)
+    assert all(kernel.lookup_port(p) is None for p in seen)
 
 
 def test_node_of():
@@ -256,7 +256,7 @@ def test_self_in_fresh_greenlet_after_receive():
     me, got = run_in_greenlet(body)
     assert got == [42]
     assert port_is_local(me)
-    wait_until(lambda: kernel._lookup(me) is None, what="adopted port to end with its greenlet")
+    wait_until(lambda: kernel.lookup_port(me) is None, what="adopted port to end with its greenlet")
 
 
 def test_self_in_run_in_port_helper_is_isolated():

@@ -42,7 +42,7 @@ def test_mon_rcvport_killed_with_same_reason():
     mon(r, col)
     kil(p, "crash", 2)
     assert col.wait_one() == ("crash", 2)
-    assert kernel._lookup(r) is None
+    assert kernel.lookup_port(r) is None
 
 
 def test_mon_rcvport_not_killed_on_normal_exit():
@@ -56,7 +56,7 @@ def test_mon_rcvport_not_killed_on_normal_exit():
     kil(p)
     assert sentinel.wait_one() == ()
     flush()
-    assert kernel._lookup(r) is not None
+    assert kernel.lookup_port(r) is not None
     kil(r)
 
 
@@ -415,7 +415,7 @@ def test_mon_guard_cancelled_guard_releases():
     g.cancel()
     gc.collect()
     assert w() is None
-    assert kernel._lookup(p) is not None
+    assert kernel.lookup_port(p) is not None
     kil(p)
 
 
@@ -457,27 +457,27 @@ def test_spawn_by_name_unknown_function_kills_port():
     mon(pid, col)
     reason = col.wait_one()
     assert reason[0] in ("die", "no_such_port"), reason
-    assert kernel._lookup(pid) is None
+    assert kernel.lookup_port(pid) is None
 
 
 @pytest.fixture
 def secure_node():
     """Temporarily mark this node `secure` (restored afterwards)."""
     old = kernel._secure
-    kernel._set_secure(True)
+    kernel.set_secure(True)
     try:
         yield
     finally:
-        kernel._set_secure(old)
+        kernel.set_secure(old)
 
 
 def test_spawn_request_refused_on_secure_node(secure_node, caplog):
     """API.md: "Refused on nodes configured `secure`." -- a spawn request from another node."""
     before = len(spawned_log)
-    name = "securetest" + kernel._base62(12345)
+    name = "securetest" + kernel.base62(12345)
     kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target"])
     flush()
-    assert kernel._local_by_name(name) is None
+    assert kernel.local_port_by_name(name) is None
     assert spawned_log[before:] == []
     assert any("secure" in r.getMessage() for r in caplog.records)
 
@@ -486,7 +486,7 @@ def test_spawn_request_accepted_when_not_secure():
     """API.md: "`spawn(node, "pkg.module.func", *args)` creates a port on another node" -- the
     node-port request a remote node sends (the counterpart of the secure test)."""
     before = len(spawned_log)
-    name = "reqtest" + kernel._base62(54321)
+    name = "reqtest" + kernel.base62(54321)
     kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target",
                                        7])
     wait_until(lambda: len(spawned_log) > before)

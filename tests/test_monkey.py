@@ -66,7 +66,7 @@ def test_patch_all_binds_the_node_to_the_main_hub_and_blocking_code_cooperates()
             t.start()
         for t in threads:
             t.join(10)
-        print(json.dumps([first, kernel._get_hub() is hub, hub is gevent.get_hub(),
+        print(json.dumps([first, kernel.bound_hub() is hub, hub is gevent.get_hub(),
                           sorted(r[1] for r in results),
                           isinstance(threading.current_thread(), threading._MainThread)]))
     """)

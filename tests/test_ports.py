@@ -33,7 +33,7 @@ def test_snd_never_raises_for_unknown_or_dead_ports():
     snd("no-such-node/abc#def", "x", 1)
     snd("no-such-node/abc", "x", 1)
     g = spawn(lambda: None)
-    wait_until(lambda: kernel._lookup(g) is None)
+    wait_until(lambda: kernel.lookup_port(g) is None)
     snd(g, "to", "dead greenlet port")
 
 
@@ -90,11 +90,11 @@ def test_port_without_handler_dies_on_first_message():
     """API.md: "A message that no handler matches kills the port with reason
     `("unhandled_message", "no callback found for message '<tag>'")`"."""
     p = port()
-    assert kernel._lookup(p) is not None
+    assert kernel.lookup_port(p) is not None
     w = watch(p)
     snd(p, "hello", 1)
     assert w.wait_one() == ("unhandled_message", "no callback found for message 'hello'")
-    assert kernel._lookup(p) is None
+    assert kernel.lookup_port(p) is None
 
 
 def test_port_catch_all_gets_whole_message():
@@ -208,7 +208,7 @@ def test_kil_normal_gives_monitors_no_args():
     w = watch(p)
     kil(p)
     assert w.wait_one() == ()
-    assert kernel._lookup(p) is None
+    assert kernel.lookup_port(p) is None
 
 
 def test_kil_with_reason():
@@ -252,7 +252,7 @@ def test_greenlet_port_return_kills_normally():
     g = spawn(lambda: None)
     w = watch(g)
     assert w.wait_one() == ()
-    assert kernel._lookup(g) is None
+    assert kernel.lookup_port(g) is None
 
 
 def test_greenlet_port_raise_kills_with_die():
@@ -330,7 +330,7 @@ def test_spawned_function_setting_rcv_lives_on_as_callback_port():
     g = spawn(body)
     w = watch(g)
     flush()
-    assert kernel._lookup(g) is not None
+    assert kernel.lookup_port(g) is not None
     snd(g, "ping", 1)
     snd(g, "ping", 2)
     assert col.wait(2) == [("ping", 1, g), ("ping", 2, g)]

@@ -141,7 +141,7 @@ def test_main_greenlet_can_receive():
     with pytest.raises(Timeout):
         receive("nothing-for-main", timeout=0)
     me = SELF()
-    assert port_is_local(me) and kernel._lookup(me) is not None
+    assert port_is_local(me) and kernel.lookup_port(me) is not None
     helper = spawn(lambda: snd(me, "from", SELF()))
     assert receive("from", timeout=5) == [helper]
     assert SELF() == me
@@ -163,7 +163,7 @@ def test_plain_greenlet_receive_and_port_ends_with_it():
     (me,) = col.wait_one()
     snd(me, "reply", "ok")
     assert g.get(timeout=5) == ["ok"]
-    wait_until(lambda: kernel._lookup(me) is None)
+    wait_until(lambda: kernel.lookup_port(me) is None)
 
 
 def test_receive_in_callback_handler_is_refused():
@@ -223,6 +223,6 @@ def test_many_greenlets_receive_independently():
     for i, g in enumerate(ports):
         snd(g, "v", i * 10)
     assert sorted(col.wait(200)) == [(i, i * 10) for i in range(200)]
-    wait_until(lambda: all(kernel._lookup(g) is None for g in ports))
+    wait_until(lambda: all(kernel.lookup_port(g) is None for g in ports))
     for g in ports:
         kil(g)

@@ -113,7 +113,7 @@ def test_restart_limit_kills_the_supervisor_with_reason(sups):
     assert b_died.wait_one() in (("shutdown",),
                                  ("no_such_port", "cannot monitor nonexistent port",
                                   log.current()["b"]))
-    assert not aemp_green.kernel._lookup(log.current()["b"])
+    assert not aemp_green.kernel.lookup_port(log.current()["b"])
 
 
 def test_restarts_outside_the_period_do_not_add_up(sups, monkeypatch):
@@ -127,7 +127,7 @@ def test_restarts_outside_the_period_do_not_add_up(sups, monkeypatch):
         kil(log.current()["a"], "crash")
         log.wait(2 + i)
         now[0] += 6  # each restart is older than the period when the next one comes
-    assert aemp_green.kernel._lookup(sup) is not None  # still alive
+    assert aemp_green.kernel.lookup_port(sup) is not None  # still alive
 
 
 def test_restart_types(sups):

@@ -48,7 +48,7 @@ def test_plain_thread_gets_a_clear_error_and_nothing_changes(collector):
     port, call, ... gets RuntimeError naming the function and both threads and saying what to
     do instead; the port table, the ID counter and the scheduler queues are untouched, and the
     main thread's ports keep working."""
-    kernel._get_hub()  # the pytest process's kernel lives on the main thread's hub
+    kernel.bound_hub()  # the pytest process's kernel lives on the main thread's hub
     assert kernel._hub.thread_ident == threading.main_thread().ident
     target = collector.port()
     echo = port(lambda tag, reply: snd(reply, "echoed", tag))
@@ -96,7 +96,7 @@ def test_plain_thread_gets_a_clear_error_and_nothing_changes(collector):
     # nothing was changed by the refused calls
     assert kernel._ports == ports_before and kernel._next_id == next_id
     assert not kernel._queue and not kernel._ready and not kernel._draining
-    assert kernel._lookup(target).handlers is None and kernel._lookup(target).monitors is None
+    assert kernel.lookup_port(target).handlers is None and kernel.lookup_port(target).monitors is None
     # ... and the main thread's ports still work
     snd(target, "after")
     assert collector.wait(2) == [("before",), ("after",)]
@@ -112,7 +112,7 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
     database, the pending requests, the watchers and the node's links stay as they were."""
     from aemp_green import global_, node
 
-    kernel._get_hub()
+    kernel.bound_hub()
     target = collector.port()
     local_db = {f: dict(d) for f, d in global_._local_db.items()}
     state = (dict(global_._pending), global_._req_id, dict(global_._mon_cbs),
@@ -141,7 +141,7 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
     assert {f: dict(d) for f, d in global_._local_db.items()} == local_db
     assert (dict(global_._pending), global_._req_id, dict(global_._mon_cbs),
             list(node._node_watchers), list(node._listeners), dict(node._nodes)) == state
-    assert kernel._lookup(target).monitors is None  # db_reg added no monitor
+    assert kernel.lookup_port(target).monitors is None  # db_reg added no monitor
     kil(target)
 
 
@@ -158,14 +158,14 @@ def test_foreign_snd_to_a_waiting_greenlet_port_is_refused_but_not_lost(collecto
     """A greenlet port blocked in receive hands its message to the wake-up before the kernel
     can check the thread: the kernel finishes that wake-up safely in the hub thread (the port
     gets the message, once) and still raises in the foreign thread."""
-    kernel._get_hub()
+    kernel.bound_hub()
 
     def worker():
         collector("got", *receive("job", timeout=10))
 
     w = spawn(worker)
     flush()  # the worker is blocked in receive("job"), no wake-up pending
-    assert kernel._lookup(w).waiting == "job" and not kernel._ready_scheduled
+    assert kernel.lookup_port(w).waiting == "job" and not kernel._ready_scheduled
     exc = _in_thread(lambda: snd(w, "job", 1))
     assert isinstance(exc, RuntimeError), exc
     assert "aemp_green.snd() called from thread 'intruder'" in str(exc)
@@ -181,7 +181,7 @@ def test_hub_thread_greenlets_pass_and_the_dispatch_cache_is_per_thread(collecto
     a foreign thread right after the main greenlet's send is still refused."""
     import gevent
 
-    kernel._get_hub()
+    kernel.bound_hub()
     target = collector.port()
     gevent.joinall([gevent.spawn(snd, target, i) for i in range(20)], raise_error=True)
     snd(target, "main")  # the cached greenlet is the main one now
