@@ -220,7 +220,7 @@ def _on_accept(est, sock, trailing):
         _answer(sock, "error %s" % (exc,))
         return
     funcname, initdata = header
-    if _k._secure:
+    if _k.secure_mode:
         logger.warning("secure node: refused dataconn %s init %r from %s", dcid, funcname, peer)
         _answer(sock, "error secure node refuses init functions")
         return
@@ -423,7 +423,7 @@ def connect_to(node, init, *initdata, timeout=None, cb=None):
         connect_to("worker/1", "myapp.files.receive", "x.tar", cb=lambda s: s.sendall(b"..."))
     """
     nodeid = _k.node_of(node)
-    local = nodeid == _k._NODE
+    local = nodeid == _k.this_node
     init = _init_name(init, local)
     header = None if local else _header(init, initdata)  # bad initdata raises here
     if timeout is None:
@@ -452,7 +452,7 @@ def connect_to(node, init, *initdata, timeout=None, cb=None):
             return
         if owner is None:
             cb(sock)
-        elif owner.monitors is _k._DEAD:
+        elif owner.monitors is _k.DEAD:
             _close(sock)
         else:
             _ports.peval(owner.id, cb, sock)

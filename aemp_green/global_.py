@@ -99,7 +99,7 @@ def master():
 
         print(master())
     """
-    return _k._NODE if _global else _master
+    return _k.this_node if _global else _master
 
 
 def _net():
@@ -107,9 +107,9 @@ def _net():
 
 
 def _send(nodeid, *frame):
-    if nodeid == _k._NODE:
+    if nodeid == _k.this_node:
         return
-    _k._net.send(nodeid, ("",) + frame)
+    _k.network.send(nodeid, ("",) + frame)
 
 
 # ---------------------------------------------------------------- settings and bad input
@@ -285,9 +285,9 @@ def configured(cfg):
     for name in _LIMIT_NAMES:
         if cfg.get(name) is not None:
             _limits[name] = cfg[name]
-    _local_db.setdefault("'l", {})[_k._NODE] = _net().listener_addresses()
+    _local_db.setdefault("'l", {})[_k.this_node] = _net().listener_addresses()
     if _global:
-        _src_replace(_k._NODE, _local_db, admit=False)
+        _src_replace(_k.this_node, _local_db, admit=False)
 
 
 def become_global():
@@ -297,10 +297,10 @@ def become_global():
     _global = True
     _master = None
     _parts.clear()
-    logger.info("%s is now a global node", _k._NODE)
-    _local_db.setdefault("'g", {})[_k._NODE] = None
-    _local_db.setdefault("'l", {})[_k._NODE] = _net().listener_addresses()
-    _src_replace(_k._NODE, _local_db, admit=False)
+    logger.info("%s is now a global node", _k.this_node)
+    _local_db.setdefault("'g", {})[_k.this_node] = None
+    _local_db.setdefault("'l", {})[_k.this_node] = _net().listener_addresses()
+    _src_replace(_k.this_node, _local_db, admit=False)
     for nodeid in _net().up_nodes():
         _send(nodeid, "g_global")
     # our own pending requests are answered locally from now on
@@ -559,7 +559,7 @@ def _apply(src, family, set_=None, dels=None, stamps=None):
     now = time.time()
     if set_:
         too_late = now + _lim("db_stamp_skew")
-        max_keys = _lim("db_max_keys") if src != _k._NODE else None
+        max_keys = _lim("db_max_keys") if src != _k.this_node else None
         for key, value in set_.items():
             fam = _all.get(family)
             ent = fam.get(key) if fam else None
@@ -630,7 +630,7 @@ def _apply(src, family, set_=None, dels=None, stamps=None):
         if family == "'g":
             for nodeid in chg_set:
                 # keep the global mesh connected, with the global nodes we can reach
-                if nodeid != _k._NODE and not _net().node_is_up(nodeid) and (
+                if nodeid != _k.this_node and not _net().node_is_up(nodeid) and (
                         _win("'l", nodeid) is not None or _addr_ok(nodeid)):
                     _send(nodeid, "g_global")
     if up_set or up_del:
@@ -1171,7 +1171,7 @@ def _check_value(value):
 
 def _local_update(family, set_=None, dels=None):
     if _global:
-        _apply(_k._NODE, family, set_, dels)
+        _apply(_k.this_node, family, set_, dels)
     elif _master is not None:
         _send(_master, "g_upd", family, set_ or None, dels or None)
 

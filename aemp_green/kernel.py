@@ -65,7 +65,7 @@ def _runiq(n=10):
 
 # --------------------------------------------------------------------------- identity
 
-_NODE = "anon/" + _runiq()
+this_node = "anon/" + _runiq()
 #: prefix of local port names: random per process, so names never repeat across restarts of a
 #: node with a fixed ID (a stale port ID from the previous incarnation never reaches a new port).
 _UNIQ = _runiq(6)
@@ -83,7 +83,7 @@ def NODE():
         >>> NODE().startswith("anon/")
         True
     """
-    return _NODE
+    return this_node
 
 
 node_id = NODE
@@ -91,17 +91,17 @@ node_id = NODE
 
 def set_node_id(nodeid):
     """Change this node's ID (``configure``); every local port's ID changes with it, as in AEMP."""
-    global _NODE
+    global this_node
     check_thread()  # configure(): before it changes anything
     if "#" in nodeid:
         raise ValueError("node ID must not contain '#': %r" % (nodeid,))
-    _NODE = nodeid
-    ports = [p for p in _ports.values() if p is not _node_port]
-    _ports.clear()
+    this_node = nodeid
+    ports = [p for p in port_table.values() if p is not _node_port]
+    port_table.clear()
     for p in ports:
         p.id = nodeid + "#" + p.name
-        _ports[p.id] = p
-    _ports[nodeid] = _ports[nodeid + "#"] = _node_port
+        port_table[p.id] = p
+    port_table[nodeid] = port_table[nodeid + "#"] = _node_port
 
 
 def _new_name():
@@ -117,7 +117,7 @@ def new_port_id():
     if _hub is not None and _os_thread_ident() != _hub_ident:  # port, spawn, call, receive
         raise _foreign_thread_error()
     _next_id += 1
-    return _NODE + "#" + _UNIQ + base62(_next_id)
+    return this_node + "#" + _UNIQ + base62(_next_id)
 
 
 def new_spawn_name():
@@ -156,17 +156,17 @@ def port_is_local(port):
         >>> port_is_local(NODE() + "#x")
         True
     """
-    return port.partition("#")[0] == _NODE
+    return port.partition("#")[0] == this_node
 
 
 def port_id(name):
     """The full port ID of a local port name."""
-    return _NODE + "#" + name
+    return this_node + "#" + name
 
 
 # --------------------------------------------------------------------------- port table
 
-_ports = {}  # full port ID -> port object (the node port under "<node>" and "<node>#")
+port_table = {}  # full port ID -> port object (the node port under "<node>" and "<node>#")
 _hub = None
 
 
@@ -272,14 +272,14 @@ def _api_name(frame):
 
 
 def register_port(p):
-    _ports[p.id] = p
+    port_table[p.id] = p
 
 
 def lookup_port(port):
     """The local port object for a port ID, or None (also for remote IDs and the node port)."""
     if _hub is not None and _os_thread_ident() != _hub_ident:  # rcv, peval, mon
         raise _foreign_thread_error()
-    p = _ports.get(port)
+    p = port_table.get(port)
     return None if p is _node_port else p
 
 
@@ -287,7 +287,7 @@ def local_port_by_name(name):
     """The local port called ``name`` (as remote frames and node requests name it), or None."""
     if not name:
         return None
-    return _ports.get(_NODE + "#" + name)
+    return port_table.get(this_node + "#" + name)
 
 
 # --------------------------------------------------------------------------- SELF context
@@ -306,7 +306,7 @@ def _set_self(port):
 
 # --------------------------------------------------------------------------- trampoline
 
-_queue: deque[Any] = deque()
+dispatch_queue: deque[Any] = deque()
 _draining: set[Any] = set()
 _drain_scheduled = False
 
@@ -316,8 +316,8 @@ def dispatch(p, msg):
     cur = getcurrent()
     if cur is not _hub_glet and _hub is not None:  # the thread check, before any change
         _check_greenlet(cur)
-    if _queue or cur in _draining:
-        _queue.append((p, msg))
+    if dispatch_queue or cur in _draining:
+        dispatch_queue.append((p, msg))
         if cur in _draining:  # a handler is running in this greenlet: the loop below takes it
             return
         p = None  # something older waits (its drainer is blocked): keep FIFO, drain here
@@ -326,13 +326,13 @@ def dispatch(p, msg):
     try:
         if p is not None:
             p._run(msg, cur)
-        while _queue:
-            p, msg = _queue.popleft()
+        while dispatch_queue:
+            p, msg = dispatch_queue.popleft()
             p._run(msg, cur)
     finally:
         cur.aemp_self = prev
         _draining.discard(cur)
-        if _queue and not _draining:
+        if dispatch_queue and not _draining:
             schedule_drain()
 
 
@@ -381,7 +381,7 @@ def schedule_drain():
 def _spawn_drainer():
     global _drain_scheduled
     _drain_scheduled = False
-    if _queue:
+    if dispatch_queue:
         spawn_raw(_drain_only)
 
 
@@ -399,7 +399,7 @@ _noop = _NoOp()
 
 
 def _drain_only():
-    if _queue and getcurrent() not in _draining:
+    if dispatch_queue and getcurrent() not in _draining:
         dispatch(_noop, ())
 
 
@@ -488,12 +488,12 @@ class _NoNetwork:
         pass
 
 
-_net = _NoNetwork()
+network = _NoNetwork()
 
 
 def set_network(net):
-    global _net
-    _net = net
+    global network
+    network = net
 
 
 # --------------------------------------------------------------------------- snd / kil
@@ -511,17 +511,17 @@ def snd(port, *msg):
         p = port(lambda *msg: print("got", msg))
         snd(p, "hello", 1, [2, 3])
     """
-    p = _ports.get(port)
+    p = port_table.get(port)
     if p is not None:
         if _check_local and not getattr(getcurrent(), "aemp_local_only", False):
             _check_wire(port, msg)
         p._deliver(msg)
         return
     node, _, name = port.partition("#")
-    if node != _NODE:
+    if node != this_node:
         if _hub is not None and _os_thread_ident() != _hub_ident:
             raise _foreign_thread_error()
-        _net.send(node, (name,) + msg)
+        network.send(node, (name,) + msg)
 
 
 _check_local = False
@@ -591,7 +591,7 @@ def deliver_remote(from_node, frame):
                     "dropped", from_node, esc(name))
         return
     if name:
-        p = _ports.get(_NODE + "#" + name)
+        p = port_table.get(this_node + "#" + name)
         if p is not None:
             p._deliver(frame[1:])
     else:
@@ -610,28 +610,28 @@ def kil(port, *reason):
     """
     if _hub is not None and _os_thread_ident() != _hub_ident:
         raise _foreign_thread_error()
-    p = _ports.get(port)
+    p = port_table.get(port)
     if p is not None and p is not _node_port:
         kill_local(p, reason)
         return
     node, _, name = port.partition("#")
     if not name:
         raise ValueError("cannot kill a node port: %r" % (port,))
-    if node != _NODE:
-        _net.kill(node, name, reason)
+    if node != this_node:
+        network.kill(node, name, reason)
 
 
-_DEAD = False  # value of port.monitors once the port is dead
+DEAD = False  # value of port.monitors once the port is dead
 
 
 def kill_local(p, reason):
     """Remove ``p`` from the table, schedule its monitors, stop its code. Idempotent."""
     mons = p.monitors
-    if mons is _DEAD:
+    if mons is DEAD:
         return
-    p.monitors = _DEAD
-    if _ports.get(p.id) is p:
-        del _ports[p.id]
+    p.monitors = DEAD
+    if port_table.get(p.id) is p:
+        del port_table[p.id]
     reason = tuple(reason)
     if mons:
         spawn_raw(fire_monitors, mons, reason)
@@ -699,11 +699,11 @@ def add_monitor(port, action):
     """
     node, _, name = port.partition("#")
     m = _MonitorAction(action)
-    if node == _NODE:
+    if node == this_node:
         if not name:  # our own node port never dies
             return lambda: setattr(m, "action", None)
         p = lookup_port(port)
-        if p is None or p.monitors is _DEAD:
+        if p is None or p.monitors is DEAD:
             spawn_raw(m, "no_such_port", "cannot monitor nonexistent port", port)
             return lambda: setattr(m, "action", None)
         if p.monitors is None:
@@ -722,11 +722,11 @@ def add_monitor(port, action):
 
         return undo
     check_thread()  # (the local branch checked in lookup_port)
-    _net.monitor(node, name, m)
+    network.monitor(node, name, m)
 
     def undo_remote():
         m.action = None
-        _net.unmonitor(node, name, m)
+        network.unmonitor(node, name, m)
 
     return undo_remote
 
@@ -797,7 +797,7 @@ def after(seconds, target, *msg):
 # --------------------------------------------------------------------------- node port
 
 _NODE_REQ: dict[Any, Any] = {}
-_secure = False
+secure_mode = False
 _allow_trace = False
 _max_forward_depth = 8  # setting max_forward_depth (configure sets it)
 _CODE = 1  # request kinds refused by a secure node (the second item of a _NODE_REQ entry)
@@ -820,8 +820,8 @@ def register_node_request(tag, fn, *, code=False, trace=False):
 
 
 def set_secure(flag, allow_trace=False):
-    global _secure, _allow_trace
-    _secure = bool(flag)
+    global secure_mode, _allow_trace
+    secure_mode = bool(flag)
     _allow_trace = bool(allow_trace)
 
 
@@ -837,7 +837,7 @@ class _NodePort:
 
     __slots__ = ()
     name = ""
-    id = property(lambda self: _NODE + "#")
+    id = property(lambda self: this_node + "#")
 
     @property
     def monitors(self):
@@ -849,14 +849,14 @@ class _NodePort:
 
     def _deliver(self, msg):
         check_thread()  # snd to this node's node port
-        node_request(_NODE, msg)  # (inside a request: queued as that request's origin)
+        node_request(this_node, msg)  # (inside a request: queued as that request's origin)
 
     def _terminate(self, reason):  # pragma: no cover
         raise ValueError("the node port cannot die")
 
 
 _node_port = _NodePort()
-_ports[_NODE] = _ports[_NODE + "#"] = _node_port
+port_table[this_node] = port_table[this_node + "#"] = _node_port
 
 
 def node_request(from_node, msg):
@@ -881,7 +881,7 @@ def node_request(from_node, msg):
     cur = getcurrent()
     if _req_glet is cur:  # nested: a handler sent to our node port (see above)
         st = _req_state
-        if from_node == _NODE:
+        if from_node == this_node:
             from_node = st[0]
         depth = st[1] + 1
         if depth > _max_forward_depth:
@@ -940,7 +940,7 @@ def _node_request1(from_node, msg):
     try:
         if entry is not None:
             fn, kind = entry
-            if kind and _secure and (kind == _CODE or not _allow_trace):
+            if kind and secure_mode and (kind == _CODE or not _allow_trace):
                 _rl.warning((from_node, "secure"), "secure node: refused %s request from %s%s",
                             esc(tag), from_node,
                             "" if kind == _CODE else " (setting allow_trace)")
@@ -949,7 +949,7 @@ def _node_request1(from_node, msg):
         elif tag:
             _call_function(from_node, tag, msg[1:])
     except Exception as exc:
-        if from_node == _NODE:  # our own code asked: a bug here, worth a traceback
+        if from_node == this_node:  # our own code asked: a bug here, worth a traceback
             logger.exception("error processing node message %r from %s", tag, from_node)
             return
         # a peer's bad request: one line, no traceback (unless debugging)
@@ -990,7 +990,7 @@ def resolve_function(name):
 
 
 def _call_function(from_node, name, args):
-    if _secure:
+    if secure_mode:
         _rl.warning((from_node, "secure"), "secure node: refused function call %s from %s",
                     esc(name), from_node)
         return
@@ -1036,10 +1036,10 @@ def _req_mon1(from_node, portid, *_):
     if not name:  # the node port: it lives as long as the connection, which the peer watches
         return
     p = local_port_by_name(name)
-    if p is None or p.monitors is _DEAD:
+    if p is None or p.monitors is DEAD:
         reason = _obituaries.pop(name, None)
         _reply_kil0(from_node, name, reason or ("no_such_port", "cannot monitor nonexistent port",
-                                                _NODE + "#" + name))
+                                                this_node + "#" + name))
         return
     mons = _remote_monitors.get(from_node)
     if mons is None:
@@ -1063,9 +1063,9 @@ def _req_mon1(from_node, portid, *_):
 
 
 def _reply_kil0(to_node, name, reason):
-    if to_node == _NODE:
+    if to_node == this_node:
         return
-    _net.send(to_node, ("", "kil0", name) + tuple(reason))
+    network.send(to_node, ("", "kil0", name) + tuple(reason))
 
 
 def _req_mon0(from_node, portid, *_):
@@ -1099,7 +1099,7 @@ def forget_node_monitors(nodeid):
 
 
 def _req_kil0(from_node, portname, *reason):
-    _net.port_died(from_node, portname, reason)
+    network.port_died(from_node, portname, reason)
 
 
 def _req_kil1(from_node, portname, *reason):

@@ -702,7 +702,7 @@ def _node_for_relay(nodeid):
     if len(_nodes) >= _max_nodes():
         _make_room()
         origin = _k.request_origin()
-        if len(_nodes) >= _max_nodes() and origin is not None and origin != _k._NODE:
+        if len(_nodes) >= _max_nodes() and origin is not None and origin != _k.this_node:
             _rl.warning((origin, "max_nodes"), "request from %s for unknown node %s dropped: "
                         "%d nodes known (max_nodes)", origin, esc(nodeid), len(_nodes))
             return None
@@ -724,11 +724,11 @@ def _relay_chain(frame):
     bounds the chain at its first hop.
     """
     origin = _k.request_origin()
-    if origin is None or origin == _k._NODE:
+    if origin is None or origin == _k.this_node:
         return False  # our own code sends what it wants
     limit = int(_cfg.get("max_forward_depth") or 8)
     hops = 0
-    me = _k._NODE
+    me = _k.this_node
     for x in frame:  # node ports: "node#", or a bare node ID (of a node we could send to)
         if x.__class__ is str and ((x.endswith("#") and len(x) > 1) or x in _nodes or x == me):
             hops += 1
@@ -760,7 +760,7 @@ class _Net:
     def send(self, nodeid, frame):
         if _tracers:
             _trace("SND", nodeid, frame)
-        if nodeid == _k._NODE:
+        if nodeid == _k.this_node:
             _k.deliver_remote(nodeid, frame)
             return
         if frame and frame[0] == "" and len(frame) > _RELAY_SCAN_MIN and _relay_chain(frame):
@@ -927,7 +927,7 @@ def _start_link(sock, est, trailing, outgoing):
                           keepalive=float(_cfg["monitor_timeout"]) if _cfg.get("keepalive", True)
                           else None,
                           # the peer answers ["", "", <time>] to our node port: a no-op
-                          probe=("", "time", _k._NODE + "#", ""),
+                          probe=("", "time", _k.this_node + "#", ""),
                           group=get_node(est.peer_nodeid).liveness,
                           # a Perl string has no bytes/text distinction: its byte strings are text
                           text_bytes=bool(_cfg.get("perl_bytes_as_text", True))
@@ -970,7 +970,7 @@ def _connector_handshake(sock, protocol="aemp", extra=None):
     """The handshake for a connection we dialled: ``peeraddr`` is the numeric address we reached
     (the acceptor checks it names itself) and the acceptor must see us at our own address."""
     peer = sock.getpeername()
-    return transport.make_handshake(_cfg, _k._NODE, transport.bind_string(peer[0], peer[1]),
+    return transport.make_handshake(_cfg, _k.this_node, transport.bind_string(peer[0], peer[1]),
                                     protocol=protocol, extra=extra, role="connect",
                                     check=_check_for(sock.getsockname(), ()))
 
@@ -1066,7 +1066,7 @@ def _accept(sock, addr):
     raw = sock
     # a connector must name the address it dialled: this connection's local address, one of the
     # configured binds (a host name as written there) or a public_addresses entry
-    hs = transport.make_handshake(_cfg, _k._NODE, peeraddr, role="accept",
+    hs = transport.make_handshake(_cfg, _k.this_node, peeraddr, role="accept",
                                   check=_check_for(sock.getsockname(), _named_binds()))
     _pending_handshakes[raw] = (source, hs)
     try:
@@ -1233,7 +1233,7 @@ def configure(profile=None, **kv):
         except (OSError, ValueError) as exc:
             raise ConfigError("cert: not a usable PEM with key, certificate and CA certificates "
                               "(%s)" % (exc,)) from None
-    before = (_k._NODE, _k._secure, _cfg, _tls)
+    before = (_k.this_node, _k.secure_mode, _cfg, _tls)
     _tls = tls
     _k.set_node_id(nodeid)
     _k.set_secure(cfg.get("secure"), cfg.get("allow_trace"))
@@ -1320,7 +1320,7 @@ def run_forever(signals=None):
     finally:
         for w in watchers:
             w.cancel()
-    logger.info("node %s stopping on signal %s", _k._NODE, signum)
+    logger.info("node %s stopping on signal %s", _k.this_node, signum)
     shutdown()
     return signum
 
@@ -1410,7 +1410,7 @@ def node_is_up(nodeid):
 
         if node_is_up("seed"): ...
     """
-    if nodeid == _k._NODE:
+    if nodeid == _k.this_node:
         return True
     n = _nodes.get(nodeid)
     if n is None:

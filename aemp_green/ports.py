@@ -1,6 +1,6 @@
 """Ports: callback ports (``port``/``rcv``), greenlet ports (``spawn``/``receive``), port context.
 
-Two kinds of port share one port table (``kernel._ports``) and are addressed, monitored and
+Two kinds of port share one port table (``kernel.port_table``) and are addressed, monitored and
 killed the same way:
 
 * A **callback port** is a small slotted object: a catch-all handler and/or a dict of tag
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 _dispatch = _k.dispatch
 _kill_local = _k.kill_local
-_DEAD = _k._DEAD
+_DEAD = _k.DEAD
 
 
 class _PortGreenlet(greenlet):
@@ -389,7 +389,7 @@ def port(cb=None):
         snd(p, "hello", 1)
     """
     pid = _k.new_port_id()
-    _k._ports[pid] = _CallbackPort(pid, cb)
+    _k.port_table[pid] = _CallbackPort(pid, cb)
     return pid
 
 
@@ -429,13 +429,13 @@ def rcv(port_, *args):
         keep = deque()
         for msg in p.mailbox:
             if _find_handler(p, msg)[0] is not None:
-                _k._queue.append((p, msg))
+                _k.dispatch_queue.append((p, msg))
             else:
                 keep.append(msg)
         p.mailbox = keep
         if p.limit is not None and p.limit.blocked:
             p.limit.wake()
-        if _k._queue:
+        if _k.dispatch_queue:
             _k.schedule_drain()
     return port_
 
@@ -484,10 +484,10 @@ def spawn(target, *args, mailbox_limit=None, on_full="block"):
     node = target.partition("#")[0]
     funcname, fargs = args[0], args[1:]
     name = _k.new_spawn_name()
-    if node == _k._NODE:
+    if node == _k.this_node:
         _spawn_named(node, name, funcname, *fargs)
     else:
-        _k._net.send(node, ("", "AnyEvent::MP::_spawn", name, funcname) + tuple(fargs))
+        _k.network.send(node, ("", "AnyEvent::MP::_spawn", name, funcname) + tuple(fargs))
     return node + "#" + name
 
 
@@ -496,13 +496,13 @@ def _spawn_named(from_node, name, funcname, *args):
     if not isinstance(name, str) or not name or _k.local_port_by_name(name) is not None:
         logger.warning("spawn request from %s with bad or used port name %r", from_node, name)
         return
-    pid = _k._NODE + "#" + name
+    pid = _k.this_node + "#" + name
     try:
         fn = _k.resolve_function(funcname)
     except (LookupError, AttributeError) as exc:
         logger.warning("spawn request from %s: cannot resolve %r: %s", from_node, funcname, exc)
         reason = ("die", "cannot resolve function %r on %s: %s"
-                  % (funcname, _k._NODE, exc if isinstance(exc, LookupError)
+                  % (funcname, _k.this_node, exc if isinstance(exc, LookupError)
                      else "%s: %s" % (type(exc).__name__, exc)))
         p = _GreenletPort(pid)
         _k.register_port(p)
@@ -714,7 +714,7 @@ def cal(port_, *msg, cb, timeout=None):
         cal(server, "add", 1, 2, cb=lambda result: print("1+2 =", result), timeout=5)
     """
     reply_id = _k.new_port_id()
-    reply = _k._ports[reply_id] = _CallbackPort(reply_id)
+    reply = _k.port_table[reply_id] = _CallbackPort(reply_id)
     timer = None
     undo_mon = None
 

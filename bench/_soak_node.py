@@ -296,7 +296,7 @@ def stats_loop(worker):
         extra = sum(len(n.extra_links) for n in _node._nodes.values())
         kv = dict(rss_kb=rss_kb(), greenlets=live, greenlets_with_garbage=with_garbage,
                   threadpool_greenlets=pool,
-                  ports=len(_kernel._ports), links=up, extra_links=extra)
+                  ports=len(_kernel.port_table), links=up, extra_links=extra)
         # "full": connected to every other node (and, for a worker, streaming to every other
         # worker): the steady state between restarts, which the stability check compares
         n_workers = int(CFG["workers"])

@@ -153,7 +153,7 @@ def collector():
 def port_count():
     """The size of the local port table now (compare after the test to catch leaks)."""
     flush()
-    return len(kernel._ports)
+    return len(kernel.port_table)
 
 
 # -------------------------------------------------------------------------- spawn-by-name targets
@@ -194,7 +194,7 @@ def _main_greenlet_leaves_its_port_behind():
     code run in that port. After each test, that port is killed (normal exit)."""
     yield
     p = getattr(getcurrent(), "aemp_self", None)
-    if p is not None and kernel._ports.get(p.id) is p:
+    if p is not None and kernel.port_table.get(p.id) is p:
         aemp_green.kil(p.id)
     getcurrent().aemp_self = None
 

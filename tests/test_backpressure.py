@@ -217,7 +217,7 @@ def test_mailbox_limit_kill(cluster):
     tag, text = src.expect("died", timeout=10)
     assert tag == "mailbox_full"
     assert "mailbox_limit 50" in text and w in text, text
-    assert t.ask("port_is_local(W) and W in aemp_green.kernel._ports") is False
+    assert t.ask("port_is_local(W) and W in aemp_green.kernel.port_table") is False
 
 
 def test_mailbox_limit_block_waits_and_loses_nothing(cluster):

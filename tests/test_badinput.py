@@ -415,7 +415,7 @@ def test_bad_messages_are_ignored_and_the_connection_stays(target, framing):
         peer.send_frame([pr, "post", 3])
         assert target.t.expect("R_got") == [repr(["post", 3])]
         assert target.t.ask("node_is_up('attacker')") is True
-        assert target.t.ask("PR in aemp_green.kernel._ports") is True
+        assert target.t.ask("PR in aemp_green.kernel.port_table") is True
         peer.send_frame([pr, "still", 4])
         assert target.t.expect("R_got") == [repr(["still", 4])]
     finally:

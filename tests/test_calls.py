@@ -88,7 +88,7 @@ def test_cal_without_timeout_monitors_callee():
     """API.md: "`cal(...)` ... with no timeout it monitors `port` instead." -- the callee dies:
     cb is never called and the reply port goes away (no leak in the port table)."""
     col = Collector()
-    base = len(kernel._ports)
+    base = len(kernel.port_table)
     callee = port(lambda *m: None)
     reply = cal(callee, "q", cb=col)
     assert kernel.lookup_port(reply) is not None
@@ -96,7 +96,7 @@ def test_cal_without_timeout_monitors_callee():
     wait_until(lambda: kernel.lookup_port(reply) is None, what="reply port to die with the callee")
     flush()
     assert col.items == []
-    assert len(kernel._ports) == base
+    assert len(kernel.port_table) == base
 
 
 def test_cal_without_timeout_reply_port_dies_with_callee_reason():
@@ -222,7 +222,7 @@ def test_no_ports_leak_after_calls():
     srv = adder()
     silent = port(lambda *m: None)
     flush()
-    base = len(kernel._ports)
+    base = len(kernel.port_table)
     col = Collector()
     for i in range(50):
         assert call(srv, "add", i, 1, timeout=5) == ["sum", i + 1]
@@ -241,7 +241,7 @@ def test_no_ports_leak_after_calls():
         kil(d, "dead")
     gevent.joinall(jobs, timeout=5)
     assert all(isinstance(j.exception, PortDied) for j in jobs)
-    wait_until(lambda: len(kernel._ports) == base,
-               what="port table back to %d (is %d)" % (base, len(kernel._ports)))
+    wait_until(lambda: len(kernel.port_table) == base,
+               what="port table back to %d (is %d)" % (base, len(kernel.port_table)))
     kil(srv)
     kil(silent)

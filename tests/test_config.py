@@ -648,7 +648,7 @@ _BAD_CONFIGURE = """
     from aemp_green import kernel, node
     from aemp_green.exceptions import ConfigError
     p = aemp_green.port()
-    obj = kernel._ports[p]
+    obj = kernel.port_table[p]
     anon = aemp_green.NODE()
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
@@ -663,12 +663,12 @@ _BAD_CONFIGURE = """
         except ConfigError as exc:
             out[name] = str(exc)
         # nothing changed: same anonymous ID, the port kept it, no listener left open
-        assert aemp_green.NODE() == anon and p in kernel._ports and p.startswith(anon + "#")
+        assert aemp_green.NODE() == anon and p in kernel.port_table and p.startswith(anon + "#")
         assert not node._listeners and not node._binds and not node._configured
     aemp_green.configure(norc=True, secret="s", nodeid="ok/", binds=["127.0.0.1:*"],
                          nodelay_typo=1)
     out["retry"] = [aemp_green.NODE(), node.listener_addresses(),  # the port got the new ID
-                    kernel._ports.get(aemp_green.NODE() + "#" + obj.name) is obj]
+                    kernel.port_table.get(aemp_green.NODE() + "#" + obj.name) is obj]
     out["busy_addr"] = busy_addr
     print("RESULT " + json.dumps(out))
 """

@@ -1,6 +1,6 @@
 """The global/database protocol (``g_*``) driven in-process against the Perl recordings.
 
-No ``configure()``, no sockets: the kernel's network (``kernel._net``) is replaced by a
+No ``configure()``, no sockets: the kernel's network (``kernel.network``) is replaced by a
 recorder (``FakeNet``) that keeps every frame our node sends (after a round trip through both
 real codecs, so everything sent is wire-able), ``aemp_green.node``'s ``listener_addresses``,
 ``up_nodes``, ``node_is_up`` and ``get_node`` are faked, and the state of ``global_`` is reset
@@ -105,7 +105,7 @@ class FakeLink:
 
 
 class FakeNet:
-    """Replaces ``kernel._net``: every frame sent is checked to encode in both framings and
+    """Replaces ``kernel.network``: every frame sent is checked to encode in both framings and
     recorded as the peer would decode it."""
 
     def __init__(self, monkeypatch):
@@ -115,7 +115,7 @@ class FakeNet:
         self.nodes = {}
         self.binds = []
 
-    # kernel._net interface
+    # kernel.network interface
     def send(self, nodeid, frame):
         enc_j, dec_j = framing.codec("json")
         enc_c, dec_c = framing.codec("cbor")
@@ -144,7 +144,7 @@ class FakeNet:
         return n
 
     def node_is_up(self, nodeid):
-        if nodeid == kernel._NODE:
+        if nodeid == kernel.this_node:
             return True
         return nodeid in self.up
 
@@ -154,7 +154,7 @@ class FakeNet:
     # test helpers
     def become(self, nodeid, binds, seeds=()):
         """Be node ``nodeid`` listening on ``binds`` with ``seeds`` configured."""
-        self.mp.setattr(kernel, "_NODE", nodeid)
+        self.mp.setattr(kernel, "this_node", nodeid)
         self.binds = list(binds)
         self.mp.setattr(_node, "_cfg", dict(_node._cfg, seeds=list(seeds)))
 
@@ -208,7 +208,7 @@ _CONSTANTS = {"_SUBPROTOCOLS", "_DB_QUERIES", "_MISSING", "_FAMILY", "_INT_MIN",
 def net(monkeypatch, caplog):
     """A fresh ``global_`` on a fake network; fails the test if a handler logged an error."""
     fake = FakeNet(monkeypatch)
-    monkeypatch.setattr(kernel, "_net", fake)
+    monkeypatch.setattr(kernel, "network", fake)
     for name, fresh in _FRESH_STATE.items():
         monkeypatch.setattr(global_, name, fresh())
     monkeypatch.setattr(_node, "listener_addresses", lambda: list(fake.binds))

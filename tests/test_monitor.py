@@ -463,7 +463,7 @@ def test_spawn_by_name_unknown_function_kills_port():
 @pytest.fixture
 def secure_node():
     """Temporarily mark this node `secure` (restored afterwards)."""
-    old = kernel._secure
+    old = kernel.secure_mode
     kernel.set_secure(True)
     try:
         yield

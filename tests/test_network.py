@@ -189,7 +189,7 @@ def test_remote_kil_with_reason(cluster):
     want = repr(("killed_by_b", "reason text ☠", 123))
     assert a.expect("A_mon") == [want]
     assert b.expect("B_mon") == [want]
-    assert a.ask("port_is_local(PA2) and PA2 in aemp_green.kernel._ports") is False
+    assert a.ask("port_is_local(PA2) and PA2 in aemp_green.kernel.port_table") is False
 
 
 def test_remote_monitor_of_nonexistent_port(cluster):
@@ -302,7 +302,7 @@ def test_remote_spawn_and_call(cluster):
     (wp,) = b.expect("whoami")
     assert b.expect("B_got") == [repr(["iam", wp])]
     # the echo server (a greenlet port) and the Perl-style port (a callback port) live on A
-    assert a.ask("[%r in aemp_green.kernel._ports, %r in aemp_green.kernel._ports]" % (sp, b.ask("CP"))) \
+    assert a.ask("[%r in aemp_green.kernel.port_table, %r in aemp_green.kernel.port_table]" % (sp, b.ask("CP"))) \
         == [True, True]
 
 

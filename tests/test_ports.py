@@ -237,7 +237,7 @@ def test_kil_node_port_is_an_error():
         kil(NODE() + "#")
     with pytest.raises(ValueError):
         kil(NODE() + "#", "reason")
-    assert kernel._ports.get(NODE()) is not None  # the node port still answers
+    assert kernel.port_table.get(NODE()) is not None  # the node port still answers
     col = Collector()
     p = col.port()
     snd(NODE(), "snd", p, "still", "alive")

@@ -54,7 +54,7 @@ def test_plain_thread_gets_a_clear_error_and_nothing_changes(collector):
     echo = port(lambda tag, reply: snd(reply, "echoed", tag))
     snd(target, "before")  # from the hub thread: fine
     collector.wait(1)
-    ports_before = dict(kernel._ports)
+    ports_before = dict(kernel.port_table)
     next_id = kernel._next_id
 
     attempts = {
@@ -94,8 +94,8 @@ def test_plain_thread_gets_a_clear_error_and_nothing_changes(collector):
         assert all(a in msg for a in _ADVICE), msg
 
     # nothing was changed by the refused calls
-    assert kernel._ports == ports_before and kernel._next_id == next_id
-    assert not kernel._queue and not kernel._ready and not kernel._draining
+    assert kernel.port_table == ports_before and kernel._next_id == next_id
+    assert not kernel.dispatch_queue and not kernel._ready and not kernel._draining
     assert kernel.lookup_port(target).handlers is None and kernel.lookup_port(target).monitors is None
     # ... and the main thread's ports still work
     snd(target, "after")
