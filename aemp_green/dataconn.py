@@ -203,7 +203,7 @@ def _on_accept(est, sock, trailing):
     peer = est.peer_nodeid
     dcid = (est.kv or {}).get("dataconn_id")
     try:
-        with gevent.Timeout(float(_node._cfg.get("monitor_timeout") or 30),
+        with gevent.Timeout(float(_node.setting("monitor_timeout") or 30),
                             RemoteProtocolError("header timeout")):
             line, rest = _read_line(sock, trailing, MAX_HEADER)
         if rest:
@@ -306,7 +306,7 @@ def _learn_addresses(nodeid, timeout):
     """A node that connected to us is up without us knowing its listeners (``dial_subprotocol``
     would then find no address): look them up in the ``'l`` family first."""
     n = _node.get_node(nodeid)
-    if n.addrs or not n.is_up or _node._explicit_address(nodeid):
+    if n.addrs or not n.is_up or _node.explicit_address(nodeid):
         return
     try:
         addrs = db_family("'l", timeout=timeout).get(nodeid)
@@ -325,7 +325,7 @@ def _dial_once(nodeid, header, deadline):
                                              timeout=left)
     # as node links (dial_subprotocol leaves the socket as it is): without TCP_NODELAY the
     # header waits for the ACK of our auth line, a delayed ACK: 40 ms per connection
-    _transport.apply_sockopts(sock, _node._cfg.get("nodelay", True))
+    _transport.apply_sockopts(sock, _node.setting("nodelay", True))
     try:
         sock.sendall(header)
         line, extra = _read_line(sock, rest, _MAX_ANSWER)
@@ -427,7 +427,7 @@ def connect_to(node, init, *initdata, timeout=None, cb=None):
     init = _init_name(init, local)
     header = None if local else _header(init, initdata)  # bad initdata raises here
     if timeout is None:
-        timeout = float(_node._cfg.get("monitor_timeout") or 30)
+        timeout = float(_node.setting("monitor_timeout") or 30)
     if cb is None:
         if local:
             return _local_pair(init, initdata)

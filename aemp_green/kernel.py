@@ -199,7 +199,17 @@ def bound_hub():
     return _hub
 
 
-def _unbind_hub():
+def current_hub():
+    """The gevent hub the node is bound to, or None before anything bound it.
+
+    Example::
+
+        if current_hub() is None: ...   # nothing has used the node yet
+    """
+    return _hub
+
+
+def unbind_hub():
     """Forget the hub binding (``threaded.start`` when it failed before the node did anything)."""
     global _hub, _hub_thread, _hub_ident, _hub_glet, _hub_thread_name
     _hub = _hub_thread = _hub_ident = _hub_glet = _hub_thread_name = None
@@ -234,7 +244,7 @@ def _foreign_thread_error(delivered=False):
 
 def _wrong_thread_error(ident, hub_ident, hub_name, delivered=False):
     """The ``RuntimeError`` the kernel raises when OS thread ``ident`` calls the plain API
-    while the node is bound to the hub of thread ``hub_ident`` (see ``kernel._check_thread``)."""
+    while the node is bound to the hub of thread ``hub_ident`` (see ``check_thread``)."""
     def label(ident, name=None):
         name = name or _thread_name(ident)
         return "ident %s" % (ident,) if name is None else "%r (ident %s)" % (name, ident)

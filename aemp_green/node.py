@@ -206,7 +206,7 @@ class RemoteNode:
         loop = gevent.get_hub().loop
         self._timer = loop.timer(float(_cfg["connect_interval"]))
         self._timer.start(self._connect_timeout)
-        addrs = self.addrs or _explicit_address(self.id)
+        addrs = self.addrs or explicit_address(self.id)
         if addrs:
             self.connect_to(addrs)
         elif not _hooks().find_node(self.id):
@@ -740,7 +740,7 @@ def _relay_chain(frame):
     return False
 
 
-def _explicit_address(nodeid):
+def explicit_address(nodeid):
     """A node ID of the form ``host:port`` is reachable at that address (documented rule)."""
     if _HOSTPORT.match(nodeid):
         return [nodeid]
@@ -1121,7 +1121,7 @@ def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
     """
     timeout = float(_cfg["connect_interval"] if timeout is None else timeout)
     n = get_node(nodeid)
-    addrs = n.addrs or _explicit_address(nodeid)
+    addrs = n.addrs or explicit_address(nodeid)
     with gevent.Timeout(timeout):
         if not addrs:
             if n.is_up:
@@ -1323,6 +1323,27 @@ def run_forever(signals=None):
     logger.info("node %s stopping on signal %s", _k.this_node, signum)
     shutdown()
     return signum
+
+
+def is_configured():
+    """True once ``configure`` has run in this process.
+
+    Example::
+
+        if not is_configured(): configure(...)
+    """
+    return _configured
+
+
+def setting(name, default=None):
+    """One value of the effective configuration (no copy: for the layers above, which read a
+    setting per connection).
+
+    Example::
+
+        timeout = float(setting("monitor_timeout", 30))
+    """
+    return _cfg.get(name, default)
 
 
 def config():

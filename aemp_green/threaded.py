@@ -124,13 +124,13 @@ def _check_can_start():
     if _gmonkey.is_module_patched("threading"):
         raise RuntimeError("the process is monkey-patched (threads are greenlets): use the "
                            "aemp_green API directly instead of the threaded bridge")
-    hub = kernel._hub
+    hub = kernel.current_hub()
     if hub is not None:
         raise RuntimeError(
             "aemp_green is already bound to the gevent hub of thread %s: the threaded bridge "
             "must be the first user of aemp_green in the process (start it before any "
             "configure(), call(), after(), ...)" % getattr(hub, "thread_ident", "?"))
-    if _node._configured:
+    if _node.is_configured():
         raise RuntimeError("configure() already ran in this process: the threaded bridge "
                            "configures the node itself (pass the arguments to start())")
 
@@ -145,7 +145,7 @@ def _stopped_error():
 def _node_configured():
     from . import node as _node
 
-    return _node._configured
+    return _node.is_configured()
 
 
 def _new_future():
@@ -198,7 +198,7 @@ class Node:
 
         try:
             hub = gevent.get_hub()
-            bound = kernel._hub  # (kernel.bound_hub() itself refuses another thread's hub)
+            bound = kernel.current_hub()  # (kernel.bound_hub() itself refuses another thread's hub)
             if bound is None:
                 bound = kernel.bound_hub()
             if bound is not hub:
@@ -214,8 +214,8 @@ class Node:
             self.config = configure(profile, **configure_args)
         except BaseException as exc:
             self._close_watcher()
-            if kernel._hub is self._hub and not _node_configured():
-                kernel._unbind_hub()  # nothing happened yet: a corrected start() may bind again
+            if kernel.current_hub() is self._hub and not _node_configured():
+                kernel.unbind_hub()  # nothing happened yet: a corrected start() may bind again
             started.set_exception(exc)
             return
         started.set_result(self.config)

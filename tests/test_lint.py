@@ -121,3 +121,29 @@ def test_imports_go_down_the_layers():
     upward = sorted("%s -> %s" % (m, o) for m, outs in graph.items() for o in outs
                     if order[o] >= order[m])
     assert not upward, "imports going up the layers: %s" % ", ".join(upward)
+
+
+def test_no_module_uses_another_modules_private_names():
+    """An internal module exposes plain names to the others (``kernel.spawn_raw``, not
+    ``kernel._spawn_raw``): no ``<module>._name`` across the package's modules."""
+    bad = []
+    for path in PKG.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "")
+                                                     .startswith("aemp_green")):
+                for a in node.names:
+                    target = ((node.module or "") + "." + a.name).lstrip(".")
+                    if (PKG / (a.name + ".py")).exists() or target.startswith("aemp_green"):
+                        aliases.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("aemp_green"):
+                        aliases.add((a.asname or a.name).split(".")[0])
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                bad.append("%s:%d %s.%s" % (path.name, node.lineno, node.value.id, node.attr))
+    assert not bad, "private names used across modules: %s" % ", ".join(bad)
