@@ -37,13 +37,12 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from netutil import ChildNode, free_port  # noqa: E402
+from netutil import ChildNode, free_port, stop_children  # noqa: E402
 
 SECRET = "bench-db-secret-0123456789"
 
@@ -204,21 +203,7 @@ def main():
         ok = True
     finally:
         signal.alarm(0)
-        for c in children:
-            try:
-                if c.alive:
-                    c.proc.stdin.close()
-            except OSError:
-                pass
-        deadline = time.monotonic() + 5
-        for c in children:
-            try:
-                if c.proc is not None and c.proc.poll() is None:
-                    c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:
-                pass
-            c.kill()
-            c.stop()
+        stop_children(children, timeout=5)
         if ok:
             shutil.rmtree(log_dir, ignore_errors=True)
         else:

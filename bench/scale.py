@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from netutil import ChildNode, free_port  # noqa: E402
+from netutil import ChildNode, free_port, stop_children  # noqa: E402
 
 SECRET = "bench-scale-secret-0123456789"
 
@@ -83,21 +83,7 @@ class _Children:
         return started
 
     def close(self):
-        for c in self.all:
-            try:
-                if c.alive:
-                    c.proc.stdin.close()
-            except OSError:
-                pass
-        deadline = time.monotonic() + 5
-        for c in self.all:
-            try:
-                if c.proc is not None and c.proc.poll() is None:
-                    c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:
-                pass
-            c.kill()
-            c.stop()
+        stop_children(self.all, timeout=5)
 
 
 SEED_SNIPPET = """

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-secret-0123456789"
 
 __all__ = ["REPO", "SECRET", "ChildNode", "Cluster", "cluster", "free_port", "wait_file",
+           "stop_children",
            "RawPeer", "RawConn", "read_until_closed"]
 
 
@@ -252,6 +253,29 @@ class ChildNode:
         return "<ChildNode %s %s>" % (self.name, self.nodeid)
 
 
+def stop_children(children, timeout=3):
+    """Close every child's stdin (it shuts down and exits), wait up to ``timeout`` s in all,
+    SIGKILL the stragglers (the tests' clusters and the benchmarks share this)."""
+    for c in children:
+        if c.alive:
+            try:
+                c.proc.stdin.close()
+            except OSError:  # pragma: no cover
+                pass
+    deadline = time.monotonic() + timeout
+    for c in children:
+        if c.proc is not None and c.proc.poll() is None:
+            try:
+                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print("%s did not exit within %s s: killed" % (c.name, timeout))
+                c.kill()
+        try:
+            c.stop()
+        except Exception as exc:  # pragma: no cover - teardown must go on
+            print("stopping %s failed: %r" % (c.name, exc))
+
+
 class Cluster:
     """The child nodes of one test (see the ``cluster`` fixture)."""
 
@@ -288,24 +312,7 @@ class Cluster:
 
     def stop_all(self, timeout=3):
         """Close every child's stdin (it shuts down and exits), wait, SIGKILL the stragglers."""
-        for c in self.children:
-            if c.alive:
-                try:
-                    c.proc.stdin.close()
-                except OSError:  # pragma: no cover
-                    pass
-        deadline = time.monotonic() + timeout
-        for c in self.children:
-            if c.proc is not None and c.proc.poll() is None:
-                try:
-                    c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    print("%s did not exit within %s s: killed" % (c.name, timeout))
-                    c.kill()
-            try:
-                c.stop()
-            except Exception as exc:  # pragma: no cover - teardown must go on
-                print("stopping %s failed: %r" % (c.name, exc))
+        stop_children(self.children, timeout)
 
     def report(self, n=60):
         out = []
