@@ -52,7 +52,8 @@ class CrashReport(NamedTuple):
 _handler: Union[str, Callable[[CrashReport], Any], None] = "stderr"
 
 
-def set_crash_handler(handler):
+def set_crash_handler(handler: Union[str, Callable[[CrashReport], Any], None]
+                      ) -> Union[str, Callable[[CrashReport], Any], None]:
     """Choose where crash reports go: ``"stderr"`` (default), ``"logging"``, ``None`` (off) or a
     callable taking a ``CrashReport``. Returns the previous handler.
 

@@ -35,7 +35,7 @@ import math
 import re
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 import gevent
 import ujson
@@ -1176,7 +1176,7 @@ def _local_update(family, set_=None, dels=None):
         _send(_master, "g_upd", family, set_ or None, dels or None)
 
 
-def db_set(family, key, value=None):
+def db_set(family: str, key: str, value: Any = None) -> Guard:
     """Set ``key`` in ``family`` to ``value`` in the shared database (as this node's entry).
 
     An unchanged value is not sent again. Returns a guard: kept and dropped (or cancelled),
@@ -1201,7 +1201,7 @@ def db_set(family, key, value=None):
     return Guard.for_caller(lambda: db_del(family, key))
 
 
-def db_del(family, *keys):
+def db_del(family: str, *keys: str) -> None:
     """Delete ``keys`` (this node's entries) from ``family``.
 
     Example::
@@ -1212,15 +1212,16 @@ def db_del(family, *keys):
     _check_family(family, writing=True)
     fam = _local_db.get(family)
     gone = [k for k in keys if fam and k in fam]
-    for k in gone:
-        del fam[k]
-    if fam is not None and not fam:
-        del _local_db[family]
+    if fam is not None:
+        for k in gone:
+            del fam[k]
+        if not fam:
+            del _local_db[family]
     if gone:
         _local_update(family, None, gone)
 
 
-def db_reg(family, port=None, value=None):
+def db_reg(family: str, port: Optional[str] = None, value: Any = None) -> Guard:
     """``db_set(family, port, value)`` that is deleted automatically when ``port`` dies.
 
     ``port`` defaults to ``SELF()``. Returns a guard like ``db_set``.
@@ -1231,10 +1232,10 @@ def db_reg(family, port=None, value=None):
     """
     _k.check_thread()  # before anything changes (docs/running.md)
     if port is None:
-        port = _k.get_self()
-        if port is None:
+        me = _k.get_self()
+        if me is None:
             raise RuntimeError("db_reg without a port needs a port context (SELF)")
-        port = port.id
+        port = me.id
     _check_family(family, writing=True)
     _check_key(port)
     _check_value(value)
@@ -1278,7 +1279,8 @@ def _query(tag, family, cb, timeout):
         raise Timeout("%s(%r) timed out" % (tag[5:], family)) from None
 
 
-def db_family(family, cb=None, timeout=None):
+def db_family(family: str, cb: Optional[Callable[[dict[str, Any]], Any]] = None,
+              timeout: Optional[float] = None) -> Optional[dict[str, Any]]:
     """The whole family as a dict: ``cb(dict)`` later, or (without ``cb``) block and return it.
 
     Example::
@@ -1288,7 +1290,8 @@ def db_family(family, cb=None, timeout=None):
     return _query("g_db_family", family, cb, timeout)
 
 
-def db_keys(family, cb=None, timeout=None):
+def db_keys(family: str, cb: Optional[Callable[[list[str]], Any]] = None,
+            timeout: Optional[float] = None) -> Optional[list[str]]:
     """The keys of ``family`` as a list (callback or blocking form, as ``db_family``).
 
     Example::
@@ -1298,7 +1301,8 @@ def db_keys(family, cb=None, timeout=None):
     return _query("g_db_keys", family, cb, timeout)
 
 
-def db_values(family, cb=None, timeout=None):
+def db_values(family: str, cb: Optional[Callable[[list[Any]], Any]] = None,
+              timeout: Optional[float] = None) -> Optional[list[Any]]:
     """The values of ``family`` as a list (callback or blocking form, as ``db_family``).
 
     Example::
@@ -1308,7 +1312,7 @@ def db_values(family, cb=None, timeout=None):
     return _query("g_db_values", family, cb, timeout)
 
 
-def db_mon(family, cb):
+def db_mon(family: str, cb: Callable[..., Any]) -> Guard:
     """Watch ``family``: ``cb(family_dict, added, changed, deleted)`` on every change.
 
     The first call carries the whole family (every key in ``added``), also when it is empty;

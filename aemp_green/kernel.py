@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable, Union
 
 from gevent import get_hub
 from gevent.monkey import get_original as _gevent_original
@@ -73,7 +73,7 @@ _RUNIQ = _runiq(10)  # prefix of names this node invents for ports spawned on ot
 _next_id = 0
 
 
-def NODE():
+def NODE() -> str:
     """This node's ID (``node_id`` is the same function).
 
     Before ``configure()`` the node has an anonymous ID ``anon/<random>``.
@@ -135,7 +135,7 @@ def base62(n):
     return out
 
 
-def node_of(port):
+def node_of(port: str) -> str:
     """The node ID part of a port ID (everything before the first ``#``).
 
     Example::
@@ -148,7 +148,7 @@ def node_of(port):
     return port.partition("#")[0]
 
 
-def port_is_local(port):
+def port_is_local(port: str) -> bool:
     """True when ``port`` lives on this node.
 
     Example::
@@ -166,7 +166,7 @@ def port_id(name):
 
 # --------------------------------------------------------------------------- port table
 
-port_table = {}  # full port ID -> port object (the node port under "<node>" and "<node>#")
+port_table: dict[str, Any] = {}  # full port ID -> port object (the node port under "<node>" and "<node>#")
 _hub = None
 
 
@@ -508,7 +508,7 @@ def set_network(net):
 
 # --------------------------------------------------------------------------- snd / kil
 
-def snd(port, *msg):
+def snd(port: str, *msg: Any) -> None:
     """Send ``msg`` (a tag and arguments) to ``port``; never fails for dead ports.
 
     Messages from one sender to one port arrive in the order they were sent. Local messages are
@@ -608,7 +608,7 @@ def deliver_remote(from_node, frame):
         node_request(from_node, frame[1:])
 
 
-def kil(port, *reason):
+def kil(port: str, *reason: Any) -> None:
     """Kill ``port`` (local or remote). No reason is a normal exit, any reason a crash.
 
     Killing a port that does not exist is fine; killing a node port raises ``ValueError``.
@@ -741,7 +741,7 @@ def add_monitor(port, action):
     return undo_remote
 
 
-def mon(port, cb=_MISSING, *msg):
+def mon(port: str, cb: Any = _MISSING, *msg: Any) -> Guard:
     """Monitor ``port``: act once when it dies or messages to it may have been lost.
 
     Forms (as AEMP): ``mon(port, callable)`` calls ``callable(*reason)``; ``mon(port, rcvport)``
@@ -770,7 +770,7 @@ def mon(port, cb=_MISSING, *msg):
     return Guard.for_caller(add_monitor(port, action))
 
 
-def mon_guard(port, *objs):
+def mon_guard(port: str, *objs: Any) -> Guard:
     """Keep ``objs`` alive until ``port`` dies (or the returned, kept guard is dropped).
 
     Example::
@@ -782,7 +782,7 @@ def mon_guard(port, *objs):
 
 # --------------------------------------------------------------------------- timers
 
-def after(seconds, target, *msg):
+def after(seconds: float, target: Union[str, Callable[[], Any]], *msg: Any) -> Guard:
     """After ``seconds``, send ``msg`` to the port ``target`` or call ``target()``.
 
     Runs in a fresh greenlet, so a callable may block. Returns a guard that cancels the timer

@@ -16,7 +16,7 @@ import logging
 import random
 import re
 import socket as _stdsocket
-from typing import Any
+from typing import Any, Callable, Iterable, Optional
 
 import gevent
 from gevent.event import Event
@@ -1193,7 +1193,7 @@ def _seed_loop(addr):
 _CONFIGURE_ONLY = frozenset(("norc", "force", "profile"))  # configure() arguments, not settings
 
 
-def configure(profile=None, **kv):
+def configure(profile: Optional[str] = None, **kv: Any) -> dict[str, Any]:
     """Configure this node once per process: node ID, listeners, seeds, secret, ...
 
     Keys as AEMP (``nodeid``, ``binds``, ``seeds``, ``secret``, ``cert``, ``secure``,
@@ -1294,7 +1294,7 @@ def _warn_unknown(unknown):
     warnings.warn(text, UserWarning, stacklevel=3)
 
 
-def run_forever(signals=None):
+def run_forever(signals: Optional[Iterable[int]] = None) -> int:
     """Run this node until SIGINT (Ctrl-C) or SIGTERM, then shut it down cleanly (listeners
     closed, queued frames flushed, peers see the links end) and return the signal number.
 
@@ -1397,7 +1397,7 @@ def listener_addresses():
     return list(_binds)
 
 
-def shutdown(flush=1.0):
+def shutdown(flush: float = 1.0) -> None:
     """Stop listening, close every link (peers see the connection end) and stop seed loops.
 
     Frames already queued are sent first, waiting at most ``flush`` seconds in all (``0``:
@@ -1424,7 +1424,7 @@ def shutdown(flush=1.0):
 
 # --------------------------------------------------------------------------- node watching
 
-def node_is_up(nodeid):
+def node_is_up(nodeid: str) -> Optional[bool]:
     """True if connected (or ourselves), False if known but not connected, None if unknown.
 
     Example::
@@ -1439,7 +1439,7 @@ def node_is_up(nodeid):
     return n.link is not None
 
 
-def up_nodes():
+def up_nodes() -> list[str]:
     """IDs of the nodes we have a link to.
 
     Example::
@@ -1449,7 +1449,7 @@ def up_nodes():
     return [n.id for n in _nodes.values() if n.link is not None]
 
 
-def known_nodes():
+def known_nodes() -> list[str]:
     """IDs of every node this node has heard of (connected or not) and still keeps: a node that
     never came up is forgotten when it goes down, and at most ``max_nodes`` are kept.
 
@@ -1460,7 +1460,7 @@ def known_nodes():
     return list(_nodes)
 
 
-def mon_nodes(cb):
+def mon_nodes(cb: Callable[..., Any]) -> Guard:
     """Call ``cb(node, is_up, *reason)`` whenever a node connects or disconnects; returns a guard.
 
     Example::
@@ -1491,7 +1491,7 @@ def _safe_call(cb, *args):
         report_crash("mon_nodes callback", None, exc, detail="(%r)" % (cb,))
 
 
-def snd_to_func(nodeid, func, *args):
+def snd_to_func(nodeid: str, func: str, *args: Any) -> None:
     """Ask ``nodeid`` to call its function ``func(*args)`` (refused by ``secure`` nodes).
 
     Example::
@@ -1501,7 +1501,7 @@ def snd_to_func(nodeid, func, *args):
     _k.snd(nodeid, func, *args)
 
 
-def snd_on(nodeid, port, *msg):
+def snd_on(nodeid: str, port: str, *msg: Any) -> None:
     """Ask ``nodeid`` to send ``msg`` to ``port`` (a relay through that node).
 
     Example::
@@ -1511,7 +1511,7 @@ def snd_on(nodeid, port, *msg):
     _k.snd(nodeid, "snd", port, *msg)
 
 
-def eval_on(nodeid, expr, *reply):
+def eval_on(nodeid: str, expr: str, *reply: Any) -> None:
     """Ask ``nodeid`` to evaluate ``expr``; the reply port gets ``(error_text, result)``.
 
     Python nodes evaluate a Python expression, Perl nodes Perl code; ``secure`` nodes refuse.

@@ -20,6 +20,7 @@ duration and restore it afterwards, also when they run in some other greenlet.
 
 import logging
 from collections import deque
+from typing import Any, Callable, Optional, Union
 
 from gevent.event import Event
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -359,7 +360,7 @@ def _new_greenlet_port(pid, fn, args, limit=None):
 
 # --------------------------------------------------------------------------- public API
 
-def SELF():
+def SELF() -> str:
     """The ID of the port whose code is running now.
 
     Set inside ``rcv`` handlers, ``psub`` wrappers, ``peval`` and greenlet ports (and in a
@@ -377,7 +378,7 @@ def SELF():
     return p.id
 
 
-def port(cb=None):
+def port(cb: Optional[Callable[..., Any]] = None) -> str:
     """Create a callback port and return its ID; ``cb(*msg)`` becomes its catch-all handler.
 
     A message no handler takes kills the port with
@@ -393,7 +394,7 @@ def port(cb=None):
     return pid
 
 
-def rcv(port_, *args):
+def rcv(port_: str, *args: Any) -> str:
     """Set handlers on a local port; returns the port ID.
 
     ``rcv(port, cb)`` sets the catch-all ``cb(*msg)``; ``rcv(port, tag, cb, tag2, cb2, ...)``
@@ -426,7 +427,7 @@ def rcv(port_, *args):
         p.handlers = handlers or None
     if isinstance(p, _GreenletPort) and p.greenlet is not None and p.mailbox:
         # queued messages the new handlers take are handled first, in their original order
-        keep = deque()
+        keep: deque[Any] = deque()
         for msg in p.mailbox:
             if _find_handler(p, msg)[0] is not None:
                 _k.dispatch_queue.append((p, msg))
@@ -440,7 +441,8 @@ def rcv(port_, *args):
     return port_
 
 
-def spawn(target, *args, mailbox_limit=None, on_full="block"):
+def spawn(target: Union[str, Callable[..., Any]], *args: Any, mailbox_limit: Optional[int] = None,
+          on_full: str = "block") -> str:
     """Start a greenlet port and return its ID.
 
     ``spawn(fn, *args)`` runs ``fn(*args)`` in a new greenlet with the new port as ``SELF``.
@@ -585,7 +587,7 @@ def _on_timeout(p):
         p.greenlet.switch(_TIMEOUT)
 
 
-def receive(tag=None, timeout=None):
+def receive(tag: Any = None, timeout: Optional[float] = None) -> list[Any]:
     """Block this greenlet until a message arrives; selective by tag.
 
     ``receive(tag)`` returns the first queued message whose element 0 equals ``tag``, as a
@@ -620,7 +622,8 @@ def receive(tag=None, timeout=None):
     return list(msg) if tag is None else list(msg[1:])
 
 
-def receive_match(pred, timeout=None):
+def receive_match(pred: Callable[[list[Any]], Any],
+                  timeout: Optional[float] = None) -> list[Any]:
     """Block until a message for which ``pred(msg_list)`` is true arrives; return it whole.
 
     Unmatched messages stay queued in order. Raises ``aemp_green.Timeout``.
@@ -635,7 +638,7 @@ def receive_match(pred, timeout=None):
         deadline = _k.bound_hub().loop.now() + timeout
     start = 0
     while True:
-        mb = p.mailbox or ()
+        mb = p.mailbox or deque()
         for i in range(start, len(mb)):
             m = mb[i]
             if pred(list(m)):
@@ -652,7 +655,7 @@ def receive_match(pred, timeout=None):
         _wait(p, _PRED, left)
 
 
-def psub(fn):
+def psub(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``fn`` so that it runs later in the current port's context.
 
     Exceptions raised by ``fn`` kill that port with ``("die", ...)`` instead of propagating.
@@ -669,7 +672,7 @@ def psub(fn):
     def in_port_context(*args, **kwargs):
         return _in_context(p, fn, args, kwargs)
 
-    in_port_context.__wrapped__ = fn
+    setattr(in_port_context, "__wrapped__", fn)  # what it wraps, for introspection
     return in_port_context
 
 
@@ -687,7 +690,7 @@ def _in_context(p, fn, args, kwargs):
         cur.aemp_self = prev
 
 
-def peval(port_, fn, *args):
+def peval(port_: str, fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)`` now in the context of the local port ``port_``; return its result.
 
     An exception kills ``port_`` with ``("die", ...)`` (and ``peval`` returns None).
@@ -702,7 +705,7 @@ def peval(port_, fn, *args):
     return _in_context(p, fn, args, {})
 
 
-def cal(port_, *msg, cb, timeout=None):
+def cal(port_: str, *msg: Any, cb: Callable[..., Any], timeout: Optional[float] = None) -> str:
     """Send ``msg`` plus a fresh reply port to ``port_``; call ``cb(*reply)`` with the reply.
 
     With ``timeout`` (seconds) ``cb()`` is called with no arguments if no reply came in time;
@@ -744,9 +747,11 @@ def cal(port_, *msg, cb, timeout=None):
 
 class _CallWaiter:
     __slots__ = ("greenlet", "resume")
+    greenlet: Any
+    resume: Any
 
 
-def call(port_, *msg, timeout=None):
+def call(port_: str, *msg: Any, timeout: Optional[float] = None) -> list[Any]:
     """Send ``msg`` plus a reply port to ``port_`` and block until the reply; return it as a list.
 
     Raises ``aemp_green.Timeout`` after ``timeout`` seconds and ``aemp_green.PortDied(reason)``
@@ -794,7 +799,7 @@ def call(port_, *msg, timeout=None):
 
 
 
-def mailbox_info(port_):
+def mailbox_info(port_: str) -> dict[str, Any]:
     """What the mailbox of the local port ``port_`` holds now, and its limit's counters.
 
     Returns ``{"queued": n, "limit": N or None, "on_full": ..., "dropped": k, "blocked": s}``:
