@@ -36,7 +36,8 @@ Worker
 
 Both roles emit ``stats`` every ``stats_every`` seconds: messages received and sent, streams,
 the number of greenlet objects (``gc.get_objects()``) of the node's own thread before and
-after a ``gc.collect()`` and those of gevent's threadpool threads,
+after a ``gc.collect()``, less the three of each link that is up (``greenlets_all`` counts
+them too), and those of gevent's threadpool threads,
 then VmRSS (``/proc/self/status``), the size of the port table, the links up and ``full``
 (linked to every other node and, for a worker, streaming to every other worker: the steady
 state between restarts). On ``{"cmd": "census"}``
@@ -294,7 +295,13 @@ def stats_loop(worker):
         live, pool = greenlet_count()
         up = sum(1 for n in _node._nodes.values() if n.link is not None)
         extra = sum(len(n.extra_links) for n in _node._nodes.values())
-        kv = dict(rss_kb=rss_kb(), greenlets=live, greenlets_with_garbage=with_garbage,
+        # every link runs three greenlets (reader, writer, keepalive); a simultaneous connect
+        # legitimately leaves a pair with two links (liveness is judged over both), so the
+        # growth check counts the greenlets besides those of the links that are up: a leak
+        # grows them, a second link to a peer does not
+        per_links = 3 * (up + extra)
+        kv = dict(rss_kb=rss_kb(), greenlets=live - per_links, greenlets_all=live,
+                  greenlets_with_garbage=with_garbage - per_links,
                   threadpool_greenlets=pool,
                   ports=len(_kernel.port_table), links=up, extra_links=extra)
         # "full": connected to every other node (and, for a worker, streaming to every other
