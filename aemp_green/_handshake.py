@@ -51,7 +51,7 @@ Checks, in order, and their errors (all ``RemoteProtocolError``; the text is wha
   "auth line too long"). LF ends a line; a CR before it is dropped.
 * line 1: at least 5 ``;`` fields, UTF-8 ("unparsable greeting"); protocol name
   ("unparsable greeting, expected 'aemp', got '...'"); version 1 ("version mismatch (we: 1,
-  they: N)"); non-empty node id.
+  they: N)"); non-empty node id without control characters.
 * after line 2: our own two lines echoed back ("authentication error, echo attack?"), checked
   first so that an echo is reported as such; then our own node id ("I refuse to talk to
   myself"); then, with ``peeraddr_check``, the peer's ``peeraddr`` ("peer dialled ..., which is
@@ -570,6 +570,8 @@ class Handshake:
                                       % (PROTOCOL_VERSION, version[:32]))
         if not nodeid:
             raise RemoteProtocolError("unparsable greeting (empty node id)")
+        if not nodeid.isprintable():  # it ends up in log lines and monitor reasons
+            raise RemoteProtocolError("unparsable greeting (node id with control characters)")
         self._p1 = line
         self._greeting = GreetingReceived(protocol, PROTOCOL_VERSION, nodeid, auths, framings,
                                           kv, "")

@@ -690,3 +690,13 @@ def test_acceptor_never_sends_its_token_after_a_wrong_one():
 def test_role_is_checked():
     with pytest.raises(LocalProtocolError, match="role"):
         Handshake(nodeid="n", role="server")
+
+
+def test_node_id_with_control_characters_is_refused():
+    """A node ID ends up in log lines and monitor reasons: one with control characters (a
+    terminal escape, a newline in disguise) is refused at the greeting."""
+    hs = Handshake(nodeid="us", secret="s")
+    with pytest.raises(RemoteProtocolError, match="node id with control characters"):
+        hs.receive_data(b"aemp;1;evil\x1b[2J;hmac_sha3_512;json\n")
+    ok = Handshake(nodeid="us", secret="s")
+    assert ok.receive_data(b"aemp;1;n\xc3\xa4me/1;hmac_sha3_512;json\n") == []  # printable
