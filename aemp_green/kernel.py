@@ -654,12 +654,7 @@ def fire_monitors(mons, reason):
             action(*reason)
         except Exception as exc:
             report_crash("monitor callback", None, exc,
-                         detail="(%s, fired with reason %s)" % (_short(action), _short(reason)))
-
-
-def _short(value, limit=80):
-    r = repr(value)
-    return r if len(r) <= limit else r[:limit - 3] + "..."
+                         detail="(%s, fired with reason %s)" % (esc(action), esc(reason)))
 
 
 def die_reason(exc):
