@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from netutil import ChildNode, free_port, stop_children  # noqa: E402
+from netutil import Cluster, free_port  # noqa: E402
 
 SECRET = "bench-scale-secret-0123456789"
 
@@ -62,28 +62,6 @@ def _rss(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS for %d" % pid)
-
-
-class _Children:
-    """The child nodes of one series; ``close()`` stops them all."""
-
-    def __init__(self, log_dir):
-        self.log_dir = log_dir
-        self.all = []
-
-    def start(self, *specs):
-        started = []
-        for name, cfg in specs:
-            cfg = dict(cfg, secret=SECRET, nodeid=name)
-            c = ChildNode(self.log_dir, name, _wait=False, **cfg)
-            self.all.append(c)
-            started.append(c)
-        for c in started:
-            c.wait_ready()
-        return started
-
-    def close(self):
-        stop_children(self.all, timeout=5)
 
 
 SEED_SNIPPET = """
@@ -143,7 +121,7 @@ def _join(n):
 def series_db(args, log_dir):
     """The database series: seed memory per key, join time and leave cost per database size."""
     sizes = [10, 100, 1000, 5000] if args.quick else [10, 100, 1000, 10000, 100000]
-    kids = _Children(log_dir)
+    kids = Cluster(log_dir)
     rows = []
     try:
         seed_addr = "127.0.0.1:%d" % free_port()
@@ -200,7 +178,7 @@ def series_db(args, log_dir):
             print(json.dumps(row), flush=True)
             rows.append(row)
     finally:
-        kids.close()
+        kids.stop_all(timeout=5)
     return rows
 
 
