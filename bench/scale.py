@@ -44,8 +44,6 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from netutil import Cluster, free_port  # noqa: E402
 
-SECRET = "bench-scale-secret-0123456789"
-
 
 class _Deadline(Exception):
     pass

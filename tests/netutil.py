@@ -19,6 +19,7 @@ The pytest process never calls ``aemp_green.configure()``: every node is a child
   that relay or replay other nodes' handshake lines (``tests/test_attack_handshake.py``).
 """
 
+import contextlib
 import json
 import os
 import queue
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-secret-0123456789"
 
 __all__ = ["REPO", "SECRET", "ChildNode", "Cluster", "cluster", "free_port", "wait_file",
-           "stop_children",
+           "stop_children", "black_hole",
            "RawPeer", "RawConn", "read_until_closed"]
 
 
@@ -47,6 +48,25 @@ def free_port():
     try:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+@contextlib.contextmanager
+def black_hole(backlog=16):
+    """A listener on 127.0.0.1 that accepts connections (the kernel's backlog) and never
+    answers: a handshake with it hangs. Yields its ``"host:port"``.
+
+    Example::
+
+        with black_hole() as addr:
+            node.run("snd(%r, 'x')" % (addr + "#p"))
+    """
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        s.listen(backlog)
+        yield "127.0.0.1:%d" % s.getsockname()[1]
     finally:
         s.close()
 

@@ -14,7 +14,7 @@ import time
 
 from aemp_green import framing
 from aemp_green._handshake import Handshake
-from netutil import SECRET, RawPeer, cluster, free_port  # noqa: F401 - cluster: fixture
+from netutil import SECRET, RawPeer, black_hole, cluster, free_port  # noqa: F401 - cluster: fixture
 
 HELPERS = """
 import aemp_green.global_ as G
@@ -316,29 +316,27 @@ def test_g_found_from_the_master_is_bounded(cluster):
     lsock.listen(4)
     lsock.settimeout(20)
     evil = "127.0.0.1:%d" % lsock.getsockname()[1]
-    hole = socket.socket()  # answers no handshake: the dials wait, so the addresses stay known
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(64)
-    closed = hole.getsockname()[1]
-    try:
-        victim = cluster.node("victim", seeds=[evil], max_node_addrs=8, connect_interval=10)
-        conn, _ = lsock.accept()
-        peer = RawPeer.__new__(RawPeer)
-        peer.addr, peer.sock, peer.rbuf, peer.framing = evil, conn, b"", None
-        # an accepting peer names the connector's address as it sees it (docs/security.md)
-        peer.hs = Handshake(nodeid="evilseed", secret=SECRET, framings=("json",),
-                            peeraddr="%s:%d" % conn.getpeername()[:2])
-        start(peer)
-        victim.run("import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'evilseed', 15)",
-                   timeout=20)
-        victim.exec("snd('ghost#p', 'hello')")
-        read_frames(peer, lambda f: f[:3] == ["", "g_find", "ghost"])
-        good = ["127.0.0.1:%d" % closed] * 20
-        bad = ["nohost", "x" * 300 + ":1", 5, None, "a:b:c:d", "*:1", "127.0.0.1:99999"]
-        peer.send_frame(["", "g_found", "ghost", bad + good])
-        victim.wait_log("addresses left out")
-        assert victim.ask("node.get_node('ghost').addrs") == good[:8]
-        peer.close()
-    finally:
-        lsock.close()
-        hole.close()
+    # the addresses it is told: a listener that answers no handshake, so the dials wait and
+    # the addresses stay known
+    with black_hole(64) as hole:
+        try:
+            victim = cluster.node("victim", seeds=[evil], max_node_addrs=8, connect_interval=10)
+            conn, _ = lsock.accept()
+            peer = RawPeer.__new__(RawPeer)
+            peer.addr, peer.sock, peer.rbuf, peer.framing = evil, conn, b"", None
+            # an accepting peer names the connector's address as it sees it (docs/security.md)
+            peer.hs = Handshake(nodeid="evilseed", secret=SECRET, framings=("json",),
+                                peeraddr="%s:%d" % conn.getpeername()[:2])
+            start(peer)
+            victim.run("import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'evilseed', 15)",
+                       timeout=20)
+            victim.exec("snd('ghost#p', 'hello')")
+            read_frames(peer, lambda f: f[:3] == ["", "g_find", "ghost"])
+            good = [hole] * 20
+            bad = ["nohost", "x" * 300 + ":1", 5, None, "a:b:c:d", "*:1", "127.0.0.1:99999"]
+            peer.send_frame(["", "g_found", "ghost", bad + good])
+            victim.wait_log("addresses left out")
+            assert victim.ask("node.get_node('ghost').addrs") == good[:8]
+            peer.close()
+        finally:
+            lsock.close()

@@ -12,10 +12,9 @@ Mailbox tests: a greenlet port spawned with ``mailbox_limit`` that does not rece
 to, flooded by a greenlet on its own node or by another node, behaves as ``on_full`` says.
 """
 
-import socket
 
 from aemp_green import framing
-from netutil import RawPeer, cluster  # noqa: F401 - cluster: fixture
+from netutil import RawPeer, black_hole, cluster  # noqa: F401 - cluster: fixture
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -119,11 +118,7 @@ def test_queue_for_a_node_not_yet_connected_is_bounded(cluster):
     link_hard_limit the connection attempt fails with a reason naming the setting."""
     t = cluster.node("target", connect_interval=10, **LIMITS)
     # a listener that accepts and never speaks: the handshake hangs, the queue waits
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(5)
-    ghost = "127.0.0.1:%d" % lst.getsockname()[1]
-    try:
+    with black_hole(5) as ghost:
         t.run("""
             mon(%r, lambda *r: emit("mon", *r))
             def handler():
@@ -135,19 +130,13 @@ def test_queue_for_a_node_not_yet_connected_is_bounded(cluster):
         assert (tag, node) == ("transport_error", ghost)
         assert "link_hard_limit" in why and "while connecting" in why, why
         assert t.ask("node._nodes[%r].queue_bytes" % ghost) == 0
-    finally:
-        lst.close()
 
 
 def test_greenlet_sender_waits_while_a_node_is_being_connected(cluster):
     """A greenlet sending to a node whose handshake hangs waits once link_high_water bytes are
     queued for it, instead of queueing everything; the failed attempt lets it go on."""
     t = cluster.node("target", connect_interval=8, **LIMITS)
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(5)
-    ghost = "127.0.0.1:%d" % lst.getsockname()[1]
-    try:
+    with black_hole(5) as ghost:
         t.run("""
             SENT = [0]
             def flood():
@@ -164,8 +153,6 @@ def test_greenlet_sender_waits_while_a_node_is_being_connected(cluster):
         assert sent < 100, "the sender never waited: %d of 1000 messages queued" % sent
         assert queued <= HIGH + 2 * 65536, queued
         assert t.ask("SENT[0]") == sent  # still waiting (connect_interval is 8 s)
-    finally:
-        lst.close()
 
 
 # --------------------------------------------------------------------------- mailbox limits

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from aemp_green import cli, config
-from netutil import REPO, SECRET, ChildNode, wait_file
+from netutil import REPO, SECRET, ChildNode, black_hole, wait_file
 
 AEMP = [sys.executable, "-m", "aemp_green.cli"]
 BIN_AEMP = [sys.executable, str(REPO / "bin" / "aemp")]
@@ -672,16 +672,10 @@ def test_explicit_timeout_is_honoured_when_the_node_cannot_be_reached(tmp_path):
     connect_interval, ~2 s, whatever N was), then says so and exits with status 1."""
     rc = tmp_path / "rc"
     assert aemp(rc, "setsecret", SECRET).returncode == 0
-    hole = socket.socket()  # accepts connections (the kernel's backlog) and never answers
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(8)
-    silent = "127.0.0.1:%d" % hole.getsockname()[1]
-    try:
+    with black_hole() as silent:  # accepts connections and never answers
         t0 = time.monotonic()
         r = aemp(rc, "--timeout", "4", "snd", silent + "#p", "hi", timeout=30)
         elapsed = time.monotonic() - t0
-    finally:
-        hole.close()
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "cannot reach node %s" % silent in r.stderr, r.stderr
     assert elapsed >= 3.5, "gave up after %.1f s despite --timeout 4" % elapsed
