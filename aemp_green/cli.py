@@ -1135,8 +1135,9 @@ Usage:
 
 The message is the arguments (strings, or JSON where they start with [, {{ or "). Sending is
 asynchronous, so aemp waits for the port's node to confirm that it received everything sent
-before (the node request "time"); it exits with status 1 if the node cannot be reached, or the
-port does not exist, within the timeout.
+before (the node request "time"), then prints "message sent successfully", as Perl's aemp does.
+It exits with status 1 if the node cannot be reached, or the port does not exist, within the
+timeout.
 {options}
 Example:
   aemp snd 'seed#abc' hello '{{"n": 1}}' '[1, 2]'
@@ -1176,6 +1177,7 @@ def _cmd_snd(talk, a):
     if kind == "timeout":
         raise _Fail("cannot reach node %s: no confirmation within %s s"
                     % (node, _secs(talk.timeout)))
+    _out("message sent successfully")  # Perl's aemp prints the same confirmation
     return 0
 
 

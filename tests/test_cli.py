@@ -474,6 +474,7 @@ emit("ports", got, echo, node_is_up("seed"))
 def test_snd_arrives_with_json_values(net):
     r = aemp(net["rc"], "snd", net["got"], "hello", '{"n": 1}', '[1, "x"]', "42")
     assert r.returncode == 0, r.stderr
+    assert r.stdout == "message sent successfully\n"   # Perl's aemp confirms with this text
     assert net["peer"].expect("got") == [["hello", {"n": 1}, [1, "x"], "42"]]
 
 
