@@ -1,11 +1,14 @@
 """Packaging for aemp_green (the user asked for a setup.py; pyproject.toml only names the backend)."""
+
 import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "aemp_green" / "_version.py").read_text()).group(1)
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "aemp_green" / "_version.py").read_text()
+).group(1)
 
 setup(
     name="aemp_green",

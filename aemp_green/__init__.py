@@ -23,14 +23,44 @@ import logging as _logging
 from ._guard import Guard
 from ._report import CrashReport, apply_verbose_env as _apply_verbose_env, set_crash_handler
 from ._version import __version__
-from .exceptions import (AempError, AuthenticationFailed, BlockingInHandlerError, ConfigError,
-                         NoDatabaseError, NodeUnreachable, NoSuchPort, PortDied, ProtocolError,
-                         Timeout)
+from .exceptions import (
+    AempError,
+    AuthenticationFailed,
+    BlockingInHandlerError,
+    ConfigError,
+    NoDatabaseError,
+    NodeUnreachable,
+    NoSuchPort,
+    PortDied,
+    ProtocolError,
+    Timeout,
+)
 from .kernel import NODE, after, kil, mon, mon_guard, node_id, node_of, port_is_local, snd
-from .ports import (SELF, cal, call, mailbox_info, peval, port, psub, rcv, receive,
-                    receive_match, spawn)
-from .node import (configure, eval_on, known_nodes, mon_nodes, node_is_up, run_forever, shutdown,
-                   snd_on, snd_to_func, up_nodes)
+from .ports import (
+    SELF,
+    cal,
+    call,
+    mailbox_info,
+    peval,
+    port,
+    psub,
+    rcv,
+    receive,
+    receive_match,
+    spawn,
+)
+from .node import (
+    configure,
+    eval_on,
+    known_nodes,
+    mon_nodes,
+    node_is_up,
+    run_forever,
+    shutdown,
+    snd_on,
+    snd_to_func,
+    up_nodes,
+)
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
 

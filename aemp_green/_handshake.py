@@ -184,6 +184,7 @@ ERROR = "ERROR"
 
 # --------------------------------------------------------------------------- events
 
+
 class GreetingReceived(NamedTuple):
     """The peer's two greeting lines arrived and passed the checks.
 
@@ -242,6 +243,7 @@ class Established(NamedTuple):
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _b(x):
     if x is None:
@@ -326,8 +328,14 @@ def parse_greeting_line1(line):
     for pair in fields[5:]:
         k, sep, v = pair.partition("=")
         kv[k] = v if sep else None
-    return (protocol, version, nodeid, auths.split(",") if auths else [],
-            framings.split(",") if framings else [], kv)
+    return (
+        protocol,
+        version,
+        nodeid,
+        auths.split(",") if auths else [],
+        framings.split(",") if framings else [],
+        kv,
+    )
 
 
 def _check_field(what, value, forbidden=";\r\n"):
@@ -335,12 +343,14 @@ def _check_field(what, value, forbidden=";\r\n"):
         raise LocalProtocolError("%s must be a str, not %s" % (what, type(value).__name__))
     bad = [c for c in forbidden if c in value]
     if bad:
-        raise LocalProtocolError("%s %r contains %r, which a greeting cannot carry"
-                                 % (what, value, bad[0]))
+        raise LocalProtocolError(
+            "%s %r contains %r, which a greeting cannot carry" % (what, value, bad[0])
+        )
     return value
 
 
 # --------------------------------------------------------------------------- the state machine
+
 
 class Handshake:
     """One side of an AEMP handshake, sans-IO (see the module docstring).
@@ -368,11 +378,25 @@ class Handshake:
         ['provider=aemp_green-0.2.0', 'peeraddr=10.0.0.1:4040', 'mproto=1', 'gproto=1']
     """
 
-    def __init__(self, *, nodeid, secret=None, auth_offer=_protocol.DEFAULT_AUTH,
-                 auth_accept=_protocol.DEFAULT_AUTH, framings=_protocol.FRAMINGS,
-                 peeraddr="", tls_offered=False, protocol="aemp", extra=None,
-                 provider=None, nonce=None, max_line=_protocol.MAX_LINE, role="connect", peeraddr_check=None,
-                 _kv_order=None):
+    def __init__(
+        self,
+        *,
+        nodeid,
+        secret=None,
+        auth_offer=_protocol.DEFAULT_AUTH,
+        auth_accept=_protocol.DEFAULT_AUTH,
+        framings=_protocol.FRAMINGS,
+        peeraddr="",
+        tls_offered=False,
+        protocol="aemp",
+        extra=None,
+        provider=None,
+        nonce=None,
+        max_line=_protocol.MAX_LINE,
+        role="connect",
+        peeraddr_check=None,
+        _kv_order=None,
+    ):
         _check_field("nodeid", nodeid)
         if not nodeid:
             raise LocalProtocolError("nodeid must not be empty")
@@ -385,8 +409,11 @@ class Handshake:
         self.auth_offer = tuple(auth_offer)
         self.auth_accept = tuple(auth_accept)
         self.framings = tuple(framings)
-        for what, items in (("auth_offer", self.auth_offer), ("auth_accept", self.auth_accept),
-                            ("framings", self.framings)):
+        for what, items in (
+            ("auth_offer", self.auth_offer),
+            ("auth_accept", self.auth_accept),
+            ("framings", self.framings),
+        ):
             for item in items:
                 _check_field(what + " entry", item, ";,\r\n")
         if not self.framings:
@@ -416,8 +443,16 @@ class Handshake:
         if sorted(keys) != sorted(kv):
             raise LocalProtocolError("_kv_order %r does not list the keys %r" % (keys, list(kv)))
         pairs = [k if kv[k] is None else "%s=%s" % (k, kv[k]) for k in keys]
-        line1 = ";".join([protocol, str(PROTOCOL_VERSION), nodeid, ",".join(self.auth_accept),
-                          ",".join(self.framings)] + pairs)
+        line1 = ";".join(
+            [
+                protocol,
+                str(PROTOCOL_VERSION),
+                nodeid,
+                ",".join(self.auth_accept),
+                ",".join(self.framings),
+            ]
+            + pairs
+        )
         if nonce is None:
             line2 = make_nonce()
         elif isinstance(nonce, str):
@@ -499,8 +534,9 @@ class Handshake:
             sock.sendall(hs.data_to_send())
         """
         if self.state is not WAIT_TLS:
-            raise LocalProtocolError("start_tls_done() without a pending NeedTLS (state %s)"
-                                     % self.state)
+            raise LocalProtocolError(
+                "start_tls_done() without a pending NeedTLS (state %s)" % self.state
+            )
         self._tls = True
         self.pre_tls_data = b""
         if self.role == "connect":
@@ -517,8 +553,9 @@ class Handshake:
     def _fail(self, reason):
         self.state = ERROR
         self.error = reason
-        logger.debug("handshake with %s failed: %s",
-                     self._greeting.nodeid if self._greeting else "?", reason)
+        logger.debug(
+            "handshake with %s failed: %s", self._greeting.nodeid if self._greeting else "?", reason
+        )
 
     def _receive(self, data):
         events = []
@@ -530,10 +567,10 @@ class Handshake:
                 if n > self.max_line and not (n == self.max_line + 1 and buf[-1] == 0x0D):
                     raise RemoteProtocolError(self._too_long())
                 break
-            line = buf[:i - 1] if i and buf[i - 1] == 0x0D else buf[:i]
+            line = buf[: i - 1] if i and buf[i - 1] == 0x0D else buf[:i]
             if len(line) > self.max_line:
                 raise RemoteProtocolError(self._too_long())
-            buf = buf[i + 1:]
+            buf = buf[i + 1 :]
             state = self.state
             if state is LINE1:
                 self._on_line1(line)
@@ -560,21 +597,26 @@ class Handshake:
         except UnicodeDecodeError:
             raise RemoteProtocolError("unparsable greeting (not UTF-8)") from None
         protocol, version, nodeid, auths, framings, kv = parse_greeting_line1(text)
-        if not (protocol == self.protocol
-                or (self.protocol == "aemp" and _SUBPROTO.match(protocol))
-                or (protocol == "aemp" and _SUBPROTO.match(self.protocol))):
-            raise RemoteProtocolError("unparsable greeting, expected '%s', got '%s'"
-                                      % (self.protocol, protocol[:64]))
+        if not (
+            protocol == self.protocol
+            or (self.protocol == "aemp" and _SUBPROTO.match(protocol))
+            or (protocol == "aemp" and _SUBPROTO.match(self.protocol))
+        ):
+            raise RemoteProtocolError(
+                "unparsable greeting, expected '%s', got '%s'" % (self.protocol, protocol[:64])
+            )
         if version != str(PROTOCOL_VERSION):
-            raise RemoteProtocolError("version mismatch (we: %d, they: %s)"
-                                      % (PROTOCOL_VERSION, version[:32]))
+            raise RemoteProtocolError(
+                "version mismatch (we: %d, they: %s)" % (PROTOCOL_VERSION, version[:32])
+            )
         if not nodeid:
             raise RemoteProtocolError("unparsable greeting (empty node id)")
         if not nodeid.isprintable():  # it ends up in log lines and monitor reasons
             raise RemoteProtocolError("unparsable greeting (node id with control characters)")
         self._p1 = line
-        self._greeting = GreetingReceived(protocol, PROTOCOL_VERSION, nodeid, auths, framings,
-                                          kv, "")
+        self._greeting = GreetingReceived(
+            protocol, PROTOCOL_VERSION, nodeid, auths, framings, kv, ""
+        )
         self.state = LINE2
 
     def _on_line2(self, line, events):
@@ -601,8 +643,9 @@ class Handshake:
                 method = m
                 break
         if method is None:
-            raise RemoteProtocolError("%s: no common auth type supported"
-                                      % ",".join(g.auth_accept)[:256])
+            raise RemoteProtocolError(
+                "%s: no common auth type supported" % ",".join(g.auth_accept)[:256]
+            )
         for f in g.framings:
             if f in self.framings:
                 self._send_framing = f
@@ -630,10 +673,12 @@ class Handshake:
             raise RemoteProtocolError(
                 "peer dialled %s, which is not an address of this node (a relayed handshake?); "
                 "behind NAT, a proxy or a port forward, list that address in public_addresses"
-                % shown)
+                % shown
+            )
         raise RemoteProtocolError(
             "peer sees us at %s, which is not this connection's address (a relayed "
-            "handshake?); behind NAT, list that address in public_addresses" % shown)
+            "handshake?); behind NAT, list that address in public_addresses" % shown
+        )
 
     def _make_token(self, method):
         mine = (self._l1, self._l2, self._p1, self._p2)
@@ -675,8 +720,9 @@ class Handshake:
             expected = self.secret.hex() if self.secret else None
         else:  # tls_anon: the token carries nothing
             expected = token
-        if expected is None or not hmac.compare_digest(token.encode("ascii"),
-                                                       expected.encode("ascii")):
+        if expected is None or not hmac.compare_digest(
+            token.encode("ascii"), expected.encode("ascii")
+        ):
             raise RemoteProtocolError("authentication failure/shared secret mismatch")
         if framing not in USABLE_FRAMINGS:
             raise RemoteProtocolError("%s: unusable remote framing" % framing[:64])
@@ -691,4 +737,7 @@ class Handshake:
 
     def __repr__(self):
         return "<Handshake %s state=%s peer=%s>" % (
-            self.nodeid, self.state, self._greeting.nodeid if self._greeting else None)
+            self.nodeid,
+            self.state,
+            self._greeting.nodeid if self._greeting else None,
+        )

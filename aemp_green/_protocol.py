@@ -13,8 +13,17 @@ Example::
 
 from ._version import __version__
 
-__all__ = ["PROTOCOL_NAME", "PROTOCOL_VERSION", "PROVIDER", "PERL_PROVIDER_PREFIX",
-           "AUTH_METHODS", "TLS_ONLY_AUTH", "DEFAULT_AUTH", "FRAMINGS", "MAX_LINE"]
+__all__ = [
+    "PROTOCOL_NAME",
+    "PROTOCOL_VERSION",
+    "PROVIDER",
+    "PERL_PROVIDER_PREFIX",
+    "AUTH_METHODS",
+    "TLS_ONLY_AUTH",
+    "DEFAULT_AUTH",
+    "FRAMINGS",
+    "MAX_LINE",
+]
 
 #: greeting field 1 (a sub-protocol is ``aemp-<word>``, e.g. ``aemp-dataconn``)
 PROTOCOL_NAME = "aemp"

@@ -79,7 +79,7 @@ def esc(value, limit=200):
     except Exception:  # a hostile __repr__, a huge int, ...: say what it is, nothing more
         text = "<%s>" % type(value).__name__
     if len(text) > limit:
-        text = text[:limit - 3] + "..."
+        text = text[: limit - 3] + "..."
     return text
 
 
@@ -96,7 +96,7 @@ def exc_text(exc, limit=200):
     except Exception:
         text = ""
     if len(text) > limit:
-        text = text[:limit - 3] + "..."
+        text = text[: limit - 3] + "..."
     text = "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
     return _clean(text)
 

@@ -24,8 +24,14 @@ import sys
 import traceback
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-__all__ = ["CrashReport", "set_crash_handler", "report_crash", "log_level", "apply_verbose_env",
-           "drop_verbose_handler"]
+__all__ = [
+    "CrashReport",
+    "set_crash_handler",
+    "report_crash",
+    "log_level",
+    "apply_verbose_env",
+    "drop_verbose_handler",
+]
 
 crash_logger = logging.getLogger("aemp_green.crash")
 
@@ -52,8 +58,9 @@ class CrashReport(NamedTuple):
 _handler: Union[str, Callable[[CrashReport], Any], None] = "stderr"
 
 
-def set_crash_handler(handler: Union[str, Callable[[CrashReport], Any], None]
-                      ) -> Union[str, Callable[[CrashReport], Any], None]:
+def set_crash_handler(
+    handler: Union[str, Callable[[CrashReport], Any], None],
+) -> Union[str, Callable[[CrashReport], Any], None]:
     """Choose where crash reports go: ``"stderr"`` (default), ``"logging"``, ``None`` (off) or a
     callable taking a ``CrashReport``. Returns the previous handler.
 
@@ -64,8 +71,9 @@ def set_crash_handler(handler: Union[str, Callable[[CrashReport], Any], None]
     """
     global _handler
     if not (handler in ("stderr", "logging", None) or callable(handler)):
-        raise ValueError("crash handler must be 'stderr', 'logging', None or a callable, not %r"
-                         % (handler,))
+        raise ValueError(
+            "crash handler must be 'stderr', 'logging', None or a callable, not %r" % (handler,)
+        )
     old, _handler = _handler, handler
     return old
 
@@ -85,7 +93,7 @@ def _headline(what, port, tag, detail):
 
 def _short(value, limit=80):
     r = repr(value)
-    return r if len(r) <= limit else r[:limit - 3] + "..."
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def report_crash(what, port, exc, tag=None, detail=""):
@@ -118,8 +126,20 @@ def report_crash(what, port, exc, tag=None, detail=""):
             pass
 
 
-_LEVEL_NAMES = {"fatal": 1, "alert": 2, "critical": 3, "crit": 3, "error": 4, "warn": 5,
-                "warning": 5, "note": 6, "notice": 6, "info": 7, "debug": 8, "trace": 9}
+_LEVEL_NAMES = {
+    "fatal": 1,
+    "alert": 2,
+    "critical": 3,
+    "crit": 3,
+    "error": 4,
+    "warn": 5,
+    "warning": 5,
+    "note": 6,
+    "notice": 6,
+    "info": 7,
+    "debug": 8,
+    "trace": 9,
+}
 
 
 def log_level(environ=None, default=logging.WARNING):

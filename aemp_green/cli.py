@@ -116,12 +116,14 @@ def _tokens(argv):
         try:
             values = json.loads(argv[0])
         except ValueError as e:
-            raise _UsageError("the first argument %r is not a valid JSON array: %s"
-                              % (argv[0], e)) from None
+            raise _UsageError(
+                "the first argument %r is not a valid JSON array: %s" % (argv[0], e)
+            ) from None
         if not isinstance(values, list):
             raise _UsageError("the first argument must be a JSON array")
-        return [_Arg(v if isinstance(v, str) else json.dumps(v), v) for v in values] + \
-            [_Arg(a) for a in argv[1:]]
+        return [_Arg(v if isinstance(v, str) else json.dumps(v), v) for v in values] + [
+            _Arg(a) for a in argv[1:]
+        ]
     return [_Arg(a) for a in argv]
 
 
@@ -135,8 +137,14 @@ def _json_default(obj):
 
 def _dumps(value, pretty=False):
     if pretty:
-        return json.dumps(value, indent=3, separators=(",", " : "), sort_keys=True,
-                          ensure_ascii=False, default=_json_default)
+        return json.dumps(
+            value,
+            indent=3,
+            separators=(",", " : "),
+            sort_keys=True,
+            ensure_ascii=False,
+            default=_json_default,
+        )
     return json.dumps(value, ensure_ascii=False, default=_json_default)
 
 
@@ -160,6 +168,7 @@ def _str_arg(arg, what):
 # =============================================================================================
 # logging from the AEMP environment variables
 
+
 def _log_level(environ):
     """Python log level for ``PERL_ANYEVENT_VERBOSE`` (or ``AE_VERBOSE``), AnyEvent's 0-9 scale."""
     return _report.log_level(environ)
@@ -170,9 +179,11 @@ def _setup_logging():
     if root.handlers:  # embedded (tests, an application calling main): leave logging alone
         return
     _report.drop_verbose_handler()  # ours replaces the one importing the package set up
-    logging.basicConfig(level=_log_level(os.environ), stream=sys.stderr,
-                        format="%(asctime)s aemp[%(process)d] %(levelname)s %(name)s: "
-                               "%(message)s")
+    logging.basicConfig(
+        level=_log_level(os.environ),
+        stream=sys.stderr,
+        format="%(asctime)s aemp[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
 
 
 # =============================================================================================
@@ -249,14 +260,17 @@ Options:
   -h, --help           Show this help.
 """
 
-_SECTION_NOTE = ("It applies to the rc top level, or to the profile named by an earlier "
-                 "`profile NAME` in the same call.")
+_SECTION_NOTE = (
+    "It applies to the rc top level, or to the profile named by an earlier "
+    "`profile NAME` in the same call."
+)
 
 
 def _command(name, nargs=0, final=False, options=False, doc=""):
     def deco(fn):
         _COMMANDS[name] = _Cmd(name, nargs, final, options, fn, doc.strip("\n") + "\n")
         return fn
+
     return deco
 
 
@@ -271,7 +285,10 @@ def _lookup(name):
 
 # ---------------------------------------------------------------------------- secret and cert
 
-@_command("gensecret", doc="""
+
+@_command(
+    "gensecret",
+    doc="""
 Generate a new random shared secret and store it.
 
 Usage:
@@ -283,12 +300,16 @@ other (hmac_sha3_512); every node of a network needs the same one. {note}
 Example:
   aemp gensecret
   aemp profile lab gensecret
-""".format(note=_SECTION_NOTE))
+""".format(note=_SECTION_NOTE),
+)
 def _cmd_gensecret(sess, a):
     sess.sect()["secret"] = _config.gen_secret()
 
 
-@_command("setsecret", 1, doc="""
+@_command(
+    "setsecret",
+    1,
+    doc="""
 Set the shared secret (also: aemp secret SECRET).
 
 Usage:
@@ -299,12 +320,15 @@ secret. {note}
 
 Example:
   aemp setsecret 'correct horse battery staple'
-""".format(note=_SECTION_NOTE))
+""".format(note=_SECTION_NOTE),
+)
 def _cmd_setsecret(sess, a):
     sess.sect()["secret"] = _str_arg(a["<secret>"], "the secret")
 
 
-@_command("delsecret", doc="""
+@_command(
+    "delsecret",
+    doc="""
 Remove the shared secret.
 
 Usage:
@@ -314,7 +338,8 @@ Usage:
 
 Example:
   aemp delsecret
-""".format(note=_SECTION_NOTE))
+""".format(note=_SECTION_NOTE),
+)
 def _cmd_delsecret(sess, a):
     _delete_key(sess, "secret")
 
@@ -322,20 +347,45 @@ def _cmd_delsecret(sess, a):
 def _gencert():
     with tempfile.TemporaryDirectory(prefix="aemp-gencert-") as tmp:
         key, crt = os.path.join(tmp, "key.pem"), os.path.join(tmp, "cert.pem")
-        cmd = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
-               "-days", "3650", "-subj", "/CN=aemp_green", "-keyout", key, "-out", crt]
+        cmd = [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=aemp_green",
+            "-keyout",
+            key,
+            "-out",
+            crt,
+        ]
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=120, check=False)
+            proc = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                timeout=120,
+                check=False,
+            )
         except FileNotFoundError:
-            raise _Fail("gencert needs the openssl command, which is not installed (not found "
-                        "on PATH); install OpenSSL, or make a PEM file with a key and a "
-                        "certificate elsewhere and store it with `aemp setcert FILE`") from None
+            raise _Fail(
+                "gencert needs the openssl command, which is not installed (not found "
+                "on PATH); install OpenSSL, or make a PEM file with a key and a "
+                "certificate elsewhere and store it with `aemp setcert FILE`"
+            ) from None
         except (OSError, subprocess.TimeoutExpired) as e:
             raise _Fail("gencert: running openssl failed: %s" % e) from None
         if proc.returncode != 0:
-            raise _Fail("gencert: openssl failed (exit status %d): %s"
-                        % (proc.returncode, proc.stderr.decode("utf-8", "replace").strip()))
+            raise _Fail(
+                "gencert: openssl failed (exit status %d): %s"
+                % (proc.returncode, proc.stderr.decode("utf-8", "replace").strip())
+            )
         with open(key, encoding="ascii") as f:
             pem = f.read()
         with open(crt, encoding="ascii") as f:
@@ -343,7 +393,9 @@ def _gencert():
     return pem
 
 
-@_command("gencert", doc="""
+@_command(
+    "gencert",
+    doc="""
 Generate a self-signed certificate (with its key) and store it as the cert.
 
 Usage:
@@ -355,12 +407,16 @@ against this certificate, so give every node of the network the same cert. {note
 
 Example:
   aemp gencert
-""".format(note=_SECTION_NOTE))
+""".format(note=_SECTION_NOTE),
+)
 def _cmd_gencert(sess, a):
     sess.sect()["cert"] = _gencert()
 
 
-@_command("setcert", 1, doc="""
+@_command(
+    "setcert",
+    1,
+    doc="""
 Store the PEM file FILE (private key, certificate, CA certificates) as the cert.
 
 Usage:
@@ -371,7 +427,8 @@ A cert turns on TLS (tls_sha3_512). {note}
 
 Example:
   aemp setcert /etc/aemp/node.pem
-""".format(note=_SECTION_NOTE))
+""".format(note=_SECTION_NOTE),
+)
 def _cmd_setcert(sess, a):
     path = _str_arg(a["<file>"], "the cert file name")
     try:
@@ -380,12 +437,15 @@ def _cmd_setcert(sess, a):
     except (OSError, UnicodeDecodeError) as e:
         raise _UsageError("setcert: cannot read %s: %s" % (path, e)) from None
     if "-----BEGIN" not in pem or "CERTIFICATE-----" not in pem or "PRIVATE KEY-----" not in pem:
-        raise _UsageError("setcert: %s must hold a private key and a certificate in PEM form"
-                          % path)
+        raise _UsageError(
+            "setcert: %s must hold a private key and a certificate in PEM form" % path
+        )
     sess.sect()["cert"] = pem
 
 
-@_command("delcert", doc="""
+@_command(
+    "delcert",
+    doc="""
 Remove the cert (TLS is then off).
 
 Usage:
@@ -395,12 +455,14 @@ Usage:
 
 Example:
   aemp delcert
-""".format(note=_SECTION_NOTE))
+""".format(note=_SECTION_NOTE),
+)
 def _cmd_delcert(sess, a):
     _delete_key(sess, "cert")
 
 
 # ---------------------------------------------------------------------------- generic settings
+
 
 def _fill(text):
     return textwrap.fill(text, width=95, break_on_hyphens=False, break_long_words=False)
@@ -427,8 +489,9 @@ def _list_arg(key, arg):
     if isinstance(value, str):
         value = [s.strip() for s in value.split(",") if s.strip()]
     if not isinstance(value, list):
-        raise _UsageError("%s: expected a JSON array or a comma-separated list, not %r"
-                          % (key, arg.raw))
+        raise _UsageError(
+            "%s: expected a JSON array or a comma-separated list, not %r" % (key, arg.raw)
+        )
     _validate(key, value)
     return value
 
@@ -451,22 +514,40 @@ def _items_arg(key, arg):
 
 
 _LIST_KEYS = {
-    "binds": ("bind", "<bind>", "the addresses this node listens on",
-              "host:port; '*' as host is every local address, '*' or no port a free port",
-              "127.0.0.1:4040", '\'["127.0.0.1:4040","[::1]:4040"]\'', "0.0.0.0:4041"),
-    "seeds": ("seed", "<seed>", "the seed nodes this node keeps connected to",
-              "host:port of a seed node (seeds become global nodes and keep the database)",
-              "10.0.0.1:4040,10.0.0.2:4040", '\'["10.0.0.1:4040"]\'', "10.0.0.3:4040"),
-    "services": ("service", "<service>", "the services started by configure",
-                 "a function name \"pkg.mod.func\" (or AEMP's \"Pkg::func\"), a module "
-                 "\"pkg.mod.\" / \"Pkg::\", or a JSON array [\"pkg.func\", args...]",
-                 "myapp.jobs.start,myapp.web.", '\'["myapp.start", ["myapp.worker", 4]]\'',
-                 '\'["myapp.worker", 4]\''),
+    "binds": (
+        "bind",
+        "<bind>",
+        "the addresses this node listens on",
+        "host:port; '*' as host is every local address, '*' or no port a free port",
+        "127.0.0.1:4040",
+        '\'["127.0.0.1:4040","[::1]:4040"]\'',
+        "0.0.0.0:4041",
+    ),
+    "seeds": (
+        "seed",
+        "<seed>",
+        "the seed nodes this node keeps connected to",
+        "host:port of a seed node (seeds become global nodes and keep the database)",
+        "10.0.0.1:4040,10.0.0.2:4040",
+        '\'["10.0.0.1:4040"]\'',
+        "10.0.0.3:4040",
+    ),
+    "services": (
+        "service",
+        "<service>",
+        "the services started by configure",
+        "a function name \"pkg.mod.func\" (or AEMP's \"Pkg::func\"), a module "
+        "\"pkg.mod.\" / \"Pkg::\", or a JSON array [\"pkg.func\", args...]",
+        "myapp.jobs.start,myapp.web.",
+        '\'["myapp.start", ["myapp.worker", 4]]\'',
+        '\'["myapp.worker", 4]\'',
+    ),
 }
 
 
 def _make_list_commands(key, item, meta, what, entry, ex_set, ex_json, ex_add):
-    several = ("adds" if key == "services" else "(or a JSON array) adds")
+    several = "adds" if key == "services" else "(or a JSON array) adds"
+
     def setter(sess, a):
         sess.sect()[key] = _list_arg(key, a["<%s>" % key])
 
@@ -477,8 +558,9 @@ def _make_list_commands(key, item, meta, what, entry, ex_set, ex_json, ex_add):
         items = _items_arg(key, a[meta])
         sect = sess.sect()
         current = sect.get(key)
-        current = [] if current is None else list(current if isinstance(current, list)
-                                                  else [current])
+        current = (
+            [] if current is None else list(current if isinstance(current, list) else [current])
+        )
         for it in items:
             if it not in current:
                 current.append(it)
@@ -488,8 +570,9 @@ def _make_list_commands(key, item, meta, what, entry, ex_set, ex_json, ex_add):
         items = _items_arg(key, a[meta])
         sect = sess.sect(create=False)
         current = sect.get(key) if sect is not None else None
-        current = [] if current is None else list(current if isinstance(current, list)
-                                                  else [current])
+        current = (
+            [] if current is None else list(current if isinstance(current, list) else [current])
+        )
         for it in items:
             if it in current:
                 current.remove(it)
@@ -498,7 +581,10 @@ def _make_list_commands(key, item, meta, what, entry, ex_set, ex_json, ex_add):
         if sect is not None and key in sect:
             sect[key] = current
 
-    _command("set" + key, 1, doc="""
+    _command(
+        "set" + key,
+        1,
+        doc="""
 Set {what} (also: aemp {key} LIST).
 
 Usage:
@@ -509,10 +595,20 @@ Usage:
 Example:
   aemp set{key} {ex_set}
   aemp set{key} {ex_json}
-""".format(what=what, key=key, ex_set=ex_set, ex_json=ex_json, text=_fill(
-        "LIST is a JSON array or a comma-separated list; each entry is %s. An entry starting "
-        "with [ (IPv6) must be given in a JSON array. %s" % (entry, _SECTION_NOTE))))(setter)
-    _command("del" + key, doc="""
+""".format(
+            what=what,
+            key=key,
+            ex_set=ex_set,
+            ex_json=ex_json,
+            text=_fill(
+                "LIST is a JSON array or a comma-separated list; each entry is %s. An entry starting "
+                "with [ (IPv6) must be given in a JSON array. %s" % (entry, _SECTION_NOTE)
+            ),
+        ),
+    )(setter)
+    _command(
+        "del" + key,
+        doc="""
 Remove {what} (the default applies again).
 
 Usage:
@@ -522,8 +618,12 @@ Usage:
 
 Example:
   aemp del{key}
-""".format(what=what, key=key, note=_SECTION_NOTE))(deleter)
-    _command("add" + item, 1, doc="""
+""".format(what=what, key=key, note=_SECTION_NOTE),
+    )(deleter)
+    _command(
+        "add" + item,
+        1,
+        doc="""
 Add an entry to {what}.
 
 Usage:
@@ -533,10 +633,21 @@ Usage:
 
 Example:
   aemp add{item} {ex_add}
-""".format(what=what, item=item, meta=meta, ex_add=ex_add, text=_fill(
-        "The entry is %s; a comma-separated list %s several. An entry already there is not "
-        "added twice. %s" % (entry, several, _SECTION_NOTE))))(adder)
-    _command("del" + item, 1, doc="""
+""".format(
+            what=what,
+            item=item,
+            meta=meta,
+            ex_add=ex_add,
+            text=_fill(
+                "The entry is %s; a comma-separated list %s several. An entry already there is not "
+                "added twice. %s" % (entry, several, _SECTION_NOTE)
+            ),
+        ),
+    )(adder)
+    _command(
+        "del" + item,
+        1,
+        doc="""
 Remove an entry from {what}.
 
 Usage:
@@ -546,9 +657,17 @@ Usage:
 
 Example:
   aemp del{item} {ex_add}
-""".format(what=what, item=item, meta=meta, ex_add=ex_add, text=_fill(
-        "A comma-separated list %s several; entries that are not there are reported. %s"
-        % (several.replace("adds", "removes"), _SECTION_NOTE))))(remover)
+""".format(
+            what=what,
+            item=item,
+            meta=meta,
+            ex_add=ex_add,
+            text=_fill(
+                "A comma-separated list %s several; entries that are not there are reported. %s"
+                % (several.replace("adds", "removes"), _SECTION_NOTE)
+            ),
+        ),
+    )(remover)
 
 
 for _key, _spec in _LIST_KEYS.items():
@@ -571,8 +690,13 @@ _LIST_TUNING = {"framing_format", "auth_offer", "auth_accept"}
 def _make_tuning_commands(key, meta, example):
     setting = _config.SETTINGS_BY_NAME[key]
     default = json.dumps(setting.default)
-    kind = ("a JSON array or a comma-separated list" if key in _LIST_TUNING else
-            "true/false, 1/0, yes/no or on/off" if meta == "<bool>" else "a positive number")
+    kind = (
+        "a JSON array or a comma-separated list"
+        if key in _LIST_TUNING
+        else "true/false, 1/0, yes/no or on/off"
+        if meta == "<bool>"
+        else "a positive number"
+    )
 
     def setter(sess, a):
         arg = a[meta]
@@ -585,7 +709,10 @@ def _make_tuning_commands(key, meta, example):
     def deleter(sess, a):
         _delete_key(sess, key)
 
-    _command("set" + key, 1, doc="""
+    _command(
+        "set" + key,
+        1,
+        doc="""
 Set {key} (also: aemp {key} VALUE).
 
 Usage:
@@ -595,10 +722,19 @@ Usage:
 
 Example:
   aemp set{key} {example}
-""".format(key=key, meta=meta, example=example, text=_fill(
-        "%s The value is %s; the default is %s. %s"
-        % (setting.doc, kind, default, _SECTION_NOTE))))(setter)
-    _command("del" + key, doc="""
+""".format(
+            key=key,
+            meta=meta,
+            example=example,
+            text=_fill(
+                "%s The value is %s; the default is %s. %s"
+                % (setting.doc, kind, default, _SECTION_NOTE)
+            ),
+        ),
+    )(setter)
+    _command(
+        "del" + key,
+        doc="""
 Remove {key} (the default {default} applies again).
 
 Usage:
@@ -608,7 +744,8 @@ Usage:
 
 Example:
   aemp del{key}
-""".format(key=key, default=default, note=_SECTION_NOTE))(deleter)
+""".format(key=key, default=default, note=_SECTION_NOTE),
+    )(deleter)
 
 
 for _key, (_meta, _example) in _TUNING.items():
@@ -616,7 +753,10 @@ for _key, (_meta, _example) in _TUNING.items():
 del _key, _spec, _meta, _example
 
 
-@_command("setnodeid", 1, doc="""
+@_command(
+    "setnodeid",
+    1,
+    doc="""
 Set the node ID (also: aemp nodeid NODEID).
 
 Usage:
@@ -628,12 +768,15 @@ node is called "<profile>/". {note}
 Example:
   aemp profile seed setnodeid seed
   aemp setnodeid 'worker/%n/%u'
-""".format(note=_SECTION_NOTE))
+""".format(note=_SECTION_NOTE),
+)
 def _cmd_setnodeid(sess, a):
     sess.sect()["nodeid"] = _validate("nodeid", _str_arg(a["<nodeid>"], "the node ID"))
 
 
-@_command("delnodeid", doc="""
+@_command(
+    "delnodeid",
+    doc="""
 Remove the node ID (the node is then called "<profile>/").
 
 Usage:
@@ -643,14 +786,19 @@ Usage:
 
 Example:
   aemp profile seed delnodeid
-""".format(note=_SECTION_NOTE))
+""".format(note=_SECTION_NOTE),
+)
 def _cmd_delnodeid(sess, a):
     _delete_key(sess, "nodeid")
 
 
 # ---------------------------------------------------------------------------- profiles
 
-@_command("profile", 1, doc="""
+
+@_command(
+    "profile",
+    1,
+    doc="""
 Send the settings that follow in this call to profile NAME.
 
 Usage:
@@ -662,12 +810,16 @@ the profile itself; later ones win.
 
 Example:
   aemp profile seed setbinds 127.0.0.1:4040 setnodeid seed
-""")
+""",
+)
 def _cmd_profile(sess, a):
     sess.section = _str_arg(a["<name>"], "the profile name")
 
 
-@_command("delprofile", 1, doc="""
+@_command(
+    "delprofile",
+    1,
+    doc="""
 Delete profile NAME and all its settings.
 
 Usage:
@@ -675,7 +827,8 @@ Usage:
 
 Example:
   aemp delprofile oldlab
-""")
+""",
+)
 def _cmd_delprofile(sess, a):
     name = _str_arg(a["<name>"], "the profile name")
     table = sess.rc.get("profile")
@@ -689,7 +842,10 @@ def _cmd_delprofile(sess, a):
         sess.section = None
 
 
-@_command("setparent", 1, doc="""
+@_command(
+    "setparent",
+    1,
+    doc="""
 Make the current profile inherit from profile PARENT (also: aemp parent PARENT).
 
 Usage:
@@ -700,12 +856,15 @@ A profile gets the settings of its parent (recursively) and overrides them. Use 
 
 Example:
   aemp profile seed2 setparent seed setbinds 127.0.0.1:4041
-""")
+""",
+)
 def _cmd_setparent(sess, a):
     parent = _str_arg(a["<parent>"], "the parent profile name")
     if sess.section is None:
-        _warn("a parent only has an effect inside a profile (use `profile NAME setparent %s`)"
-              % parent)
+        _warn(
+            "a parent only has an effect inside a profile (use `profile NAME setparent %s`)"
+            % parent
+        )
     sess.sect()["parent"] = parent
     if sess.section is not None:
         try:
@@ -714,7 +873,9 @@ def _cmd_setparent(sess, a):
             raise _UsageError("setparent: %s" % e) from None
 
 
-@_command("delparent", doc="""
+@_command(
+    "delparent",
+    doc="""
 Remove the parent of the current profile.
 
 Usage:
@@ -722,14 +883,19 @@ Usage:
 
 Example:
   aemp profile seed2 delparent
-""")
+""",
+)
 def _cmd_delparent(sess, a):
     _delete_key(sess, "parent")
 
 
 # ---------------------------------------------------------------------------- showing
 
-@_command("showprofile", 1, doc="""
+
+@_command(
+    "showprofile",
+    1,
+    doc="""
 Print profile NAME as stored in the rc file, as JSON (as Perl's aemp does).
 
 Usage:
@@ -740,7 +906,8 @@ it would use.
 
 Example:
   aemp showprofile seed
-""")
+""",
+)
 def _cmd_showprofile(sess, a):
     name = _str_arg(a["<name>"], "the profile name")
     table = sess.rc.get("profile")
@@ -751,7 +918,10 @@ def _cmd_showprofile(sess, a):
     _out(_dumps(table[name], pretty=True))
 
 
-@_command("showconfig", final=True, doc="""
+@_command(
+    "showconfig",
+    final=True,
+    doc="""
 Print the effective configuration of a profile as JSON (as Perl's aemp does).
 
 Usage:
@@ -766,7 +936,8 @@ Example:
   aemp showconfig
   aemp showconfig seed
   aemp showconfig seed monitor_timeout 10
-""")
+""",
+)
 def _cmd_showconfig(sess, a):
     name_arg = a["<name>"]
     name = _config.hostname() if name_arg is None else _str_arg(name_arg, "the profile name")
@@ -788,7 +959,10 @@ def _kv_pairs(keys, values):
     return kv
 
 
-@_command("_resolve", final=True, doc="""
+@_command(
+    "_resolve",
+    final=True,
+    doc="""
 Print the socket addresses the given bind or seed addresses stand for (a debugging aid).
 
 Usage:
@@ -798,18 +972,28 @@ Usage:
 
 Example:
   aemp _resolve '*:4040' 127.0.0.1
-""")
+""",
+)
 def _cmd_resolve(sess, a):
     addrs = [_str_arg(x, "an address") for x in a["<address>"]]
     try:
         resolved = _config.expand_binds(addrs)
     except ConfigError as e:
         raise _UsageError("_resolve: %s" % e) from None
-    _out(_dumps([("[%s]" % h if ":" in h else h) + ":" + ("*" if p is None else str(p))
-                 for h, p in resolved]))
+    _out(
+        _dumps(
+            [
+                ("[%s]" % h if ":" in h else h) + ":" + ("*" if p is None else str(p))
+                for h, p in resolved
+            ]
+        )
+    )
 
 
-@_command("help", final=True, doc="""
+@_command(
+    "help",
+    final=True,
+    doc="""
 Show the help of aemp or of one subcommand.
 
 Usage:
@@ -818,7 +1002,8 @@ Usage:
 Example:
   aemp help
   aemp help snd
-""")
+""",
+)
 def _cmd_help(sess, a):
     arg = a["<subcommand>"]
     if arg is None:
@@ -839,15 +1024,17 @@ _runner = None  # the running `aemp run`: {"stop": Event, "restart": bool, "argv
 def _restart():
     """Node request target of ``aemp restart``: shut down and re-execute this ``aemp run``."""
     if _runner is None:
-        logger.warning("restart requested, but this node was not started by `aemp run`: "
-                       "ignored")
+        logger.warning("restart requested, but this node was not started by `aemp run`: ignored")
         return
     logger.warning("restart requested: shutting down and starting again")
     _runner["restart"] = True
     _runner["stop"].set()
 
 
-@_command("run", final=True, doc="""
+@_command(
+    "run",
+    final=True,
+    doc="""
 Configure a node and run it until SIGINT or SIGTERM.
 
 Usage:
@@ -864,7 +1051,8 @@ down cleanly (listeners closed, peers see the connections end) and aemp exits wi
 Example:
   aemp run profile seed
   aemp run nodeid foo binds '["127.0.0.1:4040"]' force 1
-""")
+""",
+)
 def _cmd_run(sess, a):
     import gevent
     from gevent.event import Event
@@ -884,9 +1072,14 @@ def _cmd_run(sess, a):
                 raise _UsageError("run: %s" % e) from None
     unknown = [k for k in kv if k not in _config.SETTINGS_BY_NAME and k not in ("norc", "force")]
     if unknown:
-        raise _UsageError("run: unknown configure key%s %s (known: %s)" % (
-            "s" if len(unknown) > 1 else "", ", ".join(map(repr, unknown)),
-            ", ".join(s.name for s in _config.SETTINGS if s.name != "version")))
+        raise _UsageError(
+            "run: unknown configure key%s %s (known: %s)"
+            % (
+                "s" if len(unknown) > 1 else "",
+                ", ".join(map(repr, unknown)),
+                ", ".join(s.name for s in _config.SETTINGS if s.name != "version"),
+            )
+        )
     try:
         _config.validate({k: v for k, v in kv.items() if k not in ("norc", "force")})
     except ConfigError as e:
@@ -898,26 +1091,33 @@ def _cmd_run(sess, a):
             raise _Fail("run: %s" % e) from None
         for key, value in kv.items():
             if key not in ("force", "norc") and eff.get(key) != value:
-                _warn("run: the rc file overrides %s %s (configure() arguments are only "
-                      "defaults, as in AEMP); add `force 1` to make them win"
-                      % (key, json.dumps(value)))
+                _warn(
+                    "run: the rc file overrides %s %s (configure() arguments are only "
+                    "defaults, as in AEMP); add `force 1` to make them win"
+                    % (key, json.dumps(value))
+                )
     try:
         cfg = aemp_green.configure(profile, **kv)
     except (ConfigError, OSError) as e:
         raise _Fail("run: cannot start the node: %s" % e) from None
     if not cfg.get("secret") and not cfg.get("cert"):
-        _warn("run: no secret and no cert are configured (profile %r): this node can neither "
-              "authenticate to other nodes nor accept them. Set one with `aemp gensecret` (the "
-              "same secret on every node) or `aemp setsecret SECRET`."
-              % (profile or _config.hostname()))
+        _warn(
+            "run: no secret and no cert are configured (profile %r): this node can neither "
+            "authenticate to other nodes nor accept them. Set one with `aemp gensecret` (the "
+            "same secret on every node) or `aemp setsecret SECRET`."
+            % (profile or _config.hostname())
+        )
     from .node import listener_addresses
 
     stop = Event()
     _runner = {"stop": stop, "restart": False, "argv": sess.gopts["argv"]}
-    watchers = [gevent.signal_handler(signal.SIGTERM, stop.set),
-                gevent.signal_handler(signal.SIGINT, stop.set)]
-    logger.info("node %s running, listening on %s", aemp_green.NODE(),
-                " ".join(listener_addresses()))
+    watchers = [
+        gevent.signal_handler(signal.SIGTERM, stop.set),
+        gevent.signal_handler(signal.SIGINT, stop.set),
+    ]
+    logger.info(
+        "node %s running, listening on %s", aemp_green.NODE(), " ".join(listener_addresses())
+    )
     try:
         stop.wait()
     finally:
@@ -972,13 +1172,16 @@ class _Talk:
             if self.explicit:
                 # --timeout N: keep trying to reach a node for N s, not for the profile's
                 # connect_interval (2 s by default), after which every monitor would fire
-                extra["connect_interval"] = max(self.timeout,
-                                                float(eff.get("connect_interval") or 0))
-            self.cfg = aemp_green.configure(self.profile, nodeid=_TEMP_NODEID, binds=binds,
-                                            force=True, **extra)
+                extra["connect_interval"] = max(
+                    self.timeout, float(eff.get("connect_interval") or 0)
+                )
+            self.cfg = aemp_green.configure(
+                self.profile, nodeid=_TEMP_NODEID, binds=binds, force=True, **extra
+            )
         except (ConfigError, OSError) as e:
-            raise _Fail("cannot start the temporary node (profile %r): %s"
-                        % (self.profile, e)) from None
+            raise _Fail(
+                "cannot start the temporary node (profile %r): %s" % (self.profile, e)
+            ) from None
         self.deadline = time.monotonic() + self.timeout
         logger.debug("temporary node %s (profile %s)", aemp_green.NODE(), self.profile)
 
@@ -992,8 +1195,10 @@ class _Talk:
 
     def need_seeds(self):
         if not self.cfg.get("seeds"):
-            raise _Fail("no seeds are configured (profile %r): the node database lives on the "
-                        "seed nodes (set them with `aemp setseeds HOST:PORT`)" % self.profile)
+            raise _Fail(
+                "no seeds are configured (profile %r): the node database lives on the "
+                "seed nodes (set them with `aemp setseeds HOST:PORT`)" % self.profile
+            )
 
     def ask(self, target, msg, timeout=None):
         """Send ``msg + [reply port]`` to ``target``; return ("reply", values),
@@ -1043,7 +1248,7 @@ class _Talk:
 
 
 def _secs(t):
-    return ("%g" % t)
+    return "%g" % t
 
 
 def _unreachable(node, reason):
@@ -1099,6 +1304,7 @@ def _talking(fn=None, check=None):
             return fn(talk, a)
         finally:
             talk.stop()
+
     run.__name__ = fn.__name__
     run.__doc__ = fn.__doc__
     return run
@@ -1117,8 +1323,12 @@ def _stop_event(seconds=None, res=None):
         if not res.ready():
             res.set(what)
 
-    _handles.extend([gevent.signal_handler(signal.SIGTERM, fire, "signal"),
-                     gevent.signal_handler(signal.SIGINT, fire, "signal")])
+    _handles.extend(
+        [
+            gevent.signal_handler(signal.SIGTERM, fire, "signal"),
+            gevent.signal_handler(signal.SIGINT, fire, "signal"),
+        ]
+    )
     if seconds is not None:
         _handles.append(gevent.spawn_later(seconds, fire, "timeout"))
     return res
@@ -1127,7 +1337,11 @@ def _stop_event(seconds=None, res=None):
 _handles: list[Any] = []  # signal watchers and timers of _stop_event (alive until the process ends)
 
 
-@_command("snd", final=True, options=True, doc="""
+@_command(
+    "snd",
+    final=True,
+    options=True,
+    doc="""
 Send a message to a port, and wait until it got there.
 
 Usage:
@@ -1141,7 +1355,8 @@ timeout.
 {options}
 Example:
   aemp snd 'seed#abc' hello '{{"n": 1}}' '[1, 2]'
-""".format(options=_TALK_OPTIONS))
+""".format(options=_TALK_OPTIONS),
+)
 @_talking
 def _cmd_snd(talk, a):
     import gevent
@@ -1170,18 +1385,24 @@ def _cmd_snd(talk, a):
     if died:
         failure = _reason_failure(port, died[0])
         if failure:
-            raise _Fail(failure + ("" if "cannot reach" in failure
-                                   else " (the message was dropped)"))
+            raise _Fail(
+                failure + ("" if "cannot reach" in failure else " (the message was dropped)")
+            )
     if kind == "died":
         raise _Fail(_unreachable(node, value))
     if kind == "timeout":
-        raise _Fail("cannot reach node %s: no confirmation within %s s"
-                    % (node, _secs(talk.timeout)))
+        raise _Fail(
+            "cannot reach node %s: no confirmation within %s s" % (node, _secs(talk.timeout))
+        )
     _out("message sent successfully")  # Perl's aemp prints the same confirmation
     return 0
 
 
-@_command("cal", final=True, options=True, doc="""
+@_command(
+    "cal",
+    final=True,
+    options=True,
+    doc="""
 Call a port: send the arguments plus a reply port, print the reply.
 
 Usage:
@@ -1196,7 +1417,8 @@ cannot be reached. PORT may be a node ID: `aemp cal seed time` asks the node por
 Example:
   aemp cal 'seed#abc' add 1 2
   aemp cal seed time
-""".format(options=_TALK_OPTIONS))
+""".format(options=_TALK_OPTIONS),
+)
 @_talking
 def _cmd_cal(talk, a):
     port = _port_arg(a["<port>"])
@@ -1211,7 +1433,11 @@ def _cmd_cal(talk, a):
     raise _Fail("no reply from %s within %s s" % (port, _secs(talk.timeout)))
 
 
-@_command("mon", final=True, options=True, doc="""
+@_command(
+    "mon",
+    final=True,
+    options=True,
+    doc="""
 Monitor a port and print the reason (a JSON array) when it dies.
 
 Usage:
@@ -1226,7 +1452,8 @@ waits until that node goes down.
 Example:
   aemp mon 'seed#abc'
   aemp --timeout 60 mon worker/x7
-""".format(options=_TALK_OPTIONS))
+""".format(options=_TALK_OPTIONS),
+)
 @_talking
 def _cmd_mon(talk, a):
     from gevent.event import AsyncResult
@@ -1266,7 +1493,11 @@ def _cmd_mon(talk, a):
     return 0
 
 
-@_command("eval", final=True, options=True, doc="""
+@_command(
+    "eval",
+    final=True,
+    options=True,
+    doc="""
 Evaluate an expression on a node (node request "eval") and print the result as JSON.
 
 Usage:
@@ -1280,7 +1511,8 @@ configured "secure" refuse eval).
 Example:
   aemp eval seed '__import__("aemp_green").up_nodes()'
   aemp eval seed 6 '*' 7
-""".format(options=_TALK_OPTIONS))
+""".format(options=_TALK_OPTIONS),
+)
 @_talking
 def _cmd_eval(talk, a):
     node = _node_arg(a["<node>"])
@@ -1311,8 +1543,10 @@ def _remote_eval(talk, node, expr, timeout, fatal=True):
     if kind == "died":
         msg = _unreachable(node, value)
     else:
-        msg = ("%s did not answer the eval request within %s s (nodes configured secure "
-               "refuse eval)" % (node, _secs(timeout)))
+        msg = (
+            "%s did not answer the eval request within %s s (nodes configured secure "
+            "refuse eval)" % (node, _secs(timeout))
+        )
     if fatal:
         raise _Fail(msg)
     sys.stderr.write("aemp: %s\n" % msg)
@@ -1323,7 +1557,11 @@ def _is_yes(value):
     return value in (1, True, "1", b"1")
 
 
-@_command("trace", final=True, options=True, doc="""
+@_command(
+    "trace",
+    final=True,
+    options=True,
+    doc="""
 Print every message a node sends and receives, until interrupted.
 
 Usage:
@@ -1337,7 +1575,8 @@ like PERL_ANYEVENT_MP_TRACE. Runs until SIGINT/SIGTERM (status 0), an explicit -
 Example:
   aemp trace seed
   aemp --timeout 10 trace seed > trace.log
-""".format(options=_TALK_OPTIONS))
+""".format(options=_TALK_OPTIONS),
+)
 @_talking
 def _cmd_trace(talk, a):
     import gevent
@@ -1351,8 +1590,10 @@ def _cmd_trace(talk, a):
     if kind == "timeout":
         raise _Fail("cannot reach node %s: no answer within %s s" % (node, _secs(talk.timeout)))
     if not (value and _is_yes(value[0])):
-        raise _Fail("node %s cannot be traced: it does not know the aemp_green_trace request "
-                    "(not an aemp_green node?)" % node)
+        raise _Fail(
+            "node %s cannot be traced: it does not know the aemp_green_trace request "
+            "(not an aemp_green node?)" % node
+        )
 
     def show(tag=None, direction=None, peer=None, frame=None, *_):
         if tag != "trace" or not isinstance(frame, list):
@@ -1367,6 +1608,7 @@ def _cmd_trace(talk, a):
     def node_watch(n, up, *why):
         if n == node and not up and not stop.ready():
             stop.set(("down", why))
+
     guard = aemp_green.mon_nodes(node_watch)
     try:
         aemp_green.snd(node, "aemp_green_trace", tp, 1)
@@ -1413,10 +1655,15 @@ def _stdin_reader():
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         except OSError:
             pass
+
     return reader, restore
 
 
-@_command("shell", final=True, options=True, doc="""
+@_command(
+    "shell",
+    final=True,
+    options=True,
+    doc="""
 An interactive Python shell on a temporary node, or an eval shell on NODE.
 
 Usage:
@@ -1431,7 +1678,8 @@ Prompts and banner are shown only when the input is a terminal.
 Example:
   aemp shell
   aemp shell seed
-""".format(options=_TALK_OPTIONS))
+""".format(options=_TALK_OPTIONS),
+)
 @_talking
 def _cmd_shell(talk, a):
     import gevent
@@ -1448,11 +1696,18 @@ def _cmd_shell(talk, a):
             inbox = []
             me = aemp_green.port(lambda *msg: inbox.append(list(msg)))
             ns = {name: getattr(aemp_green, name) for name in aemp_green.__all__}
-            ns.update(aemp_green=aemp_green, gevent=gevent, me=me, inbox=inbox,
-                      __name__="__aemp_shell__")
-            banner = ("aemp shell on node %s (aemp_green %s); the aemp_green API is imported, "
-                      "`me` is your port (messages go to `inbox`). Ctrl-D ends."
-                      % (aemp_green.NODE(), __version__)) if tty else ""
+            ns.update(
+                aemp_green=aemp_green, gevent=gevent, me=me, inbox=inbox, __name__="__aemp_shell__"
+            )
+            banner = (
+                (
+                    "aemp shell on node %s (aemp_green %s); the aemp_green API is imported, "
+                    "`me` is your port (messages go to `inbox`). Ctrl-D ends."
+                    % (aemp_green.NODE(), __version__)
+                )
+                if tty
+                else ""
+            )
             _GreenConsole(ns, reader, tty).interact(banner=banner, exitmsg="")
             return 0
         status = 0
@@ -1477,8 +1732,10 @@ def _cmd_shell(talk, a):
 def _family_arg(arg):
     family = _str_arg(arg, "the family name")
     if not (family.startswith("'") or _FAMILY_RE.match(family)):
-        raise _UsageError("bad family name %r: must match [A-Za-z][A-Za-z0-9_:]* (or be an "
-                          "internal family such as \"'l\")" % family)
+        raise _UsageError(
+            "bad family name %r: must match [A-Za-z][A-Za-z0-9_:]* (or be an "
+            "internal family such as \"'l\")" % family
+        )
     return family
 
 
@@ -1489,11 +1746,17 @@ def _db_family(talk, family):
     try:
         return aemp_green.db_family(family, timeout=talk.left())
     except aemp_green.Timeout:
-        raise _Fail("cannot reach the network: no global node answered within %s s (seeds: %s)"
-                    % (_secs(talk.timeout), ", ".join(talk.cfg.get("seeds") or []))) from None
+        raise _Fail(
+            "cannot reach the network: no global node answered within %s s (seeds: %s)"
+            % (_secs(talk.timeout), ", ".join(talk.cfg.get("seeds") or []))
+        ) from None
 
 
-@_command("nodes", final=True, options=True, doc="""
+@_command(
+    "nodes",
+    final=True,
+    options=True,
+    doc="""
 Print the nodes of the network and their addresses as a JSON object.
 
 Usage:
@@ -1504,7 +1767,8 @@ known to the network, with the addresses it listens on. The temporary node itsel
 {options}
 Example:
   aemp nodes
-""".format(options=_TALK_OPTIONS))
+""".format(options=_TALK_OPTIONS),
+)
 @_talking
 def _cmd_nodes(talk, a):
     import aemp_green
@@ -1515,7 +1779,11 @@ def _cmd_nodes(talk, a):
     return 0
 
 
-@_command("db", final=True, options=True, doc="""
+@_command(
+    "db",
+    final=True,
+    options=True,
+    doc="""
 Print a family of the shared database as a JSON object.
 
 Usage:
@@ -1524,7 +1792,8 @@ Usage:
 Example:
   aemp db eg_receivers
   aemp db "'l"
-{options}""".format(options=_TALK_OPTIONS))
+{options}""".format(options=_TALK_OPTIONS),
+)
 @_talking(check=lambda a: _family_arg(a["<family>"]))
 def _cmd_db(talk, a):
     family = _family_arg(a["<family>"])
@@ -1532,7 +1801,11 @@ def _cmd_db(talk, a):
     return 0
 
 
-@_command("dbmon", final=True, options=True, doc="""
+@_command(
+    "dbmon",
+    final=True,
+    options=True,
+    doc="""
 Watch a family of the shared database; print each change as a JSON line.
 
 Usage:
@@ -1544,7 +1817,8 @@ one has the whole family in "added". Runs until SIGINT/SIGTERM, or an explicit -
 {options}
 Example:
   aemp dbmon eg_receivers
-""".format(options=_TALK_OPTIONS))
+""".format(options=_TALK_OPTIONS),
+)
 @_talking(check=lambda a: _family_arg(a["<family>"]))
 def _cmd_dbmon(talk, a):
     from gevent.event import Event
@@ -1557,17 +1831,24 @@ def _cmd_dbmon(talk, a):
 
     def changed(db, added=None, changed=None, deleted=None):
         db = db or {}
-        _out(_dumps({"added": {k: db.get(k) for k in added or []},
-                     "changed": {k: db.get(k) for k in changed or []},
-                     "deleted": list(deleted or [])}))
+        _out(
+            _dumps(
+                {
+                    "added": {k: db.get(k) for k in added or []},
+                    "changed": {k: db.get(k) for k in changed or []},
+                    "deleted": list(deleted or []),
+                }
+            )
+        )
         first.set()
 
     guard = aemp_green.db_mon(family, changed)
     try:
         if not first.wait(talk.left()):
-            raise _Fail("cannot reach the network: no global node answered within %s s "
-                        "(seeds: %s)" % (_secs(talk.timeout),
-                                        ", ".join(talk.cfg.get("seeds") or [])))
+            raise _Fail(
+                "cannot reach the network: no global node answered within %s s "
+                "(seeds: %s)" % (_secs(talk.timeout), ", ".join(talk.cfg.get("seeds") or []))
+            )
         stop = _stop_event(talk.left() if talk.explicit else None)
         stop.get()
     finally:
@@ -1575,7 +1856,11 @@ def _cmd_dbmon(talk, a):
     return 0
 
 
-@_command("restart", final=True, options=True, doc="""
+@_command(
+    "restart",
+    final=True,
+    options=True,
+    doc="""
 Ask a node to restart.
 
 Usage:
@@ -1587,7 +1872,8 @@ configured "secure" refuse. aemp exits once the node received the request.
 {options}
 Example:
   aemp restart seed
-""".format(options=_TALK_OPTIONS))
+""".format(options=_TALK_OPTIONS),
+)
 @_talking
 def _cmd_restart(talk, a):
     import aemp_green
@@ -1598,8 +1884,11 @@ def _cmd_restart(talk, a):
         raise _Fail(_unreachable(node, value))
     if kind == "timeout":
         raise _Fail("cannot reach node %s: no answer within %s s" % (node, _secs(talk.timeout)))
-    func = ("aemp_green.cli._restart" if value and _is_yes(value[0])
-            else "AnyEvent::Watchdog::Util::restart")
+    func = (
+        "aemp_green.cli._restart"
+        if value and _is_yes(value[0])
+        else "AnyEvent::Watchdog::Util::restart"
+    )
     # the node answered just above; the request goes last, because the node shuts its links
     # down as soon as it runs it (a round trip after it would race that); leaving the talking
     # node flushes the request out before closing the link
@@ -1612,43 +1901,51 @@ def _cmd_restart(talk, a):
 
 
 _GROUPS = (
-    ("Settings (they edit the rc file and can follow each other in one call)", (
-        ("profile NAME", "later settings go to profile NAME (else the top level)"),
-        ("gensecret | setsecret SECRET | delsecret", "the shared secret"),
-        ("gencert | setcert FILE | delcert", "the TLS certificate (PEM, with its key)"),
-        ("setnodeid ID | delnodeid", "the node ID (%n host name, %u unique)"),
-        ("setbinds LIST | delbinds | addbind A | delbind A", "listen addresses"),
-        ("setseeds LIST | delseeds | addseed A | delseed A", "seed nodes"),
-        ("setservices LIST | delservices | addservice S | delservice S", "services"),
-        ("setparent NAME | delparent", "the profile the current one inherits from"),
-        ("delprofile NAME", "delete a profile"),
-        ("setKEY VALUE | delKEY", "tuning, KEY one of: monitor_timeout connect_interval"),
-        ("", "framing_format auth_offer auth_accept autocork nodelay secure"),
-        ("showprofile NAME", "the effective configuration of a profile (JSON)"),
-        ("showconfig [NAME [KEY VALUE...]]", "the rc file, a profile, or a node's config"),
-    )),
-    ("Running a node", (
-        ("run [KEY VALUE...]", "configure a node (e.g. run profile seed) and run it"),
-        ("restart NODE", "ask a node to restart"),
-    )),
-    ("Talking to the network (on a temporary node; these come last)", (
-        ("snd PORT ARG...", "send a message, wait until it arrived"),
-        ("cal PORT ARG...", "call a port, print the reply"),
-        ("mon PORT", "print the reason when the port dies"),
-        ("eval NODE EXPR...", "evaluate an expression on a node"),
-        ("trace NODE", "print the messages a node sends and receives"),
-        ("shell [NODE]", "interactive shell (local Python, or eval on NODE)"),
-        ("nodes", "the nodes of the network and their addresses"),
-        ("db FAMILY", "print a family of the shared database"),
-        ("dbmon FAMILY", "watch a family of the shared database"),
-    )),
+    (
+        "Settings (they edit the rc file and can follow each other in one call)",
+        (
+            ("profile NAME", "later settings go to profile NAME (else the top level)"),
+            ("gensecret | setsecret SECRET | delsecret", "the shared secret"),
+            ("gencert | setcert FILE | delcert", "the TLS certificate (PEM, with its key)"),
+            ("setnodeid ID | delnodeid", "the node ID (%n host name, %u unique)"),
+            ("setbinds LIST | delbinds | addbind A | delbind A", "listen addresses"),
+            ("setseeds LIST | delseeds | addseed A | delseed A", "seed nodes"),
+            ("setservices LIST | delservices | addservice S | delservice S", "services"),
+            ("setparent NAME | delparent", "the profile the current one inherits from"),
+            ("delprofile NAME", "delete a profile"),
+            ("setKEY VALUE | delKEY", "tuning, KEY one of: monitor_timeout connect_interval"),
+            ("", "framing_format auth_offer auth_accept autocork nodelay secure"),
+            ("showprofile NAME", "the effective configuration of a profile (JSON)"),
+            ("showconfig [NAME [KEY VALUE...]]", "the rc file, a profile, or a node's config"),
+        ),
+    ),
+    (
+        "Running a node",
+        (
+            ("run [KEY VALUE...]", "configure a node (e.g. run profile seed) and run it"),
+            ("restart NODE", "ask a node to restart"),
+        ),
+    ),
+    (
+        "Talking to the network (on a temporary node; these come last)",
+        (
+            ("snd PORT ARG...", "send a message, wait until it arrived"),
+            ("cal PORT ARG...", "call a port, print the reply"),
+            ("mon PORT", "print the reason when the port dies"),
+            ("eval NODE EXPR...", "evaluate an expression on a node"),
+            ("trace NODE", "print the messages a node sends and receives"),
+            ("shell [NODE]", "interactive shell (local Python, or eval on NODE)"),
+            ("nodes", "the nodes of the network and their addresses"),
+            ("db FAMILY", "print a family of the shared database"),
+            ("dbmon FAMILY", "watch a family of the shared database"),
+        ),
+    ),
 )
 
 
 def _top_doc():
     lines = [
-        "aemp - configure, run and talk to AnyEvent::MP (AEMP) nodes (aemp_green %s)"
-        % __version__,
+        "aemp - configure, run and talk to AnyEvent::MP (AEMP) nodes (aemp_green %s)" % __version__,
         "",
         "Usage:",
         "  aemp [options] <subcommand> [<args>...]",
@@ -1707,8 +2004,7 @@ def _split_options(toks, with_value=_OPTS_WITH_VALUE):
             break
         lead.append(raw)
         i += 1
-        if "=" not in raw and raw.startswith("--") and any(o.startswith(raw)
-                                                           for o in with_value):
+        if "=" not in raw and raw.startswith("--") and any(o.startswith(raw) for o in with_value):
             if i >= len(toks):
                 raise _UsageError("option %s needs a value" % raw)
             lead.append(toks[i].raw)
@@ -1721,8 +2017,7 @@ def _unknown_option(lead, known):
     for raw in lead:
         if raw.startswith("-") and raw != "-":
             name = raw.split("=", 1)[0]
-            if not any(k == name or (name.startswith("--") and k.startswith(name))
-                       for k in known):
+            if not any(k == name or (name.startswith("--") and k.startswith(name)) for k in known):
                 return name
     return None
 
@@ -1761,17 +2056,26 @@ def _arg_count_problem(cmd, lead, args):
             res = _docopt(cmd.doc, lead + [cmd.name] + _mask(n + extra))
         except docopt.DocoptExit:
             continue
-        names = sorted({k for k, v in res.items()
-                        if any(isinstance(x, str) and x.startswith("\x01")
-                               and int(x[1:]) >= n for x in (v if isinstance(v, list) else [v]))})
+        names = sorted(
+            {
+                k
+                for k, v in res.items()
+                if any(
+                    isinstance(x, str) and x.startswith("\x01") and int(x[1:]) >= n
+                    for x in (v if isinstance(v, list) else [v])
+                )
+            }
+        )
         return "missing %s" % " ".join(names or ["arguments"])
     for fewer in range(1, n + 1):
         try:
             _docopt(cmd.doc, lead + [cmd.name] + _mask(n - fewer))
         except docopt.DocoptExit:
             continue
-        return "unexpected argument%s %s" % ("s" if fewer > 1 else "",
-                                            " ".join(repr(t.raw) for t in args[n - fewer:]))
+        return "unexpected argument%s %s" % (
+            "s" if fewer > 1 else "",
+            " ".join(repr(t.raw) for t in args[n - fewer :]),
+        )
     return "wrong arguments"
 
 
@@ -1815,13 +2119,13 @@ def _parse_chain(toks):
         if cmd is None:
             after = " (after %s)" % steps[-1][0].name if steps else ""
             raise _UsageError("unknown subcommand %r%s; see `aemp --help`" % (name, after))
-        rest = toks[i + 1:]
+        rest = toks[i + 1 :]
         if rest and rest[0].raw in ("-h", "--help"):
             raise _HelpRequest(cmd.doc)
         if cmd.final:
             mine, i = rest, len(toks)
         else:
-            mine = rest[:cmd.nargs]
+            mine = rest[: cmd.nargs]
             i += 1 + cmd.nargs
         steps.append((cmd, _parse_command(cmd, mine)))
     return steps
@@ -1878,8 +2182,9 @@ def main(argv=None):
             _out("aemp_green %s" % __version__)
             return 0
         if not chain:
-            raise _UsageError("no subcommand given\n%s\n(see `aemp --help`)"
-                              % _usage_section(_top_doc()))
+            raise _UsageError(
+                "no subcommand given\n%s\n(see `aemp --help`)" % _usage_section(_top_doc())
+            )
         gopts["argv"] = list(argv)
         steps = _parse_chain(chain)
         sess = _Session(gopts)

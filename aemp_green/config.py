@@ -145,8 +145,17 @@ def _v_count(name, value):
     return value
 
 
-_TRUE_STRINGS = {"1": True, "true": True, "yes": True, "on": True,
-                 "0": False, "false": False, "no": False, "off": False, "": False}
+_TRUE_STRINGS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+    "": False,
+}
 
 
 def _v_bool(name, value):
@@ -198,11 +207,14 @@ def _v_framing(name, value):
     known = [f for f in value if f in FRAMING_FORMATS]
     unknown = [f for f in value if f not in FRAMING_FORMATS]
     if not known:
-        raise ConfigError("%s %r contains no framing aemp_green supports (%s)"
-                          % (name, value, ", ".join(FRAMING_FORMATS)))
+        raise ConfigError(
+            "%s %r contains no framing aemp_green supports (%s)"
+            % (name, value, ", ".join(FRAMING_FORMATS))
+        )
     if unknown:
-        logger.debug("%s: ignoring framings aemp_green does not speak: %s",
-                     name, ", ".join(unknown))
+        logger.debug(
+            "%s: ignoring framings aemp_green does not speak: %s", name, ", ".join(unknown)
+        )
     return _dedup(known)
 
 
@@ -210,8 +222,9 @@ def _v_auth(name, value):
     value = _v_str_list(name, value)
     for item in value:
         if item not in AUTH_METHODS:
-            raise ConfigError("%s: unknown auth method %r (known: %s)"
-                              % (name, item, ", ".join(AUTH_METHODS)))
+            raise ConfigError(
+                "%s: unknown auth method %r (known: %s)" % (name, item, ", ".join(AUTH_METHODS))
+            )
     return _dedup(value)
 
 
@@ -230,18 +243,19 @@ def _v_nodeid(name, value):
     if not isinstance(value, str):
         raise ConfigError("%s must be a string, not %s" % (name, type(value).__name__))
     if value == "":
-        raise ConfigError("%s must not be empty (leave it unset for the default <profile>/)"
-                          % name)
+        raise ConfigError("%s must not be empty (leave it unset for the default <profile>/)" % name)
     if "#" in value:
-        raise ConfigError("%s %r must not contain '#' (it separates node and port)"
-                          % (name, value))
+        raise ConfigError("%s %r must not contain '#' (it separates node and port)" % (name, value))
     if not _NODEID_RE.match(value):
-        raise ConfigError("%s %r may only contain A-Z a-z 0-9 _ - . : / (and the %%n, %%u "
-                          "templates)" % (name, value))
+        raise ConfigError(
+            "%s %r may only contain A-Z a-z 0-9 _ - . : / (and the %%n, %%u "
+            "templates)" % (name, value)
+        )
     stray = re.sub("%[nu]", "", value)
     if "%" in stray:
-        raise ConfigError("%s %r: only %%n (host name) and %%u (random id) may follow '%%'"
-                          % (name, value))
+        raise ConfigError(
+            "%s %r: only %%n (host name) and %%u (random id) may follow '%%'" % (name, value)
+        )
     return value
 
 
@@ -252,10 +266,13 @@ def _v_services(name, value):
         raise ConfigError("%s must be a list, not %r" % (name, value))
     for item in value:
         ok = isinstance(item, str) or (
-            isinstance(item, (list, tuple)) and item and isinstance(item[0], str))
+            isinstance(item, (list, tuple)) and item and isinstance(item[0], str)
+        )
         if not ok:
-            raise ConfigError("%s entries must be \"Mod::\", \"Pkg::func\" or "
-                              "[\"Pkg::func\", args...], not %r" % (name, item))
+            raise ConfigError(
+                "%s entries must be \"Mod::\", \"Pkg::func\" or "
+                "[\"Pkg::func\", args...], not %r" % (name, item)
+            )
     return [list(i) if isinstance(i, tuple) else i for i in value]
 
 
@@ -277,131 +294,295 @@ def _v_any(name, value):
 #: Every key aemp_green knows, with its default, validator and meaning. Keys not in this table
 #: are kept untouched everywhere (an rc file written by a newer Perl must survive a round-trip).
 SETTINGS = (
-    Setting("version", NO_DEFAULT, _v_version,
-            "Format version of the rc file; AEMP writes 1."),
-    Setting("secret", NO_DEFAULT, _v_optional_str,
-            "Shared secret for hmac_sha3_512 auth; without it only TLS auth is possible."),
-    Setting("cert", NO_DEFAULT, _v_optional_str,
-            "PEM text holding key, certificate and CA certificates; enables TLS."),
-    Setting("nodeid", NO_DEFAULT, _v_nodeid,
-            "Node id template (%n host name, %u or trailing / random id); "
-            "default '<profile>/'."),
-    Setting("binds", ["*"], _v_addresses,
-            "host:port addresses to listen on; '*' host = every local address, "
-            "'*' or no port = dynamic."),
-    Setting("seeds", [], _v_addresses,
-            "host:port addresses of seed nodes to keep connected to."),
-    Setting("services", NO_DEFAULT, _v_services,
-            "Things to start: 'Mod::', 'Pkg::func' or ['Pkg::func', args...]."),
-    Setting("parent", NO_DEFAULT, _v_optional_str,
-            "Name of the profile this profile inherits from."),
-    Setting("monitor_timeout", 30, _v_positive_number,
-            "Seconds: handshake read timeout and upper bound of reconnect back-off."),
-    Setting("connect_interval", 2, _v_positive_number,
-            "Seconds: connect timeout and the gap between trying a node's addresses."),
-    Setting("framing_format", list(_protocol.FRAMINGS), _v_framing,
-            "Framings we offer and accept, in preference order (cbor, json)."),
-    Setting("auth_offer", list(_protocol.DEFAULT_AUTH), _v_auth,
-            "Auth methods we are willing to send, in preference order."),
-    Setting("auth_accept", list(_protocol.DEFAULT_AUTH), _v_auth,
-            "Auth methods we accept from a peer (cleartext/tls_anon never without TLS)."),
-    Setting("autocork", False, _v_bool,
-            "AEMP's AnyEvent::Handle autocork; accepted for rc-file compatibility, no effect "
-            "here (writes are coalesced per loop turn and a lone message goes out at once)."),
-    Setting("nodelay", True, _v_bool,
-            "Set TCP_NODELAY on node connections."),
-    Setting("secure", False, _v_bool,
-            "Refuse remote eval, function calls and spawn requests."),
-    Setting("eval", NO_DEFAULT, _v_any,
-            "Perl code run at the end of configure (Perl nodes only; ignored by us)."),
+    Setting("version", NO_DEFAULT, _v_version, "Format version of the rc file; AEMP writes 1."),
+    Setting(
+        "secret",
+        NO_DEFAULT,
+        _v_optional_str,
+        "Shared secret for hmac_sha3_512 auth; without it only TLS auth is possible.",
+    ),
+    Setting(
+        "cert",
+        NO_DEFAULT,
+        _v_optional_str,
+        "PEM text holding key, certificate and CA certificates; enables TLS.",
+    ),
+    Setting(
+        "nodeid",
+        NO_DEFAULT,
+        _v_nodeid,
+        "Node id template (%n host name, %u or trailing / random id); default '<profile>/'.",
+    ),
+    Setting(
+        "binds",
+        ["*"],
+        _v_addresses,
+        "host:port addresses to listen on; '*' host = every local address, "
+        "'*' or no port = dynamic.",
+    ),
+    Setting("seeds", [], _v_addresses, "host:port addresses of seed nodes to keep connected to."),
+    Setting(
+        "services",
+        NO_DEFAULT,
+        _v_services,
+        "Things to start: 'Mod::', 'Pkg::func' or ['Pkg::func', args...].",
+    ),
+    Setting(
+        "parent", NO_DEFAULT, _v_optional_str, "Name of the profile this profile inherits from."
+    ),
+    Setting(
+        "monitor_timeout",
+        30,
+        _v_positive_number,
+        "Seconds: handshake read timeout and upper bound of reconnect back-off.",
+    ),
+    Setting(
+        "connect_interval",
+        2,
+        _v_positive_number,
+        "Seconds: connect timeout and the gap between trying a node's addresses.",
+    ),
+    Setting(
+        "framing_format",
+        list(_protocol.FRAMINGS),
+        _v_framing,
+        "Framings we offer and accept, in preference order (cbor, json).",
+    ),
+    Setting(
+        "auth_offer",
+        list(_protocol.DEFAULT_AUTH),
+        _v_auth,
+        "Auth methods we are willing to send, in preference order.",
+    ),
+    Setting(
+        "auth_accept",
+        list(_protocol.DEFAULT_AUTH),
+        _v_auth,
+        "Auth methods we accept from a peer (cleartext/tls_anon never without TLS).",
+    ),
+    Setting(
+        "autocork",
+        False,
+        _v_bool,
+        "AEMP's AnyEvent::Handle autocork; accepted for rc-file compatibility, no effect "
+        "here (writes are coalesced per loop turn and a lone message goes out at once).",
+    ),
+    Setting("nodelay", True, _v_bool, "Set TCP_NODELAY on node connections."),
+    Setting("secure", False, _v_bool, "Refuse remote eval, function calls and spawn requests."),
+    Setting(
+        "eval",
+        NO_DEFAULT,
+        _v_any,
+        "Perl code run at the end of configure (Perl nodes only; ignored by us).",
+    ),
     # ---- aemp_green tuning keys (unknown to Perl, which ignores them) ----
-    Setting("max_frame", 64 * _MiB, _v_positive_int,
-            "aemp_green: largest data frame (bytes) accepted before the peer is dropped."),
-    Setting("line_max", _protocol.MAX_LINE, _v_positive_int,
-            "aemp_green: handshake read-buffer limit in bytes (Perl's rbuf_max)."),
-    Setting("keepalive", True, _v_bool,
-            "aemp_green: probe idle links with the node-port time request (every AEMP peer "
-            "answers) and drop a link that received nothing for monitor_timeout (AEMP 2.02 "
-            "waits for TCP instead)."),
-    Setting("handshake_timeout", NO_DEFAULT, _v_positive_number,
-            "aemp_green: seconds an incoming handshake may take (default: monitor_timeout)."),
-    Setting("max_pending_handshakes", 256, _v_positive_int,
-            "aemp_green: unfinished incoming handshakes kept at once; beyond it the oldest "
-            "stalled one of the source address with the most is dropped (slowloris defence)."),
-    Setting("max_pending_per_source", 32, _v_positive_int,
-            "aemp_green: unfinished incoming handshakes kept at once from one source IP address; "
-            "beyond it that source's oldest is dropped."),
-    Setting("check_peeraddr", True, _v_bool,
-            "aemp_green: refuse a handshake whose peer greeting does not name our address of "
-            "that connection (stops relayed handshakes; see docs/security.md). Switch off only "
-            "if public_addresses cannot describe your NAT."),
-    Setting("public_addresses", [], _v_addresses,
-            "aemp_green: extra host:port addresses peers reach or see this node at (NAT, "
-            "proxies, port forwards); port '*' matches any port (an outgoing NAT address)."),
+    Setting(
+        "max_frame",
+        64 * _MiB,
+        _v_positive_int,
+        "aemp_green: largest data frame (bytes) accepted before the peer is dropped.",
+    ),
+    Setting(
+        "line_max",
+        _protocol.MAX_LINE,
+        _v_positive_int,
+        "aemp_green: handshake read-buffer limit in bytes (Perl's rbuf_max).",
+    ),
+    Setting(
+        "keepalive",
+        True,
+        _v_bool,
+        "aemp_green: probe idle links with the node-port time request (every AEMP peer "
+        "answers) and drop a link that received nothing for monitor_timeout (AEMP 2.02 "
+        "waits for TCP instead).",
+    ),
+    Setting(
+        "handshake_timeout",
+        NO_DEFAULT,
+        _v_positive_number,
+        "aemp_green: seconds an incoming handshake may take (default: monitor_timeout).",
+    ),
+    Setting(
+        "max_pending_handshakes",
+        256,
+        _v_positive_int,
+        "aemp_green: unfinished incoming handshakes kept at once; beyond it the oldest "
+        "stalled one of the source address with the most is dropped (slowloris defence).",
+    ),
+    Setting(
+        "max_pending_per_source",
+        32,
+        _v_positive_int,
+        "aemp_green: unfinished incoming handshakes kept at once from one source IP address; "
+        "beyond it that source's oldest is dropped.",
+    ),
+    Setting(
+        "check_peeraddr",
+        True,
+        _v_bool,
+        "aemp_green: refuse a handshake whose peer greeting does not name our address of "
+        "that connection (stops relayed handshakes; see docs/security.md). Switch off only "
+        "if public_addresses cannot describe your NAT.",
+    ),
+    Setting(
+        "public_addresses",
+        [],
+        _v_addresses,
+        "aemp_green: extra host:port addresses peers reach or see this node at (NAT, "
+        "proxies, port forwards); port '*' matches any port (an outgoing NAT address).",
+    ),
     # the replicated database (global_)
-    Setting("db_stamp_skew", 300, _v_positive_number,
-            "aemp_green: seconds a database write stamp from another global node may be ahead "
-            "of our clock; a later stamp is replaced by ours (logged)."),
-    Setting("db_max_value", _MiB, _v_positive_int,
-            "aemp_green: largest database value (bytes of JSON); larger ones raise in db_set "
-            "and are dropped (logged) when a peer sends them."),
-    Setting("db_max_key", 1024, _v_positive_int,
-            "aemp_green: longest database key or family name (characters)."),
-    Setting("db_max_keys", 1000000, _v_positive_int,
-            "aemp_green: keys one source node may hold on a global node; new keys beyond it "
-            "are dropped (logged)."),
-    Setting("db_max_watches", 10000, _v_positive_int,
-            "aemp_green: families one node may watch (db_mon) on a global node."),
-    Setting("db_chunk", 64 * 1024, _v_positive_int,
-            "aemp_green: target bytes of one database frame; larger families, replies and "
-            "updates travel in several frames."),
-    Setting("max_node_addrs", 64, _v_positive_int,
-            "aemp_green: addresses kept for one node from g_found or the 'l family."),
-    Setting("max_addr_len", 256, _v_positive_int,
-            "aemp_green: longest host:port address accepted from g_found or the 'l family."),
-    Setting("max_forward_depth", 8, _v_positive_int,
-            "aemp_green: how deep node-port requests may nest (a request to our own node port "
-            "made while handling another, e.g. snd relays to ourselves); deeper ones are dropped."),
-    Setting("max_nodes", 10000, _v_positive_int,
-            "aemp_green: other nodes kept in memory; beyond it down nodes are forgotten (oldest "
-            "first) and relays from peers to yet unknown nodes are dropped."),
-    Setting("allow_trace", False, _v_bool,
-            "aemp_green: let a secure node stream its traffic trace and log records to other "
-            "nodes (aemp trace, logcatcher); a node that is not secure always does."),
-    Setting("max_trace_streams", 16, _v_positive_int,
-            "aemp_green: trace streams (aemp trace) and log-record streams (logcatcher) this "
-            "node sends at once, each; further subscriptions are refused."),
-    Setting("log_rate_lines", 5, _v_positive_int,
-            "aemp_green: log lines per peer and reason for bad input from the network, per "
-            "log_rate_interval; further ones are counted and reported as suppressed."),
-    Setting("log_rate_interval", 60, _v_positive_number,
-            "aemp_green: seconds of one log_rate_lines window."),
-    Setting("check_local_messages", False, _v_bool,
-            "aemp_green: snd to a local port also checks the message could cross the wire "
-            "(raises TypeError as for a remote port); on in the test suite."),
-    Setting("perl_bytes_as_text", True, _v_bool,
-            "aemp_green: byte strings from a Perl node (cbor framing) arrive as str, read as "
-            "Latin-1 (a Perl string has no bytes/text distinction); between Python nodes bytes "
-            "stay bytes."),
-    Setting("max_dials", 64, _v_positive_int,
-            "aemp_green: outgoing connection attempts (connect and handshake) in progress at "
-            "once; more wait up to connect_interval for a turn (taking it from a dial whose "
-            "node gave up), then are dropped."),
-    Setting("fd_reserve", 64, _v_count,
-            "aemp_green: file descriptors kept free for accepting connections: no dial while "
-            "fewer than this many are left below RLIMIT_NOFILE (0: no check)."),
-    Setting("dial_backoff_max", 10, _v_positive_number,
-            "aemp_green: longest pause (s) before an address whose dials failed is dialled "
-            "again (the pause starts at connect_interval / 4 and doubles per failure)."),
-    Setting("link_high_water", 4 * _MiB, _v_positive_int,
-            "aemp_green: bytes queued on a link above which a greenlet sender waits until they "
-            "drained to link_low_water (Erlang's busy distribution port)."),
-    Setting("link_low_water", NO_DEFAULT, _v_positive_int,
-            "aemp_green: bytes a busy link must drain to before waiting senders go on "
-            "(default: half of link_high_water)."),
-    Setting("link_hard_limit", 64 * _MiB, _v_positive_int,
-            "aemp_green: bytes queued on a link (or for a node not yet connected) beyond which "
-            "a sender that cannot wait (callback handler, hub, link reader) fails the link."),
+    Setting(
+        "db_stamp_skew",
+        300,
+        _v_positive_number,
+        "aemp_green: seconds a database write stamp from another global node may be ahead "
+        "of our clock; a later stamp is replaced by ours (logged).",
+    ),
+    Setting(
+        "db_max_value",
+        _MiB,
+        _v_positive_int,
+        "aemp_green: largest database value (bytes of JSON); larger ones raise in db_set "
+        "and are dropped (logged) when a peer sends them.",
+    ),
+    Setting(
+        "db_max_key",
+        1024,
+        _v_positive_int,
+        "aemp_green: longest database key or family name (characters).",
+    ),
+    Setting(
+        "db_max_keys",
+        1000000,
+        _v_positive_int,
+        "aemp_green: keys one source node may hold on a global node; new keys beyond it "
+        "are dropped (logged).",
+    ),
+    Setting(
+        "db_max_watches",
+        10000,
+        _v_positive_int,
+        "aemp_green: families one node may watch (db_mon) on a global node.",
+    ),
+    Setting(
+        "db_chunk",
+        64 * 1024,
+        _v_positive_int,
+        "aemp_green: target bytes of one database frame; larger families, replies and "
+        "updates travel in several frames.",
+    ),
+    Setting(
+        "max_node_addrs",
+        64,
+        _v_positive_int,
+        "aemp_green: addresses kept for one node from g_found or the 'l family.",
+    ),
+    Setting(
+        "max_addr_len",
+        256,
+        _v_positive_int,
+        "aemp_green: longest host:port address accepted from g_found or the 'l family.",
+    ),
+    Setting(
+        "max_forward_depth",
+        8,
+        _v_positive_int,
+        "aemp_green: how deep node-port requests may nest (a request to our own node port "
+        "made while handling another, e.g. snd relays to ourselves); deeper ones are dropped.",
+    ),
+    Setting(
+        "max_nodes",
+        10000,
+        _v_positive_int,
+        "aemp_green: other nodes kept in memory; beyond it down nodes are forgotten (oldest "
+        "first) and relays from peers to yet unknown nodes are dropped.",
+    ),
+    Setting(
+        "allow_trace",
+        False,
+        _v_bool,
+        "aemp_green: let a secure node stream its traffic trace and log records to other "
+        "nodes (aemp trace, logcatcher); a node that is not secure always does.",
+    ),
+    Setting(
+        "max_trace_streams",
+        16,
+        _v_positive_int,
+        "aemp_green: trace streams (aemp trace) and log-record streams (logcatcher) this "
+        "node sends at once, each; further subscriptions are refused.",
+    ),
+    Setting(
+        "log_rate_lines",
+        5,
+        _v_positive_int,
+        "aemp_green: log lines per peer and reason for bad input from the network, per "
+        "log_rate_interval; further ones are counted and reported as suppressed.",
+    ),
+    Setting(
+        "log_rate_interval",
+        60,
+        _v_positive_number,
+        "aemp_green: seconds of one log_rate_lines window.",
+    ),
+    Setting(
+        "check_local_messages",
+        False,
+        _v_bool,
+        "aemp_green: snd to a local port also checks the message could cross the wire "
+        "(raises TypeError as for a remote port); on in the test suite.",
+    ),
+    Setting(
+        "perl_bytes_as_text",
+        True,
+        _v_bool,
+        "aemp_green: byte strings from a Perl node (cbor framing) arrive as str, read as "
+        "Latin-1 (a Perl string has no bytes/text distinction); between Python nodes bytes "
+        "stay bytes.",
+    ),
+    Setting(
+        "max_dials",
+        64,
+        _v_positive_int,
+        "aemp_green: outgoing connection attempts (connect and handshake) in progress at "
+        "once; more wait up to connect_interval for a turn (taking it from a dial whose "
+        "node gave up), then are dropped.",
+    ),
+    Setting(
+        "fd_reserve",
+        64,
+        _v_count,
+        "aemp_green: file descriptors kept free for accepting connections: no dial while "
+        "fewer than this many are left below RLIMIT_NOFILE (0: no check).",
+    ),
+    Setting(
+        "dial_backoff_max",
+        10,
+        _v_positive_number,
+        "aemp_green: longest pause (s) before an address whose dials failed is dialled "
+        "again (the pause starts at connect_interval / 4 and doubles per failure).",
+    ),
+    Setting(
+        "link_high_water",
+        4 * _MiB,
+        _v_positive_int,
+        "aemp_green: bytes queued on a link above which a greenlet sender waits until they "
+        "drained to link_low_water (Erlang's busy distribution port).",
+    ),
+    Setting(
+        "link_low_water",
+        NO_DEFAULT,
+        _v_positive_int,
+        "aemp_green: bytes a busy link must drain to before waiting senders go on "
+        "(default: half of link_high_water).",
+    ),
+    Setting(
+        "link_hard_limit",
+        64 * _MiB,
+        _v_positive_int,
+        "aemp_green: bytes queued on a link (or for a node not yet connected) beyond which "
+        "a sender that cannot wait (callback handler, hub, link reader) fails the link.",
+    ),
 )
 
 #: Lookup of :data:`SETTINGS` by key name.
@@ -554,8 +735,14 @@ def dumps_rc(cfg):
         }
     """
     try:
-        text = json.dumps(cfg, indent=3, separators=(",", " : "), sort_keys=True,
-                          ensure_ascii=False, allow_nan=False)
+        text = json.dumps(
+            cfg,
+            indent=3,
+            separators=(",", " : "),
+            sort_keys=True,
+            ensure_ascii=False,
+            allow_nan=False,
+        )
     except (TypeError, ValueError) as e:
         raise ConfigError("configuration cannot be written as JSON: %s" % e) from None
     return text + "\n"
@@ -586,8 +773,9 @@ def load_rc(path=None):
     except ConfigError as e:
         raise ConfigError("%s: %s" % (path, e)) from None
     if not isinstance(rc, dict):
-        raise ConfigError("%s: the top level must be a JSON object, not %s"
-                          % (path, type(rc).__name__))
+        raise ConfigError(
+            "%s: the top level must be a JSON object, not %s" % (path, type(rc).__name__)
+        )
     logger.debug("loaded rc file %s", path)
     return rc
 
@@ -695,8 +883,9 @@ def _profiles(rc):
     if table is None:
         return {}
     if not isinstance(table, dict):
-        raise ConfigError("rc 'profile' must be an object of profiles, not %s"
-                          % type(table).__name__)
+        raise ConfigError(
+            "rc 'profile' must be an object of profiles, not %s" % type(table).__name__
+        )
     return table
 
 
@@ -713,13 +902,13 @@ def _profile_chain(rc, name):
         if prof is None:
             break
         if not isinstance(prof, dict):
-            raise ConfigError("profile %r must be an object, not %s"
-                              % (name, type(prof).__name__))
+            raise ConfigError("profile %r must be an object, not %s" % (name, type(prof).__name__))
         chain.append(prof)
         name = prof.get("parent")
         if name is not None and not isinstance(name, str):
-            raise ConfigError("profile %r: parent must be a profile name, not %r"
-                              % (seen[-1], name))
+            raise ConfigError(
+                "profile %r: parent must be a profile name, not %r" % (seen[-1], name)
+            )
     chain.reverse()
     return chain
 
@@ -787,8 +976,9 @@ def profile_section(rc, name=None):
         return rc
     table = rc.setdefault("profile", {})
     if not isinstance(table, dict):
-        raise ConfigError("rc 'profile' must be an object of profiles, not %s"
-                          % type(table).__name__)
+        raise ConfigError(
+            "rc 'profile' must be an object of profiles, not %s" % type(table).__name__
+        )
     return table.setdefault(name, {})
 
 
@@ -948,7 +1138,7 @@ def parse_address(s, default_host=None):
         end = t.find("]")
         if end < 0:
             raise ConfigError("%r: missing ']'" % s)
-        host, rest = t[1:end], t[end + 1:]
+        host, rest = t[1:end], t[end + 1 :]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
@@ -962,8 +1152,9 @@ def parse_address(s, default_host=None):
         try:
             ipaddress.IPv6Address(t)
         except ValueError:
-            raise ConfigError("%r: several ':' but not an IPv6 address (write [addr]:port)"
-                              % s) from None
+            raise ConfigError(
+                "%r: several ':' but not an IPv6 address (write [addr]:port)" % s
+            ) from None
         return t, None
     host, sep, port = t.partition(":")
     if host != "*" and not _HOST_RE.match(host):
@@ -1027,8 +1218,7 @@ def expand_binds(binds):
             if local is None:
                 local = _local_ipv4_addresses()
                 if not local:
-                    logger.info("no non-loopback IPv4 address found; binding 127.0.0.1 "
-                                "for '*'")
+                    logger.info("no non-loopback IPv4 address found; binding 127.0.0.1 for '*'")
                     local = ["127.0.0.1"]
             out.extend((a, port) for a in local)
         else:

@@ -167,6 +167,7 @@ def _make_fair(sock):
 
 # --------------------------------------------------------------------------- line reading
 
+
 def _read_line(sock, buf, limit):
     """Read one LF-terminated line without consuming anything after it.
 
@@ -178,7 +179,7 @@ def _read_line(sock, buf, limit):
     while True:
         i = data.find(b"\n")
         if i >= 0:
-            return data[:i].rstrip(b"\r"), data[i + 1:]
+            return data[:i].rstrip(b"\r"), data[i + 1 :]
         if len(data) > limit:
             raise RemoteProtocolError("line too long")
         if isinstance(sock, (_stdssl.SSLSocket, _gssl.SSLSocket)):
@@ -197,14 +198,16 @@ def _read_line(sock, buf, limit):
 
 # --------------------------------------------------------------------------- acceptor side
 
+
 def _on_accept(est, sock, trailing):
     """``aemp-dataconn`` handler (``node.register_subprotocol``): runs in the connection's
     greenlet after authentication; returns (and the socket closes) when the init port died."""
     peer = est.peer_nodeid
     dcid = (est.kv or {}).get("dataconn_id")
     try:
-        with gevent.Timeout(float(_node.setting("monitor_timeout") or 30),
-                            RemoteProtocolError("header timeout")):
+        with gevent.Timeout(
+            float(_node.setting("monitor_timeout") or 30), RemoteProtocolError("header timeout")
+        ):
             line, rest = _read_line(sock, trailing, MAX_HEADER)
         if rest:
             raise RemoteProtocolError("data before the header was answered")
@@ -212,8 +215,12 @@ def _on_accept(est, sock, trailing):
             header = json.loads(line.decode("utf-8"))
         except ValueError:
             raise RemoteProtocolError("unparsable header") from None
-        if (not isinstance(header, list) or len(header) != 2 or not isinstance(header[0], str)
-                or not isinstance(header[1], list)):
+        if (
+            not isinstance(header, list)
+            or len(header) != 2
+            or not isinstance(header[0], str)
+            or not isinstance(header[1], list)
+        ):
             raise RemoteProtocolError("header must be [init_function, [initdata...]]")
     except (RemoteProtocolError, OSError) as exc:
         logger.info("dataconn %s from %s refused: %s", dcid, peer, exc)
@@ -279,13 +286,16 @@ _node.register_subprotocol(PROTOCOL, _on_accept)
 
 # --------------------------------------------------------------------------- connector side
 
+
 def _init_name(init, local):
     if isinstance(init, str):
         return init
     if callable(init) and local:
         return init
-    raise TypeError("dataconn init must be a function name 'pkg.mod.func'%s, not %r"
-                    % (" or a callable (local target)" if local else "", init))
+    raise TypeError(
+        "dataconn init must be a function name 'pkg.mod.func'%s, not %r"
+        % (" or a callable (local target)" if local else "", init)
+    )
 
 
 def _local_pair(init, initdata):
@@ -321,8 +331,7 @@ def _dial_once(nodeid, header, deadline):
     dcid = secrets.token_hex(8)
     _learn_addresses(nodeid, max((deadline - loop.now()) / 2, 0.001))
     left = max(deadline - loop.now(), 0.001)
-    sock, est, rest = _node.dial_subprotocol(nodeid, PROTOCOL, {"dataconn_id": dcid},
-                                             timeout=left)
+    sock, est, rest = _node.dial_subprotocol(nodeid, PROTOCOL, {"dataconn_id": dcid}, timeout=left)
     # as node links (dial_subprotocol leaves the socket as it is): without TCP_NODELAY the
     # header waits for the ACK of our auth line, a delayed ACK: 40 ms per connection
     _transport.apply_sockopts(sock, _node.setting("nodelay", True))
@@ -363,8 +372,12 @@ def _probe_node(nodeid, timeout):
 
 def _header(init, initdata):
     try:
-        header = json.dumps([init, list(initdata)], ensure_ascii=False,
-                            separators=(",", ":")).encode("utf-8") + b"\n"
+        header = (
+            json.dumps([init, list(initdata)], ensure_ascii=False, separators=(",", ":")).encode(
+                "utf-8"
+            )
+            + b"\n"
+        )
     except (TypeError, ValueError) as exc:
         raise TypeError("dataconn initdata must be JSON values: %s" % (exc,)) from None
     if len(header) > MAX_HEADER:
@@ -388,8 +401,10 @@ def _connect_blocking(nodeid, header, timeout):
                 probed = True
                 if _probe_node(nodeid, deadline - loop.now()):
                     continue
-            raise DataConnError("%s closed the data connection without answering (%s): "
-                                "dataconn not loaded there?" % (nodeid, exc)) from None
+            raise DataConnError(
+                "%s closed the data connection without answering (%s): "
+                "dataconn not loaded there?" % (nodeid, exc)
+            ) from None
         except RemoteProtocolError as exc:
             raise DataConnError(str(exc) or exc.__class__.__name__) from None
         except gevent.Timeout:
@@ -442,8 +457,9 @@ def connect_to(node, init, *initdata, timeout=None, cb=None):
             else:
                 sock = _connect_blocking(nodeid, header, timeout)
         except Exception as exc:
-            why = exc.why if isinstance(exc, DataConnError) else "%s: %s" % (
-                type(exc).__name__, exc)
+            why = (
+                exc.why if isinstance(exc, DataConnError) else "%s: %s" % (type(exc).__name__, exc)
+            )
             logger.info("dataconn to %s failed: %s", nodeid, why)
             if owner is not None:
                 _k.kil(owner.id, "dataconn", why)

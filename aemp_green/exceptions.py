@@ -99,8 +99,7 @@ class PortDied(AempError):
         return "port died: %r" % (self.reason,)
 
 
-_AUTH_WORDS = ("authentication", "shared secret", "auth type", "auth method", "certificate",
-               "TLS")
+_AUTH_WORDS = ("authentication", "shared secret", "auth type", "auth method", "certificate", "TLS")
 
 
 class NoSuchPort(PortDied):

@@ -123,6 +123,7 @@ _CONTAINERS = frozenset((list, tuple, dict))
 
 # --------------------------------------------------------------------------- value checks
 
+
 def _type_name(v):
     t = type(v)
     return t.__name__ if t.__module__ == "builtins" else "%s.%s" % (t.__module__, t.__qualname__)
@@ -133,16 +134,19 @@ _STR_BYTES_KEYS = frozenset((str, bytes))
 
 
 def _too_deep(fname):
-    return TypeError("cannot encode as %s: containers nested more than %d deep "
-                     "(or a cyclic structure)" % (fname, MAX_DEPTH))
+    return TypeError(
+        "cannot encode as %s: containers nested more than %d deep "
+        "(or a cyclic structure)" % (fname, MAX_DEPTH)
+    )
 
 
 def _check_keys(c, key_types, fname):
     for k in c:
         if not isinstance(k, key_types):
-            raise TypeError("cannot encode as %s: dict key %r has type %s, only %s keys can be "
-                            "sent" % (fname, k, _type_name(k),
-                                      " or ".join(t.__name__ for t in key_types)))
+            raise TypeError(
+                "cannot encode as %s: dict key %r has type %s, only %s keys can be "
+                "sent" % (fname, k, _type_name(k), " or ".join(t.__name__ for t in key_types))
+            )
 
 
 def _check_value(msg, cbor):
@@ -178,14 +182,16 @@ def _check_value(msg, cbor):
                     raise _too_deep(fname)
                 push((v, depth + 1))
             elif not isinstance(v, bases):
-                raise TypeError("cannot encode a value of type %s as %s (%r)"
-                                % (_type_name(v), fname, v))
+                raise TypeError(
+                    "cannot encode a value of type %s as %s (%r)" % (_type_name(v), fname, v)
+                )
 
 
 def _check_frame_type(msg, fname):
     if not isinstance(msg, (list, tuple)):
-        raise TypeError("an AEMP %s frame must be a list or tuple, not %s"
-                        % (fname, _type_name(msg)))
+        raise TypeError(
+            "an AEMP %s frame must be a list or tuple, not %s" % (fname, _type_name(msg))
+        )
 
 
 # --------------------------------------------------------------------------- json
@@ -228,7 +234,7 @@ def _iter_scalars(msg):
     stack = [msg]
     while stack:
         c = stack.pop()
-        for v in (c.values() if isinstance(c, dict) else c):
+        for v in c.values() if isinstance(c, dict) else c:
             if isinstance(v, (list, tuple, dict)):
                 if len(stack) < MAX_DEPTH:
                     stack.append(v)
@@ -248,16 +254,18 @@ _INFINITY = re.compile(rb"Infinity").search
 def _json_suspect(b):
     """True if ``b`` may hold UTF-8-encoded surrogates or NaN/Infinity (fast substring tests
     first: a regex over every read would cost more than the JSON parsing)."""
-    return (b"NaN" in b or b"Infinity" in b
-            or (b"\xed" in b and _SURROGATE.search(b) is not None))
+    return b"NaN" in b or b"Infinity" in b or (b"\xed" in b and _SURROGATE.search(b) is not None)
 
 
 def _json_suspect_long(b):
     """``_json_suspect`` for long input (twice as fast from a few KB on): ``N``, ``I`` and
     ``\\xed`` are looked for alone first (``memchr``), and only the ones found lead to a
     literal search."""
-    return ((b"N" in b and _NAN(b) is not None) or (b"I" in b and _INFINITY(b) is not None)
-            or (b"\xed" in b and _SURROGATE.search(b) is not None))
+    return (
+        (b"N" in b and _NAN(b) is not None)
+        or (b"I" in b and _INFINITY(b) is not None)
+        or (b"\xed" in b and _SURROGATE.search(b) is not None)
+    )
 
 
 def _too_large(kind, size, limit, at_least=False):
@@ -274,7 +282,8 @@ def _too_large(kind, size, limit, at_least=False):
     """
     return RemoteProtocolError(
         "%s frame larger than allowed: %s%d bytes, max_frame is %d bytes (raise the max_frame "
-        "setting to accept it)" % (kind, "at least " if at_least else "", size, limit))
+        "setting to accept it)" % (kind, "at least " if at_least else "", size, limit)
+    )
 
 
 _STRING = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
@@ -290,15 +299,20 @@ def _nest(atom, levels):
 
 
 # A complete top-level array nested at most 5 deep, in one regex call.
-_JSON_FRAME = re.compile(rb"\[(?:(?:[^\[\]{}\"]++|" + _STRING + rb")|"
-                         + _nest(rb"(?:[^\[\]{}\"]++|" + _STRING + rb")", 4) + rb")*+[\]}]", re.S)
+_JSON_FRAME = re.compile(
+    rb"\[(?:(?:[^\[\]{}\"]++|"
+    + _STRING
+    + rb")|"
+    + _nest(rb"(?:[^\[\]{}\"]++|" + _STRING + rb")", 4)
+    + rb")*+[\]}]",
+    re.S,
+)
 # The scanner's stride (see JsonDecoder._scan): inside a frame, everything up to the next
 # bracket or string that it cannot take whole: scalars, short strings without escapes and
 # complete values nested at most 4 deep made of those. A longer string or one with escapes
 # is left to bytes.find (memchr) and _JSON_STR_REST, which are faster on long strings.
 _SHORT_ATOM = rb'(?:[^\[\]{}"]++|"[^"\\]{0,128}+")'
-_JSON_SKIP = re.compile(rb"(?:" + _SHORT_ATOM + rb"|" + _nest(_SHORT_ATOM, 4) + rb")*+",
-                        re.S).match
+_JSON_SKIP = re.compile(rb"(?:" + _SHORT_ATOM + rb"|" + _nest(_SHORT_ATOM, 4) + rb")*+", re.S).match
 # The rest of a string from a backslash on: up to its closing quote (excluded), the end of
 # the buffer, or a backslash that is the buffer's last byte (its escaped byte not there yet).
 _JSON_STR_REST = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.S).match
@@ -395,11 +409,11 @@ class JsonDecoder(_Decoder):
 
     def __init__(self, max_frame=DEFAULT_MAX_FRAME):
         self.max_frame = max_frame
-        self._pbuf = None       # bytearray holding an incomplete frame (starts at its '[')
-        self._scan_pos = 0      # where scanning of _pbuf resumes (see _feed_pending)
+        self._pbuf = None  # bytearray holding an incomplete frame (starts at its '[')
+        self._scan_pos = 0  # where scanning of _pbuf resumes (see _feed_pending)
         self._depth = 0
         self._in_str = False
-        self._nl_try = True     # a newline may still be tried as the pending frame's end
+        self._nl_try = True  # a newline may still be tried as the pending frame's end
         self._error = None
 
     def _feed(self, data):
@@ -417,8 +431,7 @@ class JsonDecoder(_Decoder):
         max_frame = self.max_frame
         # fast path: newline-separated frames (our own peers), one ujson call per frame
         pieces = data.split(b"\n")
-        if len(pieces) > 1 and not (_json_suspect(data) if n < 4096
-                                    else _json_suspect_long(data)):
+        if len(pieces) > 1 and not (_json_suspect(data) if n < 4096 else _json_suspect_long(data)):
             tail = pieces.pop()
             append = frames.append
             for piece in pieces:
@@ -453,8 +466,9 @@ class JsonDecoder(_Decoder):
             if pos >= n:
                 return frames
             if data[pos] != 0x5B:  # '['
-                raise RemoteProtocolError("json frame is not an array (starts with %r)"
-                                          % data[pos:pos + 10])
+                raise RemoteProtocolError(
+                    "json frame is not an array (starts with %r)" % data[pos : pos + 10]
+                )
             m = frame_match(data, pos, stop)  # (fails at once for a frame after the last ']')
             if m is not None:
                 end = m.end()
@@ -498,7 +512,7 @@ class JsonDecoder(_Decoder):
                     if obj is not None:
                         frames.append(obj)
                         self._pbuf = None
-                        return bytes(pbuf[k + 1:])
+                        return bytes(pbuf[k + 1 :])
         if pbuf.find(b"]", old) < 0 and pbuf.find(b"}", old) < 0:
             end = -1  # no ']' or '}' in the new data: the frame cannot have ended in it
         else:
@@ -596,12 +610,14 @@ _encoder_pool: list[Any] = []
 def _refused_tag(tag, what):
     def refuse(value, immutable):
         raise ValueError("CBOR tag %d (%s) refused" % (tag, what))
+
     return refuse
 
 
 def _opaque_tag(tag):
     def opaque(value, immutable):
         return _CBORTag(tag, value)
+
     return opaque
 
 
@@ -630,12 +646,17 @@ _CBORTag = cbor2.CBORTag
 #   regular expression, 36 MIME message).
 # Everything else cbor2 decodes in time and memory linear in the input (the largest factor is
 # for empty containers: a 1-byte empty map becomes about 80 bytes).
-_SEMANTIC = {25: _refused_tag(25, "string reference"),
-             256: _refused_tag(256, "string reference namespace"),
-             28: _plain_shareable,
-             29: _refused_tag(29, "shared reference"),
-             4: _opaque_tag(4), 5: _opaque_tag(5), 30: _opaque_tag(30),
-             35: _opaque_tag(35), 36: _opaque_tag(36)}
+_SEMANTIC = {
+    25: _refused_tag(25, "string reference"),
+    256: _refused_tag(256, "string reference namespace"),
+    28: _plain_shareable,
+    29: _refused_tag(29, "shared reference"),
+    4: _opaque_tag(4),
+    5: _opaque_tag(5),
+    30: _opaque_tag(30),
+    35: _opaque_tag(35),
+    36: _opaque_tag(36),
+}
 
 
 def encode_cbor(msg):
@@ -695,8 +716,15 @@ def _fix_bytes(frame, text=False):
         else:  # dict
             for k in c:
                 if type(k) is bytes:
-                    items = [((k.decode("latin-1") if text or k.isascii() else k)
-                              if type(k) is bytes else k, v) for k, v in c.items()]
+                    items = [
+                        (
+                            (k.decode("latin-1") if text or k.isascii() else k)
+                            if type(k) is bytes
+                            else k,
+                            v,
+                        )
+                        for k, v in c.items()
+                    ]
                     c.clear()
                     c.update(items)
                     break
@@ -735,7 +763,7 @@ def _cbor_skip(buf, pos, stack, limit):
             hl = 1 + (1 << (ai - 24))
             if pos + hl > n:
                 return pos, False
-            arg = int.from_bytes(buf[pos + 1:pos + hl], "big")
+            arg = int.from_bytes(buf[pos + 1 : pos + hl], "big")
         elif ai == 31:
             arg = -1
             hl = 1
@@ -755,8 +783,9 @@ def _cbor_skip(buf, pos, stack, limit):
                 stack.append(-1)
                 pos += 1
             else:
-                raise RemoteProtocolError("malformed cbor: indefinite length for major type %d"
-                                          % mt)
+                raise RemoteProtocolError(
+                    "malformed cbor: indefinite length for major type %d" % mt
+                )
         elif mt <= 1 or mt == 7:
             pos += hl
             complete = True
@@ -818,27 +847,43 @@ class CborDecoder(_Decoder):
     _REACH_SHIFT = 5
     # For _last_frame_start only (a guess, never trusted): "A" for the head of an array of
     # 1-23 items or of indefinite length, "S" for the head of a string (text or bytes) ...
-    _HEAD_CLASSES = bytes(ord("A") if 0x81 <= b <= 0x97 or b == 0x9f else
-                          ord("S") if 0x40 <= b <= 0x5b or 0x60 <= b <= 0x7b else ord(".")
-                          for b in range(256))
+    _HEAD_CLASSES = bytes(
+        ord("A")
+        if 0x81 <= b <= 0x97 or b == 0x9F
+        else ord("S")
+        if 0x40 <= b <= 0x5B or 0x60 <= b <= 0x7B
+        else ord(".")
+        for b in range(256)
+    )
     # ... and what may follow a complete frame: an array (up to 255 items) that starts with a
     # string, after tag 55799 or not, or [].
-    _frame_like = re.compile(b"\x80|(?:\xd9\xd9\xf7)?(?:[\x81-\x97\x9f]|\x98[\x18-\xff])"
-                             b"[\x40-\x5b\x60-\x7b]").match
+    _frame_like = re.compile(
+        b"\x80|(?:\xd9\xd9\xf7)?(?:[\x81-\x97\x9f]|\x98[\x18-\xff])[\x40-\x5b\x60-\x7b]"
+    ).match
 
-    __slots__ = ("max_frame", "_pbuf", "_skip_pos", "_skip_stack", "_error", "_dec",
-                 "_wrap", "_suffix", "_sentinel", "_text")
+    __slots__ = (
+        "max_frame",
+        "_pbuf",
+        "_skip_pos",
+        "_skip_stack",
+        "_error",
+        "_dec",
+        "_wrap",
+        "_suffix",
+        "_sentinel",
+        "_text",
+    )
 
     def __init__(self, max_frame=DEFAULT_MAX_FRAME, text_bytes=False):
         self.max_frame = max_frame
         #: every byte string becomes str (Latin-1): for a Perl peer, which has no bytes type
         self._text = bool(text_bytes)
-        self._pbuf = None        # bytearray: an incomplete frame
+        self._pbuf = None  # bytearray: an incomplete frame
         self._skip_pos = 0
         self._skip_stack = []
         self._error = None
-        self._dec = None         # a reusable cbor2.CBORDecoder for the item-by-item path
-        self._wrap = True        # try the one-call path first (see _feed)
+        self._dec = None  # a reusable cbor2.CBORDecoder for the item-by-item path
+        self._wrap = True  # try the one-call path first (see _feed)
         # An unguessable byte string closing the one-call wrapper (see _feed_wrapped).
         self._sentinel = os.urandom(16)
         self._suffix = b"\xff\x50" + self._sentinel
@@ -906,12 +951,21 @@ class CborDecoder(_Decoder):
         decides.
         """
         try:
-            res = _cbor_loads(b"\x82\x9f" + data + self._suffix, semantic_decoders=_SEMANTIC,
-                              strict_hashable_types=True, max_depth=MAX_DEPTH + 2)
+            res = _cbor_loads(
+                b"\x82\x9f" + data + self._suffix,
+                semantic_decoders=_SEMANTIC,
+                strict_hashable_types=True,
+                max_depth=MAX_DEPTH + 2,
+            )
         except Exception:
             return None
-        if type(res) is not list or len(res) != 2 or type(res[1]) is not bytes \
-                or res[1] != self._sentinel or type(res[0]) is not list:
+        if (
+            type(res) is not list
+            or len(res) != 2
+            or type(res[1]) is not bytes
+            or res[1] != self._sentinel
+            or type(res[0]) is not list
+        ):
             return None  # pragma: no cover - would need the sentinel
         frames = res[0]
         needs_fix = _NEEDS_FIX.isdisjoint
@@ -933,9 +987,9 @@ class CborDecoder(_Decoder):
         f = _BytesIO(data)
         dec = self._dec
         if dec is None:
-            dec = self._dec = _CBORDecoder(f, semantic_decoders=_SEMANTIC,
-                                           strict_hashable_types=True,
-                                           max_depth=MAX_DEPTH + 2)
+            dec = self._dec = _CBORDecoder(
+                f, semantic_decoders=_SEMANTIC, strict_hashable_types=True, max_depth=MAX_DEPTH + 2
+            )
         else:
             dec.fp = f
         decode = dec.decode
@@ -1011,8 +1065,12 @@ class CborDecoder(_Decoder):
             if work < 0:
                 return -1
             if dec is None:  # (a fresh one after any exception, as in _decode_items)
-                dec = _CBORDecoder(f, semantic_decoders=_SEMANTIC, strict_hashable_types=True,
-                                   max_depth=MAX_DEPTH + 2)
+                dec = _CBORDecoder(
+                    f,
+                    semantic_decoders=_SEMANTIC,
+                    strict_hashable_types=True,
+                    max_depth=MAX_DEPTH + 2,
+                )
             seek(c)
             try:
                 dec.decode()
@@ -1035,8 +1093,9 @@ class CborDecoder(_Decoder):
 
     def _start_pending(self, data, pos):
         if data[pos] >> 5 not in (4, 6):
-            raise RemoteProtocolError("cbor frame is not an array (initial byte 0x%02x)"
-                                      % data[pos])
+            raise RemoteProtocolError(
+                "cbor frame is not an array (initial byte 0x%02x)" % data[pos]
+            )
         pbuf = bytearray(data[pos:])
         stack = []
         end, done = _cbor_skip(pbuf, 0, stack, self.max_frame)

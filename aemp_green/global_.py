@@ -49,8 +49,17 @@ from ._guard import Guard
 from ._report import report_crash
 from .exceptions import NoDatabaseError, Timeout
 
-__all__ = ["db_set", "db_del", "db_reg", "db_family", "db_keys", "db_values", "db_mon",
-           "is_global", "master"]
+__all__ = [
+    "db_set",
+    "db_del",
+    "db_reg",
+    "db_family",
+    "db_keys",
+    "db_values",
+    "db_mon",
+    "is_global",
+    "master",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +76,14 @@ _pending: dict[Any, Any] = {}  # request id -> (frame, callback or None)
 _req_id = 0
 _mon_db: dict[Any, Any] = {}  # family -> dict (our copy, None until the first g_chg1)
 _mon_cbs: dict[Any, Any] = {}  # family -> [callbacks]
-_parts: dict[Any, Any] = {}  # answers arriving in parts: request id or ("chg1", family) -> what came so far
+_parts: dict[
+    Any, Any
+] = {}  # answers arriving in parts: request id or ("chg1", family) -> what came so far
 
 # global nodes: values per source (see "per-source value store")
-_by_src: dict[Any, Any] = {}  # source node -> family -> key -> (stamp, value): everything a source holds
+_by_src: dict[
+    Any, Any
+] = {}  # source node -> family -> key -> (stamp, value): everything a source holds
 _all: dict[Any, Any] = {}  # family -> key -> the source holding it (a str), or a tuple of sources
 _src_n: dict[Any, Any] = {}  # source node -> number of keys it holds
 _slaves: set[Any] = set()
@@ -78,8 +91,12 @@ _peers: set[Any] = set()  # other global nodes we mesh with
 _remote_mons: dict[Any, Any] = {}  # family -> set of nodes watching it (no empty sets)
 _mons_of: dict[Any, Any] = {}  # node -> set of families it watches (no empty sets)
 
-_limits: dict[Any, Any] = {}  # settings read by configure(); the defaults of config.SETTINGS until then
-_warned: dict[Any, Any] = {}  # rate-limited warnings: kind -> [monotonic time of the last line, lines skipped]
+_limits: dict[
+    Any, Any
+] = {}  # settings read by configure(); the defaults of config.SETTINGS until then
+_warned: dict[
+    Any, Any
+] = {}  # rate-limited warnings: kind -> [monotonic time of the last line, lines skipped]
 
 
 def is_global():
@@ -114,8 +131,17 @@ def _send(nodeid, *frame):
 
 # ---------------------------------------------------------------- settings and bad input
 
-_LIMIT_NAMES = ("db_stamp_skew", "db_max_value", "db_max_key", "db_max_keys", "db_max_watches",
-                "db_chunk", "max_node_addrs", "max_addr_len", "max_frame")
+_LIMIT_NAMES = (
+    "db_stamp_skew",
+    "db_max_value",
+    "db_max_key",
+    "db_max_keys",
+    "db_max_watches",
+    "db_chunk",
+    "max_node_addrs",
+    "max_addr_len",
+    "max_frame",
+)
 _WARN_EVERY = 10.0  # seconds between two warnings of one kind
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what every framing (ujson, Perl) carries
 # a value sits at most this many levels deep inside a database frame (g_set: db, family, key)
@@ -197,8 +223,11 @@ def _value_problem(value, limit):
             for x in v:
                 push((x, depth + 1))
         else:
-            return TypeError, "a value of type %s (only JSON data: None, bool, int, float, " \
-                "str, list, dict)" % t.__name__
+            return (
+                TypeError,
+                "a value of type %s (only JSON data: None, bool, int, float, "
+                "str, list, dict)" % t.__name__,
+            )
         if size > limit:
             return ValueError, "larger than db_max_value (%d bytes)" % limit
     return None
@@ -223,9 +252,14 @@ def _clean_addrs(addrs, what):
     good = [a for a in addrs if _addr_ok(a)]
     cap = _lim("max_node_addrs")
     if len(good) != len(addrs) or len(good) > cap:
-        _warn("addrs", "%s: %d of %d addresses left out (invalid host:port, longer than "
-              "max_addr_len or more than max_node_addrs)", what,
-              len(addrs) - min(len(good), cap), len(addrs))
+        _warn(
+            "addrs",
+            "%s: %d of %d addresses left out (invalid host:port, longer than "
+            "max_addr_len or more than max_node_addrs)",
+            what,
+            len(addrs) - min(len(good), cap),
+            len(addrs),
+        )
         good = good[:cap]
     return good
 
@@ -263,23 +297,37 @@ def _admit(src, family, set_):
             if bad is None:
                 bad = set()
             bad.add(k)
-            _warn("db_value", "database write from %s to %s/%s dropped: %s", src, _show(family),
-                  _show(k), why)
+            _warn(
+                "db_value",
+                "database write from %s to %s/%s dropped: %s",
+                src,
+                _show(family),
+                _show(k),
+                why,
+            )
     if bad or fixed:
-        set_ = {k: (fixed[k] if fixed and k in fixed else v) for k, v in set_.items()
-                if not bad or k not in bad}
+        set_ = {
+            k: (fixed[k] if fixed and k in fixed else v)
+            for k, v in set_.items()
+            if not bad or k not in bad
+        }
     return set_
 
 
 def _family_ok(family, src):
     if family.__class__ is str and 0 < len(family) <= _lim("db_max_key"):
         return True
-    _warn("db_family", "database request from %s with a bad family name %s dropped", src,
-          _show(family))
+    _warn(
+        "db_family",
+        "database request from %s with a bad family name %s dropped",
+        src,
+        _show(family),
+    )
     return False
 
 
 # ---------------------------------------------------------------- hooks called by node
+
 
 def configured(cfg):
     for name in _LIMIT_NAMES:
@@ -391,6 +439,7 @@ def _set_master(nodeid):
 
 # ---------------------------------------------------------------- requests to the master
 
+
 def _request(frame, cb, key=None, extra=()):
     """Send ``frame`` to the master now and again whenever the master changes (``extra``
     follows the request id)."""
@@ -438,6 +487,7 @@ def _answer_locally(frame, cb):
 #
 # "Mine" (what we tell the other global nodes) is the same store seen without the entries of
 # other global nodes (_peers): ourselves and our slaves.
+
 
 def _stamp_ok(stamp):
     return stamp.__class__ in (int, float) and math.isfinite(stamp)  # not bool, NaN or inf
@@ -569,9 +619,16 @@ def _apply(src, family, set_=None, dels=None, stamps=None):
             if stamp is not None and not _stamp_ok(stamp):
                 stamp = None
             if stamp is not None and stamp > too_late:
-                _warn("db_stamp", "database write stamp %r from %s for %s/%s is %.0f s ahead of "
-                      "our clock (more than db_stamp_skew): the value is stamped now", stamp,
-                      src, _show(family), _show(key), stamp - now)
+                _warn(
+                    "db_stamp",
+                    "database write stamp %r from %s for %s/%s is %.0f s ahead of "
+                    "our clock (more than db_stamp_skew): the value is stamped now",
+                    stamp,
+                    src,
+                    _show(family),
+                    _show(key),
+                    stamp - now,
+                )
                 stamp = None
             if stamp is None:
                 # taken from a slave (or a peer that sends no stamps) now; but the same value
@@ -586,8 +643,15 @@ def _apply(src, family, set_=None, dels=None, stamps=None):
                 else:
                     stamp = now
             if had is None and max_keys is not None and _src_n.get(src, 0) >= max_keys:
-                _warn("db_full", "database write from %s to %s/%s dropped: it holds "
-                      "db_max_keys (%d) keys already", src, _show(family), _show(key), max_keys)
+                _warn(
+                    "db_full",
+                    "database write from %s to %s/%s dropped: it holds "
+                    "db_max_keys (%d) keys already",
+                    src,
+                    _show(family),
+                    _show(key),
+                    max_keys,
+                )
                 continue
             mine_before = _win(family, key, ent, mine=True) if fwd and ent is not None else None
             _put(src, family, key, (stamp, value))
@@ -630,8 +694,11 @@ def _apply(src, family, set_=None, dels=None, stamps=None):
         if family == "'g":
             for nodeid in chg_set:
                 # keep the global mesh connected, with the global nodes we can reach
-                if nodeid != _k.this_node and not _net().node_is_up(nodeid) and (
-                        _win("'l", nodeid) is not None or _addr_ok(nodeid)):
+                if (
+                    nodeid != _k.this_node
+                    and not _net().node_is_up(nodeid)
+                    and (_win("'l", nodeid) is not None or _addr_ok(nodeid))
+                ):
                     _send(nodeid, "g_global")
     if up_set or up_del:
         frames = _change_frames(up_set, up_del, stamps=up_stamps)
@@ -769,8 +836,7 @@ def _change_frames(set_, dels, stamps=None):
     (``set_`` and ``dels`` may be empty): ``[(set or None, dels or None[, stamps])...]``, one
     frame when it fits in ``db_chunk`` bytes."""
     limit = _lim("db_chunk")
-    sparts, ssize = _split_dict(set_, limit, 24 if stamps is not None else 0) if set_ \
-        else ([], 0)
+    sparts, ssize = _split_dict(set_, limit, 24 if stamps is not None else 0) if set_ else ([], 0)
     dparts, dsize = _split_list(dels, limit, _key_size) if dels else ([], 0)
     if ssize + dsize <= limit:
         frames = [(set_ or None, dels or None)]
@@ -857,8 +923,9 @@ def _my_chunk():
 def _merge_part(acc, part):
     """Add a part of an answer to what came so far (a dict or a list)."""
     if acc is None:
-        return dict(part) if isinstance(part, dict) else list(part) if isinstance(
-            part, list) else part
+        return (
+            dict(part) if isinstance(part, dict) else list(part) if isinstance(part, list) else part
+        )
     if isinstance(acc, dict) and isinstance(part, dict):
         acc.update(part)
     elif isinstance(acc, list) and isinstance(part, list):
@@ -867,6 +934,7 @@ def _merge_part(acc, part):
 
 
 # ---------------------------------------------------------------- watchers
+
 
 def _notify(family, chg_set, chg_del):
     """A family changed in the merged view (global node): local and remote watchers."""
@@ -930,6 +998,7 @@ def _apply_chg1(family, new):
 
 # ---------------------------------------------------------------- node requests
 
+
 def _req_g_slave(from_node, db=None, *_):
     become_global()
     if from_node not in _peers:
@@ -945,8 +1014,11 @@ def _peer_up(nodeid):
     held = _by_src.get(nodeid)
     others = list(_peers)
     # what it set as our slave was "mine" (we told the other globals); now it tells them itself
-    before = {(f, k): _win(f, k, mine=True) for f, kv in held.items() for k in kv} \
-        if held and others else None
+    before = (
+        {(f, k): _win(f, k, mine=True) for f, kv in held.items() for k in kv}
+        if held and others
+        else None
+    )
     _peers.add(nodeid)
     _slaves.discard(nodeid)
     if before:
@@ -982,10 +1054,13 @@ def _req_g_upd(from_node, family=None, set_=None, dels=None, stamps=None, *_):
     if not _global or not _family_ok(family, from_node):
         return
     peer = from_node in _peers
-    _apply(from_node, family,
-           _admit(from_node, family, set_) if isinstance(set_, dict) else None,
-           dels if isinstance(dels, list) else None,
-           stamps=stamps if peer and isinstance(stamps, dict) else None)
+    _apply(
+        from_node,
+        family,
+        _admit(from_node, family, set_) if isinstance(set_, dict) else None,
+        dels if isinstance(dels, list) else None,
+        stamps=stamps if peer and isinstance(stamps, dict) else None,
+    )
 
 
 def _req_g_find(from_node, nodeid=None, *_):
@@ -1001,12 +1076,19 @@ def _req_g_found(from_node, nodeid=None, addrs=None, *_):
         return
     key = ("g_find", nodeid)
     if _global or from_node != _master or key not in _pending:
-        _warn("g_found", "g_found for %s from %s dropped: not the answer to a g_find of ours",
-              _show(nodeid), from_node)
+        _warn(
+            "g_found",
+            "g_found for %s from %s dropped: not the answer to a g_find of ours",
+            _show(nodeid),
+            from_node,
+        )
         return
     del _pending[key]
-    addrs = _clean_addrs(addrs, "g_found for %s from %s" % (_show(nodeid), from_node)) \
-        if addrs is not None else None
+    addrs = (
+        _clean_addrs(addrs, "g_found for %s from %s" % (_show(nodeid), from_node))
+        if addrs is not None
+        else None
+    )
     _net().get_node(nodeid).found(addrs or None)
 
 
@@ -1023,6 +1105,7 @@ def _db_query(tag):
             _send(from_node, "g_reply", rid, None)
             return
         _send_reply(from_node, rid, _DB_QUERIES[tag](family), chunk)
+
     return handler
 
 
@@ -1035,8 +1118,12 @@ def _req_g_reply(from_node, rid=None, result=None, more=None, *_):
     if more:
         acc = _parts[rid] = _merge_part(_parts.get(rid), result)
         if acc is not None and len(acc) > _lim("db_max_keys"):
-            _warn("db_parts", "answer to %s from %s dropped: more than db_max_keys entries",
-                  rid, from_node)
+            _warn(
+                "db_parts",
+                "answer to %s from %s dropped: more than db_max_keys entries",
+                rid,
+                from_node,
+            )
             del _parts[rid], _pending[rid]
         return
     acc = _parts.pop(rid, None)
@@ -1055,8 +1142,13 @@ def _req_g_mon1(from_node, family=None, *_):
     fams = _mons_of.get(from_node)
     if fams is None or family not in fams:
         if fams is not None and len(fams) >= _lim("db_max_watches"):
-            _warn("db_watches", "g_mon1 %s from %s refused: it watches db_max_watches (%d) "
-                  "families already", _show(family), from_node, len(fams))
+            _warn(
+                "db_watches",
+                "g_mon1 %s from %s refused: it watches db_max_watches (%d) families already",
+                _show(family),
+                from_node,
+                len(fams),
+            )
             return
         if fams is None:
             fams = _mons_of[from_node] = set()
@@ -1098,8 +1190,12 @@ def _req_g_chg2(from_node, family=None, set_=None, dels=None, more=None, *_):
         if isinstance(set_, dict):
             acc.update(set_)
         if len(acc) > _lim("db_max_keys"):
-            _warn("db_parts", "g_chg1 of %s from %s dropped: more than db_max_keys entries",
-                  _show(family), from_node)
+            _warn(
+                "db_parts",
+                "g_chg1 of %s from %s dropped: more than db_max_keys entries",
+                _show(family),
+                from_node,
+            )
             del _parts[("chg1", family)]
             return
         if not more:
@@ -1113,8 +1209,11 @@ def _req_g_chg2(from_node, family=None, set_=None, dels=None, more=None, *_):
     for k, v in (set_ if isinstance(set_, dict) else {}).items():
         (changed if k in db else added).append(k)
         db[k] = v
-    deleted = [k for k in (dels if isinstance(dels, list) else ())
-               if k.__class__ is str and db.pop(k, _MISSING) is not _MISSING]
+    deleted = [
+        k
+        for k in (dels if isinstance(dels, list) else ())
+        if k.__class__ is str and db.pop(k, _MISSING) is not _MISSING
+    ]
     _call_watchers(family, db, added, changed, deleted)
 
 
@@ -1139,6 +1238,7 @@ del _tag, _fn
 
 
 # ---------------------------------------------------------------- public API
+
 
 def _check_family(family, writing=False):
     if not isinstance(family, str):
@@ -1260,7 +1360,8 @@ def _check_reachable(what, family):
             "%s(%r): this node has no seeds and is not a global node, so there is no database "
             "to ask. Configure seeds (configure(seeds=['host:port']) or `aemp setseeds "
             "host:port`); a seed lists its own address in its seeds to become a global node."
-            % (what, family))
+            % (what, family)
+        )
 
 
 def _query(tag, family, cb, timeout):
@@ -1279,8 +1380,11 @@ def _query(tag, family, cb, timeout):
         raise Timeout("%s(%r) timed out" % (tag[5:], family)) from None
 
 
-def db_family(family: str, cb: Optional[Callable[[dict[str, Any]], Any]] = None,
-              timeout: Optional[float] = None) -> Optional[dict[str, Any]]:
+def db_family(
+    family: str,
+    cb: Optional[Callable[[dict[str, Any]], Any]] = None,
+    timeout: Optional[float] = None,
+) -> Optional[dict[str, Any]]:
     """The whole family as a dict: ``cb(dict)`` later, or (without ``cb``) block and return it.
 
     Example::
@@ -1290,8 +1394,9 @@ def db_family(family: str, cb: Optional[Callable[[dict[str, Any]], Any]] = None,
     return _query("g_db_family", family, cb, timeout)
 
 
-def db_keys(family: str, cb: Optional[Callable[[list[str]], Any]] = None,
-            timeout: Optional[float] = None) -> Optional[list[str]]:
+def db_keys(
+    family: str, cb: Optional[Callable[[list[str]], Any]] = None, timeout: Optional[float] = None
+) -> Optional[list[str]]:
     """The keys of ``family`` as a list (callback or blocking form, as ``db_family``).
 
     Example::
@@ -1301,8 +1406,9 @@ def db_keys(family: str, cb: Optional[Callable[[list[str]], Any]] = None,
     return _query("g_db_keys", family, cb, timeout)
 
 
-def db_values(family: str, cb: Optional[Callable[[list[Any]], Any]] = None,
-              timeout: Optional[float] = None) -> Optional[list[Any]]:
+def db_values(
+    family: str, cb: Optional[Callable[[list[Any]], Any]] = None, timeout: Optional[float] = None
+) -> Optional[list[Any]]:
     """The values of ``family`` as a list (callback or blocking form, as ``db_family``).
 
     Example::

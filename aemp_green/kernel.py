@@ -166,7 +166,9 @@ def port_id(name):
 
 # --------------------------------------------------------------------------- port table
 
-port_table: dict[str, Any] = {}  # full port ID -> port object (the node port under "<node>" and "<node>#")
+port_table: dict[
+    str, Any
+] = {}  # full port ID -> port object (the node port under "<node>" and "<node>#")
 _hub = None
 
 
@@ -245,6 +247,7 @@ def _foreign_thread_error(delivered=False):
 def _wrong_thread_error(ident, hub_ident, hub_name, delivered=False):
     """The ``RuntimeError`` the kernel raises when OS thread ``ident`` calls the plain API
     while the node is bound to the hub of thread ``hub_ident`` (see ``check_thread``)."""
+
     def label(ident, name=None):
         name = name or _thread_name(ident)
         return "ident %s" % (ident,) if name is None else "%r (ident %s)" % (name, ident)
@@ -256,9 +259,13 @@ def _wrong_thread_error(ident, hub_ident, hub_name, delivered=False):
         "aemp_green.threaded.start() (node.snd, node.call, node.port, node.submit(fn), ...), "
         "or hand the work to the hub thread with hub.loop.run_callback_threadsafe(fn, *args) "
         "(see docs/running.md)."
-        % (_api_name(sys._getframe(1)), label(ident), label(hub_ident, hub_name),
-           " (This message was still handed over to the hub thread safely.)" if delivered
-           else ""))
+        % (
+            _api_name(sys._getframe(1)),
+            label(ident),
+            label(hub_ident, hub_name),
+            " (This message was still handed over to the hub thread safely.)" if delivered else "",
+        )
+    )
 
 
 def _api_name(frame):
@@ -301,6 +308,7 @@ def local_port_by_name(name):
 
 
 # --------------------------------------------------------------------------- SELF context
+
 
 def get_self():
     return getattr(getcurrent(), "aemp_self", None)
@@ -415,7 +423,9 @@ def _drain_only():
 
 # --------------------------------------------------------------------------- greenlet wake-ups
 
-_ready: deque[Any] = deque()  # waiters whose .resume is set; their greenlets are switched to in order
+_ready: deque[Any] = (
+    deque()
+)  # waiters whose .resume is set; their greenlets are switched to in order
 _ready_scheduled = False
 _handoffs = 0
 _HANDOFF_LIMIT = 64
@@ -479,6 +489,7 @@ def spawn_raw(fn, *args):
 
 # --------------------------------------------------------------------------- network hook
 
+
 class _NoNetwork:
     """Stands in until ``aemp_green.node`` registers the real network."""
 
@@ -507,6 +518,7 @@ def set_network(net):
 
 
 # --------------------------------------------------------------------------- snd / kil
+
 
 def snd(port: str, *msg: Any) -> None:
     """Send ``msg`` (a tag and arguments) to ``port``; never fails for dead ports.
@@ -579,8 +591,10 @@ def _check_wire(port, msg):
     try:
         encode_cbor((port.partition("#")[2],) + tuple(msg))
     except TypeError as exc:
-        raise TypeError("snd(%s, ...): %s (check_local_messages: this message could not reach "
-                        "the port if it were on another node)" % (port, exc)) from None
+        raise TypeError(
+            "snd(%s, ...): %s (check_local_messages: this message could not reach "
+            "the port if it were on another node)" % (port, exc)
+        ) from None
 
 
 def deliver_remote(from_node, frame):
@@ -597,8 +611,12 @@ def deliver_remote(from_node, frame):
         return
     name = frame[0]
     if name.__class__ is not str:
-        _rl.warning((from_node, "port name"), "frame from %s with non-string port name %s "
-                    "dropped", from_node, esc(name))
+        _rl.warning(
+            (from_node, "port name"),
+            "frame from %s with non-string port name %s dropped",
+            from_node,
+            esc(name),
+        )
         return
     if name:
         p = port_table.get(this_node + "#" + name)
@@ -653,8 +671,12 @@ def fire_monitors(mons, reason):
         try:
             action(*reason)
         except Exception as exc:
-            report_crash("monitor callback", None, exc,
-                         detail="(%s, fired with reason %s)" % (esc(action), esc(reason)))
+            report_crash(
+                "monitor callback",
+                None,
+                exc,
+                detail="(%s, fired with reason %s)" % (esc(action), esc(reason)),
+            )
 
 
 def die_reason(exc):
@@ -777,6 +799,7 @@ def mon_guard(port: str, *objs: Any) -> Guard:
 
 # --------------------------------------------------------------------------- timers
 
+
 def after(seconds: float, target: Union[str, Callable[[], Any]], *msg: Any) -> Guard:
     """After ``seconds``, send ``msg`` to the port ``target`` or call ``target()``.
 
@@ -890,9 +913,13 @@ def node_request(from_node, msg):
             from_node = st[0]
         depth = st[1] + 1
         if depth > _max_forward_depth:
-            _rl.warning((from_node, "depth"), "node request from %s nested more than %d deep "
-                        "(max_forward_depth) dropped: %s", from_node, _max_forward_depth,
-                        esc(msg[:1]))
+            _rl.warning(
+                (from_node, "depth"),
+                "node request from %s nested more than %d deep (max_forward_depth) dropped: %s",
+                from_node,
+                _max_forward_depth,
+                esc(msg[:1]),
+            )
             return
         queue = st[2]
         if queue is None:
@@ -938,17 +965,25 @@ def _node_request1(from_node, msg):
         return
     tag = msg[0]
     if tag.__class__ is not str:
-        _rl.warning((from_node, "tag"), "node request with non-string tag %s from %s dropped",
-                    esc(tag), from_node)
+        _rl.warning(
+            (from_node, "tag"),
+            "node request with non-string tag %s from %s dropped",
+            esc(tag),
+            from_node,
+        )
         return
     entry = _NODE_REQ.get(tag)
     try:
         if entry is not None:
             fn, kind = entry
             if kind and secure_mode and (kind == _CODE or not _allow_trace):
-                _rl.warning((from_node, "secure"), "secure node: refused %s request from %s%s",
-                            esc(tag), from_node,
-                            "" if kind == _CODE else " (setting allow_trace)")
+                _rl.warning(
+                    (from_node, "secure"),
+                    "secure node: refused %s request from %s%s",
+                    esc(tag),
+                    from_node,
+                    "" if kind == _CODE else " (setting allow_trace)",
+                )
                 return
             fn(from_node, *msg[1:])
         elif tag:
@@ -958,9 +993,14 @@ def _node_request1(from_node, msg):
             logger.exception("error processing node message %r from %s", tag, from_node)
             return
         # a peer's bad request: one line, no traceback (unless debugging)
-        _rl.error((from_node, "failed"), "error processing node message %s from %s: %s",
-                  esc(tag), from_node, exc_text(exc),
-                  exc_info=exc if logger.isEnabledFor(logging.DEBUG) else None)
+        _rl.error(
+            (from_node, "failed"),
+            "error processing node message %s from %s: %s",
+            esc(tag),
+            from_node,
+            exc_text(exc),
+            exc_info=exc if logger.isEnabledFor(logging.DEBUG) else None,
+        )
 
 
 def resolve_function(name):
@@ -977,44 +1017,65 @@ def resolve_function(name):
         try:
             obj = importlib.import_module(modname)
         except ModuleNotFoundError as exc:
-            if exc.name is not None and modname != exc.name and \
-                    not modname.startswith(exc.name + "."):
+            if (
+                exc.name is not None
+                and modname != exc.name
+                and not modname.startswith(exc.name + ".")
+            ):
                 # the module exists, but one of its own imports failed: that is the cause
-                raise LookupError("importing %s failed: %s: %s"
-                                  % (modname, type(exc).__name__, exc)) from exc
+                raise LookupError(
+                    "importing %s failed: %s: %s" % (modname, type(exc).__name__, exc)
+                ) from exc
             missing = exc
             continue
         except Exception as exc:  # the module exists but fails to import (SyntaxError, ...)
-            raise LookupError("importing %s failed: %s: %s"
-                              % (modname, type(exc).__name__, exc)) from exc
+            raise LookupError(
+                "importing %s failed: %s: %s" % (modname, type(exc).__name__, exc)
+            ) from exc
         for attr in parts[i:]:
             obj = getattr(obj, attr)
         return obj
-    raise LookupError("no importable module in %r (%s: %s)"
-                      % (name, type(missing).__name__, missing))
+    raise LookupError(
+        "no importable module in %r (%s: %s)" % (name, type(missing).__name__, missing)
+    )
 
 
 def _call_function(from_node, name, args):
     if secure_mode:
-        _rl.warning((from_node, "secure"), "secure node: refused function call %s from %s",
-                    esc(name), from_node)
+        _rl.warning(
+            (from_node, "secure"),
+            "secure node: refused function call %s from %s",
+            esc(name),
+            from_node,
+        )
         return
     try:
         fn = resolve_function(name)
     except (LookupError, AttributeError) as exc:
-        _rl.warning((from_node, "unknown"), "unknown node request %s from %s dropped: %s",
-                    esc(name), from_node, exc_text(exc))
+        _rl.warning(
+            (from_node, "unknown"),
+            "unknown node request %s from %s dropped: %s",
+            esc(name),
+            from_node,
+            exc_text(exc),
+        )
         return
     try:
         fn(*args)
     except Exception as exc:  # the function's own code failed: a crash, with its traceback
-        report_crash("function called by name", None, exc,
-                     detail="(%s, asked by %s)" % (esc(name), from_node))
+        report_crash(
+            "function called by name",
+            None,
+            exc,
+            detail="(%s, asked by %s)" % (esc(name), from_node),
+        )
 
 
 # requests every node answers -------------------------------------------------------------
 
-_remote_monitors: dict[Any, Any] = {}  # from_node -> {portname: action} (by node: node-down is linear)
+_remote_monitors: dict[
+    Any, Any
+] = {}  # from_node -> {portname: action} (by node: node-down is linear)
 
 #: why recently spawned ports died at birth (name -> reason), for the monitor that the spawning
 #: node sends right after its spawn request: it gets the cause, not "no_such_port"
@@ -1043,8 +1104,11 @@ def _req_mon1(from_node, portid, *_):
     p = local_port_by_name(name)
     if p is None or p.monitors is DEAD:
         reason = _obituaries.pop(name, None)
-        _reply_kil0(from_node, name, reason or ("no_such_port", "cannot monitor nonexistent port",
-                                                this_node + "#" + name))
+        _reply_kil0(
+            from_node,
+            name,
+            reason or ("no_such_port", "cannot monitor nonexistent port", this_node + "#" + name),
+        )
         return
     mons = _remote_monitors.get(from_node)
     if mons is None:
@@ -1173,4 +1237,3 @@ for _tag, _fn, _code in (
 ):
     register_node_request(_tag, _fn, code=_code)
 del _tag, _fn, _code
-

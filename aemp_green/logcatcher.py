@@ -66,6 +66,7 @@ _TAG = "aemp_green.logcatcher._req_catch"
 
 # =========================================================================== sending side
 
+
 class ForwardingHandler(logging.Handler):
     """The handler a caught node installs on its root logger (one per process).
 
@@ -128,8 +129,11 @@ class ForwardingHandler(logging.Handler):
             logging.getLogger().addHandler(h)
             logging.getLogger("app").warning("disk full")   # logging calls h.emit(record)
         """
-        if (getattr(record, "aemp_caught", False) or record.name.startswith(__name__)
-                or (self._sender is not None and getcurrent() is self._sender)):
+        if (
+            getattr(record, "aemp_caught", False)
+            or record.name.startswith(__name__)
+            or (self._sender is not None and getcurrent() is self._sender)
+        ):
             return
         try:
             text = record.getMessage()
@@ -233,8 +237,13 @@ def _req_catch(port, level=logging.INFO, *_, from_node="?"):
         if not isinstance(level, int):
             return
     if port not in _sub_guards and len(_sub_guards) >= _max_streams:
-        _rl.warning((from_node, "log streams"), "log catch request from %s for %s refused: %d "
-                    "streams already (max_trace_streams)", from_node, esc(port), _max_streams)
+        _rl.warning(
+            (from_node, "log streams"),
+            "log catch request from %s for %s refused: %d streams already (max_trace_streams)",
+            from_node,
+            esc(port),
+            _max_streams,
+        )
         return
     if _handler is None:
         _handler = ForwardingHandler()
@@ -258,11 +267,13 @@ def _unsubscribe(port):
 
 
 # trace=True: a secure node refuses it unless the setting allow_trace is true
-_k.register_node_request(_TAG, lambda from_node, *args: _req_catch(*args, from_node=from_node),
-                         trace=True)
+_k.register_node_request(
+    _TAG, lambda from_node, *args: _req_catch(*args, from_node=from_node), trace=True
+)
 
 
 # =========================================================================== catching side
+
 
 class _Catcher:
     __slots__ = ("port", "level", "into", "guard", "asked")
@@ -295,15 +306,19 @@ class _Catcher:
         now = _now()
         if dropped:
             logging.getLogger(self.into or __name__ + ".remote").warning(
-                "[%s] %d log records were dropped there (buffer full)", node, dropped,
-                extra={"aemp_caught": True, "aemp_node": node, "aemp_created": now})
+                "[%s] %d log records were dropped there (buffer full)",
+                node,
+                dropped,
+                extra={"aemp_caught": True, "aemp_node": node, "aemp_created": now},
+            )
         for created, levelno, name, text in records:
             if levelno < self.level:
                 continue
             dt = now - created
             lg = logging.getLogger(self.into or name)
-            rec = lg.makeRecord(lg.name, levelno, "(%s)" % node, 0,
-                                "[%s%+.3f] %s" % (node, dt, text), None, None)
+            rec = lg.makeRecord(
+                lg.name, levelno, "(%s)" % node, 0, "[%s%+.3f] %s" % (node, dt, text), None, None
+            )
             rec.aemp_caught = True
             rec.aemp_node = node
             rec.aemp_created = created

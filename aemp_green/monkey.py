@@ -39,8 +39,18 @@ __all__ = ["patch_all", "problems", "is_patched"]
 #: objects gevent replaces, by module: a reference to the original taken before patching
 #: (``from time import sleep``) keeps blocking the whole process after it.
 _TARGETS = {
-    "socket": ("socket", "create_connection", "socketpair", "fromfd", "getaddrinfo",
-               "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo", "getfqdn"),
+    "socket": (
+        "socket",
+        "create_connection",
+        "socketpair",
+        "fromfd",
+        "getaddrinfo",
+        "gethostbyname",
+        "gethostbyname_ex",
+        "gethostbyaddr",
+        "getnameinfo",
+        "getfqdn",
+    ),
     "time": ("sleep",),
     "select": ("select", "poll"),
     "ssl": ("SSLContext", "SSLSocket", "wrap_socket", "get_server_certificate"),
@@ -49,8 +59,12 @@ _TARGETS = {
     "subprocess": ("Popen", "call", "check_call", "check_output", "run"),
 }
 #: classes whose subclasses, defined before patching, keep the blocking base class
-_BASES = (("socket", "socket"), ("ssl", "SSLContext"), ("ssl", "SSLSocket"),
-          ("subprocess", "Popen"))
+_BASES = (
+    ("socket", "socket"),
+    ("ssl", "SSLContext"),
+    ("ssl", "SSLSocket"),
+    ("subprocess", "Popen"),
+)
 #: third-party modules gevent documents as breaking when imported before patching (ssl)
 _EARLY_IMPORTS = ("requests", "urllib3", "httpx", "httpcore", "botocore", "aiohttp", "grpc")
 #: packages that are gevent-aware (or ours) and never count as early users
@@ -149,34 +163,45 @@ def problems():
     if threading is not None:
         main = threading.main_thread()
         if threading.current_thread() is not main:
-            out.append("patch_all() must run in the main thread, not in %r"
-                       % threading.current_thread().name)
+            out.append(
+                "patch_all() must run in the main thread, not in %r"
+                % threading.current_thread().name
+            )
         others = [t for t in threading.enumerate() if t is not main and t.is_alive()]
         if others:
-            out.append("threads were started before patching (%s): they are real OS threads "
-                       "and would now share gevent's patched locks; start them after "
-                       "patch_all()" % ", ".join(repr(t.name) for t in others))
+            out.append(
+                "threads were started before patching (%s): they are real OS threads "
+                "and would now share gevent's patched locks; start them after "
+                "patch_all()" % ", ".join(repr(t.name) for t in others)
+            )
     early = [m for m in _EARLY_IMPORTS if m in sys.modules]
     if early:
-        out.append("%s imported before patching: gevent documents that these break "
-                   "(ssl RecursionError, blocking connections) unless patching comes first"
-                   % ", ".join(early))
+        out.append(
+            "%s imported before patching: gevent documents that these break "
+            "(ssl RecursionError, blocking connections) unless patching comes first"
+            % ", ".join(early)
+        )
     for modname, attr, what in _early_references():
         if what.startswith("subclass:"):
-            out.append("module %r defines %r, a subclass of the unpatched %s, before "
-                       "patch_all(): its instances would block the whole node"
-                       % (modname, attr, what[9:]))
+            out.append(
+                "module %r defines %r, a subclass of the unpatched %s, before "
+                "patch_all(): its instances would block the whole node" % (modname, attr, what[9:])
+            )
         else:
-            out.append("module %r holds the unpatched %s as %r (imported before patch_all()):"
-                       " calling it would block the whole node" % (modname, what, attr))
+            out.append(
+                "module %r holds the unpatched %s as %r (imported before patch_all()):"
+                " calling it would block the whole node" % (modname, what, attr)
+            )
     kernel = sys.modules.get("aemp_green.kernel")
     hub = getattr(kernel, "_hub", None) if kernel is not None else None
     if hub is not None and threading is not None:
         ident = getattr(hub, "thread_ident", None)
         if ident is not None and ident != threading.get_ident():
-            out.append("aemp_green is already bound to the gevent hub of another thread "
-                       "(ident %s, aemp_green.threaded?): monkey mode and the threaded bridge "
-                       "do not mix" % ident)
+            out.append(
+                "aemp_green is already bound to the gevent hub of another thread "
+                "(ident %s, aemp_green.threaded?): monkey mode and the threaded bridge "
+                "do not mix" % ident
+            )
     return out
 
 
@@ -209,13 +234,16 @@ def patch_all(*, force=False, **gevent_kwargs):
             raise RuntimeError(
                 "aemp_green.monkey.patch_all(): patching now would leave blocking code behind "
                 "(make it the first statement of the program, or pass force=True):\n  - "
-                + "\n  - ".join(found))
+                + "\n  - ".join(found)
+            )
         if gevent_kwargs or not _gmonkey.is_module_patched("socket"):
             _gmonkey.patch_all(**gevent_kwargs)
         _state["patched"] = True
     hub = gevent.get_hub()
     bound = kernel.bound_hub()
     if bound is not hub and not force:
-        raise RuntimeError("aemp_green is bound to the hub of thread %s, not this thread's"
-                           % getattr(bound, "thread_ident", "?"))
+        raise RuntimeError(
+            "aemp_green is bound to the hub of thread %s, not this thread's"
+            % getattr(bound, "thread_ident", "?")
+        )
     return hub

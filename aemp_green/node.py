@@ -53,7 +53,9 @@ logger = logging.getLogger(__name__)
 _rl = RateLog(logger)  # bad input from peers (see _ratelog)
 
 _nodes: dict[Any, Any] = {}  # nodeid -> RemoteNode
-_idle: dict[Any, Any] = {}  # nodeid -> RemoteNode kept after it went down (oldest first; see _maybe_forget)
+_idle: dict[
+    Any, Any
+] = {}  # nodeid -> RemoteNode kept after it went down (oldest first; see _maybe_forget)
 _cfg = dict(_config.DEFAULTS)
 _tls = None  # transport.TLSContexts of our cert, built once by configure
 _listeners: list[Any] = []
@@ -108,6 +110,7 @@ def _hooks():
 
 
 # --------------------------------------------------------------------------- remote nodes
+
 
 class RemoteNode:
     """Another node: its link (when up), frames waiting for a link, and monitors on its ports.
@@ -175,8 +178,10 @@ class RemoteNode:
         the connection attempt fails (docs/running.md, "Backpressure")."""
         hard = int(_cfg["link_hard_limit"])
         if self.queue_bytes > hard:
-            self.transport_error("send queue over link_hard_limit (%d bytes queued, limit %d) "
-                                 "while connecting" % (self.queue_bytes, hard))
+            self.transport_error(
+                "send queue over link_hard_limit (%d bytes queued, limit %d) "
+                "while connecting" % (self.queue_bytes, hard)
+            )
             return
         if not _k.may_block():
             return
@@ -283,9 +288,10 @@ class RemoteNode:
     def _connect_timeout(self):
         if self.link is None and self.connecting:
             last = self._last_error
-            self.transport_error("connect timeout" if last is None
-                                 else "connect timeout (last attempt: %s)" % last,
-                                 connecting=True)
+            self.transport_error(
+                "connect timeout" if last is None else "connect timeout (last attempt: %s)" % last,
+                connecting=True,
+            )
             # its dials still running are speculative now: they make way if others wait
             _dials.shed(self)
 
@@ -314,8 +320,9 @@ class RemoteNode:
         for frame in queue:
             if lost and frame[0] in lost:
                 # no holes: after a lost message, nothing more to that port from this queue
-                logger.error("message to %s#%s dropped after an earlier one was lost",
-                             self.id, frame[0])
+                logger.error(
+                    "message to %s#%s dropped after an earlier one was lost", self.id, frame[0]
+                )
                 continue
             try:
                 link.send_nowait(frame)  # counted against the limits while queued
@@ -324,8 +331,10 @@ class RemoteNode:
                 logger.error("message to %s#%s dropped: %s", self.id, frame[0], exc)
                 if frame and frame[0]:
                     lost.add(frame[0])
-                    self._message_lost(frame[0], ("transport_error", self.id,
-                                                  "message could not be encoded: %s" % exc))
+                    self._message_lost(
+                        frame[0],
+                        ("transport_error", self.id, "message could not be encoded: %s" % exc),
+                    )
         logger.info("%s is up", self.id)
         self.up_event.set()
         _notify_watchers(self.id, True, ())
@@ -481,6 +490,7 @@ class RemoteNode:
 
 # --------------------------------------------------------------------------- dial limiter
 
+
 class _DialLimiter:
     """Bounds what dialling out may take, so that addresses from the network (the global
     database, ``host:port`` node IDs) cannot exhaust this process (docs/security.md):
@@ -569,9 +579,13 @@ class _DialLimiter:
         self._refused += 1
         now = gevent.get_hub().loop.now()
         if now - self._logged >= 10.0:  # one line per 10 s, however many are refused
-            logger.warning("not dialling %s: %s (%d dial(s) refused in the last %.0f s)",
-                           repr(addr)[:120], why,
-                           self._refused, min(now - self._logged, 10.0))
+            logger.warning(
+                "not dialling %s: %s (%d dial(s) refused in the last %.0f s)",
+                repr(addr)[:120],
+                why,
+                self._refused,
+                min(now - self._logged, 10.0),
+            )
             self._logged, self._refused = now, 0
 
 
@@ -603,8 +617,9 @@ class _DialTurn:
             if left is not None:
                 left -= lim._size - sem.counter - 1
             if left is not None and left < reserve:
-                lim._refuse(self._addr, "only %d file descriptors left (fd_reserve %d)"
-                            % (left, reserve))
+                lim._refuse(
+                    self._addr, "only %d file descriptors left (fd_reserve %d)" % (left, reserve)
+                )
                 return False
         return True
 
@@ -661,13 +676,21 @@ def get_node(nodeid):
 # a peer that makes us send to invented node IDs leaves nothing behind. The others are kept (known_nodes, node_is_up
 # False, cached addresses) in ``_idle``, oldest first, and dropped when ``max_nodes`` is reached.
 
+
 def _max_nodes():
     return int(_cfg.get("max_nodes") or 10000)
 
 
 def _is_idle(n):
-    return (n.link is None and not n.extra_links and not n.connecting and not n.queue
-            and not n.monitors and not n._attempts and not n.broken)
+    return (
+        n.link is None
+        and not n.extra_links
+        and not n.connecting
+        and not n.queue
+        and not n.monitors
+        and not n._attempts
+        and not n.broken
+    )
 
 
 def _maybe_forget(n, had_link=False):
@@ -703,8 +726,13 @@ def _node_for_relay(nodeid):
         _make_room()
         origin = _k.request_origin()
         if len(_nodes) >= _max_nodes() and origin is not None and origin != _k.this_node:
-            _rl.warning((origin, "max_nodes"), "request from %s for unknown node %s dropped: "
-                        "%d nodes known (max_nodes)", origin, esc(nodeid), len(_nodes))
+            _rl.warning(
+                (origin, "max_nodes"),
+                "request from %s for unknown node %s dropped: %d nodes known (max_nodes)",
+                origin,
+                esc(nodeid),
+                len(_nodes),
+            )
             return None
     return get_node(nodeid)
 
@@ -733,9 +761,14 @@ def _relay_chain(frame):
         if x.__class__ is str and ((x.endswith("#") and len(x) > 1) or x in _nodes or x == me):
             hops += 1
             if hops > limit:
-                _rl.warning((origin, "relay chain"), "request from %s relaying more than %d "
-                            "node-port requests dropped (max_forward_depth): %s", origin,
-                            limit, esc(frame[:3]))
+                _rl.warning(
+                    (origin, "relay chain"),
+                    "request from %s relaying more than %d "
+                    "node-port requests dropped (max_forward_depth): %s",
+                    origin,
+                    limit,
+                    esc(frame[:3]),
+                )
                 return True
     return False
 
@@ -795,6 +828,7 @@ _k.set_network(_Net())
 
 # --------------------------------------------------------------------------- links
 
+
 def _on_frame(link, frame):
     if _tracers:
         _trace("RCV", link.nodeid, frame)
@@ -843,8 +877,12 @@ def _trace(direction, nodeid, frame):
             except Exception as exc:
                 if fn in _tracers:
                     _tracers.remove(fn)
-                    _rl.error(("tracer", "failed"), "tracer %s failed and was removed: %s",
-                              esc(fn), exc_text(exc))
+                    _rl.error(
+                        ("tracer", "failed"),
+                        "tracer %s failed and was removed: %s",
+                        esc(fn),
+                        exc_text(exc),
+                    )
     finally:
         _tracing.discard(cur)
 
@@ -855,11 +893,15 @@ def _print_tracer(direction, nodeid, frame):
 
     arrow = "<-" if direction == "SND" else "->"
     shown = [None if i == 0 and x == "" else x for i, x in enumerate(frame)]
-    sys.stderr.write("%s %s %s %s\n" % (direction, nodeid, arrow,
-                                         json.dumps(shown, ensure_ascii=False, default=repr)))
+    sys.stderr.write(
+        "%s %s %s %s\n"
+        % (direction, nodeid, arrow, json.dumps(shown, ensure_ascii=False, default=repr))
+    )
 
 
-_trace_subscribers: dict[Any, Any] = {}  # port -> cancel function (stops the stream and its monitor)
+_trace_subscribers: dict[
+    Any, Any
+] = {}  # port -> cancel function (stops the stream and its monitor)
 
 
 def _req_trace(from_node, port, on=1, *_):
@@ -877,8 +919,13 @@ def _req_trace(from_node, port, on=1, *_):
         return
     cap = int(_cfg.get("max_trace_streams") or 16)
     if len(_trace_subscribers) >= cap:
-        _rl.warning((from_node, "trace streams"), "trace request from %s for %s refused: %d "
-                    "streams already (max_trace_streams)", from_node, esc(port), cap)
+        _rl.warning(
+            (from_node, "trace streams"),
+            "trace request from %s for %s refused: %d streams already (max_trace_streams)",
+            from_node,
+            esc(port),
+            cap,
+        )
         return
 
     def forward(direction, nodeid, frame):
@@ -921,20 +968,28 @@ def _refuse_duplicates(ev):
 
 
 def _start_link(sock, est, trailing, outgoing):
-    link = transport.Link(sock, est.peer_nodeid, est.send_framing, est.recv_framing, trailing,
-                          _on_frame, _on_close, max_frame=int(_cfg.get("max_frame") or 64 << 20),
-                          peer_kv=est.kv, outgoing=outgoing,
-                          keepalive=float(_cfg["monitor_timeout"]) if _cfg.get("keepalive", True)
-                          else None,
-                          # the peer answers ["", "", <time>] to our node port: a no-op
-                          probe=("", "time", _k.this_node + "#", ""),
-                          group=get_node(est.peer_nodeid).liveness,
-                          # a Perl string has no bytes/text distinction: its byte strings are text
-                          text_bytes=bool(_cfg.get("perl_bytes_as_text", True))
-                          and is_perl_peer(est.kv),
-                          high_water=int(_cfg["link_high_water"]),
-                          low_water=_cfg.get("link_low_water"),
-                          hard_limit=int(_cfg["link_hard_limit"]), may_wait=_k.may_block)
+    link = transport.Link(
+        sock,
+        est.peer_nodeid,
+        est.send_framing,
+        est.recv_framing,
+        trailing,
+        _on_frame,
+        _on_close,
+        max_frame=int(_cfg.get("max_frame") or 64 << 20),
+        peer_kv=est.kv,
+        outgoing=outgoing,
+        keepalive=float(_cfg["monitor_timeout"]) if _cfg.get("keepalive", True) else None,
+        # the peer answers ["", "", <time>] to our node port: a no-op
+        probe=("", "time", _k.this_node + "#", ""),
+        group=get_node(est.peer_nodeid).liveness,
+        # a Perl string has no bytes/text distinction: its byte strings are text
+        text_bytes=bool(_cfg.get("perl_bytes_as_text", True)) and is_perl_peer(est.kv),
+        high_water=int(_cfg["link_high_water"]),
+        low_water=_cfg.get("link_low_water"),
+        hard_limit=int(_cfg["link_hard_limit"]),
+        may_wait=_k.may_block,
+    )
     link.closed_event = Event()
     get_node(est.peer_nodeid).attach(link)
     return link
@@ -956,8 +1011,8 @@ def _dial(host, port, expect=None):
 
     try:
         sock, est, trailing = transport.run_handshake(
-            sock, hs, timeout=float(_cfg["monitor_timeout"]), on_greeting=on_greeting,
-            tls=_tls)
+            sock, hs, timeout=float(_cfg["monitor_timeout"]), on_greeting=on_greeting, tls=_tls
+        )
     except BaseException:
         sock.close()
         raise
@@ -970,9 +1025,15 @@ def _connector_handshake(sock, protocol="aemp", extra=None):
     """The handshake for a connection we dialled: ``peeraddr`` is the numeric address we reached
     (the acceptor checks it names itself) and the acceptor must see us at our own address."""
     peer = sock.getpeername()
-    return transport.make_handshake(_cfg, _k.this_node, transport.bind_string(peer[0], peer[1]),
-                                    protocol=protocol, extra=extra, role="connect",
-                                    check=_check_for(sock.getsockname(), ()))
+    return transport.make_handshake(
+        _cfg,
+        _k.this_node,
+        transport.bind_string(peer[0], peer[1]),
+        protocol=protocol,
+        extra=extra,
+        role="connect",
+        check=_check_for(sock.getsockname(), ()),
+    )
 
 
 def _check_for(own, extra):
@@ -1043,10 +1104,14 @@ def _log_evicted(source):
     now = gevent.get_hub().loop.now()
     _evict_log["count"] += 1
     if now >= _evict_log["next"]:
-        logger.warning("too many pending handshakes: evicted %d stalled one(s), the last from %s "
-                       "(max_pending_handshakes=%s, max_pending_per_source=%s)",
-                       _evict_log["count"], source, _cfg.get("max_pending_handshakes"),
-                       _cfg.get("max_pending_per_source"))
+        logger.warning(
+            "too many pending handshakes: evicted %d stalled one(s), the last from %s "
+            "(max_pending_handshakes=%s, max_pending_per_source=%s)",
+            _evict_log["count"],
+            source,
+            _cfg.get("max_pending_handshakes"),
+            _cfg.get("max_pending_per_source"),
+        )
         _evict_log["count"] = 0
         _evict_log["next"] = now + 10.0
 
@@ -1066,13 +1131,22 @@ def _accept(sock, addr):
     raw = sock
     # a connector must name the address it dialled: this connection's local address, one of the
     # configured binds (a host name as written there) or a public_addresses entry
-    hs = transport.make_handshake(_cfg, _k.this_node, peeraddr, role="accept",
-                                  check=_check_for(sock.getsockname(), _named_binds()))
+    hs = transport.make_handshake(
+        _cfg,
+        _k.this_node,
+        peeraddr,
+        role="accept",
+        check=_check_for(sock.getsockname(), _named_binds()),
+    )
     _pending_handshakes[raw] = (source, hs)
     try:
         sock, est, trailing = transport.run_handshake(
-            sock, hs, timeout=float(_cfg.get("handshake_timeout") or _cfg["monitor_timeout"]),
-            on_greeting=_refuse_duplicates, tls=_tls)
+            sock,
+            hs,
+            timeout=float(_cfg.get("handshake_timeout") or _cfg["monitor_timeout"]),
+            on_greeting=_refuse_duplicates,
+            tls=_tls,
+        )
     except (RemoteProtocolError, transport.HandshakeRefused) as exc:
         # the reason may quote the peer's bytes: escaped, and rate-limited per source
         _rl.info((source, "handshake"), "%s disconnected - %s", peeraddr, _printable(exc))
@@ -1142,8 +1216,9 @@ def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
                 hs = _connector_handshake(sock, protocol=protocol, extra=extra)
                 sock, est, rest = transport.run_handshake(sock, hs, timeout=timeout, tls=_tls)
                 if est.peer_nodeid != nodeid:
-                    raise transport.HandshakeRefused("%s answered instead of %s" % (
-                        est.peer_nodeid, nodeid))
+                    raise transport.HandshakeRefused(
+                        "%s answered instead of %s" % (est.peer_nodeid, nodeid)
+                    )
                 return sock, est, rest
             except (OSError, RemoteProtocolError, transport.HandshakeRefused) as exc:
                 last = exc
@@ -1157,6 +1232,7 @@ def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
 
 
 # --------------------------------------------------------------------------- seeds
+
 
 def _seed_loop(addr):
     """Keep a connection to the seed at ``addr`` with back-off; announce ourselves as slave.
@@ -1218,8 +1294,9 @@ def configure(profile: Optional[str] = None, **kv: Any) -> dict[str, Any]:
 
     if os.environ.get("PERL_ANYEVENT_MP_TRACE") and _print_tracer not in _tracers:
         _tracers.append(_print_tracer)
-    unknown = sorted(k for k in kv
-                     if k not in _config.SETTINGS_BY_NAME and k not in _CONFIGURE_ONLY)
+    unknown = sorted(
+        k for k in kv if k not in _config.SETTINGS_BY_NAME and k not in _CONFIGURE_ONLY
+    )
     if unknown:  # kept (AEMP keeps unknown keys too), but most likely a typo: say so visibly
         _warn_unknown(unknown)
     norc = kv.get("norc")
@@ -1231,8 +1308,9 @@ def configure(profile: Optional[str] = None, **kv: Any) -> dict[str, Any]:
         try:
             tls = transport.tls_contexts(cfg["cert"])
         except (OSError, ValueError) as exc:
-            raise ConfigError("cert: not a usable PEM with key, certificate and CA certificates "
-                              "(%s)" % (exc,)) from None
+            raise ConfigError(
+                "cert: not a usable PEM with key, certificate and CA certificates (%s)" % (exc,)
+            ) from None
     before = (_k.this_node, _k.secure_mode, _cfg, _tls)
     _tls = tls
     _k.set_node_id(nodeid)
@@ -1288,8 +1366,11 @@ def _warn_unknown(unknown):
     for key in unknown:
         close = difflib.get_close_matches(key, known, n=1)
         parts.append("%r (did you mean %r?)" % (key, close[0]) if close else repr(key))
-    text = ("configure(): unknown setting%s %s ignored (known: %s)"
-            % ("s" if len(unknown) > 1 else "", ", ".join(parts), ", ".join(known)))
+    text = "configure(): unknown setting%s %s ignored (known: %s)" % (
+        "s" if len(unknown) > 1 else "",
+        ", ".join(parts),
+        ", ".join(known),
+    )
     logger.warning("%s", text)
     warnings.warn(text, UserWarning, stacklevel=3)
 
@@ -1313,8 +1394,9 @@ def run_forever(signals: Optional[Iterable[int]] = None) -> int:
 
     _k.check_thread()
     got = AsyncResult()
-    watchers = [gevent.signal_handler(s, got.set, s)
-                for s in (signals or (signal.SIGINT, signal.SIGTERM))]
+    watchers = [
+        gevent.signal_handler(s, got.set, s) for s in (signals or (signal.SIGINT, signal.SIGTERM))
+    ]
     try:
         signum = got.get()
     finally:
@@ -1412,8 +1494,12 @@ def shutdown(flush: float = 1.0) -> None:
         g.kill(block=False)
     for lst in _listeners:
         lst.stop()
-    links = [link for n in list(_nodes.values()) for link in [n.link] + list(n.extra_links)
-             if link is not None]
+    links = [
+        link
+        for n in list(_nodes.values())
+        for link in [n.link] + list(n.extra_links)
+        if link is not None
+    ]
     if flush:
         with gevent.Timeout(flush, False):
             for link in links:
@@ -1423,6 +1509,7 @@ def shutdown(flush: float = 1.0) -> None:
 
 
 # --------------------------------------------------------------------------- node watching
+
 
 def node_is_up(nodeid: str) -> Optional[bool]:
     """True if connected (or ourselves), False if known but not connected, None if unknown.

@@ -172,8 +172,14 @@ class _MailboxLimit:
     def full(self, p, msg):
         """``msg`` meets a full mailbox of ``p``: block, drop or kill, as configured."""
         if self.on_full == "kill":
-            _kill_local(p, ("mailbox_full", "%s had %d messages queued (mailbox_limit %d)"
-                            % (p.id, len(p.mailbox), self.limit)))
+            _kill_local(
+                p,
+                (
+                    "mailbox_full",
+                    "%s had %d messages queued (mailbox_limit %d)"
+                    % (p.id, len(p.mailbox), self.limit),
+                ),
+            )
             return
         if self.on_full == "block" and getcurrent() is not p.greenlet and _k.may_block():
             self.blocked += 1
@@ -189,16 +195,31 @@ class _MailboxLimit:
         self.dropped += 1
         n = self.dropped
         if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: a log line, not a log flood
-            logger.warning("port %s: mailbox full (mailbox_limit %d), %d message(s) dropped",
-                           p.id, self.limit, n)
+            logger.warning(
+                "port %s: mailbox full (mailbox_limit %d), %d message(s) dropped",
+                p.id,
+                self.limit,
+                n,
+            )
 
 
 _ON_FULL = ("block", "drop", "kill")
 
 
 class _GreenletPort(_Port):
-    __slots__ = ("id", "monitors", "handlers", "default", "greenlet", "mailbox", "waiting",
-                 "resume", "adopted", "reason", "limit")
+    __slots__ = (
+        "id",
+        "monitors",
+        "handlers",
+        "default",
+        "greenlet",
+        "mailbox",
+        "waiting",
+        "resume",
+        "adopted",
+        "reason",
+        "limit",
+    )
 
     def __init__(self, pid):
         self.id = pid
@@ -360,6 +381,7 @@ def _new_greenlet_port(pid, fn, args, limit=None):
 
 # --------------------------------------------------------------------------- public API
 
+
 def SELF() -> str:
     """The ID of the port whose code is running now.
 
@@ -441,8 +463,12 @@ def rcv(port_: str, *args: Any) -> str:
     return port_
 
 
-def spawn(target: Union[str, Callable[..., Any]], *args: Any, mailbox_limit: Optional[int] = None,
-          on_full: str = "block") -> str:
+def spawn(
+    target: Union[str, Callable[..., Any]],
+    *args: Any,
+    mailbox_limit: Optional[int] = None,
+    on_full: str = "block",
+) -> str:
     """Start a greenlet port and return its ID.
 
     ``spawn(fn, *args)`` runs ``fn(*args)`` in a new greenlet with the new port as ``SELF``.
@@ -470,10 +496,14 @@ def spawn(target: Union[str, Callable[..., Any]], *args: Any, mailbox_limit: Opt
     """
     limit = None
     if mailbox_limit is not None:
-        if isinstance(mailbox_limit, bool) or not isinstance(mailbox_limit, int) \
-                or mailbox_limit <= 0:
-            raise ValueError("spawn: mailbox_limit must be a positive integer, not %r"
-                             % (mailbox_limit,))
+        if (
+            isinstance(mailbox_limit, bool)
+            or not isinstance(mailbox_limit, int)
+            or mailbox_limit <= 0
+        ):
+            raise ValueError(
+                "spawn: mailbox_limit must be a positive integer, not %r" % (mailbox_limit,)
+            )
         if on_full not in _ON_FULL:
             raise ValueError("spawn: on_full must be one of %s, not %r" % (_ON_FULL, on_full))
         limit = _MailboxLimit(mailbox_limit, on_full)
@@ -503,9 +533,15 @@ def _spawn_named(from_node, name, funcname, *args):
         fn = _k.resolve_function(funcname)
     except (LookupError, AttributeError) as exc:
         logger.warning("spawn request from %s: cannot resolve %r: %s", from_node, funcname, exc)
-        reason = ("die", "cannot resolve function %r on %s: %s"
-                  % (funcname, _k.this_node, exc if isinstance(exc, LookupError)
-                     else "%s: %s" % (type(exc).__name__, exc)))
+        reason = (
+            "die",
+            "cannot resolve function %r on %s: %s"
+            % (
+                funcname,
+                _k.this_node,
+                exc if isinstance(exc, LookupError) else "%s: %s" % (type(exc).__name__, exc),
+            ),
+        )
         p = _GreenletPort(pid)
         _k.register_port(p)
         _kill_local(p, reason)
@@ -536,10 +572,13 @@ def check_may_block(what, own_port=False):
             "dispatcher and must not block (receive, receive_match, call; a gevent.sleep delays "
             "every other handler). Run code that waits in a greenlet port, e.g. "
             "spawn(fn, *args) from the handler, or use cal(port, ..., cb=...) for a reply "
-            "callback (docs/tutorial.md, \"Callback ports must not block\")." % (what, name))
+            "callback (docs/tutorial.md, \"Callback ports must not block\")." % (what, name)
+        )
     if cur is _k.bound_hub():
-        raise BlockingInHandlerError("%s cannot block in the hub greenlet: call it from a "
-                                     "greenlet port (spawn) or any other greenlet" % what)
+        raise BlockingInHandlerError(
+            "%s cannot block in the hub greenlet: call it from a "
+            "greenlet port (spawn) or any other greenlet" % what
+        )
     return p
 
 
@@ -622,8 +661,7 @@ def receive(tag: Any = None, timeout: Optional[float] = None) -> list[Any]:
     return list(msg) if tag is None else list(msg[1:])
 
 
-def receive_match(pred: Callable[[list[Any]], Any],
-                  timeout: Optional[float] = None) -> list[Any]:
+def receive_match(pred: Callable[[list[Any]], Any], timeout: Optional[float] = None) -> list[Any]:
     """Block until a message for which ``pred(msg_list)`` is true arrives; return it whole.
 
     Unmatched messages stay queued in order. Raises ``aemp_green.Timeout``.
@@ -798,7 +836,6 @@ def call(port_: str, *msg: Any, timeout: Optional[float] = None) -> list[Any]:
     raise Timeout("call to %s timed out after %s s" % (port_, timeout))
 
 
-
 def mailbox_info(port_: str) -> dict[str, Any]:
     """What the mailbox of the local port ``port_`` holds now, and its limit's counters.
 
@@ -817,8 +854,10 @@ def mailbox_info(port_: str) -> dict[str, Any]:
     if p is None:
         raise ValueError("mailbox_info: no such local port %r" % (port_,))
     lim = getattr(p, "limit", None)
-    return {"queued": len(getattr(p, "mailbox", None) or ()),
-            "limit": lim.limit if lim is not None else None,
-            "on_full": lim.on_full if lim is not None else None,
-            "dropped": lim.dropped if lim is not None else 0,
-            "blocked": lim.blocked if lim is not None else 0}
+    return {
+        "queued": len(getattr(p, "mailbox", None) or ()),
+        "limit": lim.limit if lim is not None else None,
+        "on_full": lim.on_full if lim is not None else None,
+        "dropped": lim.dropped if lim is not None else 0,
+        "blocked": lim.blocked if lim is not None else 0,
+    }

@@ -62,9 +62,19 @@ from collections import deque
 from . import kernel as _k
 from . import ports as _p
 
-__all__ = ["start", "supervise", "child_spec", "which_children", "start_child",
-           "terminate_child", "restart_child", "delete_child", "stop", "STRATEGIES",
-           "RESTART_TYPES"]
+__all__ = [
+    "start",
+    "supervise",
+    "child_spec",
+    "which_children",
+    "start_child",
+    "terminate_child",
+    "restart_child",
+    "delete_child",
+    "stop",
+    "STRATEGIES",
+    "RESTART_TYPES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +97,30 @@ def child_spec(id, start, *args, nodes=None, restart="permanent", register=None)
         child_spec("chat", "chatapp.server.run", "lobby", nodes=["chat1", "chat2"],
                    register="chat_server")
     """
-    return {"id": id, "start": start, "args": list(args), "nodes": nodes, "restart": restart,
-            "register": register}
+    return {
+        "id": id,
+        "start": start,
+        "args": list(args),
+        "nodes": nodes,
+        "restart": restart,
+        "register": register,
+    }
 
 
 class _Child:
-    __slots__ = ("id", "start", "args", "nodes", "restart", "register", "port", "node", "inc",
-                 "undo_mon", "reg")
+    __slots__ = (
+        "id",
+        "start",
+        "args",
+        "nodes",
+        "restart",
+        "register",
+        "port",
+        "node",
+        "inc",
+        "undo_mon",
+        "reg",
+    )
 
     def __init__(self, spec):
         if not isinstance(spec, dict):
@@ -110,8 +137,10 @@ class _Child:
         self.args = list(spec.get("args") or ())
         self.nodes = list(spec.get("nodes") or ()) or None
         if self.nodes and callable(self.start):
-            raise ValueError("child %r: a callable runs locally; use a function name to run "
-                             "it on other nodes" % self.id)
+            raise ValueError(
+                "child %r: a callable runs locally; use a function name to run "
+                "it on other nodes" % self.id
+            )
         self.restart = spec.get("restart") or "permanent"
         if self.restart not in RESTART_TYPES:
             raise ValueError("child %r: restart must be one of %s" % (self.id, RESTART_TYPES))
@@ -180,7 +209,8 @@ class _Supervisor:
         ch.port = pid
         inc, cid = ch.inc, ch.id
         ch.undo_mon = _k.add_monitor(
-            pid, lambda *reason: _k.snd(self.id, "_sup_down", cid, inc, *reason))
+            pid, lambda *reason: _k.snd(self.id, "_sup_down", cid, inc, *reason)
+        )
         if ch.register:
             from .global_ import db_reg
 
@@ -232,7 +262,7 @@ class _Supervisor:
             again = [ch]
         else:
             i = self.children.index(ch)
-            others = self.children if self.strategy == "one_for_all" else self.children[i + 1:]
+            others = self.children if self.strategy == "one_for_all" else self.children[i + 1 :]
             others = [c for c in others if c is not ch and c.port is not None]
             self._stop_all(others)
             again = [c for c in self.children if c is ch or c in others]
@@ -240,8 +270,14 @@ class _Supervisor:
             self._start(c, avoid)
 
     def give_up(self, ch, reason):
-        logger.error("supervisor %s: more than %d restarts in %g s (last: %s %r): giving up",
-                     self.id, self.max_restarts, self.period, ch.id, reason)
+        logger.error(
+            "supervisor %s: more than %d restarts in %g s (last: %s %r): giving up",
+            self.id,
+            self.max_restarts,
+            self.period,
+            ch.id,
+            reason,
+        )
         self.dead = True
         self._stop_all()
         _k.kil(self.id, "shutdown", "max_restarts", ch.id, list(reason))
@@ -319,12 +355,21 @@ def supervise(children, strategy="one_for_one", max_restarts=3, period=5.0):
     pid = _p.SELF()
     sup = _Supervisor(pid, children, strategy, max_restarts, period)
     _p.rcv(pid, sup.unexpected)
-    _p.rcv(pid, "_sup_down", sup.on_down,
-           "which_children", sup.which_children,
-           "start_child", sup.start_child,
-           "terminate_child", sup.terminate_child,
-           "restart_child", sup.restart_child,
-           "delete_child", sup.delete_child)
+    _p.rcv(
+        pid,
+        "_sup_down",
+        sup.on_down,
+        "which_children",
+        sup.which_children,
+        "start_child",
+        sup.start_child,
+        "terminate_child",
+        sup.terminate_child,
+        "restart_child",
+        sup.restart_child,
+        "delete_child",
+        sup.delete_child,
+    )
     _k.add_monitor(pid, sup.on_own_death)
     for ch in list(sup.children):
         sup._start(ch)

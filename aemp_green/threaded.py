@@ -100,15 +100,20 @@ def start(profile=None, *, thread_name="aemp-hub", start_timeout=30, **configure
         _check_can_start()
         node = Node(_token=_TOKEN)
         started = concurrent.futures.Future()
-        t = threading.Thread(target=node._thread_main, args=(profile, configure_args, started),
-                             name=thread_name, daemon=True)
+        t = threading.Thread(
+            target=node._thread_main,
+            args=(profile, configure_args, started),
+            name=thread_name,
+            daemon=True,
+        )
         node.thread = t
         t.start()
         try:
             started.result(start_timeout)
         except concurrent.futures.TimeoutError:
-            raise RuntimeError("the aemp_green hub thread did not start within %s s"
-                               % start_timeout) from None
+            raise RuntimeError(
+                "the aemp_green hub thread did not start within %s s" % start_timeout
+            ) from None
         _current = node
     return node
 
@@ -119,20 +124,27 @@ def _check_can_start():
     from . import kernel, node as _node
 
     if _current is not None:
-        raise RuntimeError("aemp_green.threaded.start() was already called in this process "
-                           "(use threaded.current())")
+        raise RuntimeError(
+            "aemp_green.threaded.start() was already called in this process "
+            "(use threaded.current())"
+        )
     if _gmonkey.is_module_patched("threading"):
-        raise RuntimeError("the process is monkey-patched (threads are greenlets): use the "
-                           "aemp_green API directly instead of the threaded bridge")
+        raise RuntimeError(
+            "the process is monkey-patched (threads are greenlets): use the "
+            "aemp_green API directly instead of the threaded bridge"
+        )
     hub = kernel.current_hub()
     if hub is not None:
         raise RuntimeError(
             "aemp_green is already bound to the gevent hub of thread %s: the threaded bridge "
             "must be the first user of aemp_green in the process (start it before any "
-            "configure(), call(), after(), ...)" % getattr(hub, "thread_ident", "?"))
+            "configure(), call(), after(), ...)" % getattr(hub, "thread_ident", "?")
+        )
     if _node.is_configured():
-        raise RuntimeError("configure() already ran in this process: the threaded bridge "
-                           "configures the node itself (pass the arguments to start())")
+        raise RuntimeError(
+            "configure() already ran in this process: the threaded bridge "
+            "configures the node itself (pass the arguments to start())"
+        )
 
 
 _TOKEN = object()
@@ -202,8 +214,10 @@ class Node:
             if bound is None:
                 bound = kernel.bound_hub()
             if bound is not hub:
-                raise RuntimeError("aemp_green got bound to the hub of thread %s meanwhile"
-                                   % getattr(bound, "thread_ident", "?"))
+                raise RuntimeError(
+                    "aemp_green got bound to the hub of thread %s meanwhile"
+                    % getattr(bound, "thread_ident", "?")
+                )
             self._hub = hub
             self._ident = threading.get_ident()
             self._wakeup = Event()
@@ -304,8 +318,10 @@ class Node:
 
     def _wait(self, fut, timeout=None, what="operation"):
         if self._in_hub() and not fut.done():
-            raise RuntimeError("a blocking Node method inside the hub thread: use the plain "
-                               "aemp_green API there (call, db_family, ...)")
+            raise RuntimeError(
+                "a blocking Node method inside the hub thread: use the plain "
+                "aemp_green API there (call, db_family, ...)"
+            )
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -397,8 +413,9 @@ class Node:
 
             return call(port, *msg, timeout=timeout)
         fut = self.call_async(port, *msg, timeout=timeout)
-        return self._wait(fut, None if timeout is None else timeout + _GRACE,
-                          "call to %s" % (port,))
+        return self._wait(
+            fut, None if timeout is None else timeout + _GRACE, "call to %s" % (port,)
+        )
 
     def _call_op(self, fut, port, msg, timeout):
         """Hub side of ``call``: a reply port, a monitor and a timer; never blocks."""
@@ -424,8 +441,9 @@ class Node:
             state["reply"] = new_port(lambda *r: finish(True, list(r)))
             if timeout is not None:
                 timer = state["timer"] = self._hub.loop.timer(max(float(timeout), 0.0))
-                timer.start(finish, False, Timeout("call to %s timed out after %s s"
-                                                   % (port, timeout)))
+                timer.start(
+                    finish, False, Timeout("call to %s timed out after %s s" % (port, timeout))
+                )
             guard = mon(port, lambda *reason: finish(False, PortDied.from_reason(reason)))
             if state["done"]:
                 guard.cancel()
@@ -746,8 +764,10 @@ class Inbox:
                 try:
                     m = self._q.get(timeout=left)
                 except queue.Empty:
-                    raise Timeout("no %s within %s s" % (
-                        "message" if tag is None else "%r message" % (tag,), timeout)) from None
+                    raise Timeout(
+                        "no %s within %s s"
+                        % ("message" if tag is None else "%r message" % (tag,), timeout)
+                    ) from None
                 if tag is None or (m and m[0] == tag):
                     return m if tag is None else m[1:]
                 self._stash.append(m)

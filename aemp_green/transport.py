@@ -33,9 +33,19 @@ from . import _protocol
 from .config import parse_address
 from .exceptions import ConfigError, RemoteProtocolError
 
-__all__ = ["Link", "LinkGroup", "Listener", "connect", "run_handshake", "HandshakeRefused",
-           "TLSContexts", "tls_contexts", "peeraddr_check", "normalize_address",
-           "describe_connect_error"]
+__all__ = [
+    "Link",
+    "LinkGroup",
+    "Listener",
+    "connect",
+    "run_handshake",
+    "HandshakeRefused",
+    "TLSContexts",
+    "tls_contexts",
+    "peeraddr_check",
+    "normalize_address",
+    "describe_connect_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +113,9 @@ def _load_chain(ctx, cert_pem):
 def _tls_context(cert_pem, server_side):
     from gevent import ssl as _gssl  # gevent's context: its sockets block only the greenlet
 
-    ctx = _gssl.SSLContext(_stdssl.PROTOCOL_TLS_SERVER if server_side else _stdssl.PROTOCOL_TLS_CLIENT)
+    ctx = _gssl.SSLContext(
+        _stdssl.PROTOCOL_TLS_SERVER if server_side else _stdssl.PROTOCOL_TLS_CLIENT
+    )
     ctx.check_hostname = False
     ctx.verify_mode = _stdssl.CERT_REQUIRED
     _load_chain(ctx, cert_pem)
@@ -309,10 +321,28 @@ class Link:
     HIGH_WATER = 4 * 1024 * 1024
     HARD_LIMIT = 64 * 1024 * 1024
 
-    def __init__(self, sock, nodeid, send_framing, recv_framing, trailing, on_frame, on_close,
-                 *, max_frame=64 * 1024 * 1024, peer_kv=None, outgoing=False, keepalive=None,
-                 probe=("", ""), group=None, text_bytes=False, high_water=None,
-                 low_water=None, hard_limit=None, may_wait=None):
+    def __init__(
+        self,
+        sock,
+        nodeid,
+        send_framing,
+        recv_framing,
+        trailing,
+        on_frame,
+        on_close,
+        *,
+        max_frame=64 * 1024 * 1024,
+        peer_kv=None,
+        outgoing=False,
+        keepalive=None,
+        probe=("", ""),
+        group=None,
+        text_bytes=False,
+        high_water=None,
+        low_water=None,
+        hard_limit=None,
+        may_wait=None,
+    ):
         self.sock = sock
         self.nodeid = nodeid
         self.send_framing = send_framing
@@ -323,8 +353,11 @@ class Link:
 
         self._encode = framing.codec(send_framing)[0]
         decoder = framing.codec(recv_framing)[1]
-        self._decoder = (decoder(max_frame=max_frame, text_bytes=True) if text_bytes
-                         and recv_framing == "cbor" else decoder(max_frame=max_frame))
+        self._decoder = (
+            decoder(max_frame=max_frame, text_bytes=True)
+            if text_bytes and recv_framing == "cbor"
+            else decoder(max_frame=max_frame)
+        )
         self._trailing = trailing
         self._on_frame = on_frame
         self._on_close = on_close
@@ -397,8 +430,13 @@ class Link:
         self.frames_out += 1
         self.last_tx = self._loop.now()
         raw = self._raw
-        if raw is not None and not self._writing and not self._wbuf and not self._turn \
-                and not self._full:
+        if (
+            raw is not None
+            and not self._writing
+            and not self._wbuf
+            and not self._turn
+            and not self._full
+        ):
             self._turn = True
             self._loop.run_callback(self._end_turn)
             sent = self._raw_send(raw, data)
@@ -454,8 +492,12 @@ class Link:
     def _queued_a_lot(self, raw, n):
         """``send``'s slow path, from ``_check_at`` queued bytes on: push them to the socket
         (non-blocking) and apply the high-water mark and the hard limit."""
-        if self._wbytes >= self.FLUSH_BYTES and raw is not None and not self._writing \
-                and not self._full:
+        if (
+            self._wbytes >= self.FLUSH_BYTES
+            and raw is not None
+            and not self._writing
+            and not self._full
+        ):
             buf = b"".join(self._wbuf)
             sent = self._raw_send(raw, buf)
             if sent is None:
@@ -473,8 +515,10 @@ class Link:
         if self._nowait:
             return True
         if pending > self._hard and pending > n:  # (one frame alone always goes out)
-            why = ("write buffer over link_hard_limit (%d bytes queued, limit %d): the peer "
-                   "does not read fast enough" % (pending, self._hard))
+            why = (
+                "write buffer over link_hard_limit (%d bytes queued, limit %d): the peer "
+                "does not read fast enough" % (pending, self._hard)
+            )
             logger.warning("%s: %s; closing the link", self.nodeid, why)
             self.close(why)
             return False
@@ -546,7 +590,7 @@ class Link:
                         while off < n:
                             left = self._inflight = n - off
                             self._check_at = min(self.FLUSH_BYTES, max(1, self._high - left))
-                            sock.sendall(view[off:off + self.WRITE_CHUNK])
+                            sock.sendall(view[off : off + self.WRITE_CHUNK])
                             off += self.WRITE_CHUNK
                             if self._nwaiting and self._wbytes + n - off <= self._low:
                                 self._drained.set()
@@ -652,7 +696,9 @@ class Link:
                     if excused is None:
                         excused = now
                     continue
-                logger.warning("%s: nothing received for %.1f s, link is dead", self.nodeid, timeout)
+                logger.warning(
+                    "%s: nothing received for %.1f s, link is dead", self.nodeid, timeout
+                )
                 self.close("keepalive timeout (no data for %.1f s)" % timeout)
                 break
             excused = None
@@ -728,8 +774,12 @@ class Link:
             self._writer.switch()
 
     def __repr__(self):
-        return "<Link %s %s/%s%s>" % (self.nodeid, self.send_framing, self.recv_framing,
-                                      " closed" if self._closed else "")
+        return "<Link %s %s/%s%s>" % (
+            self.nodeid,
+            self.send_framing,
+            self.recv_framing,
+            " closed" if self._closed else "",
+        )
 
 
 def apply_sockopts(sock, nodelay=True):
@@ -763,17 +813,23 @@ def describe_connect_error(addr, exc):
     text = str(exc) or exc.__class__.__name__
     if isinstance(exc, RemoteProtocolError):
         if "shared secret mismatch" in text:
-            return ("authentication failed at %s: shared secret mismatch (both nodes need the "
-                    "same secret)" % addr)
+            return (
+                "authentication failed at %s: shared secret mismatch (both nodes need the "
+                "same secret)" % addr
+            )
         if "no common auth type" in text or "no shared secret" in text:
-            return ("authentication failed at %s: %s (configure the same secret, or "
-                    "certificates from one CA, on both nodes)" % (addr, text))
+            return (
+                "authentication failed at %s: %s (configure the same secret, or "
+                "certificates from one CA, on both nodes)" % (addr, text)
+            )
         if "version mismatch" in text or "unparsable greeting" in text:
             return "protocol mismatch at %s: %s (is it an AEMP node?)" % (addr, text)
         if "end-of-file during handshake" in text:
-            return ("%s closed the connection during the handshake: it most likely refused our "
-                    "authentication (a different secret, TLS required, or the address we "
-                    "dialled is not one it accepts: see public_addresses)" % addr)
+            return (
+                "%s closed the connection during the handshake: it most likely refused our "
+                "authentication (a different secret, TLS required, or the address we "
+                "dialled is not one it accepts: see public_addresses)" % addr
+            )
         return "handshake with %s failed: %s" % (addr, text)
     return "connecting to %s failed: %s" % (addr, text)
 
@@ -848,8 +904,9 @@ def bind_string(host, port):
     return "%s:%d" % (host, port)
 
 
-def make_handshake(cfg, nodeid, peeraddr, *, protocol="aemp", extra=None, role="connect",
-                   check=None):
+def make_handshake(
+    cfg, nodeid, peeraddr, *, protocol="aemp", extra=None, role="connect", check=None
+):
     """A ``Handshake`` for our configuration ``cfg`` (the dict ``config.find_profile`` made).
 
     ``role`` is ``"connect"`` or ``"accept"``, ``check`` the ``peeraddr_check`` callable (None:

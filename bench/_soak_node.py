@@ -117,13 +117,17 @@ def greenlet_census():
     for o in gc.get_objects():
         if isinstance(o, greenlet):
             run = getattr(o, "_run", None) or getattr(o, "run", None)
-            what = "%s %s%s" % (type(o).__name__, getattr(run, "__qualname__", repr(run)),
-                                " dead" if o.dead else "")
+            what = "%s %s%s" % (
+                type(o).__name__,
+                getattr(run, "__qualname__", repr(run)),
+                " dead" if o.dead else "",
+            )
             census[what] = census.get(what, 0) + 1
     return census
 
 
 # =========================================================================== receiver
+
 
 class Receiver:
     def __init__(self):
@@ -163,6 +167,7 @@ class Receiver:
 
 # =========================================================================== senders
 
+
 class Stream:
     """One numbered stream to one receiver port; ``inc`` (its ack port ID) names it."""
 
@@ -191,8 +196,7 @@ class Stream:
         if self.fired is None:
             self.fired = list(reason)
             self.fire_n = self.n
-            emit("fired", inc=self.inc, to=self.to, n=self.n, acked=self.acked,
-                 reason=self.fired)
+            emit("fired", inc=self.inc, to=self.to, n=self.n, acked=self.acked, reason=self.fired)
             self.ev.set()
 
     def run(self):
@@ -227,8 +231,16 @@ class Stream:
                     self.ev.clear()
                     if self.finacked is None and self.fired is None:
                         self.ev.wait(left)
-            emit("stream_end", inc=inc, to=to, sent=self.n, acked=self.acked,
-                 finacked=self.finacked, fired=self.fired, fire_n=self.fire_n)
+            emit(
+                "stream_end",
+                inc=inc,
+                to=to,
+                sent=self.n,
+                acked=self.acked,
+                finacked=self.finacked,
+                fired=self.fired,
+                fire_n=self.fire_n,
+            )
         finally:
             g.cancel()
             kil(inc)
@@ -276,11 +288,18 @@ class Worker:
         emit("stopped", streams=len(self.out), sent=self.sent)
 
     def report(self):
-        emit("report", rx=self.rx.port, total=self.rx.total, streams=self.rx.streams,
-             family=sorted(self.family), out=sorted(self.out))
+        emit(
+            "report",
+            rx=self.rx.port,
+            total=self.rx.total,
+            streams=self.rx.streams,
+            family=sorted(self.family),
+            out=sorted(self.out),
+        )
 
 
 # =========================================================================== main
+
 
 def stats_loop(worker):
     every = float(CFG["stats_every"])
@@ -300,17 +319,27 @@ def stats_loop(worker):
         # growth check counts the greenlets besides those of the links that are up: a leak
         # grows them, a second link to a peer does not
         per_links = 3 * (up + extra)
-        kv = dict(rss_kb=rss_kb(), greenlets=live - per_links, greenlets_all=live,
-                  greenlets_with_garbage=with_garbage - per_links,
-                  threadpool_greenlets=pool,
-                  ports=len(_kernel.port_table), links=up, extra_links=extra)
+        kv = dict(
+            rss_kb=rss_kb(),
+            greenlets=live - per_links,
+            greenlets_all=live,
+            greenlets_with_garbage=with_garbage - per_links,
+            threadpool_greenlets=pool,
+            ports=len(_kernel.port_table),
+            links=up,
+            extra_links=extra,
+        )
         # "full": connected to every other node (and, for a worker, streaming to every other
         # worker): the steady state between restarts, which the stability check compares
         n_workers = int(CFG["workers"])
         if worker is not None:
-            kv.update(rx=worker.rx.total, tx=worker.sent, out=len(worker.out),
-                      in_streams=len(worker.rx.streams),
-                      full=up >= n_workers and len(worker.out) >= n_workers - 1)
+            kv.update(
+                rx=worker.rx.total,
+                tx=worker.sent,
+                out=len(worker.out),
+                in_streams=len(worker.rx.streams),
+                full=up >= n_workers and len(worker.out) >= n_workers - 1,
+            )
         else:
             kv.update(full=up >= n_workers)
         emit("stats", **kv)
@@ -321,8 +350,11 @@ def main():
     global CFG
     CFG = json.loads(sys.argv[1])
     signal.alarm(int(CFG["deadline"]))  # last resort: SIGALRM's default action ends us
-    logging.basicConfig(level=getattr(logging, CFG.get("log", "WARNING")), stream=sys.stderr,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, CFG.get("log", "WARNING")),
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
     role = CFG["role"]
     seed = CFG["seed"]
     kw = dict(nodeid=CFG["nodeid"], seeds=[seed], secret=CFG["secret"], norc=True)

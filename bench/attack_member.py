@@ -11,8 +11,16 @@ import time
 
 from aemp_green import framing
 from netutil import ChildNode
-from test_attack_member import (Peer, _nested_snd, _relay_chain, _stringref_frame, answers,
-                                cpu_seconds, log_size, peak_rss)
+from test_attack_member import (
+    Peer,
+    _nested_snd,
+    _relay_chain,
+    _stringref_frame,
+    answers,
+    cpu_seconds,
+    log_size,
+    peak_rss,
+)
 
 MB = 1 << 20
 
@@ -23,9 +31,17 @@ def target(tmp, **cfg):
 
 
 def report(name, t, rss0, log0, cpu0, extra=""):
-    print("%-34s peak RSS +%6.1f MB  log +%9d B  cpu %5.2f s  answers=%s %s" % (
-        name, (peak_rss(t) - rss0) / MB, log_size(t) - log0, cpu_seconds(t) - cpu0,
-        t.alive and answers(t), extra))
+    print(
+        "%-34s peak RSS +%6.1f MB  log +%9d B  cpu %5.2f s  answers=%s %s"
+        % (
+            name,
+            (peak_rss(t) - rss0) / MB,
+            log_size(t) - log0,
+            cpu_seconds(t) - cpu0,
+            t.alive and answers(t),
+            extra,
+        )
+    )
     sys.stdout.flush()
 
 
@@ -40,8 +56,14 @@ def case(tmp, name, send, cfg=None, extra=None):
             kept = True
         except AssertionError:
             kept = False  # the link was dropped
-        report("%s (%d KB in)" % (name, size // 1024), t, rss0, log0, cpu0,
-               "link kept=%s %s" % (kept, extra(t) if extra else ""))
+        report(
+            "%s (%d KB in)" % (name, size // 1024),
+            t,
+            rss0,
+            log0,
+            cpu0,
+            "link kept=%s %s" % (kept, extra(t) if extra else ""),
+        )
         p.close()
     finally:
         t.stop()
@@ -61,8 +83,7 @@ def main():
         return len(raw)
 
     def fakes(p):
-        raw = b"".join(framing.encode_json(["", "snd", "fake%d#p" % i, "x"])
-                       for i in range(100000))
+        raw = b"".join(framing.encode_json(["", "snd", "fake%d#p" % i, "x"]) for i in range(100000))
         p.send_raw(raw)
         return len(raw)
 
@@ -79,8 +100,12 @@ def main():
 
     case(tmp, "cbor string references", stringref)
     case(tmp, "nested snd to own node port", nested)
-    case(tmp, "100,000 invented node IDs", fakes,
-         extra=lambda t: "nodes kept=%s" % t.ask("len(node._nodes)", timeout=60))
+    case(
+        tmp,
+        "100,000 invented node IDs",
+        fakes,
+        extra=lambda t: "nodes kept=%s" % t.ask("len(node._nodes)", timeout=60),
+    )
     case(tmp, "malformed requests", garbage, cfg={})
     case(tmp, "two trace subscriptions", traces)
     relay_chain(tmp, 3000)
@@ -103,8 +128,14 @@ def relay_chain(tmp, depth):
             done = "relayed to the end after %.1f s" % (time.monotonic() - t0)
         except AssertionError:
             done = "cut"
-        print("%-34s cpu A+B %5.2f s  %s" % ("relay chain A<->B (%d KB in)" % (len(raw) // 1024),
-                                              cpu_seconds(a) + cpu_seconds(b) - cpu0, done))
+        print(
+            "%-34s cpu A+B %5.2f s  %s"
+            % (
+                "relay chain A<->B (%d KB in)" % (len(raw) // 1024),
+                cpu_seconds(a) + cpu_seconds(b) - cpu0,
+                done,
+            )
+        )
         p.close()
     finally:
         a.stop()

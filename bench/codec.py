@@ -52,10 +52,23 @@ import cbor2
 from aemp_green.framing import CborDecoder, codec
 
 SMALL = ["KQPFl3bClb", "test", 1, "abc"]
-PERL_MSG = ["KQPFl3bClb", "test", {"float": 3.25, "f": False, "list": [1, "two", [3, {"four": 4}]],
-                                   "neg": -17, "null": None, "text": "Grüße, 世界 ✓ 😀",
-                                   "big": 1099511627776, "int": 42, "t": True, "empty": {}},
-            "peer_b#KSQsEF8z1b"]
+PERL_MSG = [
+    "KQPFl3bClb",
+    "test",
+    {
+        "float": 3.25,
+        "f": False,
+        "list": [1, "two", [3, {"four": 4}]],
+        "neg": -17,
+        "null": None,
+        "text": "Grüße, 世界 ✓ 😀",
+        "big": 1099511627776,
+        "int": 42,
+        "t": True,
+        "empty": {},
+    },
+    "peer_b#KSQsEF8z1b",
+]
 
 
 def _best(fn, number, repeat):
@@ -90,9 +103,15 @@ def roundtrip(name, label, msg, number, repeat):
     e = _best(run_enc, number, repeat)
     d = _best(run_dec, number, repeat)
     b = _best(run_both, number, repeat)
-    return {"case": "roundtrip", "framing": name, "msg": label, "bytes": len(data),
-            "encode_us": round(e * 1e6, 3), "decode_us": round(d * 1e6, 3),
-            "roundtrip_us": round(b * 1e6, 3)}
+    return {
+        "case": "roundtrip",
+        "framing": name,
+        "msg": label,
+        "bytes": len(data),
+        "encode_us": round(e * 1e6, 3),
+        "decode_us": round(d * 1e6, 3),
+        "roundtrip_us": round(b * 1e6, 3),
+    }
 
 
 def _perl_cbor(v):
@@ -108,7 +127,7 @@ def _perl_cbor(v):
 
 def stream(label, name, data, nframes, repeat, read_size=65536):
     dec_cls = codec(name)[1]
-    chunks = [data[i:i + read_size] for i in range(0, len(data), read_size)]
+    chunks = [data[i : i + read_size] for i in range(0, len(data), read_size)]
 
     def run(_n):
         d = dec_cls()
@@ -118,9 +137,17 @@ def stream(label, name, data, nframes, repeat, read_size=65536):
         assert got == nframes
 
     t = _best(run, 1, repeat)
-    return {"case": "stream", "framing": name, "stream": label, "frames": nframes,
-            "bytes": len(data), "read_size": read_size, "seconds": round(t, 5),
-            "msgs_per_s": int(nframes / t), "us_per_msg": round(t / nframes * 1e6, 3)}
+    return {
+        "case": "stream",
+        "framing": name,
+        "stream": label,
+        "frames": nframes,
+        "bytes": len(data),
+        "read_size": read_size,
+        "seconds": round(t, 5),
+        "msgs_per_s": int(nframes / t),
+        "us_per_msg": round(t / nframes * 1e6, 3),
+    }
 
 
 def _split_streams(n):
@@ -150,7 +177,7 @@ def _split_streams(n):
 
 
 def _chunks(data, read_size):
-    return [data[i:i + read_size] for i in range(0, len(data), read_size)]
+    return [data[i : i + read_size] for i in range(0, len(data), read_size)]
 
 
 def _mid_frame_reads(chunks):
@@ -188,15 +215,34 @@ def split(n, repeat):
     out = []
     for label, frames, data, read_size, chunks in _split_cases(n):
         t = min(_run_split(CborDecoder, chunks, n) for _ in range(repeat))
-        out.append({"case": "split", "framing": "cbor", "stream": label, "frames": n,
-                    "bytes": len(data), "read_size": read_size, "reads": len(chunks),
-                    "mid_frame_reads": _mid_frame_reads(chunks), "seconds": round(t, 5),
-                    "msgs_per_s": int(n / t)})
+        out.append(
+            {
+                "case": "split",
+                "framing": "cbor",
+                "stream": label,
+                "frames": n,
+                "bytes": len(data),
+                "read_size": read_size,
+                "reads": len(chunks),
+                "mid_frame_reads": _mid_frame_reads(chunks),
+                "seconds": round(t, 5),
+                "msgs_per_s": int(n / t),
+            }
+        )
     return out
 
 
-_RECORD = {"float": 3.25, "f": False, "list": [1, "two", [3, {"four": 4}]], "neg": -17,
-           "null": None, "text": "Grüße, 世界 ✓ 😀", "big": 1099511627776, "int": 42, "t": True}
+_RECORD = {
+    "float": 3.25,
+    "f": False,
+    "list": [1, "two", [3, {"four": 4}]],
+    "neg": -17,
+    "null": None,
+    "text": "Grüße, 世界 ✓ 😀",
+    "big": 1099511627776,
+    "int": 42,
+    "t": True,
+}
 
 
 def _large_messages():
@@ -212,7 +258,11 @@ def _large_messages():
 def _large_variants(msg):
     """``(label, decoder name, data)``: json as we send it, json as Perl sends it, cbor."""
     j = codec("json")[0](msg)
-    return [("json", "json", j), ("json_perl", "json", j[:-1]), ("cbor", "cbor", codec("cbor")[0](msg))]
+    return [
+        ("json", "json", j),
+        ("json_perl", "json", j[:-1]),
+        ("cbor", "cbor", codec("cbor")[0](msg)),
+    ]
 
 
 def _run_large(dec_cls, chunks, msg, clock=time.perf_counter):
@@ -233,8 +283,11 @@ def large(runs, read_size=65536, classes=None):
     ``classes`` maps a label to ``(decoder class, variant)``; default: the current decoders.
     """
     if classes is None:
-        classes = {"json": (codec("json")[1], "json"), "json_perl": (codec("json")[1], "json_perl"),
-                   "cbor": (codec("cbor")[1], "cbor")}
+        classes = {
+            "json": (codec("json")[1], "json"),
+            "json_perl": (codec("json")[1], "json_perl"),
+            "cbor": (codec("cbor")[1], "cbor"),
+        }
     out = []
     for label, msg in _large_messages():
         data = {v: d for v, _name, d in _large_variants(msg)}
@@ -243,17 +296,26 @@ def large(runs, read_size=65536, classes=None):
         gc.collect()
         order = list(classes.items())
         for r in range(runs + 1):  # the first round is a warm-up; the order alternates
-            for k, (cls, variant) in (order if r % 2 else order[::-1]):
+            for k, (cls, variant) in order if r % 2 else order[::-1]:
                 times[k].append(_run_large(cls, chunks[variant], msg, time.process_time))
-        rec = {"case": "large", "msg": label, "read_size": read_size, "runs": runs,
-               "bytes": {v: len(d) for v, d in data.items()}}
+        rec = {
+            "case": "large",
+            "msg": label,
+            "read_size": read_size,
+            "runs": runs,
+            "bytes": {v: len(d) for v, d in data.items()},
+        }
         for k, (cls, variant) in classes.items():
             rec[k + "_MBps"] = round(len(data[variant]) / statistics.median(times[k][1:]) / 1e6, 1)
         for k, (cls, variant) in classes.items():
             if k != "cbor":
-                rec[k + "_per_cbor"] = round(statistics.median(
-                    (len(data[variant]) / t) / (len(data["cbor"]) / c)
-                    for t, c in zip(times[k][1:], times["cbor"][1:])), 3)
+                rec[k + "_per_cbor"] = round(
+                    statistics.median(
+                        (len(data[variant]) / t) / (len(data["cbor"]) / c)
+                        for t, c in zip(times[k][1:], times["cbor"][1:])
+                    ),
+                    3,
+                )
         out.append(rec)
     return out
 
@@ -262,8 +324,11 @@ def load_baseline(rev):
     """``aemp_green/framing.py`` of git revision ``rev``, as module aemp_green._baseline_framing
     (for paired comparisons only)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    src = subprocess.run(["git", "-C", root, "show", "%s:aemp_green/framing.py" % rev],
-                         check=True, capture_output=True).stdout
+    src = subprocess.run(
+        ["git", "-C", root, "show", "%s:aemp_green/framing.py" % rev],
+        check=True,
+        capture_output=True,
+    ).stdout
     spec = importlib.util.spec_from_loader("aemp_green._baseline_framing", loader=None)
     mod = importlib.util.module_from_spec(spec)
     mod.__package__ = "aemp_green"
@@ -284,16 +349,27 @@ def split_compare(rev, n, pairs):
         tb, tn = [], []
         for i in range(pairs):
             order = ((base_cls, tb), (CborDecoder, tn))
-            for cls, ts in (order if i % 2 == 0 else order[::-1]):
+            for cls, ts in order if i % 2 == 0 else order[::-1]:
                 ts.append(_run_split(cls, chunks, n, time.process_time))
-        out.append({"case": "split_vs_baseline", "baseline": rev, "stream": label,
-                    "frames": n, "read_size": read_size, "reads": len(chunks),
-                    "mid_frame_reads": _mid_frame_reads(chunks), "pairs": pairs,
-                    "baseline_msgs_per_s": int(n / min(tb)),
-                    "current_msgs_per_s": int(n / min(tn)),
-                    "speedup": round(statistics.median(b / c for b, c in zip(tb, tn)), 2),
-                    "speedup_min_max": [round(min(b / c for b, c in zip(tb, tn)), 2),
-                                        round(max(b / c for b, c in zip(tb, tn)), 2)]})
+        out.append(
+            {
+                "case": "split_vs_baseline",
+                "baseline": rev,
+                "stream": label,
+                "frames": n,
+                "read_size": read_size,
+                "reads": len(chunks),
+                "mid_frame_reads": _mid_frame_reads(chunks),
+                "pairs": pairs,
+                "baseline_msgs_per_s": int(n / min(tb)),
+                "current_msgs_per_s": int(n / min(tn)),
+                "speedup": round(statistics.median(b / c for b, c in zip(tb, tn)), 2),
+                "speedup_min_max": [
+                    round(min(b / c for b, c in zip(tb, tn)), 2),
+                    round(max(b / c for b, c in zip(tb, tn)), 2),
+                ],
+            }
+        )
     return out
 
 
@@ -304,12 +380,15 @@ def json_small_compare(rev, pairs, number):
     base_cls, cur_cls = load_baseline(rev).JsonDecoder, codec("json")[1]
     enc = codec("json")[0]
     frames = [["KQPFl3bClb", "test", i, "abc"] for i in range(10000)]
-    cases = [("feed_small", [enc(SMALL)] * number),
-             ("feed_perl_test_hash", [enc(PERL_MSG)] * (number // 5)),
-             ("stream_ours_newline", _chunks(b"".join(enc(f) for f in frames), 65536)),
-             ("stream_perl_no_delimiter", _chunks(b"".join(enc(f)[:-1] for f in frames), 65536))]
+    cases = [
+        ("feed_small", [enc(SMALL)] * number),
+        ("feed_perl_test_hash", [enc(PERL_MSG)] * (number // 5)),
+        ("stream_ours_newline", _chunks(b"".join(enc(f) for f in frames), 65536)),
+        ("stream_perl_no_delimiter", _chunks(b"".join(enc(f)[:-1] for f in frames), 65536)),
+    ]
     out = []
     for label, chunks in cases:
+
         def run(cls):
             d = cls()
             feed = d.feed
@@ -317,20 +396,29 @@ def json_small_compare(rev, pairs, number):
             for c in chunks:
                 feed(c)
             return time.process_time() - t0
+
         tb, tn = [], []
         for i in range(pairs + 1):
             order = ((base_cls, tb), (cur_cls, tn))
-            for cls, ts in (order if i % 2 == 0 else order[::-1]):
+            for cls, ts in order if i % 2 == 0 else order[::-1]:
                 ts.append(run(cls))
         tb, tn = tb[1:], tn[1:]  # the first pair is a warm-up
         nmsg = len(chunks) if label.startswith("feed") else len(frames)
-        out.append({"case": "json_small_vs_baseline", "baseline": rev, "workload": label,
-                    "pairs": pairs,
-                    "baseline_us_per_msg": round(statistics.median(tb) / nmsg * 1e6, 3),
-                    "current_us_per_msg": round(statistics.median(tn) / nmsg * 1e6, 3),
-                    "speedup": round(statistics.median(b / c for b, c in zip(tb, tn)), 3),
-                    "speedup_min_max": [round(min(b / c for b, c in zip(tb, tn)), 3),
-                                        round(max(b / c for b, c in zip(tb, tn)), 3)]})
+        out.append(
+            {
+                "case": "json_small_vs_baseline",
+                "baseline": rev,
+                "workload": label,
+                "pairs": pairs,
+                "baseline_us_per_msg": round(statistics.median(tb) / nmsg * 1e6, 3),
+                "current_us_per_msg": round(statistics.median(tn) / nmsg * 1e6, 3),
+                "speedup": round(statistics.median(b / c for b, c in zip(tb, tn)), 3),
+                "speedup_min_max": [
+                    round(min(b / c for b, c in zip(tb, tn)), 3),
+                    round(max(b / c for b, c in zip(tb, tn)), 3),
+                ],
+            }
+        )
     return out
 
 
@@ -352,10 +440,16 @@ def main(argv):
             print(json.dumps(rec, ensure_ascii=False))
         base_json = load_baseline(rev).JsonDecoder
         cur_json, cur_cbor = codec("json")[1], codec("cbor")[1]
-        for rec in large(5 if quick else 15, classes={
-                "base_json": (base_json, "json"), "json": (cur_json, "json"),
-                "base_json_perl": (base_json, "json_perl"), "json_perl": (cur_json, "json_perl"),
-                "cbor": (cur_cbor, "cbor")}):
+        for rec in large(
+            5 if quick else 15,
+            classes={
+                "base_json": (base_json, "json"),
+                "json": (cur_json, "json"),
+                "base_json_perl": (base_json, "json_perl"),
+                "json_perl": (cur_json, "json_perl"),
+                "cbor": (cur_cbor, "cbor"),
+            },
+        ):
             rec["case"] = "large_vs_baseline"
             rec["baseline"] = rev
             print(json.dumps(rec, ensure_ascii=False))

@@ -120,8 +120,7 @@ def conductor(args):
     import aemp_green
     from aemp_green import node, spawn, kil
 
-    aemp_green.configure(nodeid="bench-dc-rx/", binds=["127.0.0.1:*"], secret=SECRET,
-                         norc=True)
+    aemp_green.configure(nodeid="bench-dc-rx/", binds=["127.0.0.1:*"], secret=SECRET, norc=True)
     import aemp_green.dataconn  # noqa: F401 - this node answers data connections
 
     if args.fair_bytes:
@@ -131,10 +130,19 @@ def conductor(args):
     raw_server = StreamServer(("127.0.0.1", 0), _raw_handle)
     raw_server.start()
     child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--child", rx, node.listener_addresses()[0],
-         str(raw_server.address[1])] + (["--fair-bytes", str(args.fair_bytes)]
-                                        if args.fair_bytes else []),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.abspath(__file__)))
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            rx,
+            node.listener_addresses()[0],
+            str(raw_server.address[1]),
+        ]
+        + (["--fair-bytes", str(args.fair_bytes)] if args.fair_bytes else []),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+    )
     from gevent.fileobject import FileObjectPosix
 
     child_out = FileObjectPosix(child.stdout.fileno(), "rb", close=False)
@@ -185,12 +193,17 @@ def conductor(args):
                 rate = mb / max(res["t_last"] - res["t_first"], 1e-9)
                 e2e = mb / max(res["t_last"] - started["t_connect"], 1e-9)
                 lat = sorted(rtts) or [float("nan")]
-                out = {"workload": kind, "value": round(rate, 1), "unit": "MB/s", "mb": mb,
-                       "e2e_MBps": round(e2e, 1),
-                       "setup_ms": round((started["t_sending"] - started["t_connect"]) * 1e3, 2),
-                       "pings_during": len(rtts),
-                       "ping_p50_ms": round(lat[len(lat) // 2] * 1e3, 2),
-                       "ping_max_ms": round(lat[-1] * 1e3, 2)}
+                out = {
+                    "workload": kind,
+                    "value": round(rate, 1),
+                    "unit": "MB/s",
+                    "mb": mb,
+                    "e2e_MBps": round(e2e, 1),
+                    "setup_ms": round((started["t_sending"] - started["t_connect"]) * 1e3, 2),
+                    "pings_during": len(rtts),
+                    "ping_p50_ms": round(lat[len(lat) // 2] * 1e3, 2),
+                    "ping_max_ms": round(lat[-1] * 1e3, 2),
+                }
                 runs[kind].append(out)
                 _emit(**out)
         summary = {"workload": "summary"}
@@ -199,8 +212,9 @@ def conductor(args):
             summary[kind + "_best_MBps"] = vals[-1]
             summary[kind + "_median_MBps"] = vals[len(vals) // 2]
         summary["ratio_best"] = round(summary["dataconn_best_MBps"] / summary["raw_best_MBps"], 3)
-        summary["ratio_median"] = round(summary["dataconn_median_MBps"]
-                                        / summary["raw_median_MBps"], 3)
+        summary["ratio_median"] = round(
+            summary["dataconn_median_MBps"] / summary["raw_median_MBps"], 3
+        )
         # each dataconn run against the raw run just before it (same machine load, roughly)
         pairs = sorted(d["value"] / r["value"] for r, d in zip(runs["raw"], runs["dataconn"]))
         summary["ratio_pairs_median"] = round(pairs[len(pairs) // 2], 3)
@@ -221,6 +235,7 @@ def conductor(args):
 
 
 # =========================================================================== sending side
+
 
 def child_main(rx, rx_addr, raw_port, fair_bytes=None):
     import signal
@@ -270,10 +285,15 @@ def main(argv=None):
     ap.add_argument("--mb", type=int, default=200, help="MiB per timed transfer (200)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs of each kind (5)")
     ap.add_argument("--quick", action="store_true", help="50 MiB, 3 runs")
-    ap.add_argument("--fair-bytes", type=int, default=None,
-                    help="override dataconn.FAIR_BYTES in both processes")
-    ap.add_argument("--child", nargs=3, metavar=("RX", "RX_ADDR", "RAW_PORT"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--fair-bytes",
+        type=int,
+        default=None,
+        help="override dataconn.FAIR_BYTES in both processes",
+    )
+    ap.add_argument(
+        "--child", nargs=3, metavar=("RX", "RX_ADDR", "RAW_PORT"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args(argv)
     if args.child:
         child_main(args.child[0], args.child[1], int(args.child[2]), args.fair_bytes)

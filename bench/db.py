@@ -57,8 +57,13 @@ def _percentiles(values):
     def pct(q):
         return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
-    return {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": s[-1],
-            "mean": sum(s) / len(s)}
+    return {
+        "p50": pct(0.50),
+        "p90": pct(0.90),
+        "p99": pct(0.99),
+        "max": s[-1],
+        "mean": sum(s) / len(s),
+    }
 
 
 class _Deadline(Exception):
@@ -129,8 +134,12 @@ def main():
     ap.add_argument("--quick", action="store_true", help="divide every count by 10")
     ap.add_argument("--deadline", type=float, default=300.0, help="overall limit in seconds")
     ap.add_argument("--only", default="latency,tput", help="comma list: latency,tput")
-    ap.add_argument("--runs", type=int, default=3,
-                    help="registration runs (a fresh family each); the best counts")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="registration runs (a fresh family each); the best counts",
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
     n_lat = 100 if args.quick else 1000
@@ -144,13 +153,26 @@ def main():
     ok = False
     try:
         seed_addr = "127.0.0.1:%d" % free_port()
-        seed = ChildNode(log_dir, "bench-seed", _wait=False, nodeid="bench-seed",
-                         binds=[seed_addr], seeds=[seed_addr], secret=SECRET)
+        seed = ChildNode(
+            log_dir,
+            "bench-seed",
+            _wait=False,
+            nodeid="bench-seed",
+            binds=[seed_addr],
+            seeds=[seed_addr],
+            secret=SECRET,
+        )
         children.append(seed)
         nodes = []
         for i in (1, 2, 3):
-            c = ChildNode(log_dir, "bench-n%d" % i, _wait=False, nodeid="bench-n%d" % i,
-                          seeds=[seed_addr], secret=SECRET)
+            c = ChildNode(
+                log_dir,
+                "bench-n%d" % i,
+                _wait=False,
+                nodeid="bench-n%d" % i,
+                seeds=[seed_addr],
+                secret=SECRET,
+            )
             children.append(c)
             nodes.append(c)
         for c in children:
@@ -167,16 +189,25 @@ def main():
             n2.run(LATENCY_NODE2)
             lat_port = n1.ask("_lat_start(%d, %d)" % (n_lat, warm))
             # the watcher is installed (its first call came) and knows where to ack: go
-            n2.run("LAT_STATE.update(ack=%r, warm=%d, n=%d)\n"
-                   "LAT_W = db_mon('lat', _lat_cb)\n"
-                   "wait_for(lambda: LAT_STATE['first_call'], 10)" % (lat_port, warm, n_lat))
+            n2.run(
+                "LAT_STATE.update(ack=%r, warm=%d, n=%d)\n"
+                "LAT_W = db_mon('lat', _lat_cb)\n"
+                "wait_for(lambda: LAT_STATE['first_call'], 10)" % (lat_port, warm, n_lat)
+            )
             n1.run("snd(LAT_PORT, 'go')")
             lat = n2.expect("lat_done", timeout=max(60, n_lat * 0.05))[0]
             n1.expect("lat_sent", timeout=10)
             assert len(lat) == n_lat, (len(lat), n_lat)
             pc = {k: round(v * 1000, 3) for k, v in _percentiles(lat).items()}
-            _emit(workload="db_set_to_db_mon_latency", value=pc["p50"], unit="ms", n=n_lat,
-                  warmup=warm, path="node1 -g_upd-> seed -g_chg2-> node2", **pc)
+            _emit(
+                workload="db_set_to_db_mon_latency",
+                value=pc["p50"],
+                unit="ms",
+                n=n_lat,
+                warmup=warm,
+                path="node1 -g_upd-> seed -g_chg2-> node2",
+                **pc,
+            )
 
         if "tput" in only:
             total = 3 * n_tp
@@ -190,16 +221,30 @@ def main():
                 start_at = n1.ask("time.monotonic()") + 0.3
                 for c in nodes:
                     c.exec("_tp_run(%r, %r, %d, %r)" % (c.nodeid, family, n_tp, start_at))
-                _, done, seen = seed.expect("tp_seen", timeout=max(60, total * 0.01),
-                                            pred=lambda v, f=family: v[0] == f)
+                _, done, seen = seed.expect(
+                    "tp_seen", timeout=max(60, total * 0.01), pred=lambda v, f=family: v[0] == f
+                )
                 loops = [c.expect("tp_loop", timeout=30) for c in nodes]
-                runs.append({"keys_per_s": round(total / (done - start_at), 1),
-                             "seconds": round(done - start_at, 4), "keys_seen": seen,
-                             "per_node_loop_s": [round(b - a, 4) for a, b in loops]})
+                runs.append(
+                    {
+                        "keys_per_s": round(total / (done - start_at), 1),
+                        "seconds": round(done - start_at, 4),
+                        "keys_seen": seen,
+                        "per_node_loop_s": [round(b - a, 4) for a, b in loops],
+                    }
+                )
             best = max(runs, key=lambda x: x["keys_per_s"])
-            _emit(workload="registrations_per_second", value=best["keys_per_s"],
-                  unit="keys/s", n=total, n_per_node=n_tp, nodes=3, watcher="seed db_mon",
-                  seconds=best["seconds"], runs=runs)
+            _emit(
+                workload="registrations_per_second",
+                value=best["keys_per_s"],
+                unit="keys/s",
+                n=total,
+                n_per_node=n_tp,
+                nodes=3,
+                watcher="seed db_mon",
+                seconds=best["seconds"],
+                runs=runs,
+            )
         ok = True
     finally:
         signal.alarm(0)

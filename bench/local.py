@@ -68,6 +68,7 @@ def best_of(run, n, runs=3):
 
 # --------------------------------------------------------------------------- ping-pong
 
+
 def pingpong_ports(n):
     done = Event()
 
@@ -114,6 +115,7 @@ def pingpong_queues(n):
 
 
 # --------------------------------------------------------------------------- floods
+
 
 def flood_callback(n):
     count = [0]
@@ -171,6 +173,7 @@ def flood_queue(n):
 
 # --------------------------------------------------------------------------- port life cycles
 
+
 def spawn_kill_greenlet(n):
     state = {"started": 0, "ended": 0}
     all_started, all_ended = Event(), Event()
@@ -206,6 +209,7 @@ def create_kill_callback(n):
 
 
 # --------------------------------------------------------------------------- RSS (child process)
+
 
 def rss_bytes():
     with open("/proc/self/statm") as f:
@@ -243,12 +247,17 @@ def rss_child(kind, n):
 
 
 def rss_per_port(kind, n):
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss", kind, str(n)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--rss", kind, str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])["delta"] / n
 
 
 # --------------------------------------------------------------------------- main
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -266,23 +275,47 @@ def main(argv=None):
         line = {"workload": workload, "value": round(value, 1), "unit": unit, "n": n}
         if baseline is not None:
             base_value = per / baseline_seconds
-            line.update(baseline=baseline, baseline_value=round(base_value, 1),
-                        ratio=round(value / base_value, 3))
+            line.update(
+                baseline=baseline,
+                baseline_value=round(base_value, 1),
+                ratio=round(value / base_value, 3),
+            )
         line.update(extra)
         results[workload] = line
         emit(**line)
 
     n = 200_000 // div
-    report("pingpong_greenlet_ports", n, best_of(pingpong_ports, n), "round_trips/s", n,
-           "queue_pingpong", best_of(pingpong_queues, n))
+    report(
+        "pingpong_greenlet_ports",
+        n,
+        best_of(pingpong_ports, n),
+        "round_trips/s",
+        n,
+        "queue_pingpong",
+        best_of(pingpong_queues, n),
+    )
 
     n = 2_000_000 // div
-    report("flood_callback_port", n, best_of(flood_callback, n), "msgs/s", n,
-           "queue_flood", best_of(flood_queue, n))
+    report(
+        "flood_callback_port",
+        n,
+        best_of(flood_callback, n),
+        "msgs/s",
+        n,
+        "queue_flood",
+        best_of(flood_queue, n),
+    )
 
     n = 1_000_000 // div
-    report("flood_greenlet_port", n, best_of(flood_greenlet, n), "msgs/s", n,
-           "queue_flood", best_of(flood_queue, n))
+    report(
+        "flood_greenlet_port",
+        n,
+        best_of(flood_greenlet, n),
+        "msgs/s",
+        n,
+        "queue_flood",
+        best_of(flood_queue, n),
+    )
 
     n = 100_000 // div
     report("spawn_kill_greenlet_ports", n, best_of(spawn_kill_greenlet, n), "ports/s", n)
@@ -291,11 +324,18 @@ def main(argv=None):
     report("create_kill_callback_ports", n, best_of(create_kill_callback, n), "ports/s", n)
 
     n = 100_000 // div
-    for kind, workload in (("callback", "rss_per_idle_callback_port"),
-                           ("greenlet", "rss_per_idle_greenlet_port")):
+    for kind, workload in (
+        ("callback", "rss_per_idle_callback_port"),
+        ("greenlet", "rss_per_idle_greenlet_port"),
+    ):
         per = rss_per_port(kind, n)
-        line = {"workload": workload, "value": round(per, 1), "unit": "bytes/port", "n": n,
-                "target": TARGETS[workload][1]}
+        line = {
+            "workload": workload,
+            "value": round(per, 1),
+            "unit": "bytes/port",
+            "n": n,
+            "target": TARGETS[workload][1],
+        }
         results[workload] = line
         emit(**line)
 
@@ -308,8 +348,12 @@ def main(argv=None):
         else:
             got, ok = line["value"], line["value"] <= limit
             checks[workload] = {"value": got, "max": limit, "pass": ok}
-    emit(workload="summary", quick=bool(args.quick),
-         passed=all(c["pass"] for c in checks.values()), checks=checks)
+    emit(
+        workload="summary",
+        quick=bool(args.quick),
+        passed=all(c["pass"] for c in checks.values()),
+        checks=checks,
+    )
     return 0
 
 

@@ -146,6 +146,7 @@ def pin_cpus(cpus):
 
 # =========================================================================== child processes
 
+
 def _emit(**kv):
     sys.stdout.write(json.dumps(kv) + "\n")
     sys.stdout.flush()
@@ -158,9 +159,13 @@ def _percentiles(lat):
     def pct(q):
         return lat[min(n - 1, int(q * n))] * 1e6
 
-    return {"p50_us": round(pct(0.50), 1), "p90_us": round(pct(0.90), 1),
-            "p99_us": round(pct(0.99), 1), "max_us": round(lat[-1] * 1e6, 1),
-            "mean_us": round(sum(lat) / n * 1e6, 1)}
+    return {
+        "p50_us": round(pct(0.50), 1),
+        "p90_us": round(pct(0.90), 1),
+        "p99_us": round(pct(0.99), 1),
+        "max_us": round(lat[-1] * 1e6, 1),
+        "mean_us": round(sum(lat) / n * 1e6, 1),
+    }
 
 
 def _line_pingpong(sock, n, error, what):
@@ -225,8 +230,14 @@ def _rx_setup():
             t_done = mono()
             if payload != PAYLOAD:
                 bad += 1
-            _emit(event="flood_done", token=st["token"], count=count, bad=bad,
-                  t_first=t_first, t_done=t_done)
+            _emit(
+                event="flood_done",
+                token=st["token"],
+                count=count,
+                bad=bad,
+                t_first=t_first,
+                t_done=t_done,
+            )
 
     sink = port()
     rcv(sink, "start", on_start, "m", on_m)
@@ -276,8 +287,14 @@ def _rx_setup():
                 data = recv(262144)
                 if not data:
                     break
-            _emit(event="raw_flood_done", token=head["token"], count=cnt, bad=nbad,
-                  t_first=tf, t_done=mono())
+            _emit(
+                event="raw_flood_done",
+                token=head["token"],
+                count=cnt,
+                bad=nbad,
+                t_first=tf,
+                t_done=mono(),
+            )
         else:  # pingpong: answer every line
             sendall = sock.sendall
             rest = b""
@@ -298,8 +315,14 @@ def _rx_setup():
     server.start()
     from aemp_green import node as _node
 
-    _emit(event="ready", nodeid=aemp_green.NODE(), addrs=_node.listener_addresses(),
-          sink=sink, pong=pong, raw_addr="%s:%d" % server.address[:2])
+    _emit(
+        event="ready",
+        nodeid=aemp_green.NODE(),
+        addrs=_node.listener_addresses(),
+        sink=sink,
+        pong=pong,
+        raw_addr="%s:%d" % server.address[:2],
+    )
     return {}
 
 
@@ -390,8 +413,13 @@ def _tx_setup():
             sock.close()
 
     _emit(event="ready", nodeid=aemp_green.NODE())
-    return {"connect": connect, "flood": flood, "pingpong": pingpong, "raw_flood": raw_flood,
-            "raw_pingpong": raw_pingpong}
+    return {
+        "connect": connect,
+        "flood": flood,
+        "pingpong": pingpong,
+        "raw_flood": raw_flood,
+        "raw_pingpong": raw_pingpong,
+    }
 
 
 def blocking_echo_main(lifetime):
@@ -452,16 +480,24 @@ def child_main(role, fmt, profile_dir, lifetime):
     import aemp_green
 
     signal.alarm(int(lifetime))  # last resort if the conductor vanished without closing stdin
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
     prof = None
     if profile_dir:
         import cProfile
 
         prof = cProfile.Profile()
         prof.enable()
-    aemp_green.configure(nodeid="bench-%s-%s" % (role, fmt), binds=["127.0.0.1:*"],
-                         secret=SECRET, norc=True, framing_format=[fmt])
+    aemp_green.configure(
+        nodeid="bench-%s-%s" % (role, fmt),
+        binds=["127.0.0.1:*"],
+        secret=SECRET,
+        norc=True,
+        framing_format=[fmt],
+    )
     cmds = (_rx_setup if role == "rx" else _tx_setup)()
 
     def run(cmd):
@@ -488,6 +524,7 @@ def child_main(role, fmt, profile_dir, lifetime):
 
 # =========================================================================== conductor
 
+
 class BenchError(Exception):
     pass
 
@@ -511,15 +548,27 @@ class Child:
         self.deadline = deadline
         self.log_path = os.path.join(log_dir, self.name + ".log")
         self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", role, "--framing", fmt,
-               "--lifetime", str(int(deadline.end - time.monotonic()) + 60)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            role,
+            "--framing",
+            fmt,
+            "--lifetime",
+            str(int(deadline.end - time.monotonic()) + 60),
+        ]
         if profile_dir:
             cmd += ["--profile", profile_dir]
         if pin:  # inherited anyway; passed so that each child sets (and checks) it itself
             cmd += ["--pin", ",".join(map(str, pin))]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log,
-                                     cwd=os.path.dirname(os.path.abspath(__file__)))
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
         self.lines = queue.Queue()
         self.backlog = []
         self._seq = 0
@@ -551,18 +600,26 @@ class Child:
         while True:
             left = end - time.monotonic()
             if left <= 0:
-                raise BenchError("%s: no %s within %.1f s%s; log:\n%s"
-                                 % (self.name, what, wait,
-                                    " (overall deadline)" if wait < timeout else "",
-                                    self.log_tail()))
+                raise BenchError(
+                    "%s: no %s within %.1f s%s; log:\n%s"
+                    % (
+                        self.name,
+                        what,
+                        wait,
+                        " (overall deadline)" if wait < timeout else "",
+                        self.log_tail(),
+                    )
+                )
             try:
                 item = self.lines.get(timeout=left)
             except queue.Empty:
                 continue
             if item is None:
                 self.lines.put(None)
-                raise BenchError("%s exited (rc=%s) before %s; log:\n%s"
-                                 % (self.name, self.proc.poll(), what, self.log_tail()))
+                raise BenchError(
+                    "%s exited (rc=%s) before %s; log:\n%s"
+                    % (self.name, self.proc.poll(), what, self.log_tail())
+                )
             if item.get("event") == "error":
                 raise BenchError("%s failed:\n%s" % (self.name, item.get("tb")))
             if pred(item):
@@ -570,9 +627,11 @@ class Child:
             self.backlog.append(item)
 
     def event(self, name, timeout, **match):
-        return self.expect(lambda it: it.get("event") == name
-                           and all(it.get(k) == v for k, v in match.items()),
-                           "%s %r" % (name, match), timeout)
+        return self.expect(
+            lambda it: it.get("event") == name and all(it.get(k) == v for k, v in match.items()),
+            "%s %r" % (name, match),
+            timeout,
+        )
 
     def send(self, cmd, **kv):
         self._seq += 1
@@ -626,8 +685,14 @@ def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
         info = rx.event("ready", 30)
         tx.event("ready", 30)
         rx_addr = info["addrs"][0]
-        up = tx.call("connect", 30, rx_nodeid=info["nodeid"], addr=rx_addr, sink=info["sink"],
-                     pong=info["pong"])
+        up = tx.call(
+            "connect",
+            30,
+            rx_nodeid=info["nodeid"],
+            addr=rx_addr,
+            sink=info["sink"],
+            pong=info["pong"],
+        )
         if not up["up"]:
             raise BenchError("link %s -> %s did not come up" % (tx.name, rx.name))
         only = args.only
@@ -639,29 +704,41 @@ def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
                 tok[0] += 1
                 token = "%s%d" % (kind, tok[0])
                 if kind == "aemp":
-                    sent = tx.call("flood", 120 + n / 2000, n=n, token=token,
-                                   yield_every=yield_every)
+                    sent = tx.call(
+                        "flood", 120 + n / 2000, n=n, token=token, yield_every=yield_every
+                    )
                     done = rx.event("flood_done", 120 + n / 2000, token=token)
                 else:
-                    sent = tx.call("raw_flood", 120 + n / 2000, addr=info["raw_addr"], n=n,
-                                   token=token)
+                    sent = tx.call(
+                        "raw_flood", 120 + n / 2000, addr=info["raw_addr"], n=n, token=token
+                    )
                     done = rx.event("raw_flood_done", 120 + n / 2000, token=token)
                 if done["count"] != n or done["bad"]:
-                    raise BenchError("%s flood: received %d of %d messages, %d out of order"
-                                     % (kind, done["count"], n, done["bad"]))
-                return {"total": done["t_done"] - sent["t0"],
-                        "recv_span": done["t_done"] - done["t_first"],
-                        "send_loop": sent["t_loop"]}
+                    raise BenchError(
+                        "%s flood: received %d of %d messages, %d out of order"
+                        % (kind, done["count"], n, done["bad"])
+                    )
+                return {
+                    "total": done["t_done"] - sent["t0"],
+                    "recv_span": done["t_done"] - done["t_first"],
+                    "send_loop": sent["t_loop"],
+                }
+
             return run
 
         def report_flood(workload, rs, n, **extra):
             best = min(rs, key=lambda r: r["total"])
-            line = {"workload": workload, "value": round(n / best["total"]), "unit": "msgs/s",
-                    "n": n, "framing": extra.pop("framing", None),
-                    "runs": [round(n / r["total"]) for r in rs],
-                    "recv_first_to_last_msgs_s": round(n / best["recv_span"]),
-                    "sender_snd_loop_msgs_s": round(n / best["send_loop"]),
-                    "seconds": round(best["total"], 4)}
+            line = {
+                "workload": workload,
+                "value": round(n / best["total"]),
+                "unit": "msgs/s",
+                "n": n,
+                "framing": extra.pop("framing", None),
+                "runs": [round(n / r["total"]) for r in rs],
+                "recv_first_to_last_msgs_s": round(n / best["recv_span"]),
+                "sender_snd_loop_msgs_s": round(n / best["send_loop"]),
+                "seconds": round(best["total"], 4),
+            }
             line.update(extra)
             if line["framing"] is None:
                 del line["framing"]
@@ -676,12 +753,17 @@ def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
                 if kind == "aemp":
                     return tx.call("pingpong", 60 + n / 500, n=n)
                 return tx.call("raw_pingpong", 60 + n / 500, addr=info["raw_addr"], n=n)
+
             return run
 
         def report_pp(workload, rs, n, **extra):
             best = min(rs, key=lambda r: r["seconds"])
-            line = {"workload": workload, "value": round(n / best["seconds"]),
-                    "unit": "round_trips/s", "n": n}
+            line = {
+                "workload": workload,
+                "value": round(n / best["seconds"]),
+                "unit": "round_trips/s",
+                "n": n,
+            }
             line.update(extra)
             line["runs"] = [round(n / r["seconds"]) for r in rs]
             for k in ("p50_us", "p90_us", "p99_us", "max_us", "mean_us"):
@@ -693,21 +775,40 @@ def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
             emit(**line)
 
         if "flood" in only:
-            report_flood("remote_flood_" + fmt, timed_runs(flood_run("aemp"), n_flood, args.runs),
-                         n_flood, framing=fmt)
-            report_flood("remote_flood_yielding_" + fmt,
-                         timed_runs(flood_run("aemp", YIELD_EVERY), n_flood, args.runs),
-                         n_flood, framing=fmt, yield_every=YIELD_EVERY)
+            report_flood(
+                "remote_flood_" + fmt,
+                timed_runs(flood_run("aemp"), n_flood, args.runs),
+                n_flood,
+                framing=fmt,
+            )
+            report_flood(
+                "remote_flood_yielding_" + fmt,
+                timed_runs(flood_run("aemp", YIELD_EVERY), n_flood, args.runs),
+                n_flood,
+                framing=fmt,
+                yield_every=YIELD_EVERY,
+            )
         if "pingpong" in only:
-            report_pp("remote_pingpong_" + fmt, timed_runs(pp_run("aemp"), n_pp, args.runs),
-                      n_pp, framing=fmt)
+            report_pp(
+                "remote_pingpong_" + fmt,
+                timed_runs(pp_run("aemp"), n_pp, args.runs),
+                n_pp,
+                framing=fmt,
+            )
         if with_raw and "raw" in only:
-            report_flood("raw_socket_flood_ujson", timed_runs(flood_run("raw"), n_flood, args.runs),
-                         n_flood, note="one sendall per message")
+            report_flood(
+                "raw_socket_flood_ujson",
+                timed_runs(flood_run("raw"), n_flood, args.runs),
+                n_flood,
+                note="one sendall per message",
+            )
             report_pp("raw_socket_pingpong", timed_runs(pp_run("raw"), n_pp, args.runs), n_pp)
-            report_pp("raw_blocking_socket_pingpong",
-                      blocking_pingpong(n_pp, args.runs, log_dir, deadline, args.pin),
-                      n_pp, note="plain blocking sockets, no gevent: this machine's floor")
+            report_pp(
+                "raw_blocking_socket_pingpong",
+                blocking_pingpong(n_pp, args.runs, log_dir, deadline, args.pin),
+                n_pp,
+                note="plain blocking sockets, no gevent: this machine's floor",
+            )
     finally:
         tx.stop()
         rx.stop()
@@ -717,14 +818,25 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="divide every count by 10")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per workload (best counts)")
-    ap.add_argument("--only", default="flood,pingpong,raw",
-                    help="comma list of workload groups: flood, pingpong, raw")
+    ap.add_argument(
+        "--only",
+        default="flood,pingpong,raw",
+        help="comma list of workload groups: flood, pingpong, raw",
+    )
     ap.add_argument("--framings", default="json,cbor", help="comma list of framings")
-    ap.add_argument("--deadline", type=float, default=None,
-                    help="overall time limit in seconds (default 600, quick 180)")
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="overall time limit in seconds (default 600, quick 180)",
+    )
     ap.add_argument("--profile", metavar="DIR", help="run the children under cProfile")
-    ap.add_argument("--pin", metavar="CPUS", type=parse_cpus,
-                    help="run the conductor and every child on these CPUs only (0 or 0,1)")
+    ap.add_argument(
+        "--pin",
+        metavar="CPUS",
+        type=parse_cpus,
+        help="run the conductor and every child on these CPUs only (0 or 0,1)",
+    )
     ap.add_argument("--child", choices=("rx", "tx", "echo"), help=argparse.SUPPRESS)
     ap.add_argument("--framing", help=argparse.SUPPRESS)
     ap.add_argument("--lifetime", type=float, default=900, help=argparse.SUPPRESS)
@@ -765,14 +877,25 @@ def main(argv=None):
                 continue  # not selected
             checks[workload] = {"value": None, "min": minimum, "pass": False}
         else:
-            checks[workload] = {"value": line["value"], "min": minimum,
-                                "pass": line["value"] >= minimum}
-    baselines = {w: results[w]["value"] for w in ("raw_socket_flood_ujson", "raw_socket_pingpong",
-                                                  "raw_blocking_socket_pingpong")
-                 if w in results}
-    emit(workload="summary", quick=bool(args.quick), completed=ok,
-         passed=ok and all(c["pass"] for c in checks.values()), checks=checks,
-         baselines=baselines, pin=args.pin)
+            checks[workload] = {
+                "value": line["value"],
+                "min": minimum,
+                "pass": line["value"] >= minimum,
+            }
+    baselines = {
+        w: results[w]["value"]
+        for w in ("raw_socket_flood_ujson", "raw_socket_pingpong", "raw_blocking_socket_pingpong")
+        if w in results
+    }
+    emit(
+        workload="summary",
+        quick=bool(args.quick),
+        completed=ok,
+        passed=ok and all(c["pass"] for c in checks.values()),
+        checks=checks,
+        baselines=baselines,
+        pin=args.pin,
+    )
     if ok:
         import shutil
 

@@ -123,10 +123,13 @@ def series_db(args, log_dir):
     rows = []
     try:
         seed_addr = "127.0.0.1:%d" % free_port()
-        seed, w = kids.start(("seed", dict(binds=[seed_addr], seeds=[seed_addr])),
-                             ("w", dict(seeds=[seed_addr])))
-        w.run("import aemp_green.global_ as G\nwait_for(lambda: G.master() is not None, 15)",
-              timeout=20)
+        seed, w = kids.start(
+            ("seed", dict(binds=[seed_addr], seeds=[seed_addr])), ("w", dict(seeds=[seed_addr]))
+        )
+        w.run(
+            "import aemp_green.global_ as G\nwait_for(lambda: G.master() is not None, 15)",
+            timeout=20,
+        )
         seed.run(SEED_SNIPPET)
         w.run(WRITER_SNIPPET)
         seed.run("gc.collect()")
@@ -148,31 +151,42 @@ def series_db(args, log_dir):
             join_s, family_s = joiner.expect("joined", timeout=180)
             joiner.stop()
 
-            leavers = kids.start(*[("l%d_%d" % (i_size, j), dict(seeds=[seed_addr]))
-                                   for j in range(3)])
+            leavers = kids.start(
+                *[("l%d_%d" % (i_size, j), dict(seeds=[seed_addr])) for j in range(3)]
+            )
             leave_s, down_ms = [], []
             for lv in leavers:
-                lv.run("import aemp_green.global_ as G\n"
-                       "wait_for(lambda: G.master() is not None, 15)\n"
-                       "db_set('leave', NODE(), 1)", timeout=20)
+                lv.run(
+                    "import aemp_green.global_ as G\n"
+                    "wait_for(lambda: G.master() is not None, 15)\n"
+                    "db_set('leave', NODE(), 1)",
+                    timeout=20,
+                )
                 w.expect("leave_added", timeout=20, pred=lambda v, k=lv.nodeid: v[0] == k)
             for lv in leavers:
                 t_kill = time.monotonic()
                 lv.kill()
-                _, t_seen = w.expect("leave_gone", timeout=60,
-                                     pred=lambda v, k=lv.nodeid: v[0] == k)
+                _, t_seen = w.expect(
+                    "leave_gone", timeout=60, pred=lambda v, k=lv.nodeid: v[0] == k
+                )
                 leave_s.append(t_seen - t_kill)
-                down_ms.append(seed.ask(
-                    "[ms for nid, ms in NODE_DOWN_MS if nid == %r][-1]" % lv.nodeid))
+                down_ms.append(
+                    seed.ask("[ms for nid, ms in NODE_DOWN_MS if nid == %r][-1]" % lv.nodeid)
+                )
                 lv.stop()
-            row = {"series": "db", "keys": n, "fill_s": round(fill_s, 4),
-                   "seed_rss_growth_bytes": rss - rss0,
-                   "seed_bytes_per_key": per_key,
-                   "join_s": round(join_s, 4), "family_s": round(family_s, 4),
-                   "leave_s": round(statistics.median(leave_s), 5),
-                   "leave_s_all": [round(x, 5) for x in leave_s],
-                   "leave_node_down_ms": round(statistics.median(down_ms), 4),
-                   "leave_node_down_ms_all": [round(x, 4) for x in down_ms]}
+            row = {
+                "series": "db",
+                "keys": n,
+                "fill_s": round(fill_s, 4),
+                "seed_rss_growth_bytes": rss - rss0,
+                "seed_bytes_per_key": per_key,
+                "join_s": round(join_s, 4),
+                "family_s": round(family_s, 4),
+                "leave_s": round(statistics.median(leave_s), 5),
+                "leave_s_all": [round(x, 5) for x in leave_s],
+                "leave_node_down_ms": round(statistics.median(down_ms), 4),
+                "leave_node_down_ms_all": [round(x, 4) for x in down_ms],
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     finally:
@@ -185,11 +199,13 @@ SERIES = {"db": series_db}
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--series", default="db",
-                    help="comma list of series to run (%s)" % ",".join(SERIES))
+    ap.add_argument(
+        "--series", default="db", help="comma list of series to run (%s)" % ",".join(SERIES)
+    )
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    ap.add_argument("--out", default=None,
-                    help="output file (default bench/results/scale-<series>.json)")
+    ap.add_argument(
+        "--out", default=None, help="output file (default bench/results/scale-<series>.json)"
+    )
     ap.add_argument("--deadline", type=float, default=900.0, help="overall limit in seconds")
     args = ap.parse_args()
     names = [s for s in args.series.split(",") if s]
@@ -211,16 +227,30 @@ def main():
                 if ok:
                     shutil.rmtree(log_dir, ignore_errors=True)
                 else:
-                    print("series %s failed; child logs kept in %s" % (name, log_dir),
-                          file=sys.stderr)
-            out = Path(args.out) if args.out and len(names) == 1 else \
-                REPO / "bench" / "results" / ("scale-%s%s.json" % (name, "-quick" if args.quick
-                                                                   else ""))
+                    print(
+                        "series %s failed; child logs kept in %s" % (name, log_dir), file=sys.stderr
+                    )
+            out = (
+                Path(args.out)
+                if args.out and len(names) == 1
+                else REPO
+                / "bench"
+                / "results"
+                / ("scale-%s%s.json" % (name, "-quick" if args.quick else ""))
+            )
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"series": name, "quick": args.quick,
-                                       "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                             time.gmtime()),
-                                       "rows": rows}, indent=1) + "\n")
+            out.write_text(
+                json.dumps(
+                    {
+                        "series": name,
+                        "quick": args.quick,
+                        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "rows": rows,
+                    },
+                    indent=1,
+                )
+                + "\n"
+            )
             print("wrote %s" % out, file=sys.stderr)
     finally:
         signal.alarm(0)

@@ -134,10 +134,17 @@ class Deadline(Exception):
     pass
 
 
-LOSS_KEYS = ("gaps_observed", "gaps_covered_by_monitors", "streams_ended_by_monitor",
-             "monitor_reasons", "monitors_fired_receiver_alive_at_end",
-             "messages_lost_proven_and_explained", "messages_unacked_when_monitors_fired",
-             "streams_ended_by_sender_death", "losses_explained")
+LOSS_KEYS = (
+    "gaps_observed",
+    "gaps_covered_by_monitors",
+    "streams_ended_by_monitor",
+    "monitor_reasons",
+    "monitors_fired_receiver_alive_at_end",
+    "messages_lost_proven_and_explained",
+    "messages_unacked_when_monitors_fired",
+    "streams_ended_by_sender_death",
+    "losses_explained",
+)
 
 
 def judge(streams, fired, gaps, backwards, port_owner):
@@ -151,8 +158,15 @@ def judge(streams, fired, gaps, backwards, port_owner):
     """
     viol = []
     for rx, o in backwards:
-        viol.append(dict(kind="duplicate_or_reordered", receiver=rx.name, inc=o["inc"],
-                         last=o["last"], got=o["got"]))
+        viol.append(
+            dict(
+                kind="duplicate_or_reordered",
+                receiver=rx.name,
+                inc=o["inc"],
+                last=o["last"],
+                got=o["got"],
+            )
+        )
     gaps_covered = 0
     for rx, o in gaps:
         # a hole: numbers missing and a later one of the same stream delivered. Never allowed
@@ -162,10 +176,17 @@ def judge(streams, fired, gaps, backwards, port_owner):
         f = fired.get(o["inc"])
         covered = f is not None and o["last"] + 1 <= f["n"] and o["got"] <= f["n"]
         gaps_covered += covered
-        viol.append(dict(kind="hole_after_monitor_fired" if covered else "hole_without_monitor",
-                         receiver=rx.name, inc=o["inc"], last=o["last"], got=o["got"],
-                         fire_n=None if f is None else f["n"],
-                         fire_reason=None if f is None else f["reason"]))
+        viol.append(
+            dict(
+                kind="hole_after_monitor_fired" if covered else "hole_without_monitor",
+                receiver=rx.name,
+                inc=o["inc"],
+                last=o["last"],
+                got=o["got"],
+                fire_n=None if f is None else f["n"],
+                fire_reason=None if f is None else f["reason"],
+            )
+        )
     completed = by_monitor = by_sender_death = 0
     reasons = {}
     lost_proven = 0
@@ -190,10 +211,18 @@ def judge(streams, fired, gaps, backwards, port_owner):
                 viol.append(dict(kind="received_beyond_fire", inc=inc, fire_n=f["n"], last=last))
         elif end is not None:
             if end["finacked"] is None or end["finacked"] != end["sent"]:
-                viol.append(dict(kind="loss_without_monitor", inc=inc, to=s["to"],
-                                 sender=sender.name, receiver=None if rx is None else rx.name,
-                                 receiver_killed=None if rx is None else rx.killed_at is not None,
-                                 sent=end["sent"], finacked=end["finacked"]))
+                viol.append(
+                    dict(
+                        kind="loss_without_monitor",
+                        inc=inc,
+                        to=s["to"],
+                        sender=sender.name,
+                        receiver=None if rx is None else rx.name,
+                        receiver_killed=None if rx is None else rx.killed_at is not None,
+                        sent=end["sent"],
+                        finacked=end["finacked"],
+                    )
+                )
             elif rec is not None and last != end["sent"]:
                 viol.append(dict(kind="report_mismatch", inc=inc, sent=end["sent"], last=last))
             else:
@@ -202,12 +231,19 @@ def judge(streams, fired, gaps, backwards, port_owner):
             by_sender_death += 1
         else:
             viol.append(dict(kind="stream_never_ended", inc=inc, sender=sender.name))
-    return dict(violations=viol, completed_streams=completed, gaps_observed=len(gaps),
-                gaps_covered_by_monitors=gaps_covered, streams_ended_by_monitor=by_monitor,
-                monitor_reasons=reasons, monitors_fired_receiver_alive_at_end=fired_receiver_alive,
-                messages_lost_proven_and_explained=lost_proven,
-                messages_unacked_when_monitors_fired=unacked_at_fire,
-                streams_ended_by_sender_death=by_sender_death, losses_explained=by_monitor)
+    return dict(
+        violations=viol,
+        completed_streams=completed,
+        gaps_observed=len(gaps),
+        gaps_covered_by_monitors=gaps_covered,
+        streams_ended_by_monitor=by_monitor,
+        monitor_reasons=reasons,
+        monitors_fired_receiver_alive_at_end=fired_receiver_alive,
+        messages_lost_proven_and_explained=lost_proven,
+        messages_unacked_when_monitors_fired=unacked_at_fire,
+        streams_ended_by_sender_death=by_sender_death,
+        losses_explained=by_monitor,
+    )
 
 
 class Instance:
@@ -222,9 +258,14 @@ class Instance:
         env.pop("PERL_ANYEVENT_MP_TRACE", None)
         self.log_path = os.path.join(soak.log_dir, "%s.log" % self.name)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-u", NODE_SCRIPT, json.dumps(cfg)],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=log, cwd=REPO, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-u", NODE_SCRIPT, json.dumps(cfg)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=REPO,
+                env=env,
+            )
         self.pid = self.proc.pid
         self.started = mono()
         self.ready = False
@@ -294,13 +335,21 @@ class Soak:
         self.log_dir = args.log_dir or tempfile.mkdtemp(prefix="aemp-soak-")
         os.makedirs(self.log_dir, exist_ok=True)
         seed_addr = "127.0.0.1:%d" % free_port()
-        self.node_cfg = dict(seed=seed_addr, secret=secrets.token_hex(16), window=args.window,
-                             burst=args.burst, ack_every=args.ack_every,
-                             stats_every=args.stats_every, fin_timeout=args.fin_timeout,
-                             restart_delay=args.restart_delay, workers=args.workers,
-                             deadline=int(args.deadline) + 60, log=args.node_log)
+        self.node_cfg = dict(
+            seed=seed_addr,
+            secret=secrets.token_hex(16),
+            window=args.window,
+            burst=args.burst,
+            ack_every=args.ack_every,
+            stats_every=args.stats_every,
+            fin_timeout=args.fin_timeout,
+            restart_delay=args.restart_delay,
+            workers=args.workers,
+            deadline=int(args.deadline) + 60,
+            log=args.node_log,
+        )
         self.workers = ["w%d" % i for i in range(1, args.workers + 1)]
-        self.killable = self.workers[args.exempt:]
+        self.killable = self.workers[args.exempt :]
         self.instances = []
         self.current = {}  # nodeid -> Instance
         self.gens = {}
@@ -361,8 +410,10 @@ class Soak:
         if obj is None:
             inst.exited = True
             if inst.killed_at is None and not self.closing:
-                self.errors.append("%s (pid %d) exited by itself, rc=%s; log tail:\n%s" % (
-                    inst.name, inst.pid, inst.proc.poll(), inst.log_tail()))
+                self.errors.append(
+                    "%s (pid %d) exited by itself, rc=%s; log tail:\n%s"
+                    % (inst.name, inst.pid, inst.proc.poll(), inst.log_tail())
+                )
             return
         ev = obj.get("ev")
         if ev == "stats":
@@ -371,11 +422,11 @@ class Soak:
             inst.heard_from.add(node_of(obj["inc"]))
             self.pending_firsts.append((inst, obj["inc"]))
         elif ev == "stream":
-            self.streams[obj["inc"]] = {"sender": inst, "to": obj["to"], "t": obj["t"],
-                                        "end": None}
+            self.streams[obj["inc"]] = {"sender": inst, "to": obj["to"], "t": obj["t"], "end": None}
         elif ev == "stream_end":
-            s = self.streams.setdefault(obj["inc"], {"sender": inst, "to": obj["to"],
-                                                     "t": obj["t"], "end": None})
+            s = self.streams.setdefault(
+                obj["inc"], {"sender": inst, "to": obj["to"], "t": obj["t"], "end": None}
+            )
             s["end"] = obj
         elif ev == "fired":
             self.fired[obj["inc"]] = obj
@@ -416,8 +467,7 @@ class Soak:
                 for k in self.kills:
                     if k["new"] is inst:
                         k["rejoined_after"] = round(inst.meshed_at - k["t"], 3)
-                        out("rejoined", node=nodeid, pid=inst.pid,
-                            after_s=k["rejoined_after"])
+                        out("rejoined", node=nodeid, pid=inst.pid, after_s=k["rejoined_after"])
 
     def mesh_complete(self):
         return all(self.current[w].meshed_at is not None for w in self.workers)
@@ -434,10 +484,19 @@ class Soak:
     # ------------------------------------------------------------------ the run
     def run(self):
         a = self.args
-        out("start", duration_s=a.duration, workers=self.workers, killable=self.killable,
-            kill_every_s=a.kill_every, window=a.window, ack_every=a.ack_every,
-            warmup_s=a.warmup, random_seed=a.random_seed, log_dir=self.log_dir,
-            pid=os.getpid())
+        out(
+            "start",
+            duration_s=a.duration,
+            workers=self.workers,
+            killable=self.killable,
+            kill_every_s=a.kill_every,
+            window=a.window,
+            ack_every=a.ack_every,
+            warmup_s=a.warmup,
+            random_seed=a.random_seed,
+            log_dir=self.log_dir,
+            pid=os.getpid(),
+        )
         self.start("seed", SEED_ID)
         self.wait(lambda: self.current[SEED_ID].ready, 30, "seed ready")
         for w in self.workers:
@@ -460,8 +519,9 @@ class Soak:
                 raise RuntimeError(self.errors[0])
             now = mono()
             if now >= next_kill and now < self.t_end_kills:
-                victims = [self.current[w] for w in self.killable
-                           if self.current[w].meshed_at is not None]
+                victims = [
+                    self.current[w] for w in self.killable if self.current[w].meshed_at is not None
+                ]
                 if victims:
                     self.kill_and_restart(self.rng.choice(victims))
                     next_kill = mono() + a.kill_every * self.rng.uniform(0.75, 1.25)
@@ -471,29 +531,48 @@ class Soak:
                     inst.send(cmd="census")
             if now >= next_progress:
                 next_progress = now + a.progress
-                out("progress", t=round(now - t0, 1), moved=self.moved(), kills=len(self.kills),
-                    survived=self.survived(), gaps=len(self.gaps),
-                    backwards=len(self.backwards), monitors_fired=len(self.fired))
+                out(
+                    "progress",
+                    t=round(now - t0, 1),
+                    moved=self.moved(),
+                    kills=len(self.kills),
+                    survived=self.survived(),
+                    gaps=len(self.gaps),
+                    backwards=len(self.backwards),
+                    monitors_fired=len(self.fired),
+                )
         # the last kill must have healed before we stop; then a calm phase that lasts until
         # the end and gives every never-killed process at least 3 steady samples
         self.wait(self.mesh_complete, 30, "the final mesh (every restarted worker rejoined)")
         self.t_calm = mono()
-        self.wait(lambda: mono() >= end and all(
-            len(self.steady(i, self.t_calm)) >= 3 for i in self.never_killed()), 30,
-            "3 steady samples of every never-killed process after the last kill")
+        self.wait(
+            lambda: (
+                mono() >= end
+                and all(len(self.steady(i, self.t_calm)) >= 3 for i in self.never_killed())
+            ),
+            30,
+            "3 steady samples of every never-killed process after the last kill",
+        )
         self.t_stop = mono()
         for inst in self.never_killed():
             inst.send(cmd="census")
-        self.wait(lambda: all(len(i.censuses) >= 2 for i in self.never_killed()), 10,
-                  "the greenlet census")
+        self.wait(
+            lambda: all(len(i.censuses) >= 2 for i in self.never_killed()),
+            10,
+            "the greenlet census",
+        )
         for w in self.workers:
             self.current[w].send(cmd="stop")
-        self.wait(lambda: all(self.current[w].stopped for w in self.workers),
-                  a.fin_timeout + 15, "every worker stopped")
+        self.wait(
+            lambda: all(self.current[w].stopped for w in self.workers),
+            a.fin_timeout + 15,
+            "every worker stopped",
+        )
         for w in self.workers:
             self.current[w].send(cmd="report")
-        self.wait(lambda: all(self.current[w].report for w in self.workers), 20,
-                  "every worker's report")
+        self.wait(
+            lambda: all(self.current[w].report for w in self.workers), 20, "every worker's report"
+        )
         self.pump(0.2)
         return self.analyse()
 
@@ -501,11 +580,16 @@ class Soak:
         t = mono()
         victim.kill()
         new = self.start("worker", victim.nodeid)
-        k = {"node": victim.nodeid, "pid": victim.pid, "t": t, "new": new,
-             "rejoined_after": None}
+        k = {"node": victim.nodeid, "pid": victim.pid, "t": t, "new": new, "rejoined_after": None}
         self.kills.append(k)
-        out("kill", n=len(self.kills), node=victim.nodeid, pid=victim.pid, new_pid=new.pid,
-            t=round(t - self.t0, 2))
+        out(
+            "kill",
+            n=len(self.kills),
+            node=victim.nodeid,
+            pid=victim.pid,
+            new_pid=new.pid,
+            t=round(t - self.t0, 2),
+        )
 
     def moved(self):
         total = 0
@@ -527,46 +611,75 @@ class Soak:
         mesh_missing = []
         for w in self.workers:
             inst = self.current[w]
-            done_to = {s["to"] for s in self.streams.values()
-                       if s["sender"] is inst and s["end"] is not None
-                       and self.fired.get(s["end"]["inc"]) is None
-                       and s["end"]["finacked"] == s["end"]["sent"] > 0}
+            done_to = {
+                s["to"]
+                for s in self.streams.values()
+                if s["sender"] is inst
+                and s["end"] is not None
+                and self.fired.get(s["end"]["inc"]) is None
+                and s["end"]["finacked"] == s["end"]["sent"] > 0
+            }
             for other in self.workers:
                 if other != w and self.current[other].rx_port not in done_to:
                     mesh_missing.append("%s->%s" % (w, other))
         stability = self.stability()
-        stable = all(e[k] is not None and e[k] < GROWTH_LIMIT for e in stability.values()
-                     for k in ("rss_growth_pct", "greenlets_growth_pct"))
+        stable = all(
+            e[k] is not None and e[k] < GROWTH_LIMIT
+            for e in stability.values()
+            for k in ("rss_growth_pct", "greenlets_growth_pct")
+        )
         moved = self.moved()
-        sent = sum((i.stopped or {}).get("sent") or (i.stats[-1].get("tx", 0) if i.stats else 0)
-                   for i in self.instances if i.role == "worker")
+        sent = sum(
+            (i.stopped or {}).get("sent") or (i.stats[-1].get("tx", 0) if i.stats else 0)
+            for i in self.instances
+            if i.role == "worker"
+        )
         survived = self.survived()
-        out("messages", moved=moved, sent=sent, streams=len(self.streams),
+        out(
+            "messages",
+            moved=moved,
+            sent=sent,
+            streams=len(self.streams),
             completed_streams=verdict["completed_streams"],
             rate_per_s=round(moved / max(1e-9, self.t_stop - self.t0)),
-            note="what receivers counted; killed processes up to their last stats line")
+            note="what receivers counted; killed processes up to their last stats line",
+        )
         out("losses", **{k: verdict[k] for k in LOSS_KEYS})
         out("violations", count=len(viol), items=viol[:50])
         out("stability", limit_pct=GROWTH_LIMIT, processes=stability)
-        ok = (not viol and len(self.kills) >= 1 and survived == len(self.kills)
-              and not mesh_missing and stable and not self.errors)
+        ok = (
+            not viol
+            and len(self.kills) >= 1
+            and survived == len(self.kills)
+            and not mesh_missing
+            and stable
+            and not self.errors
+        )
         summary = dict(
-            passed=ok, duration_s=round(self.t_stop - self.t0, 1), workers=len(self.workers),
-            messages_moved=moved, kills=len(self.kills), kills_survived=survived,
-            rejoin_s_max=max([k["rejoined_after"] for k in self.kills
-                              if k["rejoined_after"] is not None] or [0]),
+            passed=ok,
+            duration_s=round(self.t_stop - self.t0, 1),
+            workers=len(self.workers),
+            messages_moved=moved,
+            kills=len(self.kills),
+            kills_survived=survived,
+            rejoin_s_max=max(
+                [k["rejoined_after"] for k in self.kills if k["rejoined_after"] is not None] or [0]
+            ),
             gaps_observed=verdict["gaps_observed"],
             gaps_covered_by_monitors=verdict["gaps_covered_by_monitors"],
             violation_kinds=sorted({x["kind"] for x in viol}),
             streams_ended_by_monitor=verdict["streams_ended_by_monitor"],
             streams_ended_by_sender_death=verdict["streams_ended_by_sender_death"],
             messages_unacked_when_monitors_fired=verdict["messages_unacked_when_monitors_fired"],
-            violations=len(viol), mesh_missing=mesh_missing,
+            violations=len(viol),
+            mesh_missing=mesh_missing,
             rss_growth_pct={k: e["rss_growth_pct"] for k, e in stability.items()},
             greenlets_growth_pct={k: e["greenlets_growth_pct"] for k, e in stability.items()},
             max_stats_gap_s=max([e["max_stats_gap_s"] for e in stability.values()] or [0]),
             conductor_max_turn_s=round(self.max_turn, 2),
-            errors=self.errors[:5], log_dir=self.log_dir)
+            errors=self.errors[:5],
+            log_dir=self.log_dir,
+        )
         summary["pass"] = summary.pop("passed")
         out("summary", **summary)
         return ok
@@ -577,7 +690,7 @@ class Soak:
         return [s for s in inst.stats if s.get("full") and t_from <= s["t"] <= t_to]
 
     def never_killed(self):
-        return [self.current[n] for n in [SEED_ID] + self.workers[:self.args.exempt]]
+        return [self.current[n] for n in [SEED_ID] + self.workers[: self.args.exempt]]
 
     def stability(self):
         a = self.args
@@ -600,13 +713,22 @@ class Soak:
             fin = [s for s in calm if e1 - win <= s["t"]]
             if len(fin) < 3:
                 fin = calm
+
             def span(samples):  # first and last sample times, relative to the start
                 return [round(s["t"] - self.t0, 1) for s in samples[:: max(1, len(samples) - 1)]]
 
-            entry = {"pid": inst.pid, "baseline_s": span(base), "end_s": span(fin),
-                     "steady_samples": len(steady), "samples_total": len(inst.stats)}
-            for key, growth in (("rss_kb", "rss_growth_pct"), ("greenlets", "greenlets_growth_pct"),
-                                ("greenlets_with_garbage", None)):  # the last: diagnostics
+            entry = {
+                "pid": inst.pid,
+                "baseline_s": span(base),
+                "end_s": span(fin),
+                "steady_samples": len(steady),
+                "samples_total": len(inst.stats),
+            }
+            for key, growth in (
+                ("rss_kb", "rss_growth_pct"),
+                ("greenlets", "greenlets_growth_pct"),
+                ("greenlets_with_garbage", None),
+            ):  # the last: diagnostics
                 mb = statistics.median(s[key] for s in base) if base else None
                 me = statistics.median(s[key] for s in fin) if fin else None
                 entry[key + "_baseline"] = mb
@@ -615,15 +737,19 @@ class Soak:
                     entry[growth] = round((me - mb) / mb * 100.0, 2) if base and fin else None
             run = [s for s in inst.stats if self.t0 <= s["t"] <= e1]
             step = max(1, len(run) // 30)
-            entry["samples"] = [[round(s["t"] - self.t0, 1), s["rss_kb"], s["greenlets"],
-                                 int(bool(s.get("full")))] for s in run[::step]]
+            entry["samples"] = [
+                [round(s["t"] - self.t0, 1), s["rss_kb"], s["greenlets"], int(bool(s.get("full")))]
+                for s in run[::step]
+            ]
             gaps = [b["t"] - a_["t"] for a_, b in zip(run, run[1:])]
             entry["max_stats_gap_s"] = round(max(gaps or [0]), 2)  # > stats_every: a stall
             if len(inst.censuses) >= 2:
                 c0, c1 = inst.censuses[0], inst.censuses[-1]
-                entry["greenlet_census_change"] = {k: [c0.get(k, 0), c1.get(k, 0)]
-                                                   for k in sorted(set(c0) | set(c1))
-                                                   if c0.get(k, 0) != c1.get(k, 0)}
+                entry["greenlet_census_change"] = {
+                    k: [c0.get(k, 0), c1.get(k, 0)]
+                    for k in sorted(set(c0) | set(c1))
+                    if c0.get(k, 0) != c1.get(k, 0)
+                }
             res[inst.name] = entry
         return res
 
@@ -634,16 +760,28 @@ def main(argv=None):
     g.add_argument("--minutes", type=float, help="run length in minutes (long mode: 10)")
     g.add_argument("--seconds", type=float, help="run length in seconds (short mode: 20)")
     ap.add_argument("--workers", type=int, default=3, help="worker nodes w1..wN (3)")
-    ap.add_argument("--exempt", type=int, default=1,
-                    help="the first K workers are never killed (1); the seed never is")
+    ap.add_argument(
+        "--exempt",
+        type=int,
+        default=1,
+        help="the first K workers are never killed (1); the seed never is",
+    )
     ap.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills (3)")
     ap.add_argument("--window", type=int, default=4096, help="unacknowledged messages per stream")
     ap.add_argument("--burst", type=int, default=256, help="messages sent between yields")
     ap.add_argument("--ack-every", type=int, default=256, help="receiver acks every k-th number")
-    ap.add_argument("--restart-delay", type=float, default=0.3,
-                    help="seconds between a stream's monitor firing and its replacement")
-    ap.add_argument("--fin-timeout", type=float, default=8.0,
-                    help="how long a stopping stream waits for its finack")
+    ap.add_argument(
+        "--restart-delay",
+        type=float,
+        default=0.3,
+        help="seconds between a stream's monitor firing and its replacement",
+    )
+    ap.add_argument(
+        "--fin-timeout",
+        type=float,
+        default=8.0,
+        help="how long a stopping stream waits for its finack",
+    )
     ap.add_argument("--warmup", type=float, help="seconds before the stability baseline")
     ap.add_argument("--stats-every", type=float, help="seconds between stats samples")
     ap.add_argument("--progress", type=float, help="seconds between progress lines")
@@ -681,8 +819,16 @@ def main(argv=None):
     try:
         ok = soak.run()
     except (Deadline, RuntimeError) as exc:
-        out("summary", **{"pass": False, "error": str(exc), "kills": len(soak.kills),
-                          "messages_moved": soak.moved(), "log_dir": soak.log_dir})
+        out(
+            "summary",
+            **{
+                "pass": False,
+                "error": str(exc),
+                "kills": len(soak.kills),
+                "messages_moved": soak.moved(),
+                "log_dir": soak.log_dir,
+            },
+        )
     finally:
         signal.alarm(0)
         soak.close_all()

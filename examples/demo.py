@@ -30,8 +30,13 @@ def free_port():
 
 
 def start(role, script, *args, env):
-    proc = subprocess.Popen([sys.executable, "-u", os.path.join(HERE, script), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", os.path.join(HERE, script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
 
     def pump():
         for line in proc.stdout:

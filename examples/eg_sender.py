@@ -24,8 +24,12 @@ def receivers_changed(family, added, changed, deleted):
     for receiver in added:
         if receiver not in watched:
             watched.add(receiver)
-            mon(receiver, lambda *reason, r=receiver: print(
-                "sender: receiver %s is gone: %s" % (r, list(reason)), flush=True))
+            mon(
+                receiver,
+                lambda *reason, r=receiver: print(
+                    "sender: receiver %s is gone: %s" % (r, list(reason)), flush=True
+                ),
+            )
     for receiver in deleted:
         print("sender: receiver %s left eg_receivers" % receiver, flush=True)
 

@@ -23,7 +23,9 @@ Try it with the ``aemp`` command (docs/cli.md), which appends the reply port its
 With ``AEMP_DEMO_SEED``/``AEMP_DEMO_SECRET`` set it uses that seed and secret.
 """
 
-from aemp_green import monkey; monkey.patch_all()  # noqa: E702 - must come first
+from aemp_green import monkey
+
+monkey.patch_all()  # noqa: E702 - must come first
 
 import os  # noqa: E402
 import queue  # noqa: E402
@@ -39,6 +41,7 @@ from _demo_env import demo_config  # noqa: E402
 
 
 # --------------------------------------------------------------- plain blocking code
+
 
 def serve_upper(listener):
     """A blocking accept loop; one thread per connection."""
@@ -89,6 +92,7 @@ def ticker():
 
 # --------------------------------------------------------------- the node
 
+
 def main():
     configure(**demo_config(nodeid="legacy/%u"))
 
@@ -96,20 +100,29 @@ def main():
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     addr = listener.getsockname()
-    threads = [threading.Thread(target=serve_upper, args=(listener,), daemon=True),
-               threading.Thread(target=job_worker, args=(addr,), daemon=True),
-               threading.Thread(target=job_worker, args=(addr,), daemon=True),
-               threading.Thread(target=ticker, daemon=True)]
+    threads = [
+        threading.Thread(target=serve_upper, args=(listener,), daemon=True),
+        threading.Thread(target=job_worker, args=(addr,), daemon=True),
+        threading.Thread(target=job_worker, args=(addr,), daemon=True),
+        threading.Thread(target=ticker, daemon=True),
+    ]
     for t in threads:
         t.start()
 
     service = port()
-    rcv(service,
-        "upper", lambda text, reply: jobs.put((text, reply)),
-        "subscribe", lambda sub: subscribers.append(sub))
+    rcv(
+        service,
+        "upper",
+        lambda text, reply: jobs.put((text, reply)),
+        "subscribe",
+        lambda sub: subscribers.append(sub),
+    )
     db_set("legacy_service", service)
-    print("legacy: node %s, port %s in legacy_service, tcp upper server on %s:%d, "
-          "%d threads" % (NODE(), service, addr[0], addr[1], len(threads)), flush=True)
+    print(
+        "legacy: node %s, port %s in legacy_service, tcp upper server on %s:%d, "
+        "%d threads" % (NODE(), service, addr[0], addr[1], len(threads)),
+        flush=True,
+    )
 
     last = None
     while True:  # the main thread "blocks" too

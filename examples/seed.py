@@ -14,6 +14,9 @@ from _demo_env import demo_config  # noqa: E402
 addr = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:4040"
 configure(**demo_config(nodeid="seed", binds=[addr], seeds=[addr]))
 print("seed: %s listening on %s" % (NODE(), addr), flush=True)
-mon_nodes(lambda node, up, *why: print("seed: node %s %s %s" % (node, "up" if up else "down",
-                                                                 " ".join(map(str, why))), flush=True))
+mon_nodes(
+    lambda node, up, *why: print(
+        "seed: node %s %s %s" % (node, "up" if up else "down", " ".join(map(str, why))), flush=True
+    )
+)
 run_forever()  # until Ctrl-C or SIGTERM, then a clean shutdown

@@ -32,8 +32,21 @@ from urllib.parse import parse_qs
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
-from aemp_green import (NODE, Timeout, PortDied, call, configure, db_mon, db_reg, db_set,
-                        port, rcv, receive, snd, spawn)
+from aemp_green import (
+    NODE,
+    Timeout,
+    PortDied,
+    call,
+    configure,
+    db_mon,
+    db_reg,
+    db_set,
+    port,
+    rcv,
+    receive,
+    snd,
+    spawn,
+)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _demo_env import demo_config  # noqa: E402
@@ -86,8 +99,9 @@ def app(environ, start_response):
     else:
         status, body = "404 Not Found", {"error": "no such path: %s" % path}
     data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(data)))])
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
     return [data]
 
 
@@ -122,8 +136,11 @@ def main(argv):
     tcp.start()  # in the background, on the same hub
     http = WSGIServer(("127.0.0.1", http_port), app, log=None)
     http.init_socket()
-    print("wsgi_embed: node %s: http://127.0.0.1:%d/ tcp 127.0.0.1:%d notes port %s"
-          % (NODE(), http.server_port, tcp.server_port, notes), flush=True)
+    print(
+        "wsgi_embed: node %s: http://127.0.0.1:%d/ tcp 127.0.0.1:%d notes port %s"
+        % (NODE(), http.server_port, tcp.server_port, notes),
+        flush=True,
+    )
     http.serve_forever()  # the application keeps the main greenlet
 
 

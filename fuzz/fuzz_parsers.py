@@ -41,7 +41,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parents[1] / "tests" / "interop")
+INTEROP = Path(
+    os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parents[1] / "tests" / "interop"
+)
 CORPUS_DIR = HERE / "corpus"
 
 
@@ -65,8 +67,7 @@ def _uninteresting_aemp_modules():
 if _atheris_wanted():
     import atheris
 
-    with atheris.instrument_imports(include=["aemp_green"],
-                                    exclude=_uninteresting_aemp_modules()):
+    with atheris.instrument_imports(include=["aemp_green"], exclude=_uninteresting_aemp_modules()):
         from aemp_green import _handshake, framing
 else:
     atheris = None
@@ -118,30 +119,48 @@ NONCE_THEM = bytes(range(100, 166))
 # depend on the recordings): (session/connection, our side's lines = the listener b, the peer's
 # lines = the connecting side a, secret of b). The recorded a_to_b.bin establishes against these.
 RECORDED = (
-    ("json-session/conn03_peer_b-to-peer_a",
-     ("aemp;1;peer_a;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;json;gproto=1;"
-      "provider=AE-2.02;mproto=1;peeraddr=127.0.0.1:38082",
-      "fSwiQi2jI1CReiTO1HfnUp0X05/X0Gb7HjQ9sBOW5CfvIkijM6cCMz5tcr05BpFHFvdkN5MhuHSIH9tb4FfTiAA6"),
-     ("aemp;1;peer_b;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;json;gproto=1;"
-      "provider=AE-2.02;mproto=1;peeraddr=127.0.0.1:41985",
-      "mEkgbWUDwAzUYQ+BU/TrDM/5JQT6sglWHlKSdDVQua5RjCl4vCnq8kG6JeO2Ni1ewUq5wd1SUubyQ/qJba5IQlyk"),
-     "interop-test-secret-0123456789"),
-    ("cbor-session/conn03_peer_b-to-peer_a",
-     ("aemp;1;peer_a;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;cbor;gproto=1;"
-      "provider=AE-2.02;peeraddr=127.0.0.1:51072;mproto=1",
-      "Dj2tNYsS0vzyf7mAjOWJ8bUFbFXG/DTmzZFSGJSBp99+JiqadtL1WtmV7L8ikAvFTfSsdh7RlsHbNsWBE465InQK"),
-     ("aemp;1;peer_b;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;cbor;mproto=1;"
-      "peeraddr=127.0.0.1:41483;gproto=1;provider=AE-2.02",
-      "ZAunFITMRspf7xRC8kVzz9HNQeU5DFnvrIaQAsUSRat5QUCsIX0ZWfJm0gDtklr7UTV/Y8O71XlqaD48Dwq+wdxA"),
-     "interop-test-secret-0123456789"),
-    ("badauth-session/conn01_badnode-to-seed",
-     ("aemp;1;seed;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;json;mproto=1;"
-      "peeraddr=127.0.0.1:42560;provider=AE-2.02;gproto=1",
-      "IAOMsvTcOMEL60u8plX1SkWNALS2F1G3huMxZxf6BQztpT1GN7SS5QUSVT7n5BzTyrFotkn0bZ3GjYlB5EhJ3Gge"),
-     ("aemp;1;badnode;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;json;peeraddr=127.0.0.1:4060;"
-      "gproto=1;mproto=1;provider=AE-2.02",
-      "4zuv6nMtDNM1Er2dRzOmhH/+z1UADRIfvKcXR3Na6x3prNNkLjGEFIbuFpjYgJAoEgnCmY4auiSPpV6FIwLy7KEE"),
-     "right-secret-AAAA"),
+    (
+        "json-session/conn03_peer_b-to-peer_a",
+        (
+            "aemp;1;peer_a;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;json;gproto=1;"
+            "provider=AE-2.02;mproto=1;peeraddr=127.0.0.1:38082",
+            "fSwiQi2jI1CReiTO1HfnUp0X05/X0Gb7HjQ9sBOW5CfvIkijM6cCMz5tcr05BpFHFvdkN5MhuHSIH9tb4FfTiAA6",
+        ),
+        (
+            "aemp;1;peer_b;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;json;gproto=1;"
+            "provider=AE-2.02;mproto=1;peeraddr=127.0.0.1:41985",
+            "mEkgbWUDwAzUYQ+BU/TrDM/5JQT6sglWHlKSdDVQua5RjCl4vCnq8kG6JeO2Ni1ewUq5wd1SUubyQ/qJba5IQlyk",
+        ),
+        "interop-test-secret-0123456789",
+    ),
+    (
+        "cbor-session/conn03_peer_b-to-peer_a",
+        (
+            "aemp;1;peer_a;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;cbor;gproto=1;"
+            "provider=AE-2.02;peeraddr=127.0.0.1:51072;mproto=1",
+            "Dj2tNYsS0vzyf7mAjOWJ8bUFbFXG/DTmzZFSGJSBp99+JiqadtL1WtmV7L8ikAvFTfSsdh7RlsHbNsWBE465InQK",
+        ),
+        (
+            "aemp;1;peer_b;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;cbor;mproto=1;"
+            "peeraddr=127.0.0.1:41483;gproto=1;provider=AE-2.02",
+            "ZAunFITMRspf7xRC8kVzz9HNQeU5DFnvrIaQAsUSRat5QUCsIX0ZWfJm0gDtklr7UTV/Y8O71XlqaD48Dwq+wdxA",
+        ),
+        "interop-test-secret-0123456789",
+    ),
+    (
+        "badauth-session/conn01_badnode-to-seed",
+        (
+            "aemp;1;seed;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;json;mproto=1;"
+            "peeraddr=127.0.0.1:42560;provider=AE-2.02;gproto=1",
+            "IAOMsvTcOMEL60u8plX1SkWNALS2F1G3huMxZxf6BQztpT1GN7SS5QUSVT7n5BzTyrFotkn0bZ3GjYlB5EhJ3Gge",
+        ),
+        (
+            "aemp;1;badnode;tls_sha3_512,hmac_sha3_512,tls_anon,cleartext;json;peeraddr=127.0.0.1:4060;"
+            "gproto=1;mproto=1;provider=AE-2.02",
+            "4zuv6nMtDNM1Er2dRzOmhH/+z1UADRIfvKcXR3Na6x3prNNkLjGEFIbuFpjYgJAoEgnCmY4auiSPpV6FIwLy7KEE",
+        ),
+        "right-secret-AAAA",
+    ),
 )
 
 
@@ -185,9 +204,16 @@ def _synthetic(name, ours, peer):
 
 def _recorded(name, ours, peer, secret):
     protocol, _, nodeid, auths, framings, kv = parse_greeting_line1(ours[0])
-    kwargs = dict(nodeid=nodeid, secret=secret, auth_accept=auths, framings=framings,
-                  peeraddr=kv["peeraddr"], provider=kv["provider"],
-                  nonce=base64.b64decode(ours[1]), _kv_order=list(kv))
+    kwargs = dict(
+        nodeid=nodeid,
+        secret=secret,
+        auth_accept=auths,
+        framings=framings,
+        peeraddr=kv["peeraddr"],
+        provider=kv["provider"],
+        nonce=base64.b64decode(ours[1]),
+        _kv_order=list(kv),
+    )
     if Handshake(**kwargs).local_greeting != tuple(ours):  # pragma: no cover - harness bug
         raise RuntimeError("cannot reproduce the recorded greeting of %s" % name)
     return Config("rec:" + name, kwargs, ("%s\n%s\n" % peer).encode("utf-8"))
@@ -199,35 +225,75 @@ def _is_addr(expected):
 
 def _configs():
     # a fixed provider: the seed corpus must not change with the package version
-    base = dict(nodeid="us", secret=SECRET, nonce=NONCE_US, peeraddr="127.0.0.1:4040",
-                provider="aemp_green-fuzz")
-    peer = dict(nodeid="them", secret=SECRET, nonce=NONCE_THEM, peeraddr="127.0.0.1:4041",
-                provider="aemp_green-fuzz")
+    base = dict(
+        nodeid="us",
+        secret=SECRET,
+        nonce=NONCE_US,
+        peeraddr="127.0.0.1:4040",
+        provider="aemp_green-fuzz",
+    )
+    peer = dict(
+        nodeid="them",
+        secret=SECRET,
+        nonce=NONCE_THEM,
+        peeraddr="127.0.0.1:4041",
+        provider="aemp_green-fuzz",
+    )
     tls = dict(tls_offered=True, auth_accept=ALL_AUTH, auth_offer=ALL_AUTH)
     cfgs = [
         _synthetic("hmac", base, dict(peer, framings=("json", "cbor"))),
-        _synthetic("all-auth,json,bytes-secret,max_line=200",
-                   dict(base, secret=b"\x00\xffbin", auth_accept=ALL_AUTH, auth_offer=ALL_AUTH,
-                        framings=("json",), max_line=200),
-                   dict(peer, secret=b"\x00\xffbin", framings=("json",))),
+        _synthetic(
+            "all-auth,json,bytes-secret,max_line=200",
+            dict(
+                base,
+                secret=b"\x00\xffbin",
+                auth_accept=ALL_AUTH,
+                auth_offer=ALL_AUTH,
+                framings=("json",),
+                max_line=200,
+            ),
+            dict(peer, secret=b"\x00\xffbin", framings=("json",)),
+        ),
         _synthetic("tls,all-auth", dict(base, **tls), dict(peer, **tls)),
-        _synthetic("tls,no-secret",
-                   dict(base, secret=None, tls_offered=True, auth_offer=ALL_AUTH,
-                        auth_accept=("tls_anon", "tls_sha3_512", "hmac_sha3_512", "cleartext")),
-                   dict(peer, secret=None, tls_offered=True,
-                        auth_offer=("tls_anon", "tls_sha3_512"),
-                        auth_accept=("tls_anon", "tls_sha3_512"))),
-        _synthetic("aemp-dataconn", dict(base, protocol="aemp-dataconn",
-                                         extra={"dataconn_id": "dc1", "bare": None}), peer),
+        _synthetic(
+            "tls,no-secret",
+            dict(
+                base,
+                secret=None,
+                tls_offered=True,
+                auth_offer=ALL_AUTH,
+                auth_accept=("tls_anon", "tls_sha3_512", "hmac_sha3_512", "cleartext"),
+            ),
+            dict(
+                peer,
+                secret=None,
+                tls_offered=True,
+                auth_offer=("tls_anon", "tls_sha3_512"),
+                auth_accept=("tls_anon", "tls_sha3_512"),
+            ),
+        ),
+        _synthetic(
+            "aemp-dataconn",
+            dict(base, protocol="aemp-dataconn", extra={"dataconn_id": "dc1", "bare": None}),
+            peer,
+        ),
         # the relay defence (docs/security.md): we accept, the connector names our address
-        _synthetic("hmac,accept,peeraddr-check",
-                   dict(base, role="accept", peeraddr="127.0.0.1:50000",
-                        peeraddr_check=_is_addr("127.0.0.1:4041")),
-                   dict(peer, peeraddr="127.0.0.1:4041")),
+        _synthetic(
+            "hmac,accept,peeraddr-check",
+            dict(
+                base,
+                role="accept",
+                peeraddr="127.0.0.1:50000",
+                peeraddr_check=_is_addr("127.0.0.1:4041"),
+            ),
+            dict(peer, peeraddr="127.0.0.1:4041"),
+        ),
         # we dial and check the acceptor names our side of the connection; it proves last
-        _synthetic("hmac,connect,peeraddr-check,accepting-peer",
-                   dict(base, peeraddr="127.0.0.1:4041", peeraddr_check=_is_addr("127.0.0.1:50000")),
-                   dict(peer, role="accept", peeraddr="127.0.0.1:50000")),
+        _synthetic(
+            "hmac,connect,peeraddr-check,accepting-peer",
+            dict(base, peeraddr="127.0.0.1:4041", peeraddr_check=_is_addr("127.0.0.1:50000")),
+            dict(peer, role="accept", peeraddr="127.0.0.1:50000"),
+        ),
     ]
     cfgs += [_recorded(*r) for r in RECORDED]
     return cfgs
@@ -238,14 +304,15 @@ CONFIGS = _configs()
 
 # --------------------------------------------------------------------------- helpers
 
+
 def split_input(data):
     """(target index, variant byte, payload chunks) of a fuzz input."""
     head = data[:HEADER].ljust(HEADER, b"\0")
     payload = data[HEADER:]
     n = len(payload)
-    cuts = sorted((c * (n + 1)) >> 8 for c in head[3:3 + head[2] % 4])
+    cuts = sorted((c * (n + 1)) >> 8 for c in head[3 : 3 + head[2] % 4])
     bounds = [0] + cuts + [n]
-    chunks = [payload[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+    chunks = [payload[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
     return head[0] % len(TARGETS), head[1], payload, chunks
 
 
@@ -262,8 +329,10 @@ def _check_rpe(exc, where):
     """A RemoteProtocolError is fine unless a safety net turned another exception into it."""
     cause = exc.__cause__
     if cause is not None and not isinstance(cause, RemoteProtocolError):
-        raise Finding("%s: internal %s behind RemoteProtocolError(%r)"
-                      % (where, type(cause).__name__, str(exc))) from cause
+        raise Finding(
+            "%s: internal %s behind RemoteProtocolError(%r)"
+            % (where, type(cause).__name__, str(exc))
+        ) from cause
 
 
 def _walk(frame):
@@ -311,9 +380,11 @@ def _check_frame(frame, cbor):
                     # cbor2 decodes the content of a self-describe tag (55799) as immutable:
                     # arrays as tuples, maps as cbor2.frozendict (not a dict); the byte-string
                     # fix-up does not look inside them
-                    raise Finding("nested %s in a decoded cbor frame (value model: list, dict; "
-                                  "pure-ASCII bytes -> str everywhere): %r"
-                                  % (t.__name__, frame), "cbor-immutable")
+                    raise Finding(
+                        "nested %s in a decoded cbor frame (value model: list, dict; "
+                        "pure-ASCII bytes -> str everywhere): %r" % (t.__name__, frame),
+                        "cbor-immutable",
+                    )
             elif t not in (str, int, float, bool, type(None)):
                 raise Finding("json value of type %s" % t.__name__)
 
@@ -322,8 +393,9 @@ def _in_model(frame, cbor):
     """True if every value of ``frame`` is in the documented value model (so the encoder must
     take it): exact str/int/float/bool/None/list/dict with str keys (cbor: plus bytes, bytes
     keys, NaN/Infinity), nested at most MAX_DEPTH deep."""
-    scalars = (str, int, float, bool, type(None), bytes) if cbor else (str, int, float, bool,
-                                                                         type(None))
+    scalars = (
+        (str, int, float, bool, type(None), bytes) if cbor else (str, int, float, bool, type(None))
+    )
     keys = (str, bytes) if cbor else (str,)
     stack = [(frame, 1)]
     while stack:
@@ -388,6 +460,7 @@ def _same(a, b):
 
 # --------------------------------------------------------------------------- runners
 
+
 def run_handshake(cfg, chunks, prefix=b""):
     """Feed ``prefix`` then ``chunks`` to a fresh handshake; return a comparable summary."""
     h = cfg.make()
@@ -423,8 +496,11 @@ def run_handshake(cfg, chunks, prefix=b""):
         if isinstance(ev, Established):
             if ev.recv_framing not in ("json", "cbor") or h.state != "ESTABLISHED":
                 raise Finding("bad Established event %r (state %s)" % (ev, h.state))
-    if error is None and h.state == "ESTABLISHED" and \
-            not any(isinstance(ev, Established) for ev in events):
+    if (
+        error is None
+        and h.state == "ESTABLISHED"
+        and not any(isinstance(ev, Established) for ev in events)
+    ):
         raise Finding("ESTABLISHED without an Established event")
     return events, out, error, (h.trailing_data if error is None else None), h.state
 
@@ -440,8 +516,10 @@ def check_handshake(cfg, payload, chunks, prefix=b""):
         else:
             same = whole == parts
         if not same:
-            raise Finding("handshake differs fed whole / in %d chunks:\n  %r\n  %r"
-                          % (len(chunks), whole, parts))
+            raise Finding(
+                "handshake differs fed whole / in %d chunks:\n  %r\n  %r"
+                % (len(chunks), whole, parts)
+            )
     return "%s:%s" % ("authline" if prefix else "handshake", whole[4])
 
 
@@ -476,8 +554,9 @@ def check_decoder(cls, payload, chunks, max_frame):
         (f1, e1, p1), (f2, e2, p2) = whole, parts
         if e1 == e2:
             if not e1 and (repr(f1) != repr(f2) or p1 != p2):
-                raise Finding("%s differs fed whole / in chunks: %r / %r"
-                              % (cls.__name__, whole, parts))
+                raise Finding(
+                    "%s differs fed whole / in chunks: %r / %r" % (cls.__name__, whole, parts)
+                )
         elif cls is CborDecoder:
             # Documented in tests/test_fuzz_parsers.py: cbor2 may reject bad content inside an
             # item it then finds truncated; fed in pieces, that item waits (unparsed) for its
@@ -485,14 +564,19 @@ def check_decoder(cls, payload, chunks, max_frame):
             # everything before it.
             ok_frames, ok_pending = (f2, p2) if e1 else (f1, p1)
             bad_frames = f1 if e1 else f2
-            if not ok_pending or repr(ok_frames[:len(bad_frames)]) != repr(bad_frames):
-                raise Finding("CborDecoder error fed whole=%s, in chunks=%s: %r / %r"
-                              % (e1, e2, whole, parts))
+            if not ok_pending or repr(ok_frames[: len(bad_frames)]) != repr(bad_frames):
+                raise Finding(
+                    "CborDecoder error fed whole=%s, in chunks=%s: %r / %r" % (e1, e2, whole, parts)
+                )
         else:
-            raise Finding("JsonDecoder error fed whole=%s, in chunks=%s: %r / %r"
-                          % (e1, e2, whole, parts))
-    return "%s:%s:%d" % ("cbor" if cls is CborDecoder else "json",
-                         "error" if whole[1] else "ok", len(whole[0]))
+            raise Finding(
+                "JsonDecoder error fed whole=%s, in chunks=%s: %r / %r" % (e1, e2, whole, parts)
+            )
+    return "%s:%s:%d" % (
+        "cbor" if cls is CborDecoder else "json",
+        "error" if whole[1] else "ok",
+        len(whole[0]),
+    )
 
 
 def check_greeting(payload):
@@ -508,8 +592,11 @@ def check_greeting(payload):
     if len(fields) < 5:
         raise Finding("parse_greeting_line1 took %d fields" % len(fields))
     protocol, version, nodeid, auths, framings, kv = parsed
-    if [protocol, version, nodeid] != fields[:3] or ",".join(auths) != fields[3] \
-            or ",".join(framings) != fields[4]:
+    if (
+        [protocol, version, nodeid] != fields[:3]
+        or ",".join(auths) != fields[3]
+        or ",".join(framings) != fields[4]
+    ):
         raise Finding("parse_greeting_line1 mangled the fields: %r" % (parsed,))
     for k, v in kv.items():
         if (k + "=" + v if v is not None else k) not in fields[5:]:
@@ -550,20 +637,28 @@ def check_round_trip(payload, chunks, cbor):
             try:
                 back2 = CborDecoder().feed(data2)
             except RemoteProtocolError as exc:
-                raise Finding("CborDecoder refused encode_cbor(%.120r...) (%d bytes): %s"
-                              % (f, len(data2), exc), "json-to-cbor") from exc
+                raise Finding(
+                    "CborDecoder refused encode_cbor(%.120r...) (%d bytes): %s"
+                    % (f, len(data2), exc),
+                    "json-to-cbor",
+                ) from exc
             if len(back2) != 1 or not _same(back2[0], f):
-                raise Finding("json frame %r came back from cbor as %r" % (f, back2),
-                              "json-to-cbor")
+                raise Finding(
+                    "json frame %r came back from cbor as %r" % (f, back2), "json-to-cbor"
+                )
         encoded.append((f, data, model))
     # all of our encodings back to back, in the input's chunking proportions
     stream = b"".join(d for _, d, _ in encoded)
     n, m = len(payload), len(stream)
-    cuts = [len(b"".join(chunks[:i + 1])) * m // max(n, 1) for i in range(len(chunks) - 1)]
+    cuts = [len(b"".join(chunks[: i + 1])) * m // max(n, 1) for i in range(len(chunks) - 1)]
     pieces = [stream[i:j] for i, j in zip([0] + cuts, cuts + [m])]
     got, err, pending = run_decoder(cls, pieces, framing.DEFAULT_MAX_FRAME)
-    if err or pending or len(got) != len(encoded) or not all(
-            _same(g, f) for g, (f, _, model) in zip(got, encoded) if model):
+    if (
+        err
+        or pending
+        or len(got) != len(encoded)
+        or not all(_same(g, f) for g, (f, _, model) in zip(got, encoded) if model)
+    ):
         raise Finding("our own %s stream did not decode back: %r -> %r" % (name, stream, got))
     return "roundtrip:%s:%d" % (name, len(encoded))
 
@@ -593,12 +688,26 @@ def TestOneInput(data):  # noqa: N802 - the libFuzzer name
 # --------------------------------------------------------------------------- seed corpus
 
 SAMPLE_MSGS = [
-    ["", "g_slave"], ["", "g_find", "seed"],
-    ["KQPFl3bClb", "test", {"float": 3.25, "list": [1, "two", [3, {"four": 4}]], "neg": -17,
-                            "null": None, "text": "Grüße, 世界 ✓ 😀", "big": 2 ** 70,
-                            "t": True, "empty": {}}, "peer_b#KSQsEF8z1b"],
+    ["", "g_slave"],
+    ["", "g_find", "seed"],
+    [
+        "KQPFl3bClb",
+        "test",
+        {
+            "float": 3.25,
+            "list": [1, "two", [3, {"four": 4}]],
+            "neg": -17,
+            "null": None,
+            "text": "Grüße, 世界 ✓ 😀",
+            "big": 2**70,
+            "t": True,
+            "empty": {},
+        },
+        "peer_b#KSQsEF8z1b",
+    ],
     ["", "kil0", "htwwPJOxs5c", "killed_by_b", "reason text ☠", 123],
-    ["p", "[{\"\\]}", "a\\", 0.1, -0.0, 5e-324, 1.7976931348623157e308, []], [],
+    ["p", "[{\"\\]}", "a\\", 0.1, -0.0, 5e-324, 1.7976931348623157e308, []],
+    [],
 ]
 
 
@@ -606,6 +715,7 @@ def _interop_streams():
     """Yield (label, config index or None, peer stream, data-phase stream, framing, frames)
     for both directions of every recorded connection."""
     import json
+
     if not INTEROP.is_dir():
         return
     rec_index = {r[0]: i for i, r in enumerate(RECORDED)}
@@ -615,8 +725,11 @@ def _interop_streams():
         fr = json.loads(fr_path.read_text())
         for src, dst in (("a", "b"), ("b", "a")):
             stream = (d / ("%s_to_%s.bin" % (src, dst))).read_bytes()
-            cfg = len(CONFIGS) - len(RECORDED) + rec_index[conn] \
-                if conn in rec_index and src == "a" else None
+            cfg = (
+                len(CONFIGS) - len(RECORDED) + rec_index[conn]
+                if conn in rec_index and src == "a"
+                else None
+            )
             auth = fr.get(src + "_auth_line")
             data, framing_, frames = b"", None, []
             if auth:
@@ -624,8 +737,10 @@ def _interop_streams():
                 start = len(g[0]) + len(g[1]) + 2 + len(auth) + 1
                 data = stream[start:]
                 framing_ = auth.rsplit(";", 1)[1]
-                frames = [data[f["offset"]:f["offset"] + f["length"]]
-                          for f in fr.get("%s_to_%s_frames" % (src, dst)) or []]
+                frames = [
+                    data[f["offset"] : f["offset"] + f["length"]]
+                    for f in fr.get("%s_to_%s_frames" % (src, dst)) or []
+                ]
             label = "%s_%s-%s" % (d.parent.name.split("-")[0], d.name.split("_")[0], src)
             yield label, cfg, stream, fr[src + "_greeting"], data, framing_, frames
 
@@ -651,9 +766,17 @@ def seed_inputs():
         echo = "\r\n".join(cfg.make().local_greeting).encode() + b"\r\n"
         add("cfg%d-echo" % i, "handshake", echo, i)
     tls_cfg = [c.name for c in CONFIGS].index("tls,all-auth")
-    for k, line in enumerate((b"cleartext;%s;json\n" % SECRET.encode().hex().encode(),
-                              b"tls_anon;;cbor\n", b"tls_anon;x;xml\n", b"hmac_sha3_512;00;json\n",
-                              b"nonsense;;json\n", b";;\n", b"tls_anon;;json;\r\n")):
+    for k, line in enumerate(
+        (
+            b"cleartext;%s;json\n" % SECRET.encode().hex().encode(),
+            b"tls_anon;;cbor\n",
+            b"tls_anon;x;xml\n",
+            b"hmac_sha3_512;00;json\n",
+            b"nonsense;;json\n",
+            b";;\n",
+            b"tls_anon;;json;\r\n",
+        )
+    ):
         add("tls%d" % k, "authline", line + b"[]", tls_cfg)
     add("too-long", "handshake", b"aemp;1;x;" + b"y" * 300 + b"\n", 1)
     # TLS corners: tls_sha3_512 and cleartext chosen, identical nonces, no secret
@@ -676,7 +799,7 @@ def seed_inputs():
         if cfg is not None:
             prefix = CONFIGS[cfg].peer_prefix
             if stream.startswith(prefix):
-                add(label, "authline", stream[len(prefix):], cfg)
+                add(label, "authline", stream[len(prefix) :], cfg)
         add(label + "-l1", "greeting", greeting[0].encode())
         add(label + "-l2", "greeting", greeting[1].encode())
         if data:
@@ -692,24 +815,45 @@ def seed_inputs():
     cb = b"".join(encode_cbor(m) for m in SAMPLE_MSGS)
     perl = b'["","g_slave"]["","g_find","seed"]\r\n ["x",{"a":[[[[[[["deep"]]]]]]]}]'
     escapes = b'["\\u00fc\\ud83d\\ude00\\n\\"\\\\\\/",1e5,-0.0,1E-2]\n'
-    for name, payload in (("ours", js), ("perl-style", perl),
-                          ("no-newlines", js.replace(b"\n", b"")), ("escapes", escapes),
-                          ("pending", b'["abc\\"')):
+    for name, payload in (
+        ("ours", js),
+        ("perl-style", perl),
+        ("no-newlines", js.replace(b"\n", b"")),
+        ("escapes", escapes),
+        ("pending", b'["abc\\"'),
+    ):
         add(name, "json", payload)
         add(name + "-maxframe", "json", payload, 2, (30, 90, 150))
         add(name, "roundtrip", payload, 0)
     json_corners = (
-        b'["NaN",NaN]["x"]', b'[Infinity]', b'["\xed\xa0\x80"]["a"]', b'["a"]\n["\xed\xb0\x80"]\n',
-        b'[1,\n2]\n[-Infinity]\n', b'{"a":1}\n', b'"x"\n', b' 1 ', b'[1}',
-        b'[1e999, 123456789012345678901234567890]\n', b'[' * 1100 + b']' * 1100,
-        b'["\\ud800", {"\\udc00": 1}]\n', b'[' * 300 + b']' * 300 + b'\n',
-        b'[' * 520 + b']' * 520 + b'\n')
+        b'["NaN",NaN]["x"]',
+        b'[Infinity]',
+        b'["\xed\xa0\x80"]["a"]',
+        b'["a"]\n["\xed\xb0\x80"]\n',
+        b'[1,\n2]\n[-Infinity]\n',
+        b'{"a":1}\n',
+        b'"x"\n',
+        b' 1 ',
+        b'[1}',
+        b'[1e999, 123456789012345678901234567890]\n',
+        b'[' * 1100 + b']' * 1100,
+        b'["\\ud800", {"\\udc00": 1}]\n',
+        b'[' * 300 + b']' * 300 + b'\n',
+        b'[' * 520 + b']' * 520 + b'\n',
+    )
     for k, payload in enumerate(json_corners):
         add("corner%d" % k, "json", payload, 0, (128,))
         add("corner%d" % k, "roundtrip", payload, 0)
-    for k, payload in enumerate((b"\x81" * 1100, b"\x81" * 1100 + b"\x01", b"\x9f" * 1100,
-                                 bytes.fromhex("82417f5a000000ff"), bytes.fromhex("8241"),
-                                 bytes.fromhex("81d90102824161416141"))):
+    for k, payload in enumerate(
+        (
+            b"\x81" * 1100,
+            b"\x81" * 1100 + b"\x01",
+            b"\x9f" * 1100,
+            bytes.fromhex("82417f5a000000ff"),
+            bytes.fromhex("8241"),
+            bytes.fromhex("81d90102824161416141"),
+        )
+    ):
         add("corner%d" % k, "cbor", payload, 0, (60,))
         add("corner%d" % k, "roundtrip", payload, 1, (128,))
     cbor_special = (
@@ -717,15 +861,21 @@ def seed_inputs():
         bytes.fromhex("83c249010000000000000000fb7ff8000000000000f97c00"),
         bytes.fromhex("8241ff5f41ff42c3bcff"),
         bytes.fromhex("82d81c8141618201d81d00"),
-        bytes.fromhex("81bf616101ff") + bytes.fromhex("9b0000000000000002" "0102"),
+        bytes.fromhex("81bf616101ff") + bytes.fromhex("9b00000000000000020102"),
     )
     for k, payload in enumerate((cb,) + cbor_special):
         add("special%d" % k, "cbor", payload)
         add("special%d-maxframe" % k, "cbor", payload, 3, (10, 50, 100))
         add("special%d" % k, "roundtrip", payload, 1)
-    for k, line in enumerate((b"aemp;1;n;hmac_sha3_512;cbor,json;mproto=1;x;tls=1.0",
-                              b"aemp;1;n;;;tls= +1.5e0;=;==", b"a;b;c;d", b"\xff;\xfe;;;;",
-                              b"aemp;1;n;a;b;tls=1e999;tls2=.5;tls3=-1.9e-3x")):
+    for k, line in enumerate(
+        (
+            b"aemp;1;n;hmac_sha3_512;cbor,json;mproto=1;x;tls=1.0",
+            b"aemp;1;n;;;tls= +1.5e0;=;==",
+            b"a;b;c;d",
+            b"\xff;\xfe;;;;",
+            b"aemp;1;n;a;b;tls=1e999;tls2=.5;tls3=-1.9e-3x",
+        )
+    ):
         add("synthetic%d" % k, "greeting", line)
     return seeds
 
@@ -734,15 +884,21 @@ def seed_inputs():
 # (kind, input)}. They stay in the corpus as regression inputs that must pass check().
 FINDINGS = {
     # self-describe tag around the frame: its nested array comes out as a tuple of bytes
-    "crash-cbor-immutable-tuple": ("cbor-immutable", make_input(
-        "cbor", bytes.fromhex("d9d9f782416182416201"))),
+    "crash-cbor-immutable-tuple": (
+        "cbor-immutable",
+        make_input("cbor", bytes.fromhex("d9d9f782416182416201")),
+    ),
     # self-describe tag inside the frame: a cbor2.frozendict (not a dict) with bytes keys
-    "crash-cbor-immutable-frozendict": ("cbor-immutable", make_input(
-        "cbor", bytes.fromhex("81d9d9f7a141614162"))),
+    "crash-cbor-immutable-frozendict": (
+        "cbor-immutable",
+        make_input("cbor", bytes.fromhex("81d9d9f7a141614162")),
+    ),
     # a json frame nested 450 deep (<= MAX_DEPTH 512): encode_cbor takes it, CborDecoder
     # refuses it (cbor2's default max_depth is 400)
-    "crash-json-to-cbor-depth450": ("json-to-cbor", make_input(
-        "roundtrip", b"[" * 450 + b"]" * 450 + b"\n", 0)),
+    "crash-json-to-cbor-depth450": (
+        "json-to-cbor",
+        make_input("roundtrip", b"[" * 450 + b"]" * 450 + b"\n", 0),
+    ),
 }
 
 
@@ -756,16 +912,19 @@ def make_corpus(directory=CORPUS_DIR):
     for name, (kind, data) in sorted(FINDINGS.items()):
         try:
             check(data)
-            print("note: %s (%s) passes (fixed, or tolerated by FUZZ_TOLERATE)" % (name, kind),
-                  file=sys.stderr)
+            print(
+                "note: %s (%s) passes (fixed, or tolerated by FUZZ_TOLERATE)" % (name, kind),
+                file=sys.stderr,
+            )
         except Finding as exc:
             if exc.kind != kind:
                 raise
         (directory / name).write_bytes(data)
     if not INTEROP.is_dir():
         print("note: %s not found, synthetic seeds only" % INTEROP, file=sys.stderr)
-    print("wrote %d seed inputs and %d finding inputs to %s"
-          % (len(seeds), len(FINDINGS), directory))
+    print(
+        "wrote %d seed inputs and %d finding inputs to %s" % (len(seeds), len(FINDINGS), directory)
+    )
 
 
 def main(argv):
@@ -774,11 +933,14 @@ def main(argv):
         make_corpus(rest[0] if rest else CORPUS_DIR)
         return
     import logging
+
     # the parsers' safety nets log before re-raising; check() reports those itself
     logging.getLogger("aemp_green").setLevel(logging.CRITICAL + 1)
     if atheris is None:
-        sys.exit("atheris is not installed (pip install atheris); tests/test_fuzz_harness.py "
-                 "runs check() without it")
+        sys.exit(
+            "atheris is not installed (pip install atheris); tests/test_fuzz_harness.py "
+            "runs check() without it"
+        )
     atheris.Setup(argv, TestOneInput)
     atheris.Fuzz()
 

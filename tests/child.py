@@ -49,9 +49,11 @@ def _run(code, ns):
 
 def main():
     level = os.environ.get("AEMP_TEST_LOG")
-    logging.basicConfig(level=getattr(logging, level) if level else logging.WARNING,
-                        stream=sys.stderr,
-                        format="%(asctime)s " + "%(process)d %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level) if level else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s " + "%(process)d %(levelname)s %(name)s: %(message)s",
+    )
     # SIGUSR1 dumps the Python stack into the log (netutil does it when a wait times out)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     kwargs = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
@@ -59,8 +61,9 @@ def main():
     kwargs.setdefault("check_local_messages", True)  # as in the pytest process (conftest)
     aemp_green.configure(profile, **kwargs)
     ns = {name: getattr(aemp_green, name) for name in aemp_green.__all__}
-    ns.update(emit=emit, gevent=gevent, aemp_green=aemp_green, node=_node, wait_for=wait_for,
-              time=time)
+    ns.update(
+        emit=emit, gevent=gevent, aemp_green=aemp_green, node=_node, wait_for=wait_for, time=time
+    )
     emit("ready", aemp_green.NODE(), _node.listener_addresses())
     stdin = FileObjectPosix(sys.stdin.fileno(), "rb")
     for line in stdin:

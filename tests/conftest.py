@@ -92,8 +92,10 @@ class Collector:
                 break
             left = deadline - time.monotonic()
             if left <= 0 or (not self._event.wait(left) and len(self.items) < n):
-                raise AssertionError("collected %d of %d items within %ss: %r"
-                                     % (len(self.items), n, timeout, self.items[:20]))
+                raise AssertionError(
+                    "collected %d of %d items within %ss: %r"
+                    % (len(self.items), n, timeout, self.items[:20])
+                )
         self._want = None
         return self.items
 

@@ -68,6 +68,7 @@ def hello_init(report, value, sock):
 
 # --------------------------------------------------------------------------- supervisor
 
+
 def worker(report, name):
     """Supervised child: tell ``report`` it started (with its port and node), then serve
     ``["ping", reply]`` until killed."""

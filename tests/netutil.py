@@ -37,9 +37,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-secret-0123456789"
 
-__all__ = ["REPO", "SECRET", "ChildNode", "Cluster", "cluster", "free_port", "wait_file",
-           "stop_children", "black_hole",
-           "RawPeer", "RawConn", "read_until_closed"]
+__all__ = [
+    "REPO",
+    "SECRET",
+    "ChildNode",
+    "Cluster",
+    "cluster",
+    "free_port",
+    "wait_file",
+    "stop_children",
+    "black_hole",
+    "RawPeer",
+    "RawConn",
+    "read_until_closed",
+]
 
 
 def free_port():
@@ -83,8 +94,10 @@ def wait_file(path, pred, timeout=10, what=None):
         if pred(text):
             return text
         if time.monotonic() >= deadline:
-            raise AssertionError("%s: no %s within %s s; file tail:\n%s" % (
-                path, what or pred, timeout, "\n".join(text.splitlines()[-40:])))
+            raise AssertionError(
+                "%s: no %s within %s s; file tail:\n%s"
+                % (path, what or pred, timeout, "\n".join(text.splitlines()[-40:]))
+            )
         time.sleep(0.02)
 
 
@@ -115,7 +128,9 @@ class ChildNode:
         if self._log is not None and not self._log.closed:
             self._log.close()
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")]
+        )
         env.setdefault("AEMP_TEST_LOG", "INFO")
         env.pop("PERL_ANYEVENT_MP_TRACE", None)
         env.update(self.env_extra)
@@ -124,8 +139,12 @@ class ChildNode:
         self._log.flush()
         self.proc = subprocess.Popen(
             self.prefix + [sys.executable, "-m", "child", json.dumps(self.cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=str(REPO),
-            env=env)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=str(REPO),
+            env=env,
+        )
         self._lines = queue.Queue()
         self.backlog = []
         t = threading.Thread(target=self._reader, args=(self.proc, self._lines), daemon=True)
@@ -175,19 +194,24 @@ class ChildNode:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.dump_stack()
-                raise AssertionError("%s: no %r line within %s s; seen %r; log:\n%s" % (
-                    self.name, tag, timeout, self.backlog[-10:], self.log_tail()))
+                raise AssertionError(
+                    "%s: no %r line within %s s; seen %r; log:\n%s"
+                    % (self.name, tag, timeout, self.backlog[-10:], self.log_tail())
+                )
             try:
                 item = self._lines.get(timeout=left)
             except queue.Empty:
                 continue
             if item is None:
                 self._lines.put(None)
-                raise AssertionError("%s exited (rc=%s) before %r; seen %r; log:\n%s" % (
-                    self.name, self.proc.poll(), tag, self.backlog[-10:], self.log_tail()))
+                raise AssertionError(
+                    "%s exited (rc=%s) before %r; seen %r; log:\n%s"
+                    % (self.name, self.proc.poll(), tag, self.backlog[-10:], self.log_tail())
+                )
             if item[0] == "error":
-                raise AssertionError("%s: snippet failed:\n%s\nlog:\n%s" % (
-                    self.name, item[1], self.log_tail()))
+                raise AssertionError(
+                    "%s: snippet failed:\n%s\nlog:\n%s" % (self.name, item[1], self.log_tail())
+                )
             if item[0] == tag and (pred is None or pred(item[1:])):
                 return item
             self.backlog.append(item)
@@ -355,6 +379,7 @@ def cluster(tmp_path):
 
 # --------------------------------------------------------------------------- raw AEMP peers
 
+
 def read_until_closed(sock, timeout=10):
     """Read from ``sock`` until the peer closes it; return (closed, data).
 
@@ -414,13 +439,15 @@ class RawPeer:
         while self.rbuf.count(b"\n") < n:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError("no %d lines from %s within %s s: %r" % (
-                    n, self.addr, timeout, self.rbuf))
+                raise AssertionError(
+                    "no %d lines from %s within %s s: %r" % (n, self.addr, timeout, self.rbuf)
+                )
             self.sock.settimeout(left)
             chunk = self.sock.recv(65536)
             if not chunk:
-                raise AssertionError("%s closed before sending %d lines: %r" % (
-                    self.addr, n, self.rbuf))
+                raise AssertionError(
+                    "%s closed before sending %d lines: %r" % (self.addr, n, self.rbuf)
+                )
             self.rbuf += chunk
         return _pop_lines(self, n)
 
@@ -481,8 +508,9 @@ class RawConn:
     def __init__(self, addr=None, *, sock=None, source=None, timeout=10):
         if sock is None:
             host, port = addr.rsplit(":", 1)
-            sock = socket.create_connection((host, int(port)), timeout=timeout,
-                                            source_address=(source, 0) if source else None)
+            sock = socket.create_connection(
+                (host, int(port)), timeout=timeout, source_address=(source, 0) if source else None
+            )
         self.sock = sock
         self.rbuf = b""
         self.eof = False

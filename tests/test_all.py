@@ -32,18 +32,46 @@ def test_all_names_exist_and_are_public():
 
 def test_core_api_names_exported():
     """API.md sections Identity, Ports and messages, Monitoring, Calls: every name is public."""
-    for name in ("NODE", "node_id", "SELF", "node_of", "port_is_local", "port", "rcv", "snd",
-                 "kil", "spawn", "receive", "receive_match", "psub", "peval", "after", "mon",
-                 "mon_guard", "cal", "call", "Timeout", "PortDied"):
+    for name in (
+        "NODE",
+        "node_id",
+        "SELF",
+        "node_of",
+        "port_is_local",
+        "port",
+        "rcv",
+        "snd",
+        "kil",
+        "spawn",
+        "receive",
+        "receive_match",
+        "psub",
+        "peval",
+        "after",
+        "mon",
+        "mon_guard",
+        "cal",
+        "call",
+        "Timeout",
+        "PortDied",
+    ):
         assert name in aemp_green.__all__, name
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(
-        strict=True, reason="BUG: docstring of %s has no 'Example' section" % n))
-    if n in MISSING_EXAMPLE else n
-    for n in PUBLIC
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n,
+            marks=pytest.mark.xfail(
+                strict=True, reason="BUG: docstring of %s has no 'Example' section" % n
+            ),
+        )
+        if n in MISSING_EXAMPLE
+        else n
+        for n in PUBLIC
+    ],
+)
 def test_public_name_has_example_in_docstring(name):
     """Every function and class in ``__all__`` has a docstring containing "Example"."""
     obj = getattr(aemp_green, name)

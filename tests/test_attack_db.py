@@ -90,6 +90,7 @@ def wait_gone(c, nodeid):
 
 # --------------------------------------------------------------------------- finding 1
 
+
 def test_watched_families_are_bounded_and_forgotten_when_the_watcher_goes(cluster):
     """g_mon1 for any number of families kept a set per family for ever, and every node-down
     went through all of them. Now a node watches at most ``db_max_watches`` families (more
@@ -114,12 +115,15 @@ def test_node_downs_of_nodes_that_held_nothing_cost_nothing(cluster):
     unreachable global nodes (each dialled, each going down) froze the target. Now each of
     those node-downs costs what that node held: nothing."""
     tg = Target(cluster, tcfg=dict(connect_interval=0.5, db_max_watches=20000))
-    tg.l.run("""
+    tg.l.run(
+        """
         for i in range(20000):
             db_set('big', 'k%d' % i, i)
             if i % 1000 == 999:
                 gevent.sleep(0)
-    """, timeout=30)
+    """,
+        timeout=30,
+    )
     tg.t.run("wait_for(lambda: len(db_keys('big', timeout=5)) == 20000, 20)", timeout=25)
     peer = tg.attacker()
     peer.send_frame(["", "g_global"])  # a global node may name other global nodes
@@ -129,11 +133,15 @@ def test_node_downs_of_nodes_that_held_nothing_cost_nothing(cluster):
     fakes = ["127.%d.%d.1:9" % (i // 200, i % 200) for i in range(2000)]  # refused at once
     peer.send_frame(["", "g_upd", "'g", {f: None for f in fakes}])
     # the target dials them all; each goes down (connect refused, then the connect timeout)
-    tg.t.run("""
+    tg.t.run(
+        """
         FAKES = %r
         wait_for(lambda: all(n in node.known_nodes() and not node.get_node(n).connecting
                              and not node_is_up(n) for n in FAKES), 15)
-    """ % fakes, timeout=25)
+    """
+        % fakes,
+        timeout=25,
+    )
     tg.responsive(timeout=5)
     peer.close()
     wait_gone(tg.t, "attacker")
@@ -164,6 +172,7 @@ def test_keys_per_source_are_bounded(cluster):
 
 # --------------------------------------------------------------------------- finding 2
 
+
 def test_one_update_naming_20000_fake_global_nodes_does_not_freeze_the_node(cluster):
     """One g_upd of ``'g`` naming 20,000 made-up global nodes: each was dialled, found no
     address and went down, and each node-down scanned the whole database (which held the
@@ -192,6 +201,7 @@ def test_one_update_naming_20000_fake_global_nodes_does_not_freeze_the_node(clus
 
 # --------------------------------------------------------------------------- finding 3
 
+
 def test_a_write_stamp_far_in_the_future_does_not_pin_a_key(cluster):
     """A peer's stamp of 1e308 (or any stamp where adding 1e-6 changes nothing) made its value
     win for ever. Now a stamp more than ``db_stamp_skew`` ahead of the target's clock is
@@ -199,14 +209,24 @@ def test_a_write_stamp_far_in_the_future_does_not_pin_a_key(cluster):
     tg = Target(cluster)
     peer = tg.attacker()
     peer.send_frame(["", "g_global"])
-    peer.send_frame(["", "g_upd", "fam", {"k": "pinned", "k2": "pinned"}, None,
-                     {"k": 1e308, "k2": time.time() + 1e6}])
+    peer.send_frame(
+        [
+            "",
+            "g_upd",
+            "fam",
+            {"k": "pinned", "k2": "pinned"},
+            None,
+            {"k": 1e308, "k2": time.time() + 1e6},
+        ]
+    )
     sync(peer)
     assert tg.l.ask("db_family('fam', timeout=5)") == {"k": "pinned", "k2": "pinned"}
     tg.t.wait_log("more than db_stamp_skew")
     tg.l.run("db_set('fam', 'k', 'mine')\ndb_set('fam', 'k2', 'mine')")
-    tg.l.run("wait_for(lambda: db_family('fam', timeout=5) == {'k': 'mine', 'k2': 'mine'}, 10)",
-             timeout=15)
+    tg.l.run(
+        "wait_for(lambda: db_family('fam', timeout=5) == {'k': 'mine', 'k2': 'mine'}, 10)",
+        timeout=15,
+    )
     # and the attacker's later write (stamped now) wins again, as any write would
     peer.send_frame(["", "g_upd", "fam", {"k": "again"}, None, {"k": 1e308}])
     tg.l.run("wait_for(lambda: db_family('fam', timeout=5)['k'] == 'again', 10)", timeout=15)
@@ -240,37 +260,62 @@ def test_values_that_cannot_be_encoded_are_refused_locally_and_from_peers(cluste
     sends them; the family stays readable everywhere, also over a json link."""
     tg = Target(cluster, lcfg=dict(framing_format=["json"]))
     tg.l.run(BAD_VALUES_LOCAL)
-    assert tg.l.ask("RESULTS") == ["ValueError", "ValueError", "ValueError", "ValueError",
-                                   "TypeError", "TypeError", "TypeError", "ValueError",
-                                   "ValueError", "TypeError"]
+    assert tg.l.ask("RESULTS") == [
+        "ValueError",
+        "ValueError",
+        "ValueError",
+        "ValueError",
+        "TypeError",
+        "TypeError",
+        "TypeError",
+        "ValueError",
+        "ValueError",
+        "TypeError",
+    ]
     assert tg.l.ask("G._local_db.get('v')") is None
 
     deep = 1
     for _ in range(506):
         deep = [deep]
     peer = tg.attacker()
-    peer.send_frame(["", "g_slave", {"w": {"big": -(10 ** 30), "ok2": [1, {"a": None}]}}])
-    peer.send_frame(["", "g_upd", "v", {"big": 10 ** 5000, "nan": math.nan, "inf": math.inf,
-                                        "bytes": b"\xff\x00", "deep": deep,
-                                        "ok": 1}])
+    peer.send_frame(["", "g_slave", {"w": {"big": -(10**30), "ok2": [1, {"a": None}]}}])
+    peer.send_frame(
+        [
+            "",
+            "g_upd",
+            "v",
+            {
+                "big": 10**5000,
+                "nan": math.nan,
+                "inf": math.inf,
+                "bytes": b"\xff\x00",
+                "deep": deep,
+                "ok": 1,
+            },
+        ]
+    )
     sync(peer)
     tg.t.wait_log("database write from attacker")
     # one line for the five bad values (rate-limited), not one each
     assert tg.t.log_text().count("database write from attacker") == 1
     assert tg.l.ask("db_family('v', timeout=5)") == {"ok": 1}
     assert tg.l.ask("db_family('w', timeout=5)") == {"ok2": [1, {"a": None}]}
-    tg.l.run("""
+    tg.l.run(
+        """
         SEEN = []
         W = db_mon('v', lambda db, *a: SEEN.append(dict(db)))
         wait_for(lambda: SEEN, 10)
         db_set('v', 'mine', 2)
         wait_for(lambda: db_family('v', timeout=5) == {'ok': 1, 'mine': 2}, 10)
-    """, timeout=15)
+    """,
+        timeout=15,
+    )
     assert tg.l.ask("SEEN[0]") == {"ok": 1}
     tg.responsive()
 
 
 # --------------------------------------------------------------------------- finding 5
+
 
 def test_g_found_is_only_taken_from_the_master_for_our_own_g_find(cluster):
     """Any peer could tell a node where another node listens (g_found), and the node dialled
@@ -288,12 +333,15 @@ def test_g_found_is_only_taken_from_the_master_for_our_own_g_find(cluster):
         peer.send_frame(["", "g_found", "ghost", [trap] * 1000])
         peer.send_frame(["", "g_found", "target", [trap]])
         tg.l.wait_log("not the answer to a g_find of ours")
-        tg.l.run("""
+        tg.l.run(
+            """
             GONE = []
             mon('ghost#p', lambda *why: GONE.append(list(why)))
             snd('ghost#p', 'hello')
             wait_for(lambda: GONE, 10)
-        """, timeout=15)
+        """,
+            timeout=15,
+        )
         assert tg.l.ask("GONE") == [["transport_error", "ghost", "no known address"]]
         try:
             conn, _ = honeypot.accept()
@@ -325,11 +373,17 @@ def test_g_found_from_the_master_is_bounded(cluster):
             peer = RawPeer.__new__(RawPeer)
             peer.addr, peer.sock, peer.rbuf, peer.framing = evil, conn, b"", None
             # an accepting peer names the connector's address as it sees it (docs/security.md)
-            peer.hs = Handshake(nodeid="evilseed", secret=SECRET, framings=("json",),
-                                peeraddr="%s:%d" % conn.getpeername()[:2])
+            peer.hs = Handshake(
+                nodeid="evilseed",
+                secret=SECRET,
+                framings=("json",),
+                peeraddr="%s:%d" % conn.getpeername()[:2],
+            )
             start(peer)
-            victim.run("import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'evilseed', 15)",
-                       timeout=20)
+            victim.run(
+                "import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'evilseed', 15)",
+                timeout=20,
+            )
             victim.exec("snd('ghost#p', 'hello')")
             read_frames(peer, lambda f: f[:3] == ["", "g_find", "ghost"])
             good = [hole] * 20

@@ -61,6 +61,7 @@ CLOSE_WAIT = 8
 
 # --------------------------------------------------------------------------- victims
 
+
 class Victim:
     """A target node prepared to notice injected frames (see ``frames`` and ``dispatched``)."""
 
@@ -79,7 +80,9 @@ class Victim:
     def frames(self, tag):
         """What an attacker wants run: an eval creating marker file ``tag`` and a snd to a port."""
         expr = "__import__('pathlib').Path(%r).joinpath(%r).write_text('pwned')" % (
-            str(self.markers), tag)
+            str(self.markers),
+            tag,
+        )
         return [["", "eval", expr], [self.port.partition("#")[2], "injected", tag]]
 
     def dispatched(self):
@@ -92,7 +95,8 @@ class Victim:
         assert self.node.alive, self.node.log_tail()
         assert self.dispatched() == {"markers": [], "port": [], "up": []}, (
             "%s dispatched frames from an unauthenticated attacker; log:\n%s"
-            % (self.node.name, self.node.log_tail()))
+            % (self.node.name, self.node.log_tail())
+        )
 
 
 def encode(framing_name, frames):
@@ -152,6 +156,7 @@ def read_auth_lines(conns, wait=AUTH_WAIT):
 
 
 # --------------------------------------------------------------------------- the relay
+
 
 def relay_two_acceptors(a_addr, b_addr):
     """Connect to A and to B, give each the other's greeting and then the other's auth line
@@ -235,8 +240,9 @@ def test_relay_of_a_victim_that_dialled_the_attacker(cluster, tmp_path):
         if auth_v:
             ct.send(auth_v + b"\n")
         try:
-            assert inject(ct, auth_framing(auth_v), vt.frames("as_V")), \
+            assert inject(ct, auth_framing(auth_v), vt.frames("as_V")), (
                 "T kept the attack connection open"
+            )
         finally:
             ct.close()
             cv.close()
@@ -254,8 +260,9 @@ def test_double_dial_cross_relay(cluster, tmp_path):
     l1, addr1 = listener()
     l2, addr2 = listener()
     try:
-        v1, v2 = cluster.start(("V1", dict(seeds=[addr1], **FAST)),
-                               ("V2", dict(seeds=[addr2], **FAST)))
+        v1, v2 = cluster.start(
+            ("V1", dict(seeds=[addr1], **FAST)), ("V2", dict(seeds=[addr2], **FAST))
+        )
         w1, w2 = Victim(v1, tmp_path), Victim(v2, tmp_path)
         c1, c2 = accept(l1), accept(l2)
         g1, g2 = c1.read_lines(2), c2.read_lines(2)
@@ -299,8 +306,10 @@ def test_reflection_and_echo_are_refused(cluster, tmp_path):
         for conn, auth in ((c1, auth2), (c2, auth1), (c3, auth3)):
             if auth:
                 conn.send(auth + b"\n")
-        closed = [inject(c, auth_framing(x), va.frames("reflect%d" % i))
-                  for i, (c, x) in enumerate(((c1, auth2), (c2, auth1), (c3, auth3)))]
+        closed = [
+            inject(c, auth_framing(x), va.frames("reflect%d" % i))
+            for i, (c, x) in enumerate(((c1, auth2), (c2, auth1), (c3, auth3)))
+        ]
     finally:
         for c in (c1, c2, c3):
             c.close()
@@ -309,6 +318,7 @@ def test_reflection_and_echo_are_refused(cluster, tmp_path):
 
 
 # --------------------------------------------------------------------------- replay
+
 
 def _recorded_connections():
     """(session, conn dir, sender, receiver) for every recorded connection with auth lines."""
@@ -334,8 +344,9 @@ def test_replayed_perl_handshakes_are_refused(cluster, tmp_path):
     recorded token worthless, so nothing is run."""
     recs = _recorded_connections()
     names = sorted({r[2] for r in recs})
-    nodes = dict(zip(names, cluster.start(*[(n, dict(secret=INTEROP_SECRET, **FAST))
-                                            for n in names])))
+    nodes = dict(
+        zip(names, cluster.start(*[(n, dict(secret=INTEROP_SECRET, **FAST)) for n in names]))
+    )
     victims = {n: Victim(node, tmp_path) for n, node in nodes.items()}
     for i, (path, sender, receiver) in enumerate(recs):
         rec = path.read_bytes().split(b"\n")
@@ -345,8 +356,9 @@ def test_replayed_perl_handshakes_are_refused(cluster, tmp_path):
         try:
             assert conn.read_lines(2), "no greeting from %s" % receiver
             conn.send(lines(l1, l2, auth))
-            assert inject(conn, auth_framing(auth), victims[receiver].frames("replay%d" % i)), \
+            assert inject(conn, auth_framing(auth), victims[receiver].frames("replay%d" % i)), (
                 "%s kept a replayed connection open (%s)" % (receiver, path)
+            )
         finally:
             conn.close()
     for v in victims.values():
@@ -354,6 +366,7 @@ def test_replayed_perl_handshakes_are_refused(cluster, tmp_path):
 
 
 # --------------------------------------------------------------------------- many at once
+
 
 def test_ten_concurrent_relays_dispatch_nothing(cluster, tmp_path):
     """(f) Ten relays between A and B at the same time, each injecting in both directions."""
@@ -363,8 +376,11 @@ def test_ten_concurrent_relays_dispatch_nothing(cluster, tmp_path):
     def one(i):
         ca, fa, cb, fb, tokens = relay_two_acceptors(a.addr, b.addr)
         try:
-            return (inject(cb, fb, vb.frames("as_A_%d" % i)),
-                    inject(ca, fa, va.frames("as_B_%d" % i)), tokens)
+            return (
+                inject(cb, fb, vb.frames("as_A_%d" % i)),
+                inject(ca, fa, va.frames("as_B_%d" % i)),
+                tokens,
+            )
         finally:
             ca.close()
             cb.close()
@@ -378,6 +394,7 @@ def test_ten_concurrent_relays_dispatch_nothing(cluster, tmp_path):
 
 
 # --------------------------------------------------------------------------- lockout
+
 
 def test_half_done_handshake_does_not_lock_the_real_node_out(cluster, tmp_path):
     """(g) The attacker opens a connection to B claiming to be node A, and one to A claiming to
@@ -407,6 +424,7 @@ def test_half_done_handshake_does_not_lock_the_real_node_out(cluster, tmp_path):
 
 # --------------------------------------------------------------------------- TLS
 
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     """{"a", "b": PEM text (key + cert + CA), all from one CA} made with the openssl command."""
@@ -431,9 +449,15 @@ def tls_handshake(addr, certs, nodeid):
         theirs = conn.read_lines(2)  # the node's greeting, read before ours: nothing follows it
         if not theirs:
             raise AssertionError("no greeting from %s" % addr)
-        hs = Handshake(nodeid=nodeid, secret=None, auth_offer=("tls_sha3_512",),
-                       auth_accept=("tls_sha3_512",), framings=("json",), peeraddr=addr,
-                       tls_offered=True)
+        hs = Handshake(
+            nodeid=nodeid,
+            secret=None,
+            auth_offer=("tls_sha3_512",),
+            auth_accept=("tls_sha3_512",),
+            framings=("json",),
+            peeraddr=addr,
+            tls_offered=True,
+        )
         conn.send(hs.data_to_send())
         need = [e for e in hs.receive_data(lines(*theirs)) if isinstance(e, NeedTLS)]
         assert need, "the node did not ask for TLS"
@@ -470,8 +494,9 @@ def test_tls_only_node_refuses_peers_without_tls(cluster, tmp_path, certs):
     refuses a node that has the secret but no certificate, and a raw peer that sends a correct
     ``hmac_sha3_512`` auth line anyway; a node with a certificate from the same CA gets in."""
     addr = "127.0.0.1:%d" % free_port()
-    t = cluster.node("T", nodeid=addr, binds=[addr], cert=certs["a"],
-                     auth_accept=["tls_sha3_512"], **FAST)
+    t = cluster.node(
+        "T", nodeid=addr, binds=[addr], cert=certs["a"], auth_accept=["tls_sha3_512"], **FAST
+    )
     vt = Victim(t, tmp_path)
     p = cluster.node("P", **FAST)  # the secret, no certificate
     p.exec("mon(%r, lambda *r: emit('P_mon', *r)); snd(%r, 'from_P')" % (vt.port, vt.port))
@@ -504,8 +529,10 @@ class _Inotify:
     def __init__(self, path):
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.fd = self.libc.inotify_init1(os.O_NONBLOCK)
-        if self.fd < 0 or self.libc.inotify_add_watch(self.fd, str(path).encode(),
-                                                      self.IN_CREATE) < 0:
+        if (
+            self.fd < 0
+            or self.libc.inotify_add_watch(self.fd, str(path).encode(), self.IN_CREATE) < 0
+        ):
             pytest.skip("inotify unavailable")
         self.names = []
 
@@ -518,7 +545,7 @@ class _Inotify:
             i = 0
             while i + 16 <= len(data):
                 _wd, _mask, _cookie, n = struct.unpack_from("iIII", data, i)
-                self.names.append(data[i + 16:i + 16 + n].rstrip(b"\0").decode())
+                self.names.append(data[i + 16 : i + 16 + n].rstrip(b"\0").decode())
                 i += 16 + n
 
     def close(self):
@@ -557,6 +584,7 @@ def test_tls_handshake_without_a_usable_tmpdir(cluster, tmp_path, certs):
 
 
 # --------------------------------------------------------------------------- pending handshakes
+
 
 def test_pending_handshake_churn_from_one_source_spares_other_sources(cluster):
     """(j) The node allows 8 pending handshakes. A legitimate peer on 127.0.0.1 with a slow

@@ -22,6 +22,7 @@ MiB = 1 << 20
 
 # --------------------------------------------------------------------------- helpers
 
+
 def proc_status(pid, field):
     """A ``kB`` field of /proc/<pid>/status, in bytes."""
     with open("/proc/%d/status" % pid) as f:
@@ -68,16 +69,18 @@ class Peer(RawPeer):
         while not any(pred(f) for f in self.frames):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError("no such frame within %s s; got %r" % (
-                    timeout, self.frames[-10:]))
+                raise AssertionError(
+                    "no such frame within %s s; got %r" % (timeout, self.frames[-10:])
+                )
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(1 << 20)
             except OSError as exc:
                 raise AssertionError("connection failed: %r" % (exc,)) from None
             if not chunk:
-                raise AssertionError("the target closed the connection; got %r"
-                                     % (self.frames[-10:],))
+                raise AssertionError(
+                    "the target closed the connection; got %r" % (self.frames[-10:],)
+                )
             self.frames += self.dec.feed(chunk)
         return self.frames
 
@@ -98,6 +101,7 @@ def answers(target, nodeid="checker"):
 
 
 # --------------------------------------------------------------------------- 1. CBOR string refs
+
 
 def _stringref_frame(nrefs, length):
     """["", "devnull", 256([<length ASCII bytes>, 25(0), 25(0), ...])]: each 3-byte reference
@@ -126,7 +130,9 @@ def test_cbor_string_references_are_refused(cluster):
     grown = peak_rss(target) - before
     peer.close()
     assert grown < 15 * MiB, "peak RSS grew by %.0f MB for a %d byte frame" % (
-        grown / MiB, len(frame))
+        grown / MiB,
+        len(frame),
+    )
     assert closed, "the target kept a link that sent string references"
     log = target.wait_log("string reference")
     warnings = [ln for ln in log.splitlines() if "WARNING" in ln and "string reference" in ln]
@@ -138,7 +144,9 @@ def test_cbor_tags_with_costly_decoding_are_not_interpreted(cluster):
     """A rational (tag 30) of two 80 KB numbers cost 0.3 s of gcd (quadratic: 64 MB would be
     hours); such tags now reach the application as cbor2.CBORTag, uninterpreted."""
     target = cluster.node("target")
-    target.run("GOT = []; PG = port(lambda v: GOT.append([type(v).__name__, getattr(v, 'tag', 0)]))")
+    target.run(
+        "GOT = []; PG = port(lambda v: GOT.append([type(v).__name__, getattr(v, 'tag', 0)]))"
+    )
     pg = target.ask("PG").partition("#")[2]
     peer = Peer(target.addr, framings=("cbor",))
     big = (1 << (8 * 120000)) - 1
@@ -149,12 +157,12 @@ def test_cbor_tags_with_costly_decoding_are_not_interpreted(cluster):
     used = cpu_seconds(target) - cpu0
     assert target.ask("len(GOT)") == 5
     assert target.ask("GOT[0]") == ["CBORTag", 30]
-    assert used < 1.0, "decoding 5 rationals of %d KB cost %.1f s CPU" % (
-        len(frames) // 5000, used)
+    assert used < 1.0, "decoding 5 rationals of %d KB cost %.1f s CPU" % (len(frames) // 5000, used)
     peer.close()
 
 
 # --------------------------------------------------------------------------- 2. nested forwarding
+
 
 def _nested_snd(target_id, depth, reply):
     frame = [""]
@@ -182,9 +190,10 @@ def test_nested_forwarding_is_bounded_and_names_the_origin(cluster):
     grown = peak_rss(target) - rss0
     logged = new_log(target, log0)
     assert grown < 20 * MiB, "peak RSS grew by %.0f MB for a %d KB frame" % (
-        grown / MiB, len(raw) // 1024)
-    assert len(logged) < 2000, "%d bytes of log for one frame:\n%s" % (
-        len(logged), logged[:1500])
+        grown / MiB,
+        len(raw) // 1024,
+    )
+    assert len(logged) < 2000, "%d bytes of log for one frame:\n%s" % (len(logged), logged[:1500])
     assert b"Traceback" not in logged and b"RecursionError" not in logged
     assert b"from attacker nested more than 8 deep" in logged, logged
     assert b"from target" not in logged
@@ -206,6 +215,7 @@ def test_forward_depth_is_a_setting(cluster):
 
 # --------------------------------------------------------------------------- 3. per-node state
 
+
 def test_invented_node_ids_leave_no_state(cluster):
     """20,000 relays to ports on invented nodes made 20,000 RemoteNode objects that were never
     freed, and a log line each. Now a node that never came up and holds nothing is forgotten
@@ -214,8 +224,9 @@ def test_invented_node_ids_leave_no_state(cluster):
     peer = Peer(target.addr)
     rss0 = peak_rss(target)
     log0 = log_size(target)
-    peer.send_raw(b"".join(framing.encode_json(["", "snd", "fake%d#p" % i, "x"])
-                           for i in range(20000)))
+    peer.send_raw(
+        b"".join(framing.encode_json(["", "snd", "fake%d#p" % i, "x"]) for i in range(20000))
+    )
     peer.ping(timeout=30)
     grown = peak_rss(target) - rss0
     logged = new_log(target, log0)
@@ -234,9 +245,12 @@ def test_unsolicited_addresses_are_bounded_by_max_nodes(cluster):
     keeps at most max_nodes nodes."""
     target = cluster.node("target", max_nodes=500)
     peer = Peer(target.addr)
-    peer.send_raw(b"".join(framing.encode_json(["", "g_found", "fake%d" % i,
-                                                ["127.0.0.1:%d" % (1 + i % 60000)]])
-                           for i in range(3000)))
+    peer.send_raw(
+        b"".join(
+            framing.encode_json(["", "g_found", "fake%d" % i, ["127.0.0.1:%d" % (1 + i % 60000)]])
+            for i in range(3000)
+        )
+    )
     peer.ping(timeout=30)
     n = target.ask("len(node._nodes)")
     assert n <= 500, n
@@ -248,11 +262,11 @@ def test_relays_to_unknown_nodes_stop_at_max_nodes(cluster):
     """While invented nodes are being looked up (a seed is configured, so they wait for
     connect_interval), relays to more unknown nodes than max_nodes are dropped with a log
     line; once the lookups timed out, nothing is left."""
-    target = cluster.node("target", max_nodes=300, connect_interval=1,
-                          seeds=["127.0.0.1:1"])
+    target = cluster.node("target", max_nodes=300, connect_interval=1, seeds=["127.0.0.1:1"])
     peer = Peer(target.addr)
-    peer.send_raw(b"".join(framing.encode_json(["", "snd", "fake%d#p" % i, "x"])
-                           for i in range(3000)))
+    peer.send_raw(
+        b"".join(framing.encode_json(["", "snd", "fake%d#p" % i, "x"]) for i in range(3000))
+    )
     peer.ping(timeout=30)
     assert target.ask("len(node._nodes)") <= 300
     target.wait_log("nodes known (max_nodes)")
@@ -270,25 +284,33 @@ def test_node_down_costs_what_that_node_held(cluster):
     peer = Peer(target.addr)
     peer.send_raw(b"".join(framing.encode_json(["", "mon1", name]) for name in names))
     peer.ping(timeout=30)
-    assert target.ask("sum(len(p.monitors or ()) for p in map(aemp_green.kernel.lookup_port, PS))"
-                      ) == 40000
-    target.run("""
+    assert (
+        target.ask("sum(len(p.monitors or ()) for p in map(aemp_green.kernel.lookup_port, PS))")
+        == 40000
+    )
+    target.run(
+        """
         import time as _t
         _t0 = _t.process_time()
         for _i in range(3000):
             node.get_node('gone%d' % _i).transport_error('test')
         DT = _t.process_time() - _t0
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
     dt = target.ask("DT")
     assert dt < 0.3, "3,000 node-downs took %.2f s CPU" % dt
     # and the peer's own node-down frees its monitors
     peer.close()
     target.run("wait_for(lambda: not aemp_green.kernel._remote_monitors)")
-    assert target.ask("sum(len(p.monitors or ()) for p in map(aemp_green.kernel.lookup_port, PS))"
-                      ) == 0
+    assert (
+        target.ask("sum(len(p.monitors or ()) for p in map(aemp_green.kernel.lookup_port, PS))")
+        == 0
+    )
 
 
 # --------------------------------------------------------------------------- 4. trace loops
+
 
 def test_two_trace_subscriptions_do_not_feed_each_other(cluster):
     """Two aemp_green_trace subscriptions from one peer traced each other's trace messages
@@ -307,8 +329,9 @@ def test_two_trace_subscriptions_do_not_feed_each_other(cluster):
     traces = [f for f in peer.frames if f[0] in ("t1", "t2")]
     # each subscriber sees the pings and answers (4 frames per ping), never the other's stream
     assert 0 < len(traces) <= 30, len(traces)
-    assert all(f[1] == "trace" and f[3] == "attacker" and f[4][0] not in ("t1", "t2")
-               for f in traces), traces[:5]
+    assert all(
+        f[1] == "trace" and f[3] == "attacker" and f[4][0] not in ("t1", "t2") for f in traces
+    ), traces[:5]
     assert answers(target)
     peer.close()
 
@@ -334,6 +357,7 @@ def test_trace_and_log_streams_are_bounded(cluster):
 
 
 # --------------------------------------------------------------------------- 5. secure and trace
+
 
 def test_secure_node_refuses_trace_and_log_streams(cluster):
     """A secure node streamed its traffic trace and its log records to any member."""
@@ -366,6 +390,7 @@ def test_allow_trace_lets_a_secure_node_stream_its_trace(cluster):
 
 # --------------------------------------------------------------------------- 6. log floods
 
+
 def test_malformed_requests_log_one_line_per_reason(cluster):
     """3,000 malformed requests wrote a traceback each (about 1 KB of log per 6 bytes in).
     Now: at most log_rate_lines lines per peer and reason, no traceback, control characters
@@ -375,16 +400,26 @@ def test_malformed_requests_log_one_line_per_reason(cluster):
     evil = "evil/1"
     peer = Peer(target.addr, nodeid=evil)
     log0 = log_size(target)
-    bad = [["", "mon1", 5], ["", 7, "x"], [["\x1b[2J"], "x"], ["", "no.such.module.f"],
-           ["", "kil1", ""]]
+    bad = [
+        ["", "mon1", 5],
+        ["", 7, "x"],
+        [["\x1b[2J"], "x"],
+        ["", "no.such.module.f"],
+        ["", "kil1", ""],
+    ]
     data = b"".join(framing.encode_json(f) for f in bad) * 600
     peer.send_raw(data)
     peer.ping(timeout=30)
     logged = new_log(target, log0)
-    mine = [line for line in logged.splitlines() if b"evil" in line and b"aemp_green.kernel" in line]
+    mine = [
+        line for line in logged.splitlines() if b"evil" in line and b"aemp_green.kernel" in line
+    ]
     assert b"Traceback" not in logged
     assert len(logged) < 6000, "%d bytes of log for %d bytes in:\n%s" % (
-        len(logged), len(data), logged[:3000])
+        len(logged),
+        len(data),
+        logged[:3000],
+    )
     assert all(b"\x1b" not in line and b"\x07" not in line for line in mine), mine
     assert sum(b"error processing node message" in line for line in mine) == 3, mine
     assert any(b"further lines like this suppressed" in line for line in mine)
@@ -395,15 +430,18 @@ def test_malformed_requests_log_one_line_per_reason(cluster):
 
 # --------------------------------------------------------------------------- the helper
 
+
 def test_ratelog_summarises_what_it_suppressed(caplog):
     from aemp_green._ratelog import RateLog, esc
 
     now = [0.0]
-    rl = RateLog(logging.getLogger("ratelog_test"), lines=2, interval=10, max_keys=3,
-                 clock=lambda: now[0])
+    rl = RateLog(
+        logging.getLogger("ratelog_test"), lines=2, interval=10, max_keys=3, clock=lambda: now[0]
+    )
     with caplog.at_level(logging.INFO, logger="ratelog_test"):
-        logged = [rl.warning(("p", "bad"), "bad %s from %s", esc("x\x1b"), "p\x07")
-                  for _ in range(7)]
+        logged = [
+            rl.warning(("p", "bad"), "bad %s from %s", esc("x\x1b"), "p\x07") for _ in range(7)
+        ]
         assert logged == [True, True, False, False, False, False, False]
         now[0] = 11
         assert rl.warning(("p", "bad"), "bad again")
@@ -445,9 +483,14 @@ def test_relay_chain_between_two_nodes_is_cut(cluster, bare):
     assert used < 0.5, "%.1f s CPU for a %d KB frame" % (used, len(raw) // 1024)
     assert ["r", "done"] not in peer.frames
     # a short chain still works: A -> B -> A -> attacker
-    peer.send_frame(_relay_chain("A", "B", 2, "attacker#r")
-                    if not bare else [x.rstrip("#") if x in ("A#", "B#") else x
-                                      for x in _relay_chain("A", "B", 2, "attacker#r")])
+    peer.send_frame(
+        _relay_chain("A", "B", 2, "attacker#r")
+        if not bare
+        else [
+            x.rstrip("#") if x in ("A#", "B#") else x
+            for x in _relay_chain("A", "B", 2, "attacker#r")
+        ]
+    )
     peer.read_frames(lambda f: f == ["r", "done"])
     peer.close()
 
@@ -459,11 +502,23 @@ def test_cbor_costly_tags_come_out_uninterpreted(tag):
     assert frame == [["p", cbor2.CBORTag(tag, value)]]
 
 
-@pytest.mark.parametrize("raw", [
-    bytes.fromhex("82") + b"\x40" + bytes.fromhex("d9010082") + b"\x43abc" + bytes.fromhex("d81900"),
-    bytes.fromhex("82") + b"\x40" + bytes.fromhex("d81900"),
-    bytes.fromhex("82") + b"\x40" + bytes.fromhex("d81c82") + b"\x41a" + bytes.fromhex("d81d00"),
-], ids=["stringref_in_namespace", "stringref_alone", "shared_ref"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes.fromhex("82")
+        + b"\x40"
+        + bytes.fromhex("d9010082")
+        + b"\x43abc"
+        + bytes.fromhex("d81900"),
+        bytes.fromhex("82") + b"\x40" + bytes.fromhex("d81900"),
+        bytes.fromhex("82")
+        + b"\x40"
+        + bytes.fromhex("d81c82")
+        + b"\x41a"
+        + bytes.fromhex("d81d00"),
+    ],
+    ids=["stringref_in_namespace", "stringref_alone", "shared_ref"],
+)
 def test_cbor_references_are_refused(raw):
     from aemp_green.exceptions import RemoteProtocolError
 

@@ -12,7 +12,6 @@ Mailbox tests: a greenlet port spawned with ``mailbox_limit`` that does not rece
 to, flooded by a greenlet on its own node or by another node, behaves as ``on_full`` says.
 """
 
-
 from aemp_green import framing
 from netutil import RawPeer, black_hole, cluster  # noqa: F401 - cluster: fixture
 
@@ -47,7 +46,8 @@ def test_greenlet_sender_waits_for_a_stalled_peer(cluster):
     peer = stalled_peer(t, "stalled")
     n, size = 48 * KiB, KiB  # 48 MiB if nothing held the sender back
     rss0 = rss_kib(t.proc.pid)
-    t.run("""
+    t.run(
+        """
         SENT = [0]
         def flood():
             for i in range(%d):
@@ -57,12 +57,16 @@ def test_greenlet_sender_waits_for_a_stalled_peer(cluster):
                     gevent.sleep(0)  # (lets the test look; the old code never waited)
         spawn(flood)
         LINK = node._nodes["stalled"].link
-    """ % (n, size))
+    """
+        % (n, size)
+    )
     # bounded poll: until the sender waits for the link (or, without backpressure, has sent all)
-    t.run("wait_for(lambda: getattr(LINK, 'senders_waiting', 0) or SENT[0] >= %d, 20)" % n,
-          timeout=25)
-    sent, pending, waits = t.ask("[SENT[0], getattr(LINK, 'bytes_pending', None), "
-                                 "getattr(LINK, 'busy_waits', None)]")
+    t.run(
+        "wait_for(lambda: getattr(LINK, 'senders_waiting', 0) or SENT[0] >= %d, 20)" % n, timeout=25
+    )
+    sent, pending, waits = t.ask(
+        "[SENT[0], getattr(LINK, 'bytes_pending', None), getattr(LINK, 'busy_waits', None)]"
+    )
     grown = rss_kib(t.proc.pid) - rss0
     assert sent < n // 2, "the sender never waited: %d of %d messages queued" % (sent, n)
     assert waits and waits >= 1
@@ -119,13 +123,16 @@ def test_queue_for_a_node_not_yet_connected_is_bounded(cluster):
     t = cluster.node("target", connect_interval=10, **LIMITS)
     # a listener that accepts and never speaks: the handshake hangs, the queue waits
     with black_hole(5) as ghost:
-        t.run("""
+        t.run(
+            """
             mon(%r, lambda *r: emit("mon", *r))
             def handler():
                 for i in range(200):   # 12.5 MiB, all from one handler call
                     snd(%r, "m", i, "z" * 65536)
             snd(port(handler))
-        """ % (ghost + "#sink", ghost + "#sink"))
+        """
+            % (ghost + "#sink", ghost + "#sink")
+        )
         tag, node, why = t.expect("mon", timeout=8)
         assert (tag, node) == ("transport_error", ghost)
         assert "link_hard_limit" in why and "while connecting" in why, why
@@ -137,7 +144,8 @@ def test_greenlet_sender_waits_while_a_node_is_being_connected(cluster):
     queued for it, instead of queueing everything; the failed attempt lets it go on."""
     t = cluster.node("target", connect_interval=8, **LIMITS)
     with black_hole(5) as ghost:
-        t.run("""
+        t.run(
+            """
             SENT = [0]
             def flood():
                 for i in range(1000):   # 62.5 MiB if nothing held the sender back
@@ -146,9 +154,14 @@ def test_greenlet_sender_waits_while_a_node_is_being_connected(cluster):
                     gevent.sleep(0)
             spawn(flood)
             GHOST = node.get_node(%r)
-        """ % (ghost + "#sink", ghost))
-        t.run("wait_for(lambda: SENT[0] >= 1000 or (GHOST.queue_bytes if hasattr(GHOST, "
-              "'queue_bytes') else 0) > %d, 10)" % HIGH, timeout=15)
+        """
+            % (ghost + "#sink", ghost)
+        )
+        t.run(
+            "wait_for(lambda: SENT[0] >= 1000 or (GHOST.queue_bytes if hasattr(GHOST, "
+            "'queue_bytes') else 0) > %d, 10)" % HIGH,
+            timeout=15,
+        )
         sent, queued = t.ask("[SENT[0], getattr(GHOST, 'queue_bytes', None)]")
         assert sent < 100, "the sender never waited: %d of 1000 messages queued" % sent
         assert queued <= HIGH + 2 * 65536, queued
@@ -173,17 +186,21 @@ def test_mailbox_limit_drop_counts_and_keeps_the_first(cluster):
     t, src = cluster.start(("t", {}), ("src", {}))
     t.run(SLOW % (50, "drop"))
     w = t.ask("W")
-    src.run("""
+    src.run(
+        """
         node.get_node(%r).addrs = [%r]
         for i in range(500):
             snd(%r, "m", i)
         snd(%r, "sync")
         emit("sent")
-    """ % (t.nodeid, t.addr, w, t.addr + "#"))
+    """
+        % (t.nodeid, t.addr, w, t.addr + "#")
+    )
     t.run("wait_for(lambda: mailbox_info(W)['dropped'] >= 450)", timeout=10)
     info = t.ask("mailbox_info(W)")
-    assert info == {"queued": 50, "limit": 50, "on_full": "drop", "dropped": 450,
-                    "blocked": 0}, info
+    assert info == {"queued": 50, "limit": 50, "on_full": "drop", "dropped": 450, "blocked": 0}, (
+        info
+    )
     t.run("snd(W, 'go'); wait_for(lambda: len(GOT) >= 50)")
     assert t.ask("GOT") == list(range(50))
     t.wait_log("mailbox full")
@@ -195,12 +212,15 @@ def test_mailbox_limit_kill(cluster):
     t, src = cluster.start(("t", {}), ("src", {}))
     t.run(SLOW % (50, "kill"))
     w = t.ask("W")
-    src.run("""
+    src.run(
+        """
         node.get_node(%r).addrs = [%r]
         mon(%r, lambda *r: emit("died", *r))
         for i in range(500):
             snd(%r, "m", i)
-    """ % (t.nodeid, t.addr, w, w))
+    """
+        % (t.nodeid, t.addr, w, w)
+    )
     tag, text = src.expect("died", timeout=10)
     assert tag == "mailbox_full"
     assert "mailbox_limit 50" in text and w in text, text
@@ -212,7 +232,9 @@ def test_mailbox_limit_block_waits_and_loses_nothing(cluster):
     port receives; every message arrives in order and the mailbox never exceeds the limit.
     Messages from another node (its link reader cannot wait) are dropped and counted."""
     t, src = cluster.start(("t", {}), ("src", {}))
-    t.run(SLOW % (50, "block") + """
+    t.run(
+        SLOW % (50, "block")
+        + """
 SENT = [0]
 PEAK = [0]
 def sender():
@@ -221,16 +243,20 @@ def sender():
         SENT[0] += 1
         PEAK[0] = max(PEAK[0], mailbox_info(W)["queued"])
 spawn(sender)
-""")
+"""
+    )
     t.run("wait_for(lambda: mailbox_info(W)['blocked'] == 1)", timeout=10)
     info = t.ask("[SENT[0], mailbox_info(W)]")
     assert info[0] == 50 and info[1]["queued"] == 50 and info[1]["dropped"] == 0, info
 
     # a remote sender cannot wait: its message is dropped and counted
-    src.run("""
+    src.run(
+        """
         node.get_node(%r).addrs = [%r]
         snd(%r, "m", -1)
-    """ % (t.nodeid, t.addr, t.ask("W")))
+    """
+        % (t.nodeid, t.addr, t.ask("W"))
+    )
     t.run("wait_for(lambda: mailbox_info(W)['dropped'] == 1)", timeout=10)
 
     t.run("snd(W, 'go'); wait_for(lambda: len(GOT) >= 2000)", timeout=15)

@@ -79,25 +79,41 @@ def raw_connect(addr):
     return socket.create_connection((host, int(port)), timeout=10)
 
 
-def greeting_line(nodeid="attacker", version="1", auth="hmac_sha3_512", framing="json",
-                  protocol="aemp"):
-    return ("%s;%s;%s;%s;%s;mproto=1;gproto=1\n%s\n"
-            % (protocol, version, nodeid, auth, framing, "n" * 88)).encode()
+def greeting_line(
+    nodeid="attacker", version="1", auth="hmac_sha3_512", framing="json", protocol="aemp"
+):
+    return (
+        "%s;%s;%s;%s;%s;mproto=1;gproto=1\n%s\n"
+        % (protocol, version, nodeid, auth, framing, "n" * 88)
+    ).encode()
 
 
 # --------------------------------------------------------------------------- greeting
 
-@pytest.mark.parametrize("data,reason", [
-    (b"GET / HTTP/1.0\r\n\r\n", "unparsable greeting"),
-    (greeting_line(protocol="smtp"), "unparsable greeting, expected 'aemp', got 'smtp'"),
-    (greeting_line(version="2"), "version mismatch (we: 1, they: 2)"),
-    (greeting_line(version="0"), "version mismatch (we: 1, they: 0)"),
-    (b"\xff\xfe;1;x;hmac_sha3_512;json\nnonce\n", "not UTF-8"),
-    (greeting_line(nodeid=""), "empty node id"),
-    (b"aemp;1;" + b"x" * 5000, "greeting line too long"),
-    (b"aemp;1;attacker;hmac_sha3_512;json\n" + b"n" * 5000, "greeting line too long"),
-], ids=["not_aemp", "wrong_protocol", "version_2", "version_0", "not_utf8", "empty_nodeid",
-        "oversized_line1", "oversized_nonce"])
+
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"GET / HTTP/1.0\r\n\r\n", "unparsable greeting"),
+        (greeting_line(protocol="smtp"), "unparsable greeting, expected 'aemp', got 'smtp'"),
+        (greeting_line(version="2"), "version mismatch (we: 1, they: 2)"),
+        (greeting_line(version="0"), "version mismatch (we: 1, they: 0)"),
+        (b"\xff\xfe;1;x;hmac_sha3_512;json\nnonce\n", "not UTF-8"),
+        (greeting_line(nodeid=""), "empty node id"),
+        (b"aemp;1;" + b"x" * 5000, "greeting line too long"),
+        (b"aemp;1;attacker;hmac_sha3_512;json\n" + b"n" * 5000, "greeting line too long"),
+    ],
+    ids=[
+        "not_aemp",
+        "wrong_protocol",
+        "version_2",
+        "version_0",
+        "not_utf8",
+        "empty_nodeid",
+        "oversized_line1",
+        "oversized_nonce",
+    ],
+)
 def test_bad_greeting_closes_only_that_connection(target, data, reason):
     sock = raw_connect(target.addr)
     try:
@@ -134,8 +150,10 @@ def test_wrong_secret_gets_no_auth_line_from_the_accepting_node(target):
         peer.send_raw(ours + peer.hs.data_to_send())  # greeting + wrong auth line in one write
         closed, data = read_until_closed(peer.sock)
         assert closed and data == b"" and peer.rbuf == b"", (closed, data, peer.rbuf)  # no token
-        target.t.wait_log(lambda t: "authentication failure/shared secret mismatch" in t,
-                          what="the refusal logged")
+        target.t.wait_log(
+            lambda t: "authentication failure/shared secret mismatch" in t,
+            what="the refusal logged",
+        )
     finally:
         peer.close()
     target.check_intact()
@@ -143,10 +161,12 @@ def test_wrong_secret_gets_no_auth_line_from_the_accepting_node(target):
 
 def _auth_line_variants():
     """(id, make(peer) -> auth line bytes, log reason) for auth lines the target must refuse."""
+
     def with_framing(framing):
         def make(peer):
             method, token, _ = peer.hs.data_to_send().decode().rstrip("\n").split(";")
             return ("%s;%s;%s\n" % (method, token, framing)).encode()
+
         return make
 
     def tls_sha(peer):
@@ -160,10 +180,16 @@ def _auth_line_variants():
         return ("hmac_sha3_512;%s;json\n" % hmac_token(SECRET, p1, p2, l1, l2)).encode()
 
     return [
-        ("unknown_method", lambda peer: b"foo_auth;abcdef;json\n",
-         "fatal, selected unsupported rcv auth method"),
-        ("cleartext_without_tls", lambda peer: b"cleartext;%s;json\n" % SECRET.encode().hex().encode(),
-         "cleartext: auth method"),
+        (
+            "unknown_method",
+            lambda peer: b"foo_auth;abcdef;json\n",
+            "fatal, selected unsupported rcv auth method",
+        ),
+        (
+            "cleartext_without_tls",
+            lambda peer: b"cleartext;%s;json\n" % SECRET.encode().hex().encode(),
+            "cleartext: auth method",
+        ),
         ("tls_anon_without_tls", lambda peer: b"tls_anon;;json\n", "tls_anon: auth method"),
         ("tls_sha3_512_without_tls", tls_sha, "tls_sha3_512: auth method"),
         ("reflected_token", hmac_swapped, "authentication failure/shared secret mismatch"),
@@ -173,8 +199,9 @@ def _auth_line_variants():
     ]
 
 
-@pytest.mark.parametrize("make,reason", [v[1:] for v in _auth_line_variants()],
-                         ids=[v[0] for v in _auth_line_variants()])
+@pytest.mark.parametrize(
+    "make,reason", [v[1:] for v in _auth_line_variants()], ids=[v[0] for v in _auth_line_variants()]
+)
 def test_bad_auth_line_is_refused(target, make, reason):
     peer = RawPeer(target.addr)
     try:
@@ -189,12 +216,21 @@ def test_bad_auth_line_is_refused(target, make, reason):
     target.check_intact()
 
 
-@pytest.mark.parametrize("hs_kwargs,reason", [
-    (dict(auth_accept=("foo_method", "bar_method")),
-     "foo_method,bar_method: no common auth type supported"),
-    (dict(auth_accept=("tls_anon", "cleartext")), "tls_anon,cleartext: no common auth type supported"),
-    (dict(framings=("storable",)), "no common framing method supported"),
-], ids=["unknown_auth_methods", "tls_only_methods_without_tls", "no_common_framing"])
+@pytest.mark.parametrize(
+    "hs_kwargs,reason",
+    [
+        (
+            dict(auth_accept=("foo_method", "bar_method")),
+            "foo_method,bar_method: no common auth type supported",
+        ),
+        (
+            dict(auth_accept=("tls_anon", "cleartext")),
+            "tls_anon,cleartext: no common auth type supported",
+        ),
+        (dict(framings=("storable",)), "no common framing method supported"),
+    ],
+    ids=["unknown_auth_methods", "tls_only_methods_without_tls", "no_common_framing"],
+)
 def test_hopeless_greeting_is_refused(target, hs_kwargs, reason):
     peer = RawPeer(target.addr, **hs_kwargs)
     try:
@@ -258,7 +294,7 @@ def test_silent_and_slow_clients_time_out(cluster):
         closed = False
         for i in range(len(data)):  # one byte every 0.1 s: always "active", never done
             try:
-                slow.sendall(data[i:i + 1])
+                slow.sendall(data[i : i + 1])
             except OSError:
                 closed = True
                 break
@@ -279,7 +315,8 @@ def test_silent_and_slow_clients_time_out(cluster):
 BUG_LINE_MAX = (
     "BUG: the line_max setting (config.py) is validated but never used: transport.make_handshake() "
     "does not pass it to Handshake(max_line=...) and node._accept/_dial call run_handshake() "
-    "with its default max_line=4096")
+    "with its default max_line=4096"
+)
 
 
 def test_line_max_setting_limits_greeting_lines(cluster):
@@ -298,8 +335,14 @@ def test_many_bad_connections_at_once(target):
     socks = [raw_connect(target.addr) for _ in range(40)]
     try:
         for i, s in enumerate(socks):
-            s.sendall([b"junk\n\n", greeting_line(version="9"), b"x" * 5000,
-                       greeting_line(nodeid="target")][i % 4])
+            s.sendall(
+                [
+                    b"junk\n\n",
+                    greeting_line(version="9"),
+                    b"x" * 5000,
+                    greeting_line(nodeid="target"),
+                ][i % 4]
+            )
         for s in socks:
             assert read_until_closed(s, 10)[0]
     finally:
@@ -309,6 +352,7 @@ def test_many_bad_connections_at_once(target):
 
 
 # --------------------------------------------------------------------------- data phase
+
 
 def _encode(framing, obj):
     if framing == "json":
@@ -328,21 +372,27 @@ def _established_peer(target, framing):
 
 def _bad_data_variants():
     return [
-        ("garbage", lambda f, pr: b"\x00\xffnot a frame at all" if f == "json" else b"\xff\xff\xff",
-         "protocol error, dropping connection"),
+        (
+            "garbage",
+            lambda f, pr: b"\x00\xffnot a frame at all" if f == "json" else b"\xff\xff\xff",
+            "protocol error, dropping connection",
+        ),
         ("not_an_array", lambda f, pr: _encode(f, {"a": 1}), "frame is not an array"),
         ("string_frame", lambda f, pr: _encode(f, "just a string"), "frame is not an array"),
-        ("huge_frame", lambda f, pr: _encode(f, [pr, "x" * (MAX_FRAME + 10)]),
-         "frame larger than"),
+        ("huge_frame", lambda f, pr: _encode(f, [pr, "x" * (MAX_FRAME + 10)]), "frame larger than"),
         # the start of a frame that announces (cbor) or needs (json) more than max_frame
-        ("huge_incomplete_frame", lambda f, pr: _encode(f, [pr, "x" * (MAX_FRAME * 2)])[:MAX_FRAME + 100],
-         "frame larger than"),
+        (
+            "huge_incomplete_frame",
+            lambda f, pr: _encode(f, [pr, "x" * (MAX_FRAME * 2)])[: MAX_FRAME + 100],
+            "frame larger than",
+        ),
     ]
 
 
 @pytest.mark.parametrize("framing", ["json", "cbor"])
-@pytest.mark.parametrize("make,reason", [v[1:] for v in _bad_data_variants()],
-                         ids=[v[0] for v in _bad_data_variants()])
+@pytest.mark.parametrize(
+    "make,reason", [v[1:] for v in _bad_data_variants()], ids=[v[0] for v in _bad_data_variants()]
+)
 def test_bad_frame_drops_only_that_connection(target, framing, make, reason):
     """Garbage, a non-array frame, or a frame beyond ``max_frame`` after a good handshake: the
     frames before it are delivered, then that connection (only) is closed and logged."""
@@ -365,7 +415,7 @@ def test_truncated_frame_then_eof(target, framing):
     try:
         peer.send_frame([target.pr_name, "pre", 2])
         whole = _encode(framing, [target.pr_name, "truncated", "y" * 100])
-        peer.send_raw(whole[:len(whole) // 2])
+        peer.send_raw(whole[: len(whole) // 2])
         assert target.t.expect("R_got") == [repr(["pre", 2])]
         peer.sock.shutdown(socket.SHUT_WR)
         target.expect_closed(peer.sock, "attacker is down: Unexpected end-of-file")
@@ -457,7 +507,8 @@ BUG_TWO_LINKS = (
     "the primary link breaks, detach() fires transport_error and kernel.forget_node_monitors() "
     "drops every monitor the peer set up - also those it sent over the surviving link - and "
     "promotes that link, so the peer (whose own primary link is the survivor) is neither told nor "
-    "disconnected: its monitor never fires (a silent hole)")
+    "disconnected: its monitor never fires (a silent hole)"
+)
 
 
 def test_two_links_from_one_node_keep_the_monitor_guarantee(target):
@@ -477,8 +528,10 @@ def test_two_links_from_one_node_keep_the_monitor_guarantee(target):
         # the accepting node sends its auth line only after ours checked out: wait until it has
         # checked both greetings (both handshakes wait for our auth line) while no link to
         # "twin" existed
-        target.t.run("wait_for(lambda: sum(1 for src, hs in node._pending_handshakes.values()"
-                     " if hs.state == 'AUTH' and hs.peer_greeting) == 2)")
+        target.t.run(
+            "wait_for(lambda: sum(1 for src, hs in node._pending_handshakes.values()"
+            " if hs.state == 'AUTH' and hs.peer_greeting) == 2)"
+        )
         for p in (c1, c2):
             p.send_raw(p.hs.data_to_send())  # auth line
             (line,) = p.read_lines(1)

@@ -6,8 +6,21 @@ import gevent
 import pytest
 
 import aemp_green
-from aemp_green import (NODE, PortDied, Timeout, cal, call, kil, mon, port, port_is_local, rcv,
-                        receive, snd, spawn)
+from aemp_green import (
+    NODE,
+    PortDied,
+    Timeout,
+    cal,
+    call,
+    kil,
+    mon,
+    port,
+    port_is_local,
+    rcv,
+    receive,
+    snd,
+    spawn,
+)
 from aemp_green import kernel
 from conftest import Collector, flush, run_in_greenlet, run_in_port, wait_until
 
@@ -21,6 +34,7 @@ def adder():
 
 def greenlet_server():
     """A greenlet server: ("echo", x, reply) -> ("echoed", x, SELF()); ("die", *r) -> kil."""
+
     def body():
         while True:
             msg = receive()
@@ -30,10 +44,12 @@ def greenlet_server():
                 kil(aemp_green.SELF(), *msg[1:-1])
             elif msg[0] == "return":
                 return
+
     return spawn(body)
 
 
 # --------------------------------------------------------------------------- cal
+
 
 def test_cal_sends_msg_plus_reply_port_and_calls_back():
     """API.md: "`cal(port, *msg, cb=..., timeout=...)`: sends `msg + [reply_port]` and calls
@@ -124,6 +140,7 @@ def test_cal_without_timeout_leaves_no_monitor_on_callee():
 
 
 # --------------------------------------------------------------------------- call
+
 
 def test_call_returns_reply_list():
     """API.md: "Blocking form (greenlet style): `call(port, *msg, timeout=...)` returns the reply
@@ -241,7 +258,9 @@ def test_no_ports_leak_after_calls():
         kil(d, "dead")
     gevent.joinall(jobs, timeout=5)
     assert all(isinstance(j.exception, PortDied) for j in jobs)
-    wait_until(lambda: len(kernel.port_table) == base,
-               what="port table back to %d (is %d)" % (base, len(kernel.port_table)))
+    wait_until(
+        lambda: len(kernel.port_table) == base,
+        what="port table back to %d (is %d)" % (base, len(kernel.port_table)),
+    )
     kil(srv)
     kil(silent)

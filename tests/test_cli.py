@@ -34,6 +34,7 @@ INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().pa
 
 # ------------------------------------------------------------------------------------ helpers
 
+
 def _env(rc_file, **extra):
     env = dict(os.environ)
     env["PERL_ANYEVENT_MP_RC"] = str(rc_file)
@@ -46,16 +47,28 @@ def _env(rc_file, **extra):
 
 def aemp(rc_file, *args, timeout=20, input=None, cmd=AEMP, **env):
     """Run the aemp command in a subprocess; returns the CompletedProcess (text mode)."""
-    return subprocess.run(cmd + [str(a) for a in args], env=_env(rc_file, **env),
-                          capture_output=True, text=True, timeout=timeout, input=input,
-                          cwd=str(REPO))
+    return subprocess.run(
+        cmd + [str(a) for a in args],
+        env=_env(rc_file, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        cwd=str(REPO),
+    )
 
 
 def aemp_bg(rc_file, *args, log=None, **env):
     """Start the aemp command in the background (stdout piped, stderr to ``log``)."""
-    return subprocess.Popen(AEMP + [str(a) for a in args], env=_env(rc_file, **env),
-                            stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, text=True, cwd=str(REPO))
+    return subprocess.Popen(
+        AEMP + [str(a) for a in args],
+        env=_env(rc_file, **env),
+        stdout=subprocess.PIPE,
+        stderr=log or subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=str(REPO),
+    )
 
 
 class Lines:
@@ -82,8 +95,9 @@ class Lines:
                         return line
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError("no matching line within %ss; got %r" % (timeout,
-                                                                                   self.lines))
+                    raise AssertionError(
+                        "no matching line within %ss; got %r" % (timeout, self.lines)
+                    )
                 self._cv.wait(left)
 
 
@@ -140,11 +154,26 @@ def load(path):
 
 # ------------------------------------------------------------------------------------ help
 
+
 def test_help_top_level_via_bin_and_module(tmp_path):
     r = aemp(tmp_path / "rc", "--help", cmd=BIN_AEMP)
     assert r.returncode == 0, r.stderr
-    for name in ("gensecret", "setseeds", "profile NAME", "showconfig", "run", "snd", "cal",
-                 "mon", "eval", "trace", "shell", "nodes", "dbmon", "PERL_ANYEVENT_MP_RC"):
+    for name in (
+        "gensecret",
+        "setseeds",
+        "profile NAME",
+        "showconfig",
+        "run",
+        "snd",
+        "cal",
+        "mon",
+        "eval",
+        "trace",
+        "shell",
+        "nodes",
+        "dbmon",
+        "PERL_ANYEVENT_MP_RC",
+    ):
         assert name in r.stdout
     r = aemp(tmp_path / "rc", "--version")
     assert r.returncode == 0 and r.stdout.startswith("aemp_green ")
@@ -170,32 +199,36 @@ def test_help_for_every_subcommand(rc, capsys):
 
 # ------------------------------------------------------------------------------------ usage errors
 
-@pytest.mark.parametrize("argv, problem", [
-    (["bogus"], "unknown subcommand 'bogus'"),
-    (["gensecret", "frobnicate"], "unknown subcommand 'frobnicate' (after gensecret)"),
-    ([], "no subcommand given"),
-    (["--bogus", "gensecret"], "unknown option --bogus"),
-    (["setsecret"], "setsecret: missing <secret>"),
-    (["mon", "a#b", "c"], "mon: unexpected argument 'c'"),
-    (["db", "fam", "gensecret"], "db: unexpected argument 'gensecret'"),
-    (["snd"], "snd: missing <port>"),
-    (["snd", "--bogus", "p#x"], "snd: unknown option --bogus"),
-    (["snd", "--timeout"], "option --timeout needs a value"),
-    (["--timeout", "-3", "snd", "p#x"], "--timeout must be a positive number"),
-    (["setbinds", "[1,"], "argument '[1,' is not valid JSON"),
-    (["[1,", "x"], "not a valid JSON array"),
-    (["monitor_timeout", "abc"], "monitor_timeout must be a positive number"),
-    (["setnodeid", "a#b"], "must not contain '#'"),
-    (["setseeds", "host:99999"], "port 99999 out of range"),
-    (["auth_accept", "rot13"], "unknown auth method 'rot13'"),
-    (["framing_format", "storable"], "no framing aemp_green supports"),
-    (["nodelay", "maybe"], "nodelay must be a boolean"),
-    (["showconfig", "seed", "binds"], "showconfig: missing <value>"),
-    (["run", "profile"], "run: missing <value>"),
-    (["help", "nosuch"], "help: unknown subcommand 'nosuch'"),
-    (["db", "9bad"], "bad family name '9bad'"),
-    (["setcert", "/nonexistent/cert.pem"], "setcert: cannot read /nonexistent/cert.pem"),
-])
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["bogus"], "unknown subcommand 'bogus'"),
+        (["gensecret", "frobnicate"], "unknown subcommand 'frobnicate' (after gensecret)"),
+        ([], "no subcommand given"),
+        (["--bogus", "gensecret"], "unknown option --bogus"),
+        (["setsecret"], "setsecret: missing <secret>"),
+        (["mon", "a#b", "c"], "mon: unexpected argument 'c'"),
+        (["db", "fam", "gensecret"], "db: unexpected argument 'gensecret'"),
+        (["snd"], "snd: missing <port>"),
+        (["snd", "--bogus", "p#x"], "snd: unknown option --bogus"),
+        (["snd", "--timeout"], "option --timeout needs a value"),
+        (["--timeout", "-3", "snd", "p#x"], "--timeout must be a positive number"),
+        (["setbinds", "[1,"], "argument '[1,' is not valid JSON"),
+        (["[1,", "x"], "not a valid JSON array"),
+        (["monitor_timeout", "abc"], "monitor_timeout must be a positive number"),
+        (["setnodeid", "a#b"], "must not contain '#'"),
+        (["setseeds", "host:99999"], "port 99999 out of range"),
+        (["auth_accept", "rot13"], "unknown auth method 'rot13'"),
+        (["framing_format", "storable"], "no framing aemp_green supports"),
+        (["nodelay", "maybe"], "nodelay must be a boolean"),
+        (["showconfig", "seed", "binds"], "showconfig: missing <value>"),
+        (["run", "profile"], "run: missing <value>"),
+        (["help", "nosuch"], "help: unknown subcommand 'nosuch'"),
+        (["db", "9bad"], "bad family name '9bad'"),
+        (["setcert", "/nonexistent/cert.pem"], "setcert: cannot read /nonexistent/cert.pem"),
+    ],
+)
 def test_bad_arguments_exit_2_naming_the_problem(rc, capsys, argv, problem):
     status, out, err = run_main(capsys, *argv)
     assert status == 2, (argv, out, err)
@@ -226,26 +259,38 @@ SETTINGS_CASES = [
     (["binds", '["[::1]:4040"]'], "binds", ["[::1]:4040"], ["delbinds"]),
     (["setseeds", "10.0.0.1:4040"], "seeds", ["10.0.0.1:4040"], ["delseeds"]),
     (["seeds", '["a:1", "b:2"]'], "seeds", ["a:1", "b:2"], ["delseeds"]),
-    (["setservices", "myapp.start,Mod::"], "services", ["myapp.start", "Mod::"],
-     ["delservices"]),
-    (["services", '["myapp.start", ["myapp.worker", 4]]'], "services",
-     ["myapp.start", ["myapp.worker", 4]], ["delservices"]),
+    (["setservices", "myapp.start,Mod::"], "services", ["myapp.start", "Mod::"], ["delservices"]),
+    (
+        ["services", '["myapp.start", ["myapp.worker", 4]]'],
+        "services",
+        ["myapp.start", ["myapp.worker", 4]],
+        ["delservices"],
+    ),
     (["setmonitor_timeout", "60"], "monitor_timeout", 60, ["delmonitor_timeout"]),
     (["monitor_timeout", "2.5"], "monitor_timeout", 2.5, ["delmonitor_timeout"]),
     (["setconnect_interval", "5"], "connect_interval", 5, ["delconnect_interval"]),
-    (["framing_format", "cbor,json,storable"], "framing_format", ["cbor", "json", "storable"],
-     ["delframing_format"]),
+    (
+        ["framing_format", "cbor,json,storable"],
+        "framing_format",
+        ["cbor", "json", "storable"],
+        ["delframing_format"],
+    ),
     (["setauth_offer", '["hmac_sha3_512"]'], "auth_offer", ["hmac_sha3_512"], ["delauth_offer"]),
-    (["auth_accept", "tls_sha3_512,hmac_sha3_512"], "auth_accept",
-     ["tls_sha3_512", "hmac_sha3_512"], ["delauth_accept"]),
+    (
+        ["auth_accept", "tls_sha3_512,hmac_sha3_512"],
+        "auth_accept",
+        ["tls_sha3_512", "hmac_sha3_512"],
+        ["delauth_accept"],
+    ),
     (["setautocork", "1"], "autocork", True, ["delautocork"]),
     (["nodelay", "false"], "nodelay", False, ["delnodelay"]),
     (["setsecure", "yes"], "secure", True, ["delsecure"]),
 ]
 
 
-@pytest.mark.parametrize("set_argv, key, stored, del_argv", SETTINGS_CASES,
-                         ids=[" ".join(c[0]) for c in SETTINGS_CASES])
+@pytest.mark.parametrize(
+    "set_argv, key, stored, del_argv", SETTINGS_CASES, ids=[" ".join(c[0]) for c in SETTINGS_CASES]
+)
 def test_setting_round_trips_through_the_file(rc, capsys, set_argv, key, stored, del_argv):
     status, _, err = run_main(capsys, *set_argv)
     assert status == 0, err
@@ -266,8 +311,18 @@ def test_setting_round_trips_through_the_file(rc, capsys, set_argv, key, stored,
 
 
 def test_add_and_del_entries(rc, capsys):
-    assert run_main(capsys, "addbind", "127.0.0.1:4040", "addbind", "127.0.0.1:4040",
-                    "addbind", '["[::1]:*", "*:5"]')[0] == 0
+    assert (
+        run_main(
+            capsys,
+            "addbind",
+            "127.0.0.1:4040",
+            "addbind",
+            "127.0.0.1:4040",
+            "addbind",
+            '["[::1]:*", "*:5"]',
+        )[0]
+        == 0
+    )
     assert load(rc)["binds"] == ["127.0.0.1:4040", "[::1]:*", "*:5"]
     assert run_main(capsys, "delbind", '["[::1]:*"]')[0] == 0
     assert load(rc)["binds"] == ["127.0.0.1:4040", "*:5"]
@@ -278,12 +333,20 @@ def test_add_and_del_entries(rc, capsys):
     assert load(rc)["binds"] == ["127.0.0.1:4040"]
     assert status == 0 and '"9.9.9.9:1" is not in binds' in err
 
-    assert run_main(capsys, "profile", "w", "addseed", "h1:4040", "addseed", "h2:4040",
-                    "delseed", "h1:4040")[0] == 0
+    assert (
+        run_main(
+            capsys, "profile", "w", "addseed", "h1:4040", "addseed", "h2:4040", "delseed", "h1:4040"
+        )[0]
+        == 0
+    )
     assert load(rc)["profile"]["w"]["seeds"] == ["h2:4040"]
 
-    assert run_main(capsys, "addservice", "myapp.start",
-                    "addservice", '["myapp.worker", 4, {"x": 1}]')[0] == 0
+    assert (
+        run_main(
+            capsys, "addservice", "myapp.start", "addservice", '["myapp.worker", 4, {"x": 1}]'
+        )[0]
+        == 0
+    )
     assert load(rc)["services"] == ["myapp.start", ["myapp.worker", 4, {"x": 1}]]
     assert run_main(capsys, "delservice", '["myapp.worker", 4, {"x": 1}]')[0] == 0
     assert load(rc)["services"] == ["myapp.start"]
@@ -294,8 +357,9 @@ def test_gensecret_profile_scoping_and_delprofile(rc, capsys):
     data = load(rc)
     top, in_a = data["secret"], data["profile"]["a"]["secret"]
     assert len(top) == 64 and top.isalnum() and top != in_a
-    assert run_main(capsys, "profile", "b", "setparent", "a", "profile", "c",
-                    "setparent", "b")[0] == 0
+    assert (
+        run_main(capsys, "profile", "b", "setparent", "a", "profile", "c", "setparent", "b")[0] == 0
+    )
     assert load(rc)["profile"]["c"]["parent"] == "b"
     status, _, err = run_main(capsys, "profile", "a", "setparent", "c")
     assert status == 2 and "profile parent loop" in err
@@ -308,15 +372,29 @@ def test_gensecret_profile_scoping_and_delprofile(rc, capsys):
 
 def test_chaining_and_showconfig_via_bin(tmp_path):
     rcf = tmp_path / "rc"
-    r = aemp(rcf, "gensecret", "profile", "seed", "binds", "127.0.0.1:4040", "nodeid", "seed",
-             "showconfig", "seed", cmd=BIN_AEMP)
+    r = aemp(
+        rcf,
+        "gensecret",
+        "profile",
+        "seed",
+        "binds",
+        "127.0.0.1:4040",
+        "nodeid",
+        "seed",
+        "showconfig",
+        "seed",
+        cmd=BIN_AEMP,
+    )
     assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout)
     stored = load(rcf)
     assert len(stored["secret"]) == 64 and stored["version"] == 1
     assert stored["profile"] == {"seed": {"binds": ["127.0.0.1:4040"], "nodeid": "seed"}}
     assert (shown["secret"], shown["binds"], shown["nodeid"]) == (
-        stored["secret"], ["127.0.0.1:4040"], "seed")
+        stored["secret"],
+        ["127.0.0.1:4040"],
+        "seed",
+    )
 
 
 def test_json_argument_rules(rc, capsys):
@@ -334,9 +412,26 @@ def test_json_argument_rules(rc, capsys):
 def test_showprofile_and_showconfig(rc, capsys, monkeypatch):
     """As Perl's aemp: showprofile NAME is the profile as stored, showconfig [NAME [K V...]] the
     effective configuration (NAME defaults to the host name)."""
-    assert run_main(capsys, "secret", "s", "monitor_timeout", "9", "profile", "base",
-                    "binds", "127.0.0.1:4040", "profile", "seed", "parent", "base",
-                    "nodeid", "seed")[0] == 0
+    assert (
+        run_main(
+            capsys,
+            "secret",
+            "s",
+            "monitor_timeout",
+            "9",
+            "profile",
+            "base",
+            "binds",
+            "127.0.0.1:4040",
+            "profile",
+            "seed",
+            "parent",
+            "base",
+            "nodeid",
+            "seed",
+        )[0]
+        == 0
+    )
     status, out, _ = run_main(capsys, "showconfig", "seed")
     merged = json.loads(out)
     assert status == 0
@@ -346,11 +441,12 @@ def test_showprofile_and_showconfig(rc, capsys, monkeypatch):
     assert merged["profile"] == "seed"
     status, out, _ = run_main(capsys, "showprofile", "seed")
     assert json.loads(out) == {"parent": "base", "nodeid": "seed"}
-    status, out, _ = run_main(capsys, "showconfig", "seed", "connect_interval", "7",
-                              "monitor_timeout", "1")
+    status, out, _ = run_main(
+        capsys, "showconfig", "seed", "connect_interval", "7", "monitor_timeout", "1"
+    )
     eff = json.loads(out)
-    assert eff["connect_interval"] == "7"     # a configure() argument ...
-    assert eff["monitor_timeout"] == 9        # ... loses against the rc file (AEMP precedence)
+    assert eff["connect_interval"] == "7"  # a configure() argument ...
+    assert eff["monitor_timeout"] == 9  # ... loses against the rc file (AEMP precedence)
     status, out, err = run_main(capsys, "showprofile", "nosuch")
     assert status == 0 and json.loads(out) == {} and "no profile 'nosuch'" in err
     # without a name: the host's profile, as a node started without one would use
@@ -365,12 +461,15 @@ def test_aemp_format_file_keeps_unknown_keys_and_backup(rc, capsys):
     for src in sample:
         original = src.read_text()
         # relaxed JSON as Perl reads it: a comment and a trailing comma, plus keys we don't know
-        text = original.rstrip().rstrip("}").rstrip() + \
-            ',\n  # added by the test\n  "x_future" : {"a" : [1, 2,]},\n}\n'
+        text = (
+            original.rstrip().rstrip("}").rstrip()
+            + ',\n  # added by the test\n  "x_future" : {"a" : [1, 2,]},\n}\n'
+        )
         rc.write_text(text)
         before = load(rc)
-        status, _, err = run_main(capsys, "setnodeid", "foo", "profile", "seed",
-                                  "setconnect_interval", "3")
+        status, _, err = run_main(
+            capsys, "setnodeid", "foo", "profile", "seed", "setconnect_interval", "3"
+        )
         assert status == 0, err
         after = load(rc)
         assert after["nodeid"] == "foo"
@@ -405,8 +504,8 @@ def test_gencert_and_setcert(rc, capsys, tmp_path):
     pem_file = tmp_path / "node.pem"
     pem_file.write_text(pem)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(pem_file))          # key and certificate belong together
-    ctx.load_verify_locations(cadata=pem)       # and it is its own CA, as AEMP uses it
+    ctx.load_cert_chain(str(pem_file))  # key and certificate belong together
+    ctx.load_verify_locations(cadata=pem)  # and it is its own CA, as AEMP uses it
     assert run_main(capsys, "setcert", pem_file)[0] == 0
     assert load(rc)["cert"] == pem
     bad = tmp_path / "bad.pem"
@@ -435,6 +534,7 @@ def test_log_level_from_aemp_environment():
 
 # ------------------------------------------------------------------------------------ the network
 
+
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     """A seed run by ``aemp run profile seed`` and a child node ``peer`` using it."""
@@ -442,8 +542,16 @@ def net(tmp_path_factory):
     rcf = tmp / "aemprc"
     port = free_port()
     seed = "127.0.0.1:%d" % port
-    config.save_rc({"version": 1, "secret": SECRET, "binds": ["127.0.0.1:*"], "seeds": [seed],
-                    "profile": {"seed": {"binds": [seed], "nodeid": "seed"}}}, str(rcf))
+    config.save_rc(
+        {
+            "version": 1,
+            "secret": SECRET,
+            "binds": ["127.0.0.1:*"],
+            "seeds": [seed],
+            "profile": {"seed": {"binds": [seed], "nodeid": "seed"}},
+        },
+        str(rcf),
+    )
     log = open(tmp / "seed.log", "w")
     proc = aemp_bg(rcf, "run", "profile", "seed", log=log, AE_VERBOSE="7")
     peer = None
@@ -462,8 +570,15 @@ emit("ports", got, echo, node_is_up("seed"))
 """)
         got, echo, up = peer.expect("ports", timeout=15)
         assert up, "peer did not reach the seed"
-        yield {"rc": rcf, "seed": seed, "proc": proc, "peer": peer, "got": got, "echo": echo,
-               "tmp": tmp}
+        yield {
+            "rc": rcf,
+            "seed": seed,
+            "proc": proc,
+            "peer": peer,
+            "got": got,
+            "echo": echo,
+            "tmp": tmp,
+        }
     finally:
         if peer is not None:
             peer.stop()
@@ -474,7 +589,7 @@ emit("ports", got, echo, node_is_up("seed"))
 def test_snd_arrives_with_json_values(net):
     r = aemp(net["rc"], "snd", net["got"], "hello", '{"n": 1}', '[1, "x"]', "42")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "message sent successfully\n"   # Perl's aemp confirms with this text
+    assert r.stdout == "message sent successfully\n"  # Perl's aemp confirms with this text
     assert net["peer"].expect("got") == [["hello", {"n": 1}, [1, "x"], "42"]]
 
 
@@ -490,8 +605,8 @@ def test_snd_to_missing_port_and_unknown_node(net):
 def test_cal_prints_the_reply(net):
     r = aemp(net["rc"], "cal", net["echo"], "ping", "[1, 2]")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "re ping [1, 2]\n"      # as Perl's aemp prints "@reply"
-    r = aemp(net["rc"], "cal", "seed", "time")   # the node port answers too
+    assert r.stdout == "re ping [1, 2]\n"  # as Perl's aemp prints "@reply"
+    r = aemp(net["rc"], "cal", "seed", "time")  # the node port answers too
     assert r.returncode == 0 and isinstance(float(r.stdout), float)
     r = aemp(net["rc"], "--timeout", "1", "cal", net["got"], "no-reply")
     assert r.returncode == 1 and "no reply from %s within 1 s" % net["got"] in r.stderr
@@ -518,7 +633,7 @@ kil(victim, "bye", 42)
         stop(proc)
     assert proc.returncode == 0
     assert json.loads(out) == ["bye", 42]
-    r = aemp(net["rc"], "mon", victim)   # now it is gone
+    r = aemp(net["rc"], "mon", victim)  # now it is gone
     assert r.returncode == 1 and "no such port" in r.stderr
     assert json.loads(r.stdout)[0] == "no_such_port"
 
@@ -544,8 +659,7 @@ def test_nodes_and_db_and_dbmon(net):
     watcher = aemp_bg(net["rc"], "--timeout", "8", "dbmon", "clitest")
     lines = Lines(watcher)
     try:
-        assert json.loads(lines.wait(lambda x: True)) == {"added": {}, "changed": {},
-                                                          "deleted": []}
+        assert json.loads(lines.wait(lambda x: True)) == {"added": {}, "changed": {}, "deleted": []}
         net["peer"].exec('dbg = db_set("clitest", "k", {"v": 1})')
         line = lines.wait(lambda x: '"k"' in x)
         assert json.loads(line) == {"added": {"k": {"v": 1}}, "changed": {}, "deleted": []}
@@ -562,7 +676,7 @@ def test_trace_streams_the_frames_of_a_node(net):
     proc = aemp_bg(net["rc"], "--timeout", "6", "trace", "seed")
     lines = Lines(proc)
     try:
-        for i in range(40):   # until the subscription is in place
+        for i in range(40):  # until the subscription is in place
             aemp(net["rc"], "snd", "seed", "devnull", "marker%d" % i)
             try:
                 lines.wait(lambda x: "marker" in x, timeout=0.3)
@@ -591,8 +705,18 @@ def _runner(net, nodeid):
     port = free_port()
     log = open(net["tmp"] / ("%s.log" % nodeid), "w")
     # the rc file's top-level binds would win over configure() arguments: force them
-    proc = aemp_bg(net["rc"], "run", "nodeid", nodeid, "binds", '["127.0.0.1:%d"]' % port,
-                   "force", "1", log=log, AE_VERBOSE="7")
+    proc = aemp_bg(
+        net["rc"],
+        "run",
+        "nodeid",
+        nodeid,
+        "binds",
+        '["127.0.0.1:%d"]' % port,
+        "force",
+        "1",
+        log=log,
+        AE_VERBOSE="7",
+    )
     log.close()
     try:
         wait_listening(port, proc)
@@ -600,14 +724,17 @@ def _runner(net, nodeid):
         stop(proc, signal.SIGKILL)
         raise
     peer = net["peer"]
-    peer.exec("""
+    peer.exec(
+        """
 for _ in range(100):
     snd(%(n)r, "devnull")
     gevent.sleep(0.05)
     if node_is_up(%(n)r):
         break
 emit("linked", %(n)r, node_is_up(%(n)r))
-""" % {"n": nodeid})
+"""
+        % {"n": nodeid}
+    )
     try:
         assert peer.expect("linked", pred=lambda v: v[0] == nodeid) == [nodeid, True]
     except BaseException:
@@ -637,7 +764,7 @@ def test_restart_reexecutes_aemp_run(net):
         assert r.returncode == 0, r.stderr
         net["peer"].expect("node", pred=lambda v: v[0] == nodeid and v[1] is False)
         deadline = time.monotonic() + 15
-        while True:   # the same process comes back under the same node ID
+        while True:  # the same process comes back under the same node ID
             assert proc.poll() is None, "aemp run exited instead of restarting"
             r = aemp(net["rc"], "--timeout", "2", "eval", nodeid, '__import__("os").getpid()')
             if r.returncode == 0:
@@ -654,8 +781,15 @@ def test_restart_reexecutes_aemp_run(net):
 def test_unreachable_network_fails_within_the_timeout(tmp_path):
     rcf = tmp_path / "rc"
     closed = free_port()
-    config.save_rc({"version": 1, "secret": SECRET, "binds": ["127.0.0.1:*"],
-                    "seeds": ["127.0.0.1:%d" % closed]}, str(rcf))
+    config.save_rc(
+        {
+            "version": 1,
+            "secret": SECRET,
+            "binds": ["127.0.0.1:*"],
+            "seeds": ["127.0.0.1:%d" % closed],
+        },
+        str(rcf),
+    )
     for args in (["snd", "somewhere#port", "hi"], ["db", "fam"]):
         t0 = time.monotonic()
         r = aemp(rcf, "--timeout", "2", *args)
@@ -705,8 +839,9 @@ def test_run_warns_when_no_secret_is_configured(tmp_path):
     rc = tmp_path / "rc"
     log = tmp_path / "run.log"
     with open(log, "w") as f:
-        proc = aemp_bg(rc, "run", "profile", "lonely", "nodeid", "lonely",
-                       "binds", "127.0.0.1:*", log=f)
+        proc = aemp_bg(
+            rc, "run", "profile", "lonely", "nodeid", "lonely", "binds", "127.0.0.1:*", log=f
+        )
     try:
         text = wait_file(log, lambda t: "no secret" in t, what="the warning")
         assert "aemp: warning: run: no secret and no cert are configured" in text

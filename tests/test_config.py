@@ -110,8 +110,9 @@ def test_relaxed_comment_right_after_value_and_nested_trailing():
     assert parse_relaxed_json(b'{"\xc3\xa4": "\\u00e4#"}') == {"ä": "ä#"}
 
 
-@pytest.mark.parametrize("bad", ["[,]", "[1,,]", '{"a":,}', "{,}", '{"a" 1}', "[1 2]", "",
-                                 "# only a comment", "[1]]"])
+@pytest.mark.parametrize(
+    "bad", ["[,]", "[1,,]", '{"a":,}', "{,}", '{"a" 1}', "[1 2]", "", "# only a comment", "[1]]"]
+)
 def test_relaxed_rejects_what_json_xs_rejects(bad):
     with pytest.raises(ConfigError):
         parse_relaxed_json(bad)
@@ -124,23 +125,31 @@ def test_relaxed_error_has_line_and_column():
     assert "line 3 column 8" in str(ei.value)
 
 
-@pytest.mark.parametrize("bad,what", [
-    ('["abc', "unterminated"),
-    ('["a\nb"]', "control character"),
-    ("[NaN]", "NaN"),
-    ("[Infinity]", "Infinity"),
-    (b'["\xff"]', "UTF-8"),
-])
+@pytest.mark.parametrize(
+    "bad,what",
+    [
+        ('["abc', "unterminated"),
+        ('["a\nb"]', "control character"),
+        ("[NaN]", "NaN"),
+        ("[Infinity]", "Infinity"),
+        (b'["\xff"]', "UTF-8"),
+    ],
+)
 def test_relaxed_specific_errors(bad, what):
     with pytest.raises(ConfigError, match=what):
         parse_relaxed_json(bad)
 
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(alphabet=st.sampled_from('ab#,]}[{"\\\t\n /é✓')),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(alphabet="ab#,]\"", max_size=4), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(alphabet="ab#,]\"", max_size=4), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -162,9 +171,15 @@ def test_dumps_rc_roundtrips(value):
 
 
 def test_dumps_rc_is_json_xs_pretty_canonical():
-    cfg = {"version": 1, "seeds": ["127.0.0.1:4040"], "binds": [], "profile": {
-        "seed": {"nodeid": "seed", "binds": ["127.0.0.1:4040", "*:*"]}}, "secret": "s€",
-        "nodelay": True, "empty": {}}
+    cfg = {
+        "version": 1,
+        "seeds": ["127.0.0.1:4040"],
+        "binds": [],
+        "profile": {"seed": {"nodeid": "seed", "binds": ["127.0.0.1:4040", "*:*"]}},
+        "secret": "s€",
+        "nodelay": True,
+        "empty": {},
+    }
     assert dumps_rc(cfg) == (
         '{\n'
         '   "binds" : [],\n'
@@ -254,8 +269,11 @@ def test_save_rc_atomic_backup_and_mode(tmp_path):
     assert (tmp_path / "rc~").read_text() == '{"version": 1, "secret": "old"}'
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "rc~").st_mode) == 0o600
-    assert load_rc(str(f)) == {"version": 1, "secret": "new",
-                               "x_future_key": {"nested": [1, "two", None]}}
+    assert load_rc(str(f)) == {
+        "version": 1,
+        "secret": "new",
+        "x_future_key": {"nested": [1, "two", None]},
+    }
     assert f.read_text().endswith("}\n")
     # second save: backup is now the first saved version; no temp files left behind
     first = f.read_text()
@@ -339,14 +357,23 @@ RC = {
 
 
 def test_precedence_defaults_kv_top_parent_profile():
-    cfg = find_profile(RC, "seed", monitor_timeout=99, nodelay=False, autocork=True,
-                       seeds=["kv:1"], binds=["kv:2"], secure=True, connect_interval=1)
+    cfg = find_profile(
+        RC,
+        "seed",
+        monitor_timeout=99,
+        nodelay=False,
+        autocork=True,
+        seeds=["kv:1"],
+        binds=["kv:2"],
+        secure=True,
+        connect_interval=1,
+    )
     assert cfg["framing_format"] == ["cbor", "json"]  # default only
-    assert cfg["nodelay"] is False                     # kv over default
-    assert cfg["monitor_timeout"] == 11                # top over kv
-    assert cfg["connect_interval"] == 4                # parent over top
-    assert cfg["binds"] == ["base:2"]                  # parent over kv
-    assert cfg["seeds"] == ["seed:1"]                  # profile over parent/top/kv
+    assert cfg["nodelay"] is False  # kv over default
+    assert cfg["monitor_timeout"] == 11  # top over kv
+    assert cfg["connect_interval"] == 4  # parent over top
+    assert cfg["binds"] == ["base:2"]  # parent over kv
+    assert cfg["seeds"] == ["seed:1"]  # profile over parent/top/kv
     assert cfg["nodeid"] == "seed"
     assert cfg["profile"] == "seed"
     assert cfg["unknown_top"] == "kept" and cfg["x_unknown"] == 5
@@ -365,7 +392,7 @@ def test_force_makes_kv_win():
     cfg = find_profile(RC, "seed", force=True, seeds=["kv:1"], monitor_timeout=99)
     assert cfg["seeds"] == ["kv:1"]
     assert cfg["monitor_timeout"] == 99
-    assert cfg["connect_interval"] == 4   # not given in kv: rc still applies
+    assert cfg["connect_interval"] == 4  # not given in kv: rc still applies
     assert cfg["secret"] == "top-secret"
     assert "force" not in cfg
 
@@ -442,64 +469,87 @@ def test_profile_section():
 
 
 def test_validate_normalises():
-    cfg = validate({
-        "monitor_timeout": "60", "connect_interval": "0.5",
-        "binds": "127.0.0.1:*", "seeds": ("a:1", "b:2"),
-        "framing_format": ["storable", "json", "json"],
-        "auth_accept": "hmac_sha3_512",
-        "nodelay": 0, "autocork": "1", "secure": None,
-        "services": "Mod::", "version": "1",
-        "unknown": {"x": [1]},
-        "profile": "seed",
-    })
+    cfg = validate(
+        {
+            "monitor_timeout": "60",
+            "connect_interval": "0.5",
+            "binds": "127.0.0.1:*",
+            "seeds": ("a:1", "b:2"),
+            "framing_format": ["storable", "json", "json"],
+            "auth_accept": "hmac_sha3_512",
+            "nodelay": 0,
+            "autocork": "1",
+            "secure": None,
+            "services": "Mod::",
+            "version": "1",
+            "unknown": {"x": [1]},
+            "profile": "seed",
+        }
+    )
     assert cfg == {
-        "monitor_timeout": 60, "connect_interval": 0.5,
-        "binds": ["127.0.0.1:*"], "seeds": ["a:1", "b:2"],
+        "monitor_timeout": 60,
+        "connect_interval": 0.5,
+        "binds": ["127.0.0.1:*"],
+        "seeds": ["a:1", "b:2"],
         "framing_format": ["json"],
         "auth_accept": ["hmac_sha3_512"],
-        "nodelay": False, "autocork": True, "secure": False,
-        "services": ["Mod::"], "version": 1,
+        "nodelay": False,
+        "autocork": True,
+        "secure": False,
+        "services": ["Mod::"],
+        "version": 1,
         "unknown": {"x": [1]},
         "profile": "seed",
     }
 
 
-@pytest.mark.parametrize("cfg,msg", [
-    ({"monitor_timeout": 0}, "monitor_timeout must be a positive number"),
-    ({"monitor_timeout": -1}, "monitor_timeout must be a positive number"),
-    ({"monitor_timeout": "soon"}, "monitor_timeout must be a positive number"),
-    ({"monitor_timeout": True}, "monitor_timeout must be a positive number"),
-    ({"connect_interval": [2]}, "connect_interval must be a positive number"),
-    ({"binds": [4040]}, "binds must be a list of strings"),
-    ({"binds": {"a": 1}}, "binds must be a list of strings"),
-    ({"seeds": ["host:port"]}, "seeds: .*port must be a number"),
-    ({"framing_format": ["storable"]}, "no framing aemp_green supports"),
-    ({"framing_format": []}, "no framing aemp_green supports"),
-    ({"auth_offer": ["md5"]}, "unknown auth method 'md5'"),
-    ({"auth_accept": [None]}, "auth_accept must be a list of strings"),
-    ({"secret": 1234}, "secret must be a string"),
-    ({"cert": ["x"]}, "cert must be a string"),
-    ({"nodeid": "a#b"}, "must not contain '#'"),
-    ({"nodeid": "a b"}, "may only contain"),
-    ({"nodeid": "a/%x"}, "only %n"),
-    ({"nodeid": ""}, "must not be empty"),
-    ({"nodeid": 5}, "nodeid must be a string"),
-    ({"secure": "maybe"}, "secure must be a boolean"),
-    ({"nodelay": 2}, "nodelay must be a boolean"),
-    ({"services": [5]}, "services entries"),
-    ({"max_frame": 0}, "max_frame must be a positive integer"),
-    ({"version": "one"}, "version must be an integer"),
-])
+@pytest.mark.parametrize(
+    "cfg,msg",
+    [
+        ({"monitor_timeout": 0}, "monitor_timeout must be a positive number"),
+        ({"monitor_timeout": -1}, "monitor_timeout must be a positive number"),
+        ({"monitor_timeout": "soon"}, "monitor_timeout must be a positive number"),
+        ({"monitor_timeout": True}, "monitor_timeout must be a positive number"),
+        ({"connect_interval": [2]}, "connect_interval must be a positive number"),
+        ({"binds": [4040]}, "binds must be a list of strings"),
+        ({"binds": {"a": 1}}, "binds must be a list of strings"),
+        ({"seeds": ["host:port"]}, "seeds: .*port must be a number"),
+        ({"framing_format": ["storable"]}, "no framing aemp_green supports"),
+        ({"framing_format": []}, "no framing aemp_green supports"),
+        ({"auth_offer": ["md5"]}, "unknown auth method 'md5'"),
+        ({"auth_accept": [None]}, "auth_accept must be a list of strings"),
+        ({"secret": 1234}, "secret must be a string"),
+        ({"cert": ["x"]}, "cert must be a string"),
+        ({"nodeid": "a#b"}, "must not contain '#'"),
+        ({"nodeid": "a b"}, "may only contain"),
+        ({"nodeid": "a/%x"}, "only %n"),
+        ({"nodeid": ""}, "must not be empty"),
+        ({"nodeid": 5}, "nodeid must be a string"),
+        ({"secure": "maybe"}, "secure must be a boolean"),
+        ({"nodelay": 2}, "nodelay must be a boolean"),
+        ({"services": [5]}, "services entries"),
+        ({"max_frame": 0}, "max_frame must be a positive integer"),
+        ({"version": "one"}, "version must be an integer"),
+    ],
+)
 def test_validate_errors(cfg, msg):
     with pytest.raises(ConfigError, match=msg):
         validate(cfg)
 
 
 def test_validate_accepts_perl_written_values():
-    cfg = validate({"nodeid": "%n/%u", "secure": 1, "autocork": 0, "nodelay": "0",
-                    "auth_accept": ["tls_sha3_512", "hmac_sha3_512", "tls_anon", "cleartext"],
-                    "services": ["Mod::", ["Pkg::func", 1, "a"]],
-                    "binds": ["*", "*:*", "[::1]:4040", "4040"], "secret": None})
+    cfg = validate(
+        {
+            "nodeid": "%n/%u",
+            "secure": 1,
+            "autocork": 0,
+            "nodelay": "0",
+            "auth_accept": ["tls_sha3_512", "hmac_sha3_512", "tls_anon", "cleartext"],
+            "services": ["Mod::", ["Pkg::func", 1, "a"]],
+            "binds": ["*", "*:*", "[::1]:4040", "4040"],
+            "secret": None,
+        }
+    )
     assert cfg["secure"] is True and cfg["autocork"] is False and cfg["nodelay"] is False
     assert cfg["nodeid"] == "%n/%u"
     assert cfg["secret"] is None
@@ -528,7 +578,7 @@ def test_gen_runiq_shape():
         values.add(r)
         assert len(r) == 10
         assert set(r) <= alnum
-        assert not r[-1].islower()          # upper-cased ...
+        assert not r[-1].islower()  # upper-cased ...
         seen_digit_last |= r[-1].isdigit()  # ... but a digit stays a digit
     assert seen_digit_last
     assert len(values) == 300
@@ -574,23 +624,26 @@ def test_is_randomised_and_default_nodeid():
 # ------------------------------------------------------------------ addresses
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("127.0.0.1:4040", ("127.0.0.1", 4040)),
-    ("localhost:1", ("localhost", 1)),
-    ("host.example-1:65535", ("host.example-1", 65535)),
-    ("127.0.0.1:*", ("127.0.0.1", None)),
-    ("127.0.0.1", ("127.0.0.1", None)),
-    ("127.0.0.1:0", ("127.0.0.1", None)),
-    ("*", ("*", None)),
-    ("*:*", ("*", None)),
-    ("*:4040", ("*", 4040)),
-    ("[::1]:4040", ("::1", 4040)),
-    ("[::1]:*", ("::1", None)),
-    ("[fe80::1]", ("fe80::1", None)),
-    ("::1", ("::1", None)),
-    ("4040", ("box", 4040)),
-    ("  a:1 ", ("a", 1)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("127.0.0.1:4040", ("127.0.0.1", 4040)),
+        ("localhost:1", ("localhost", 1)),
+        ("host.example-1:65535", ("host.example-1", 65535)),
+        ("127.0.0.1:*", ("127.0.0.1", None)),
+        ("127.0.0.1", ("127.0.0.1", None)),
+        ("127.0.0.1:0", ("127.0.0.1", None)),
+        ("*", ("*", None)),
+        ("*:*", ("*", None)),
+        ("*:4040", ("*", 4040)),
+        ("[::1]:4040", ("::1", 4040)),
+        ("[::1]:*", ("::1", None)),
+        ("[fe80::1]", ("fe80::1", None)),
+        ("::1", ("::1", None)),
+        ("4040", ("box", 4040)),
+        ("  a:1 ", ("a", 1)),
+    ],
+)
 def test_parse_address(text, expected):
     assert parse_address(text, default_host="box") == expected
 
@@ -600,9 +653,27 @@ def test_parse_address_bare_number_uses_hostname(monkeypatch):
     assert parse_address("4040") == ("me", 4040)
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "a:b", "a:70000", "a:", "[::1", "[nothex]:1",
-                                 "[::1]x", "a::b:c:zz", "bad host:1", "h/x:1", ":4040", None,
-                                 4040, "a:-1", "a:٣"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "   ",
+        "a:b",
+        "a:70000",
+        "a:",
+        "[::1",
+        "[nothex]:1",
+        "[::1]x",
+        "a::b:c:zz",
+        "bad host:1",
+        "h/x:1",
+        ":4040",
+        None,
+        4040,
+        "a:-1",
+        "a:٣",
+    ],
+)
 def test_parse_address_errors(bad):
     with pytest.raises(ConfigError):
         parse_address(bad, default_host="box")
@@ -612,8 +683,12 @@ def test_expand_binds(monkeypatch):
     monkeypatch.setattr(config, "_local_ipv4_addresses", lambda: ["10.0.0.1", "192.168.1.2"])
     assert expand_binds(["*"]) == [("10.0.0.1", None), ("192.168.1.2", None)]
     assert expand_binds(["10.0.0.1:*", "*:*", "*:4040", "127.0.0.1:5", "127.0.0.1:5"]) == [
-        ("10.0.0.1", None), ("192.168.1.2", None), ("10.0.0.1", 4040),
-        ("192.168.1.2", 4040), ("127.0.0.1", 5)]
+        ("10.0.0.1", None),
+        ("192.168.1.2", None),
+        ("10.0.0.1", 4040),
+        ("192.168.1.2", 4040),
+        ("127.0.0.1", 5),
+    ]
     assert expand_binds("[::1]:7") == [("::1", 7)]
     assert expand_binds([]) == []
 
@@ -688,8 +763,9 @@ def test_bad_configure_fails_before_anything_starts_and_can_be_retried():
     assert res["cert"].startswith("cert: not a usable PEM"), res
     nodeid, addrs, kept = res["retry"]
     assert nodeid.startswith("ok/") and len(addrs) == 1 and kept, res
-    assert "unknown setting 'nodelay_typo' (did you mean 'nodelay'?) ignored" in out.stderr, \
+    assert "unknown setting 'nodelay_typo' (did you mean 'nodelay'?) ignored" in out.stderr, (
         out.stderr
+    )
 
 
 def test_misspelt_setting_is_shown_without_any_logging_setup(tmp_path):
@@ -699,13 +775,18 @@ def test_misspelt_setting_is_shown_without_any_logging_setup(tmp_path):
     import sys
 
     prog = tmp_path / "prog.py"
-    prog.write_text("import aemp_green\n"
-                    "aemp_green.configure(nodeid='typo', binds=['127.0.0.1:*'], norc=True,\n"
-                    "                     seed=['127.0.0.1:1'])\n"
-                    "aemp_green.shutdown()\n")
+    prog.write_text(
+        "import aemp_green\n"
+        "aemp_green.configure(nodeid='typo', binds=['127.0.0.1:*'], norc=True,\n"
+        "                     seed=['127.0.0.1:1'])\n"
+        "aemp_green.shutdown()\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    out = subprocess.run([sys.executable, str(prog)], capture_output=True, text=True, timeout=60,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, str(prog)], capture_output=True, text=True, timeout=60, env=env
+    )
     assert out.returncode == 0, out.stderr
-    assert "prog.py:2: UserWarning: configure(): unknown setting 'seed' (did you mean " \
-        "'seeds'?) ignored" in out.stderr, out.stderr
+    assert (
+        "prog.py:2: UserWarning: configure(): unknown setting 'seed' (did you mean "
+        "'seeds'?) ignored" in out.stderr
+    ), out.stderr

@@ -21,8 +21,14 @@ def run(code, env=None, timeout=60):
     full.pop("AE_VERBOSE", None)
     full.pop("PERL_ANYEVENT_VERBOSE", None)
     full.update(env or {})
-    out = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
-                         capture_output=True, text=True, timeout=timeout, env=full, cwd=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full,
+        cwd=str(REPO),
+    )
     assert out.returncode == 0, out.stderr
     return out
 
@@ -41,8 +47,7 @@ def test_callback_handler_crash_is_printed_once_with_port_tag_and_traceback():
     assert "died (callback port, handling a message tagged 'job')" in err
     assert "Traceback (most recent call last)" in err
     assert err.rstrip().endswith("ZeroDivisionError: integer division or modulo by zero")
-    assert "monitor: ('die', 'ZeroDivisionError: integer division or modulo by zero')" in \
-        out.stdout
+    assert "monitor: ('die', 'ZeroDivisionError: integer division or modulo by zero')" in out.stdout
 
 
 def test_greenlet_port_spawned_function_and_monitor_callback_crashes_are_printed():
@@ -108,8 +113,9 @@ def test_node_and_database_watcher_crashes_are_printed(cluster):
         snd_to_func("a", "json.loads", "not json")
     """)
     what, head = a.expect("crash", pred=lambda v: v[0] == "function called by name")
-    assert head.startswith("aemp_green: a function called by name failed ('json.loads', "
-                           "asked by b)"), head
+    assert head.startswith(
+        "aemp_green: a function called by name failed ('json.loads', asked by b)"
+    ), head
     b.kill()
     what, head = a.expect("crash", pred=lambda v: v[0] == "mon_nodes callback")
     assert head.startswith("aemp_green: a mon_nodes callback failed"), head

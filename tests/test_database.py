@@ -41,9 +41,11 @@ class DB:
         self.addrs = ["127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()]
         self.seeds = cluster.start(
             ("seedA", dict(binds=[self.addrs[0]], seeds=self.addrs)),
-            ("seedB", dict(binds=[self.addrs[1]], seeds=self.addrs)))
-        self.nodes = cluster.start(*[("n%d" % i, dict(seeds=self.addrs))
-                                     for i in range(1, n_nodes + 1)])
+            ("seedB", dict(binds=[self.addrs[1]], seeds=self.addrs)),
+        )
+        self.nodes = cluster.start(
+            *[("n%d" % i, dict(seeds=self.addrs)) for i in range(1, n_nodes + 1)]
+        )
         for c in self.seeds + self.nodes:
             c.run(HELPERS)
         self.settle()
@@ -63,12 +65,17 @@ class DB:
         live = self.alive
         want = {c.nodeid: c.binds for c in live}
         for c in live:
-            c.run("wait_for(lambda: G.master() is not None, %s, 'a master')" % timeout,
-                  timeout=timeout + 5)
+            c.run(
+                "wait_for(lambda: G.master() is not None, %s, 'a master')" % timeout,
+                timeout=timeout + 5,
+            )
         for s in self.seeds:
             if s.alive:
-                s.run("wait_for(lambda: G.is_global() and db_family(\"'l\", timeout=5) == %r, %s)"
-                      % (want, timeout), timeout=timeout + 5)
+                s.run(
+                    "wait_for(lambda: G.is_global() and db_family(\"'l\", timeout=5) == %r, %s)"
+                    % (want, timeout),
+                    timeout=timeout + 5,
+                )
 
     def by_id(self, nodeid):
         (c,) = [c for c in self.seeds + self.nodes if c.nodeid == nodeid]
@@ -82,9 +89,10 @@ def first_call(child, tag, timeout=10):
 
 def wait_event(child, tag, timeout=10, added=(), changed=(), deleted=()):
     """Wait for a watcher call of ``tag`` whose lists contain the given keys."""
+
     def pred(v):
-        return (set(added) <= set(v[0]) and set(changed) <= set(v[1])
-                and set(deleted) <= set(v[2]))
+        return set(added) <= set(v[0]) and set(changed) <= set(v[1]) and set(deleted) <= set(v[2])
+
     return child.expect(tag, timeout, pred)
 
 
@@ -250,8 +258,10 @@ def test_unchanged_value_is_not_resent(cluster):
     n1.run("db_set('same', 'k', {'a': [1, 2], 'b': 2})")
     assert wait_event(n2, "w", changed=["k"])[:3] == [[], ["k"], []]
     assert n1.ask("len(UPD)") == 2
-    assert n1.ask("UPD") == [["", "g_upd", "same", {"k": {"a": [1, 2], "b": 1}}, None],
-                             ["", "g_upd", "same", {"k": {"a": [1, 2], "b": 2}}, None]]
+    assert n1.ask("UPD") == [
+        ["", "g_upd", "same", {"k": {"a": [1, 2], "b": 1}}, None],
+        ["", "g_upd", "same", {"k": {"a": [1, 2], "b": 2}}, None],
+    ]
 
 
 def test_value_of_another_node_comes_back_when_the_overriding_node_dies(cluster):
@@ -285,7 +295,8 @@ def test_blocking_db_values_and_db_keys(cluster):
     n3.run("wait_family('bq', %r)" % (expected,))
     for c in [n3, n1] + db.seeds:
         keys, values, fam = c.ask(
-            "[db_keys('bq', timeout=5), db_values('bq', timeout=5), db_family('bq', timeout=5)]")
+            "[db_keys('bq', timeout=5), db_values('bq', timeout=5), db_family('bq', timeout=5)]"
+        )
         assert sorted(keys) == sorted(expected)
         assert sorted(values, key=repr) == sorted(expected.values(), key=repr)
         assert fam == expected

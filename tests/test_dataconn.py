@@ -25,14 +25,18 @@ def start_nodes(cluster, *names, load=True, **cfgs):
     seed = cluster.seed("seed")
     nodes = cluster.start(*[(n, dict(cfgs.get(n, {}), seeds=[seed.addr])) for n in names])
     want = {n.nodeid: n.binds for n in nodes}
-    seed.run("wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v for k, v in %r.items()))"
-             % (want,), timeout=15)
+    seed.run(
+        "wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v for k, v in %r.items()))"
+        % (want,),
+        timeout=15,
+    )
     for n in nodes if load else ():
         n.run("import aemp_green.dataconn as dataconn; import dcfuncs")
     return [seed] + nodes
 
 
 # --------------------------------------------------------------------------- between processes
+
 
 def test_bulk_100mb_checksum_while_messages_keep_flowing(cluster):
     """100 MB go A -> B over a data connection and arrive with the same SHA-256, while a
@@ -41,7 +45,8 @@ def test_bulk_100mb_checksum_while_messages_keep_flowing(cluster):
     seed, a, b = start_nodes(cluster, "A", "B")
     b.run('PONG = port(lambda tag, reply, i: snd(reply, "pong", i))')
     pong = b.ask("PONG")
-    a.exec("""
+    a.exec(
+        """
         import hashlib
         state = {"done": False, "pongs": 0, "worst": 0.0}
 
@@ -72,7 +77,9 @@ def test_bulk_100mb_checksum_while_messages_keep_flowing(cluster):
             sock.sendall(chunk)
         sock.close()
         emit("sent", 100 * len(block), h.hexdigest(), time.monotonic() - t0)
-    """ % pong)
+    """
+        % pong
+    )
     nbytes, digest, dt = a.expect("sent", timeout=60)
     assert nbytes == 100 << 20
     tag, n, sink_digest, pongs, worst = a.expect("report", timeout=60)
@@ -88,8 +95,9 @@ def test_init_port_initdata_and_both_directions(cluster):
     JSON initdata intact; the caller gets a gevent socket; bytes flow both ways; the
     connection works towards either node; the target's socket closes when its port ends."""
     seed, a, b = start_nodes(cluster, "A", "B")
-    value = {"ü": [1, None, 2.5, "✓"], "n": 2 ** 40}
-    a.run("""
+    value = {"ü": [1, None, 2.5, "✓"], "n": 2**40}
+    a.run(
+        """
         REPORT = port(lambda *m: emit("report", *m))
         S = dataconn.connect_to("B", "dcfuncs.hello_init", REPORT, %r, timeout=10)
         emit("is_gevent_socket", isinstance(S, gevent.socket.socket))
@@ -97,7 +105,9 @@ def test_init_port_initdata_and_both_directions(cluster):
         while not buf.endswith(b"\\n"):
             buf += S.recv(100)
         emit("line", buf.decode())
-    """ % (value,))
+    """
+        % (value,)
+    )
     assert a.expect("is_gevent_socket") == [True]
     tag, got, init_port, where = a.expect("report")
     assert (tag, got, where) == ("init_called", value, "B")
@@ -189,7 +199,8 @@ def test_peer_with_unknown_listeners_and_no_database_fails_with_dataconn_error(c
     ``DataConnError`` (it raised NameError from the lookup's error handling before)."""
     a, b = cluster.start(("A", {"binds": ["127.0.0.1:*"]}), ("B", {"binds": ["127.0.0.1:*"]}))
     b.run("node.get_node(%r).addrs = [%r]; snd(%r, 'devnull')" % (a.nodeid, a.addr, a.nodeid))
-    a.run("""
+    a.run(
+        """
         import aemp_green.dataconn as dataconn
         wait_for(lambda: node.node_is_up(%r), what="B's link")
         emit("addrs", node.get_node(%r).addrs)
@@ -197,7 +208,9 @@ def test_peer_with_unknown_listeners_and_no_database_fails_with_dataconn_error(c
             dataconn.connect_to(%r, "dcfuncs.echo", timeout=2)
         except Exception as exc:
             emit("err", type(exc).__name__, str(exc))
-    """ % (b.nodeid, b.nodeid, b.nodeid))
+    """
+        % (b.nodeid, b.nodeid, b.nodeid)
+    )
     assert not a.expect("addrs", timeout=15)[0]
     name, text = a.expect("err", timeout=15)
     assert name == "DataConnError", (name, text)
@@ -236,8 +249,11 @@ def test_auth_is_refused_like_a_node_link(cluster):
         assert got == b"raw \x00\xff bytes"
     finally:
         peer.close()
-    for header in (b"not json\n", json.dumps(["dcfuncs.nope", []]).encode() + b"\n",
-                   json.dumps({"init": "dcfuncs.echo"}).encode() + b"\n"):
+    for header in (
+        b"not json\n",
+        json.dumps(["dcfuncs.nope", []]).encode() + b"\n",
+        json.dumps({"init": "dcfuncs.echo"}).encode() + b"\n",
+    ):
         peer = RawPeer(b.addr, protocol="aemp-dataconn", extra={"dataconn_id": "t3"})
         try:
             peer.handshake()
@@ -250,7 +266,8 @@ def test_auth_is_refused_like_a_node_link(cluster):
 
     # a node with another secret: refused during authentication
     (c,) = cluster.start(("C", {"secret": "another-secret"}))
-    c.run("""
+    c.run(
+        """
         import aemp_green.dataconn as dataconn
         node.get_node("B").addrs = [%r]
         try:
@@ -258,7 +275,9 @@ def test_auth_is_refused_like_a_node_link(cluster):
             emit("other_secret", None)
         except dataconn.DataConnError as e:
             emit("other_secret", list(e.reason))
-    """ % b.addr)
+    """
+        % b.addr
+    )
     reason = c.expect("other_secret", timeout=15)[0]
     # C notices the bad token itself, or B closes first (whichever side checks first)
     assert reason[0] == "dataconn", reason
@@ -267,6 +286,7 @@ def test_auth_is_refused_like_a_node_link(cluster):
 
 
 # --------------------------------------------------------------------------- local target
+
 
 def test_local_target_is_a_socketpair_owned_by_a_new_port():
     """``node`` = this node: a socket pair; ``init`` (a callable or a name) runs in a new local
@@ -347,8 +367,7 @@ def test_failures_raise_or_kill_the_calling_port():
     got = Collector()
 
     def user_ok():
-        connect_to(aemp_green.NODE(), "dcfuncs.echo",
-                   cb=lambda sock: got(aemp_green.SELF(), sock))
+        connect_to(aemp_green.NODE(), "dcfuncs.echo", cb=lambda sock: got(aemp_green.SELF(), sock))
         aemp_green.receive("never")
 
     pid = aemp_green.spawn(user_ok)

@@ -69,8 +69,10 @@ def test_join_and_leave_cost_does_not_grow_with_the_database(cluster):
     w.run("fill('big', %d, 100)" % (KEYS - 100), timeout=60)
     assert seed.ask("len(db_keys('big', timeout=5))") == KEYS
     # and other nodes watch many families (the old node-down went through all of them)
-    w.run("WS = [db_mon('f%d' % i, lambda *a: None) for i in range(5000)]\n"
-          "db_keys('sync', timeout=10)")
+    w.run(
+        "WS = [db_mon('f%d' % i, lambda *a: None) for i in range(5000)]\n"
+        "db_keys('sync', timeout=10)"
+    )
     assert seed.ask("len(G._remote_mons)") == 5000
     big = seed.ask("[leave_work('a3'), leave_work('a4'), join_work('b3'), join_work('b4')]")
     print("lines run with 100 keys: %s; with %d keys: %s" % (small, KEYS, big))
@@ -108,10 +110,20 @@ def test_a_family_larger_than_the_readers_max_frame_reaches_it(cluster):
     """)
     # db_family, db_keys, db_values return (in parts); db_mon's first call has every key
     assert r.ask("len(db_family('big', timeout=20))", timeout=30) == KEYS
-    assert r.ask("sorted(db_keys('big', timeout=20)) == ['w#p%%07d' %% i for i in range(%d)]"
-                 % KEYS, timeout=30) is True
-    assert r.ask("sorted(v['n'] for v in db_values('big', timeout=20)) == list(range(%d))"
-                 % KEYS, timeout=30) is True
+    assert (
+        r.ask(
+            "sorted(db_keys('big', timeout=20)) == ['w#p%%07d' %% i for i in range(%d)]" % KEYS,
+            timeout=30,
+        )
+        is True
+    )
+    assert (
+        r.ask(
+            "sorted(v['n'] for v in db_values('big', timeout=20)) == list(range(%d))" % KEYS,
+            timeout=30,
+        )
+        is True
+    )
     r.run("wait_for(lambda: FIRST, 20)", timeout=30)
     assert r.ask("FIRST") == [KEYS]
     # the same link all along: no frame was too large for it

@@ -101,15 +101,18 @@ def parse(path):
                     raise ValueError("%s: 'run with the previous block' but there is none" % where)
                 previous = blocks[-1]
                 if previous.not_run:
-                    raise ValueError("%s continues %s, which is marked not run"
-                                     % (where, previous.name))
+                    raise ValueError(
+                        "%s continues %s, which is marked not run" % (where, previous.name)
+                    )
             else:
-                raise ValueError("%s: unknown marker %r before a ```python block (use "
-                                 "'<!-- not run: <reason> -->' or "
-                                 "'<!-- run with the previous block -->')"
-                                 % (where, lines[start - 1]))
-        blocks.append(Block(path, start + 1, "\n".join(lines[start + 1:end]) + "\n",
-                            not_run, previous))
+                raise ValueError(
+                    "%s: unknown marker %r before a ```python block (use "
+                    "'<!-- not run: <reason> -->' or "
+                    "'<!-- run with the previous block -->')" % (where, lines[start - 1])
+                )
+        blocks.append(
+            Block(path, start + 1, "\n".join(lines[start + 1 : end]) + "\n", not_run, previous)
+        )
         i = end + 1
     return blocks
 
@@ -148,23 +151,29 @@ def test_every_doc_file_is_parsed():
 def test_markers_prints_and_continuations(tmp_path):
     """The parser and the output check themselves, on a made-up document."""
     doc = tmp_path / "doc.md"
-    doc.write_text("text\n<!-- not run: needs a seed -->\n```python\nx = 1\n```\n"
-                   "```python\na = 2\n```\n<!-- run with the previous block -->\n"
-                   "```python\nprint(a)   # prints: 2\n```\n```sh\nnot python\n```\n")
+    doc.write_text(
+        "text\n<!-- not run: needs a seed -->\n```python\nx = 1\n```\n"
+        "```python\na = 2\n```\n<!-- run with the previous block -->\n"
+        "```python\nprint(a)   # prints: 2\n```\n```sh\nnot python\n```\n"
+    )
     skipped, first, second = parse(doc)
     assert (skipped.line, skipped.not_run) == (3, "needs a seed")
     assert first.not_run is None and first.previous is None
     assert second.previous is first and second.program() == "a = 2\n\nprint(a)   # prints: 2\n"
     assert expected_output(second.program()) == ["2"]
-    assert shows("worker ended: ('die', 'ZeroDivisionError: ...')",
-                 "x\nworker ended: ('die', 'ZeroDivisionError: division by zero')\n")
+    assert shows(
+        "worker ended: ('die', 'ZeroDivisionError: ...')",
+        "x\nworker ended: ('die', 'ZeroDivisionError: division by zero')\n",
+    )
     assert not shows("counter ended ()", "counter ended ('die',)\n")
     for bad in ("<!-- not ran: typo -->", "<!-- not run: -->"):
         doc.write_text(bad + "\n```python\npass\n```\n")
         with pytest.raises(ValueError, match="unknown marker"):
             parse(doc)
-    doc.write_text("<!-- not run: x -->\n```python\npass\n```\n"
-                   "<!-- run with the previous block -->\n```python\npass\n```\n")
+    doc.write_text(
+        "<!-- not run: x -->\n```python\npass\n```\n"
+        "<!-- run with the previous block -->\n```python\npass\n```\n"
+    )
     with pytest.raises(ValueError, match="marked not run"):
         parse(doc)
 
@@ -177,16 +186,24 @@ def test_doc_block_runs(block, tmp_path):
     env.pop("PERL_ANYEVENT_MP_TRACE", None)
     env.update(PYTHONPATH=str(REPO), PERL_ANYEVENT_MP_RC=str(rc), PYTHONUNBUFFERED="1")
     code = block.program()
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO), env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=str(REPO),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=DEADLINE)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail("%s did not end within %ss (killed)\n--- stdout\n%s--- stderr\n%s"
-                    % (block.name, DEADLINE, out, err))
+        pytest.fail(
+            "%s did not end within %ss (killed)\n--- stdout\n%s--- stderr\n%s"
+            % (block.name, DEADLINE, out, err)
+        )
     report = "%s\n--- code\n%s--- stdout\n%s--- stderr\n%s" % (block.name, code, out, err)
     assert proc.returncode == 0, "exit status %s: %s" % (proc.returncode, report)
     for expected in expected_output(code):

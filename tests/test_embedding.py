@@ -61,8 +61,9 @@ def test_pywsgi_app_uses_ports_without_taking_over_the_hub():
         snd(notes, "seen", text)
         result = call(worker, "upper", text, timeout=5)[0]
         body = json.dumps({"result": result}).encode()
-        start_response("200 OK", [("Content-Type", "application/json"),
-                                  ("Content-Length", str(len(body)))])
+        start_response(
+            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
         return [body]
 
     server = WSGIServer(("127.0.0.1", 0), app, log=None)
@@ -91,8 +92,7 @@ def test_streamserver_app_shares_the_process_with_ports():
     def handle(sock, addr):
         with sock, sock.makefile("rwb") as f:
             for line in f:
-                f.write(call(worker, "upper", line.decode().strip(), timeout=5)[0].encode()
-                        + b"\n")
+                f.write(call(worker, "upper", line.decode().strip(), timeout=5)[0].encode() + b"\n")
                 f.flush()
 
     server = StreamServer(("127.0.0.1", 0), handle)
@@ -143,9 +143,11 @@ def test_wsgi_embed_example_serves_http_and_tcp_while_messages_flow(examples, cl
     """)
     probe.expect("flooding", 30)
 
-    status, stats = wait_until(lambda: _pick(_http_get(base + "/stats"),
-                                             lambda r: len(r[1]["workers"]) == 2),
-                               20, "the probe's worker to show up in /stats")
+    status, stats = wait_until(
+        lambda: _pick(_http_get(base + "/stats"), lambda r: len(r[1]["workers"]) == 2),
+        20,
+        "the probe's worker to show up in /stats",
+    )
     assert status == 200 and stats["node"] == web_node, stats
 
     answers = [_http_get(base + "/upper?text=hello%20" + str(i)) for i in range(4)]
@@ -153,8 +155,11 @@ def test_wsgi_embed_example_serves_http_and_tcp_while_messages_flow(examples, cl
     assert {a[1]["node"] for a in answers} == {web_node, "probe"}
 
     first = stats["notes"]
-    wait_until(lambda: _http_get(base + "/stats")[1]["notes"] > first + 20, 10,
-               "notes to keep flowing between HTTP requests")
+    wait_until(
+        lambda: _http_get(base + "/stats")[1]["notes"] > first + 20,
+        10,
+        "notes to keep flowing between HTTP requests",
+    )
 
     with socket.create_connection(("127.0.0.1", tcp_port), timeout=10) as s:
         f = s.makefile("rwb")

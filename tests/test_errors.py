@@ -4,8 +4,16 @@ failure has its own exception type, and its text says what happened."""
 import pytest
 
 import aemp_green
-from aemp_green import (NODE, AuthenticationFailed, NodeUnreachable, NoSuchPort, PortDied,
-                        Timeout, call, port)
+from aemp_green import (
+    NODE,
+    AuthenticationFailed,
+    NodeUnreachable,
+    NoSuchPort,
+    PortDied,
+    Timeout,
+    call,
+    port,
+)
 from conftest import run_in_port
 from netutil import SECRET, cluster, free_port  # noqa: F401 - cluster: fixture
 
@@ -43,8 +51,9 @@ def test_reasons_map_to_types():
     e = PortDied.from_reason(("transport_error", "w/1", "connect timeout"))
     assert type(e) is NodeUnreachable and (e.node, e.why) == ("w/1", "connect timeout")
     assert str(e) == "node w/1 unreachable: connect timeout"
-    a = PortDied.from_reason(("transport_error", "w/1",
-                              "authentication failure/shared secret mismatch"))
+    a = PortDied.from_reason(
+        ("transport_error", "w/1", "authentication failure/shared secret mismatch")
+    )
     assert type(a) is AuthenticationFailed and isinstance(a, NodeUnreachable)
 
 
@@ -52,12 +61,15 @@ def test_call_to_a_node_nobody_listens_on_raises_nodeunreachable(cluster):
     """A real node calling a port on a node ID of the form host:port where nothing listens."""
     n = cluster.node("caller", connect_interval=0.5)
     target = "127.0.0.1:%d#srv" % free_port()
-    n.run("""
+    n.run(
+        """
         try:
             call(%r, "ping", timeout=10)
         except Exception as e:
             emit("err", type(e).__name__, str(e), isinstance(e, PortDied))
-    """ % target)
+    """
+        % target
+    )
     name, text, is_portdied = n.expect("err", timeout=15)
     assert (name, is_portdied) == ("NodeUnreachable", True)
     assert text.startswith("node 127.0.0.1:") and "unreachable" in text
@@ -66,8 +78,9 @@ def test_call_to_a_node_nobody_listens_on_raises_nodeunreachable(cluster):
 def test_remote_spawn_of_a_function_that_cannot_be_imported_reports_the_cause(cluster, tmp_path):
     """The spawning node's monitor gets the remote's exception type and text, not only
     no_such_port: for a missing module, and for a module whose own imports fail."""
-    (tmp_path / "brokenmod.py").write_text("import no_such_dependency_xyz\n\ndef run():\n"
-                                           "    pass\n")
+    (tmp_path / "brokenmod.py").write_text(
+        "import no_such_dependency_xyz\n\ndef run():\n    pass\n"
+    )
     b = cluster.seed("b")
     b.run("import sys; sys.path.insert(0, %r)" % str(tmp_path))
     a = cluster.node("a", seeds=[b.addr])
@@ -79,11 +92,14 @@ def test_remote_spawn_of_a_function_that_cannot_be_imported_reports_the_cause(cl
     """)
     got = dict(a.expect("died") for _ in range(2))
     assert got["nosuchmod_xyz.run"][0] == "die", got
-    assert "ModuleNotFoundError: No module named 'nosuchmod_xyz'" in \
-        got["nosuchmod_xyz.run"][1], got
+    assert "ModuleNotFoundError: No module named 'nosuchmod_xyz'" in got["nosuchmod_xyz.run"][1], (
+        got
+    )
     assert got["brokenmod.run"][0] == "die", got
-    assert "importing brokenmod failed: ModuleNotFoundError: No module named " \
-        "'no_such_dependency_xyz'" in got["brokenmod.run"][1], got
+    assert (
+        "importing brokenmod failed: ModuleNotFoundError: No module named "
+        "'no_such_dependency_xyz'" in got["brokenmod.run"][1]
+    ), got
 
 
 def test_connect_failures_say_why(cluster):
@@ -93,7 +109,8 @@ def test_connect_failures_say_why(cluster):
     good = cluster.node("good", nodeid=addr, binds=[addr])  # a host:port ID: dialled directly
     bad = cluster.node("bad", secret="not-the-secret", connect_interval=5)
     closed = "127.0.0.1:%d" % free_port()
-    bad.run("""
+    bad.run(
+        """
         def report(target):
             t0 = time.monotonic()
             try:
@@ -102,7 +119,9 @@ def test_connect_failures_say_why(cluster):
                 emit("why", target, type(e).__name__, e.why, time.monotonic() - t0)
         gevent.spawn(report, %r)
         gevent.spawn(report, %r)
-    """ % (closed + "#p", good.addr + "#p"))
+    """
+        % (closed + "#p", good.addr + "#p")
+    )
     got = {}
     for _ in range(2):
         target, name, why, elapsed = bad.expect("why", timeout=15)
@@ -133,8 +152,9 @@ def test_database_query_without_seeds_fails_at_once_saying_why(cluster):
     """)
     for what in ("db_family", "db_mon"):
         got, text, elapsed = n.expect("nodb", pred=lambda v, w=what: v[0] == w)
-        assert text.startswith("%s('fam'): this node has no seeds and is not a global node"
-                               % what), text
+        assert text.startswith(
+            "%s('fam'): this node has no seeds and is not a global node" % what
+        ), text
         assert "Configure seeds" in text and elapsed < 1, (text, elapsed)
 
 

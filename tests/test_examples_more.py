@@ -34,11 +34,19 @@ def run_python(code, timeout=60, env=None):
     full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")])
     full_env.pop("PERL_ANYEVENT_MP_TRACE", None)
     try:
-        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                              text=True, timeout=timeout, env=full_env, cwd=str(REPO))
+        return subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            cwd=str(REPO),
+        )
     except subprocess.TimeoutExpired as exc:
-        raise AssertionError("python -c did not finish within %s s; stdout:\n%s\nstderr:\n%s"
-                             % (timeout, exc.stdout, exc.stderr)) from None
+        raise AssertionError(
+            "python -c did not finish within %s s; stdout:\n%s\nstderr:\n%s"
+            % (timeout, exc.stdout, exc.stderr)
+        ) from None
 
 
 class Script:
@@ -62,8 +70,14 @@ class Script:
     def start(self):
         """(Re)start the process; its output keeps accumulating in ``lines``."""
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
-            cwd=str(REPO), text=True, stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL)
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=str(REPO),
+            text=True,
+            stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+        )
         with self._new:
             self.lines.append("======== started %s" % " ".join(self.argv[2:]))
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
@@ -99,8 +113,10 @@ class Script:
                         return m
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError("%s: no line matching %r within %s s; output:\n%s"
-                                         % (self.role, pattern, timeout, self.tail()))
+                    raise AssertionError(
+                        "%s: no line matching %r within %s s; output:\n%s"
+                        % (self.role, pattern, timeout, self.tail())
+                    )
                 self._new.wait(left)
 
     def count(self, pattern, since=0):
@@ -130,8 +146,9 @@ class Script:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError("%s still running after %s s; output:\n%s"
-                                 % (self.role, timeout, self.tail())) from None
+            raise AssertionError(
+                "%s still running after %s s; output:\n%s" % (self.role, timeout, self.tail())
+            ) from None
 
     def stop(self):
         if self.proc.poll() is None:
@@ -198,6 +215,7 @@ def examples():
 
 # --------------------------------------------------------------------------- chat
 
+
 def test_chat_server_and_clients_survive_kills_and_restarts(examples):
     """examples/chat_server.py + chat_client.py: the server registers in eg_chat_server,
     clients find it with db_mon and monitor it; quits are announced through the server's
@@ -249,6 +267,7 @@ def test_chat_server_and_clients_survive_kills_and_restarts(examples):
 
 # --------------------------------------------------------------------------- job pool
 
+
 def _sum_squares(n):
     return sum(i * i for i in range(n))
 
@@ -291,6 +310,7 @@ def test_jobpool_dispatcher_picks_up_a_worker_started_later(examples):
 
 
 # --------------------------------------------------------------------------- ending cleanly
+
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_examples_end_cleanly_on_ctrl_c_and_sigterm(examples, sig):

@@ -12,9 +12,12 @@ import pytest
 from netutil import cluster  # noqa: F401 - fixture
 
 MAX_FRAME = 65536
-_LINE = re.compile(r"^.*protocol error, dropping connection: (json|cbor) frame larger than "
-                   r"allowed: (at least )?(\d+) bytes, max_frame is (\d+) bytes \(raise the "
-                   r"max_frame setting to accept it\)$", re.M)
+_LINE = re.compile(
+    r"^.*protocol error, dropping connection: (json|cbor) frame larger than "
+    r"allowed: (at least )?(\d+) bytes, max_frame is (\d+) bytes \(raise the "
+    r"max_frame setting to accept it\)$",
+    re.M,
+)
 
 
 @pytest.mark.parametrize("framing", ["json", "cbor"])

@@ -10,8 +10,7 @@ import pytest
 
 from aemp_green import framing
 from aemp_green.exceptions import RemoteProtocolError
-from aemp_green.framing import (FRAMINGS, CborDecoder, JsonDecoder, codec, encode_cbor,
-                                encode_json)
+from aemp_green.framing import FRAMINGS, CborDecoder, JsonDecoder, codec, encode_cbor, encode_json
 
 UNICODE = "Grüße, 世界 ✓ 😀 ☠ \u00a0/\\\"'\t"
 
@@ -19,7 +18,7 @@ SAMPLES = [
     ["KQPFl3bClb", "test", 1, "abc"],
     ["", "g_slave"],
     ["p", UNICODE, {"text": UNICODE, UNICODE: [UNICODE]}],
-    ["p", 2 ** 40, -17, 0, -0, 2 ** 63 - 1, -2 ** 63, 2 ** 64 - 1],
+    ["p", 2**40, -17, 0, -0, 2**63 - 1, -(2**63), 2**64 - 1],
     ["p", 3.25, 0.1, -1.5e-300, 1e300, 1700000000.123456, -0.0],
     ["p", None, True, False, {}, [], [[]], {"a": {}}],
     ["p", {"list": [1, "two", [3, {"four": 4}]], "neg": -17, "null": None, "t": True}],
@@ -42,6 +41,7 @@ def feed_all(dec, chunks):
 
 
 # --------------------------------------------------------------------------- round trips
+
 
 @pytest.mark.parametrize("name", FRAMINGS)
 @pytest.mark.parametrize("msg", SAMPLES, ids=ids(SAMPLES))
@@ -79,13 +79,14 @@ def test_tuples_and_subclasses_encode(name):
 @pytest.mark.parametrize("name", FRAMINGS)
 def test_big_ints(name):
     enc, dec_cls = codec(name)
-    msg = ["p", 2 ** 64, -2 ** 64 - 5, 2 ** 100]
+    msg = ["p", 2**64, -(2**64) - 5, 2**100]
     assert dec_cls().feed(enc(msg)) == [msg]
 
 
 def test_json_encoding_is_compact_raw_utf8():
-    assert encode_json(["a/b", "ü€😀", 3.25, 2 ** 40, -17, True, False, None, {"k": []}]) == (
-        '["a/b","ü€😀",3.25,1099511627776,-17,true,false,null,{"k":[]}]\n'.encode())
+    assert encode_json(["a/b", "ü€😀", 3.25, 2**40, -17, True, False, None, {"k": []}]) == (
+        '["a/b","ü€😀",3.25,1099511627776,-17,true,false,null,{"k":[]}]\n'.encode()
+    )
     assert b"\\u" not in encode_json([UNICODE])
     assert encode_json(("t",)) == b'["t"]\n'
 
@@ -93,8 +94,12 @@ def test_json_encoding_is_compact_raw_utf8():
 def test_json_matches_perl_bytes():
     """What JSON::XS sent in the recording (json-session conn03) is what we send."""
     perl = '["KSQsEF8z1b","ok","danke schön ✓",42,-7,3.25,[1,[2,{"t":true,"x":null}]]]'.encode()
-    assert encode_json(["KSQsEF8z1b", "ok", "danke schön ✓", 42, -7, 3.25,
-                        [1, [2, {"t": True, "x": None}]]]) == perl + b"\n"
+    assert (
+        encode_json(
+            ["KSQsEF8z1b", "ok", "danke schön ✓", 42, -7, 3.25, [1, [2, {"t": True, "x": None}]]]
+        )
+        == perl + b"\n"
+    )
 
 
 def test_cbor_encoding_has_no_tag_and_text_strings():
@@ -113,6 +118,7 @@ def test_codec_lookup():
 
 
 # --------------------------------------------------------------------------- streams
+
 
 def _stream(name, msgs):
     enc = codec(name)[0]
@@ -133,7 +139,7 @@ def test_split_at_every_offset(name):
         d = codec(name)[1]()
         assert d.feed(data[:i]) + d.feed(data[i:]) == msgs, i
     d = codec(name)[1]()
-    assert feed_all(d, [data[i:i + 1] for i in range(len(data))]) == msgs
+    assert feed_all(d, [data[i : i + 1] for i in range(len(data))]) == msgs
     assert d.pending == 0
 
 
@@ -147,11 +153,17 @@ def test_split_at_every_pair_of_offsets(name):
             assert feed_all(d, [data[:i], data[i:j], data[j:]]) == msgs, (i, j)
 
 
-PERL_JSON = (b'["","g_slave"]["","g_slave",{"\'l":{"peer_b":["127.0.0.1:36249"]}}]'
-             b'["","g_find","seed"]["x","\\"]\\\\",{"a":[1,[2,[3,[4,[5,[6,[7]]]]]]]}]["z"]')
-PERL_FRAMES = [["", "g_slave"], ["", "g_slave", {"'l": {"peer_b": ["127.0.0.1:36249"]}}],
-               ["", "g_find", "seed"], ["x", '"]\\', {"a": [1, [2, [3, [4, [5, [6, [7]]]]]]]}],
-               ["z"]]
+PERL_JSON = (
+    b'["","g_slave"]["","g_slave",{"\'l":{"peer_b":["127.0.0.1:36249"]}}]'
+    b'["","g_find","seed"]["x","\\"]\\\\",{"a":[1,[2,[3,[4,[5,[6,[7]]]]]]]}]["z"]'
+)
+PERL_FRAMES = [
+    ["", "g_slave"],
+    ["", "g_slave", {"'l": {"peer_b": ["127.0.0.1:36249"]}}],
+    ["", "g_find", "seed"],
+    ["x", '"]\\', {"a": [1, [2, [3, [4, [5, [6, [7]]]]]]]}],
+    ["z"],
+]
 
 
 def test_json_perl_stream_without_delimiters():
@@ -216,7 +228,7 @@ def test_large_frame_in_small_chunks_is_linear(name):
     assert len(data) > 8_000_000
     d = codec(name)[1]()
     t0 = time.perf_counter()
-    out = feed_all(d, [data[i:i + 4096] for i in range(0, len(data), 4096)])
+    out = feed_all(d, [data[i : i + 4096] for i in range(0, len(data), 4096)])
     elapsed = time.perf_counter() - t0
     assert out == [msg]
     assert elapsed < 10, elapsed
@@ -233,12 +245,14 @@ def test_feed_accepts_bytearray_and_memoryview(name):
 
 # --------------------------------------------------------------------------- cbor byte strings
 
+
 def test_cbor_ascii_byte_strings_become_str_everywhere():
-    raw = cbor2.dumps([b"", b"g_slave", {b"key": b"val", "txt": [b"a", {b"n": [b"deep"]}]},
-                       b"\xff\x00"])
-    assert CborDecoder().feed(raw) == [["", "g_slave",
-                                        {"key": "val", "txt": ["a", {"n": ["deep"]}]},
-                                       b"\xff\x00"]]
+    raw = cbor2.dumps(
+        [b"", b"g_slave", {b"key": b"val", "txt": [b"a", {b"n": [b"deep"]}]}, b"\xff\x00"]
+    )
+    assert CborDecoder().feed(raw) == [
+        ["", "g_slave", {"key": "val", "txt": ["a", {"n": ["deep"]}]}, b"\xff\x00"]
+    ]
 
 
 def test_cbor_non_ascii_bytes_stay_bytes_both_ways():
@@ -254,8 +268,12 @@ def test_cbor_python_ascii_bytes_arrive_as_str():
 
 def test_cbor_perl_utf8_text_and_bytes_mixed():
     # a Perl message: port and tag as byte strings, text with the UTF-8 flag as a text string
-    raw = bytes.fromhex("8340") + b"\x44kil0" + bytes([0x60 + len("reason text ☠".encode())]) + \
-        "reason text ☠".encode()
+    raw = (
+        bytes.fromhex("8340")
+        + b"\x44kil0"
+        + bytes([0x60 + len("reason text ☠".encode())])
+        + "reason text ☠".encode()
+    )
     assert CborDecoder().feed(raw) == [["", "kil0", "reason text ☠"]]
 
 
@@ -278,22 +296,30 @@ def test_cbor_indefinite_lengths_and_self_describe_tag():
 
 
 def test_cbor_bignum_and_other_native_tags():
-    raw = cbor2.dumps(["p", 2 ** 100, -2 ** 100])
-    assert CborDecoder().feed(raw) == [["p", 2 ** 100, -2 ** 100]]
+    raw = cbor2.dumps(["p", 2**100, -(2**100)])
+    assert CborDecoder().feed(raw) == [["p", 2**100, -(2**100)]]
     tagged = CborDecoder().feed(bytes.fromhex("82") + b"\x40" + bytes.fromhex("d9ffff01"))
     assert tagged[0][1] == cbor2.CBORTag(65535, 1)
 
 
 # --------------------------------------------------------------------------- encode errors
 
+
 class Thing:
     pass
 
 
-@pytest.mark.parametrize("value, typename", [
-    (b"bytes", "bytes"), (bytearray(b"x"), "bytearray"), ({1, 2}, "set"), (Thing(), "Thing"),
-    (1 + 2j, "complex"), (object(), "object"),
-])
+@pytest.mark.parametrize(
+    "value, typename",
+    [
+        (b"bytes", "bytes"),
+        (bytearray(b"x"), "bytearray"),
+        ({1, 2}, "set"),
+        (Thing(), "Thing"),
+        (1 + 2j, "complex"),
+        (object(), "object"),
+    ],
+)
 def test_json_type_errors(value, typename):
     with pytest.raises(TypeError, match=typename):
         encode_json(["p", value])
@@ -320,9 +346,15 @@ def test_json_lone_surrogate():
         encode_json(["p", "\ud800"])
 
 
-@pytest.mark.parametrize("value, typename", [
-    ({1, 2}, "set"), (Thing(), "Thing"), (1 + 2j, "complex"), (frozenset(), "frozenset"),
-])
+@pytest.mark.parametrize(
+    "value, typename",
+    [
+        ({1, 2}, "set"),
+        (Thing(), "Thing"),
+        (1 + 2j, "complex"),
+        (frozenset(), "frozenset"),
+    ],
+)
 def test_cbor_type_errors(value, typename):
     with pytest.raises(TypeError, match=typename):
         encode_cbor(["p", value])
@@ -363,11 +395,33 @@ def test_cyclic_and_too_deep(enc):
 
 # --------------------------------------------------------------------------- decode errors
 
-@pytest.mark.parametrize("data", [
-    b'{"a":1}', b"1", b'"x"', b"true", b"null", b"x", b"\x00", b"[1,]", b"[1}", b"[1 2]",
-    b'["\xff"]', b'["\xed\xa0\x80"]', b'["\xc0\xaf"]', b"[NaN]", b"[Infinity]", b"[-Infinity]",
-    b'["a"]x', b'["a"]\n{}', b"\xef\xbb\xbf[1]", b"]", b"[" * 2000 + b"]" * 2000,
-])
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1}',
+        b"1",
+        b'"x"',
+        b"true",
+        b"null",
+        b"x",
+        b"\x00",
+        b"[1,]",
+        b"[1}",
+        b"[1 2]",
+        b'["\xff"]',
+        b'["\xed\xa0\x80"]',
+        b'["\xc0\xaf"]',
+        b"[NaN]",
+        b"[Infinity]",
+        b"[-Infinity]",
+        b'["a"]x',
+        b'["a"]\n{}',
+        b"\xef\xbb\xbf[1]",
+        b"]",
+        b"[" * 2000 + b"]" * 2000,
+    ],
+)
 def test_json_garbage(data):
     d = JsonDecoder()
     with pytest.raises(RemoteProtocolError):
@@ -382,12 +436,25 @@ def test_json_strings_named_like_constants_are_fine():
     assert JsonDecoder().feed(b'["NaN"]["Infinity"]') == [["NaN"], ["Infinity"]]
 
 
-@pytest.mark.parametrize("data", [
-    cbor2.dumps({"a": 1}), cbor2.dumps(1), cbor2.dumps("x"), cbor2.dumps(b"x"), b"\xff",
-    b"\x1c", b"\x81\x1c", bytes.fromhex("a1810102"), bytes.fromhex("81a1810102"),
-    bytes.fromhex("81a10102"), bytes.fromhex("8161ff"), bytes.fromhex("d81c81d81d00"),
-    bytes.fromhex("81d81d00"), b"\x81" * 1000 + b"\x80",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        cbor2.dumps({"a": 1}),
+        cbor2.dumps(1),
+        cbor2.dumps("x"),
+        cbor2.dumps(b"x"),
+        b"\xff",
+        b"\x1c",
+        b"\x81\x1c",
+        bytes.fromhex("a1810102"),
+        bytes.fromhex("81a1810102"),
+        bytes.fromhex("81a10102"),
+        bytes.fromhex("8161ff"),
+        bytes.fromhex("d81c81d81d00"),
+        bytes.fromhex("81d81d00"),
+        b"\x81" * 1000 + b"\x80",
+    ],
+)
 def test_cbor_garbage(data):
     d = CborDecoder()
     with pytest.raises(RemoteProtocolError):
@@ -405,7 +472,7 @@ def test_cbor_truncated_waits():
     data = encode_cbor(["p", "x" * 300, {"k": [1, 2.5]}])
     d = CborDecoder()
     for i in range(len(data) - 1):
-        assert d.feed(data[i:i + 1]) == []
+        assert d.feed(data[i : i + 1]) == []
     assert d.feed(data[-1:]) == [["p", "x" * 300, {"k": [1, 2.5]}]]
 
 
@@ -418,7 +485,7 @@ def test_max_frame_complete_and_pending(name):
     d = dec_cls(max_frame=1000)
     with pytest.raises(RemoteProtocolError, match="larger than"):
         for i in range(0, len(big) - 1, 100):
-            d.feed(big[i:i + 100][: len(big) - 1 - i])
+            d.feed(big[i : i + 100][: len(big) - 1 - i])
     # frames just under the limit are fine, many of them in one feed
     small = enc(["p", "x" * 900])
     assert dec_cls(max_frame=1000).feed(small * 50) == [["p", "x" * 900]] * 50
@@ -440,7 +507,7 @@ def test_json_pending_whitespace_does_not_count():
 
 
 def test_cbor_skip_agrees_with_cbor2():
-    items = [["p", "x", b"y", {"k": [1, 2.5, None]}], [2 ** 70, -1, True], [[[]]], ["ü" * 300]]
+    items = [["p", "x", b"y", {"k": [1, 2.5, None]}], [2**70, -1, True], [[[]]], ["ü" * 300]]
     for it in items:
         raw = cbor2.dumps(it) + b"\xff\xff"
         assert framing._cbor_skip(raw, 0, [], 1 << 30) == (len(raw) - 2, True)
@@ -454,15 +521,18 @@ def test_cbor_skip_agrees_with_cbor2():
 # (_last_frame_start), decodes the reads's complete frames before it in one call
 # (_feed_wrapped, which proves the guess) and only the rest item by item.
 
+
 class _NoSplit(CborDecoder):
     """The decoder without the split-read path (reads that end inside a frame go item by
     item, as before that path existed): the reference for frames and errors."""
+
     __slots__ = ()
     _SPLIT_MIN = 1 << 62
 
 
 class _AlwaysSplit(CborDecoder):
     """The split-read path for reads of any size, looking for the last frame anywhere."""
+
     __slots__ = ()
     _SPLIT_MIN = 1
     _REACH_SHIFT = 0
@@ -482,7 +552,7 @@ SPLIT_FRAMES = [
     ["portname", "tag", 1, "some text", [1, 2, 3]],
     ["p", ["x", 1], ["y", [2]], {"k": ["z"]}],  # inner arrays that look like frames
     [],
-    ["p", UNICODE, b"\xff\x85\x68", 2 ** 70, 1.5],
+    ["p", UNICODE, b"\xff\x85\x68", 2**70, 1.5],
     ["portname", "tag", 2, "some text", [1, 2, 3]],
 ]
 
@@ -522,6 +592,7 @@ def _count_wrapped(monkeypatch):
         if got is not None:
             calls.append(len(data))
         return got
+
     monkeypatch.setattr(CborDecoder, "_feed_wrapped", wrapped)
     return calls
 
@@ -558,10 +629,11 @@ def test_cbor_split_read_takes_the_one_call_path(monkeypatch):
     def decode_items(self, data, out):
         item_lengths.append(len(data))
         return orig(self, data, out)
+
     monkeypatch.setattr(CborDecoder, "_decode_items", decode_items)
     calls = _count_wrapped(monkeypatch)
     d = CborDecoder()
-    reads = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+    reads = [data[i : i + 65536] for i in range(0, len(data), 65536)]
     got = []
     for r in reads[:-1]:
         got += d.feed(r)
@@ -577,6 +649,7 @@ def test_cbor_split_read_takes_the_one_call_path(monkeypatch):
 def test_cbor_split_read_with_large_frames(monkeypatch):
     # frames of a few KiB, some full of bytes that look like frame heads, in 64 KiB reads
     import random
+
     rnd = random.Random(5)
     frames = []
     for i in range(400):
@@ -588,39 +661,44 @@ def test_cbor_split_read_with_large_frames(monkeypatch):
             frames.append(["portname", "tag", i, "some text", [1, 2, 3]])
     data = b"".join(encode_cbor(f) for f in frames)
     for size in (4096, 5000, 65536):
-        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
         assert feed_all(CborDecoder(), chunks) == frames
         assert _outcome(CborDecoder, chunks) == _outcome(_NoSplit, chunks)
 
 
-_GOOD = b"".join(encode_cbor(["portname", "tag", i, "some text", [1, 2, 3]])
-                 for i in range(400))
+_GOOD = b"".join(encode_cbor(["portname", "tag", i, "some text", [1, 2, 3]]) for i in range(400))
 
 
-@pytest.mark.parametrize("tail", [
-    bytes.fromhex("855b0000"),                                  # truncated string header
-    bytes.fromhex("82405b0000000100000000") + b"abc",            # 4 GiB string declared
-    bytes.fromhex("9b0000000100000000") + b"\x01",              # 4 Gi items declared
-    b"\x81" * 1000 + b"\x80",                                   # nested beyond MAX_DEPTH
-    b"\x81" * (framing.MAX_DEPTH + 1) + b"\x80",                # depth at the limits
-    b"\x81" * (framing.MAX_DEPTH + 2) + b"\x80",
-    b"\x81" * (framing.MAX_DEPTH + 3) + b"\x80",
-    b"\x81" * 3000,                                             # deep, unfinished
-    cbor2.dumps({"a": 1}) + encode_cbor(["x"]),                 # not an array
-    b"\xff" + encode_cbor(["x"]),                               # stray break
-    b"\x1c",                                                    # reserved additional info
-    bytes.fromhex("8261ff") + encode_cbor(["x"]),               # invalid UTF-8
-    bytes.fromhex("8362") + b"\xff\xfe" + b"\x5a\x00\x00\x10",  # invalid UTF-8, unfinished
-    bytes.fromhex("81d81d00"),                                  # shared reference
-    bytes.fromhex("8361706174") + b"\x85\x68port",              # fine, unfinished
-])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        bytes.fromhex("855b0000"),  # truncated string header
+        bytes.fromhex("82405b0000000100000000") + b"abc",  # 4 GiB string declared
+        bytes.fromhex("9b0000000100000000") + b"\x01",  # 4 Gi items declared
+        b"\x81" * 1000 + b"\x80",  # nested beyond MAX_DEPTH
+        b"\x81" * (framing.MAX_DEPTH + 1) + b"\x80",  # depth at the limits
+        b"\x81" * (framing.MAX_DEPTH + 2) + b"\x80",
+        b"\x81" * (framing.MAX_DEPTH + 3) + b"\x80",
+        b"\x81" * 3000,  # deep, unfinished
+        cbor2.dumps({"a": 1}) + encode_cbor(["x"]),  # not an array
+        b"\xff" + encode_cbor(["x"]),  # stray break
+        b"\x1c",  # reserved additional info
+        bytes.fromhex("8261ff") + encode_cbor(["x"]),  # invalid UTF-8
+        bytes.fromhex("8362") + b"\xff\xfe" + b"\x5a\x00\x00\x10",  # invalid UTF-8, unfinished
+        bytes.fromhex("81d81d00"),  # shared reference
+        bytes.fromhex("8361706174") + b"\x85\x68port",  # fine, unfinished
+    ],
+)
 @pytest.mark.parametrize("max_frame", [framing.DEFAULT_MAX_FRAME, 1 << 16, 2000])
 def test_cbor_split_read_hostile_tail_same_outcome(tail, max_frame):
     data = _GOOD + tail + _GOOD[:100]
     cuts = [len(_GOOD) + k for k in (0, 1, 2, 3, 5, len(tail) // 2, len(tail) - 1, len(tail))]
     cuts += [4096, 8192, len(_GOOD) - 7]
     for cut in sorted(set(c for c in cuts if 0 < c < len(data))):
-        for chunks in ([data[:cut], data[cut:]], [data[:cut], data[cut:cut + 5000], data[cut + 5000:]]):
+        for chunks in (
+            [data[:cut], data[cut:]],
+            [data[:cut], data[cut : cut + 5000], data[cut + 5000 :]],
+        ):
             for cls in (CborDecoder, _AlwaysSplit):
                 got = _outcome(cls, [c for c in chunks if c], max_frame)
                 assert got == _outcome(_NoSplit, [c for c in chunks if c], max_frame), (cls, cut)
@@ -632,12 +710,11 @@ def test_cbor_split_read_enforces_max_frame():
     big = encode_cbor(["portname", "x" * 3000])
     data = _GOOD + big + _GOOD
     for max_frame in (2000, 3000, 3010, 5000, 20000):
-        for cut in (len(_GOOD) - 5, len(_GOOD) + 10, len(_GOOD) + len(big) + 7,
-                    len(data) - 7):
+        for cut in (len(_GOOD) - 5, len(_GOOD) + 10, len(_GOOD) + len(big) + 7, len(data) - 7):
             chunks = [data[:cut], data[cut:]]
             for cls in (CborDecoder, _AlwaysSplit):
                 assert _outcome(cls, chunks, max_frame) == _outcome(_NoSplit, chunks, max_frame)
-        chunks = [data[:len(data) - 7], data[-7:]]
+        chunks = [data[: len(data) - 7], data[-7:]]
         if max_frame < len(big):
             with pytest.raises(RemoteProtocolError, match="larger than"):
                 feed_all(CborDecoder(max_frame=max_frame), chunks)
@@ -646,6 +723,7 @@ def test_cbor_split_read_enforces_max_frame():
 
 
 # --------------------------------------------------------------------------- json: large frames
+
 
 def _prefix_frames(data, cut):
     """The frames of ``data[:cut]`` fed whole, or "error"."""
@@ -682,10 +760,14 @@ def _big_inputs():
         (b'["p","' + esc.encode() + b'"]\n["q"]\n', [["p", json_loads(esc)], ["q"]]),
         (b'["p","' + esc.encode() + b'"]["q"]', [["p", json_loads(esc)], ["q"]]),
         (b'[\n "p",\n "' + _LONG.encode() + b'"\n]\n["q"]\n', [["p", _LONG], ["q"]]),
-        (b'["p",' + b"[1]," * 1500 + b'"' + _LONG.encode() + b'"]["z"]',
-         [["p"] + [[1]] * 1500 + [_LONG], ["z"]]),
-        (b"[" * 12 + b'"' + _LONG.encode() + b'"' + b"]" * 12 + b"\n",
-         [[[[[[[[[[[[[_LONG]]]]]]]]]]]]]),
+        (
+            b'["p",' + b"[1]," * 1500 + b'"' + _LONG.encode() + b'"]["z"]',
+            [["p"] + [[1]] * 1500 + [_LONG], ["z"]],
+        ),
+        (
+            b"[" * 12 + b'"' + _LONG.encode() + b'"' + b"]" * 12 + b"\n",
+            [[[[[[[[[[[[[_LONG]]]]]]]]]]]]],
+        ),
         (b'["p","' + _LONG.encode() + b'"]\r\n["q"]', [["p", _LONG], ["q"]]),
         (b'["p","' + _LONG.encode() + b'"]["q"]\n["r"]', [["p", _LONG], ["q"], ["r"]]),
         (b'["p","NaN' + _LONG.encode() + b'Infinity"]\n', [["p", "NaN" + _LONG + "Infinity"]]),
@@ -703,6 +785,7 @@ def _big_inputs():
 
 def json_loads(s):
     import json
+
     return json.loads('"%s"' % s)
 
 
@@ -712,6 +795,7 @@ def test_json_large_frame_split_anywhere_matches_prefixes(i):
     three reads anywhere near a special byte, and at random: each read yields exactly what the
     data up to it completes, whatever path (newline try, ']' try, lazy or resumed scan) ran."""
     import random
+
     data, want = _big_inputs()[i]
     assert _check_cuts(data, []) == want
     special = [j for j, c in enumerate(data) if c in b'"\\[]{}\n\r']
@@ -767,7 +851,7 @@ def test_json_newlines_inside_a_large_frame_stay_linear():
     data = b"[" + b"1,\n" * 1_400_000 + b"2]\n"
     d = JsonDecoder()
     t0 = time.process_time()
-    out = feed_all(d, [data[i:i + 2048] for i in range(0, len(data), 2048)])
+    out = feed_all(d, [data[i : i + 2048] for i in range(0, len(data), 2048)])
     elapsed = time.process_time() - t0
     assert len(out) == 1 and len(out[0]) == 1_400_001
     assert elapsed < 5, elapsed
@@ -775,8 +859,10 @@ def test_json_newlines_inside_a_large_frame_stay_linear():
 
 # --------------------------------------------------------------------------- frame size errors
 
-_SIZE_ERR = (r"^%s frame larger than allowed: %s bytes, max_frame is %d bytes "
-             r"\(raise the max_frame setting to accept it\)$")
+_SIZE_ERR = (
+    r"^%s frame larger than allowed: %s bytes, max_frame is %d bytes "
+    r"\(raise the max_frame setting to accept it\)$"
+)
 
 
 def _size_error(dec, chunks):
@@ -788,6 +874,7 @@ def _size_error(dec, chunks):
 @pytest.mark.parametrize("name", FRAMINGS)
 def test_frame_size_error_states_size_and_limit_for_a_complete_frame(name):
     import re
+
     enc, dec_cls = codec(name)
     frame = enc(["p", "x" * 2000])
     size = len(frame) - (name == "json")  # (json: the newline is not part of the frame)
@@ -799,6 +886,7 @@ def test_frame_size_error_states_size_and_limit_for_a_complete_frame(name):
 @pytest.mark.parametrize("name", FRAMINGS)
 def test_frame_size_error_states_at_least_for_a_pending_frame(name):
     import re
+
     enc, dec_cls = codec(name)
     frame = enc(["p", "y" * 100000])
     text = _size_error(dec_cls(max_frame=65536), [frame[:40000], frame[40000:70000]])
@@ -813,6 +901,7 @@ def test_frame_size_error_states_at_least_for_a_pending_frame(name):
 
 def test_cbor_frame_size_error_for_announced_sizes():
     import re
+
     text = _size_error(CborDecoder(max_frame=1 << 20), [bytes.fromhex("82405b0000000100000000")])
     assert re.match(_SIZE_ERR % ("cbor", "at least %d" % (11 + (1 << 32)), 1 << 20), text), text
     text = _size_error(CborDecoder(max_frame=1000), [bytes.fromhex("9a00100000") + b"\x01"])

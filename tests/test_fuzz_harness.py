@@ -50,16 +50,31 @@ def test_seed_corpus():
     for path in SEED_FILES:
         outcomes[path.name] = fz.check(path.read_bytes())
     # the seeds reach the deep states, under every handshake config and parser
-    established = {int(n.split("cfg")[1].split("-")[0]) for n, o in outcomes.items()
-                   if o.endswith(":ESTABLISHED") and "-cfg" in n}
+    established = {
+        int(n.split("cfg")[1].split("-")[0])
+        for n, o in outcomes.items()
+        if o.endswith(":ESTABLISHED") and "-cfg" in n
+    }
     synthetic = len(fz.CONFIGS) - len(fz.RECORDED)
     assert set(range(synthetic)) <= established, established
     labels = set(outcomes.values())
-    for want in ("handshake:ESTABLISHED", "authline:ESTABLISHED", "handshake:ERROR",
-                 "authline:ERROR", "greeting:ok", "greeting:error"):
+    for want in (
+        "handshake:ESTABLISHED",
+        "authline:ESTABLISHED",
+        "handshake:ERROR",
+        "authline:ERROR",
+        "greeting:ok",
+        "greeting:error",
+    ):
         assert want in labels, want
-    for prefix in ("json:ok:", "cbor:ok:", "json:error:", "cbor:error:", "roundtrip:json:",
-                   "roundtrip:cbor:"):
+    for prefix in (
+        "json:ok:",
+        "cbor:ok:",
+        "json:error:",
+        "cbor:error:",
+        "roundtrip:json:",
+        "roundtrip:cbor:",
+    ):
         assert any(o.startswith(prefix) for o in labels), prefix
 
 
@@ -82,11 +97,38 @@ def test_corpus_matches_make_corpus():
         assert path.read_bytes() == data, "%s is stale: run --make-corpus" % name
 
 
-INTERESTING = [b"\n", b"\r\n", b";", b"=", b",", b"[", b"]", b"{", b"}", b'"', b"\\", b"\\u",
-               b"\xff", b"\x00", b"\xed\xa0\x80", b"NaN", b"1e999", b"aemp;1;", b";json\n",
-               b";cbor\n", b"tls_anon;;json\n", b"\x9f", b"\xbf", b"\x5f", b"\xd9\xd9\xf7",
-               b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff", b"\xd8\x1d\x00", b"\xc2\x41",
-               b"\xfa\x7f\xc0\x00\x00", b"x" * 300]
+INTERESTING = [
+    b"\n",
+    b"\r\n",
+    b";",
+    b"=",
+    b",",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b'"',
+    b"\\",
+    b"\\u",
+    b"\xff",
+    b"\x00",
+    b"\xed\xa0\x80",
+    b"NaN",
+    b"1e999",
+    b"aemp;1;",
+    b";json\n",
+    b";cbor\n",
+    b"tls_anon;;json\n",
+    b"\x9f",
+    b"\xbf",
+    b"\x5f",
+    b"\xd9\xd9\xf7",
+    b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff",
+    b"\xd8\x1d\x00",
+    b"\xc2\x41",
+    b"\xfa\x7f\xc0\x00\x00",
+    b"x" * 300,
+]
 
 
 def _mutate(rng, data, pool):
@@ -103,10 +145,10 @@ def _mutate(rng, data, pool):
             i = rng.randrange(n + 1)
             data[i:i] = rng.choice(INTERESTING)
         elif op == 3 and n > fz.HEADER:
-            del data[rng.randrange(fz.HEADER, n):]
+            del data[rng.randrange(fz.HEADER, n) :]
         elif op == 4 and n:
             i = rng.randrange(n)
-            del data[i:i + rng.randint(1, 16)]
+            del data[i : i + rng.randint(1, 16)]
         elif op == 5 and n:
             i = rng.randrange(n)
             j = min(n, i + rng.randint(1, 64))
@@ -114,7 +156,7 @@ def _mutate(rng, data, pool):
         elif op == 6:
             other = rng.choice(pool)
             i = rng.randrange(fz.HEADER, max(fz.HEADER, n) + 1)
-            data = data[:i] + other[rng.randrange(fz.HEADER, max(fz.HEADER, len(other)) + 1):]
+            data = data[:i] + other[rng.randrange(fz.HEADER, max(fz.HEADER, len(other)) + 1) :]
         else:  # another target, config, chunking
             data = data.ljust(fz.HEADER, b"\0")  # (before indexing: data may be empty here)
             data[rng.randrange(fz.HEADER)] = rng.randrange(256)
@@ -136,8 +178,9 @@ def test_random_mutations():
                 raise
             # a known finding (see FINDINGS) reached by mutation: not this test's concern
         except Exception as exc:  # pragma: no cover - a real finding: report the input
-            raise AssertionError("check() failed (FUZZ_HARNESS_SEED=%d) on input %s"
-                                 % (seed, data.hex())) from exc
+            raise AssertionError(
+                "check() failed (FUZZ_HARNESS_SEED=%d) on input %s" % (seed, data.hex())
+            ) from exc
         done += 1
         if time.monotonic() > deadline:  # pragma: no cover - very slow machine
             break
@@ -147,6 +190,7 @@ def test_random_mutations():
 def test_check_catches_foreign_exceptions(monkeypatch):
     """The oracle works: an exception other than RemoteProtocolError escaping a parser, or one
     hidden behind a RemoteProtocolError by a safety net, fails check()."""
+
     class Broken(fz.JsonDecoder):
         __slots__ = ()
 

@@ -33,25 +33,42 @@ from aemp_green.exceptions import RemoteProtocolError
 
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 
-BATCH = 100            # inputs per hypothesis example in the batched tests
-BATCH_EXAMPLES = 360   # examples per batched test: 3 tests x 360 x 100 = 108,000 inputs
+BATCH = 100  # inputs per hypothesis example in the batched tests
+BATCH_EXAMPLES = 360  # examples per batched test: 3 tests x 360 x 100 = 108,000 inputs
 COUNTS = {"handshake": 0, "json": 0, "cbor": 0}
 
-SETTINGS = dict(deadline=None, database=None, derandomize=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    database=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 # --------------------------------------------------------------------------- seed corpus
 
 SECRET = "fuzz-secret"
 SAMPLE_MSGS = [
-    ["", "g_slave"], ["", "g_find", "seed"],
-    ["KQPFl3bClb", "test", {"float": 3.25, "list": [1, "two", [3, {"four": 4}]], "neg": -17,
-                            "null": None, "text": "Grüße, 世界 ✓ 😀", "big": 2 ** 40,
-                            "t": True,
-                            "empty": {}}, "peer_b#KSQsEF8z1b"],
+    ["", "g_slave"],
+    ["", "g_find", "seed"],
+    [
+        "KQPFl3bClb",
+        "test",
+        {
+            "float": 3.25,
+            "list": [1, "two", [3, {"four": 4}]],
+            "neg": -17,
+            "null": None,
+            "text": "Grüße, 世界 ✓ 😀",
+            "big": 2**40,
+            "t": True,
+            "empty": {},
+        },
+        "peer_b#KSQsEF8z1b",
+    ],
     ["", "kil0", "htwwPJOxs5c", "killed_by_b", "reason text ☠", 123],
-    ["p", "[{\"\\]}", "a\\", 0.1, -0.0, 2 ** 70, []], [],
+    ["p", "[{\"\\]}", "a\\", 0.1, -0.0, 2**70, []],
+    [],
 ]
 
 
@@ -91,11 +108,19 @@ def _recorded():
             l1, l2 = fr[side + "_greeting"]
             protocol, _, nodeid, auths, framings, kv = parse_greeting_line1(l1)
 
-            def factory(nodeid=nodeid, auths=auths, framings=framings, kv=kv, l2=l2,
-                        s=secret[side]):
-                return Handshake(nodeid=nodeid, secret=s, auth_accept=auths, framings=framings,
-                                 peeraddr=kv["peeraddr"], provider=kv["provider"],
-                                 nonce=base64.b64decode(l2), _kv_order=list(kv))
+            def factory(
+                nodeid=nodeid, auths=auths, framings=framings, kv=kv, l2=l2, s=secret[side]
+            ):
+                return Handshake(
+                    nodeid=nodeid,
+                    secret=s,
+                    auth_accept=auths,
+                    framings=framings,
+                    peeraddr=kv["peeraddr"],
+                    provider=kv["provider"],
+                    nonce=base64.b64decode(l2),
+                    _kv_order=list(kv),
+                )
 
             scenarios.append((factory, stream[other]))
             if fr.get(other + "_auth_line"):
@@ -109,24 +134,65 @@ def _recorded():
 
 
 REC_SCENARIOS, REC_JSON, REC_CBOR = _recorded()
-SCENARIOS = REC_SCENARIOS + [_synthetic_pair(), _synthetic_pair(framings=("json",)),
-                             _synthetic_pair(tls=True)]
-JSON_SEEDS = REC_JSON + [b"".join(encode_json(m) for m in SAMPLE_MSGS),
-                         b"".join(encode_json(m)[:-1] for m in SAMPLE_MSGS),
-                         b'["","g_slave"]["","g_find","seed"]\r\n ["x",{"a":[[[[[[["deep"]]]]]]]}]']
-CBOR_SEEDS = REC_CBOR + [b"".join(encode_cbor(m) for m in SAMPLE_MSGS),
-                         cbor2.dumps([b"", b"g_slave", {b"k": [b"v", 1.5, None]}, b"\xff"]),
-                         bytes.fromhex("9f405f4161416bffa1416b9f01ffff")
-                         + bytes.fromhex("d9d9f7824041") + b"x"]
+SCENARIOS = REC_SCENARIOS + [
+    _synthetic_pair(),
+    _synthetic_pair(framings=("json",)),
+    _synthetic_pair(tls=True),
+]
+JSON_SEEDS = REC_JSON + [
+    b"".join(encode_json(m) for m in SAMPLE_MSGS),
+    b"".join(encode_json(m)[:-1] for m in SAMPLE_MSGS),
+    b'["","g_slave"]["","g_find","seed"]\r\n ["x",{"a":[[[[[[["deep"]]]]]]]}]',
+]
+CBOR_SEEDS = REC_CBOR + [
+    b"".join(encode_cbor(m) for m in SAMPLE_MSGS),
+    cbor2.dumps([b"", b"g_slave", {b"k": [b"v", 1.5, None]}, b"\xff"]),
+    bytes.fromhex("9f405f4161416bffa1416b9f01ffff") + bytes.fromhex("d9d9f7824041") + b"x",
+]
 
-INTERESTING = [b"\n", b"\r\n", b"\r", b";", b"=", b",", b"[", b"]", b"{", b"}", b'"', b"\\",
-               b"\\u", b"\xff", b"\x00", b"\xed\xa0\x80", b"NaN", b"1e999", b"aemp;1;",
-               b"hmac_sha3_512;", b";json\n", b";cbor\n", b"\x9f", b"\xbf", b"\x5f", b"\x7f",
-               b"\xff", b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff",
-               b"\x5b\x00\x00\x00\x10\x00\x00\x00\x00",
-               b"\x9b\x7f\xff\xff\xff\xff\xff\xff\xff", b"\xd8\x1d\x00", b"\xd8\x1c", b"\xc2\x41",
-               b"\xc1\xfb\x7f\xf0\x00\x00\x00\x00\x00\x00", b"\xa1\x80\x01", b"\xa1\x01\x01",
-               b"\xd9\x01\x00", b"\xd8\x19\x00", b"\xf8\x10", b"\xfa\x7f\xc0\x00\x00", b"x" * 5000]
+INTERESTING = [
+    b"\n",
+    b"\r\n",
+    b"\r",
+    b";",
+    b"=",
+    b",",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b'"',
+    b"\\",
+    b"\\u",
+    b"\xff",
+    b"\x00",
+    b"\xed\xa0\x80",
+    b"NaN",
+    b"1e999",
+    b"aemp;1;",
+    b"hmac_sha3_512;",
+    b";json\n",
+    b";cbor\n",
+    b"\x9f",
+    b"\xbf",
+    b"\x5f",
+    b"\x7f",
+    b"\xff",
+    b"\x1b\xff\xff\xff\xff\xff\xff\xff\xff",
+    b"\x5b\x00\x00\x00\x10\x00\x00\x00\x00",
+    b"\x9b\x7f\xff\xff\xff\xff\xff\xff\xff",
+    b"\xd8\x1d\x00",
+    b"\xd8\x1c",
+    b"\xc2\x41",
+    b"\xc1\xfb\x7f\xf0\x00\x00\x00\x00\x00\x00",
+    b"\xa1\x80\x01",
+    b"\xa1\x01\x01",
+    b"\xd9\x01\x00",
+    b"\xd8\x19\x00",
+    b"\xf8\x10",
+    b"\xfa\x7f\xc0\x00\x00",
+    b"x" * 5000,
+]
 
 
 def mutate(rng, data, pool):
@@ -134,34 +200,35 @@ def mutate(rng, data, pool):
     for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4, 8))):
         n = len(data)
         op = rng.randrange(9)
-        if op == 0 and n:                                   # bit flip
+        if op == 0 and n:  # bit flip
             i = rng.randrange(n)
             data[i] ^= 1 << rng.randrange(8)
-        elif op == 1 and n:                                 # random byte
+        elif op == 1 and n:  # random byte
             data[rng.randrange(n)] = rng.randrange(256)
-        elif op == 2:                                       # insert random bytes
+        elif op == 2:  # insert random bytes
             i = rng.randrange(n + 1)
             data[i:i] = rng.randbytes(rng.randint(1, 8))
-        elif op == 3:                                       # insert an interesting token
+        elif op == 3:  # insert an interesting token
             i = rng.randrange(n + 1)
             data[i:i] = rng.choice(INTERESTING)
-        elif op == 4 and n:                                 # truncate
-            del data[rng.randrange(n):]
-        elif op == 5 and n:                                 # delete a range
+        elif op == 4 and n:  # truncate
+            del data[rng.randrange(n) :]
+        elif op == 5 and n:  # delete a range
             i = rng.randrange(n)
-            del data[i:i + rng.randint(1, 16)]
-        elif op == 6 and n:                                 # duplicate a range
+            del data[i : i + rng.randint(1, 16)]
+        elif op == 6 and n:  # duplicate a range
             i = rng.randrange(n)
             j = min(n, i + rng.randint(1, 64))
             data[j:j] = data[i:j]
-        elif op == 7:                                       # splice with another seed
+        elif op == 7:  # splice with another seed
             other = rng.choice(pool)
             i = rng.randrange(n + 1)
             j = rng.randrange(len(other) + 1)
             data = data[:i] + other[j:]
-        elif op == 8 and n:                                 # overwrite with a small int
-            data[rng.randrange(n)] = rng.choice((0, 1, 0x0A, 0x0D, 0x22, 0x3B, 0x5B, 0x5D, 0x7F,
-                                                 0x80, 0x9F, 0xBF, 0xFF))
+        elif op == 8 and n:  # overwrite with a small int
+            data[rng.randrange(n)] = rng.choice(
+                (0, 1, 0x0A, 0x0D, 0x22, 0x3B, 0x5B, 0x5D, 0x7F, 0x80, 0x9F, 0xBF, 0xFF)
+            )
     return bytes(data)
 
 
@@ -172,7 +239,7 @@ def random_chunks(rng, data):
     if mode == 0:
         return [data]
     if mode == 1 and len(data) < 2000:
-        return [data[i:i + 1] for i in range(len(data))]
+        return [data[i : i + 1] for i in range(len(data))]
     cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randint(1, 12))))
     return [data[i:j] for i, j in zip([0] + cuts, cuts + [len(data)])]
 
@@ -187,6 +254,7 @@ def make_input(rng, seeds):
 
 
 # --------------------------------------------------------------------------- runners
+
 
 def run_handshake(factory, chunks):
     """Feed ``chunks``; return a comparable summary. Only RemoteProtocolError may escape."""
@@ -254,14 +322,15 @@ def check_decoder_input(rng, cls, data):
         ok_frames, ok_pending = (f2, p2) if e1 else (f1, p1)
         bad_frames = f1 if e1 else f2
         assert ok_pending > 0, (data, max_frame, e1, e2)
-        assert repr(ok_frames[:len(bad_frames)]) == repr(bad_frames)
+        assert repr(ok_frames[: len(bad_frames)]) == repr(bad_frames)
     COUNTS["json" if cls is JsonDecoder else "cbor"] += 1
 
 
 # --------------------------------------------------------------------------- batched fuzzing
 
+
 @settings(max_examples=BATCH_EXAMPLES, **SETTINGS)
-@given(st.integers(0, 2 ** 32 - 1))
+@given(st.integers(0, 2**32 - 1))
 def test_fuzz_handshake(seed):
     rng = random.Random(seed)
     pool = [s for _, s in SCENARIOS]
@@ -278,7 +347,7 @@ def test_fuzz_handshake(seed):
 
 
 @settings(max_examples=BATCH_EXAMPLES, **SETTINGS)
-@given(st.integers(0, 2 ** 32 - 1))
+@given(st.integers(0, 2**32 - 1))
 def test_fuzz_json_decoder(seed):
     rng = random.Random(seed)
     for _ in range(BATCH):
@@ -286,7 +355,7 @@ def test_fuzz_json_decoder(seed):
 
 
 @settings(max_examples=BATCH_EXAMPLES, **SETTINGS)
-@given(st.integers(0, 2 ** 32 - 1))
+@given(st.integers(0, 2**32 - 1))
 def test_fuzz_cbor_decoder(seed):
     rng = random.Random(seed)
     for _ in range(BATCH):
@@ -305,8 +374,10 @@ def test_unmutated_seeds_are_accepted():
                     h.receive_data(early)
         except RemoteProtocolError as exc:
             # only the recorded self-connections and the wrong-secret session may fail
-            assert str(exc) in ("I refuse to talk to myself",
-                                "authentication failure/shared secret mismatch")
+            assert str(exc) in (
+                "I refuse to talk to myself",
+                "authentication failure/shared secret mismatch",
+            )
             continue
         assert h.state == "ESTABLISHED"
     for data in JSON_SEEDS:
@@ -316,6 +387,7 @@ def test_unmutated_seeds_are_accepted():
 
 
 # --------------------------------------------------------------------------- structured
+
 
 @settings(max_examples=700, **SETTINGS)
 @given(st.binary(max_size=600), st.randoms(use_true_random=False))
@@ -329,7 +401,7 @@ def test_hypothesis_random_bytes_all_parsers(data, rng):
 @st.composite
 def mutated(draw, seeds):
     base = draw(st.sampled_from(seeds))
-    op = st.tuples(st.integers(0, 3), st.integers(0, 10 ** 6), st.binary(max_size=6))
+    op = st.tuples(st.integers(0, 3), st.integers(0, 10**6), st.binary(max_size=6))
     ops = draw(st.lists(op, max_size=4))
     data = bytearray(base)
     for op, where, blob in ops:
@@ -338,7 +410,7 @@ def mutated(draw, seeds):
         if op == 0:
             data[i:i] = blob
         elif op == 1:
-            del data[i:i + len(blob) + 1]
+            del data[i : i + len(blob) + 1]
         elif op == 2 and n:
             data[i % n] ^= 1 << (where % 8)
         else:
@@ -362,14 +434,27 @@ def test_hypothesis_mutated_decoders(jdata, cdata, rng):
 
 # --------------------------------------------------------------------------- value round trips
 
-json_scalars = (st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
-json_values = st.recursive(json_scalars, lambda kids: st.lists(kids, max_size=5)
-                           | st.dictionaries(st.text(max_size=8), kids, max_size=5), max_leaves=25)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda kids: (
+        st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=8), kids, max_size=5)
+    ),
+    max_leaves=25,
+)
 cbor_scalars = json_scalars | st.binary(max_size=12)
 cbor_keys = st.text(max_size=8) | st.binary(max_size=8)
-cbor_values = st.recursive(cbor_scalars, lambda kids: st.lists(kids, max_size=5)
-                           | st.dictionaries(cbor_keys, kids, max_size=5), max_leaves=25)
+cbor_values = st.recursive(
+    cbor_scalars,
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(cbor_keys, kids, max_size=5),
+    max_leaves=25,
+)
 
 
 def _expect_cbor(v):
@@ -399,8 +484,10 @@ def _same(a, b):
 
 
 @settings(max_examples=300, **SETTINGS)
-@given(st.lists(st.lists(json_values, max_size=6), min_size=1, max_size=6),
-       st.randoms(use_true_random=False))
+@given(
+    st.lists(st.lists(json_values, max_size=6), min_size=1, max_size=6),
+    st.randoms(use_true_random=False),
+)
 def test_json_round_trip_arbitrary_values(frames, rng):
     data = b"".join(encode_json(f) for f in frames)
     got, err, pending = run_decoder(JsonDecoder, random_chunks(rng, data), 1 << 26)
@@ -413,8 +500,10 @@ def test_json_round_trip_arbitrary_values(frames, rng):
 
 
 @settings(max_examples=300, **SETTINGS)
-@given(st.lists(st.lists(cbor_values, max_size=6), min_size=1, max_size=6),
-       st.randoms(use_true_random=False))
+@given(
+    st.lists(st.lists(cbor_values, max_size=6), min_size=1, max_size=6),
+    st.randoms(use_true_random=False),
+)
 def test_cbor_round_trip_arbitrary_values(frames, rng):
     data = b"".join(encode_cbor(f) for f in frames)
     got, err, pending = run_decoder(CborDecoder, random_chunks(rng, data), 1 << 26)

@@ -38,8 +38,11 @@ from conftest import flush
 from test_interop_replay import plain  # frames.json value -> what our decoder returns
 
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
-SESSIONS = [s for s in ("json-session", "cbor-session")
-            if (INTEROP / s / "conn02_peer_b-to-seed" / "frames.json").is_file()]
+SESSIONS = [
+    s
+    for s in ("json-session", "cbor-session")
+    if (INTEROP / s / "conn02_peer_b-to-seed" / "frames.json").is_file()
+]
 
 pytestmark = pytest.mark.skipif(not SESSIONS, reason="interop recordings not found at %s" % INTEROP)
 
@@ -67,8 +70,9 @@ class Rec:
         start = len(("%s\n%s\n" % (l1, l2)).encode()) + len(fr[side + "_auth_line"]) + 1
         frames = framing.codec(self.fmt)[1]().feed(stream[start:])
         # what our decoder returns is what frames.json shows, byte strings as str
-        assert frames == [plain(f["value"]) for f in fr[side + "_to_b_frames" if side == "a"
-                                                          else "b_to_a_frames"]]
+        assert frames == [
+            plain(f["value"]) for f in fr[side + "_to_b_frames" if side == "a" else "b_to_a_frames"]
+        ]
         return frames
 
     def sent(self, tag):
@@ -84,6 +88,7 @@ def session(request):
 
 
 # --------------------------------------------------------------------------- fake network
+
 
 class FakeRemote:
     """Stands in for ``node.RemoteNode``: records ``found`` calls."""
@@ -200,8 +205,16 @@ _FRESH_STATE = {
     "_limits": dict,
     "_warned": dict,
 }
-_CONSTANTS = {"_SUBPROTOCOLS", "_DB_QUERIES", "_MISSING", "_FAMILY", "_INT_MIN", "_INT_MAX",
-              "_MAX_VALUE_DEPTH", "_CHUNK_MIN"}
+_CONSTANTS = {
+    "_SUBPROTOCOLS",
+    "_DB_QUERIES",
+    "_MISSING",
+    "_FAMILY",
+    "_INT_MIN",
+    "_INT_MAX",
+    "_MAX_VALUE_DEPTH",
+    "_CHUNK_MIN",
+}
 
 
 @pytest.fixture
@@ -218,17 +231,24 @@ def net(monkeypatch, caplog):
     caplog.set_level(logging.WARNING, logger="aemp_green")
     yield fake
     flush()
-    errors = [r.getMessage() for r in caplog.get_records("call") + caplog.records
-              if r.levelno >= logging.ERROR and r.name.startswith("aemp_green")]
+    errors = [
+        r.getMessage()
+        for r in caplog.get_records("call") + caplog.records
+        if r.levelno >= logging.ERROR and r.name.startswith("aemp_green")
+    ]
     assert not errors, "errors logged while handling frames: %r" % errors
 
 
 def test_fixture_resets_every_piece_of_global_state():
     """Guard for this file: the ``net`` fixture knows all mutable state of ``global_``."""
-    state = {name for name, v in vars(global_).items()
-             if name.startswith("_") and not name.startswith("__")
-             and isinstance(v, (dict, set, list, bool, int, type(None)))
-             and name not in _CONSTANTS}
+    state = {
+        name
+        for name, v in vars(global_).items()
+        if name.startswith("_")
+        and not name.startswith("__")
+        and isinstance(v, (dict, set, list, bool, int, type(None)))
+        and name not in _CONSTANTS
+    }
     assert state <= set(_FRESH_STATE), "new state in global_: %s" % (state - set(_FRESH_STATE))
 
 
@@ -248,6 +268,7 @@ def db_family_now(family):
 
 
 # --------------------------------------------------------------------------- seed role
+
 
 def become_perl_seed(net, session):
     rec_a = Rec(session, "conn01_peer_a-to-seed")
@@ -306,9 +327,11 @@ def test_seed_answers_peer_b_like_the_perl_seed(net, session):
             feed("peer_b", ["", "g_db_family", "b_family", "probe2"])
             feed("peer_b", ["", "g_db_keys", "b_family", "probe3"])
             feed("peer_b", ["", "g_db_values", "b_family", "probe4"])
-            assert net.take("peer_b") == [["", "g_reply", "probe2", {}],
-                                          ["", "g_reply", "probe3", []],
-                                          ["", "g_reply", "probe4", []]]
+            assert net.take("peer_b") == [
+                ["", "g_reply", "probe2", {}],
+                ["", "g_reply", "probe3", []],
+                ["", "g_reply", "probe4", []],
+            ]
     assert answers == rec_b.from_seed
     # the shapes, spelled out
     family = slave_db(rec_a)["eg_receivers"]
@@ -337,9 +360,11 @@ def test_seed_g_chg1_is_null_for_an_empty_family_and_g_found_null_for_unknown(ne
     feed("peer_b", ["", "g_mon1", "nobody_here"])
     feed("peer_b", ["", "g_find", "no_such_node"])
     feed("peer_b", ["", "g_db_family", "nobody_here", "x1"])
-    assert net.take("peer_b") == [["", "g_chg1", "nobody_here", None],
-                                  ["", "g_found", "no_such_node", None],
-                                  ["", "g_reply", "x1", {}]]
+    assert net.take("peer_b") == [
+        ["", "g_chg1", "nobody_here", None],
+        ["", "g_found", "no_such_node", None],
+        ["", "g_reply", "x1", {}],
+    ]
     # the family appears: a g_chg2 to the watcher
     feed("peer_a", ["", "g_upd", "nobody_here", {"k": None}])
     assert net.take("peer_b") == [["", "g_chg2", "nobody_here", {"k": None}, None]]
@@ -400,8 +425,18 @@ def test_seed_meshes_with_another_global_node(net):
     assert g_set[2]["'g"] == {"seed": None}
     # the extra argument: when each value was taken from its slave (see the next test)
     assert set(g_set[3]["fam"]) == {"kx"} and isinstance(g_set[3]["fam"]["kx"], float)
-    feed("other", ["", "g_set", {"'l": {"other": ["127.0.0.1:2"], "Z": ["127.0.0.1:3"]},
-                                 "'g": {"other": None}, "fam": {"kz": "z"}}])
+    feed(
+        "other",
+        [
+            "",
+            "g_set",
+            {
+                "'l": {"other": ["127.0.0.1:2"], "Z": ["127.0.0.1:3"]},
+                "'g": {"other": None},
+                "fam": {"kz": "z"},
+            },
+        ],
+    )
     feed("other", ["", "g_upd", "fam", {"kz2": "z2"}])
     assert net.take("other") == []  # nothing echoed
     assert db_family_now("fam") == {"kx": "x", "kz": "z", "kz2": "z2"}
@@ -455,8 +490,17 @@ def test_global_nodes_agree_on_a_key_set_twice_whatever_the_arrival_order(net):
     assert db_family_now("fam") == {"k": "x4"}
     # the watcher saw every change of the effective value, in order
     changes = [f[3]["k"] for f in net.take("W") if f[1] == "g_chg2" and f[3]]
-    assert changes == ["from X", "from Y", "from X again", "unstamped", "x3", "nan", "str",
-                       "inf", "x4"]
+    assert changes == [
+        "from X",
+        "from Y",
+        "from X again",
+        "unstamped",
+        "x3",
+        "nan",
+        "str",
+        "inf",
+        "x4",
+    ]
     # when Y's global node goes, X's latest value is back
     net.disconnect("other")
     assert db_family_now("fam") == {"k": "x4"}
@@ -542,6 +586,7 @@ def test_seed_db_reg_and_local_watchers(net):
 
 
 # --------------------------------------------------------------------------- slave role
+
 
 def slave_db(rec):
     """The db of the recorded ``g_slave`` that carries one."""
@@ -644,7 +689,11 @@ def test_slave_handles_the_recorded_seed_answers(net, session):
     feed("other_global", ["", "g_chg2", "eg_receivers", {"bogus": 1}, None])  # not the master
     feed("other_global", ["", "g_chg1", "eg_receivers", {}])
     flush()
-    assert [c[1:] for c in w.calls[1:]] == [(["new#1"], [], []), ([], [k0], []), ([], [], ["new#1"])]
+    assert [c[1:] for c in w.calls[1:]] == [
+        (["new#1"], [], []),
+        ([], [k0], []),
+        ([], [], ["new#1"]),
+    ]
     assert w.calls[-1][0] == {k0: "changed"}
 
     # a second db_mon on the same family: the whole family first
@@ -731,8 +780,10 @@ def test_slave_without_master_keeps_changes_until_one_is_up(net, session):
     assert net.take() == []
     global_.db_set("fam", "k", {"v": 2})
     global_.db_set("fam", "k2")
-    assert net.take("seed") == [["", "g_upd", "fam", {"k": {"v": 2}}, None],
-                                ["", "g_upd", "fam", {"k2": None}, None]]
+    assert net.take("seed") == [
+        ["", "g_upd", "fam", {"k": {"v": 2}}, None],
+        ["", "g_upd", "fam", {"k2": None}, None],
+    ]
 
 
 def test_db_set_guard_cancel_deletes_drop_keeps(net, session):
@@ -744,8 +795,10 @@ def test_db_set_guard_cancel_deletes_drop_keeps(net, session):
     net.take()
     global_.db_set("fam", "stays", 1)
     g = global_.db_set("fam", "goes", 2)
-    assert net.take("seed") == [["", "g_upd", "fam", {"stays": 1}, None],
-                                ["", "g_upd", "fam", {"goes": 2}, None]]
+    assert net.take("seed") == [
+        ["", "g_upd", "fam", {"stays": 1}, None],
+        ["", "g_upd", "fam", {"goes": 2}, None],
+    ]
     g2 = global_.db_set("fam", "dropped", 3)
     del g2
     assert net.take("seed") == [["", "g_upd", "fam", {"dropped": 3}, None]]
@@ -756,22 +809,38 @@ def test_db_set_guard_cancel_deletes_drop_keeps(net, session):
 
 # --------------------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("family", [
-    "1abc", "a b", "", "_x", "a-b", "ä", "a.b", " a", 1, None, b"fam",
-    "a\n",
-])
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "1abc",
+        "a b",
+        "",
+        "_x",
+        "a-b",
+        "ä",
+        "a.b",
+        " a",
+        1,
+        None,
+        b"fam",
+        "a\n",
+    ],
+)
 def test_bad_family_names_raise(net, family):
     """API.md: family names are ``[A-Za-z][A-Za-z0-9_:]*``; anything else is a ValueError,
     for every entry point, before anything is stored or sent."""
     net.become("n", ["127.0.0.1:1"])
     monkeypatched_master(net)
-    for call in (lambda: global_.db_set(family, "k", 1),
-                 lambda: global_.db_del(family, "k"),
-                 lambda: global_.db_reg(family, "n#p", 1),
-                 lambda: global_.db_mon(family, lambda *a: None),
-                 lambda: global_.db_family(family, cb=lambda r: None),
-                 lambda: global_.db_keys(family, cb=lambda r: None),
-                 lambda: global_.db_values(family, cb=lambda r: None)):
+    for call in (
+        lambda: global_.db_set(family, "k", 1),
+        lambda: global_.db_del(family, "k"),
+        lambda: global_.db_reg(family, "n#p", 1),
+        lambda: global_.db_mon(family, lambda *a: None),
+        lambda: global_.db_family(family, cb=lambda r: None),
+        lambda: global_.db_keys(family, cb=lambda r: None),
+        lambda: global_.db_values(family, cb=lambda r: None),
+    ):
         with pytest.raises(ValueError):
             call()
     assert net.take() == []
@@ -813,13 +882,14 @@ def test_internal_families_readable_not_writable(net, family):
     feed("X", ["", "g_slave"])
     feed("X", ["", "g_slave", {"'l": {"X": ["127.0.0.1:1"]}}])
     net.take()
-    for call in (lambda: global_.db_set(family, "k", 1),
-                 lambda: global_.db_del(family, "seed"),
-                 lambda: global_.db_reg(family, "seed#p", 1)):
+    for call in (
+        lambda: global_.db_set(family, "k", 1),
+        lambda: global_.db_del(family, "seed"),
+        lambda: global_.db_reg(family, "seed#p", 1),
+    ):
         with pytest.raises(ValueError):
             call()
-    expected = ({"seed": [SEED_ADDR], "X": ["127.0.0.1:1"]} if family == "'l"
-                else {"seed": None})
+    expected = {"seed": [SEED_ADDR], "X": ["127.0.0.1:1"]} if family == "'l" else {"seed": None}
     assert db_family_now(family) == expected
     w = Watch()
     g = global_.db_mon(family, w)

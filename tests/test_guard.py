@@ -19,6 +19,7 @@ def make_guard(kept=None):
 
 # --------------------------------------------------------------------------- the Guard object
 
+
 def test_cancel_runs_undo_once():
     """API.md: "Returns a guard; ... cancelling it stops monitoring." -- cancel is idempotent."""
     g, calls = make_guard(kept=True)
@@ -63,6 +64,7 @@ def test_detach_forgets_undo():
 
 # --------------------------------------------------------------------------- kept-by-caller
 
+
 def _fires(make):
     """Monitor a fresh port with ``make(p, cb)``, kill it; did cb run? (sentinel-synchronised)."""
     col = Collector()
@@ -80,6 +82,7 @@ def _fires(make):
 def test_monitor_lasts_until_cancelled_however_the_guard_is_held():
     """The natural code is safe: a guard assigned in a function and dropped at its end, returned
     and dropped, or never looked at, keeps monitoring; only cancel() or a with block ends it."""
+
     def statement(p, cb):
         mon(p, cb)
 

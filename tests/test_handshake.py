@@ -6,9 +6,17 @@ import hashlib
 
 import pytest
 
-from aemp_green._handshake import (Established, GreetingReceived, Handshake, NeedTLS,
-                                   _perl_int, hmac_token, make_nonce, parse_greeting_line1,
-                                   tls_token)
+from aemp_green._handshake import (
+    Established,
+    GreetingReceived,
+    Handshake,
+    NeedTLS,
+    _perl_int,
+    hmac_token,
+    make_nonce,
+    parse_greeting_line1,
+    tls_token,
+)
 from aemp_green.exceptions import LocalProtocolError, RemoteProtocolError
 
 SECRET = "sekrit"
@@ -30,7 +38,7 @@ def pump(a, b, *, chunk=None, tls=True):
                 continue
             moved = True
             step = chunk or len(data)
-            pieces = [data[i:i + step] for i in range(0, len(data), step)]
+            pieces = [data[i : i + step] for i in range(0, len(data), step)]
             for p in pieces:
                 new = dst.receive_data(p)
                 ev[id(dst)] += new
@@ -61,8 +69,15 @@ def greeting_of(h):
     return h.data_to_send()
 
 
-def peer_lines(nodeid="peer", auths="tls_sha3_512,hmac_sha3_512", framings="cbor,json",
-               kv="provider=test;mproto=1;gproto=1", nonce="NONCE", protocol="aemp", version="1"):
+def peer_lines(
+    nodeid="peer",
+    auths="tls_sha3_512,hmac_sha3_512",
+    framings="cbor,json",
+    kv="provider=test;mproto=1;gproto=1",
+    nonce="NONCE",
+    protocol="aemp",
+    version="1",
+):
     l1 = ";".join(x for x in (protocol, version, nodeid, auths, framings, kv) if x is not None)
     return l1, nonce
 
@@ -87,24 +102,37 @@ def auth_line_for(h, l1, l2, secret=SECRET, method="hmac_sha3_512", framing="jso
 
 # --------------------------------------------------------------------------- greeting format
 
+
 def test_greeting_line1_format():
     h = hs("node/x", peeraddr="10.0.0.1:4040", nonce=bytes(66), provider="aemp_green-9")
     l1, l2, rest = h.data_to_send().split(b"\n")
-    assert l1 == (b"aemp;1;node/x;tls_sha3_512,hmac_sha3_512;cbor,json;provider=aemp_green-9;"
-                  b"peeraddr=10.0.0.1:4040;mproto=1;gproto=1")
+    assert l1 == (
+        b"aemp;1;node/x;tls_sha3_512,hmac_sha3_512;cbor,json;provider=aemp_green-9;"
+        b"peeraddr=10.0.0.1:4040;mproto=1;gproto=1"
+    )
     assert l2 == base64.b64encode(bytes(66)) and len(l2) == 88 and b"=" not in l2
     assert rest == b""
     assert h.data_to_send() == b""
 
 
 def test_greeting_tls_and_extra():
-    h = hs("n", tls_offered=True, protocol="aemp-dataconn",
-           extra={"dataconn_id": "xyz", "flag": None},
-           auth_accept=("hmac_sha3_512",), framings=("json",))
+    h = hs(
+        "n",
+        tls_offered=True,
+        protocol="aemp-dataconn",
+        extra={"dataconn_id": "xyz", "flag": None},
+        auth_accept=("hmac_sha3_512",),
+        framings=("json",),
+    )
     l1 = h.data_to_send().split(b"\n")[0].decode()
     protocol, version, nodeid, auths, framings, kv = parse_greeting_line1(l1)
-    assert (protocol, version, nodeid, auths, framings) == ("aemp-dataconn", "1", "n",
-                                                           ["hmac_sha3_512"], ["json"])
+    assert (protocol, version, nodeid, auths, framings) == (
+        "aemp-dataconn",
+        "1",
+        "n",
+        ["hmac_sha3_512"],
+        ["json"],
+    )
     assert kv["tls"] == "1.0" and kv["dataconn_id"] == "xyz" and kv["flag"] is None
     assert kv["mproto"] == "1" and kv["gproto"] == "1"
     assert l1.endswith(";flag")
@@ -123,12 +151,22 @@ def test_str_nonce_sent_verbatim():
     assert h.data_to_send().endswith(b"\n\n")
 
 
-@pytest.mark.parametrize("kw", [
-    {"nodeid": "a;b"}, {"nodeid": "a\nb"}, {"nodeid": ""}, {"protocol": "http"},
-    {"framings": ("cb,or",)}, {"framings": ()}, {"auth_accept": ("a;b",)},
-    {"peeraddr": "x;y"}, {"extra": {"k=v": "1"}}, {"nonce": "a\nb"},
-    {"_kv_order": ["provider"]},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"nodeid": "a;b"},
+        {"nodeid": "a\nb"},
+        {"nodeid": ""},
+        {"protocol": "http"},
+        {"framings": ("cb,or",)},
+        {"framings": ()},
+        {"auth_accept": ("a;b",)},
+        {"peeraddr": "x;y"},
+        {"extra": {"k=v": "1"}},
+        {"nonce": "a\nb"},
+        {"_kv_order": ["provider"]},
+    ],
+)
 def test_constructor_refuses_what_a_greeting_cannot_carry(kw):
     kw = dict({"nodeid": "n"}, **kw)
     with pytest.raises(LocalProtocolError):
@@ -144,13 +182,17 @@ def test_parse_greeting_line1_kv_rules():
 
 # --------------------------------------------------------------------------- happy paths
 
-@pytest.mark.parametrize("fa, fb, a_sends, b_sends", [
-    (("cbor", "json"), ("cbor", "json"), "cbor", "cbor"),
-    (("json",), ("json",), "json", "json"),
-    (("json",), ("cbor", "json"), "json", "json"),
-    (("cbor",), ("cbor", "json"), "cbor", "cbor"),
-    (("cbor", "json"), ("json", "cbor"), "json", "cbor"),
-])
+
+@pytest.mark.parametrize(
+    "fa, fb, a_sends, b_sends",
+    [
+        (("cbor", "json"), ("cbor", "json"), "cbor", "cbor"),
+        (("json",), ("json",), "json", "json"),
+        (("json",), ("cbor", "json"), "json", "json"),
+        (("cbor",), ("cbor", "json"), "cbor", "cbor"),
+        (("cbor", "json"), ("json", "cbor"), "json", "cbor"),
+    ],
+)
 def test_two_handshakes_agree(fa, fb, a_sends, b_sends):
     a, b = hs("a", framings=fa, peeraddr="b:1"), hs("b", framings=fb, peeraddr="a:2")
     ev_a, ev_b = pump(a, b)
@@ -218,6 +260,7 @@ def test_long_secret_and_bytes_secret():
 
 # --------------------------------------------------------------------------- refusals
 
+
 def _both_refuse(a, b, match):
     with pytest.raises(RemoteProtocolError, match=match):
         pump(a, b)
@@ -249,8 +292,9 @@ def test_tampered_token():
 def test_no_secret_and_no_tls():
     a, b = hs("a", secret=None), hs("b")
     b.receive_data(a.data_to_send())
-    with pytest.raises(RemoteProtocolError,
-                       match="unable to handshake TLS and no shared secret configured"):
+    with pytest.raises(
+        RemoteProtocolError, match="unable to handshake TLS and no shared secret configured"
+    ):
         a.receive_data(b.data_to_send())
 
 
@@ -264,8 +308,9 @@ def test_we_without_secret_refuse_hmac_peer():
 def test_no_common_auth_type():
     h = hs("me")
     l1, l2 = peer_lines(auths="foo,tls_anon,cleartext")
-    with pytest.raises(RemoteProtocolError,
-                       match="foo,tls_anon,cleartext: no common auth type supported"):
+    with pytest.raises(
+        RemoteProtocolError, match="foo,tls_anon,cleartext: no common auth type supported"
+    ):
         feed_greeting(h, l1, l2)
 
 
@@ -348,8 +393,10 @@ def test_remote_framing_not_offered_by_us_is_still_taken():
     assert (est.send_framing, est.recv_framing) == ("json", "cbor")
 
 
-@pytest.mark.parametrize("line", [b"hmac_sha3_512;abc\n", b"hmac_sha3_512;a;json;x\n", b"\n",
-                                  b"hmac_sha3_512;\xff;json\n"])
+@pytest.mark.parametrize(
+    "line",
+    [b"hmac_sha3_512;abc\n", b"hmac_sha3_512;a;json;x\n", b"\n", b"hmac_sha3_512;\xff;json\n"],
+)
 def test_unparsable_auth_line(line):
     h = hs("me")
     l1, l2 = peer_lines()
@@ -371,15 +418,18 @@ def test_self_connection():
     assert b.data_to_send().count(b"\n") == 2  # greeting only, no auth line
 
 
-@pytest.mark.parametrize("l1, match", [
-    ("http;1;p;hmac_sha3_512;json", "unparsable greeting, expected 'aemp', got 'http'"),
-    ("aemp;2;p;hmac_sha3_512;json", r"version mismatch \(we: 1, they: 2\)"),
-    ("aemp;0;p;hmac_sha3_512;json", r"version mismatch \(we: 1, they: 0\)"),
-    ("aemp;1;p;hmac_sha3_512", "unparsable greeting"),
-    ("GET / HTTP/1.1", "unparsable greeting"),
-    ("aemp;1;;hmac_sha3_512;json", "empty node id"),
-    ("aemp-;1;p;hmac_sha3_512;json", "expected 'aemp', got 'aemp-'"),
-])
+@pytest.mark.parametrize(
+    "l1, match",
+    [
+        ("http;1;p;hmac_sha3_512;json", "unparsable greeting, expected 'aemp', got 'http'"),
+        ("aemp;2;p;hmac_sha3_512;json", r"version mismatch \(we: 1, they: 2\)"),
+        ("aemp;0;p;hmac_sha3_512;json", r"version mismatch \(we: 1, they: 0\)"),
+        ("aemp;1;p;hmac_sha3_512", "unparsable greeting"),
+        ("GET / HTTP/1.1", "unparsable greeting"),
+        ("aemp;1;;hmac_sha3_512;json", "empty node id"),
+        ("aemp-;1;p;hmac_sha3_512;json", "expected 'aemp', got 'aemp-'"),
+    ],
+)
 def test_bad_line1(l1, match):
     h = hs("me")
     with pytest.raises(RemoteProtocolError, match=match):
@@ -434,6 +484,7 @@ def test_garbage_before_greeting_newline():
 
 # --------------------------------------------------------------------------- sub-protocols
 
+
 def test_listener_learns_dataconn_subprotocol():
     client = hs("c", protocol="aemp-dataconn", extra={"dataconn_id": "42"})
     listener = hs("l")
@@ -453,6 +504,7 @@ def test_subprotocol_mismatch():
 
 
 # --------------------------------------------------------------------------- TLS
+
 
 def test_tls_both_sides():
     a, b = hs("a", tls_offered=True, secret=None), hs("b", tls_offered=True, secret=None)
@@ -493,9 +545,22 @@ def test_tls_only_one_side_has_cert():
     assert established(ev_a).auth_method == "hmac_sha3_512"
 
 
-@pytest.mark.parametrize("value, want", [("1.0", True), ("1", True), ("1.9", True), (" 1", True),
-                                          ("2", False), ("0", False), ("", False), (None, False),
-                                          ("yes", False), ("1e0", True), ("10e-1", True)])
+@pytest.mark.parametrize(
+    "value, want",
+    [
+        ("1.0", True),
+        ("1", True),
+        ("1.9", True),
+        (" 1", True),
+        ("2", False),
+        ("0", False),
+        ("", False),
+        (None, False),
+        ("yes", False),
+        ("1e0", True),
+        ("10e-1", True),
+    ],
+)
 def test_tls_value_read_like_perl_int(value, want):
     h = hs("me", tls_offered=True)
     kv = "provider=x" + ("" if value is None else ";tls" if value == "" else ";tls=" + value)
@@ -512,10 +577,15 @@ def test_perl_int():
 
 
 def test_tls_no_common_auth_with_tls():
-    a = hs("a", tls_offered=True, auth_offer=("tls_anon",),
-           auth_accept=("tls_anon", "hmac_sha3_512"))
-    b = hs("b", tls_offered=True, auth_offer=("cleartext",),
-           auth_accept=("tls_sha3_512", "hmac_sha3_512", "tls_anon", "cleartext"))
+    a = hs(
+        "a", tls_offered=True, auth_offer=("tls_anon",), auth_accept=("tls_anon", "hmac_sha3_512")
+    )
+    b = hs(
+        "b",
+        tls_offered=True,
+        auth_offer=("cleartext",),
+        auth_accept=("tls_sha3_512", "hmac_sha3_512", "tls_anon", "cleartext"),
+    )
     with pytest.raises(RemoteProtocolError, match="tls_anon,hmac_sha3_512: no common auth type"):
         b.receive_data(a.data_to_send())
 
@@ -580,10 +650,20 @@ def _lines(data):
 def test_relay_between_two_acceptors_gets_no_token():
     """An attacker connects to A and B and relays their greetings: both accept and wait for
     the connector's proof, so neither sends an auth line."""
-    a = Handshake(nodeid="A", secret="s", role="accept", peeraddr="10.6.6.6:7",
-                  peeraddr_check=_addr_is(A_ADDR))
-    b = Handshake(nodeid="B", secret="s", role="accept", peeraddr="10.6.6.6:8",
-                  peeraddr_check=_addr_is(B_ADDR))
+    a = Handshake(
+        nodeid="A",
+        secret="s",
+        role="accept",
+        peeraddr="10.6.6.6:7",
+        peeraddr_check=_addr_is(A_ADDR),
+    )
+    b = Handshake(
+        nodeid="B",
+        secret="s",
+        role="accept",
+        peeraddr="10.6.6.6:8",
+        peeraddr_check=_addr_is(B_ADDR),
+    )
     ga, gb = a.data_to_send(), b.data_to_send()
     # each acceptor's greeting names the attacker's address as the connector: the other refuses
     # it as a connector greeting, or (without the check) still only waits
@@ -609,8 +689,13 @@ def test_proof_of_a_node_that_dialled_the_attacker_is_useless_elsewhere():
     """V dials the attacker (its address is in V's seeds); the attacker relays to T. V's greeting
     names the attacker's address, which T refuses before sending anything."""
     v = Handshake(nodeid="V", secret="s", peeraddr=EVIL_ADDR, role="connect")
-    t = Handshake(nodeid="T", secret="s", role="accept", peeraddr="10.6.6.6:9",
-                  peeraddr_check=_addr_is(B_ADDR))
+    t = Handshake(
+        nodeid="T",
+        secret="s",
+        role="accept",
+        peeraddr="10.6.6.6:9",
+        peeraddr_check=_addr_is(B_ADDR),
+    )
     gv, gt = v.data_to_send(), t.data_to_send()
     v.receive_data(gt)  # V (no check of its own here) proves at once
     auth_v = v.data_to_send()
@@ -635,10 +720,20 @@ def test_two_nodes_made_to_dial_the_attacker_cannot_be_cross_relayed():
     """V1 and V2 both dial the attacker, who passes each one's greeting to the other as the
     acceptor's. Each connector sees a peeraddr that is not its own address and stops before
     sending its auth line."""
-    v1 = Handshake(nodeid="V1", secret="s", peeraddr=EVIL_ADDR, role="connect",
-                   peeraddr_check=_addr_is("10.0.0.1:50001"))
-    v2 = Handshake(nodeid="V2", secret="s", peeraddr=EVIL2_ADDR, role="connect",
-                   peeraddr_check=_addr_is("10.0.0.2:50002"))
+    v1 = Handshake(
+        nodeid="V1",
+        secret="s",
+        peeraddr=EVIL_ADDR,
+        role="connect",
+        peeraddr_check=_addr_is("10.0.0.1:50001"),
+    )
+    v2 = Handshake(
+        nodeid="V2",
+        secret="s",
+        peeraddr=EVIL2_ADDR,
+        role="connect",
+        peeraddr_check=_addr_is("10.0.0.2:50002"),
+    )
     g1, g2 = v1.data_to_send(), v2.data_to_send()
     for hs, g in ((v1, g2), (v2, g1)):
         with pytest.raises(RemoteProtocolError, match="not this connection's address"):
@@ -647,22 +742,39 @@ def test_two_nodes_made_to_dial_the_attacker_cannot_be_cross_relayed():
 
 
 def test_reflection_and_missing_peeraddr_are_refused():
-    a = Handshake(nodeid="A", secret="s", role="accept", peeraddr="10.6.6.6:7",
-                  peeraddr_check=_addr_is(A_ADDR))
+    a = Handshake(
+        nodeid="A",
+        secret="s",
+        role="accept",
+        peeraddr="10.6.6.6:7",
+        peeraddr_check=_addr_is(A_ADDR),
+    )
     with pytest.raises(RemoteProtocolError, match="echo attack"):
         a.receive_data(a.data_to_send())
     a2 = Handshake(nodeid="A", secret="s", role="accept", peeraddr_check=_addr_is(A_ADDR))
     with pytest.raises(RemoteProtocolError, match="no peeraddr"):
         a2.receive_data(b"aemp;1;X;hmac_sha3_512;json\nnonce\n")
-    assert a2.data_to_send() == a2.local_greeting[0].encode() + b"\n" + \
-        a2.local_greeting[1].encode() + b"\n"
+    assert (
+        a2.data_to_send()
+        == a2.local_greeting[0].encode() + b"\n" + a2.local_greeting[1].encode() + b"\n"
+    )
 
 
 def test_connector_and_acceptor_with_checks_establish_and_acceptor_proves_last():
-    c = Handshake(nodeid="C", secret="s", peeraddr=B_ADDR, role="connect",
-                  peeraddr_check=_addr_is("10.0.0.1:50001"))
-    acc = Handshake(nodeid="B", secret="s", role="accept", peeraddr="10.0.0.1:50001",
-                    peeraddr_check=_addr_is(B_ADDR))
+    c = Handshake(
+        nodeid="C",
+        secret="s",
+        peeraddr=B_ADDR,
+        role="connect",
+        peeraddr_check=_addr_is("10.0.0.1:50001"),
+    )
+    acc = Handshake(
+        nodeid="B",
+        secret="s",
+        role="accept",
+        peeraddr="10.0.0.1:50001",
+        peeraddr_check=_addr_is(B_ADDR),
+    )
     gc, ga = c.data_to_send(), acc.data_to_send()
     acc.receive_data(gc)
     assert acc.data_to_send() == b""

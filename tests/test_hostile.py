@@ -46,29 +46,35 @@ def test_flooding_peer_does_not_starve_other_links(nodes):
     """Issue 8: fair reads -- one peer flooding a node, another link's ping-pong keeps going."""
     addr = _free_addr()
     seed = nodes("seed", nodeid="seed", binds=[addr], seeds=[addr])
-    seed.exec("cnt=[0]\nsink = port(lambda *m: cnt.__setitem__(0, cnt[0]+1)); db_set('sink', sink)\n"
-              "def pong():\n"
-              "    while True:\n"
-              "        r, = receive('ping'); snd(r, 'pong')\n"
-              "db_set('pong', spawn(pong)); emit('ok')")
+    seed.exec(
+        "cnt=[0]\nsink = port(lambda *m: cnt.__setitem__(0, cnt[0]+1)); db_set('sink', sink)\n"
+        "def pong():\n"
+        "    while True:\n"
+        "        r, = receive('ping'); snd(r, 'pong')\n"
+        "db_set('pong', spawn(pong)); emit('ok')"
+    )
     seed.expect("ok")
     flooder = nodes("flooder", nodeid="flooder", seeds=[addr])
     pinger = nodes("pinger", nodeid="pinger", seeds=[addr])
-    flooder.exec("def go():\n"
-                 "    sink = list(db_keys('sink', timeout=5))[0]\n"
-                 "    emit('flooding')\n"
-                 "    for i in range(2000000):\n"
-                 "        snd(sink, 'junk', i, 'x' * 100)\n"
-                 "        if i % 1000 == 0: gevent.sleep(0)\n"
-                 "    emit('flood_done')\n"
-                 "go()")
+    flooder.exec(
+        "def go():\n"
+        "    sink = list(db_keys('sink', timeout=5))[0]\n"
+        "    emit('flooding')\n"
+        "    for i in range(2000000):\n"
+        "        snd(sink, 'junk', i, 'x' * 100)\n"
+        "        if i % 1000 == 0: gevent.sleep(0)\n"
+        "    emit('flood_done')\n"
+        "go()"
+    )
     flooder.expect("flooding", timeout=10)
-    pinger.exec("import time\n"
-                "p = list(db_keys('pong', timeout=5))[0]\n"
-                "lat = []\n"
-                "for i in range(200):\n"
-                "    t = time.perf_counter(); call(p, 'ping', timeout=5); lat.append(time.perf_counter() - t)\n"
-                "lat.sort(); emit('lat', lat[len(lat)//2], lat[-1])")
+    pinger.exec(
+        "import time\n"
+        "p = list(db_keys('pong', timeout=5))[0]\n"
+        "lat = []\n"
+        "for i in range(200):\n"
+        "    t = time.perf_counter(); call(p, 'ping', timeout=5); lat.append(time.perf_counter() - t)\n"
+        "lat.sort(); emit('lat', lat[len(lat)//2], lat[-1])"
+    )
     p50, worst = pinger.expect("lat", timeout=60)
     assert worst < 2.0, "a ping took %.3f s while another peer flooded" % worst
     seed.exec("emit('count', cnt[0])")

@@ -5,8 +5,23 @@ import re
 import pytest
 from greenlet import getcurrent
 
-from aemp_green import (NODE, SELF, after, kil, node_id, node_of, peval, port, port_is_local,
-                        psub, rcv, receive, snd, spawn, Timeout)
+from aemp_green import (
+    NODE,
+    SELF,
+    after,
+    kil,
+    node_id,
+    node_of,
+    peval,
+    port,
+    port_is_local,
+    psub,
+    rcv,
+    receive,
+    snd,
+    spawn,
+    Timeout,
+)
 from aemp_green import kernel
 from conftest import Collector, run_in_greenlet, run_in_port, wait_until
 
@@ -14,6 +29,7 @@ NODE_CHARS = re.compile(r"[A-Za-z0-9_\-.:/]+")
 
 
 # --------------------------------------------------------------------------- node IDs
+
 
 def test_anonymous_node_id_before_configure():
     """API.md: "The default node ID is `<profile>/`; `anon/` nodes are allowed."
@@ -50,6 +66,7 @@ def test_node_id_templates():
 
 
 # --------------------------------------------------------------------------- port IDs
+
 
 def test_port_id_format_callback_and_greenlet_ports():
     """API.md: "A port ID is `"<nodeid>#<portname>"`." -- for both kinds of port."""
@@ -114,8 +131,10 @@ def test_port_is_local():
 
 # --------------------------------------------------------------------------- SELF()
 
+
 def test_self_raises_outside_port_context():
     """API.md: "`SELF()` ... raises outside port context." (in a fresh plain greenlet)."""
+
     def body():
         with pytest.raises(RuntimeError):
             SELF()
@@ -244,6 +263,7 @@ def test_self_works_in_main_greenlet_after_receive():
 def test_self_in_fresh_greenlet_after_receive():
     """API.md: "... gets a port of its own on first use." -- a plain greenlet has no SELF until
     its first receive; its port ends with the greenlet."""
+
     def body():
         with pytest.raises(RuntimeError):
             SELF()

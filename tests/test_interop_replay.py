@@ -22,8 +22,13 @@ from pathlib import Path
 import pytest
 
 from aemp_green import framing
-from aemp_green._handshake import (Established, GreetingReceived, Handshake, hmac_token,
-                                   parse_greeting_line1)
+from aemp_green._handshake import (
+    Established,
+    GreetingReceived,
+    Handshake,
+    hmac_token,
+    parse_greeting_line1,
+)
 from aemp_green.exceptions import RemoteProtocolError
 
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
@@ -44,8 +49,10 @@ class Conn:
         self.path = path
         self.fr = json.loads((path / "frames.json").read_text())
         self.meta = json.loads((path.parent / "meta.json").read_text())
-        self.stream = {"a": (path / "a_to_b.bin").read_bytes(),
-                       "b": (path / "b_to_a.bin").read_bytes()}
+        self.stream = {
+            "a": (path / "a_to_b.bin").read_bytes(),
+            "b": (path / "b_to_a.bin").read_bytes(),
+        }
         secret = self.meta["secret"]
         self.secret = secret if isinstance(secret, dict) else {"a": secret, "b": secret}
         segs = {"a": [], "b": []}
@@ -59,7 +66,7 @@ class Conn:
                 assert off == pos, "segments of %s are not contiguous" % side
                 pos += ln
             assert pos == len(self.stream[side])
-            self.segments[side] = [self.stream[side][o:o + n] for o, n in lst]
+            self.segments[side] = [self.stream[side][o : o + n] for o, n in lst]
 
     def greeting(self, side):
         return self.fr[side + "_greeting"]
@@ -80,11 +87,18 @@ class Conn:
         protocol, version, rec_nodeid, auths, framings, kv = parse_greeting_line1(l1)
         assert set(kv) == {"provider", "peeraddr", "mproto", "gproto"}
         assert kv["mproto"] == kv["gproto"] == "1"
-        return Handshake(nodeid=nodeid or rec_nodeid,
-                         secret=self.secret[side] if secret is None else secret,
-                         auth_accept=auths, framings=framings, peeraddr=kv["peeraddr"],
-                         provider=kv["provider"], protocol=protocol,
-                         nonce=base64.b64decode(l2, validate=True), _kv_order=list(kv), **kw)
+        return Handshake(
+            nodeid=nodeid or rec_nodeid,
+            secret=self.secret[side] if secret is None else secret,
+            auth_accept=auths,
+            framings=framings,
+            peeraddr=kv["peeraddr"],
+            provider=kv["provider"],
+            protocol=protocol,
+            nonce=base64.b64decode(l2, validate=True),
+            _kv_order=list(kv),
+            **kw,
+        )
 
     def connector(self):
         """The side that dialled (``a``: its TCP segments come from the client)."""
@@ -135,6 +149,7 @@ def run_side(conn, side, *, secret=None):
 
 # --------------------------------------------------------------------------- greetings, tokens
 
+
 @pytest.mark.parametrize("path", CONNS, ids=CONN_IDS)
 def test_greetings_parse_and_reproduce(path):
     conn = Conn(path)
@@ -165,11 +180,13 @@ def test_recorded_tokens_recompute(path):
         msg = ("%s\n%s\n%s\n%s\n" % (*mine, *peer)).encode()
         assert hmac.new(conn.secret[side].encode(), msg, hashlib.sha3_512).hexdigest() == token
         # the peer checks it with peer-first order from ITS point of view: same text
-        assert conn.stream[side][len(conn.greeting_bytes(side)):].startswith(
-            (conn.auth_line(side) + "\n").encode())
+        assert conn.stream[side][len(conn.greeting_bytes(side)) :].startswith(
+            (conn.auth_line(side) + "\n").encode()
+        )
 
 
 # --------------------------------------------------------------------------- handshake replay
+
 
 @pytest.mark.parametrize("path", AUTH_CONNS, ids=AUTH_IDS)
 @pytest.mark.parametrize("side", ["a", "b"])
@@ -200,7 +217,7 @@ def test_handshake_replay_byte_exact(path, side):
     assert est.auth_method == "hmac_sha3_512"
     assert est.tls is False
     peer = OTHER[side]
-    assert b"".join(data_chunks) == conn.stream[peer][conn.data_start(peer):]
+    assert b"".join(data_chunks) == conn.stream[peer][conn.data_start(peer) :]
 
 
 @pytest.mark.parametrize("path", AUTH_CONNS, ids=AUTH_IDS)
@@ -226,9 +243,9 @@ def test_handshake_replay_byte_by_byte(path):
             if bad and i == peer_auth_end - 1:
                 # the last byte of the wrong-secret auth line: refused right there
                 with pytest.raises(RemoteProtocolError, match="shared secret mismatch"):
-                    hs.receive_data(peer_stream[i:i + 1])
+                    hs.receive_data(peer_stream[i : i + 1])
                 break
-            events += hs.receive_data(peer_stream[i:i + 1])
+            events += hs.receive_data(peer_stream[i : i + 1])
             out += hs.data_to_send()
         assert out == conn.greeting_bytes(side) + (conn.auth_line(side) + "\n").encode()
         if bad:
@@ -238,8 +255,11 @@ def test_handshake_replay_byte_by_byte(path):
         assert hs.trailing_data == peer_stream[peer_auth_end:]
 
 
-@pytest.mark.parametrize("path", [p for p in CONNS if p.name.startswith("conn00")],
-                         ids=[i for p, i in zip(CONNS, CONN_IDS) if p.name.startswith("conn00")])
+@pytest.mark.parametrize(
+    "path",
+    [p for p in CONNS if p.name.startswith("conn00")],
+    ids=[i for p, i in zip(CONNS, CONN_IDS) if p.name.startswith("conn00")],
+)
 def test_self_connection_refused(path):
     conn = Conn(path)
     assert conn.fr["a"] == conn.fr["b"]
@@ -254,9 +274,11 @@ def test_self_connection_refused(path):
         assert str(error) == "I refuse to talk to myself"
 
 
-@pytest.mark.parametrize("path", [p for p in AUTH_CONNS if p.parent.name == "badauth-session"],
-                         ids=[i for p, i in zip(AUTH_CONNS, AUTH_IDS)
-                              if p.parent.name == "badauth-session"])
+@pytest.mark.parametrize(
+    "path",
+    [p for p in AUTH_CONNS if p.parent.name == "badauth-session"],
+    ids=[i for p, i in zip(AUTH_CONNS, AUTH_IDS) if p.parent.name == "badauth-session"],
+)
 def test_badauth_right_secret_side_would_accept_a_correct_peer(path):
     """Sanity check of the badauth recording: with b's secret on both sides it would work."""
     conn = Conn(path)
@@ -273,6 +295,7 @@ def test_badauth_right_secret_side_would_accept_a_correct_peer(path):
 
 
 # --------------------------------------------------------------------------- data phase
+
 
 def _data_conns():
     out = []
@@ -304,10 +327,10 @@ def test_data_phase_frames(path, side):
     assert dec.pending == 0
     recorded = conn.fr["%s_to_%s_frames" % (peer, side)]
     assert len(frames) == len(recorded)
-    data = conn.stream[peer][conn.data_start(peer):]
+    data = conn.stream[peer][conn.data_start(peer) :]
     for got, rec in zip(frames, recorded):
         assert got == plain(rec["value"])
-        raw = data[rec["offset"]:rec["offset"] + rec["length"]]
+        raw = data[rec["offset"] : rec["offset"] + rec["length"]]
         if "hex" in rec:
             assert raw.hex() == rec["hex"]
         # the frame alone decodes the same
@@ -329,31 +352,37 @@ def test_data_phase_every_split(path):
         peer = OTHER[side]
         recorded = conn.fr["%s_to_%s_frames" % (peer, side)]
         expected = [plain(r["value"]) for r in recorded]
-        data = conn.stream[peer][conn.data_start(peer):]
+        data = conn.stream[peer][conn.data_start(peer) :]
         dec_cls = framing.codec(conn.auth_line(peer).split(";")[2])[1]
         assert dec_cls().feed(data) == expected
         for i in range(len(data) + 1):
             d = dec_cls()
             assert d.feed(data[:i]) + d.feed(data[i:]) == expected
         d = dec_cls()
-        assert [f for i in range(len(data)) for f in d.feed(data[i:i + 1])] == expected
+        assert [f for i in range(len(data)) for f in d.feed(data[i : i + 1])] == expected
 
 
 def test_cbor_byte_strings_from_perl_become_str():
     """A concrete check on the Perl byte-string encoding (PROTOCOL.md section 2)."""
     d = framing.CborDecoder()
     assert d.feed(bytes.fromhex("824047675f736c617665")) == [["", "g_slave"]]
-    frame = bytes.fromhex("874a4c77654a696c67774e62426f6b7064616e6b6520736368c3b66e20e29c93"
-                          "182a26fa4050000082018202a24174f54178f6")
-    assert d.feed(frame) == [["LweJilgwNb", "ok", "danke schön ✓", 42, -7, 3.25,
-                              [1, [2, {"t": True, "x": None}]]]]
+    frame = bytes.fromhex(
+        "874a4c77654a696c67774e62426f6b7064616e6b6520736368c3b66e20e29c93"
+        "182a26fa4050000082018202a24174f54178f6"
+    )
+    assert d.feed(frame) == [
+        ["LweJilgwNb", "ok", "danke schön ✓", 42, -7, 3.25, [1, [2, {"t": True, "x": None}]]]
+    ]
 
 
 # --------------------------------------------------------------------------- roles (relay defence)
 
-@pytest.mark.parametrize("path", [p for p in AUTH_CONNS if p.parent.name != "badauth-session"],
-                         ids=[i for p, i in zip(AUTH_CONNS, AUTH_IDS)
-                              if p.parent.name != "badauth-session"])
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in AUTH_CONNS if p.parent.name != "badauth-session"],
+    ids=[i for p, i in zip(AUTH_CONNS, AUTH_IDS) if p.parent.name != "badauth-session"],
+)
 def test_perl_peers_pass_the_role_and_peeraddr_rules(path):
     """docs/security.md, "Relayed handshakes": as the accepting side we hold our auth line back
     until the connector's checked out, and each side checks the peeraddr the other names. A
@@ -376,15 +405,17 @@ def test_perl_peers_pass_the_role_and_peeraddr_rules(path):
             assert after_greeting == b"", "the acceptor sent its auth line before the peer's"
         else:
             assert after_greeting == (conn.auth_line(side) + "\n").encode()
-        events = hs.receive_data(conn.stream[peer][peer_greeting_len:conn.data_start(peer)])
+        events = hs.receive_data(conn.stream[peer][peer_greeting_len : conn.data_start(peer)])
         assert isinstance(events[-1], Established)
         if role == "accept":
             assert hs.data_to_send() == (conn.auth_line(side) + "\n").encode()
 
 
-@pytest.mark.parametrize("path", [p for p in AUTH_CONNS if p.parent.name != "badauth-session"],
-                         ids=[i for p, i in zip(AUTH_CONNS, AUTH_IDS)
-                              if p.parent.name != "badauth-session"])
+@pytest.mark.parametrize(
+    "path",
+    [p for p in AUTH_CONNS if p.parent.name != "badauth-session"],
+    ids=[i for p, i in zip(AUTH_CONNS, AUTH_IDS) if p.parent.name != "badauth-session"],
+)
 def test_recorded_greeting_relayed_to_another_address_is_refused(path):
     """The recorded Perl connector's greeting names the address it dialled: an acceptor at
     any other address refuses it before sending anything but its greeting."""
@@ -393,5 +424,5 @@ def test_recorded_greeting_relayed_to_another_address_is_refused(path):
     hs = conn.handshake_for(side, role="accept", peeraddr_check=lambda a: a == "10.9.9.9:4040")
     hs.data_to_send()
     with pytest.raises(RemoteProtocolError, match="not an address of this node"):
-        hs.receive_data(conn.stream[conn.connector()][:conn.data_start(conn.connector())])
+        hs.receive_data(conn.stream[conn.connector()][: conn.data_start(conn.connector())])
     assert hs.data_to_send() == b""

@@ -32,11 +32,13 @@ def test_silent_peer_is_declared_down_within_monitor_timeout(nodes):
     (p,) = quiet.expect("port")
     # make sure the monitor is in place (mon1 went out) before silencing the peer
     # wait until the seed knows the port (so quiet's link is up), then monitor it
-    seed.exec("import time\n"
-              "def seen(db, *a):\n"
-              "    if %r in db and not done: done.append(1); mon(%r, lambda *r: emit('down', list(r), time.time())); emit('ok')\n"
-              "done = []\n"
-              "db_mon('ka', seen)" % (p, p))
+    seed.exec(
+        "import time\n"
+        "def seen(db, *a):\n"
+        "    if %r in db and not done: done.append(1); mon(%r, lambda *r: emit('down', list(r), time.time())); emit('ok')\n"
+        "done = []\n"
+        "db_mon('ka', seen)" % (p, p)
+    )
     seed.expect("ok")
     t0 = time.time()
     os.kill(quiet.proc.pid, signal.SIGSTOP)

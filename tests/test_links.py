@@ -52,8 +52,9 @@ def test_simultaneous_connects_keep_healthy_links_up(cluster):
     for i in range(16):
         a = _addr()
         ids.append(a)  # a node ID host:port is dialled directly: no lookup jitter
-        specs.append(("n%02d" % i, dict(nodeid=a, binds=[a], seeds=[seed.addr],
-                                        monitor_timeout=TIMEOUT)))
+        specs.append(
+            ("n%02d" % i, dict(nodeid=a, binds=[a], seeds=[seed.addr], monitor_timeout=TIMEOUT))
+        )
     nodes = cluster.start(*specs)
     for n in nodes:
         n.run("wait_for(lambda: node_is_up(%r))" % seed.nodeid, timeout=15)
@@ -64,8 +65,7 @@ def test_simultaneous_connects_keep_healthy_links_up(cluster):
         n.expect("dialled", timeout=10)
     for n in nodes:
         n.run("wait_for(lambda: all(node_is_up(o) for o in %r), timeout=10)" % ids, timeout=15)
-    doubles = sum(n.ask("sum(1 for x in node._nodes.values() if x.extra_links)")
-                  for n in nodes)
+    doubles = sum(n.ask("sum(1 for x in node._nodes.values() if x.extra_links)") for n in nodes)
     # idle past 2 x monitor_timeout (the condition under test is the idling itself)
     t_idle = time.time()
     for n in nodes:
@@ -79,13 +79,17 @@ def test_simultaneous_connects_keep_healthy_links_up(cluster):
     assert time.time() - t_idle >= 2 * TIMEOUT
     print("pairs with two links (counted on both sides): %d" % doubles)
     assert not fired, "%d monitors fired on healthy peers (%d double links): %r" % (
-        len(fired), doubles, fired[:5])
+        len(fired),
+        doubles,
+        fired[:5],
+    )
     assert not down, "%d node-down reports for healthy peers: %r" % (len(down), down[:5])
     for n in nodes:
         assert n.ask("sorted(up_nodes())") == sorted(set(ids + [seed.nodeid]) - {n.nodeid})
 
 
 # ----------------------------------------------------------------- 2. stopped and continued
+
 
 @pytest.mark.parametrize("peer_probes", [True, False], ids=["peer_probes", "peer_silent"])
 def test_stopped_node_reads_before_it_judges(cluster, peer_probes):
@@ -100,13 +104,16 @@ def test_stopped_node_reads_before_it_judges(cluster, peer_probes):
     peer = cluster.seed("peer", monitor_timeout=9, keepalive=peer_probes)
     stopped = cluster.node("stopped", seeds=[peer.addr], monitor_timeout=1.5)
     for a, b in ((stopped, peer), (peer, stopped)):
-        a.run("""
+        a.run(
+            """
             wait_for(lambda: node_is_up(%(b)r), timeout=10)
             FIRED = []
             DOWN = []
             mon_nodes(lambda n, up, *r: (not up) and DOWN.append((n, list(r))))
             mon(%(b)r + "#", lambda *r: FIRED.append(list(r)))
-        """ % dict(b=b.nodeid))
+        """
+            % dict(b=b.nodeid)
+        )
     # a round trip after the mon1 went out: both monitors are in place
     stopped.run("wait_for(lambda: node._nodes[%r].link.frames_in > 0)" % peer.nodeid)
     before = stopped.ask("node._nodes[%r].link.frames_in" % peer.nodeid)
@@ -117,22 +124,30 @@ def test_stopped_node_reads_before_it_judges(cluster, peer_probes):
         # for a probe to go out to the stopped node, and for the stop to last 2.5 s at least
         # (the stopped node's monitor_timeout is 1.5 s)
         if peer_probes:
-            peer.run("""
+            peer.run(
+                """
                 L = node._nodes[%r].link
                 n0 = L.frames_out
                 wait_for(lambda: L.frames_out > n0, timeout=8)
-            """ % stopped.nodeid, timeout=10)
+            """
+                % stopped.nodeid,
+                timeout=10,
+            )
         while time.monotonic() - t_stop < 2.5:  # the stop itself is the condition under test
             time.sleep(0.05)
     finally:
         os.kill(stopped.proc.pid, signal.SIGCONT)
     print("stopped for %.2f s" % (time.monotonic() - t_stop))
     # two watchdog rounds of the stopped node and more: judge after it had every chance
-    stopped.exec("gevent.sleep(2.0); emit('after', FIRED, DOWN, "
-                 "node_is_up(%r), node._nodes[%r].link.frames_in)" % (peer.nodeid, peer.nodeid))
+    stopped.exec(
+        "gevent.sleep(2.0); emit('after', FIRED, DOWN, "
+        "node_is_up(%r), node._nodes[%r].link.frames_in)" % (peer.nodeid, peer.nodeid)
+    )
     fired, down, up, frames_in = stopped.expect("after", timeout=10)
     assert not fired and not down, "the stopped node declared its live peer dead: %r %r" % (
-        fired, down)
+        fired,
+        down,
+    )
     assert up is True and frames_in > before
     assert peer.ask("[FIRED, DOWN]") == [[], []]
 
@@ -174,8 +189,10 @@ def test_dialling_thousands_of_dead_addresses_leaves_room_for_accepts(cluster):
         addrs += ["127.0.0.1:%d" % free_port() for _ in range(1000)]
         addrs = list(dict.fromkeys(addrs))  # free_port() may hand out a port twice
         target = cluster.seed("target", _prefix=["sh", "-c", 'ulimit -n 128 && exec "$@"', "sh"])
-        assert target.ask("__import__('resource').getrlimit(__import__('resource')"
-                          ".RLIMIT_NOFILE)[0]") == 128
+        assert (
+            target.ask("__import__('resource').getrlimit(__import__('resource').RLIMIT_NOFILE)[0]")
+            == 128
+        )
         target.exec(_FD_SAMPLER)
         target.expect("sampling")
         peer = RawPeer(target.addr, nodeid="attacker")
@@ -188,14 +205,15 @@ def test_dialling_thousands_of_dead_addresses_leaves_room_for_accepts(cluster):
             target.run("wait_for(lambda: len(node._nodes) >= %d, timeout=10)" % len(addrs))
             t0 = time.monotonic()
             legit = cluster.node("legit", seeds=[target.addr])
-            legit.run("wait_for(lambda: node_is_up(%r), timeout=10)" % target.nodeid,
-                      timeout=15)
+            legit.run("wait_for(lambda: node_is_up(%r), timeout=10)" % target.nodeid, timeout=15)
             t_legit = time.monotonic() - t0
             # while the black holes still hold their dials: every flooded node gives up
             # after connect_interval (2 s), and nothing waits for a turn any more
-            target.run("wait_for(lambda: not node._dials.waiting and not any("
-                       "n.connecting for n in list(node._nodes.values())), timeout=10)",
-                       timeout=15)
+            target.run(
+                "wait_for(lambda: not node._dials.waiting and not any("
+                "n.connecting for n in list(node._nodes.values())), timeout=10)",
+                timeout=15,
+            )
             fdmax = target.ask("FDMAX[0]")
         finally:
             peer.close()
@@ -231,16 +249,21 @@ def test_dials_to_black_holes_make_way_for_real_ones(cluster):
             for s in holes:
                 peer.send_frame(["", "snd", "127.0.0.1:%d#x" % s.getsockname()[1], "hello"])
             # all four turns taken, and all four nodes gave up (connect_interval, 2 s)
-            target.run("wait_for(lambda: len(node._dials._holders) == 4 and not any("
-                       "n.connecting for n in list(node._nodes.values())), timeout=10)",
-                       timeout=15)
-            target.exec("""
+            target.run(
+                "wait_for(lambda: len(node._dials._holders) == 4 and not any("
+                "n.connecting for n in list(node._nodes.values())), timeout=10)",
+                timeout=15,
+            )
+            target.exec(
+                """
                 FIRED = []
                 t = time.monotonic()
                 mon(%(r)r + "#", lambda *r: FIRED.append(list(r)))
                 wait_for(lambda: node_is_up(%(r)r) or FIRED, timeout=10)
                 emit("real", node_is_up(%(r)r), FIRED, time.monotonic() - t)
-            """ % dict(r=real.nodeid))
+            """
+                % dict(r=real.nodeid)
+            )
             up, fired, took = target.expect("real", timeout=15)
         finally:
             peer.close()

@@ -28,14 +28,24 @@ def test_ruff_finds_nothing():
     ruff = _ruff()
     if ruff is None:
         pytest.fail("ruff is not installed: pip install -e '.[test]'")
-    proc = subprocess.run([ruff, "check", "--output-format", "concise", str(REPO)],
-                          capture_output=True, text=True, timeout=120, cwd=str(REPO))
+    proc = subprocess.run(
+        [ruff, "check", "--output-format", "concise", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 def test_mypy_finds_nothing():
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary"],
-                          capture_output=True, text=True, timeout=300, cwd=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-error-summary"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(REPO),
+    )
     if "No module named mypy" in proc.stderr:
         pytest.fail("mypy is not installed: pip install -e '.[test]'")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -63,12 +73,14 @@ def import_graph():
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-                    base = base[:len(base) - node.level + 1]
+                    base = base[: len(base) - node.level + 1]
                     target = ".".join(base + ([node.module] if node.module else []))
                 else:
                     target = node.module or ""
-                names = [target + "." + a.name if target + "." + a.name in mods else target
-                         for a in node.names]
+                names = [
+                    target + "." + a.name if target + "." + a.name in mods else target
+                    for a in node.names
+                ]
             for name in names:
                 while name and name not in mods and "." in name:
                     name = name.rsplit(".", 1)[0]
@@ -108,9 +120,29 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
 
 #: The layers, bottom up (README "Layout"): a module may import only modules listed before it.
 #: ``cli`` is the ``aemp`` program on top of the public API (the package imports it nowhere).
-LAYERS = ["_version", "_protocol", "_report", "_ratelog", "exceptions", "_guard", "config",
-          "_handshake", "framing", "kernel", "ports", "transport", "node", "global_",
-          "dataconn", "logcatcher", "supervisor", "threaded", "monkey", "", "cli"]
+LAYERS = [
+    "_version",
+    "_protocol",
+    "_report",
+    "_ratelog",
+    "exceptions",
+    "_guard",
+    "config",
+    "_handshake",
+    "framing",
+    "kernel",
+    "ports",
+    "transport",
+    "node",
+    "global_",
+    "dataconn",
+    "logcatcher",
+    "supervisor",
+    "threaded",
+    "monkey",
+    "",
+    "cli",
+]
 
 
 def test_imports_go_down_the_layers():
@@ -118,8 +150,9 @@ def test_imports_go_down_the_layers():
     graph = import_graph()
     unknown = sorted(m for m in graph if m not in order)
     assert not unknown, "modules missing from LAYERS (place them): %s" % unknown
-    upward = sorted("%s -> %s" % (m, o) for m, outs in graph.items() for o in outs
-                    if order[o] >= order[m])
+    upward = sorted(
+        "%s -> %s" % (m, o) for m, outs in graph.items() for o in outs if order[o] >= order[m]
+    )
     assert not upward, "imports going up the layers: %s" % ", ".join(upward)
 
 
@@ -131,8 +164,9 @@ def test_no_module_uses_another_modules_private_names():
         tree = ast.parse(path.read_text())
         aliases = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "")
-                                                     .startswith("aemp_green")):
+            if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").startswith("aemp_green")
+            ):
                 for a in node.names:
                     target = ((node.module or "") + "." + a.name).lstrip(".")
                     if (PKG / (a.name + ".py")).exists() or target.startswith("aemp_green"):
@@ -142,9 +176,13 @@ def test_no_module_uses_another_modules_private_names():
                     if a.name.startswith("aemp_green"):
                         aliases.add((a.asname or a.name).split(".")[0])
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id in aliases and node.attr.startswith("_")
-                    and not node.attr.startswith("__")):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 bad.append("%s:%d %s.%s" % (path.name, node.lineno, node.value.id, node.attr))
     assert not bad, "private names used across modules: %s" % ", ".join(bad)
 
@@ -164,6 +202,9 @@ def test_public_functions_are_fully_annotated():
         sig = inspect.signature(obj)
         if sig.return_annotation is inspect.Signature.empty:
             missing.append("%s -> ?" % name)
-        missing += ["%s(%s)" % (name, p.name) for p in sig.parameters.values()
-                    if p.annotation is inspect.Parameter.empty]
+        missing += [
+            "%s(%s)" % (name, p.name)
+            for p in sig.parameters.values()
+            if p.annotation is inspect.Parameter.empty
+        ]
     assert not missing, "public functions without types: %s" % ", ".join(missing)

@@ -32,8 +32,9 @@ def subscribed():
         logcatcher._req_catch(p, None)
         aemp_green.kil(p)
         wait_until(lambda: logcatcher.subscribers() == {})  # other ports: when their kill lands
-        assert not [h for h in logging.getLogger().handlers
-                    if isinstance(h, logcatcher.ForwardingHandler)]
+        assert not [
+            h for h in logging.getLogger().handlers if isinstance(h, logcatcher.ForwardingHandler)
+        ]
 
 
 def records(col):
@@ -56,7 +57,8 @@ def test_records_are_forwarded_with_level_filter(subscribed):
     recs = records(col)
     assert [(r[1], r[2], r[3].splitlines()[0]) for r in recs] == [
         (logging.INFO, "lc_test.app", "hello world"),
-        (logging.ERROR, "lc_test.app", "it broke")]
+        (logging.ERROR, "lc_test.app", "it broke"),
+    ]
     assert "ZeroDivisionError" in recs[1][3]
     assert all(abs(r[0] - time.time()) < 60 for r in recs)
     assert col.items[0][1] == aemp_green.NODE() and col.items[0][2] == 0
@@ -132,10 +134,16 @@ def test_catch_relogs_with_node_and_delay_prefix(caplog):
     p = logcatcher.catch(logging.INFO)
     try:
         created = time.time() - 1.5
-        aemp_green.snd(p, "logs", "far/node", 3, [[created, logging.WARNING, "lc_test.remote",
-                                                   "disk full"],
-                                                  [created, logging.DEBUG, "lc_test.remote",
-                                                   "below the level"]])
+        aemp_green.snd(
+            p,
+            "logs",
+            "far/node",
+            3,
+            [
+                [created, logging.WARNING, "lc_test.remote", "disk full"],
+                [created, logging.DEBUG, "lc_test.remote", "below the level"],
+            ],
+        )
         wait_until(lambda: [r for r in caplog.records if getattr(r, "aemp_caught", False)])
         caught = [r for r in caplog.records if getattr(r, "aemp_caught", False)]
         dropped = [r for r in caught if "dropped" in r.getMessage()]
@@ -177,7 +185,8 @@ def test_catch_collects_from_all_nodes_including_late_ones(cluster):
         assert n.ask("'aemp_green.logcatcher' in __import__('sys').modules") is True
     a.run("CATCHER = logcatcher.catch(logging.INFO)")
     for n in (seed, b):
-        n.run("""
+        n.run(
+            """
             import logging, sys
             # the catch request itself loads the module here
             wait_for(lambda: "aemp_green.logcatcher" in sys.modules
@@ -185,11 +194,16 @@ def test_catch_collects_from_all_nodes_including_late_ones(cluster):
             import aemp_green.logcatcher as logcatcher
             logging.getLogger("app.%s").debug("quiet")
             logging.getLogger("app.%s").info("hello from %s")
-        """ % (n.name, n.name, n.name), timeout=20)
+        """
+            % (n.name, n.name, n.name),
+            timeout=20,
+        )
     a.run('logging.getLogger("app.A").warning("A itself")')
     got = {}
     for _ in range(2):
-        node, name, level, msg = a.expect("caught", timeout=10, pred=lambda v: v[1].startswith("app."))
+        node, name, level, msg = a.expect(
+            "caught", timeout=10, pred=lambda v: v[1].startswith("app.")
+        )
         got[node] = (name, level, msg)
     for n in ("seed", "B"):
         name, level, msg = got[n]
@@ -199,13 +213,17 @@ def test_catch_collects_from_all_nodes_including_late_ones(cluster):
 
     # a node that joins later is caught too
     (c,) = cluster.start(("C", {"seeds": [seed.addr]}))
-    c.run("""
+    c.run(
+        """
         import aemp_green.logcatcher as logcatcher, logging
         wait_for(lambda: logcatcher.subscribers(), timeout=15)
         logging.getLogger("app.C").error("late %d", 42)
-    """, timeout=20)
-    node, name, level, msg = a.expect("caught", timeout=10,
-                                      pred=lambda v: v[0] == "C" and v[1] == "app.C")
+    """,
+        timeout=20,
+    )
+    node, name, level, msg = a.expect(
+        "caught", timeout=10, pred=lambda v: v[0] == "C" and v[1] == "app.C"
+    )
     assert level == "ERROR" and msg.endswith("] late 42")
     assert not [i for i in a.backlog if i[0] == "caught" and (i[1] == "A" or "quiet" in i[4])]
 
@@ -219,7 +237,10 @@ def test_catch_collects_from_all_nodes_including_late_ones(cluster):
     b.run("wait_for(lambda: logcatcher.subscribers(), timeout=15)", timeout=20)
     a.kill()
     for n in (seed, b, c):
-        n.run("""
+        n.run(
+            """
             wait_for(lambda: not logcatcher.subscribers(), timeout=15)
             logging.getLogger("app").warning("nobody listens")
-        """, timeout=20)
+        """,
+            timeout=20,
+        )

@@ -8,8 +8,7 @@ import weakref
 import pytest
 from greenlet import getcurrent
 
-from aemp_green import (NODE, SELF, kil, mon, mon_guard, node_of, port, rcv, receive, snd,
-                        spawn)
+from aemp_green import NODE, SELF, kil, mon, mon_guard, node_of, port, rcv, receive, snd, spawn
 from aemp_green import kernel
 from conftest import Collector, flush, run_in_greenlet, spawned_log, wait_until
 
@@ -17,6 +16,7 @@ ZERO_DIV = ("die", "ZeroDivisionError: division by zero")
 
 
 # --------------------------------------------------------------------------- the four forms
+
 
 def test_mon_callable_gets_reason():
     """API.md: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies"."""
@@ -134,6 +134,7 @@ def test_mon_bad_arguments():
 
 
 # --------------------------------------------------------------------------- one-shot, context
+
 
 def test_mon_is_one_shot():
     """API.md: "One-shot." -- killing twice fires once."""
@@ -292,6 +293,7 @@ def test_mon_guarantee_no_holes():
 
 # --------------------------------------------------------------------------- guards
 
+
 def test_mon_guard_cancel_stops_monitoring():
     """API.md: "Returns a guard; dropping or cancelling it stops monitoring." (cancel)."""
     col = Collector()
@@ -372,6 +374,7 @@ def test_mon_with_block_cancels_at_exit():
 
 def test_mon_guard_keeps_objects_alive_until_port_dies():
     """API.md: "`mon_guard(port, *objs)` keeps objects alive until the port dies."."""
+
     class Obj:
         pass
 
@@ -396,6 +399,7 @@ def test_mon_guard_keeps_objects_alive_until_port_dies():
 def test_mon_guard_cancelled_guard_releases():
     """API.md: "`mon_guard(port, *objs)` keeps objects alive until the port dies." -- or until
     its guard is cancelled (dropping it releases nothing: aemp_green/_guard.py)."""
+
     class Obj:
         pass
 
@@ -421,6 +425,7 @@ def test_mon_guard_cancelled_guard_releases():
 
 # --------------------------------------------------------------------------- spawn by name
 
+
 def test_spawn_by_name_on_this_node():
     """API.md: "`spawn(node, "pkg.module.func", *args)` creates a port on another node (or this
     one) and runs `func(*args)` there with that port as SELF; it returns the new port ID at
@@ -445,8 +450,9 @@ def test_spawn_by_name_longest_module_prefix_and_perl_names():
     for pid in (a, b, c):
         mon(pid, col)
     assert col.wait(3) == [(), (), ()]
-    assert sorted(spawned_log[before:]) == sorted([
-        (a, ("Targets.run", "x")), (b, ("Targets.run", "y")), (c, ())])
+    assert sorted(spawned_log[before:]) == sorted(
+        [(a, ("Targets.run", "x")), (b, ("Targets.run", "y")), (c, ())]
+    )
 
 
 def test_spawn_by_name_unknown_function_kills_port():
@@ -487,7 +493,6 @@ def test_spawn_request_accepted_when_not_secure():
     node-port request a remote node sends (the counterpart of the secure test)."""
     before = len(spawned_log)
     name = "reqtest" + kernel.base62(54321)
-    kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target",
-                                       7])
+    kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target", 7])
     wait_until(lambda: len(spawned_log) > before)
     assert spawned_log[before:] == [(NODE() + "#" + name, (7,))]

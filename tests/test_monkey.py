@@ -12,7 +12,10 @@ from test_examples_more import examples, run_python  # noqa: F401 - examples is 
 
 def _json_lines(out):
     assert out.returncode == 0, "rc=%s\nstdout:\n%s\nstderr:\n%s" % (
-        out.returncode, out.stdout, out.stderr)
+        out.returncode,
+        out.stdout,
+        out.stderr,
+    )
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith(("[", "{"))]
 
 
@@ -70,7 +73,7 @@ def test_patch_all_binds_the_node_to_the_main_hub_and_blocking_code_cooperates()
                           sorted(r[1] for r in results),
                           isinstance(threading.current_thread(), threading._MainThread)]))
     """)
-    (first, kernel_hub, main_hub, echoed, main_thread), = _json_lines(out)
+    ((first, kernel_hub, main_hub, echoed, main_thread),) = _json_lines(out)
     assert first == "timer fired"
     assert kernel_hub and main_hub and main_thread
     assert echoed == [0, 1, 2, 3, 4]
@@ -168,9 +171,9 @@ def test_legacy_monkey_example_receives_and_sends_under_monkey(examples, cluster
         ticks = port(lambda *msg: emit("tick", *msg))
         snd(svc, "subscribe", ticks)
     """)
-    svc, = probe.expect("svc", 30)
+    (svc,) = probe.expect("svc", 30)
     assert svc.startswith("legacy/")
-    upper, = probe.expect("upper", 30)
+    (upper,) = probe.expect("upper", 30)
     assert upper == [["upper", "HELLO LEGACY %d" % i] for i in range(6)]
     seen = [probe.expect("tick", 10) for _ in range(3)]
     ns = [t[1] for t in seen]  # emit("tick", "tick", n, time)
@@ -184,5 +187,6 @@ def test_public_api_documents_itself_with_examples():
 
     from aemp_green import monkey
 
-    assert [n for n in monkey.__all__
-            if "Example" not in (inspect.getdoc(getattr(monkey, n)) or "")] == []
+    assert [
+        n for n in monkey.__all__ if "Example" not in (inspect.getdoc(getattr(monkey, n)) or "")
+    ] == []

@@ -13,9 +13,11 @@ from netutil import cluster, free_port  # noqa: F401 - cluster is a fixture
 
 # A payload with every kind of value both framings carry. The same source text is evaluated in
 # the children and here, and compared through repr() (which tells 3 from 3.0 and 1 from True).
-PAYLOAD_SRC = ('["Grüße, 世界 ✓ 😀", 2**40, -17, -2**40, 3.25, -0.5, 0, "", [],'
-               ' [1, [2, [3, []]], {"k": [None]}], {"nested": {"a": [True, False, None], "ü": "✓"}},'
-               ' None, True, False, {}, "a\\"quote\\\\ and\\nnewline"]')
+PAYLOAD_SRC = (
+    '["Grüße, 世界 ✓ 😀", 2**40, -17, -2**40, 3.25, -0.5, 0, "", [],'
+    ' [1, [2, [3, []]], {"k": [None]}], {"nested": {"a": [True, False, None], "ü": "✓"}},'
+    ' None, True, False, {}, "a\\"quote\\\\ and\\nnewline"]'
+)
 PAYLOAD = eval(PAYLOAD_SRC)  # noqa: S307 - our own constant
 
 
@@ -27,8 +29,11 @@ def wait_registered(seed, *nodes):
     wait for this first.
     """
     want = {n.nodeid: n.binds for n in nodes}
-    seed.run("wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v for k, v in %r.items()))"
-             % (want,), timeout=15)
+    seed.run(
+        "wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v for k, v in %r.items()))"
+        % (want,),
+        timeout=15,
+    )
 
 
 def start_trio(cluster, a_cfg=None, b_cfg=None, seed_cfg=None, a="A", b="B"):
@@ -49,19 +54,25 @@ def make_port(child, var, tag):
 
 # --------------------------------------------------------------------------- values, framings
 
-@pytest.mark.parametrize("fa,fb,expect_a", [
-    (["json"], ["json"], ("json", "json")),
-    (["cbor"], ["cbor"], ("cbor", "cbor")),
-    # each side sends the first entry of the *peer's* list that it accepts itself
-    (["json", "cbor"], ["cbor", "json"], ("cbor", "json")),
-], ids=["json", "cbor", "mixed"])
+
+@pytest.mark.parametrize(
+    "fa,fb,expect_a",
+    [
+        (["json"], ["json"], ("json", "json")),
+        (["cbor"], ["cbor"], ("cbor", "cbor")),
+        # each side sends the first entry of the *peer's* list that it accepts itself
+        (["json", "cbor"], ["cbor", "json"], ("cbor", "json")),
+    ],
+    ids=["json", "cbor", "mixed"],
+)
 def test_db_lookup_and_values_round_trip_exactly(cluster, fa, fb, expect_a):
     """API.md Network + shared database: A registers a port with ``db_set``, B finds it with
     ``db_mon`` and sends; every value kind (Unicode, big ints, floats, nested containers,
     None/True/False, empty dict) arrives exactly, B->A and A->B, in json, cbor and mixed framing
     (PROTOCOL.md 1.4: each direction chooses its own framing)."""
     seed, a, b = start_trio(cluster, {"framing_format": fa}, {"framing_format": fb})
-    a.run("""
+    a.run(
+        """
         PAYLOAD = %s
         def _a_handler(*msg):
             emit("A_got", repr(list(msg)))
@@ -69,9 +80,12 @@ def test_db_lookup_and_values_round_trip_exactly(cluster, fa, fb, expect_a):
                 snd(msg[-1], "back", *PAYLOAD)
         PA = port(_a_handler)
         db_set("rt_family", PA, {"where": "A", "ü": 1})
-    """ % PAYLOAD_SRC)
+    """
+        % PAYLOAD_SRC
+    )
     pa = a.ask("PA")
-    b.run("""
+    b.run(
+        """
         PAYLOAD = %s
         PB = port(lambda *m: emit("B_got", repr(list(m))))
         _sent = set()
@@ -82,7 +96,9 @@ def test_db_lookup_and_values_round_trip_exactly(cluster, fa, fb, expect_a):
                     emit("B_found", k, db[k])
                     snd(k, "hello", *PAYLOAD, PB)
         _g = db_mon("rt_family", _seen)
-    """ % PAYLOAD_SRC)
+    """
+        % PAYLOAD_SRC
+    )
     pb = b.ask("PB")
     assert b.expect("B_found", timeout=15) == [pa, {"where": "A", "ü": 1}]
     assert a.expect("A_got")[0] == repr(["hello"] + PAYLOAD + [pb])
@@ -108,25 +124,32 @@ def test_ten_thousand_messages_arrive_in_order(cluster):
         PB = port(_count)
     """)
     pb = b.ask("PB")
-    a.exec("""
+    a.exec(
+        """
         for i in range(10000):
             snd(%r, "n", i, "x" * (i %% 50))
         emit("A_sent")
-    """ % pb)
+    """
+        % pb
+    )
     a.expect("A_sent", timeout=20)
     assert b.expect("order_done", timeout=30) == [10000, []]
 
 
 # --------------------------------------------------------------------------- monitors, kil
 
+
 def test_remote_monitor_gets_kill_reason(cluster):
     """API.md Monitoring: a remote monitor gets the exact kill reason (PROTOCOL.md 5: ``kil0``)."""
     seed, a, b = start_trio(cluster)
     pa = make_port(a, "PA", "A_got")
-    b.run("""
+    b.run(
+        """
         mon(%r, lambda *r: emit("B_mon", repr(r)))
         snd(%r, "ping")
-    """ % (pa, pa))
+    """
+        % (pa, pa)
+    )
     # the ping went over the same connection after mon1: A processed the monitor request
     assert a.expect("A_got", timeout=15) == [repr(["ping"])]
     a.run("kil(PA, 'bye', 1, {'x': [1]})")
@@ -134,10 +157,13 @@ def test_remote_monitor_gets_kill_reason(cluster):
 
     # a normal exit (no reason) reaches the remote monitor as an empty reason
     pn = make_port(a, "PN", "A_got")
-    b.run("""
+    b.run(
+        """
         mon(%r, lambda *r: emit("B_mon_normal", repr(r)))
         snd(%r, "ping")
-    """ % (pn, pn))
+    """
+        % (pn, pn)
+    )
     assert a.expect("A_got") == [repr(["ping"])]
     a.run("kil(PN)")
     assert b.expect("B_mon_normal") == [repr(())]
@@ -148,22 +174,31 @@ def test_cancelled_remote_monitor_is_withdrawn(cluster):
     owner is told (``mon0``, PROTOCOL.md 5) and forgets the monitor, while another one stays."""
     seed, a, b = start_trio(cluster)
     pa = make_port(a, "PA", "A_got")
-    b.run("""
+    b.run(
+        """
         G1 = mon(%r, lambda *r: emit("B_mon1", repr(r)))
         snd(%r, "ping")
-    """ % (pa, pa))
+    """
+        % (pa, pa)
+    )
     assert a.expect("A_got", timeout=10) == [repr(["ping"])]
     assert a.ask("sorted(aemp_green.kernel._remote_monitors)") == ["B"]  # by node
-    b.run("""
+    b.run(
+        """
         G1.cancel()
         snd(%r, "after_cancel")
-    """ % pa)
+    """
+        % pa
+    )
     assert a.expect("A_got") == [repr(["after_cancel"])]
     assert a.ask("len(aemp_green.kernel._remote_monitors)") == 0
-    b.run("""
+    b.run(
+        """
         mon(%r, lambda *r: emit("B_mon2", repr(r)))
         snd(%r, "ping2")
-    """ % (pa, pa))
+    """
+        % (pa, pa)
+    )
     assert a.expect("A_got") == [repr(["ping2"])]
     a.run("kil(PA, 'gone')")
     assert b.expect("B_mon2") == [repr(("gone",))]
@@ -180,10 +215,13 @@ def test_remote_kil_with_reason(cluster):
         mon(PA2, lambda *r: emit("A_mon", repr(r)))
     """)
     pa = a.ask("PA2")
-    b.run("""
+    b.run(
+        """
         mon(%r, lambda *r: emit("B_mon", repr(r)))
         snd(%r, "ping")
-    """ % (pa, pa))
+    """
+        % (pa, pa)
+    )
     assert a.expect("A_got", timeout=15) == [repr(["ping"])]
     b.run("kil(%r, 'killed_by_b', 'reason text ☠', 123)" % pa)
     want = repr(("killed_by_b", "reason text ☠", 123))
@@ -198,32 +236,45 @@ def test_remote_monitor_of_nonexistent_port(cluster):
     seed, a, b = start_trio(cluster)
     b.run("mon('A#nonexistent', lambda *r: emit('B_mon', *r))")
     assert b.expect("B_mon", timeout=15) == [
-        "no_such_port", "cannot monitor nonexistent port", "A#nonexistent"]
+        "no_such_port",
+        "cannot monitor nonexistent port",
+        "A#nonexistent",
+    ]
 
 
 BUG_STALE_ADDRS = (
     "BUG: node.RemoteNode keeps the addresses it learned (g_found) forever: connect() dials "
     "self.addrs and never asks the master again, so a peer restarted on a new port is "
-    "unreachable for good (every send ends in 'connect timeout')")
+    "unreachable for good (every send ends in 'connect timeout')"
+)
 
 
-@pytest.mark.parametrize("fixed_port", [
-    True, False,
-], ids=["same_port", "new_port"])
+@pytest.mark.parametrize(
+    "fixed_port",
+    [
+        True,
+        False,
+    ],
+    ids=["same_port", "new_port"],
+)
 def test_kill_9_fires_transport_error_then_reconnect(cluster, fixed_port):
     """API.md: losing the connection fires monitors with ``("transport_error", nodeid, why)``;
     connections are made on demand: after the peer restarts, a later send reconnects and is
     delivered (on the same listening port, or on a new one it announced to the seed)."""
     seed = cluster.seed()
     binds = ["127.0.0.1:%d" % free_port()] if fixed_port else ["127.0.0.1:*"]
-    peer, b = cluster.start(("peer1", dict(seeds=[seed.addr], binds=binds)),
-                            ("B", dict(seeds=[seed.addr])))
+    peer, b = cluster.start(
+        ("peer1", dict(seeds=[seed.addr], binds=binds)), ("B", dict(seeds=[seed.addr]))
+    )
     wait_registered(seed, peer, b)
     pa = make_port(peer, "PA", "A_got")
-    b.run("""
+    b.run(
+        """
         mon(%r, lambda *r: emit("B_mon", *r))
         snd(%r, "ping")
-    """ % (pa, pa))
+    """
+        % (pa, pa)
+    )
     assert peer.expect("A_got", timeout=15) == [repr(["ping"])]
     old_addr = peer.addr
     peer.kill()
@@ -237,10 +288,13 @@ def test_kill_9_fires_transport_error_then_reconnect(cluster, fixed_port):
     pa2 = make_port(peer, "PA", "A_got")
     # the restarted node must be registered with the seed before B can look it up
     wait_registered(seed, peer)
-    b.run("""
+    b.run(
+        """
         mon(%r, lambda *r: emit("B_mon2", *r))
         snd(%r, "again", 1)
-    """ % (pa2, pa2))
+    """
+        % (pa2, pa2)
+    )
     assert peer.expect("A_got", timeout=6) == [repr(["again", 1])]
     assert b.ask("node_is_up('peer1')") is True
 
@@ -252,7 +306,8 @@ def test_no_holes_when_peer_dies_mid_stream(cluster):
     seed, a, b = start_trio(cluster)
     a.run("PA = port(lambda tag, i: emit('n', i))")
     pa = a.ask("PA")
-    b.exec("""
+    b.exec(
+        """
         def _sender():
             state = {"dead": None}
             mon(%r, lambda *r: state.__setitem__("dead", list(r)))
@@ -264,7 +319,9 @@ def test_no_holes_when_peer_dies_mid_stream(cluster):
                     gevent.sleep(0.002)
             emit("B_sent", i, state["dead"])
         gevent.spawn(_sender)
-    """ % (pa, pa))
+    """
+        % (pa, pa)
+    )
     got = []
     while len(got) < 300:
         got.append(a.expect("n", timeout=15)[0])
@@ -277,6 +334,7 @@ def test_no_holes_when_peer_dies_mid_stream(cluster):
 
 
 # --------------------------------------------------------------------------- spawn, node port
+
 
 def test_remote_spawn_and_call(cluster):
     """API.md: ``spawn(node, "pkg.module.func", *args)`` creates a port on another node and
@@ -302,8 +360,10 @@ def test_remote_spawn_and_call(cluster):
     (wp,) = b.expect("whoami")
     assert b.expect("B_got") == [repr(["iam", wp])]
     # the echo server (a greenlet port) and the Perl-style port (a callback port) live on A
-    assert a.ask("[%r in aemp_green.kernel.port_table, %r in aemp_green.kernel.port_table]" % (sp, b.ask("CP"))) \
-        == [True, True]
+    assert a.ask(
+        "[%r in aemp_green.kernel.port_table, %r in aemp_green.kernel.port_table]"
+        % (sp, b.ask("CP"))
+    ) == [True, True]
 
 
 def test_node_port_requests(cluster):
@@ -343,7 +403,9 @@ def test_secure_node_refuses_eval_spawn_and_function_calls(cluster):
     """API.md: ``eval_on``/``spawn``/``snd_to_func`` are refused on nodes configured ``secure``
     (nothing runs; the refusal is logged naming the sender); other requests still work."""
     seed = cluster.seed()
-    c, b = cluster.start(("C", dict(seeds=[seed.addr], secure=True)), ("B", dict(seeds=[seed.addr])))
+    c, b = cluster.start(
+        ("C", dict(seeds=[seed.addr], secure=True)), ("B", dict(seeds=[seed.addr]))
+    )
     wait_registered(seed, c, b)
     make_port(b, "PB", "B_got")
     b.run("""
@@ -363,11 +425,15 @@ def test_secure_node_refuses_eval_spawn_and_function_calls(cluster):
     log = c.wait_log(lambda t: t.count("secure node: refused") >= 3, what="3 refusals")
     refusals = [line for line in log.splitlines() if "secure node: refused" in line]
     assert all("from B" in line for line in refusals), refusals
-    assert any("eval" in line for line in refusals) and any("_spawn" in line for line in refusals) \
-        and any("netfuncs.record" in line for line in refusals), refusals
+    assert (
+        any("eval" in line for line in refusals)
+        and any("_spawn" in line for line in refusals)
+        and any("netfuncs.record" in line for line in refusals)
+    ), refusals
 
 
 # --------------------------------------------------------------------------- node state
+
 
 def test_node_is_up_up_nodes_known_nodes_mon_nodes(cluster):
     """API.md: ``node_is_up`` (True / False when known but not connected / None when unknown),
@@ -384,12 +450,18 @@ def test_node_is_up_up_nodes_known_nodes_mon_nodes(cluster):
     assert b.expect("B_nodes", timeout=15, pred=lambda v: v[0] == "A") == ["A", True, []]
     assert a.expect("A_got") == [repr(["hi"])]
     assert b.ask("[node_is_up('A'), sorted(up_nodes()), 'A' in known_nodes()]") == [
-        True, ["A", "seed"], True]
+        True,
+        ["A", "seed"],
+        True,
+    ]
     a.kill()
     n, up, reason = b.expect("B_nodes", pred=lambda v: v[0] == "A")
     assert up is False and reason[:2] == ["transport_error", "A"], reason
     assert b.ask("[node_is_up('A'), sorted(up_nodes()), 'A' in known_nodes()]") == [
-        False, ["seed"], True]
+        False,
+        ["seed"],
+        True,
+    ]
 
 
 def test_connect_interval_bounds_a_connect_to_a_closed_port(cluster):
@@ -398,11 +470,14 @@ def test_connect_interval_bounds_a_connect_to_a_closed_port(cluster):
     (PROTOCOL.md 6); a ``host:port`` node ID is dialled directly."""
     c = cluster.node("C", connect_interval=0.5)
     target = "127.0.0.1:%d" % free_port()
-    c.exec("""
+    c.exec(
+        """
         t0 = time.monotonic()
         mon(%r, lambda *r: emit("C_mon", list(r), time.monotonic() - t0))
         snd(%r, "lost")
-    """ % (target + "#p", target + "#p"))
+    """
+        % (target + "#p", target + "#p")
+    )
     reason, elapsed = c.expect("C_mon", timeout=5)
     assert reason[:2] == ["transport_error", target], reason
     assert reason[2] == "connect timeout" or "refused" in reason[2].lower(), reason
@@ -416,10 +491,14 @@ def test_wrong_secret_cannot_join(cluster):
     """A node with the wrong secret never gets a link to the seed (the seed logs the
     authentication failure and keeps retrying it off); the seed keeps serving a good node."""
     seed = cluster.seed()
-    good, bad = cluster.start(("good", dict(seeds=[seed.addr])),
-                              ("bad", dict(seeds=[seed.addr], secret="wrong-secret")))
-    seed.wait_log(lambda t: t.count("authentication failure") >= 2, timeout=30,
-                  what="two authentication failures (the bad node retried)")
+    good, bad = cluster.start(
+        ("good", dict(seeds=[seed.addr])), ("bad", dict(seeds=[seed.addr], secret="wrong-secret"))
+    )
+    seed.wait_log(
+        lambda t: t.count("authentication failure") >= 2,
+        timeout=30,
+        what="two authentication failures (the bad node retried)",
+    )
     assert not bad.ask("node_is_up('seed')")
     assert bad.ask("up_nodes()") == []
     assert "bad" not in seed.ask("up_nodes()")
@@ -433,6 +512,7 @@ def test_wrong_secret_cannot_join(cluster):
 
 # --------------------------------------------------------------------------- size, topology
 
+
 @pytest.mark.parametrize("framing", ["json", "cbor"])
 def test_multi_megabyte_message(cluster, framing):
     """A message of several MB (many reads, one frame) arrives whole, and so do the small
@@ -444,11 +524,14 @@ def test_multi_megabyte_message(cluster, framing):
                                         v[0][-3:] if tag == "big" else None))
     """)
     pb = b.ask("PB")
-    a.run("""
+    a.run(
+        """
         snd(%r, "small", 1)
         snd(%r, "big", "ü" * 3000000 + "end")
         snd(%r, "small", 2)
-    """ % (pb, pb, pb))
+    """
+        % (pb, pb, pb)
+    )
     assert b.expect("B_got", timeout=20) == ["small", 1, None, None]
     assert b.expect("B_got", timeout=20) == ["big", 3000003, "üüü", "end"]
     assert b.expect("B_got", timeout=20) == ["small", 2, None, None]
@@ -459,8 +542,9 @@ def test_two_seeds_mesh_and_a_seed_restart(cluster):
     node whose only seed is seed2 see each other's database entries and talk directly. When
     seed1 restarts, its slave takes it as master again and its new entries reach the other side."""
     a1, a2 = "127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()
-    s1, s2 = cluster.start(("seed1", dict(binds=[a1], seeds=[a1, a2])),
-                           ("seed2", dict(binds=[a2], seeds=[a1, a2])))
+    s1, s2 = cluster.start(
+        ("seed1", dict(binds=[a1], seeds=[a1, a2])), ("seed2", dict(binds=[a2], seeds=[a1, a2]))
+    )
     a, b = cluster.start(("A", dict(seeds=[a1])), ("B", dict(seeds=[a2])))
     a.run("PA = port(lambda *m: emit('A_got', repr(list(m)))); _g = db_set('mesh', PA, 1)")
     pa = a.ask("PA")
@@ -488,7 +572,8 @@ def test_two_seeds_mesh_and_a_seed_restart(cluster):
 BUG_QUEUED_ENCODE = (
     "BUG: frames sent while the link is not up yet are queued unencoded (node.RemoteNode.send) "
     "and encoded only in RemoteNode.attach(), which catches the TypeError, logs 'message to X "
-    "dropped' and goes on: the caller never gets the TypeError PROTOCOL.md 12 asks for")
+    "dropped' and goes on: the caller never gets the TypeError PROTOCOL.md 12 asks for"
+)
 
 
 def test_unencodable_value_raises_in_the_caller_before_the_link_is_up(cluster):
@@ -498,14 +583,17 @@ def test_unencodable_value_raises_in_the_caller_before_the_link_is_up(cluster):
     seed, a, b = start_trio(cluster)
     pa = make_port(a, "PA", "A_got")
     assert b.ask("node_is_up('A')") is None  # B has no link to A yet
-    b.exec("""
+    b.exec(
+        """
         try:
             snd(%r, "bad", {1, 2})
             emit("raised", None)
         except TypeError as exc:
             emit("raised", str(exc))
         snd(%r, "good")
-    """ % (pa, pa))
+    """
+        % (pa, pa)
+    )
     assert a.expect("A_got", timeout=10) == [repr(["good"])]
     (text,) = b.expect("raised")
     assert text is not None and "set" in text, "snd() of a set did not raise TypeError"
@@ -520,7 +608,8 @@ def test_no_hole_when_a_queued_message_cannot_be_encoded(cluster):
     seed, a, b = start_trio(cluster, {"framing_format": ["json"]}, {"framing_format": ["json"]})
     pa = make_port(a, "PA", "A_got")
     assert b.ask("node_is_up('A')") is None
-    b.exec("""
+    b.exec(
+        """
         mon(%r, lambda *r: (emit("B_mon", *r), snd(%r, "after_monitor", 3)))
         snd(%r, "n", 0)
         try:
@@ -529,15 +618,18 @@ def test_no_hole_when_a_queued_message_cannot_be_encoded(cluster):
         except TypeError as exc:
             emit("raised", str(exc))
         snd(%r, "n", 2)
-    """ % (pa, pa, pa, pa, pa))
+    """
+        % (pa, pa, pa, pa, pa)
+    )
     (raised,) = b.expect("raised")
     assert a.expect("A_got", timeout=10) == [repr(["n", 0])]
     if raised is None:  # accepted, then lost: the monitor fires and "n 2" never overtakes it
         reason = b.expect("B_mon", timeout=10)
         assert reason[0] == "transport_error" and "encoded" in reason[2], reason
         nxt = a.expect("A_got", timeout=10)
-        assert nxt == [repr(["after_monitor", 3])], \
+        assert nxt == [repr(["after_monitor", 3])], (
             "a message sent after the lost one arrived: %r" % (nxt,)
+        )
     else:
         assert "bytes" in raised or "serializ" in raised.lower(), raised
         assert a.expect("A_got", timeout=10) == [repr(["n", 2])]

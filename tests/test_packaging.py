@@ -23,8 +23,12 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)],
-                          capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
@@ -32,15 +36,19 @@ def dists(tmp_path_factory):
 
 
 def _version():
-    return ast.literal_eval((REPO / "aemp_green" / "_version.py").read_text()
-                            .split("=", 1)[1].strip())
+    return ast.literal_eval(
+        (REPO / "aemp_green" / "_version.py").read_text().split("=", 1)[1].strip()
+    )
 
 
 def test_one_version_source():
     """The version is written once, in _version.py; setup.py reads it from there."""
     v = _version()
-    hits = [p for p in list(REPO.glob("*.py")) + list(REPO.glob("*.toml")) + list(REPO.glob("*.cfg"))
-            if v in p.read_text()]
+    hits = [
+        p
+        for p in list(REPO.glob("*.py")) + list(REPO.glob("*.toml")) + list(REPO.glob("*.cfg"))
+        if v in p.read_text()
+    ]
     assert hits == [], "the version is written again in %s" % hits
     assert ("## %s" % v) in (REPO / "CHANGELOG.md").read_text(), "CHANGELOG has no entry for " + v
 
@@ -50,9 +58,19 @@ def test_sdist_contents(dists, tmp_path):
     with tarfile.open(sdist) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
         tf.extractall(tmp_path, filter="data")
-    for must in ("LICENSE", "CHANGELOG.md", "README.md", "docs/security.md", "examples/demo.py",
-                 "tests/conftest.py", "tests/netutil.py", "tests/child.py", "fuzz/fuzz_parsers.py",
-                 "bench/remote.py", "bin/aemp"):
+    for must in (
+        "LICENSE",
+        "CHANGELOG.md",
+        "README.md",
+        "docs/security.md",
+        "examples/demo.py",
+        "tests/conftest.py",
+        "tests/netutil.py",
+        "tests/child.py",
+        "fuzz/fuzz_parsers.py",
+        "bench/remote.py",
+        "bin/aemp",
+    ):
         assert must in names, "%s missing from the sdist" % must
     assert any(n.startswith("tests/interop/") for n in names), "interop recordings missing"
     assert any(n.startswith("fuzz/corpus/") for n in names), "fuzz seed corpus missing"
@@ -66,9 +84,14 @@ def test_sdist_contents(dists, tmp_path):
 
 
 def _collect(root):
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
-                           "no:cacheprovider", "tests"], cwd=str(root), capture_output=True,
-                          text=True, timeout=120, env=_env(root))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=str(root),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(root),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = [ln for ln in proc.stdout.splitlines() if "collected" in ln or "tests collected" in ln]
     assert last, proc.stdout[-2000:]
@@ -90,15 +113,25 @@ def test_wheel_contents(dists):
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         eps = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "aemp_green/py.typed" in names
-    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE")
-               for n in names)
+    assert any(
+        n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names
+    )
     # one aemp on PATH: the console script, no copy of bin/aemp as a data script
     assert "aemp = aemp_green.cli:main" in eps
     assert not any(".data/scripts/" in n for n in names), names
     # every package the library imports directly is declared
-    requires = {ln.split(":", 1)[1].strip().split("<")[0].split(">")[0].split("=")[0].split(";")[0]
-                .strip().lower() for ln in meta.splitlines() if ln.startswith("Requires-Dist:")
-                and "extra ==" not in ln}
+    requires = {
+        ln.split(":", 1)[1]
+        .strip()
+        .split("<")[0]
+        .split(">")[0]
+        .split("=")[0]
+        .split(";")[0]
+        .strip()
+        .lower()
+        for ln in meta.splitlines()
+        if ln.startswith("Requires-Dist:") and "extra ==" not in ln
+    }
     imported = set()
     for path in (REPO / "aemp_green").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -53,13 +53,17 @@ def netns():
     tag = uuid.uuid4().hex[:5]
     ns1, ns2, v1, v2 = "aemp1" + tag, "aemp2" + tag, "va" + tag, "vb" + tag
     steps = [
-        ("ip", "netns", "add", ns1), ("ip", "netns", "add", ns2),
+        ("ip", "netns", "add", ns1),
+        ("ip", "netns", "add", ns2),
         ("ip", "link", "add", v1, "type", "veth", "peer", "name", v2),
-        ("ip", "link", "set", v1, "netns", ns1), ("ip", "link", "set", v2, "netns", ns2),
+        ("ip", "link", "set", v1, "netns", ns1),
+        ("ip", "link", "set", v2, "netns", ns2),
         ("ip", "-n", ns1, "addr", "add", "10.77.0.1/24", "dev", v1),
         ("ip", "-n", ns2, "addr", "add", "10.77.0.2/24", "dev", v2),
-        ("ip", "-n", ns1, "link", "set", v1, "up"), ("ip", "-n", ns2, "link", "set", v2, "up"),
-        ("ip", "-n", ns1, "link", "set", "lo", "up"), ("ip", "-n", ns2, "link", "set", "lo", "up"),
+        ("ip", "-n", ns1, "link", "set", v1, "up"),
+        ("ip", "-n", ns2, "link", "set", v2, "up"),
+        ("ip", "-n", ns1, "link", "set", "lo", "up"),
+        ("ip", "-n", ns2, "link", "set", "lo", "up"),
     ]
     try:
         for cmd in steps:
@@ -84,29 +88,44 @@ def test_partition_fires_monitors_and_heals(netns, tmp_path):
     seed_addr = "10.77.0.1:4077"
     nodes = []
     try:
-        seed = ChildNode(tmp_path, "seed", _prefix=["ip", "netns", "exec", ns1], nodeid="seed",
-                         binds=[seed_addr], seeds=[seed_addr], monitor_timeout=MT)
+        seed = ChildNode(
+            tmp_path,
+            "seed",
+            _prefix=["ip", "netns", "exec", ns1],
+            nodeid="seed",
+            binds=[seed_addr],
+            seeds=[seed_addr],
+            monitor_timeout=MT,
+        )
         nodes.append(seed)
-        far = ChildNode(tmp_path, "far", _prefix=["ip", "netns", "exec", ns2], nodeid="far",
-                        binds=["10.77.0.2:*"], seeds=[seed_addr], monitor_timeout=MT)
+        far = ChildNode(
+            tmp_path,
+            "far",
+            _prefix=["ip", "netns", "exec", ns2],
+            nodeid="far",
+            binds=["10.77.0.2:*"],
+            seeds=[seed_addr],
+            monitor_timeout=MT,
+        )
         nodes.append(far)
         # far: a receiver that reports every message, registered in the database
-        far.exec("def on(i): emit('got', i)\n"
-                 "p = port(); rcv(p, 'n', on); db_set('part', p); emit('port', p)")
+        far.exec(
+            "def on(i): emit('got', i)\n"
+            "p = port(); rcv(p, 'n', on); db_set('part', p); emit('port', p)"
+        )
         (p,) = far.expect("port")
-        seed.exec("seen=[]\n"
-                  "def w(db, a, c, d):\n"
-                  "    emit('view', sorted(db))\n"
-                  "db_mon('part', w)")
+        seed.exec("seen=[]\ndef w(db, a, c, d):\n    emit('view', sorted(db))\ndb_mon('part', w)")
         seed.expect("view", pred=lambda v: p in v[0], timeout=15)
-        seed.exec("import time\n"
-                  "mon(%r, lambda *r: emit('fired', list(r), time.time(), sent[0]))\n"
-                  "sent=[0]\n"
-                  "def pump():\n"
-                  "    while True:\n"
-                  "        snd(%r, 'n', sent[0]); sent[0] += 1\n"
-                  "        gevent.sleep(0.01)\n"
-                  "pumper = gevent.spawn(pump); emit('pumping')" % (p, p))
+        seed.exec(
+            "import time\n"
+            "mon(%r, lambda *r: emit('fired', list(r), time.time(), sent[0]))\n"
+            "sent=[0]\n"
+            "def pump():\n"
+            "    while True:\n"
+            "        snd(%r, 'n', sent[0]); sent[0] += 1\n"
+            "        gevent.sleep(0.01)\n"
+            "pumper = gevent.spawn(pump); emit('pumping')" % (p, p)
+        )
         seed.expect("pumping")
         far.expect("got", timeout=10)  # messages flow before the cut
         t_cut = time.time()
@@ -134,8 +153,10 @@ def test_partition_fires_monitors_and_heals(netns, tmp_path):
         before = [i for i in received if i >= 0]
         assert before == sorted(before), "out of order: %r" % before[:50]
         assert len(set(before)) == len(before), "duplicates"
-        assert all(i < sent_at_fire for i in before), "a message sent after the monitor fired " \
+        assert all(i < sent_at_fire for i in before), (
+            "a message sent after the monitor fired "
             "(seq >= %d) was delivered in the old session" % sent_at_fire
+        )
     finally:
         for n in nodes:
             n.stop()

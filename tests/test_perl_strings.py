@@ -16,19 +16,25 @@ LATIN1_FRAME = ["p", b"caf\xe9", {b"cl\xe9": b"valeur \xe0 moi", "k": [b"\xff\xf
 def test_decoder_reads_byte_strings_as_latin1_text_when_asked():
     data = cbor2.dumps(LATIN1_FRAME)
     assert CborDecoder(text_bytes=True).feed(data) == [
-        ["p", "café", {"clé": "valeur à moi", "k": ["\xff\xfe", 1]}]]
+        ["p", "café", {"clé": "valeur à moi", "k": ["\xff\xfe", 1]}]
+    ]
     assert CborDecoder().feed(data) == [LATIN1_FRAME]
     # cut anywhere, the same (the item-by-item path)
     for cut in (1, 5, len(data) - 1):
         d = CborDecoder(text_bytes=True)
         assert d.feed(data[:cut]) + d.feed(data[cut:]) == [
-            ["p", "café", {"clé": "valeur à moi", "k": ["\xff\xfe", 1]}]]
+            ["p", "café", {"clé": "valeur à moi", "k": ["\xff\xfe", 1]}]
+        ]
 
 
-@pytest.mark.parametrize("provider,expected", [
-    ("AE-2.02", ["café", {"clé": "valeur à moi", "k": ["\xff\xfe", 1]}]),
-    ("aemp_green-0.2.0", [b"caf\xe9", {b"cl\xe9": b"valeur \xe0 moi", "k": [b"\xff\xfe", 1]}]),
-], ids=["perl-peer", "python-peer"])
+@pytest.mark.parametrize(
+    "provider,expected",
+    [
+        ("AE-2.02", ["café", {"clé": "valeur à moi", "k": ["\xff\xfe", 1]}]),
+        ("aemp_green-0.2.0", [b"caf\xe9", {b"cl\xe9": b"valeur \xe0 moi", "k": [b"\xff\xfe", 1]}]),
+    ],
+    ids=["perl-peer", "python-peer"],
+)
 def test_byte_strings_from_a_perl_peer_arrive_as_text(cluster, provider, expected):
     n = cluster.node("n", framing_format=["cbor"])
     n.run("""

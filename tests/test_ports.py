@@ -1,13 +1,11 @@
 """Ports and messages: snd, port, rcv, spawn, kil, psub, peval, after (API.md "Ports and
 messages")."""
 
-
 import gevent
 import pytest
 from greenlet import getcurrent
 
-from aemp_green import (NODE, SELF, after, kil, mon, peval, port, psub, rcv, receive, snd,
-                        spawn)
+from aemp_green import NODE, SELF, after, kil, mon, peval, port, psub, rcv, receive, snd, spawn
 from aemp_green import kernel, set_crash_handler
 from conftest import Collector, flush, run_in_port, wait_until
 
@@ -22,6 +20,7 @@ def watch(p):
 
 
 # --------------------------------------------------------------------------- snd
+
 
 def test_snd_never_raises_for_unknown_or_dead_ports():
     """API.md: "`snd(port, tag, *args)`: asynchronous, never blocks, never raises for unknown
@@ -62,8 +61,10 @@ def test_order_from_one_sender_kept(kind):
         got = []
         p = port(lambda tag, i: got.append(i) if len(got) + 1 < n else col(got + [i]))
     else:
+
         def body():
             col([receive("n")[0] for _ in range(n)])
+
         p = spawn(body)
     for i in range(n):
         snd(p, "n", i)
@@ -85,6 +86,7 @@ def test_local_sends_are_not_copied():
 
 
 # --------------------------------------------------------------------------- port(), rcv()
+
 
 def test_port_without_handler_dies_on_first_message():
     """API.md: "A message that no handler matches kills the port with reason
@@ -195,12 +197,14 @@ def test_handler_exception_kills_port_and_reports_the_crash():
     assert len(reports) == 1, reports
     r = reports[0]
     assert (r.what, r.port, r.tag, type(r.exc)) == ("callback port", p, "boom", ZeroDivisionError)
-    assert r.text.startswith("aemp_green: port %s died (callback port, handling a message "
-                             "tagged 'boom')\nTraceback" % p)
+    assert r.text.startswith(
+        "aemp_green: port %s died (callback port, handling a message tagged 'boom')\nTraceback" % p
+    )
     assert r.text.rstrip().endswith("ZeroDivisionError: division by zero")
 
 
 # --------------------------------------------------------------------------- kil
+
 
 def test_kil_normal_gives_monitors_no_args():
     """API.md: "`kil(port, *reason)` ... No reason = normal exit"."""
@@ -247,6 +251,7 @@ def test_kil_node_port_is_an_error():
 
 # --------------------------------------------------------------------------- greenlet ports
 
+
 def test_greenlet_port_return_kills_normally():
     """API.md: "When `fn` returns, the port is killed normally"."""
     g = spawn(lambda: None)
@@ -266,7 +271,8 @@ def test_greenlet_port_raise_kills_with_die():
     finally:
         set_crash_handler(old)
     assert [(r.what, r.port, type(r.exc)) for r in reports] == [
-        ("greenlet port", g, ZeroDivisionError)]
+        ("greenlet port", g, ZeroDivisionError)
+    ]
 
 
 def test_greenlet_port_killed_while_blocked_in_receive():
@@ -380,9 +386,11 @@ def test_rcv_on_greenlet_port_takes_matching_messages():
 
 # --------------------------------------------------------------------------- psub, peval
 
+
 def test_psub_exception_kills_the_port():
     """API.md: "`psub(fn)`: wrap `fn` so that it later runs in the current port's context
     (exceptions kill that port)"."""
+
     def body():
         after(0.001, psub(lambda: 1 / 0))
         receive("never")
@@ -415,6 +423,7 @@ def test_psub_passes_args_and_restores_context():
 
 def test_psub_outside_port_context_raises():
     """API.md: "`psub(fn)`: ... the current port's context" -- there must be one."""
+
     def body():
         with pytest.raises(RuntimeError):
             psub(lambda: None)
@@ -444,6 +453,7 @@ def test_peval_exception_kills_port():
 
 # --------------------------------------------------------------------------- after
 
+
 def test_after_sends_to_port():
     """API.md: "`after(seconds, port_or_callable, *msg)`: one-shot timer sending `msg`"."""
     col = Collector()
@@ -458,7 +468,7 @@ def test_after_calls_callable_in_a_fresh_greenlet():
     callable"."""
     col = Collector()
     after(0.01, lambda: col("called", getcurrent()))
-    (_, g), = col.wait(1)
+    ((_, g),) = col.wait(1)
     assert g is not getcurrent()
     with pytest.raises(TypeError):
         after(0.01, lambda: None, "no message for callables")
@@ -484,6 +494,7 @@ def test_after_guard_cancelled_does_nothing_dropped_still_fires():
 
 # --------------------------------------------------------------------------- no recursion
 
+
 def test_million_messages_bounced_between_callback_ports():
     """API.md: "`snd`: asynchronous, never blocks" -- 1,000,000 messages bounced between two
     callback ports run as a loop (no RecursionError), every one counted."""
@@ -499,6 +510,7 @@ def test_million_messages_bounced_between_callback_ports():
                 snd(ports[who], "b", i + 1)
             else:
                 done(i)
+
         return h
 
     a = port()

@@ -15,6 +15,7 @@ from conftest import Collector, run_in_port, wait_until
 def test_receive_tag_returns_args_without_tag():
     """API.md: "`receive(tag=None, timeout=None)` ... returning the first queued message whose
     tag matches, as a list without its tag"."""
+
     def body():
         snd(SELF(), "t", 1, [2], {"x": 3})
         snd(SELF(), "empty")
@@ -25,6 +26,7 @@ def test_receive_tag_returns_args_without_tag():
 
 def test_receive_without_tag_returns_whole_message():
     """API.md: "`receive()` with no tag returns the whole message as a list, tag included."."""
+
     def body():
         snd(SELF(), "t", 1, 2)
         r = receive()
@@ -36,6 +38,7 @@ def test_receive_without_tag_returns_whole_message():
 def test_selective_receive_keeps_unmatched_in_order():
     """API.md: "selective receive: unmatched messages stay queued, in order." -- send a,b,c,d;
     receive("c") then receive() x3 gives a, b, d."""
+
     def body():
         for t in "abcd":
             snd(SELF(), t)
@@ -65,6 +68,7 @@ def test_selective_receive_while_blocked():
 
 def test_receive_timeout_raises_timeout():
     """API.md: "On timeout it raises `aemp_green.Timeout`." -- and unmatched messages stay."""
+
     def body():
         snd(SELF(), "other", 1)
         t0 = time.monotonic()
@@ -94,6 +98,7 @@ def test_receive_blocks_only_its_greenlet():
 def test_receive_match_returns_whole_message_keeps_others():
     """API.md: "`receive_match(pred, timeout)` takes a predicate." -- returns the whole message;
     unmatched ones stay queued, in order."""
+
     def body():
         for i in range(5):
             snd(SELF(), "n", i)
@@ -122,6 +127,7 @@ def test_receive_match_waits_for_later_message():
 
 def test_receive_match_timeout():
     """API.md: "`receive_match(pred, timeout)` ... On timeout it raises `aemp_green.Timeout`."."""
+
     def body():
         snd(SELF(), "x")
         t0 = time.monotonic()
@@ -175,8 +181,9 @@ def test_receive_in_callback_handler_is_refused():
     aemp_green.mon(p, col)
     snd(p, "go")
     reason = col.wait_one()
-    assert reason[0] == "die" and reason[1].startswith("BlockingInHandlerError: receive() "
-                                                       "inside the callback handler of " + p)
+    assert reason[0] == "die" and reason[1].startswith(
+        "BlockingInHandlerError: receive() inside the callback handler of " + p
+    )
 
 
 def test_call_in_callback_handler_raises_at_once_naming_the_fix():
@@ -198,14 +205,17 @@ def test_call_in_callback_handler_raises_at_once_naming_the_fix():
     aemp_green.rcv(p, "go", handler)
     snd(p, "go")
     (text,) = errors.wait_one()
-    assert text.startswith("call() inside the callback handler of %s: callback handlers run on "
-                           "the node's dispatcher and must not block" % p)
+    assert text.startswith(
+        "call() inside the callback handler of %s: callback handlers run on "
+        "the node's dispatcher and must not block" % p
+    )
     assert "spawn(fn, *args)" in text and "docs/tutorial.md" in text
     assert isinstance(BlockingInHandlerError("x"), RuntimeError)
 
 
 def test_receive_result_is_fresh_list():
     """API.md: "returning ... as a list" -- always a list, never the internal tuple."""
+
     def body():
         snd(SELF(), "a", 1)
         snd(SELF(), "b", 2)

@@ -32,6 +32,7 @@ from netutil import cluster  # noqa: F401 - a fixture
 REPO = Path(__file__).resolve().parents[1]
 SOAK = REPO / "bench" / "soak.py"
 
+
 def _load_soak():
     spec = importlib.util.spec_from_file_location("aemp_bench_soak", SOAK)
     mod = importlib.util.module_from_spec(spec)
@@ -53,13 +54,28 @@ def _logs(log_dir, n=25):
 @pytest.mark.timeout(120)
 def test_soak_short(tmp_path):
     log_dir = tmp_path / "logs"
-    cmd = [sys.executable, str(SOAK), "--seconds", "20", "--workers", "3", "--exempt", "1",
-           "--kill-every", "3", "--deadline", "100", "--log-dir", str(log_dir)]
+    cmd = [
+        sys.executable,
+        str(SOAK),
+        "--seconds",
+        "20",
+        "--workers",
+        "3",
+        "--exempt",
+        "1",
+        "--kill-every",
+        "3",
+        "--deadline",
+        "100",
+        "--log-dir",
+        str(log_dir),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=str(REPO))
     except subprocess.TimeoutExpired as exc:  # pragma: no cover - the soak's own deadline is 100 s
-        pytest.fail("bench/soak.py overran 110 s; output so far:\n%s\n%s" % (
-            exc.stdout, _logs(log_dir)))
+        pytest.fail(
+            "bench/soak.py overran 110 s; output so far:\n%s\n%s" % (exc.stdout, _logs(log_dir))
+        )
     events = []
     for line in proc.stdout.splitlines():
         try:
@@ -67,7 +83,11 @@ def test_soak_short(tmp_path):
         except ValueError:
             pass
     context = "rc=%s\nstdout:\n%s\nstderr:\n%s\nlogs:\n%s" % (
-        proc.returncode, proc.stdout[-6000:], proc.stderr[-3000:], _logs(log_dir))
+        proc.returncode,
+        proc.stdout[-6000:],
+        proc.stderr[-3000:],
+        _logs(log_dir),
+    )
     assert events and events[-1]["event"] == "summary", context
     s = events[-1]
     assert "error" not in s, context
@@ -85,6 +105,7 @@ def test_soak_short(tmp_path):
 
 # --------------------------------------------------------------------------- the verdict logic
 
+
 def _proc(name, killed=False, report=None):
     return SimpleNamespace(name=name, killed_at=1.0 if killed else None, report=report)
 
@@ -100,8 +121,9 @@ def _fired(n, acked=0, reason=("transport_error", "w2", "Unexpected end-of-file"
 
 def test_judge_clean_stream_completes():
     rx = _proc("w2.1", report={"streams": {"w1#a": [500, 500, 0, 0]}})
-    v = soak.judge({"w1#a": _stream(_proc("w1.1"), "w2#r", sent=500, finacked=500)}, {}, [], [],
-                   {"w2#r": rx})
+    v = soak.judge(
+        {"w1#a": _stream(_proc("w1.1"), "w2#r", sent=500, finacked=500)}, {}, [], [], {"w2#r": rx}
+    )
     assert v["violations"] == [] and v["completed_streams"] == 1
 
 
@@ -132,13 +154,17 @@ def test_judge_lost_suffix_needs_a_monitor():
     w1 = _proc("w1.1")
     dead_rx = _proc("w2.1", killed=True)
     live_rx = _proc("w3.1", report={"streams": {"w1#b": [90, 90, 0, 0]}})
-    streams = {"w1#a": _stream(w1, "w2#r", sent=300, finacked=None),  # receiver died, no monitor
-               "w1#b": _stream(w1, "w3#r", sent=100, finacked=90)}  # suffix lost, no monitor
+    streams = {
+        "w1#a": _stream(w1, "w2#r", sent=300, finacked=None),  # receiver died, no monitor
+        "w1#b": _stream(w1, "w3#r", sent=100, finacked=90),
+    }  # suffix lost, no monitor
     v = soak.judge(streams, {}, [], [], {"w2#r": dead_rx, "w3#r": live_rx})
     assert sorted(x["kind"] for x in v["violations"]) == ["loss_without_monitor"] * 2
     # the same streams ended by their monitors: explained
-    streams = {"w1#a": _stream(w1, "w2#r", sent=300, finacked=None),
-               "w1#b": _stream(w1, "w3#r", sent=100, finacked=None)}
+    streams = {
+        "w1#a": _stream(w1, "w2#r", sent=300, finacked=None),
+        "w1#b": _stream(w1, "w3#r", sent=100, finacked=None),
+    }
     fired = {"w1#a": _fired(300, acked=256), "w1#b": _fired(100, acked=0)}
     v = soak.judge(streams, fired, [], [], {"w2#r": dead_rx, "w3#r": live_rx})
     assert v["violations"] == []
@@ -148,20 +174,24 @@ def test_judge_lost_suffix_needs_a_monitor():
 
 def test_judge_receiving_beyond_the_fire_is_a_violation():
     rx = _proc("w2.1", report={"streams": {"w1#a": [120, 120, 0, 0]}})
-    v = soak.judge({"w1#a": _stream(_proc("w1.1"), "w2#r")}, {"w1#a": _fired(100)}, [], [],
-                   {"w2#r": rx})
+    v = soak.judge(
+        {"w1#a": _stream(_proc("w1.1"), "w2#r")}, {"w1#a": _fired(100)}, [], [], {"w2#r": rx}
+    )
     assert [x["kind"] for x in v["violations"]] == ["received_beyond_fire"]
 
 
 def test_judge_sender_death_and_unfinished_streams():
-    streams = {"w2#a": _stream(_proc("w2.1", killed=True), "w1#r"),  # ended by its sender's death
-               "w3#a": _stream(_proc("w3.1"), "w1#r")}  # alive sender, never ended: a violation
+    streams = {
+        "w2#a": _stream(_proc("w2.1", killed=True), "w1#r"),  # ended by its sender's death
+        "w3#a": _stream(_proc("w3.1"), "w1#r"),
+    }  # alive sender, never ended: a violation
     v = soak.judge(streams, {}, [], [], {})
     assert v["streams_ended_by_sender_death"] == 1
     assert [x["kind"] for x in v["violations"]] == ["stream_never_ended"]
 
 
 # --------------------------------------------------------------------------- the bug it found
+
 
 def test_no_hole_when_sends_follow_a_broken_link_before_the_monitor_callback_ran(cluster):
     """Found by the soak: a stream whose link broke must not continue after a hole.
@@ -178,16 +208,24 @@ def test_no_hole_when_sends_follow_a_broken_link_before_the_monitor_callback_ran
     seed = cluster.seed("seed")
     a, b = cluster.start(("A", {"seeds": [seed.addr]}), ("B", {"seeds": [seed.addr]}))
     want = {a.nodeid: a.binds, b.nodeid: b.binds}  # both registered: A can look B up
-    seed.run("wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v"
-             " for k, v in %r.items()))" % (want,), timeout=15)
+    seed.run(
+        "wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v"
+        " for k, v in %r.items()))" % (want,),
+        timeout=15,
+    )
     b.run("GOT = []\nPB = port()\nrcv(PB, 'seq', GOT.append)\nPM = port(lambda *m: emit('marker'))")
     pb, pm = b.ask("PB"), b.ask("PM")
-    a.run("""
+    a.run(
+        """
         FIRED = []
         mon(%r, lambda *r: FIRED.append(list(r)))
         wait_for(lambda: node_is_up("B"), 10)
-    """ % pb, timeout=15)
-    a.run("""
+    """
+        % pb,
+        timeout=15,
+    )
+    a.run(
+        """
         link = node.get_node("B").link
         for i in range(1, 101):
             snd(%r, "seq", i)
@@ -197,10 +235,16 @@ def test_no_hole_when_sends_follow_a_broken_link_before_the_monitor_callback_ran
         FIRED_BEFORE_101 = bool(FIRED)
         wait_for(lambda: FIRED, 10)
         snd(%r, "marker")
-    """ % (pb, pb, pm), timeout=15)
+    """
+        % (pb, pb, pm),
+        timeout=15,
+    )
     assert a.ask("FIRED_BEFORE_101") is False  # the callback had not run when 101..200 went out
     assert a.ask("FIRED[0][:2]") == ["transport_error", "B"]
     b.expect("marker", timeout=15)
     got = b.ask("GOT")
-    assert got == list(range(1, len(got) + 1)), (
-        "hole: B got %d messages: %s ... %s" % (len(got), got[:3], got[-3:]))
+    assert got == list(range(1, len(got) + 1)), "hole: B got %d messages: %s ... %s" % (
+        len(got),
+        got[:3],
+        got[-3:],
+    )

@@ -64,11 +64,14 @@ def died_with(port):
     return col
 
 
-@pytest.mark.parametrize("strategy,restarted", [
-    ("one_for_one", ["b"]),
-    ("one_for_all", ["a", "b", "c"]),
-    ("rest_for_one", ["b", "c"]),
-])
+@pytest.mark.parametrize(
+    "strategy,restarted",
+    [
+        ("one_for_one", ["b"]),
+        ("one_for_all", ["a", "b", "c"]),
+        ("rest_for_one", ["b", "c"]),
+    ],
+)
 def test_strategy_restarts_the_right_children(sups, strategy, restarted):
     """Killing child b of [a, b, c] restarts b only (one_for_one), all three in start order
     (one_for_all) or b and the ones started after it (rest_for_one); siblings the supervisor
@@ -110,9 +113,10 @@ def test_restart_limit_kills_the_supervisor_with_reason(sups):
     assert reason == ("shutdown", "max_restarts", "a", ["crash", 2])
     assert len(log.items) == 4  # two restarts, not a third
     b_died = died_with(log.current()["b"])
-    assert b_died.wait_one() in (("shutdown",),
-                                 ("no_such_port", "cannot monitor nonexistent port",
-                                  log.current()["b"]))
+    assert b_died.wait_one() in (
+        ("shutdown",),
+        ("no_such_port", "cannot monitor nonexistent port", log.current()["b"]),
+    )
     assert not aemp_green.kernel.lookup_port(log.current()["b"])
 
 
@@ -134,11 +138,14 @@ def test_restart_types(sups):
     """permanent: restarted also after a normal exit; transient: restarted only after a
     crash; temporary: never restarted and forgotten."""
     log = Starts()
-    sup = run_sup(sups, [
-        sv.child_spec("perm", returns_first_time, log, "perm"),
-        sv.child_spec("trans", worker, log, "trans", restart="transient"),
-        sv.child_spec("temp", worker, log, "temp", restart="temporary"),
-    ])
+    sup = run_sup(
+        sups,
+        [
+            sv.child_spec("perm", returns_first_time, log, "perm"),
+            sv.child_spec("trans", worker, log, "trans", restart="transient"),
+            sv.child_spec("temp", worker, log, "temp", restart="temporary"),
+        ],
+    )
     wait_until(lambda: [n for n, _ in log.items].count("perm") == 2)  # returned, came back
     cur = log.current()
     kil(cur["trans"], "crash")
@@ -226,16 +233,21 @@ def test_supervise_in_a_spawned_port_and_nesting(sups):
 
 # --------------------------------------------------------------------------- across nodes
 
+
 def test_child_moves_to_another_node_when_its_node_dies(cluster):
     """A child spec with candidate nodes [X, Y] starts on X; when X dies the child comes back
     on Y, and the ``register`` family always names the current incarnation, so a client on
     another node finds it; a crash on Y restarts it on Y (it stays where it ran)."""
     seed = cluster.seed("seed")
-    x, y, c = cluster.start(("X", {"seeds": [seed.addr]}), ("Y", {"seeds": [seed.addr]}),
-                            ("C", {"seeds": [seed.addr]}))
+    x, y, c = cluster.start(
+        ("X", {"seeds": [seed.addr]}), ("Y", {"seeds": [seed.addr]}), ("C", {"seeds": [seed.addr]})
+    )
     want = {n.nodeid: n.binds for n in (x, y, c)}
-    seed.run("wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v for k, v in %r.items()))"
-             % (want,), timeout=15)
+    seed.run(
+        "wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v for k, v in %r.items()))"
+        % (want,),
+        timeout=15,
+    )
     c.run("""
         def _seen(db, added, changed=(), deleted=()):
             for k in added:
@@ -272,12 +284,17 @@ def test_resilient_chat_server_example(cluster):
     registered in ``eg_chat_server``; a client on another node joins it, talks, and when
     chat1 dies rejoins the new incarnation on chat2, where talking works again."""
     seed = cluster.seed("seed")
-    c1, c2, cl = cluster.start(("chat1", {"seeds": [seed.addr]}),
-                               ("chat2", {"seeds": [seed.addr]}),
-                               ("client", {"seeds": [seed.addr]}))
+    c1, c2, cl = cluster.start(
+        ("chat1", {"seeds": [seed.addr]}),
+        ("chat2", {"seeds": [seed.addr]}),
+        ("client", {"seeds": [seed.addr]}),
+    )
     want = {n.nodeid: n.binds for n in (c1, c2, cl)}
-    seed.run("wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v for k, v in %r.items()))"
-             % (want,), timeout=15)
+    seed.run(
+        "wait_for(lambda: all(db_family(\"'l\", timeout=5).get(k) == v for k, v in %r.items()))"
+        % (want,),
+        timeout=15,
+    )
     seed.run("""
         from aemp_green import supervisor
         SUP = supervisor.start([supervisor.child_spec(

@@ -16,8 +16,22 @@ import threading
 import pytest
 
 import aemp_green
-from aemp_green import (NODE, after, cal, call, kernel, kil, mon, mon_guard, peval, port, rcv,
-                        receive, snd, spawn)
+from aemp_green import (
+    NODE,
+    after,
+    cal,
+    call,
+    kernel,
+    kil,
+    mon,
+    mon_guard,
+    peval,
+    port,
+    rcv,
+    receive,
+    snd,
+    spawn,
+)
 from conftest import flush, run_in_port
 from test_examples_more import run_python
 from test_threaded import _results
@@ -96,7 +110,9 @@ def test_plain_thread_gets_a_clear_error_and_nothing_changes(collector):
     # nothing was changed by the refused calls
     assert kernel.port_table == ports_before and kernel._next_id == next_id
     assert not kernel.dispatch_queue and not kernel._ready and not kernel._draining
-    assert kernel.lookup_port(target).handlers is None and kernel.lookup_port(target).monitors is None
+    assert (
+        kernel.lookup_port(target).handlers is None and kernel.lookup_port(target).monitors is None
+    )
     # ... and the main thread's ports still work
     snd(target, "after")
     assert collector.wait(2) == [("before",), ("after",)]
@@ -115,8 +131,14 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
     kernel.bound_hub()
     target = collector.port()
     local_db = {f: dict(d) for f, d in global_._local_db.items()}
-    state = (dict(global_._pending), global_._req_id, dict(global_._mon_cbs),
-             list(node._node_watchers), list(node._listeners), dict(node._nodes))
+    state = (
+        dict(global_._pending),
+        global_._req_id,
+        dict(global_._mon_cbs),
+        list(node._node_watchers),
+        list(node._listeners),
+        dict(node._nodes),
+    )
     attempts = {
         "db_set": lambda: aemp_green.db_set("tc_fam", "k", 1),
         "db_del": lambda: aemp_green.db_del("tc_fam", "k"),
@@ -139,8 +161,14 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
         assert isinstance(exc, RuntimeError), (name, exc)
         assert str(exc).startswith("aemp_green.%s() called from thread 'intruder'" % name), exc
     assert {f: dict(d) for f, d in global_._local_db.items()} == local_db
-    assert (dict(global_._pending), global_._req_id, dict(global_._mon_cbs),
-            list(node._node_watchers), list(node._listeners), dict(node._nodes)) == state
+    assert (
+        dict(global_._pending),
+        global_._req_id,
+        dict(global_._mon_cbs),
+        list(node._node_watchers),
+        list(node._listeners),
+        dict(node._nodes),
+    ) == state
     assert kernel.lookup_port(target).monitors is None  # db_reg added no monitor
     kil(target)
 
@@ -199,7 +227,9 @@ def test_before_binding_any_thread_may_bind_then_the_others_are_refused():
     """Nothing changes before the kernel is bound: a worker thread may send to a callback
     port, and its after() binds the kernel to its own hub, as before; from then on the main
     thread is the foreign one."""
-    res = _results(run_python("""
+    res = _results(
+        run_python(
+            """
         import json, threading
         import gevent
         from gevent.event import Event
@@ -226,7 +256,10 @@ def test_before_binding_any_thread_may_bind_then_the_others_are_refused():
             res["main_refused"] = str(exc)
         res["got"] = got
         print("RESULT " + json.dumps(res))
-    """, timeout=25))
+    """,
+            timeout=25,
+        )
+    )
     assert res["unbound_after_main"] and res["fired"] and res["bound_here"]
     assert res["got"] == [["main, unbound"], ["worker, unbound"], ["worker, bound"]]
     assert res["main_refused"].startswith("aemp_green.snd() called from thread 'MainThread'")
@@ -238,7 +271,9 @@ def test_threaded_bridge_main_thread_plain_api_refused_node_handle_works():
     """With threaded.start(), the main thread calling plain aemp_green.snd/call/port/kil gets
     the error (also for a remote port of the configured node); node.snd works, and inside the
     hub thread (node.run) the plain API works."""
-    res = _results(run_python("""
+    res = _results(
+        run_python(
+            """
         import json
         import aemp_green
         from aemp_green import threaded
@@ -269,11 +304,15 @@ def test_threaded_bridge_main_thread_plain_api_refused_node_handle_works():
         res["id"] = node.id
         node.stop()
         print("RESULT " + json.dumps(res))
-    """, timeout=25))
+    """,
+            timeout=25,
+        )
+    )
     for name in ("snd", "snd_remote", "call", "port", "kil", "after"):
         fname = "snd" if name == "snd_remote" else name
-        assert res[name].startswith("aemp_green.%s() called from thread 'MainThread'" % fname), \
-            res[name]
+        assert res[name].startswith("aemp_green.%s() called from thread 'MainThread'" % fname), res[
+            name
+        ]
         assert "hub of thread 'aemp-hub'" in res[name] and "Node handle" in res[name]
     assert res["first"] == ["via node"] and res["second"] == ["from the hub thread"]
     assert res["in_hub"] == res["id"] and res["left"] == 0
@@ -285,7 +324,9 @@ def test_monkey_mode_threads_are_greenlets_and_pass_real_threads_do_not():
     threading.get_ident() is per greenlet, the OS thread is the main one): snd, port, call,
     spawn, receive, after and kil all work from them. A real OS thread (gevent's threadpool)
     is still refused."""
-    res = _results(run_python("""
+    res = _results(
+        run_python(
+            """
         from aemp_green import monkey; monkey.patch_all()
         import json, threading
         import gevent
@@ -338,7 +379,10 @@ def test_monkey_mode_threads_are_greenlets_and_pass_real_threads_do_not():
         except RuntimeError as exc:
             res["pool"] = str(exc)
         print("RESULT " + json.dumps(res))
-    """, timeout=25))
+    """,
+            timeout=25,
+        )
+    )
     assert res["greenlet_idents_differ"] and res["hub_is_this_os_thread"] and res["done"]
     assert sorted(res["calls"]) == [["echo", i] for i in range(4)]
     assert res["got"] == sorted([["snd", i] for i in range(4)] + [["after", i] for i in range(4)])

@@ -14,7 +14,10 @@ from test_examples_more import run_python
 
 def _results(out):
     assert out.returncode == 0, "rc=%s\nstdout:\n%s\nstderr:\n%s" % (
-        out.returncode, out.stdout, out.stderr[-5000:])
+        out.returncode,
+        out.stdout,
+        out.stderr[-5000:],
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, "no RESULT line\nstdout:\n%s\nstderr:\n%s" % (out.stdout, out.stderr[-5000:])
     return json.loads(lines[-1][7:])
@@ -53,7 +56,8 @@ def test_hammer_8_threads_snd_and_call_for_10_seconds(cluster):
         echo = port(lambda tag, tid, seq, reply: snd(reply, "echo", tid, seq))
         db_set("hammer_remote", echo, counter)
     """)
-    out = run_python("""
+    out = run_python(
+        """
         import json, threading, time
         import aemp_green
         from aemp_green import threaded
@@ -117,7 +121,10 @@ def test_hammer_8_threads_snd_and_call_for_10_seconds(cluster):
             "local_order": {str(k): v for k, v in final.items()},
             "alive": [t.is_alive() for t in threads]}))
         node.stop()
-    """ % (seed.addr, SECRET), timeout=60)
+    """
+        % (seed.addr, SECRET),
+        timeout=60,
+    )
     r = _results(out)
     assert r["alive"] == [False] * 8
     assert r["bad"] == [] and r["wrong_thread"] == []
@@ -143,7 +150,8 @@ def test_bridge_api_from_threads():
     """snd/call/kil/port/inbox/mon/db_set/db_family/submit/run from ordinary threads; callbacks
     run in the hub thread; Timeout and PortDied reach the calling thread; cancelled guards undo when
     dropped; stop() fails waiting calls and refuses later ones."""
-    out = run_python(_self_seeded("""
+    out = run_python(
+        _self_seeded("""
         hub = node.thread.ident
         res = {}
         where = []
@@ -217,7 +225,8 @@ def test_bridge_api_from_threads():
             res["stopped_snd"] = True
         res["thread_alive"] = node.thread.is_alive()
         print("RESULT " + json.dumps(res))
-    """))
+    """)
+    )
     r = _results(out)
     assert r["call"] == [3]
     assert r["async"] == [[0], [2], [4], [6], [8]]

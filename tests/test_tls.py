@@ -12,8 +12,10 @@ import pytest
 
 from netutil import RawPeer, cluster, free_port  # noqa: F401 - cluster is a fixture
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
-                                reason="the openssl command is needed to make test certificates")
+pytestmark = pytest.mark.skipif(
+    shutil.which("openssl") is None,
+    reason="the openssl command is needed to make test certificates",
+)
 
 
 def _openssl(*args, cwd):
@@ -21,23 +23,72 @@ def _openssl(*args, cwd):
 
 
 def _make_ca(d, name):
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", name + ".key", "-out", name + ".pem", "-days", "30",
-             "-subj", "/CN=" + name,
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        name + ".key",
+        "-out",
+        name + ".pem",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=" + name,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
 
 
 def _make_node_cert(d, ca, name):
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name, cwd=d)
-    (d / (name + ".ext")).write_text("basicConstraints=CA:FALSE\n"
-                                     "keyUsage=critical,digitalSignature,keyAgreement\n")
-    _openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
-             "-CAcreateserial", "-out", name + ".pem", "-days", "30",
-             "-extfile", name + ".ext", cwd=d)
-    return ((d / (name + ".key")).read_text() + (d / (name + ".pem")).read_text()
-            + (d / (ca + ".pem")).read_text())
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        name + ".key",
+        "-out",
+        name + ".csr",
+        "-subj",
+        "/CN=" + name,
+        cwd=d,
+    )
+    (d / (name + ".ext")).write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyAgreement\n"
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        name + ".csr",
+        "-CA",
+        ca + ".pem",
+        "-CAkey",
+        ca + ".key",
+        "-CAcreateserial",
+        "-out",
+        name + ".pem",
+        "-days",
+        "30",
+        "-extfile",
+        name + ".ext",
+        cwd=d,
+    )
+    return (
+        (d / (name + ".key")).read_text()
+        + (d / (name + ".pem")).read_text()
+        + (d / (ca + ".pem")).read_text()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +97,23 @@ def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("certs")
     _make_ca(d, "ca1")
     _make_ca(d, "ca2")
-    return {"a": _make_node_cert(d, "ca1", "node-a"), "b": _make_node_cert(d, "ca1", "node-b"),
-            "evil": _make_node_cert(d, "ca2", "node-evil")}
+    return {
+        "a": _make_node_cert(d, "ca1", "node-a"),
+        "b": _make_node_cert(d, "ca1", "node-b"),
+        "evil": _make_node_cert(d, "ca2", "node-evil"),
+    }
 
 
 BUG_BLOCKING_TLS = (
     "BUG: transport._tls_context() builds a *stdlib* ssl.SSLContext; its wrap_socket() turns the "
     "gevent socket into a blocking stdlib ssl.SSLSocket, so the TLS handshake and then every "
-    "Link.run() recv block the whole process (the event loop freezes as soon as a TLS link is up)")
+    "Link.run() recv block the whole process (the event loop freezes as soon as a TLS link is up)"
+)
 
-LINK_INFO = ("[type(node._nodes[%r].link.sock).__name__, node._nodes[%r].link.sock.version(), "
-             "dict(x[0] for x in node._nodes[%r].link.sock.getpeercert()['subject'])['commonName']]")
+LINK_INFO = (
+    "[type(node._nodes[%r].link.sock).__name__, node._nodes[%r].link.sock.version(), "
+    "dict(x[0] for x in node._nodes[%r].link.sock.getpeercert()['subject'])['commonName']]"
+)
 
 
 @pytest.mark.parametrize("tls_only", [False, True], ids=["with_secret", "tls_sha3_512_only"])
@@ -64,8 +121,11 @@ def test_tls_nodes_authenticate_and_talk(cluster, certs, tls_only):
     """Two nodes whose certificates come from the same CA talk over TLS, each verifying the
     other's certificate. With no secret and ``tls_sha3_512`` as the only auth method the link
     can only have been authenticated by ``tls_sha3_512``."""
-    extra = dict(secret=None, auth_offer=["tls_sha3_512"], auth_accept=["tls_sha3_512"]) \
-        if tls_only else {}
+    extra = (
+        dict(secret=None, auth_offer=["tls_sha3_512"], auth_accept=["tls_sha3_512"])
+        if tls_only
+        else {}
+    )
     a = cluster.seed("A", cert=certs["a"], **extra)
     b = cluster.node("B", cert=certs["b"], seeds=[a.addr], **extra)
     b.run("wait_for(lambda: node_is_up('A'))", timeout=5)
@@ -73,7 +133,7 @@ def test_tls_nodes_authenticate_and_talk(cluster, certs, tls_only):
     b.run("PB = port(lambda *m: emit('B_got', repr(list(m))))")
     pa, pb = a.ask("PA"), b.ask("PB")
     b.run("snd(%r, 'over_tls', 'Grüße ✓', 2**40, PB)" % pa)
-    assert a.expect("A_got") == [repr(["over_tls", "Grüße ✓", 2 ** 40, pb])]
+    assert a.expect("A_got") == [repr(["over_tls", "Grüße ✓", 2**40, pb])]
     a.run("snd(%r, 'back', [1.5, None])" % pb)
     assert b.expect("B_got") == [repr(["back", [1.5, None]])]
 
@@ -109,15 +169,23 @@ def test_certificate_from_another_ca_is_refused(cluster, certs):
         _g = mon_nodes(lambda n, up, *r: EVIL_SEEN.append((n, up)))
     """)
     pa = a.ask("PA")
-    evil.exec("""
+    evil.exec(
+        """
         mon(%r, lambda *r: emit('evil_mon', *r))
         snd(%r, 'sneaky')
-    """ % (pa, pa))
+    """
+        % (pa, pa)
+    )
     reason = evil.expect("evil_mon", timeout=10)
     assert reason[:2] == ["transport_error", addr], reason
-    log = a.wait_log(lambda t: t.count("disconnected - ") >= 2 and (
-        "CERTIFICATE_VERIFY_FAILED" in t or "unknown ca" in t.lower()), timeout=15,
-        what="a refused TLS handshake")
+    log = a.wait_log(
+        lambda t: (
+            t.count("disconnected - ") >= 2
+            and ("CERTIFICATE_VERIFY_FAILED" in t or "unknown ca" in t.lower())
+        ),
+        timeout=15,
+        what="a refused TLS handshake",
+    )
     assert "SSL" in log
     assert evil.ask("up_nodes()") == []
     assert a.ask("[up_nodes(), EVIL_SEEN]") == [[], []]
