@@ -3,7 +3,7 @@
 The other modules (the handshake, the framings, the transport, the settings) take these from
 here; the names they export for them (``framing.FRAMINGS``, ``config.FRAMING_FORMATS``,
 ``_handshake.KNOWN_AUTH_METHODS``...) are the same objects. What the values mean is described in
-``_handshake`` (greeting and auth line) and ``framing`` (data phase).
+``wire.handshake`` (greeting and auth line) and ``wire.framing`` (data phase).
 
 Example::
 

@@ -42,7 +42,7 @@ import ujson
 from gevent.event import AsyncResult
 
 from . import config as _config
-from . import framing as _framing
+from .wire import framing as _framing
 from . import kernel as _k
 from . import node as _node
 from ._guard import Guard

@@ -32,7 +32,7 @@ from greenlet import getcurrent, greenlet
 from ._guard import Guard
 from ._ratelog import RateLog, esc, exc_text
 from ._report import report_crash
-from .framing import encode_cbor
+from .wire.framing import encode_cbor
 
 __all__ = [
     "NODE",

@@ -23,10 +23,11 @@ from gevent.event import Event
 from greenlet import getcurrent
 
 from . import config as _config
-from . import framing, transport
+from . import transport
+from .wire import framing
 from . import kernel as _k
 from ._guard import Guard
-from ._handshake import is_perl_peer
+from .wire.handshake import is_perl_peer
 from ._ratelog import RateLog, esc, exc_text
 from ._ratelog import set_limits as _set_log_limits
 from ._report import report_crash

@@ -1,4 +1,4 @@
-"""transport: the gevent I/O half of an AEMP link (the protocol half is sans-IO in ``_handshake``
+"""transport: the gevent I/O half of an AEMP link (the protocol half is sans-IO in ``wire.handshake``
 and ``framing``).
 
 * ``Listener`` wraps one gevent ``StreamServer`` per bind address; every accepted socket runs
@@ -207,7 +207,7 @@ def run_handshake(sock, hs, *, timeout, on_greeting=None, tls=None, max_line=409
 
         sock, est, rest = run_handshake(sock, Handshake(nodeid="a", secret="s"), timeout=30)
     """
-    from ._handshake import Established, GreetingReceived, NeedTLS
+    from .wire.handshake import Established, GreetingReceived, NeedTLS
 
     with gevent.Timeout(timeout, RemoteProtocolError("handshake timeout")):
         sock.sendall(hs.data_to_send())
@@ -349,7 +349,7 @@ class Link:
         self.recv_framing = recv_framing
         self.peer_kv = peer_kv or {}
         self.outgoing = outgoing
-        from . import framing
+        from .wire import framing
 
         self._encode = framing.codec(send_framing)[0]
         decoder = framing.codec(recv_framing)[1]
@@ -916,8 +916,8 @@ def make_handshake(
 
         hs = make_handshake(cfg, "me/1", "10.0.0.5:4040", check=peeraddr_check(own))
     """
-    from . import framing
-    from ._handshake import Handshake
+    from .wire import framing
+    from .wire.handshake import Handshake
 
     return Handshake(
         nodeid=nodeid,

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from aemp_green import framing
+from aemp_green.wire import framing
 from netutil import ChildNode
 from test_attack_member import (
     Peer,

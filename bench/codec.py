@@ -1,4 +1,4 @@
-"""Micro-benchmark of the AEMP framings (``aemp_green.framing``); one JSON line per case.
+"""Micro-benchmark of the AEMP framings (``aemp_green.wire.framing``); one JSON line per case.
 
 Run: ``python bench/codec.py [--quick] [--large] [--baseline REV]`` (``--large``: only the
 ``large`` case)
@@ -49,7 +49,7 @@ import time
 
 import cbor2
 
-from aemp_green.framing import CborDecoder, codec
+from aemp_green.wire.framing import CborDecoder, codec
 
 SMALL = ["KQPFl3bClb", "test", 1, "abc"]
 PERL_MSG = [

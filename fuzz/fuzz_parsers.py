@@ -59,7 +59,7 @@ def _uninteresting_aemp_modules():
     spec = importlib.util.find_spec("aemp_green")
     names = {"aemp_green"}
     for mod in pkgutil.iter_modules(spec.submodule_search_locations):
-        if mod.name not in ("_handshake", "framing", "exceptions"):
+        if mod.name not in ("wire", "exceptions"):
             names.add("aemp_green." + mod.name)
     return sorted(names)
 
@@ -68,10 +68,10 @@ if _atheris_wanted():
     import atheris
 
     with atheris.instrument_imports(include=["aemp_green"], exclude=_uninteresting_aemp_modules()):
-        from aemp_green import _handshake, framing
+        from aemp_green.wire import framing, handshake as _handshake
 else:
     atheris = None
-    from aemp_green import _handshake, framing
+    from aemp_green.wire import framing, handshake as _handshake
 
 from aemp_green.exceptions import RemoteProtocolError  # noqa: E402
 

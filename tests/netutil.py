@@ -13,7 +13,7 @@ The pytest process never calls ``aemp_green.configure()``: every node is a child
   them all (even when the test failed) and prints their log tails, which pytest shows for
   failed tests only.
 * ``free_port()`` asks the OS for a free TCP port on 127.0.0.1.
-* ``RawPeer`` is a blocking-socket AEMP client driven by ``aemp_green._handshake.Handshake``,
+* ``RawPeer`` is a blocking-socket AEMP client driven by ``aemp_green.wire.handshake.Handshake``,
   for the bad-input tests.
 * ``RawConn`` is a bare TCP connection with a line buffer and no protocol at all, for attackers
   that relay or replay other nodes' handshake lines (``tests/test_attack_handshake.py``).
@@ -421,7 +421,7 @@ class RawPeer:
     """
 
     def __init__(self, addr, nodeid="attacker", secret=SECRET, framings=("json",), **hs):
-        from aemp_green._handshake import Handshake
+        from aemp_green.wire.handshake import Handshake
 
         host, port = addr.rsplit(":", 1)
         self.addr = addr
@@ -463,7 +463,7 @@ class RawPeer:
 
     def handshake(self, timeout=10):
         """The whole exchange as a well-behaved node; return the ``Established`` event."""
-        from aemp_green._handshake import Established
+        from aemp_green.wire.handshake import Established
 
         self.greeting(timeout)
         self.send_raw(self.hs.data_to_send())  # our auth line
@@ -475,7 +475,7 @@ class RawPeer:
         return est[0]
 
     def send_frame(self, frame):
-        from aemp_green import framing
+        from aemp_green.wire import framing
 
         self.send_raw(framing.codec(self.framing)[0](frame))
 

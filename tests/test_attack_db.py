@@ -12,8 +12,8 @@ import math
 import socket
 import time
 
-from aemp_green import framing
-from aemp_green._handshake import Handshake
+from aemp_green.wire import framing
+from aemp_green.wire.handshake import Handshake
 from netutil import SECRET, RawPeer, black_hole, cluster, free_port  # noqa: F401 - cluster: fixture
 
 HELPERS = """

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import pytest
 
-from aemp_green import framing
-from aemp_green._handshake import Established, Handshake, NeedTLS, hmac_token
+from aemp_green.wire import framing
+from aemp_green.wire.handshake import Established, Handshake, NeedTLS, hmac_token
 from netutil import SECRET, RawConn, RawPeer, cluster, free_port, read_until_closed  # noqa: F401
 
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")

@@ -14,7 +14,7 @@ import time
 import cbor2
 import pytest
 
-from aemp_green import framing
+from aemp_green.wire import framing
 from netutil import RawPeer, cluster  # noqa: F401 - cluster is a fixture
 
 MiB = 1 << 20

@@ -12,7 +12,7 @@ Mailbox tests: a greenlet port spawned with ``mailbox_limit`` that does not rece
 to, flooded by a greenlet on its own node or by another node, behaves as ``on_full`` says.
 """
 
-from aemp_green import framing
+from aemp_green.wire import framing
 from netutil import RawPeer, black_hole, cluster  # noqa: F401 - cluster: fixture
 
 KiB = 1024

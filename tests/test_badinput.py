@@ -6,7 +6,7 @@ to it, sends 50 numbered messages over that link, attacks, and then checks that 
 connection was closed (or the bad message ignored), the reason was logged, and the legitimate
 link is the very same connection, still carrying messages both ways with nothing lost.
 
-The test side speaks AEMP with ``aemp_green._handshake.Handshake`` (sans-IO) over plain blocking
+The test side speaks AEMP with ``aemp_green.wire.handshake.Handshake`` (sans-IO) over plain blocking
 sockets (``netutil.RawPeer``); this process never configures a node.
 """
 
@@ -16,7 +16,7 @@ import time
 import cbor2
 import pytest
 
-from aemp_green._handshake import hmac_token, tls_token
+from aemp_green.wire.handshake import hmac_token, tls_token
 from netutil import SECRET, RawPeer, cluster, read_until_closed  # noqa: F401 - cluster: fixture
 
 MAX_FRAME = 65536
@@ -478,7 +478,7 @@ def test_bad_messages_are_ignored_and_the_connection_stays(target, framing):
 
 def _read_frames_until(peer, pred, timeout=5):
     """Decode frames from ``peer`` until ``pred(frame)`` (return it) or EOF (return "EOF")."""
-    from aemp_green import framing
+    from aemp_green.wire import framing
 
     dec = framing.codec(peer.recv_framing)[1]()
     deadline = time.monotonic() + timeout

@@ -153,7 +153,7 @@ def test_a_large_family_reaches_an_aemp_2_02_style_watcher_and_requester(cluster
     whose ``g_mon1`` says nothing about parts gets ``g_chg1`` with a part of the family and the
     rest as ``g_chg2`` (added keys), and a ``g_db_family`` without the extra argument is
     answered in one ``g_reply``."""
-    from aemp_green import framing
+    from aemp_green.wire import framing
     from netutil import RawPeer
 
     seed = cluster.seed()

@@ -1,4 +1,4 @@
-"""Tests for the AEMP data-phase framings (``aemp_green.framing``): encoders, incremental
+"""Tests for the AEMP data-phase framings (``aemp_green.wire.framing``): encoders, incremental
 decoders, the CBOR byte-string rule and every error path."""
 
 import math
@@ -8,9 +8,9 @@ from collections import OrderedDict
 import cbor2
 import pytest
 
-from aemp_green import framing
+from aemp_green.wire import framing
 from aemp_green.exceptions import RemoteProtocolError
-from aemp_green.framing import FRAMINGS, CborDecoder, JsonDecoder, codec, encode_cbor, encode_json
+from aemp_green.wire.framing import FRAMINGS, CborDecoder, JsonDecoder, codec, encode_cbor, encode_json
 
 UNICODE = "Grüße, 世界 ✓ 😀 ☠ \u00a0/\\\"'\t"
 

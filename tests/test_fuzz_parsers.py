@@ -27,8 +27,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aemp_green.framing import CborDecoder, JsonDecoder, encode_cbor, encode_json
-from aemp_green._handshake import Handshake, NeedTLS, parse_greeting_line1
+from aemp_green.wire.framing import CborDecoder, JsonDecoder, encode_cbor, encode_json
+from aemp_green.wire.handshake import Handshake, NeedTLS, parse_greeting_line1
 from aemp_green.exceptions import RemoteProtocolError
 
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")

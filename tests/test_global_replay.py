@@ -32,7 +32,8 @@ import gevent
 import pytest
 
 import aemp_green
-from aemp_green import framing, global_, kernel
+from aemp_green import global_, kernel
+from aemp_green.wire import framing
 from aemp_green import node as _node
 from conftest import flush
 from test_interop_replay import plain  # frames.json value -> what our decoder returns

@@ -1,4 +1,4 @@
-"""Tests for the sans-IO AEMP handshake (``aemp_green._handshake``): two Handshake objects
+"""Tests for the sans-IO AEMP handshake (``aemp_green.wire.handshake``): two Handshake objects
 talking to each other, and hand-made peers that break every rule once."""
 
 import base64
@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from aemp_green._handshake import (
+from aemp_green.wire.handshake import (
     Established,
     GreetingReceived,
     Handshake,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from aemp_green import framing
-from aemp_green._handshake import (
+from aemp_green.wire import framing
+from aemp_green.wire.handshake import (
     Established,
     GreetingReceived,
     Handshake,

@@ -7,7 +7,7 @@ between Python nodes a ``bytes`` stays ``bytes``."""
 import cbor2
 import pytest
 
-from aemp_green.framing import CborDecoder
+from aemp_green.wire.framing import CborDecoder
 from netutil import RawPeer, cluster  # noqa: F401 - cluster: fixture
 
 LATIN1_FRAME = ["p", b"caf\xe9", {b"cl\xe9": b"valeur \xe0 moi", "k": [b"\xff\xfe", 1]}]

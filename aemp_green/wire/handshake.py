@@ -116,8 +116,8 @@ import os
 import re
 from typing import NamedTuple
 
-from . import _protocol
-from .exceptions import LocalProtocolError, RemoteProtocolError
+from .. import _protocol
+from ..exceptions import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "Handshake",

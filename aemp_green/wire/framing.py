@@ -90,8 +90,8 @@ from typing import Any
 import cbor2
 import ujson
 
-from . import _protocol
-from .exceptions import RemoteProtocolError
+from .. import _protocol
+from ..exceptions import RemoteProtocolError
 
 __all__ = [
     "FRAMINGS",
