@@ -62,6 +62,7 @@ from .node import (
     up_nodes,
 )
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
+from .introspect import IntrospectionRefused, info, links_info, node_info, ports_info, snapshot
 from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
@@ -113,6 +114,13 @@ __all__ = [
     "db_keys",
     "db_values",
     "db_mon",
+    # introspection
+    "node_info",
+    "ports_info",
+    "links_info",
+    "snapshot",
+    "info",
+    "IntrospectionRefused",
     # errors
     "set_crash_handler",
     "CrashReport",

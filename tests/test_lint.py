@@ -141,6 +141,7 @@ LAYERS = [
     "supervisor",
     "threaded",
     "monkey",
+    "introspect",
     "",
     "cli",
 ]
