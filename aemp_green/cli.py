@@ -1107,7 +1107,7 @@ def _cmd_run(sess, a):
             "same secret on every node) or `aemp setsecret SECRET`."
             % (profile or _config.hostname())
         )
-    from .node import listener_addresses
+    from .connect import listener_addresses
 
     stop = Event()
     _runner = {"stop": stop, "restart": False, "argv": sess.gopts["argv"]}
