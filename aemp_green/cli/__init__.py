@@ -20,6 +20,7 @@
 
 The per-subcommand help texts are docopt usage documents (``aemp help SUBCOMMAND``); docopt parses
 each subcommand's arguments, a small left-to-right loop does the chaining.
+
 The program, by module (each imports only the ones before it, tests/test_lint.py LAYERS):
 
 * ``cli/base.py``: what every subcommand module uses: the registry (the ``@command``

@@ -311,7 +311,7 @@ class Session:
 # the subcommand registry
 
 #: a subcommand: ``fn(sess, a)`` returns None/0 (go on) or an exit status (stop there)
-CommandFn = Callable[[Session, Parsed], "int | None"]
+CommandFn = Callable[[Session, Parsed], int | None]
 
 
 class Command(NamedTuple):

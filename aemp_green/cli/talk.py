@@ -76,11 +76,11 @@ Options:
 
 def _dynamic_binds(binds: Any) -> list[str]:
     """The hosts of ``binds`` with a free port each (a temporary node must not take a seed's)."""
-    out = []
+    addrs = []
     for b in binds if isinstance(binds, list) else [binds]:
         host, _port = config.parse_address(b)
-        out.append(("[%s]" % host if ":" in host else host) + ":*")
-    return out
+        addrs.append(("[%s]" % host if ":" in host else host) + ":*")
+    return addrs
 
 
 class Talk:
@@ -253,7 +253,7 @@ def reason_failure(port: str, reason: Any) -> str | None:
 
 
 #: a talking subcommand: ``fn(talk, a)``, returns None/0 or an exit status
-TalkFn = Callable[[Talk, Parsed], "int | None"]
+TalkFn = Callable[[Talk, Parsed], int | None]
 #: an argument check run before the temporary node starts (raises UsageError)
 CheckFn = Callable[[Parsed], Any]
 
