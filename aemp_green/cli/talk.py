@@ -156,6 +156,10 @@ class Talk:
         ("died", reason) or ("timeout", None).
 
         A node port (``node`` or ``node#``) only counts transport errors as death.
+
+        Example::
+
+            kind, value = talk.ask("seed", ["time"])    # ("reply", (1764806400.25,))
         """
         res = AsyncResult()
         node_port = is_node_port(target)
@@ -184,7 +188,12 @@ class Talk:
             aemp_green.kil(reply)
 
     def reach(self, node: str) -> None:
-        """Round trip to ``node`` (the ``time`` request); raises Fail when it is unreachable."""
+        """Round trip to ``node`` (the ``time`` request); raises Fail when it is unreachable.
+
+        Example::
+
+            talk.reach("seed")    # or: aemp: cannot reach node seed: connect timeout
+        """
         kind, value = self.ask(node, ["time"])
         if kind == "reply":
             return
