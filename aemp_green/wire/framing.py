@@ -1127,9 +1127,7 @@ _CODECS = {
 }
 
 
-def codec(
-    name: str,
-) -> tuple[Callable[[Sequence[Any]], bytes], type[Union["JsonDecoder", "CborDecoder"]]]:
+def codec(name: str) -> tuple[Callable[[Sequence[Any]], bytes], Callable[..., _Decoder]]:
     """Return ``(encode_fn, decoder_class)`` for the framing ``name`` (``"json"``/``"cbor"``).
 
     Example::
