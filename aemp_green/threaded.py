@@ -58,7 +58,7 @@ import gevent
 from gevent import monkey as _gmonkey
 from gevent.event import Event
 
-from . import global_, kernel, node as _node, ports
+from . import config as _config, global_, kernel, ports, runtime
 from ._guard import Guard
 from .exceptions import PortDied, Timeout
 
@@ -151,7 +151,7 @@ def _check_can_start() -> None:
             "must be the first user of aemp_green in the process (start it before any "
             "configure(), call(), after(), ...)" % getattr(hub, "thread_ident", "?")
         )
-    if _node.is_configured():
+    if _config.is_configured():
         raise RuntimeError(
             "configure() already ran in this process: the threaded bridge "
             "configures the node itself (pass the arguments to start())"
@@ -166,7 +166,7 @@ def _stopped_error() -> RuntimeError:
 
 
 def _node_configured() -> bool:
-    return bool(_node.is_configured())
+    return bool(_config.is_configured())
 
 
 def _new_future() -> Future:
@@ -240,7 +240,7 @@ class Node:
             self._async = hub.loop.async_()  # ref'd: keeps the loop alive while idle
             self._async.start(self._wakeup.set)
             gevent.spawn(self._pump)
-            self.config = _node.configure(profile, **configure_args)
+            self.config = runtime.configure(profile, **configure_args)
         except BaseException as exc:
             self._close_watcher()
             if kernel.current_hub() is self._hub and not _node_configured():
@@ -687,7 +687,7 @@ class Node:
                 self._resolve(fut, False, _stopped_error())
         for _ in range(3):  # let link writers flush what was sent before stop()
             gevent.sleep(0)
-        _node.shutdown()
+        runtime.shutdown()
         for fut in list(self._pending):
             self._resolve(fut, False, _stopped_error())
         self._stopped.set()

@@ -121,7 +121,9 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
 
 
 #: The layers, bottom up (README "Layout"): a module may import only modules listed before it.
-#: ``cli`` is the ``aemp`` program on top of the public API (the package imports it nowhere).
+#: ``cli`` is the ``aemp`` program on top of the public API (the package imports it nowhere):
+#: ``cli.base`` (what every subcommand module uses) at its bottom, the subcommand modules, then
+#: ``cli`` (``main``, which imports them all) and ``cli.__main__``.
 LAYERS = [
     "_version",
     "_protocol",
@@ -136,15 +138,23 @@ LAYERS = [
     "kernel",
     "ports",
     "transport",
+    "connect",
+    "trace",
     "node",
     "global_",
     "dataconn",
     "logcatcher",
     "supervisor",
+    "runtime",
     "threaded",
     "monkey",
     "",
+    "cli.base",
+    "cli.settings",
+    "cli.run",
+    "cli.talk",
     "cli",
+    "cli.__main__",
 ]
 
 
@@ -216,11 +226,19 @@ def test_public_functions_are_fully_annotated():
     assert not missing, "public functions without types: %s" % ", ".join(missing)
 
 
-#: Modules other work is still changing, not annotated yet (the lead empties this list): the
-#: node/config split, the global database (``global_`` becoming ``globaldb``), the ``aemp``
-#: program and ``runtime``; ``_hub`` is the hub check leaving kernel. A name covers its
-#: submodules (``cli`` covers ``cli.run``).
-UNANNOTATED_MODULES = ("node", "config", "global_", "globaldb", "cli", "runtime", "_hub")
+#: Modules other work is still changing, not annotated yet (the lead empties this list): node
+#: and what split from it (connect, trace), config, the global database (``global_`` becoming
+#: ``globaldb``); ``_hub`` is the hub check leaving kernel. A name covers its submodules
+#: (``globaldb`` covers ``globaldb.store``).
+UNANNOTATED_MODULES = (
+    "node",
+    "connect",
+    "trace",
+    "config",
+    "global_",
+    "globaldb",
+    "_hub",
+)
 #: Functions of annotated modules that are still being moved (kernel's hub check goes to
 #: ``_hub``): an entry that no longer names an unannotated function fails the test.
 UNANNOTATED_FUNCTIONS = {
