@@ -8,7 +8,7 @@ same through the node-port request ``aemp_green/info`` (docs/introspection.md).
 
 Every value is JSON-able: the answers cross the wire. The counters behind them are plain
 integer attributes the hot paths bump once per message or read/write batch (``Link.frames_in``,
-``Link.bytes_out``, a port's ``handled``, ``kernel.local_sends``); reading them costs the work
+``Link.bytes_out``, a port's ``handled``); reading them costs the work
 of one pass over the ports or links, done only when asked.
 
 Example::
@@ -124,7 +124,8 @@ def _live_ports() -> list[Any]:
 
 def node_info() -> dict[str, Any]:
     """This node at a glance: identity, uptime, nodes, ports, database families, message
-    totals over all links (closed ones included) and recent rates per second.
+    totals over all links (closed ones included), messages its ports handled (``msgs_local``,
+    dead ports included) and recent rates per second.
 
     Keys: ``node pid version uptime started up_nodes known_nodes global_nodes is_global ports
     greenlet_ports db msgs_in msgs_out bytes_in bytes_out msgs_local rates``
@@ -140,7 +141,7 @@ def node_info() -> dict[str, Any]:
     ports = _live_ports()
     greenlets = sum(1 for p in ports if getattr(p, "greenlet", None) is not None)
     t = _totals()
-    local = _k.local_sends
+    local = _k.counters.dead_handled + sum(p.handled for p in ports)
     now = time.time()
     return {
         "node": _k.this_node,
@@ -162,6 +163,19 @@ def node_info() -> dict[str, Any]:
         "msgs_local": local,
         "rates": _rates(time.monotonic(), [t[0], t[1], local]),
     }
+
+
+def _created(p: Any) -> float:
+    """When port ``p`` was created (monotonic): greenlet ports note it, callback ports' names
+    tell it (``kernel.port_created``)."""
+    t = getattr(p, "created", None)
+    if t is None:
+        t = _k.port_created(p.name)
+    return _k_started_mono if t is None else t
+
+
+#: the monotonic time of the kernel's start (for a port whose creation nothing tells)
+_k_started_mono = time.monotonic() - (time.time() - _k.started)
 
 
 def _mailbox(p: Any) -> int:
@@ -193,7 +207,7 @@ def ports_info(limit: Optional[int] = None, sort: str = "handled") -> list[dict[
     elif sort == "mailbox":
         key = _mailbox
     else:
-        key = lambda p: -p.created  # noqa: E731 - the oldest first
+        key = lambda p: -_created(p)  # noqa: E731 - the oldest first
     if limit is None:
         ports.sort(key=key, reverse=True)
     else:
@@ -211,7 +225,7 @@ def ports_info(limit: Optional[int] = None, sort: str = "handled") -> list[dict[
                 "kind": "greenlet" if getattr(p, "greenlet", None) is not None else "callback",
                 "mailbox": _mailbox(p),
                 "handled": p.handled,
-                "age": round(now - p.created, 3),
+                "age": round(max(now - _created(p), 0.0), 3),
                 "monitors": watching.get(p.id, []),
                 "monitored_by": len(mons) if mons else 0,
             }

@@ -22,6 +22,7 @@ import string
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from typing import Any, Callable, Literal, Optional, Protocol, Sequence, TypeAlias, Union
 
@@ -206,6 +207,7 @@ def bound_hub():
         _hub_glet = None
         _hub = get_hub()
         _hub_thread = threading.get_ident()
+        _start_clock(_hub)
     elif _os_thread_ident() != _hub_ident:
         raise _foreign_thread_error()
     return _hub
@@ -224,6 +226,7 @@ def current_hub():
 def unbind_hub():
     """Forget the hub binding (``threaded.start`` when it failed before the node did anything)."""
     global _hub, _hub_thread, _hub_ident, _hub_glet, _hub_thread_name
+    _stop_clock()
     _hub = _hub_thread = _hub_ident = _hub_glet = _hub_thread_name = None
 
 
@@ -554,12 +557,10 @@ def snd(port: str, *msg: Any) -> None:
         p = port(lambda *msg: print("got", msg))
         snd(p, "hello", 1, [2, 3])
     """
-    global local_sends
     p = port_table.get(port)
     if p is not None:
         if _check_local and not getattr(getcurrent(), "aemp_local_only", False):
             _check_wire(port, msg)
-        local_sends += 1
         p._deliver(msg)
         return
     node, _, name = port.partition("#")
@@ -570,8 +571,90 @@ def snd(port: str, *msg: Any) -> None:
 
 
 _check_local = False
-#: messages ``snd`` delivered to ports of this node (the introspection counter ``msgs_local``)
-local_sends = 0
+
+
+class _Counters:
+    """Introspection counters kept outside the ports: slots of one object (bumping a slot is
+    cheaper than rebinding a module variable).
+
+    ``dead_handled``: messages handled by local ports that died since (a port adds its
+    ``handled`` when it dies), so that ``msgs_local`` (the live ports' sum plus this) never
+    goes down.
+    """
+
+    __slots__ = ("dead_handled",)
+
+    def __init__(self) -> None:
+        self.dead_handled = 0
+
+
+#: the kernel's introspection counters (see ``_Counters``)
+counters = _Counters()
+
+# ---- when local ports were created, at no cost per port (introspection: a port's age) -------
+# Local port names end in a counter (``new_port_id``). Every ``CLOCK_TICK`` seconds a timer of
+# the bound hub (one that never keeps its loop alive) notes the counter and the time, if ports
+# were made since: a port whose counter lies between two notes was created between their times.
+# The notes are thinned as they age (at most ``_STAMPS_MAX``), so old ports' ages get coarser.
+CLOCK_TICK = 1.0
+_STAMPS_MAX = 4096
+_stamp_ids: list[int] = [0]  # counter values noted, ascending
+_stamp_times: list[float] = [time.monotonic()]  # their monotonic times
+_last_tick = _stamp_times[0]  # the latest tick (the counter was _stamp_ids[-1] then)
+_clock_timer: Any = None
+
+
+def _tick() -> None:
+    global _last_tick
+    _last_tick = now = time.monotonic()
+    if _next_id != _stamp_ids[-1]:
+        _stamp_ids.append(_next_id)
+        _stamp_times.append(now)
+        if len(_stamp_ids) > _STAMPS_MAX:  # every other one of the older half goes
+            half = len(_stamp_ids) // 2
+            _stamp_ids[1:half] = _stamp_ids[1:half:2]
+            _stamp_times[1:half] = _stamp_times[1:half:2]
+
+
+def port_created(name: str) -> Optional[float]:
+    """When the local port called ``name`` was created (``time.monotonic()`` seconds, at most
+    ``CLOCK_TICK`` too early for a recent port, coarser for old ones), or None for a name this
+    node did not make (a port spawned by name from another node).
+
+    Example::
+
+        age = time.monotonic() - port_created(lookup_port(p).name)
+    """
+    if not name.startswith(_UNIQ):
+        return None
+    n = 0
+    for ch in name[len(_UNIQ) :]:
+        k = _ALNUM.find(ch)
+        if k < 0:
+            return None
+        n = n * 62 + k
+    i = bisect_left(_stamp_ids, n)  # the first note at or after its making
+    if i == len(_stamp_ids):  # made after the latest tick
+        return _last_tick
+    return _stamp_times[max(i - 1, 0)]
+
+
+def _start_clock(hub: Any) -> None:
+    """Note the port counter every ``CLOCK_TICK`` s from a timer of ``hub`` that does not keep
+    its loop alive."""
+    global _clock_timer
+    _tick()
+    timer = hub.loop.timer(CLOCK_TICK, CLOCK_TICK)
+    timer.ref = False
+    timer.start(_tick)
+    _clock_timer = timer
+
+
+def _stop_clock() -> None:
+    global _clock_timer
+    if _clock_timer is not None:
+        _clock_timer.close()
+        _clock_timer = None
 
 
 def check_local_messages(flag: object) -> None:

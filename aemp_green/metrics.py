@@ -76,7 +76,7 @@ class Collector:
             ("aemp_messages_out", "Messages sent to other nodes.", "msgs_out"),
             ("aemp_bytes_in", "Bytes received from other nodes.", "bytes_in"),
             ("aemp_bytes_out", "Bytes written to other nodes.", "bytes_out"),
-            ("aemp_messages_local", "Messages sent to ports of this node.", "msgs_local"),
+            ("aemp_messages_local", "Messages handled by ports of this node.", "msgs_local"),
         )
         for name, doc, key in counters:
             yield family(CounterMetricFamily, name, doc, n[key])

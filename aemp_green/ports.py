@@ -48,6 +48,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _dispatch = _k.dispatch
+_counters = _k.counters
 _kill_local = _k.kill_local
 _DEAD = _k.DEAD
 _Greenlet: TypeAlias = greenlet  # (a port's attribute is called greenlet)
@@ -142,9 +143,9 @@ class _Port:
 
 
 class _CallbackPort(_Port):
-    # handled/created: the introspection counters (messages its handlers took, monotonic time
-    # of its creation)
-    __slots__ = ("id", "monitors", "handlers", "default", "handled", "created")
+    # handled: the introspection counter (messages its handlers took); its age comes from
+    # kernel.port_created
+    __slots__ = ("id", "monitors", "handlers", "default", "handled")
 
     def __init__(self, pid: str, default: Optional[_Handler] = None) -> None:
         self.id = pid
@@ -152,7 +153,6 @@ class _CallbackPort(_Port):
         self.handlers = None
         self.default = default
         self.handled = 0
-        self.created = _monotonic()
 
     _deliver = _dispatch
     _run = _run_handler
@@ -162,6 +162,8 @@ class _CallbackPort(_Port):
 
     def _terminate(self, reason: Reason) -> None:
         self.handlers = self.default = None
+        if self.handled:
+            _counters.dead_handled += self.handled
 
     def __repr__(self) -> str:
         return "<callback port %s>" % self.id
@@ -330,6 +332,8 @@ class _GreenletPort(_Port):
         return True
 
     def _terminate(self, reason: Reason) -> None:
+        if self.handled:
+            _counters.dead_handled += self.handled
         self.reason = reason
         self.mailbox = None
         self.handlers = self.default = None
