@@ -2,7 +2,8 @@
 
 Everything that crosses a port boundary goes through here. The kernel never imports the port
 classes (``ports``) nor the network (``node``): ports are duck-typed objects with ``name``,
-``monitors``, ``_deliver(msg)`` and ``_terminate(reason)``; the network registers itself with
+``monitors``, ``_deliver(msg)``, ``_run(msg, cur)``, ``_terminate(reason)`` and ``_direct``
+(true when ``_deliver`` is plain ``dispatch``, so that the dispatcher may call ``_run`` itself); the network registers itself with
 ``set_network`` and gets messages for other nodes, and hands incoming node-port requests back
 through ``node_request``.
 
@@ -46,6 +47,7 @@ __all__ = [
     "after",
     "node_request",
     "deliver_remote",
+    "deliver_frames",
     "register_node_request",
     "request_origin",
     "may_block",
@@ -334,10 +336,12 @@ def dispatch(p, msg):
     cur = getcurrent()
     if cur is not _hub_glet and _hub is not None:  # the thread check, before any change
         _check_greenlet(cur)
-    if dispatch_queue or cur in _draining:
+    if _draining and cur in _draining:
+        # a handler is running in this greenlet: the loop below (in its dispatch) takes it
         dispatch_queue.append((p, msg))
-        if cur in _draining:  # a handler is running in this greenlet: the loop below takes it
-            return
+        return
+    if dispatch_queue:
+        dispatch_queue.append((p, msg))
         p = None  # something older waits (its drainer is blocked): keep FIFO, drain here
     _draining.add(cur)
     prev = getattr(cur, "aemp_self", None)
@@ -539,11 +543,27 @@ def snd(port: str, *msg: Any) -> None:
             _check_wire(port, msg)
         p._deliver(msg)
         return
-    node, _, name = port.partition("#")
+    route = _routes.get(port)
+    if route is None:
+        route = _route(port)
+    node, name = route
     if node != this_node:
         if _hub is not None and _os_thread_ident() != _hub_ident:
             raise _foreign_thread_error()
         network.send(node, (name,) + msg)
+
+
+_routes: dict[str, tuple[str, str]] = {}  # port ID -> (node, name): snd splits an ID once
+_ROUTES_MAX = 4096
+
+
+def _route(port):
+    """``(node, name)`` of a port ID, remembered for the next ``snd`` (bounded)."""
+    node, _, name = port.partition("#")
+    if len(_routes) >= _ROUTES_MAX:
+        _routes.clear()
+    route = _routes[port] = (node, name)
+    return route
 
 
 _check_local = False
@@ -624,6 +644,73 @@ def deliver_remote(from_node, frame):
             p._deliver(frame[1:])
     else:
         node_request(from_node, frame[1:])
+
+
+def deliver_frames(from_node, frames, start=0, watch=()):
+    """Deliver ``frames[start:]`` (the frames of one read from ``from_node``) as
+    ``deliver_remote`` would, one after the other, in one pass of the dispatcher; return the
+    index of the first frame not delivered, ``len(frames)`` when all were.
+
+    It stops at a frame that is not a plain message to a port (a node-port request, a port
+    name that is not a string: hand that one to ``deliver_remote``, then call again from the
+    next index), before any frame once ``watch`` is true (the network passes its list of
+    tracers), and at once when the running greenlet is inside the dispatcher already. What
+    handlers send meanwhile is handled before the next frame, as the trampoline would.
+
+    Example::
+
+        i, n = 0, len(frames)
+        while i < n:
+            i = deliver_frames(link.nodeid, frames, i)
+            if i < n:
+                deliver_remote(link.nodeid, frames[i])
+                i += 1
+    """
+    n = len(frames)
+    i = start
+    cur = getcurrent()
+    if cur is not _hub_glet and _hub is not None:  # the thread check, before any change
+        _check_greenlet(cur)
+    if (_draining and cur in _draining) or dispatch_queue or i >= n:
+        return i
+    _draining.add(cur)
+    prev = getattr(cur, "aemp_self", None)
+    get = port_table.get
+    prefix = this_node + "#"
+    last = None  # the port name looked up last, and its port p (frames of a read mostly
+    p = None  # go to one port: one lookup for the run of them)
+    try:
+        while i < n:
+            if watch:
+                break
+            frame = frames[i]
+            if not frame:
+                i += 1
+                continue
+            name = frame[0]
+            if name.__class__ is not str or not name:
+                break  # a node request or a bad name: deliver_remote's
+            if name != last or p.monitors is DEAD:
+                p = get(prefix + name)
+                if p is None:  # no such port: dropped, as deliver_remote does
+                    last = None
+                    i += 1
+                    continue
+                last = name
+            i += 1
+            if p._direct:
+                p._run(frame[1:], cur)
+            else:
+                p._deliver(frame[1:])
+            while dispatch_queue:
+                q, msg = dispatch_queue.popleft()
+                q._run(msg, cur)
+    finally:
+        cur.aemp_self = prev
+        _draining.discard(cur)
+        if dispatch_queue and not _draining:
+            schedule_drain()
+    return i
 
 
 def kil(port: str, *reason: Any) -> None:
@@ -865,6 +952,7 @@ class _NodePort:
 
     __slots__ = ()
     name = ""
+    _direct = False
     id = property(lambda self: this_node + "#")
 
     @property

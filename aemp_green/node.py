@@ -799,8 +799,15 @@ class _Net:
             return
         if frame and frame[0] == "" and len(frame) > _RELAY_SCAN_MIN and _relay_chain(frame):
             return
-        n = _nodes.get(nodeid) or _node_for_relay(nodeid)
-        if n is not None:
+        n = _nodes.get(nodeid)
+        if n is None:
+            n = _node_for_relay(nodeid)
+            if n is None:
+                return
+        link = n.link
+        if link is not None and not n.broken:  # RemoteNode.send's common case, inline
+            link.send(frame)
+        else:
             n.send(frame)
 
     def monitor(self, nodeid, portname, action):
@@ -834,6 +841,20 @@ def _on_frame(link, frame):
     if _tracers:
         _trace("RCV", link.nodeid, frame)
     _k.deliver_remote(link.nodeid, frame)
+
+
+def _on_frames(link, frames):
+    """The frames of one read: plain messages in one pass of the dispatcher
+    (``kernel.deliver_frames``), node requests and traced frames one by one."""
+    nodeid = link.nodeid
+    i, n = 0, len(frames)
+    while i < n:
+        if not _tracers:
+            i = _k.deliver_frames(nodeid, frames, i, _tracers)
+            if i >= n:
+                return
+        _on_frame(link, frames[i])
+        i += 1
 
 
 # --------------------------------------------------------------------------- tracing
@@ -977,6 +998,7 @@ def _start_link(sock, est, trailing, outgoing):
         trailing,
         _on_frame,
         _on_close,
+        on_frames=_on_frames,
         max_frame=int(_cfg.get("max_frame") or 64 << 20),
         peer_kv=est.kv,
         outgoing=outgoing,

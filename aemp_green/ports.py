@@ -139,6 +139,7 @@ class _CallbackPort(_Port):
 
     _deliver = _dispatch
     _run = _run_handler
+    _direct = True  # _deliver is plain dispatch (kernel.deliver_frames calls _run itself)
 
     def _keeps(self, msg):
         return False
@@ -287,6 +288,7 @@ class _GreenletPort(_Port):
         return True
 
     _run = _run_handler
+    _direct = False  # _deliver decides between mailbox and handler
 
     def _keeps(self, msg):
         """A message no handler takes goes to the mailbox while the greenlet runs."""

@@ -302,7 +302,9 @@ class Link:
     ``send(frame)`` encodes in the caller (a value the framing cannot carry raises
     ``TypeError`` right there) and queues the bytes; the writer greenlet sends everything
     queued in one ``sendall``. ``run()`` reads until the connection ends, calling
-    ``on_frame(frame)`` for each decoded frame; ``on_close(link, why)`` runs exactly once.
+    ``on_frame(link, frame)`` for each decoded frame, or, when given, ``on_frames(link,
+    frames)`` once per read with the list of its frames (one call instead of one per frame);
+    ``on_close(link, why)`` runs exactly once.
 
     Backpressure (docs/running.md, "Backpressure"): when more than ``high_water`` bytes wait
     for the socket, a sender that may wait (``may_wait()`` true, and not the hub, a link's
@@ -342,6 +344,7 @@ class Link:
         low_water=None,
         hard_limit=None,
         may_wait=None,
+        on_frames=None,
     ):
         self.sock = sock
         self.nodeid = nodeid
@@ -360,6 +363,7 @@ class Link:
         )
         self._trailing = trailing
         self._on_frame = on_frame
+        self._on_frames = on_frames
         self._on_close = on_close
         self._wbuf = []
         self._wbytes = 0
@@ -428,26 +432,22 @@ class Link:
             return False
         data = self._encode(frame)
         self.frames_out += 1
-        self.last_tx = self._loop.now()
+        wbuf = self._wbuf
         raw = self._raw
-        if (
-            raw is not None
-            and not self._writing
-            and not self._wbuf
-            and not self._turn
-            and not self._full
-        ):
+        if not wbuf and raw is not None and not self._writing and not self._turn and not self._full:
             self._turn = True
-            self._loop.run_callback(self._end_turn)
+            loop = self._loop
+            loop.run_callback(self._end_turn)
+            self.last_tx = loop.now()
             sent = self._raw_send(raw, data)
             if sent is None:
                 return False
             if sent == len(data):
                 return True
             data = data[sent:]
-        self._wbuf.append(data)
-        self._wbytes += len(data)
-        if self._wbytes >= self._check_at:
+        wbuf.append(data)
+        n = self._wbytes = self._wbytes + len(data)
+        if n >= self._check_at:
             return self._queued_a_lot(raw, len(data))
         if self._writer_idle:
             self._writer_idle = False
@@ -601,6 +601,7 @@ class Link:
                     self._inflight = 0
                     self._check_at = min(self.FLUSH_BYTES, self._high)
                 del data
+                self.last_tx = self._loop.now()
                 if self._nwaiting and self._wbytes <= self._low:
                     self._drained.set()
         except OSError as exc:
@@ -616,13 +617,19 @@ class Link:
             gevent.spawn(link.run)   # a link we dialled; an accepted one calls link.run()
         """
         dec = self._decoder
-        on_frame = self._on_frame
+        on_frames = self._on_frames
+        if on_frames is None:
+            on_frame = self._on_frame
+
+            def on_frames(link, frames):
+                for frame in frames:
+                    on_frame(link, frame)
+
         # backpressure: what the frames make this greenlet send never waits (see _can_wait)
         getcurrent().aemp_noblock = True
         try:
             if self._trailing:
-                for frame in dec.feed(self._trailing):
-                    on_frame(self, frame)
+                on_frames(self, dec.feed(self._trailing))
                 self._trailing = b""
             recv = self.sock.recv
             since_yield = 0
@@ -633,9 +640,9 @@ class Link:
                     break
                 self.last_rx = self._loop.now()
                 frames = dec.feed(data)
-                self.frames_in += len(frames)
-                for frame in frames:
-                    on_frame(self, frame)
+                if frames:
+                    self.frames_in += len(frames)
+                    on_frames(self, frames)
                 since_yield += len(data)
                 if since_yield >= 65536:
                     # fairness: a flooding peer must not starve other links (a recv that finds

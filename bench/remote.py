@@ -216,6 +216,7 @@ def _rx_setup():
     def on_start(n, token):
         nonlocal count, bad, t_first
         st["n"], st["token"] = n, token
+        st["cpu0"] = time.process_time()
         count = bad = 0
         t_first = 0.0
 
@@ -237,6 +238,7 @@ def _rx_setup():
                 bad=bad,
                 t_first=t_first,
                 t_done=t_done,
+                cpu=time.process_time() - st["cpu0"],
             )
 
     sink = port()
@@ -347,6 +349,7 @@ def _tx_setup():
 
     def flood(n, token, yield_every=0):
         sink = peer["sink"]
+        c0 = time.process_time()
         t0 = mono()
         snd(sink, "start", n, token)
         if not yield_every:
@@ -358,7 +361,11 @@ def _tx_setup():
                 snd(sink, "m", i, PAYLOAD)
                 if not i % yield_every:
                     sleep(0)  # let the link's writer flush what is queued so far
-        return {"t0": t0, "t_loop": mono() - t0}
+        t_loop = mono() - t0
+        link = _node.get_node(peer["nodeid"]).link
+        while link is not None and link.bytes_pending:  # the writer's CPU counts too
+            gevent.sleep(0.0005)
+        return {"t0": t0, "t_loop": t_loop, "cpu": time.process_time() - c0}
 
     def pingpong(n):
         pong = peer["pong"]
@@ -403,7 +410,7 @@ def _tx_setup():
             sendall(dumps(["m", i, PAYLOAD]).encode() + b"\n")
         t_loop = mono() - t0
         sock.close()
-        return {"t0": t0, "t_loop": t_loop}
+        return {"t0": t0, "t_loop": t_loop, "cpu": t_loop}
 
     def raw_pingpong(addr, n):
         sock = raw_connect(addr, {"mode": "pingpong"})
@@ -722,6 +729,8 @@ def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
                     "total": done["t_done"] - sent["t0"],
                     "recv_span": done["t_done"] - done["t_first"],
                     "send_loop": sent["t_loop"],
+                    "tx_cpu": sent.get("cpu"),
+                    "rx_cpu": done.get("cpu"),
                 }
 
             return run
@@ -739,6 +748,15 @@ def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
                 "sender_snd_loop_msgs_s": round(n / best["send_loop"]),
                 "seconds": round(best["total"], 4),
             }
+            if rs[0].get("rx_cpu") is not None:
+                # CPU time per message on each side (medians over the runs): less sensitive
+                # to other load on the machine than the rates
+                def med(k):
+                    v = sorted(r[k] for r in rs)
+                    return round(v[len(v) // 2] / n * 1e9)
+
+                line["tx_cpu_ns_per_msg"] = med("tx_cpu")
+                line["rx_cpu_ns_per_msg"] = med("rx_cpu")
             line.update(extra)
             if line["framing"] is None:
                 del line["framing"]
