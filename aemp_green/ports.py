@@ -587,6 +587,10 @@ def check_may_block(what, own_port=False):
 def _own_port():
     """The greenlet port of the running greenlet, adopting a plain greenlet on first use."""
     cur = getcurrent()
+    p = getattr(cur, "aemp_self", None)
+    if p is not None and p.__class__ is _GreenletPort and p.greenlet is cur:
+        if not _k.dispatching():  # (the common case: a greenlet port's own code)
+            return p
     p = check_may_block("receive()", own_port=True)
     if p is not None:
         return p

@@ -380,7 +380,7 @@ class Link:
         self._nwaiting = 0  # senders waiting for _drained
         self.busy_waits = 0  # how often a sender waited for the link to drain
         self._writing = False  # the writer is inside sendall: nobody else may write
-        self._turn = False  # a frame already went straight out in this loop turn
+        self._turn = -1.0  # loop time of the turn in which a frame last went straight out
         self._full = False  # a direct send hit a full socket buffer: leave it to the writer
         # direct non-blocking writes go to the raw socket; never for TLS (would bypass it)
         from gevent import ssl as _gssl
@@ -434,11 +434,14 @@ class Link:
         self.frames_out += 1
         wbuf = self._wbuf
         raw = self._raw
-        if not wbuf and raw is not None and not self._writing and not self._turn and not self._full:
-            self._turn = True
-            loop = self._loop
-            loop.run_callback(self._end_turn)
-            self.last_tx = loop.now()
+        if (
+            not wbuf
+            and raw is not None
+            and not self._writing
+            and not self._full
+            and self._turn != self._loop.now()  # (the loop's time changes every turn)
+        ):
+            self.last_tx = self._turn = self._loop.now()
             sent = self._raw_send(raw, data)
             if sent is None:
                 return False
@@ -511,6 +514,11 @@ class Link:
         if pending <= self._high:
             if self._nwaiting and pending <= self._low:
                 self._drained.set()
+            if self._full or self._writing:
+                # nothing can be pushed before the writer ran (it resets _check_at): the next
+                # check that matters is the high-water mark (a flood into a full socket would
+                # come here for every frame otherwise)
+                self._check_at = self._high - self._inflight + 1
             return True
         if self._nowait:
             return True
@@ -558,9 +566,6 @@ class Link:
         except OSError as exc:
             self.close("write error: %s" % (exc,))
             return None
-
-    def _end_turn(self):
-        self._turn = False
 
     def _write_loop(self):
         sock = self.sock

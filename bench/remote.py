@@ -340,7 +340,7 @@ def _rx_setup():
         pong=pong,
         raw_addr="%s:%d" % server.address[:2],
     )
-    return {}
+    return {"cpu": lambda: {"cpu": time.process_time()}}
 
 
 def _tx_setup():
@@ -453,6 +453,7 @@ def _tx_setup():
         "pingpong": pingpong,
         "raw_flood": raw_flood,
         "raw_pingpong": raw_pingpong,
+        "cpu": lambda: {"cpu": time.process_time()},
     }
 
 
@@ -769,12 +770,21 @@ class Pair:
         }
 
     def pingpong(self, n, raw=False):
+        cpu0 = self.cpu()
         if raw:
             r = self.tx.call("raw_pingpong", 60 + n / 500, addr=self.info["raw_addr"], n=n)
         else:
             r = self.tx.call("pingpong", 60 + n / 500, n=n)
+        cpu1 = self.cpu()
         r["rate"] = n / r["seconds"]
+        # CPU time per round trip of each process (the conductor's two calls included: ~0.1 ms)
+        r["tx_cpu_us"] = (cpu1[0] - cpu0[0]) / n * 1e6
+        r["rx_cpu_us"] = (cpu1[1] - cpu0[1]) / n * 1e6
         return r
+
+    def cpu(self):
+        """CPU seconds used so far by the sender and the receiver process."""
+        return self.tx.call("cpu", 30)["cpu"], self.rx.call("cpu", 30)["cpu"]
 
     def stop(self):
         self.tx.stop()
@@ -944,6 +954,9 @@ def main(argv=None):
         else:
             for k in ("p50_us", "p90_us", "p99_us", "max_us", "mean_us"):
                 line[k] = round(median(r[k] for r in rs), 1)
+            if "tx_cpu_us" in rs[0]:  # CPU per round trip in each process (medians)
+                line["tx_cpu_us_per_rt"] = round(median(r["tx_cpu_us"] for r in rs), 2)
+                line["rx_cpu_us_per_rt"] = round(median(r["rx_cpu_us"] for r in rs), 2)
             line["p50_us_range"] = [min(r["p50_us"] for r in rs), max(r["p50_us"] for r in rs)]
         ref = refs.get(name)
         if ref in runs:
