@@ -846,8 +846,12 @@ def _on_frame(link, frame):
 def _on_frames(link, frames):
     """The frames of one read: plain messages in one pass of the dispatcher
     (``kernel.deliver_frames``), node requests and traced frames one by one."""
+    n = len(frames)
+    if n == 1:  # (a request or a reply: the one-frame path costs less)
+        _on_frame(link, frames[0])
+        return
     nodeid = link.nodeid
-    i, n = 0, len(frames)
+    i = 0
     while i < n:
         if not _tracers:
             i = _k.deliver_frames(nodeid, frames, i, _tracers)
