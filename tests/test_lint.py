@@ -140,6 +140,7 @@ LAYERS = [
     "logcatcher",
     "supervisor",
     "threaded",
+    "aio",
     "monkey",
     "",
     "cli",
