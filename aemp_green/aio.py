@@ -105,6 +105,10 @@ def _expire(fut: asyncio.Future[Any], text: str) -> None:
         fut.set_exception(Timeout(text))
 
 
+def _arrival(item: tuple[int, list[Any]]) -> int:
+    return item[0]
+
+
 def _matches(tag: Any, msg: list[Any]) -> bool:
     return tag is None or (bool(msg) and msg[0] == tag)
 
@@ -818,7 +822,8 @@ class Port:
             raise TypeError("use await node.port() to get a Port")
         self.node = node
         self.id = ""
-        self._stash: list[tuple[int, list[Any]]] = []  # (arrival number, message), in order
+        # (arrival number, message), in arrival order
+        self._stash: collections.deque[tuple[int, list[Any]]] = collections.deque()
         self._waiters: list[tuple[Any, asyncio.Future[tuple[int, list[Any]]]]] = []
         self._seq = 0
         self._reason: Optional[tuple[Any, ...]] = None  # set once the port died
@@ -829,7 +834,10 @@ class Port:
     # loop thread, from the node's drain
     def _deliver(self, msg: list[Any]) -> None:
         self._seq += 1
-        self._give((self._seq, msg))
+        if self._waiters:
+            self._give((self._seq, msg))
+        else:
+            self._stash.append((self._seq, msg))  # the newest: at the end
 
     def _give(self, item: tuple[int, list[Any]], skip: Any = None) -> None:
         """To the first waiter it matches, or into the stash (in arrival order)."""
@@ -839,7 +847,10 @@ class Port:
                 del self._waiters[i]
                 fut.set_result(item)
                 return
-        insort(self._stash, item, key=lambda it: it[0])
+        if not self._stash or self._stash[-1][0] < item[0]:
+            self._stash.append(item)
+        else:  # a message given back by a cancelled receive: into its place
+            insort(self._stash, item, key=_arrival)
 
     def _died(self, reason: tuple[Any, ...]) -> None:
         self._reason = reason
@@ -863,10 +874,14 @@ class Port:
             tag, *args = await port.receive()
         """
         node = self.node
-        for i, (_seq, m) in enumerate(self._stash):
-            if _matches(tag, m):
-                del self._stash[i]
-                return m if tag is None else m[1:]
+        stash = self._stash
+        if stash:
+            if tag is None:
+                return stash.popleft()[1]
+            for i, (_seq, m) in enumerate(stash):
+                if _matches(tag, m):
+                    del stash[i]
+                    return m[1:]
         if self._reason is not None:
             raise _died(self._reason)
         loop = node._here()

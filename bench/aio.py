@@ -6,8 +6,9 @@ Run ``python bench/aio.py [--quick]``. Each workload prints one JSON line::
      "baseline": ..., "baseline_value": ..., "ratio": ...}     # where a baseline applies
 
 Every timed workload is warmed up once (a tenth of its size) and then run three times; the
-best run counts. The baseline of a workload is measured right after it, in the same process,
-with the same ``n``. ``--quick`` divides every count by 10.
+best run counts. A workload and its baseline run in the same process with the same ``n``,
+their runs interleaved (workload, baseline, workload, ...) so that the noise of a shared
+machine falls on both. ``--quick`` divides every count by 10.
 
 One process runs one node in a threaded bridge (``threaded.start``); an asyncio event loop in
 the main thread uses it through ``aio.attach`` (the same node, so aio and the threaded bridge
@@ -52,12 +53,21 @@ def emit(**kv):
 
 def best_of(run, n, runs=3):
     """Warm up with ``n // 10``, then return the shortest of ``runs`` timed runs of ``run(n)``."""
-    run(max(n // 10, 1))
-    best = None
+    return best_pair(run, None, n, runs)[0]
+
+
+def best_pair(run, baseline, n, runs=3):
+    """``best_of`` for a workload and its baseline, their runs interleaved (A B A B A B) so
+    that the noise of a shared machine falls on both alike; returns both shortest times."""
+    pair = [run] if baseline is None else [run, baseline]
+    for r in pair:
+        r(max(n // 10, 1))
+    best = [None] * len(pair)
     for _ in range(runs):
-        gc.collect()
-        t = run(n)
-        best = t if best is None else min(best, t)
+        for i, r in enumerate(pair):
+            gc.collect()
+            t = r(n)
+            best[i] = t if best[i] is None else min(best[i], t)
     return best
 
 
@@ -119,7 +129,11 @@ def main(argv=None):
         loop = asyncio.new_event_loop()
         node = loop.run_until_complete(_attach(bridge))
 
-        def report(workload, n, seconds, unit, baseline=None, baseline_seconds=None):
+        def report(workload, n, runs, unit, baseline=None, baseline_run=None):
+            if baseline_run is None:
+                seconds, baseline_seconds = best_of(runs, n), None
+            else:
+                seconds, baseline_seconds = best_pair(runs, baseline_run, n)
             line = {"workload": workload, "value": round(n / seconds, 1), "unit": unit, "n": n}
             if baseline is not None:
                 line.update(
@@ -219,39 +233,39 @@ def main(argv=None):
         report(
             "aio_call",
             n,
-            best_of(aio_calls(echo), n),
+            aio_calls(echo),
             "calls/s",
             "threaded_call",
-            best_of(threaded_calls(echo), n),
+            threaded_calls(echo),
         )
         n = 50_000 // div
         report(
             "aio_call_100_tasks",
             n,
-            best_of(aio_calls(echo, 100), n),
+            aio_calls(echo, 100),
             "calls/s",
             "threaded_call_8_threads",
-            best_of(threaded_calls(echo, 8), n),
+            threaded_calls(echo, 8),
         )
         n = 100_000 // div
-        report("asyncio_queue_call", n, best_of(asyncio_queue_calls, n), "calls/s")
+        report("asyncio_queue_call", n, asyncio_queue_calls, "calls/s")
         n = 200_000 // div
         report(
             "aio_receive",
             n,
-            best_of(aio_receive, n),
+            aio_receive,
             "msgs/s",
             "threaded_inbox",
-            best_of(threaded_inbox, n),
+            threaded_inbox,
         )
         n = 10_000 // div
         report(
             "aio_call_remote",
             n,
-            best_of(aio_calls(remote_echo), n),
+            aio_calls(remote_echo),
             "calls/s",
             "threaded_call_remote",
-            best_of(threaded_calls(remote_echo), n),
+            threaded_calls(remote_echo),
         )
         loop.close()
     finally:
