@@ -99,6 +99,11 @@ def _stopped_error() -> RuntimeError:
     return RuntimeError("the aemp_green node is shut down (aio)")
 
 
+def _not_a_port_id(what: str, port: object) -> TypeError:
+    hint = " (use port.id)" if isinstance(port, Port) else ""
+    return TypeError("%s: a port ID (str) is needed, not %r%s" % (what, port, hint))
+
+
 def _expire(fut: asyncio.Future[Any], text: str) -> None:
     """A ``call_later`` timer: fail ``fut`` with ``Timeout(text)`` unless it is done."""
     if not fut.done():
@@ -284,7 +289,12 @@ class Node:
             try:
                 self.loop.call_soon_threadsafe(self._drain)
             except RuntimeError:  # the event loop is closed: nobody will listen any more
-                self._inq.clear()
+                self._loop_closed()
+
+    def _loop_closed(self) -> None:
+        """The loop is gone: drop what is queued for it and whatever comes later (a deque of
+        length 0 discards appends; ``_scheduled`` stays set, so nothing schedules again)."""
+        self._inq = collections.deque(maxlen=0)
 
     def _drain(self) -> None:
         """Loop thread: run what the hub handed over (at most what was there on entry, so a
@@ -423,6 +433,8 @@ class Node:
 
             node.snd(worker, "job", 42, {"size": 3})
         """
+        if port.__class__ is not str and not isinstance(port, str):
+            raise _not_a_port_id("snd", port)
         self._b.post(kernel.snd, port, *msg)
 
     def kil(self, port: str, *reason: Any) -> None:
@@ -433,6 +445,8 @@ class Node:
             node.kil(worker)                       # normal exit
             node.kil(worker, "shutdown", "bye")    # a crash reason
         """
+        if not isinstance(port, str):
+            raise _not_a_port_id("kil", port)
         self._b.post(kernel.kil, port, *reason)
 
     async def call(self, port: str, *msg: Any, timeout: Optional[float] = None) -> list[Any]:
@@ -449,6 +463,8 @@ class Node:
             results = await asyncio.gather(*(node.call(w, "job", i, timeout=10)
                                              for i, w in enumerate(workers)))
         """
+        if port.__class__ is not str and not isinstance(port, str):
+            raise _not_a_port_id("call", port)
         loop = self._here()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         req = _Call(fut)
@@ -544,7 +560,7 @@ class Node:
             try:
                 self.loop.call_soon_threadsafe(self._drain)
             except RuntimeError:
-                self._inq.clear()
+                self._loop_closed()
 
     def _port_died(self, p: Port, *reason: Any) -> None:
         self._to_loop(p._died, reason)
@@ -564,7 +580,7 @@ class Node:
                 reply = await node.call(worker, "job", timeout=10)
         """
         if not isinstance(port, str):
-            raise TypeError("mon: port must be a port ID (str), not %r" % (port,))
+            raise _not_a_port_id("mon", port)
         if not callable(cb):
             raise TypeError("mon: cb must be callable, not %r" % (cb,))
         w = _Watch(cb)

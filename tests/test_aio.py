@@ -162,6 +162,24 @@ def test_call_receive_snd_mon_timeouts_and_errors():
             t.start()
             await asyncio.get_running_loop().run_in_executor(None, t.join)
 
+            try:
+                node.snd(p, "not an ID")
+            except TypeError as exc:
+                res["snd_port_object"] = str(exc)
+
+            # a loop that ended while the node lives on: what arrives for it is dropped
+            other = {}
+            async def short_lived():
+                other["node"] = n = aio.attach(node.threaded)
+                other["port"] = (await n.port()).id
+            t = threading.Thread(target=lambda: asyncio.run(short_lived()))
+            t.start()
+            await asyncio.get_running_loop().run_in_executor(None, t.join)
+            for i in range(1000):
+                node.snd(other["port"], "for nobody", i)
+            await node.run(lambda: None)      # after the 1000 deliveries (FIFO)
+            res["closed_loop_queue"] = len(other["node"]._inq)
+
             # shutdown: waiting awaits fail, later calls are refused
             r = await node.port()
             quiet = await node.run(aemp_green.port, lambda *m: None)
@@ -205,6 +223,8 @@ def test_call_receive_snd_mon_timeouts_and_errors():
     assert r["after_close"] == []
     assert r["killed"] == ["boom", 42] and r["killed_async_for"] == ["boom", 42]
     assert "outside its event loop" in r["wrong_loop"] and r["attached"] == [42]
+    assert "use port.id" in r["snd_port_object"]
+    assert r["closed_loop_queue"] == 0
     assert len(r["after_shutdown"]) == 2 and all("shut down" in e for e in r["after_shutdown"])
     assert r["refused_snd"] is True and r["refused_call"] is True
     assert r["running"] is False and r["thread_alive"] is False
