@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 
 from conftest import wait_until
-from netutil import SECRET, cluster, free_port  # noqa: F401 - cluster is a fixture
+from netutil import SECRET, black_hole, cluster, free_port  # noqa: F401 - cluster is a fixture
 from test_examples_more import examples, run_python  # noqa: F401 - examples is a fixture
 
 _PRELUDE = """
@@ -476,6 +476,10 @@ def test_start_errors():
             async with aio.start(nodeid="x/%u", binds=["127.0.0.1:*"], norc=True,
                                  secret="x") as node:
                 res["retry"] = node.id.startswith("x/")
+                try:   # no seeds and not a seed itself: no database to ask
+                    await node.db_keys("anything", timeout=5)
+                except aemp_green.NoDatabaseError as exc:
+                    res["no_database"] = str(exc)
                 try:
                     await aio.start(norc=True)
                 except RuntimeError as exc:
@@ -487,6 +491,38 @@ def test_start_errors():
     assert "no threaded bridge" in r["attach"]
     assert r["bad_config"] in ("ConfigError", "ValueError", "TypeError")
     assert r["retry"] is True and "already called" in r["twice"] and r["stopped"] is False
+    assert "no seeds" in r["no_database"]
+
+
+def test_database_query_times_out_when_no_global_node_answers():
+    """With a seed that never answers, db_family/db_keys raise Timeout after their timeout
+    and the node goes on (a call to a local port still works)."""
+    with black_hole() as addr:
+        out = run_python(
+            _program(
+                """
+            async def main():
+                async with aio.start(nodeid="lonely/%%u", binds=["127.0.0.1:*"],
+                                     seeds=[%(addr)r], secret="x", norc=True) as node:
+                    for query in (node.db_family, node.db_keys, node.db_values):
+                        t0 = time.monotonic()
+                        try:
+                            await query("fam", timeout=0.3)
+                        except aemp_green.Timeout as exc:
+                            res.setdefault("timeouts", []).append(
+                                [str(exc), time.monotonic() - t0 < 3])
+                    echo = await node.run(aemp_green.port,
+                                          lambda tag, reply: aemp_green.snd(reply, "still here"))
+                    res["after"] = await node.call(echo, "ping", timeout=5)
+            """,
+                addr=addr,
+            )
+        )
+    r = _results(out)
+    assert [t[1] for t in r["timeouts"]] == [True] * 3
+    assert "db_family('fam') timed out after 0.3 s" in r["timeouts"][0][0]
+    assert "db_values('fam')" in r["timeouts"][2][0]
+    assert r["after"] == ["still here"]
 
 
 def _get(url, timeout=10):
