@@ -525,6 +525,35 @@ def test_database_query_times_out_when_no_global_node_answers():
     assert r["after"] == ["still here"]
 
 
+def test_bridge_stopped_from_a_thread_fails_the_waiting_awaits():
+    """The threaded bridge stopped directly (not through aio): its on_stop hook fails the
+    receive and call still waiting in the event loop with RuntimeError."""
+    out = run_python(
+        _program(
+            """
+        async def main():
+            node = await aio.start(**%(cfg)r)
+            p = await node.port()
+            quiet = await node.run(aemp_green.port, lambda *m: None)
+            waiting = [asyncio.ensure_future(p.receive()),
+                       asyncio.ensure_future(node.call(quiet, "never answered"))]
+            await asyncio.sleep(0)
+            await asyncio.get_running_loop().run_in_executor(None, node.threaded.stop)
+            for w in waiting:
+                try:
+                    await asyncio.wait_for(w, 5)
+                except RuntimeError as exc:
+                    res.setdefault("failed", []).append(str(exc))
+            res["running"] = node.running
+        """,
+            cfg=_self_seeded(),
+        )
+    )
+    r = _results(out)
+    assert len(r["failed"]) == 2 and all("shut down" in e for e in r["failed"]), r
+    assert r["running"] is False
+
+
 def _get(url, timeout=10):
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
