@@ -2,7 +2,7 @@
 
 Each asyncio program runs in a subprocess (the bridge binds the kernel once per process and the
 pytest process never starts one); the other nodes are real child node processes (``cluster``),
-and the example runs as real processes (``examples``).
+and the example runs as real processes (``examples``); both fixtures are in conftest.
 """
 
 import json
@@ -13,8 +13,7 @@ import urllib.error
 import urllib.request
 
 from conftest import wait_until
-from netutil import SECRET, black_hole, cluster, free_port  # noqa: F401 - cluster is a fixture
-from test_examples_more import examples, run_python  # noqa: F401 - examples is a fixture
+from netutil import SECRET, black_hole, free_port, run_python
 
 _PRELUDE = """
 import asyncio, json, os, signal, sys, threading, time
