@@ -120,28 +120,25 @@ class App:
         return 404, {"error": "no such path: %s" % path}
 
     async def serve_client(self, reader, writer):
-        """One HTTP/1.1 connection: requests until the client closes it."""
+        """One HTTP/1.1 request per connection (``Connection: close``)."""
         try:
-            while True:
-                request = await reader.readline()
-                if not request:
-                    break
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass  # headers: not needed here
-                parts = request.decode("latin-1").split()
-                if len(parts) != 3 or parts[0] != "GET":
-                    status, body = 405, {"error": "GET only"}
-                else:
-                    url = urlsplit(parts[1])
-                    status, body = await self.handle(url.path, parse_qs(url.query))
-                data = json.dumps(body).encode()
-                reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
-                writer.write(
-                    b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (status, reason.encode(), len(data), data)
-                )
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+            request = await reader.readline()
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass  # headers: not needed here
+            parts = request.decode("latin-1").split()
+            if len(parts) != 3 or parts[0] != "GET":
+                status, body = 405, {"error": "GET only"}
+            else:
+                url = urlsplit(parts[1])
+                status, body = await self.handle(url.path, parse_qs(url.query))
+            data = json.dumps(body).encode()
+            reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+            writer.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (status, reason.encode(), len(data), data)
+            )
+            await writer.drain()
+        except ConnectionError:
             pass
         finally:
             writer.close()
