@@ -338,7 +338,18 @@ class Node:
         if asyncio.iscoroutine(result):
             task = self.loop.create_task(result)
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.loop.call_exception_handler(
+                {
+                    "message": "aemp_green.aio: callback task %r failed" % (task,),
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
 
     def _hub_stopped(self) -> None:
         self._to_loop(self._fail_all)

@@ -98,6 +98,15 @@ def test_call_receive_snd_mon_timeouts_and_errors():
                 fired.set()
             node.mon(silent, on_death)
             node.mon(silent, on_death_async)
+            handled = []
+            asyncio.get_running_loop().set_exception_handler(
+                lambda loop, ctx: handled.append(repr(ctx.get("exception"))))
+            def broken(*reason):
+                raise ValueError("plain callback broke")
+            async def broken_async(*reason):
+                raise ValueError("coroutine callback broke")
+            node.mon(silent, broken)
+            node.mon(silent, broken_async)
             node.mon(silent, lambda *r: died.append(["cancelled one ran"])).cancel()
             pending = asyncio.ensure_future(node.call(silent, "never answered"))
             await asyncio.sleep(0)            # the call is handed over before the kil
@@ -108,6 +117,8 @@ def test_call_receive_snd_mon_timeouts_and_errors():
                 res["port_died"] = [type(exc).__name__, list(exc.reason)]
             await asyncio.wait_for(fired.wait(), 5)
             res["mon"] = sorted(died)
+            await until(lambda: len(handled) == 2, 5, "both callback errors")
+            res["handled"] = sorted(handled)
 
             # ports: selective receive, Timeout, two receivers at once, async for, close
             p = await node.port()
@@ -215,6 +226,10 @@ def test_call_receive_snd_mon_timeouts_and_errors():
     assert r["no_such_port"][0] == "no_such_port"
     assert r["port_died"] == ["PortDied", ["bye", "now"]]
     assert r["mon"] == [["coroutine", True, ["bye", "now"]], ["plain", True, ["bye", "now"]]]
+    assert r["handled"] == [
+        "ValueError('coroutine callback broke')",
+        "ValueError('plain callback broke')",
+    ]
     assert r["selective"] == [[2], ["a", 1]]
     assert "no 'b' message within 0.05 s" in r["receive_timeout"]
     assert r["two_receivers"] == [["for x"], ["for y"]]
