@@ -52,7 +52,6 @@ import asyncio
 import collections
 import concurrent.futures
 import functools
-import logging
 from bisect import insort
 from collections.abc import Callable, Generator
 from typing import Any, Optional, Protocol, cast
@@ -63,7 +62,6 @@ from .exceptions import PortDied, Timeout
 
 __all__ = ["start", "attach", "Starting", "Node", "Port"]
 
-logger = logging.getLogger(__name__)
 
 _TOKEN = object()
 
