@@ -65,13 +65,6 @@ __all__ = ["start", "attach", "Starting", "Node", "Port"]
 
 _TOKEN = object()
 
-#: ``PortDied.from_reason`` with its type spelt out (the exceptions module is not annotated)
-_died = cast(Callable[[tuple[Any, ...]], PortDied], PortDied.from_reason)
-# the same for the (unannotated) guard and bridge helpers this module uses
-_new_guard = cast(Callable[[Callable[[], Any]], Guard], Guard)
-_cancel = cast(Callable[[Guard], None], Guard.cancel)
-_current_bridge = cast(Callable[[], Optional["threaded.Node"]], threaded.current)
-
 
 class _Bridge(Protocol):
     """What this module uses of ``threaded.Node``."""
@@ -177,7 +170,7 @@ def attach(
             return await node.call(worker, "job", 1, timeout=5)
     """
     if bridge is None:
-        bridge = _current_bridge()
+        bridge = threaded.current()
         if bridge is None:
             raise RuntimeError("no threaded bridge runs in this process: use aio.start()")
     if loop is None:
@@ -504,7 +497,7 @@ class Node:
             req.reply = ports.port(functools.partial(self._call_reply, req))
             guard = kernel.mon(port, functools.partial(self._call_died, req))
             if req.done:  # fired at once
-                _cancel(guard)
+                guard.cancel()
                 return
             req.guard = guard
             kernel.snd(port, *msg, req.reply)
@@ -515,7 +508,7 @@ class Node:
         self._call_finish(req, True, list(reply))
 
     def _call_died(self, req: _Call, *reason: Any) -> None:
-        self._call_finish(req, False, _died(reason))
+        self._call_finish(req, False, PortDied.from_reason(reason))
 
     def _call_abort(self, req: _Call) -> None:
         self._call_finish(req, False, None)
@@ -528,7 +521,7 @@ class Node:
         if req.reply is not None:
             kernel.kil(req.reply)
         if req.guard is not None:
-            _cancel(req.guard)
+            req.guard.cancel()
         if ok or value is not None:
             self._to_loop(self._call_settle, req, ok, value)
 
@@ -594,7 +587,7 @@ class Node:
             raise TypeError("mon: cb must be callable, not %r" % (cb,))
         w = _Watch(cb)
         self._b.post(self._mon_op, w, port)
-        return _new_guard(functools.partial(self._unwatch, w))
+        return Guard(functools.partial(self._unwatch, w))
 
     def _mon_op(self, w: _Watch, port: str) -> None:
         if w.active:
@@ -614,7 +607,7 @@ class Node:
 
     def _hub_unwatch(self, w: _Watch) -> None:
         if w.hub_guard is not None:
-            _cancel(w.hub_guard)
+            w.hub_guard.cancel()
             w.hub_guard = None
 
     # ------------------------------------------------------------------ database
@@ -629,7 +622,7 @@ class Node:
 
             await node.db_set("web_frontends", node.id, {"url": "http://10.0.0.5:8000/"})
         """
-        hub_guard = await self._ask(global_.db_set, family, key, value, undo=_cancel)
+        hub_guard = await self._ask(global_.db_set, family, key, value, undo=Guard.cancel)
         return self._guard(hub_guard)
 
     async def db_reg(self, family: str, port: str, value: Any = None) -> Guard:
@@ -640,7 +633,7 @@ class Node:
             inbox = await node.port()
             await node.db_reg("listeners", inbox.id)
         """
-        hub_guard = await self._ask(global_.db_reg, family, port, value, undo=_cancel)
+        hub_guard = await self._ask(global_.db_reg, family, port, value, undo=Guard.cancel)
         return self._guard(hub_guard)
 
     async def db_del(self, family: str, *keys: str) -> None:
@@ -671,11 +664,11 @@ class Node:
             raise TypeError("db_mon: cb must be callable, not %r" % (cb,))
         w = _Watch(cb)
         try:
-            w.hub_guard = await self._ask(self._db_mon_op, w, family, undo=_cancel)
+            w.hub_guard = await self._ask(self._db_mon_op, w, family, undo=Guard.cancel)
         except BaseException:
             w.active = False  # (cancelled: events already on their way are not delivered)
             raise
-        return _new_guard(functools.partial(self._unwatch, w))
+        return Guard(functools.partial(self._unwatch, w))
 
     def _db_mon_op(self, w: _Watch, family: str) -> Guard:
         return global_.db_mon(family, functools.partial(self._db_changed, w))
@@ -767,7 +760,7 @@ class Node:
 
     def _guard(self, hub_guard: Guard) -> Guard:
         """A loop-side guard whose ``cancel()`` cancels ``hub_guard`` in the hub."""
-        return _new_guard(functools.partial(self._post_quietly, _cancel, hub_guard))
+        return Guard(functools.partial(self._post_quietly, Guard.cancel, hub_guard))
 
     # ------------------------------------------------------------------ anything else
     async def run(
@@ -882,7 +875,7 @@ class Port:
         waiters, self._waiters = self._waiters, []
         for _tag, fut in waiters:
             if not fut.done():
-                fut.set_exception(_died(reason))
+                fut.set_exception(PortDied.from_reason(reason))
 
     async def receive(self, tag: Any = None, timeout: Optional[float] = None) -> list[Any]:
         """The next message (whole, as a list) or, with ``tag``, the first whose element 0 is
@@ -908,7 +901,7 @@ class Port:
                     del stash[i]
                     return m[1:]
         if self._reason is not None:
-            raise _died(self._reason)
+            raise PortDied.from_reason(self._reason)
         loop = node._here()
         fut: asyncio.Future[tuple[int, list[Any]]] = loop.create_future()
         waiter = (tag, fut)
