@@ -50,11 +50,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import functools
 from bisect import insort
 from collections.abc import Callable, Generator
-from typing import Any, Optional, Protocol, cast
+from typing import Any, Optional, cast
 
 from . import global_, kernel, ports, threaded
 from ._guard import Guard
@@ -64,26 +63,6 @@ __all__ = ["start", "attach", "Starting", "Node", "Port"]
 
 
 _TOKEN = object()
-
-
-class _Bridge(Protocol):
-    """What this module uses of ``threaded.Node``."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def running(self) -> bool: ...
-
-    def post(self, fn: Callable[..., Any], *args: Any) -> None: ...
-
-    def on_stop(self, fn: Callable[[], Any]) -> None: ...
-
-    def stop(self, timeout: float = 10) -> None: ...
-
-    def submit(
-        self, fn: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[Any]: ...
 
 
 def _stopped_error() -> RuntimeError:
@@ -261,7 +240,7 @@ class Node:
             raise TypeError("use aemp_green.aio.start() or aio.attach() to get a Node")
         self.threaded = bridge
         self.loop = loop
-        self._b = cast(_Bridge, bridge)
+        self._b = bridge
         # hub -> loop: (fn, args) run in the loop thread by _drain; one wake-up for many
         self._inq: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]]
         self._inq = collections.deque()
