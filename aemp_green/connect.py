@@ -24,7 +24,7 @@ Example::
 """
 
 import logging
-from typing import Any, Callable, Iterable, Literal, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterable, Literal, Optional, Protocol, Sequence, cast
 
 import gevent
 
@@ -177,7 +177,7 @@ class DialLimiter:
         entry = self._backoff.get(addr)
         if entry is None:
             return 0.0
-        return max(0.0, entry[0] - gevent.get_hub().loop.now())
+        return max(0.0, entry[0] - cast(float, gevent.get_hub().loop.now()))
 
     def failed(self, addr: str) -> None:
         """A dial of ``addr`` failed: back it off (double the pause, up to the maximum)."""
