@@ -37,6 +37,7 @@ from .wire.handshake import Established, GreetingReceived, Handshake
 
 __all__ = [
     "DialLimiter",
+    "DialingNode",
     "dials",
     "dial",
     "accept",
@@ -117,9 +118,15 @@ def split_hostport(addr: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- dial limiter
 
 
-class Dialing(Protocol):
+class DialingNode(Protocol):
     """What the dial limiter looks at of the node a dial is for (``node.RemoteNode``): whether
-    it gave up (no link, not connecting)."""
+    it gave up (no link, not connecting).
+
+    Example::
+
+        with dials.turn(addr, get_node(nodeid)) as ok:   # a RemoteNode is a DialingNode
+            ...
+    """
 
     @property
     def link(self) -> Optional[transport.Link]: ...
@@ -153,7 +160,7 @@ class DialLimiter:
     _sem: Any  # gevent.lock.BoundedSemaphore of max_dials turns (made on first use)
     _size: Optional[int]
     _backoff: dict[str, tuple[float, float]]
-    _holders: dict[gevent.Greenlet, Optional[Dialing]]
+    _holders: dict[gevent.Greenlet, Optional[DialingNode]]
 
     def __init__(self) -> None:
         self._sem = None
@@ -193,11 +200,11 @@ class DialLimiter:
         """A dial of ``addr`` succeeded: forget its back-off."""
         self._backoff.pop(addr, None)
 
-    def turn(self, addr: str, node: Optional[Dialing] = None) -> "_DialTurn":
+    def turn(self, addr: str, node: Optional[DialingNode] = None) -> "_DialTurn":
         """A context manager yielding True when this dial (for ``node``) may go ahead."""
         return _DialTurn(self, addr, node)
 
-    def shed(self, node: Optional[Dialing] = None) -> int:
+    def shed(self, node: Optional[DialingNode] = None) -> int:
         """Stop dials whose node gave up (no link, not connecting), if others wait for a turn:
         only ``node``'s when given, else the oldest one. Returns how many were stopped."""
         if not self.waiting:
@@ -235,10 +242,10 @@ class _DialTurn:
 
     _lim: DialLimiter
     _addr: str
-    _node: Optional[Dialing]
+    _node: Optional[DialingNode]
     _sem: Any
 
-    def __init__(self, lim: DialLimiter, addr: str, node: Optional[Dialing]) -> None:
+    def __init__(self, lim: DialLimiter, addr: str, node: Optional[DialingNode]) -> None:
         self._lim, self._addr, self._node, self._sem = lim, addr, node, None
 
     def __enter__(self) -> bool:

@@ -28,12 +28,12 @@ from . import config as _config
 from . import connect, trace, transport
 from . import kernel as _k
 from ._guard import Guard
+from ._protocol import Msg
 from ._ratelog import RateLog, esc
 from ._report import report_crash
 from .exceptions import RemoteProtocolError
 from .kernel import Action, Reason
 from .wire import framing
-from ._protocol import Msg
 from .wire.handshake import Established, GreetingReceived, is_perl_peer
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "all_links",
     "dial_subprotocol",
     "set_directory",
+    "Directory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,12 @@ _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d+)$")
 class Directory(Protocol):
     """What ``set_directory`` installs (the global database): ``find_node(nodeid)`` starts
     looking up where ``nodeid`` listens (the answer comes as ``RemoteNode.found``; false: nobody
-    to ask), ``node_up``/``node_down`` hear of nodes coming and going."""
+    to ask), ``node_up``/``node_down`` hear of nodes coming and going.
+
+    Example::
+
+        node.set_directory(globaldb)   # in runtime: the global database module
+    """
 
     def find_node(self, nodeid: str) -> Any: ...
     def node_up(self, node: "RemoteNode") -> Any: ...
