@@ -147,6 +147,7 @@ LAYERS = [
     "supervisor",
     "runtime",
     "threaded",
+    "aio",
     "monkey",
     "",
     "cli.base",
