@@ -61,7 +61,7 @@ from .node import (
     snd_to_func,
     up_nodes,
 )
-from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
+from .globaldb import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())

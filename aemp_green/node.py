@@ -68,7 +68,7 @@ _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d+)$")
 
 
 class _NoDirectory:
-    """Stands in for the layer that knows where nodes live (the global database, ``global_``)
+    """Stands in for the layer that knows where nodes live (the global database, ``globaldb``)
     until it installs itself with ``set_directory``: this module never imports it."""
 
     def find_node(self, nodeid):
@@ -100,7 +100,7 @@ def set_directory(directory):
 
     Example::
 
-        node.set_directory(sys.modules[__name__])   # at the end of global_
+        node.set_directory(sys.modules[__name__])   # at the end of globaldb.sync
     """
     global _directory
     _directory = directory
@@ -223,7 +223,7 @@ class RemoteNode:
 
         Example::
 
-            get_node(nodeid).found(["10.0.0.5:4040"])   # the g_found answer, in global_
+            get_node(nodeid).found(["10.0.0.5:4040"])   # the g_found answer, in globaldb.sync
         """
         if addrs:
             self.addrs = list(addrs)

@@ -212,7 +212,7 @@ class _Supervisor:
             pid, lambda *reason: _k.snd(self.id, "_sup_down", cid, inc, *reason)
         )
         if ch.register:
-            from .global_ import db_reg
+            from .globaldb import db_reg
 
             ch.reg = db_reg(ch.register, pid, cid)
         logger.debug("supervisor %s: started %s as %s on %s", self.id, cid, pid, ch.node)

@@ -507,7 +507,7 @@ class Node:
 
             node.db_set("web_frontends", node.id, {"url": "http://10.0.0.5:8000/"})
         """
-        from .global_ import db_set
+        from .globaldb import db_set
 
         return self._bridge_guard(db_set, family, key, value)
 
@@ -519,7 +519,7 @@ class Node:
             inbox = node.inbox()
             node.db_reg("listeners", inbox.id)
         """
-        from .global_ import db_reg
+        from .globaldb import db_reg
 
         return self._bridge_guard(db_reg, family, port, value)
 
@@ -530,7 +530,7 @@ class Node:
 
             node.db_del("web_frontends", node.id)
         """
-        from .global_ import db_del
+        from .globaldb import db_del
 
         if self._in_hub():
             return db_del(family, *keys)
@@ -544,14 +544,14 @@ class Node:
 
             node.db_mon("workers", lambda db, added, changed, deleted: print(sorted(db)))
         """
-        from .global_ import db_mon
+        from .globaldb import db_mon
 
         return self._bridge_guard(db_mon, family, cb)
 
     def _db_query(self, name, family, timeout):
-        from . import global_
+        from . import globaldb
 
-        fn = getattr(global_, name)
+        fn = getattr(globaldb, name)
         if self._in_hub():
             return fn(family, timeout=timeout)
         fut = _new_future()

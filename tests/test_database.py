@@ -15,7 +15,7 @@ dict in ``VIEW[tag]``.
 from netutil import cluster, free_port  # noqa: F401 - cluster is a fixture
 
 HELPERS = """
-import aemp_green.global_ as G
+import aemp_green.globaldb as G
 
 VIEW = {}
 

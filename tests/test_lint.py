@@ -3,7 +3,7 @@
 * ``ruff check`` (pyflakes rules, configured in pyproject.toml) finds nothing anywhere;
 * ``mypy`` (default mode, configured in pyproject.toml) finds nothing in the package;
 * the package has no import cycle, function-level imports included: a lower layer never
-  imports a higher one (kernel < node < global_ < services, API on top).
+  imports a higher one (kernel < node < globaldb < services, API on top).
 """
 
 import ast
@@ -131,11 +131,13 @@ LAYERS = [
     "wire",
     "wire.handshake",
     "wire.framing",
+    "globaldb.store",
     "kernel",
     "ports",
     "transport",
     "node",
-    "global_",
+    "globaldb.sync",
+    "globaldb",
     "dataconn",
     "logcatcher",
     "supervisor",
