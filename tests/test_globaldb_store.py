@@ -6,6 +6,7 @@ traffic) and the multi-node tests (tests/test_database.py, tests/test_attack_db.
 """
 
 import math
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -54,8 +55,14 @@ def new_store():
     return Store(warn=w), w
 
 
+def C(changes):
+    """A ``Changes`` tuple with names: ``.set``, ``.dels``, ``.up_set``, ``.up_del``,
+    ``.up_stamps``."""
+    return SimpleNamespace(**dict(zip(("set", "dels", "up_set", "up_del", "up_stamps"), changes)))
+
+
 def put(s, src, family, kv, now, stamps=None, **kw):
-    return s.apply(src, family, kv, None, stamps, now=now, skew=SKEW, **kw)
+    return C(s.apply(src, family, kv, None, stamps, now=now, skew=SKEW, **kw))
 
 
 def check_indexes(s):
@@ -90,7 +97,7 @@ def test_one_source_sets_and_deletes():
     ch = put(s, "a", "fam", {"k": 1, "j": 2}, now=10.0)
     assert ch.set == {"k": 1, "j": 2} and ch.dels == []
     assert s.family_view("fam") == {"k": 1, "j": 2} and sorted(s.keys("fam")) == ["j", "k"]
-    ch = s.apply("a", "fam", {"k": 1}, ["j", "nothere", 7], now=11.0, skew=SKEW)
+    ch = C(s.apply("a", "fam", {"k": 1}, ["j", "nothere", 7], now=11.0, skew=SKEW))
     assert ch.set == {} and ch.dels == ["j"]  # an unchanged value is no change
     assert s.family_view("fam") == {"k": 1}
     check_indexes(s)
@@ -103,9 +110,9 @@ def test_a_later_write_wins_and_the_earlier_comes_back_when_it_goes():
     ch = put(s, "b", "fam", {"k": "from b"}, now=20.0)
     assert ch.set == {"k": "from b"} and s.effective("fam", "k") == "from b"
     assert s.holders["fam"]["k"] == ("a", "b")
-    ch = s.apply("b", "fam", None, ["k"])
+    ch = C(s.apply("b", "fam", None, ["k"]))
     assert ch.set == {"k": "from a"} and ch.dels == []
-    ch = s.apply("a", "fam", None, ["k"])
+    ch = C(s.apply("a", "fam", None, ["k"]))
     assert ch.set == {} and ch.dels == ["k"] and s.family_view("fam") == {}
     assert s.by_source == {} and s.holders == {} and s.counts == {}
 
@@ -211,7 +218,7 @@ def test_a_source_leaving_takes_exactly_its_own_entries():
     put(s, "a", "fam", {"shared": "a", "only_a": 1}, now=1.0)
     put(s, "a", "other", {"x": 1}, now=1.0)
     put(s, "b", "fam", {"shared": "b", "only_b": 2}, now=2.0)
-    changes = dict(s.drop("b"))
+    changes = {f: C(ch) for f, ch in s.drop("b")}
     assert list(changes) == ["fam"]
     assert changes["fam"].set == {"shared": "a"} and changes["fam"].dels == ["only_b"]
     assert s.family_view("fam") == {"shared": "a", "only_a": 1}
@@ -228,7 +235,7 @@ def test_replace_makes_a_source_hold_exactly_the_new_database():
     put(s, "a", "fam", {"stays": 1, "goes": 2}, now=1.0)
     put(s, "a", "gone", {"x": 1}, now=1.0)
     db = {"fam": {"stays": 1, "new": 3}, "'l": {"a": ["10.0.0.1:4040"]}, "empty": {}, "x": 5}
-    out = s.replace("a", db, limits=LIM, now=2.0)
+    out = [(f, C(ch)) for f, ch in s.replace("a", db, limits=LIM, now=2.0)]
     assert [f for f, _ in out] == ["fam", "gone", "fam", "'l"]
     assert out[0][1].dels == ["goes"] and out[1][1].dels == ["x"] and out[2][1].set == {"new": 3}
     assert s.by_source["a"] == {
@@ -278,7 +285,7 @@ def test_changes_of_mine_are_for_the_peers_with_their_stamps():
     assert ch.up_set == {"k": 1} and ch.up_stamps == {"k": 5.0} and ch.up_del == []
     ch = put(s, "peer", "fam", {"k": 2, "j": 3}, now=6.0, stamps={"k": 6.0, "j": 6.0})
     assert ch.set == {"k": 2, "j": 3} and ch.up_set == {} and ch.up_del == []
-    ch = s.apply("slave", "fam", None, ["k"])
+    ch = C(s.apply("slave", "fam", None, ["k"]))
     assert ch.set == {} and ch.up_del == ["k"]  # the peer's value was in effect already
     assert s.mine_db() == ({}, {})
 
@@ -303,13 +310,12 @@ def test_mine_db_is_the_view_without_the_peers():
 def test_a_slave_that_becomes_a_peer_leaves_mine():
     s, _ = new_store()
     s.peers.add("old_peer")
-    put(s, "n", "fam", {"k": 1, "j": 2}, now=1.0)
+    put(s, "me", "fam", {"i": "mine"}, now=0.5)
+    put(s, "n", "fam", {"k": 1, "j": 2, "i": "n's"}, now=1.0)
     put(s, "me", "fam", {"j": 3}, now=2.0)
-    changes = s.add_peer("n")
+    # k: only n held it; i: n's value was in effect, ours is now; j: ours was in effect already
+    assert s.add_peer("n") == [("fam", {"i": "mine"}, ["k"], {"i": 0.5})]
     assert "n" in s.peers
-    assert [f for f, _ in changes] == ["fam"]
-    ch = changes[0][1]
-    assert ch.up_del == ["k"] and ch.up_set == {} and ch.up_stamps == {}
     assert s.add_peer("n") == []  # a peer already
     s2, _ = new_store()
     put(s2, "n", "fam", {"k": 1}, now=1.0)
@@ -320,7 +326,7 @@ def test_a_peer_that_leaves_is_a_peer_no_more():
     s, _ = new_store()
     s.peers.add("p")
     put(s, "p", "fam", {"k": 1}, now=1.0, stamps={"k": 1.0})
-    ch = dict(s.drop("p"))["fam"]
+    ch = C(dict(s.drop("p"))["fam"])
     assert ch.dels == ["k"] and ch.up_del == []  # its entries were never "mine"
     assert s.peers == set()
 

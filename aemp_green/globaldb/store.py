@@ -18,8 +18,8 @@ What a global node keeps (PROTOCOL.md sections 7 and 8) and the rules it keeps i
   whose stamp is more than ``db_stamp_skew`` ahead of our clock (it would win over every later
   write). The same value again from the same source keeps its stamp: it is no new write.
 * **"Mine"**: the store seen without the entries of peers (ourselves and our slaves); it is
-  what a global node tells its peers (``Store.mine_db`` for ``g_set``, ``Changes.up_*`` for
-  ``g_upd``).
+  what a global node tells its peers (``Store.mine_db`` for ``g_set``, the ``up_*`` of
+  ``Changes`` for ``g_upd``).
 * **Change sets**: ``Store.apply`` returns what changed in the effective view (for watchers)
   and in "mine" (for peers); ``watch_update``/``watch_reload`` turn a change into the
   ``added``/``changed``/``deleted`` lists a ``db_mon`` callback gets.
@@ -35,10 +35,10 @@ Bad input is reported through the ``warn(kind, fmt, *args)`` callable a ``Store`
 Example::
 
     >>> s = Store()
-    >>> ch = s.apply("n1", "fam", {"k": 1}, now=100.0, skew=300)
-    >>> ch.set, s.family_view("fam")
+    >>> chg_set, chg_del, up_set, up_del, up_stamps = s.apply("n1", "fam", {"k": 1}, now=100.0)
+    >>> chg_set, s.family_view("fam")
     ({'k': 1}, {'k': 1})
-    >>> ch = s.apply("n2", "fam", {"k": 2}, now=101.0, skew=300)   # a later write wins
+    >>> changes = s.apply("n2", "fam", {"k": 2}, now=101.0)   # a later write wins
     >>> s.effective("fam", "k"), [f for f, _ in s.drop("n2")], s.effective("fam", "k")
     (2, ['fam'], 1)
 """
@@ -50,7 +50,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import ujson
 
@@ -466,22 +466,12 @@ def check_value(value: Any, max_value: int, max_depth: int) -> None:
 # ---------------------------------------------------------------- the store
 
 
-class Changes(NamedTuple):
-    """What one ``Store.apply`` changed: in the effective view (``set``: key -> new value,
-    ``dels``: keys gone; for watchers) and in "mine" (``up_set``, ``up_del`` and the stamps of
-    ``up_set``: what the peers must hear, as ``g_upd``).
-
-    Example::
-
-        ch = store.apply(src, family, {"k": 1}, now=time.time(), skew=300)
-        if ch.set or ch.dels: ...       # tell the watchers
-    """
-
-    set: dict[str, Any]
-    dels: list[str]
-    up_set: dict[str, Any]
-    up_del: list[str]
-    up_stamps: dict[str, float]
+#: What one ``Store.apply`` changed, as a plain tuple (one is made per update: a
+#: ``NamedTuple`` costs a tenth of a single-key ``g_upd``): ``(set, dels, up_set, up_del,
+#: up_stamps)``; ``set`` (key -> new value) and ``dels`` (keys gone) in the effective view, for
+#: the watchers; ``up_set``, ``up_del`` and the stamps of ``up_set`` in "mine", what the peers
+#: must hear (``g_upd``).
+Changes = tuple[dict[str, Any], list[str], dict[str, Any], list[str], dict[str, float]]
 
 
 def _stamp_ok(stamp: Any) -> bool:
@@ -666,13 +656,13 @@ class Store:
         set_: Optional[Mapping[str, Any]] = None,
         dels: Optional[list[Any]] = None,
         stamps: Optional[Mapping[str, Any]] = None,
-        *,
         now: float = 0.0,
         skew: float = 0.0,
         max_keys: Optional[int] = None,
     ) -> Changes:
         """Apply a change of ``family`` from ``src``: set the keys of ``set_``, delete ``src``'s
-        entries for the keys of ``dels``; return what changed (``Changes``).
+        entries for the keys of ``dels``; return what changed (``Changes``: ``(set, dels,
+        up_set, up_del, up_stamps)``).
 
         ``stamps`` (``{key: stamp}``, from a peer) dates the values; the others, and stamps
         more than ``skew`` seconds ahead of ``now`` (``warn``-ed), are stamped ``now``.
@@ -681,7 +671,9 @@ class Store:
 
         Example::
 
-            ch = store.apply("n1", "fam", {"k": 1}, ["old"], now=time.time(), skew=300)
+            chg_set, chg_del, up_set, up_del, up_stamps = store.apply(
+                "n1", "fam", {"k": 1}, ["old"], now=time.time(), skew=300
+            )
         """
         chg_set: dict[str, Any] = {}
         chg_del: list[str] = []
@@ -779,7 +771,7 @@ class Store:
                 elif not same(mine_before[2], m[2]):
                     up_set[key] = m[2]
                     up_stamps[key] = m[1]
-        return Changes(chg_set, chg_del, up_set, up_del, up_stamps)
+        return chg_set, chg_del, up_set, up_del, up_stamps
 
     def replace(
         self,
@@ -851,15 +843,17 @@ class Store:
         self.peers.discard(src)
         return out
 
-    def add_peer(self, nodeid: str) -> list[tuple[str, Changes]]:
+    def add_peer(
+        self, nodeid: str
+    ) -> list[tuple[str, dict[str, Any], list[str], dict[str, float]]]:
         """``nodeid`` is another global node: its entries are "mine" no more. Returns what
-        "mine" lost or changed by that (the ``up_*`` of each ``Changes``; what the other peers
-        must hear about), family by family. Nothing when it is a peer already or there were no
-        other peers.
+        "mine" lost or changed by that, what the other peers must hear about: ``(family,
+        up_set, up_del, up_stamps)`` for each family. Nothing when it is a peer already or
+        there were no other peers.
 
         Example::
 
-            for family, ch in store.add_peer("seed2"): ...
+            for family, up_set, up_del, up_stamps in store.add_peer("seed2"): ...
         """
         if nodeid in self.peers:
             return []
@@ -873,15 +867,15 @@ class Store:
         self.peers.add(nodeid)
         if not before:
             return []
-        changes: dict[str, Changes] = {}
+        changes: dict[str, tuple[dict[str, Any], list[str], dict[str, float]]] = {}
         for (family, key), old in before.items():
             new = self.win(family, key, mine=True)
             if new is None:
-                changes.setdefault(family, Changes({}, [], {}, [], {})).up_del.append(key)
+                changes.setdefault(family, ({}, [], {}))[1].append(key)
             elif not same(old[2], new[2]):  # type: ignore[index]
-                ch = changes.setdefault(family, Changes({}, [], {}, [], {}))
-                ch.up_set[key], ch.up_stamps[key] = new[2], new[1]
-        return list(changes.items())
+                up_set, _, up_stamps = changes.setdefault(family, ({}, [], {}))
+                up_set[key], up_stamps[key] = new[2], new[1]
+        return [(family, s, d, st) for family, (s, d, st) in changes.items()]
 
 
 # ---------------------------------------------------------------- watchers' change sets

@@ -45,7 +45,7 @@ from .._report import report_crash
 from ..exceptions import NoDatabaseError, Timeout
 from ..wire import framing as _framing
 from . import store
-from .store import Changes, Limits, Store, enc, show
+from .store import Changes, Limits, Store, admit, enc, family_ok, show
 
 __all__ = [
     "db_set",
@@ -328,12 +328,14 @@ def _answer_locally(frame: tuple[Any, ...], cb: Optional[Callable[[Any], Any]]) 
 
 
 def _publish(family: str, ch: Changes) -> None:
-    """Tell who must hear of a change of the store: the watchers of the family (ours and
-    remote ones) when its effective view changed, the other global nodes when "mine" did."""
-    if ch.set or ch.dels:
-        _notify(family, ch.set, ch.dels)
+    """Tell who must hear of a change ``ch`` of the store: the watchers of the family (ours
+    and remote ones) when its effective view changed, the other global nodes when "mine"
+    did."""
+    chg_set, chg_del, up_set, up_del, up_stamps = ch
+    if chg_set or chg_del:
+        _notify(family, chg_set, chg_del)
         if family == "'g":
-            for nodeid in ch.set:
+            for nodeid in chg_set:
                 # keep the global mesh connected, with the global nodes we can reach
                 if (
                     nodeid != _k.this_node
@@ -344,8 +346,8 @@ def _publish(family: str, ch: Changes) -> None:
                     )
                 ):
                     _send(nodeid, "g_global")
-    if ch.up_set or ch.up_del:
-        frames = store.change_frames(ch.up_set, ch.up_del, _limits.db_chunk, ch.up_stamps)
+    if up_set or up_del:
+        frames = store.change_frames(up_set, up_del, _limits.db_chunk, up_stamps)
         for peer in list(_store.peers):
             for frame in frames:
                 _send(peer, "g_upd", family, *frame)
@@ -359,15 +361,17 @@ def _apply(
     stamps: Optional[dict[str, Any]] = None,
 ) -> None:
     """Apply a source's change to the store; notify watchers; tell other globals."""
+    # positional: one update per db_set of a slave, the hot path of a global node
+    lim = _limits
     ch = _store.apply(
         src,
         family,
         set_,
         dels,
         stamps,
-        now=time.time(),
-        skew=_limits.db_stamp_skew,
-        max_keys=_max_keys(src),
+        time.time(),
+        lim.db_stamp_skew,
+        None if src == _k.this_node else lim.db_max_keys,
     )
     _publish(family, ch)
 
@@ -518,8 +522,8 @@ def _peer_up(nodeid: str) -> None:
     if nodeid in _store.peers:
         return
     others = list(_store.peers)
-    for family, ch in _store.add_peer(nodeid):
-        for frame in store.change_frames(ch.up_set, ch.up_del, _limits.db_chunk, ch.up_stamps):
+    for family, up_set, up_del, up_stamps in _store.add_peer(nodeid):
+        for frame in store.change_frames(up_set, up_del, _limits.db_chunk, up_stamps):
             for peer in others:
                 _send(peer, "g_upd", family, *frame)
     db, stamps = _store.mine_db()
@@ -546,15 +550,13 @@ def _req_g_upd(
     stamps: Any = None,
     *_: Any,
 ) -> None:
-    if not _global or not _family_ok(family, from_node):
+    if not _global or not family_ok(family, from_node, _limits.db_max_key, _warn):
         return
     peer = from_node in _store.peers
     _apply(
         from_node,
         family,
-        store.admit(from_node, family, set_, _limits, peer, _warn)
-        if isinstance(set_, dict)
-        else None,
+        admit(from_node, family, set_, _limits, peer, _warn) if isinstance(set_, dict) else None,
         dels if isinstance(dels, list) else None,
         stamps=stamps if peer and isinstance(stamps, dict) else None,
     )
