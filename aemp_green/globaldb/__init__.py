@@ -10,8 +10,9 @@ Two layers, one way:
   master and the other global nodes), this node's role (master, seeds, pending requests,
   watchers) and the public ``db_*`` functions.
 
-Importing the package installs ``sync`` as the node layer's directory (``node.set_directory``):
-the node layer asks it where nodes live and tells it about nodes coming and going.
+``runtime`` wires it to the layers below: it installs ``sync`` as the node layer's directory
+(``node.set_directory(globaldb.sync)``: the node layer asks it where nodes live and tells it
+about nodes coming and going) and calls ``configured``, ``become_global`` and ``seed_up``.
 
 Example::
 
@@ -20,7 +21,10 @@ Example::
     db_family("workers", timeout=5)
 """
 
+from . import sync as sync  # the directory runtime installs in node
 from .sync import (
+    become_global,
+    configured,
     db_del,
     db_family,
     db_keys,
@@ -30,6 +34,7 @@ from .sync import (
     db_values,
     is_global,
     master,
+    seed_up,
 )
 
 __all__ = [
@@ -42,4 +47,8 @@ __all__ = [
     "db_mon",
     "is_global",
     "master",
+    # for runtime
+    "configured",
+    "become_global",
+    "seed_up",
 ]

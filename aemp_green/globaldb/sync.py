@@ -25,19 +25,20 @@ of bounded size").
 
 This module owns the state of the node's database role (master, seeds, pending requests,
 watchers) and is the only writer of the store. The public API: ``db_set``, ``db_del``,
-``db_reg``, ``db_family``, ``db_keys``, ``db_values``, ``db_mon``; ``node`` reaches it through
-the hooks it installs with ``node.set_directory`` (``find_node``, ``node_up``, ``node_down``,
-``become_global``, ``seed_up``, ``configured``).
+``db_reg``, ``db_family``, ``db_keys``, ``db_values``, ``db_mon``. ``runtime`` installs this
+module as ``node``'s directory (``node.set_directory``: ``find_node``, ``node_up``,
+``node_down``) and calls ``configured``, ``become_global`` and ``seed_up``.
 """
 
 import logging
-import sys
 import time
 from typing import Any, Callable, Optional
 
 import gevent
 from gevent.event import AsyncResult
 
+from .. import config as _config
+from .. import connect
 from .. import kernel as _k
 from .. import node as _node
 from .._guard import Guard
@@ -162,7 +163,7 @@ def configured(cfg: dict[str, Any]) -> None:
     """
     global _limits
     _limits = _limits.updated(cfg)
-    _local_db.setdefault("'l", {})[_k.this_node] = _node.listener_addresses()
+    _local_db.setdefault("'l", {})[_k.this_node] = connect.listener_addresses()
     if _global:
         _replace(_k.this_node, _local_db, check=False)
 
@@ -183,7 +184,7 @@ def become_global() -> None:
     _parts.clear()
     logger.info("%s is now a global node", _k.this_node)
     _local_db.setdefault("'g", {})[_k.this_node] = None
-    _local_db.setdefault("'l", {})[_k.this_node] = _node.listener_addresses()
+    _local_db.setdefault("'l", {})[_k.this_node] = connect.listener_addresses()
     _replace(_k.this_node, _local_db, check=False)
     for nodeid in _node.up_nodes():
         _send(nodeid, "g_global")
@@ -275,7 +276,7 @@ def find_node(nodeid: str) -> bool:
 
 
 def _seeds_configured() -> bool:
-    return bool(_node.setting("seeds"))
+    return bool(_config.setting("seeds"))
 
 
 def _set_master(nodeid: str) -> None:
@@ -956,7 +957,3 @@ def db_mon(family: str, cb: Callable[..., Any]) -> Guard:
                     _send(_master, "g_mon0", family)
 
     return Guard.for_caller(undo)
-
-
-# the node layer asks us where nodes live, and tells us about nodes coming and going
-_node.set_directory(sys.modules[__name__])
