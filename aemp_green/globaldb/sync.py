@@ -770,12 +770,12 @@ def _local_update(
 def db_set(family: str, key: str, value: Any = None) -> Guard:
     """Set ``key`` in ``family`` to ``value`` in the shared database (as this node's entry).
 
-    An unchanged value is not sent again. Returns a guard: kept and dropped (or cancelled),
-    it deletes the key; as a bare statement the entry stays until ``db_del`` or this node
-    goes down. ``value`` must be JSON data that every link carries (``TypeError`` for bytes,
-    sets, objects or non-str dict keys; ``ValueError`` for NaN, infinity, ints beyond 64 bits,
-    nesting too deep, more than ``db_max_value`` bytes); keys and family names have at most
-    ``db_max_key`` characters.
+    An unchanged value is not sent again. Returns a guard: cancelled (or at the end of a
+    ``with`` block) it deletes the key; otherwise (kept, dropped or a bare statement) the entry
+    stays until ``db_del`` or this node goes down. ``value`` must be JSON data that every link
+    carries (``TypeError`` for bytes, sets, objects or non-str dict keys; ``ValueError`` for
+    NaN, infinity, ints beyond 64 bits, nesting too deep, more than ``db_max_value`` bytes);
+    keys and family names have at most ``db_max_key`` characters.
 
     Example::
 
@@ -919,7 +919,7 @@ def db_mon(family: str, cb: Callable[..., Any]) -> Guard:
     later calls list the keys added, changed and deleted. ``family_dict`` is a live copy owned
     by the library. Callbacks run synchronously, in update order, as in AEMP (on a global node the
     first call may come before ``db_mon`` returns); they must not block: spawn a greenlet port
-    for slow work. Returns a guard (kept and dropped, or cancelled, stops watching).
+    for slow work. Returns a guard (cancelled, or at the end of a ``with`` block, it stops watching).
 
     Example::
 
