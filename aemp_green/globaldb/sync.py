@@ -32,7 +32,7 @@ module as ``node``'s directory (``node.set_directory``: ``find_node``, ``node_up
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import gevent
 from gevent.event import AsyncResult
@@ -885,7 +885,7 @@ def db_family(
 
         receivers = db_family("eg_receivers", timeout=5)
     """
-    return _query("g_db_family", family, cb, timeout)
+    return cast(Optional[dict[str, Any]], _query("g_db_family", family, cb, timeout))
 
 
 def db_keys(
@@ -897,7 +897,7 @@ def db_keys(
 
         ports = db_keys("eg_receivers", timeout=5)
     """
-    return _query("g_db_keys", family, cb, timeout)
+    return cast(Optional[list[str]], _query("g_db_keys", family, cb, timeout))
 
 
 def db_values(
@@ -909,7 +909,7 @@ def db_values(
 
         infos = db_values("eg_receivers", timeout=5)
     """
-    return _query("g_db_values", family, cb, timeout)
+    return cast(Optional[list[Any]], _query("g_db_values", family, cb, timeout))
 
 
 def db_mon(family: str, cb: Callable[..., Any]) -> Guard:
