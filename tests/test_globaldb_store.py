@@ -487,3 +487,12 @@ def test_family_and_reply_parts():
     assert acc == keys and lparts[0] != acc  # merged into a copy
     assert merge_part(merge_part(None, {"a": 1}), {"b": 2}) == {"a": 1, "b": 2}
     assert merge_part({"a": 1}, ["mismatch"]) == {"a": 1}
+
+
+def test_the_module_example_runs():
+    import doctest
+
+    from aemp_green.globaldb import store
+
+    result = doctest.testmod(store)
+    assert result.attempted >= 5 and result.failed == 0

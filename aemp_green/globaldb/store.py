@@ -467,7 +467,7 @@ def check_value(value: Any, max_value: int, max_depth: int) -> None:
 
 
 #: What one ``Store.apply`` changed, as a plain tuple (one is made per update: a
-#: ``NamedTuple`` costs a tenth of a single-key ``g_upd``): ``(set, dels, up_set, up_del,
+#: ``NamedTuple`` costs ~8% of a single-key ``g_upd``): ``(set, dels, up_set, up_del,
 #: up_stamps)``; ``set`` (key -> new value) and ``dels`` (keys gone) in the effective view, for
 #: the watchers; ``up_set``, ``up_del`` and the stamps of ``up_set`` in "mine", what the peers
 #: must hear (``g_upd``).
