@@ -218,6 +218,7 @@ class Node:
         self._wakeup = None
         self._stopped = None
         self._pending = set()  # hub thread only: futures to fail at stop
+        self._stop_callbacks: Optional[list[Callable[[], Any]]] = []  # None once they ran
 
     # ------------------------------------------------------------------ the hub thread
     def _thread_main(
@@ -304,6 +305,36 @@ class Node:
                 raise _stopped_error()
             ops.append((fn, args, fut))
             self._async.send()
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the hub thread soon, after the operations already queued; return
+        at once (in the hub thread itself: run it now).
+
+        The building block of the other methods (``snd`` is ``post(aemp_green.snd, ...)``) and
+        of bridges built on this one (``aemp_green.aio``). ``fn`` runs in the pump greenlet:
+        it may use the plain aemp_green API but must not block (no ``call``, ``receive``,
+        blocking ``db_family``: use ``submit`` for those); an exception it raises is logged.
+        Raises ``RuntimeError`` once the bridge is stopped.
+
+        Example::
+
+            node.post(aemp_green.snd, worker, "job", 42)   # what node.snd(worker, ...) does
+        """
+        self._post(fn, *args)
+
+    def on_stop(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn()`` once the node has shut down (in the hub thread, from ``stop()``), or
+        at once in the calling thread when it already has.
+
+        Example::
+
+            node.on_stop(lambda: print("the aemp_green node is gone"))
+        """
+        with self._lock:
+            if self._stop_callbacks is not None:
+                self._stop_callbacks.append(fn)
+                return
+        fn()
 
     def _resolve(self, fut: Future, ok: bool, value: Any) -> None:
         self._pending.discard(fut)
@@ -690,6 +721,13 @@ class Node:
         runtime.shutdown()
         for fut in list(self._pending):
             self._resolve(fut, False, _stopped_error())
+        with self._lock:
+            callbacks, self._stop_callbacks = self._stop_callbacks or [], None
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:
+                logger.exception("threaded bridge: on_stop callback %r failed", fn)
         self._stopped.set()
 
     def __enter__(self) -> "Node":

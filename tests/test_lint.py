@@ -149,6 +149,7 @@ LAYERS = [
     "supervisor",
     "runtime",
     "threaded",
+    "aio",
     "monkey",
     "",
     "cli.base",
