@@ -448,7 +448,7 @@ SETTINGS = (
         "aemp_green: extra host:port addresses peers reach or see this node at (NAT, "
         "proxies, port forwards); port '*' matches any port (an outgoing NAT address).",
     ),
-    # the replicated database (global_)
+    # the replicated database (globaldb)
     Setting(
         "db_stamp_skew",
         300,

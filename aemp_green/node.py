@@ -79,7 +79,7 @@ class Directory(Protocol):
 
 
 class _NoDirectory:
-    """Stands in for the layer that knows where nodes live (the global database, ``global_``)
+    """Stands in for the layer that knows where nodes live (the global database, ``globaldb``)
     until it installs itself with ``set_directory``: this module never imports it."""
 
     def find_node(self, nodeid: str) -> bool:
@@ -104,7 +104,7 @@ def set_directory(directory: Union[Directory, ModuleType]) -> None:
         node.set_directory(globaldb)   # in runtime
     """
     global _directory
-    # a module (global_) matches the protocol only with these names in its __all__
+    # a module matches the protocol only with these names in its __all__
     _directory = cast(Directory, directory)
 
 
@@ -242,7 +242,7 @@ class RemoteNode:
 
         Example::
 
-            get_node(nodeid).found(["10.0.0.5:4040"])   # the g_found answer, in global_
+            get_node(nodeid).found(["10.0.0.5:4040"])   # the g_found answer, in globaldb.sync
         """
         if addrs:
             self.addrs = list(addrs)
