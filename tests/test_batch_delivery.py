@@ -125,7 +125,8 @@ def test_a_tracer_sees_every_frame_of_a_batch(target):
     cb2 = _names(t, "CB2")[0]
     t.run("""
         TRACED = []
-        node.add_tracer(lambda d, n, f: d == "RCV" and n == "rawpeer" and TRACED.append(list(f)))
+        from aemp_green import trace as _trace
+        _trace.add_tracer(lambda d, n, f: d == "RCV" and n == "rawpeer" and TRACED.append(list(f)))
     """)
     frames = [[cb2, "t", i] for i in range(50)]
     _batch(peer, frames)
