@@ -9,11 +9,11 @@ greenlet port), a crashing handler kills only its port, and tracers see every fr
 
 import pytest
 
-from netutil import RawPeer, cluster  # noqa: F401 - cluster: fixture
+from netutil import RawPeer
 
 
 @pytest.fixture(params=["json", "cbor"])
-def target(cluster, request):  # noqa: F811 - pytest fixture
+def target(cluster, request):
     t = cluster.node("target", binds=["127.0.0.1:*"])
     t.run("""
         GOT = []
