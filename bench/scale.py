@@ -69,6 +69,17 @@ def _rss(pid):
     raise RuntimeError("no VmRSS for %d" % pid)
 
 
+class _Kids(Cluster):
+    """``netutil.Cluster`` whose children run with the library's defaults where the test
+    harness differs: ``check_local_messages`` off (the child turns it on, as the test suite
+    does; it encodes every local message)."""
+
+    def start(self, *specs):
+        return super().start(
+            *[(name, dict({"check_local_messages": False}, **cfg)) for name, cfg in specs]
+        )
+
+
 SEED_SNIPPET = """
 import gc, statistics
 import aemp_green.global_ as G
@@ -126,7 +137,7 @@ def _join(n):
 def series_db(args, log_dir):
     """The database series: seed memory per key, join time and leave cost per database size."""
     sizes = [10, 100, 1000, 5000] if args.quick else [10, 100, 1000, 10000, 100000]
-    kids = Cluster(log_dir)
+    kids = _Kids(log_dir)
     rows = []
     try:
         seed_addr = "127.0.0.1:%d" % free_port()
@@ -243,17 +254,27 @@ def _mesh_connect(ports):
     wait_for(lambda: want <= set(up_nodes()), 120)
     emit("meshed", max([t0] + [MESH["up"].get(nid, t0) for nid in want]))
 
-def _mesh_flood(ports, dur, batch=20):
+def _mesh_flood(ports, t_start, warm, dur, batch=20):
+    # every node floods every other from t_start on; its counter is read at t_start + warm
+    # and dur seconds later (by this node, on the shared monotonic clock), and the flood goes
+    # on until that second reading was taken, however late a loaded machine made it
     others = [p for p in ports if node_of(p) != NODE()]
-    end = time.monotonic() + dur
+    marks = []
+    def _sampler():
+        for t in (t_start + warm, t_start + warm + dur):
+            gevent.sleep(max(0.0, t - time.monotonic()))
+            marks.append((time.monotonic(), MESH["n"], time.process_time()))
+    sampler = gevent.spawn(_sampler)
+    gevent.sleep(max(0.0, t_start - time.monotonic()))
     sent = 0
-    while time.monotonic() < end:
+    while len(marks) < 2:
         for p in others:
             for _ in range(batch):
                 snd(p, "m")
         sent += batch * len(others)
         gevent.sleep(0)
-    emit("flooded", sent)
+    sampler.join()
+    emit("flooded", sent, marks)
 """
 
 
@@ -264,7 +285,7 @@ def series_nodes(args, log_dir):
     flood_s = 1.0 if args.quick else 2.0
     rows = []
     for n in sizes:
-        kids = Cluster(log_dir)
+        kids = _Kids(log_dir)
         try:
             seed_spec = kids.seed_spec("s%d_0" % n)
             seed_addr = seed_spec[1]["binds"][0]
@@ -294,16 +315,15 @@ def series_nodes(args, log_dir):
                 if n > 2
                 else None
             )
+            t_start = _mono() + 0.2 + 0.05 * n  # after every node got the snippet
             for c in nodes:
-                c.exec("_mesh_flood(%r, %r)" % (ports, flood_s + 1.0))
-            # a window inside the flood: counts read at two instants on every node
-            time.sleep(0.5)
-            c1 = [c.ask("(time.monotonic(), MESH['n'])", timeout=30) for c in nodes]
-            time.sleep(flood_s)
-            c2 = [c.ask("(time.monotonic(), MESH['n'])", timeout=30) for c in nodes]
-            rate = sum((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(c1, c2))
+                c.exec("_mesh_flood(%r, %r, 0.5, %r)" % (ports, t_start, flood_s))
+            rate = msgs = cpu = 0.0
             for c in nodes:
-                c.expect("flooded", timeout=60)
+                _, ((t1, c1, p1), (t2, c2, p2)) = c.expect("flooded", timeout=60 + flood_s)
+                rate += (c2 - c1) / (t2 - t1)
+                msgs += c2 - c1
+                cpu += p2 - p1
             row = {
                 "series": "nodes",
                 "nodes": n,
@@ -312,6 +332,9 @@ def series_nodes(args, log_dir):
                 "rss_per_link_bytes": None if per_link is None else round(per_link),
                 "rss_median_bytes": int(statistics.median(rss1)),
                 "msgs_per_s": round(rate),
+                # the same per CPU second the nodes used in the window: what a loaded, shared
+                # machine changes least
+                "msgs_per_cpu_s": round(msgs / cpu) if cpu else None,
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -392,7 +415,7 @@ def series_ports(args, log_dir):
     round trip to a random port); greenlet ports 10k -> 100k (memory, spawn rate)."""
     cb_sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 300_000, 1_000_000]
     gl_sizes = [1_000, 10_000] if args.quick else [10_000, 30_000, 100_000]
-    kids = Cluster(log_dir)
+    kids = _Kids(log_dir)
     rows = []
     try:
         spec = kids.seed_spec("ports")
@@ -555,7 +578,7 @@ def series_msgsize(args, log_dir):
     )
     budget = (8 if args.quick else 48) * 1_000_000  # payload bytes per measurement
     reps = 1 if args.quick else 3
-    kids = Cluster(log_dir)
+    kids = _Kids(log_dir)
     rows = []
     try:
         spec = kids.seed_spec("rx")
@@ -629,7 +652,7 @@ def series_monitors(args, log_dir):
     sizes = [1000, 10_000] if args.quick else [1000, 10_000, 100_000]
     rows = []
     for n in sizes:
-        kids = Cluster(log_dir)
+        kids = _Kids(log_dir)
         try:
             spec = kids.seed_spec("target%d" % n)
             t, w = kids.start(spec, ("watcher%d" % n, dict(seeds=spec[1]["seeds"])))
@@ -890,7 +913,7 @@ def _wan_wait_keys(n):
 
 def _wan_round(net, n, delay_ms, log_dir, tag):
     """One measurement with ``n`` nodes (node 0 the seed, node n-1 joins last)."""
-    kids = Cluster(log_dir)
+    kids = _Kids(log_dir)
     try:
         net.set_delay(delay_ms)
         seed_addr = "%s:4040" % net.addr(0)
