@@ -49,18 +49,9 @@ from .ports import (
     receive_match,
     spawn,
 )
-from .node import (
-    configure,
-    eval_on,
-    known_nodes,
-    mon_nodes,
-    node_is_up,
-    run_forever,
-    shutdown,
-    snd_on,
-    snd_to_func,
-    up_nodes,
-)
+from .node import eval_on, known_nodes, mon_nodes, node_is_up, snd_on, snd_to_func, up_nodes
+from .connect import listener_addresses
+from .runtime import configure, run_forever, shutdown
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
 
@@ -102,6 +93,7 @@ __all__ = [
     "up_nodes",
     "known_nodes",
     "mon_nodes",
+    "listener_addresses",
     "snd_to_func",
     "snd_on",
     "eval_on",

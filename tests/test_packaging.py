@@ -113,6 +113,9 @@ def test_wheel_contents(dists):
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         eps = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "aemp_green/py.typed" in names
+    # every module of the package, subpackages (cli/, wire/, ...) included
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "aemp_green").rglob("*.py")}
+    assert not modules - set(names), "not in the wheel: %s" % sorted(modules - set(names))
     assert any(
         n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names
     )
