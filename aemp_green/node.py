@@ -418,7 +418,7 @@ class RemoteNode:
                 # monitoring a node port means monitoring the connection: make one
                 self.send(("", ""))
         else:
-            lst.append(action)
+            self.monitors[portname] = _k.monitors_add(lst, action)
 
     def unmonitor(self, portname, action):
         """Forget ``action``; after the last one on ``portname``, send ``mon0`` if the link is up.
@@ -430,11 +430,7 @@ class RemoteNode:
                 n.unmonitor("worker", action)
         """
         lst = self.monitors.get(portname)
-        if not lst:
-            return
-        try:
-            lst.remove(action)
-        except ValueError:
+        if not lst or not _k.monitors_discard(lst, action):
             return
         if not lst:
             del self.monitors[portname]
