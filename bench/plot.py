@@ -46,7 +46,7 @@ PANELS = {
                     "RSS growth / node",
                     {},
                     lambda r: r["nodes"],
-                    lambda r: r["rss_per_link_bytes"] and r["rss_per_link_bytes"] * (r["nodes"] - 2),
+                    lambda r: r["rss_per_peer_bytes"] and r["rss_per_peer_bytes"] * (r["nodes"] - 2),
                 )
             ],
         ),

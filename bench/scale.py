@@ -60,6 +60,18 @@ def _alarm(signum, frame):
     raise _Deadline("overall deadline reached")
 
 
+def _sockets(pid):
+    """How many sockets process ``pid`` has open (Linux ``/proc``)."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
 def _rss(pid):
     """Resident set size of process ``pid`` in bytes (Linux ``/proc``)."""
     with open("/proc/%d/status" % pid) as f:
@@ -309,12 +321,15 @@ def series_nodes(args, log_dir):
             for c in nodes:
                 c.run("gc.collect()", timeout=30)
             rss1 = [_rss(c.proc.pid) for c in nodes]
-            # before the mesh a member had one link (to the seed), after it n - 1
-            per_link = (
+            # before the mesh a member had one peer (the seed), after it n - 1
+            per_peer = (
                 statistics.median([(b - a) / (n - 2) for a, b in zip(rss0[1:], rss1[1:])])
                 if n > 2
                 else None
             )
+            # TCP connections (sockets but the listener): two for a pair that dialled each
+            # other at the same moment (the second is kept, read from only)
+            conns = statistics.median([_sockets(c.proc.pid) - 1 for c in nodes])
             t_start = _mono() + 0.2 + 0.05 * n  # after every node got the snippet
             for c in nodes:
                 c.exec("_mesh_flood(%r, %r, 0.5, %r)" % (ports, t_start, flood_s))
@@ -329,7 +344,8 @@ def series_nodes(args, log_dir):
                 "nodes": n,
                 "links": n * (n - 1) // 2,
                 "mesh_s": round(mesh_s, 4),
-                "rss_per_link_bytes": None if per_link is None else round(per_link),
+                "rss_per_peer_bytes": None if per_peer is None else round(per_peer),
+                "tcp_conns_per_node": conns,
                 "rss_median_bytes": int(statistics.median(rss1)),
                 "msgs_per_s": round(rate),
                 # the same per CPU second the nodes used in the window: what a loaded, shared
@@ -363,19 +379,19 @@ CTL = port(_ctl)
 def _make_cb(n):
     need = n - len(CB_PORTS)
     app = CB_PORTS.append
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(need):
         app(port(_h))
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     gc.collect()
-    emit("made", need, dt)
+    emit("made", need, dt, cpu)
 
 def _snd_local(k):
     sample = random.choices(CB_PORTS, k=k)
-    t0 = time.perf_counter()
+    c0 = time.process_time()
     for p in sample:
         snd(p, "x")
-    emit("snd_local", (time.perf_counter() - t0) / k)
+    emit("snd_local", (time.process_time() - c0) / k)
 
 def _gl_body():
     GL["started"] += 1
@@ -384,15 +400,15 @@ def _gl_body():
 def _make_gl(n):
     need = n - len(GL_PORTS)
     app = GL_PORTS.append
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(need):
         app(spawn(_gl_body))
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     while GL["started"] < n:
         gevent.sleep(0)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     gc.collect()
-    emit("made_gl", need, t1 - t0, dt)
+    emit("made_gl", need, t1 - c0, cpu, dt)
 """
 
 PINGER_SNIPPET = """
@@ -428,7 +444,7 @@ def series_ports(args, log_dir):
         made_s = 0.0
         for n in cb_sizes:
             p.exec("_make_cb(%d)" % n)
-            need, dt = p.expect("made", timeout=300)
+            need, wall, dt = p.expect("made", timeout=300)
             made_s += dt
             rss = _rss(p.proc.pid)
             p.exec("_snd_local(50000)")
@@ -443,6 +459,7 @@ def series_ports(args, log_dir):
                 # CB_PORTS (the benchmark's own list of IDs) holds 8 bytes per port of this
                 "bytes_per_port": round((rss - rss0) / n, 1),
                 "spawn_per_s": round(need / dt),
+                "spawn_per_wall_s": round(need / wall),
                 "create_total_s": round(made_s, 4),
                 "snd_local_ns": round(snd_s * 1e9, 1),
                 "remote_rtt_p50_us": round(rtt50 * 1e6, 1),
@@ -454,7 +471,7 @@ def series_ports(args, log_dir):
         made_s = 0.0
         for n in gl_sizes:
             g.exec("_make_gl(%d)" % n)
-            need, spawn_s, dt = g.expect("made_gl", timeout=300)
+            need, spawn_s, dt, wall = g.expect("made_gl", timeout=300)
             made_s += dt
             rss = _rss(g.proc.pid)
             row = {
@@ -464,6 +481,7 @@ def series_ports(args, log_dir):
                 "rss_growth_bytes": rss - rss0,
                 "bytes_per_port": round((rss - rss0) / n, 1),
                 "spawn_per_s": round(need / dt),
+                "spawn_per_wall_s": round(need / wall),
                 "spawn_call_per_s": round(need / spawn_s),
                 "create_total_s": round(made_s, 4),
             }
