@@ -141,6 +141,15 @@ PANELS = {
             ],
         ),
         (
+            "k guards on one port: make, cancel all (CPU)",
+            "ms",
+            "linear",
+            [
+                ("make", {}, lambda r: r["monitors"], lambda r: r.get("one_port_mon_ms")),
+                ("cancel, newest first", {}, lambda r: r["monitors"], lambda r: r.get("one_port_cancel_ms")),
+            ],
+        ),
+        (
             "watcher memory per monitor",
             "bytes",
             "flat",

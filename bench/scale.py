@@ -1,12 +1,53 @@
-"""How aemp_green behaves as things grow: one function per series, real processes on 127.0.0.1.
+"""How aemp_green behaves as things grow: one function per series, real processes.
 
-Run ``python bench/scale.py [--series db] [--quick] [--out FILE]``. Each series prints one JSON
-line per measured size and writes all of them to ``bench/results/scale-<series>.json`` (or
-``--out``). ``--quick`` uses smaller sizes (a smoke run of about half a minute).
+Run ``python bench/scale.py [--series nodes,ports,...] [--quick] [--out FILE]`` (every series by
+default; about 4 minutes on the 2-vCPU development machine, ``--quick`` about 1). Each series
+prints one JSON line per measured size and writes all of them to
+``bench/results/scale-<series>.json`` (``-quick`` added for ``--quick``; or ``--out``);
+``python bench/plot.py`` turns those into ``docs/img/scale-<series>.png``. Times a node measures
+itself are CPU seconds where the work is CPU-bound in one process (the machine is shared), wall
+time on the shared ``CLOCK_MONOTONIC`` where several processes take part.
 
 This process is only the conductor: it never configures a node. It starts child nodes with the
-test harness (``tests/child.py`` through ``tests/netutil.ChildNode``) and drives them with
-snippets.
+test harness (``tests/child.py`` through ``tests/netutil.Cluster``, with
+``check_local_messages`` off as in the library's defaults) and drives them with snippets.
+
+Series ``nodes`` (2 -> 32 processes; ``--quick``: 2 -> 8)
+    One seed, every other node seeded with it. ``mesh_s``: from telling every node the others'
+    port IDs (each sends one message to each) until every node has a link to every other.
+    ``rss_per_peer_bytes``: a member's RSS growth over the mesh divided by its new peers;
+    ``tcp_conns_per_node``: its TCP connections (two for a pair that dialled each other at the
+    same moment). ``msgs_per_s``: every node floods every other (20 messages per peer per loop
+    turn), the sum of the receive rates each node measures itself over a window;
+    ``msgs_per_cpu_s``: the same per CPU second the nodes used in that window.
+
+Series ``ports`` (callback ports 10k -> 1M, greenlet ports 10k -> 100k on one node)
+    ``bytes_per_port``: RSS growth / ports (the benchmark's list of IDs adds 8 bytes);
+    ``spawn_per_s``: ports made per CPU second (greenlet ports: until each ran to its
+    ``receive``); ``snd_local_ns``: CPU per local ``snd`` to a random one of them (a no-op
+    handler); ``remote_rtt_p50_us``: ``call`` round trip from a second node to a random port.
+
+Series ``msgsize`` (10 B -> 1 MB)
+    A string payload of that size, flooded over one link, MB/s from the first ``snd`` to the
+    last message handled (medians of 3), and the same bytes as ujson lines through a bare gevent
+    socket between the same two processes (written 64 KiB at a time, decoded line by line).
+
+Series ``monitors`` (1k -> 100k)
+    A watcher monitors n ports on a target node (``mon_per_s``, ``watcher_bytes_per_monitor``);
+    the target is SIGKILLed: ``first_fired_ms`` / ``all_fired_ms`` after the kill. Then n guards
+    on one local port are made and cancelled newest first (``one_port_*_ms``, CPU).
+
+Series ``wan`` (8 and 16 nodes; ``--quick``: 8)
+    One network namespace per node, 10.213.0.x, 0 and then 20 ms one way between any two: with
+    ``tc netem`` on veth pairs to a bridge (in a namespace of its own) where the kernel has
+    ``sch_netem``, else a TUN device per namespace and a delay line in this process. Made and
+    removed by the benchmark (``finally`` and ``atexit``); skipped with a message where
+    namespaces cannot be made (not root, no ``ip``). n - 1 nodes each hold a key in the family
+    ``wan`` and watch it; one more node joins: ``join_sees_all_ms`` (its ``db_mon`` holds every
+    key) and ``all_see_join_ms`` (every other node saw its key), from its ``ready``;
+    ``converge_ms`` is the later of the two. After a full mesh, one node is SIGKILLed:
+    ``down_everywhere_ms`` (every node's ``mon_nodes`` saw it go) and
+    ``db_delete_everywhere_ms`` (every node's ``db_mon`` saw its key deleted).
 
 Series ``db`` (the replicated database)
     A seed (the global node) and a writer node ``w``. The writer fills the family ``scale``
@@ -662,6 +703,17 @@ def _mon_all(ctl):
     # a round trip behind the monitor requests on the same link: they are all installed
     call(ports[0], "ping", timeout=120)
     emit("monitoring", len(ports), time.perf_counter() - t0)
+
+def _one_port(k):
+    # k guards on one local port, cancelled newest first (CPU seconds)
+    p = port()
+    c0 = time.process_time()
+    guards = [mon(p, _fired) for _ in range(k)]
+    c1 = time.process_time()
+    for g in reversed(guards):
+        g.cancel()
+    emit("one_port", c1 - c0, time.process_time() - c1)
+    kil(p)
 """
 
 
@@ -687,6 +739,8 @@ def series_monitors(args, log_dir):
             t_kill = _mono()
             t.kill()
             t_first, t_all = w.expect("all_fired", timeout=300)
+            w.exec("_one_port(%d)" % n)
+            one_mon_s, one_cancel_s = w.expect("one_port", timeout=120)
             row = {
                 "series": "monitors",
                 "monitors": n,
@@ -694,6 +748,8 @@ def series_monitors(args, log_dir):
                 "watcher_bytes_per_monitor": round((rss1 - rss0) / n, 1),
                 "first_fired_ms": _ms(t_first - t_kill),
                 "all_fired_ms": _ms(t_all - t_kill),
+                "one_port_mon_ms": _ms(one_mon_s),
+                "one_port_cancel_ms": _ms(one_cancel_s),
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
