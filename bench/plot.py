@@ -35,7 +35,8 @@ PANELS = {
             "time until every node sees every other",
             "s",
             "linear",
-            [("mesh", {}, lambda r: r["nodes"], lambda r: r["mesh_s"])],
+            [("mesh", {}, lambda r: r["links"], lambda r: r["mesh_s"])],
+            "node pairs n(n-1)/2",
         ),
         (
             "memory of all links, per node",
@@ -190,17 +191,27 @@ X_LABEL = {
 }
 
 
+def _human(v):
+    """10 -> "10", 10000 -> "10k", 1000000 -> "1M"."""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return ("%g" % (v / div)) + suffix
+    return "%g" % v
+
+
 def plot_series(name, data, out_dir):
     """Write ``scale-<name>.png`` for the loaded JSON ``data``; return its path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     panels = PANELS[name]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, (title, ylabel, ref, curves) in zip(axes[0], panels):
+    for ax, (title, ylabel, ref, curves, *xlabel) in zip(axes[0], panels):
         drawn = False
+        xs_all = set()
         for label, match, fx, fy in curves:
             pts = []
             for r in _rows(data["rows"], **match):
@@ -214,6 +225,7 @@ def plot_series(name, data, out_dir):
                 continue
             xs, ys = zip(*sorted(pts))
             (line,) = ax.plot(xs, ys, "o-", label=label)
+            xs_all.update(xs)
             if len(xs) > 1:  # the reference through this curve's first point
                 x0, y0, x1 = xs[0], ys[0], xs[-1]
                 ref_ys = [y0, y0 * x1 / x0] if ref == "linear" else [y0, y0]
@@ -229,7 +241,11 @@ def plot_series(name, data, out_dir):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel(X_LABEL[name])
+        ax.set_xlabel(xlabel[0] if xlabel else X_LABEL[name])
+        if xs_all:
+            ax.set_xticks(sorted(xs_all))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _human(v)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
