@@ -678,7 +678,7 @@ DEAD = False  # value of port.monitors once the port is dead
 MONITORS_LIST_MAX = 8
 
 
-def monitors_add(mons, action):
+def monitors_add(mons: Any, action: Callable[..., Any]) -> Any:
     """Return the monitor collection ``mons`` (``None``, a list or a dict) with ``action`` added:
     a list while small, a dict once bigger than ``MONITORS_LIST_MAX``.
 
@@ -697,7 +697,7 @@ def monitors_add(mons, action):
     return mons
 
 
-def monitors_discard(mons, action):
+def monitors_discard(mons: Any, action: Callable[..., Any]) -> bool:
     """Remove ``action`` from the monitor collection ``mons`` (O(1) once it is a dict); returns
     whether it was there.
 
