@@ -55,7 +55,7 @@ from bisect import insort
 from collections.abc import Callable, Generator
 from typing import Any, Optional, cast
 
-from . import global_, kernel, ports, threaded
+from . import globaldb, kernel, ports, threaded
 from ._guard import Guard
 from .exceptions import PortDied, Timeout
 
@@ -601,7 +601,7 @@ class Node:
 
             await node.db_set("web_frontends", node.id, {"url": "http://10.0.0.5:8000/"})
         """
-        hub_guard = await self._ask(global_.db_set, family, key, value, undo=Guard.cancel)
+        hub_guard = await self._ask(globaldb.db_set, family, key, value, undo=Guard.cancel)
         return self._guard(hub_guard)
 
     async def db_reg(self, family: str, port: str, value: Any = None) -> Guard:
@@ -612,7 +612,7 @@ class Node:
             inbox = await node.port()
             await node.db_reg("listeners", inbox.id)
         """
-        hub_guard = await self._ask(global_.db_reg, family, port, value, undo=Guard.cancel)
+        hub_guard = await self._ask(globaldb.db_reg, family, port, value, undo=Guard.cancel)
         return self._guard(hub_guard)
 
     async def db_del(self, family: str, *keys: str) -> None:
@@ -622,7 +622,7 @@ class Node:
 
             await node.db_del("web_frontends", node.id)
         """
-        await self._ask(global_.db_del, family, *keys)
+        await self._ask(globaldb.db_del, family, *keys)
 
     async def db_mon(self, family: str, cb: Callable[..., Any]) -> Guard:
         """Watch ``family``: ``cb(family_dict, added, changed, deleted)`` **in the event loop's
@@ -650,7 +650,7 @@ class Node:
         return Guard(functools.partial(self._unwatch, w))
 
     def _db_mon_op(self, w: _Watch, family: str) -> Guard:
-        return global_.db_mon(family, functools.partial(self._db_changed, w))
+        return globaldb.db_mon(family, functools.partial(self._db_changed, w))
 
     def _db_changed(
         self,
@@ -717,7 +717,7 @@ class Node:
 
             frontends = await node.db_family("web_frontends", timeout=5)
         """
-        return cast(dict[str, Any], await self._db_query(global_.db_family, family, timeout))
+        return cast(dict[str, Any], await self._db_query(globaldb.db_family, family, timeout))
 
     async def db_keys(self, family: str, timeout: Optional[float] = None) -> list[str]:
         """The keys of ``family`` as a list, awaited.
@@ -726,7 +726,7 @@ class Node:
 
             workers = await node.db_keys("workers", timeout=5)
         """
-        return cast(list[str], await self._db_query(global_.db_keys, family, timeout))
+        return cast(list[str], await self._db_query(globaldb.db_keys, family, timeout))
 
     async def db_values(self, family: str, timeout: Optional[float] = None) -> list[Any]:
         """The values of ``family`` as a list, awaited.
@@ -735,7 +735,7 @@ class Node:
 
             infos = await node.db_values("workers", timeout=5)
         """
-        return cast(list[Any], await self._db_query(global_.db_values, family, timeout))
+        return cast(list[Any], await self._db_query(globaldb.db_values, family, timeout))
 
     def _guard(self, hub_guard: Guard) -> Guard:
         """A loop-side guard whose ``cancel()`` cancels ``hub_guard`` in the hub."""

@@ -58,7 +58,7 @@ import gevent
 from gevent import monkey as _gmonkey
 from gevent.event import Event
 
-from . import config as _config, global_, kernel, ports, runtime
+from . import config as _config, globaldb, kernel, ports, runtime
 from ._guard import Guard
 from .exceptions import PortDied, Timeout
 
@@ -539,7 +539,7 @@ class Node:
 
             node.db_set("web_frontends", node.id, {"url": "http://10.0.0.5:8000/"})
         """
-        return self._bridge_guard(global_.db_set, family, key, value)
+        return self._bridge_guard(globaldb.db_set, family, key, value)
 
     def db_reg(self, family: str, port: str, value: Any = None) -> Guard:
         """``aemp_green.db_reg``: register ``port`` in ``family`` until the port dies.
@@ -549,7 +549,7 @@ class Node:
             inbox = node.inbox()
             node.db_reg("listeners", inbox.id)
         """
-        return self._bridge_guard(global_.db_reg, family, port, value)
+        return self._bridge_guard(globaldb.db_reg, family, port, value)
 
     def db_del(self, family: str, *keys: str) -> Any:
         """``aemp_green.db_del`` from any thread (returns once applied).
@@ -559,8 +559,8 @@ class Node:
             node.db_del("web_frontends", node.id)
         """
         if self._in_hub():
-            return global_.db_del(family, *keys)
-        return self._wait(self._ask(global_.db_del, family, *keys))
+            return globaldb.db_del(family, *keys)
+        return self._wait(self._ask(globaldb.db_del, family, *keys))
 
     def db_mon(self, family: str, cb: Callable[..., Any]) -> Guard:
         """``aemp_green.db_mon``: ``cb(family_dict, added, changed, deleted)`` **in the hub
@@ -570,10 +570,10 @@ class Node:
 
             node.db_mon("workers", lambda db, added, changed, deleted: print(sorted(db)))
         """
-        return self._bridge_guard(global_.db_mon, family, cb)
+        return self._bridge_guard(globaldb.db_mon, family, cb)
 
     def _db_query(self, name: str, family: str, timeout: Optional[float]) -> Any:
-        fn = getattr(global_, name)
+        fn = getattr(globaldb, name)
         if self._in_hub():
             return fn(family, timeout=timeout)
         fut = _new_future()

@@ -344,6 +344,8 @@ class Link:
     _raw: Any
     close_reason: Optional[str]
     _watchdog: Optional[gevent.Greenlet]
+    #: set once ``on_close`` ran (made by ``node`` for the links of its nodes)
+    closed_event: Event
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ dict in ``VIEW[tag]``.
 from netutil import free_port
 
 HELPERS = """
-import aemp_green.global_ as G
+import aemp_green.globaldb as G
 
 VIEW = {}
 
