@@ -348,7 +348,7 @@ def series_nodes(args, log_dir):
             for c in nodes:
                 c.exec(
                     MESH_SNIPPET
-                    + "\nimport aemp_green.global_ as G\n"
+                    + "\nimport aemp_green.globaldb as G\n"
                     + "wait_for(lambda: G.master() is not None, 60)\n"
                     + "gc.collect()\nemit('meshready', MESH_PORT)\n"
                 )
@@ -963,7 +963,7 @@ def _netns_problem():
 
 
 WAN_MEMBER_SNIPPET = """
-import aemp_green.global_ as G
+import aemp_green.globaldb as G
 WAN = {"added": {}, "deleted": {}, "down": {}, "port": None}
 def _wan_db(db, added, changed=None, deleted=None):
     now = time.monotonic()
