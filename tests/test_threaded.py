@@ -350,10 +350,10 @@ def test_start_refuses_when_the_kernel_is_bound_or_configured():
 
 def test_pytest_process_kernel_stays_on_the_main_thread():
     """This process never configured a node, and its kernel (if bound) is the main thread's."""
-    from aemp_green import config, kernel
+    from aemp_green import _hub, config
 
     assert not config.is_configured()
-    hub = kernel._hub
+    hub = _hub.current_hub()
     assert hub is None or hub.thread_ident == threading.main_thread().ident
 
 
