@@ -1,6 +1,6 @@
 """Bad input against a live node: raw sockets from this process attack a child node's listener.
 
-PROTOCOL.md 12: "A refused or failed handshake closes the socket, is logged with the reason, and
+docs/protocol.md#refused-handshakes: "A refused or failed handshake closes the socket, is logged with the reason, and
 never disturbs other connections." Each test starts a target node and a legitimate node connected
 to it, sends 50 numbered messages over that link, attacks, and then checks that the attack
 connection was closed (or the bad message ignored), the reason was logged, and the legitimate
@@ -243,7 +243,7 @@ def test_hopeless_greeting_is_refused(target, hs_kwargs, reason):
 
 
 def test_echo_attack(target):
-    """Sending the node's own two greeting lines back (PROTOCOL.md 1.2)."""
+    """Sending the node's own two greeting lines back (docs/protocol.md#greeting-checks)."""
     sock = raw_connect(target.addr)
     try:
         buf = b""
@@ -272,7 +272,7 @@ def test_self_connection_is_refused(target):
 
 def test_second_connection_of_a_connected_node_is_refused(target):
     """A connection claiming to be ``legit`` (which is connected) is closed at its greeting even
-    with the right secret; the real ``legit`` link stays (PROTOCOL.md 1.3 item 4)."""
+    with the right secret; the real ``legit`` link stays (docs/protocol.md#greeting-checks, item 5)."""
     peer = RawPeer(target.addr, nodeid="legit")
     try:
         peer.send_raw(peer.hs.data_to_send())

@@ -1,6 +1,6 @@
 """Tests for the ``aemp`` command (aemp_green.cli).
 
-API.md line proven here: "The `aemp` command" (every subcommand; setX also as X; chaining;
+docs/api.md sections proven here: "The `aemp` command" (every subcommand; setX also as X; chaining;
 JSON arguments), plus "Network" (the AEMP rc file shared with Perl: unknown keys kept, ``<file>~``
 backup) as far as ``aemp`` writes it.
 

@@ -1,4 +1,4 @@
-"""DataConn (API.md Side services): direct, authenticated byte streams between two nodes over
+"""DataConn (docs/api.md#side-services): direct, authenticated byte streams between two nodes over
 the nodes' own listener (protocol ``aemp-dataconn``), for bulk data that must not block the
 message link.
 

@@ -1,4 +1,4 @@
-"""Monitoring: mon forms, one-shot firing, guards, mon_guard, spawn by name (API.md
+"""Monitoring: mon forms, one-shot firing, guards, mon_guard, spawn by name (docs/api.md
 "Monitoring")."""
 
 import gc
@@ -19,7 +19,7 @@ ZERO_DIV = ("die", "ZeroDivisionError: division by zero")
 
 
 def test_mon_callable_gets_reason():
-    """API.md: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies"."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies"."""
     col = Collector()
     p = port()
     mon(p, col)
@@ -33,7 +33,7 @@ def test_mon_callable_gets_reason():
 
 
 def test_mon_rcvport_killed_with_same_reason():
-    """API.md: "`mon(port, rcvport)` kills `rcvport` with the same reason when the reason is
+    """docs/api.md#monitoring: "`mon(port, rcvport)` kills `rcvport` with the same reason when the reason is
     non-empty"."""
     col = Collector()
     p = port()
@@ -46,7 +46,7 @@ def test_mon_rcvport_killed_with_same_reason():
 
 
 def test_mon_rcvport_not_killed_on_normal_exit():
-    """API.md: "`mon(port, rcvport)` kills `rcvport` ... when the reason is non-empty" -- a normal
+    """docs/api.md#monitoring: "`mon(port, rcvport)` kills `rcvport` ... when the reason is non-empty" -- a normal
     exit leaves rcvport alive."""
     sentinel = Collector()
     p = port()
@@ -61,7 +61,7 @@ def test_mon_rcvport_not_killed_on_normal_exit():
 
 
 def test_mon_one_argument_uses_self():
-    """API.md: "`mon(port)` is that with `rcvport = SELF()`"."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`"."""
     col = Collector()
     target = port()
 
@@ -78,7 +78,7 @@ def test_mon_one_argument_uses_self():
 
 
 def test_mon_one_argument_in_callback_port():
-    """API.md: "`mon(port)` is that with `rcvport = SELF()`" -- in an rcv handler."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" -- in an rcv handler."""
     col = Collector()
     target = port()
     watcher = port()
@@ -95,7 +95,7 @@ def test_mon_one_argument_in_callback_port():
 
 
 def test_mon_one_argument_outside_port_context_raises():
-    """API.md: "`mon(port)` is that with `rcvport = SELF()`" -- no SELF, no one-argument mon."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" -- no SELF, no one-argument mon."""
     p = port()
 
     def body():
@@ -108,7 +108,7 @@ def test_mon_one_argument_outside_port_context_raises():
 
 
 def test_mon_rcvport_with_message():
-    """API.md: "`mon(port, rcvport, *msg)` sends `msg + reason` to `rcvport`."."""
+    """docs/api.md#monitoring: "`mon(port, rcvport, *msg)` sends `msg + reason` to `rcvport`."."""
     col = Collector()
     inbox = col.port()
     p = port()
@@ -124,7 +124,7 @@ def test_mon_rcvport_with_message():
 
 
 def test_mon_bad_arguments():
-    """API.md: "`mon(port, cb)`" -- the second argument is a callable or a port ID."""
+    """docs/api.md#monitoring: "`mon(port, cb)`" -- the second argument is a callable or a port ID."""
     p = port()
     with pytest.raises(TypeError):
         mon(p, 42)
@@ -137,7 +137,7 @@ def test_mon_bad_arguments():
 
 
 def test_mon_is_one_shot():
-    """API.md: "One-shot." -- killing twice fires once."""
+    """docs/api.md#monitoring: "One-shot." -- killing twice fires once."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -153,7 +153,7 @@ def test_mon_is_one_shot():
 
 
 def test_mon_fires_once_per_monitor_in_order():
-    """API.md: "`mon(port, cb)` calls `cb(*reason)` once" -- every monitor once."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once" -- every monitor once."""
     col = Collector()
     p = port()
     for i in range(5):
@@ -165,7 +165,7 @@ def test_mon_fires_once_per_monitor_in_order():
 
 
 def test_monitor_fires_in_fresh_greenlet_not_in_dying_code():
-    """API.md: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- in a fresh
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- in a fresh
     greenlet, not inside the dying port's code (its SELF is not the dying port)."""
     col = Collector()
 
@@ -203,7 +203,7 @@ def test_monitor_fires_in_fresh_greenlet_not_in_dying_code():
 
 
 def test_mon_nonexistent_local_port_fires_no_such_port():
-    """API.md: "Monitoring a nonexistent local port fires at once with `("no_such_port",
+    """docs/api.md#monitoring: "Monitoring a nonexistent local port fires at once with `("no_such_port",
     "cannot monitor nonexistent port", port)`."."""
     col = Collector()
     ghost = NODE() + "#nosuchportname"
@@ -217,7 +217,7 @@ def test_mon_nonexistent_local_port_fires_no_such_port():
 
 
 def test_mon_nonexistent_port_kept_guard_cancelled():
-    """API.md: "Returns a guard; dropping or cancelling it stops monitoring." -- also for the
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- also for the
     no_such_port case."""
     col = Collector()
     sentinel = Collector()
@@ -231,7 +231,7 @@ def test_mon_nonexistent_port_kept_guard_cancelled():
 
 
 def test_mon_unknown_remote_node_fires_transport_error():
-    """API.md: "Losing the connection to the port's node fires with `("transport_error", nodeid,
+    """docs/api.md#monitoring: "Losing the connection to the port's node fires with `("transport_error", nodeid,
     "<why>")`." -- a node nobody can reach (no network configured)."""
     col = Collector()
     remote = "no-such-node/abcdef#xyz"
@@ -242,7 +242,7 @@ def test_mon_unknown_remote_node_fires_transport_error():
 
 
 def test_mon_unknown_remote_node_guard_cancel_stops_it():
-    """API.md: "Returns a guard; dropping or cancelling it stops monitoring." -- for a port on an
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- for a port on an
     unknown node too."""
     col = Collector()
     sentinel = Collector()
@@ -256,8 +256,8 @@ def test_mon_unknown_remote_node_guard_cancel_stops_it():
 
 
 def test_mon_guarantee_no_holes():
-    """API.md: "The guarantee: after `mon` starts, every message sent to the port is delivered,
-    in order, or the monitor fires -- there are never holes in the sequence."."""
+    """docs/api.md#monitoring: "The guarantee: after `mon` starts, every message sent to the port is delivered,
+    in order, or the monitor fires: there are never holes in the sequence."."""
     n = 2000
     got = []
     col = Collector()
@@ -295,7 +295,7 @@ def test_mon_guarantee_no_holes():
 
 
 def test_mon_guard_cancel_stops_monitoring():
-    """API.md: "Returns a guard; dropping or cancelling it stops monitoring." (cancel)."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." (cancel)."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -311,7 +311,7 @@ def test_mon_guard_cancel_stops_monitoring():
 
 
 def test_mon_guard_cancel_after_death_before_firing():
-    """API.md: "Returns a guard; dropping or cancelling it stops monitoring." -- also when the
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- also when the
     port already died but the monitor (which fires in a fresh greenlet) has not run yet."""
     col = Collector()
     sentinel = Collector()
@@ -326,8 +326,8 @@ def test_mon_guard_cancel_after_death_before_firing():
 
 
 def test_mon_kept_guard_dropped_keeps_monitoring():
-    """aemp_green/_guard.py: dropping a guard undoes nothing (a deliberate departure from
-    API.md's "dropping ... it stops monitoring"): only cancel() or a with block stop it."""
+    """docs/api.md#guards: "Dropping a guard undoes nothing" (a deliberate departure from AEMP
+    2.02, aemp_green/_guard.py): only cancel() or a with block stop it."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -342,7 +342,7 @@ def test_mon_kept_guard_dropped_keeps_monitoring():
 
 
 def test_mon_bare_statement_keeps_monitoring():
-    """API.md "Returns a guard" + the AEMP rule: a bare statement `mon(p, cb)` (result not kept)
+    """docs/api.md#monitoring "Returns a guard" + the AEMP rule: a bare statement `mon(p, cb)` (result not kept)
     monitors until the port dies."""
     col = Collector()
     p = port()
@@ -353,7 +353,7 @@ def test_mon_bare_statement_keeps_monitoring():
 
 
 def test_mon_with_block_cancels_at_exit():
-    """API.md: "Returns a guard; ... cancelling it stops monitoring." -- `with mon(...)` cancels
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- `with mon(...)` cancels
     at the end of the block."""
     col = Collector()
     sentinel = Collector()
@@ -373,7 +373,7 @@ def test_mon_with_block_cancels_at_exit():
 
 
 def test_mon_guard_keeps_objects_alive_until_port_dies():
-    """API.md: "`mon_guard(port, *objs)` keeps objects alive until the port dies."."""
+    """docs/api.md#monitoring: "`mon_guard(port, *objs)` keeps objects alive until the port dies."."""
 
     class Obj:
         pass
@@ -397,7 +397,7 @@ def test_mon_guard_keeps_objects_alive_until_port_dies():
 
 
 def test_mon_guard_cancelled_guard_releases():
-    """API.md: "`mon_guard(port, *objs)` keeps objects alive until the port dies." -- or until
+    """docs/api.md#monitoring: "`mon_guard(port, *objs)` keeps objects alive until the port dies." -- or until
     its guard is cancelled (dropping it releases nothing: aemp_green/_guard.py)."""
 
     class Obj:
@@ -427,7 +427,7 @@ def test_mon_guard_cancelled_guard_releases():
 
 
 def test_spawn_by_name_on_this_node():
-    """API.md: "`spawn(node, "pkg.module.func", *args)` creates a port on another node (or this
+    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)` creates a port on another node (or this
     one) and runs `func(*args)` there with that port as SELF; it returns the new port ID at
     once."."""
     before = len(spawned_log)
@@ -440,7 +440,7 @@ def test_spawn_by_name_on_this_node():
 
 
 def test_spawn_by_name_longest_module_prefix_and_perl_names():
-    """API.md: "The remote function is resolved by importing the longest importable module
+    """docs/api.md#monitoring: "The remote function is resolved by importing the longest importable module
     prefix. AEMP-style names `Pkg::Sub::func` map to `Pkg.Sub.func`."."""
     before = len(spawned_log)
     col = Collector()
@@ -456,7 +456,7 @@ def test_spawn_by_name_longest_module_prefix_and_perl_names():
 
 
 def test_spawn_by_name_unknown_function_kills_port():
-    """API.md: "`spawn(node, "pkg.module.func", *args)`" -- a name that does not resolve gives a
+    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)`" -- a name that does not resolve gives a
     dead port (its monitor fires)."""
     col = Collector()
     pid = spawn(NODE(), "conftest.no_such_function")
@@ -478,7 +478,7 @@ def secure_node():
 
 
 def test_spawn_request_refused_on_secure_node(secure_node, caplog):
-    """API.md: "Refused on nodes configured `secure`." -- a spawn request from another node."""
+    """docs/api.md#monitoring: "Refused on nodes configured `secure`." -- a spawn request from another node."""
     before = len(spawned_log)
     name = "securetest" + kernel.base62(12345)
     kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target"])
@@ -489,7 +489,7 @@ def test_spawn_request_refused_on_secure_node(secure_node, caplog):
 
 
 def test_spawn_request_accepted_when_not_secure():
-    """API.md: "`spawn(node, "pkg.module.func", *args)` creates a port on another node" -- the
+    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)` creates a port on another node" -- the
     node-port request a remote node sends (the counterpart of the secure test)."""
     before = len(spawned_log)
     name = "reqtest" + kernel.base62(54321)
