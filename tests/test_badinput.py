@@ -1,10 +1,10 @@
 """Bad input against a live node: raw sockets from this process attack a child node's listener.
 
-docs/protocol.md#refused-handshakes: "A refused or failed handshake closes the socket, is logged with the reason, and
-never disturbs other connections." Each test starts a target node and a legitimate node connected
-to it, sends 50 numbered messages over that link, attacks, and then checks that the attack
-connection was closed (or the bad message ignored), the reason was logged, and the legitimate
-link is the very same connection, still carrying messages both ways with nothing lost.
+docs/protocol.md#refused-handshakes: "A refused or failed handshake closes the socket, is logged
+with the reason, and never disturbs other connections." Each test starts a target node and a
+legitimate node connected to it, sends 50 numbered messages over that link, attacks, and then checks
+that the attack connection was closed (or the bad message ignored), the reason was logged, and the
+legitimate link is the very same connection, still carrying messages both ways with nothing lost.
 
 The test side speaks AEMP with ``aemp_green.wire.handshake.Handshake`` (sans-IO) over plain blocking
 sockets (``netutil.RawPeer``); this process never configures a node.
@@ -272,7 +272,8 @@ def test_self_connection_is_refused(target):
 
 def test_second_connection_of_a_connected_node_is_refused(target):
     """A connection claiming to be ``legit`` (which is connected) is closed at its greeting even
-    with the right secret; the real ``legit`` link stays (docs/protocol.md#greeting-checks, item 5)."""
+    with the right secret; the real ``legit`` link stays (docs/protocol.md#greeting-checks, item
+    5)."""
     peer = RawPeer(target.addr, nodeid="legit")
     try:
         peer.send_raw(peer.hs.data_to_send())

@@ -52,8 +52,8 @@ def greenlet_server():
 
 
 def test_cal_sends_msg_plus_reply_port_and_calls_back():
-    """docs/api.md#calls: "`cal(port, *msg, cb=..., timeout=...)`: sends `msg + [reply_port]` and calls
-    `cb(*reply)`"."""
+    """docs/api.md#calls: "`cal(port, *msg, cb=..., timeout=...)`: sends `msg + [reply_port]` and
+    calls `cb(*reply)`"."""
     col = Collector()
     srv = adder()
     r1 = cal(srv, "add", 1, 2, cb=col, timeout=5)
@@ -88,7 +88,8 @@ def test_cal_timeout_calls_cb_without_args():
 
 
 def test_cal_reply_before_timeout_cancels_timeout():
-    """docs/api.md#calls: "`cal(...)` ... calls `cb(*reply)`; on timeout calls `cb()`" -- only one of them."""
+    """docs/api.md#calls: "`cal(...)` ... calls `cb(*reply)`; on timeout calls `cb()`" -- only one
+    of them."""
     col = Collector()
     sentinel = Collector()
     srv = adder()

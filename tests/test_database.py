@@ -4,8 +4,8 @@ Every node is a child process (``tests/child.py``); this pytest process never ca
 ``configure()``. The seeds have fixed node IDs (``seedA``, ``seedB``) and fixed binds (free
 ports), and each lists both seed addresses as its seeds, so both become global nodes and mesh;
 the nodes list both seeds too and take the first one that answers as their master
-(docs/protocol.md#seeds-and-global-nodes). Every wait is on a line a child emitted (or a bounded ``wait_for``
-inside a child), with a deadline; nothing sleeps to synchronise.
+(docs/protocol.md#seeds-and-global-nodes). Every wait is on a line a child emitted (or a bounded
+``wait_for`` inside a child), with a deadline; nothing sleeps to synchronise.
 
 In the children, ``watch(tag, family)`` starts a ``db_mon`` that emits
 ``[tag, added, changed, deleted, family_dict, time.time()]`` for every call and keeps the live
@@ -97,9 +97,9 @@ def wait_event(child, tag, timeout=10, added=(), changed=(), deleted=()):
 
 
 def test_db_reg_seen_elsewhere_within_a_second_and_port_death_deletes(cluster):
-    """docs/api.md#the-shared-database: ``db_reg(family, port, value)`` sets and deletes when the port dies; ``db_mon``
-    on other nodes (behind either seed) sees the key in ``added`` within 1 s, then in
-    ``deleted`` when the port is killed (docs/protocol.md#database-events)."""
+    """docs/api.md#the-shared-database: ``db_reg(family, port, value)`` sets and deletes when the
+    port dies; ``db_mon`` on other nodes (behind either seed) sees the key in ``added`` within 1 s,
+    then in ``deleted`` when the port is killed (docs/protocol.md#database-events)."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     for n in (n2, n3):
@@ -128,8 +128,9 @@ def test_db_reg_seen_elsewhere_within_a_second_and_port_death_deletes(cluster):
 
 
 def test_kill9_of_registering_node_removes_its_entries_everywhere(cluster):
-    """docs/protocol.md#seeds-and-global-nodes: when a node goes down (kill -9) the global nodes drop every entry it
-    contributed (``db_reg``, ``db_set``, its ``'l``); watchers see them deleted."""
+    """docs/protocol.md#seeds-and-global-nodes: when a node goes down (kill -9) the global nodes
+    drop every entry it contributed (``db_reg``, ``db_set``, its ``'l``); watchers see them
+    deleted."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     for n in (n2, n3):

@@ -17,7 +17,8 @@ would hand them over.
   ``g_chg2``).
 * **Slave role:** our node (``peer_b``) with the seed as master sends the frames the Perl
   ``peer_b`` sent, and the recorded seed answers make ``db_mon``, ``RemoteNode.found`` and
-  ``db_family``/``db_keys``/``db_values`` behave (docs/protocol.md#node-port-requests, #seeds-and-global-nodes, #database-events).
+  ``db_family``/``db_keys``/``db_values`` behave (docs/protocol.md#node-port-requests,
+  #seeds-and-global-nodes, #database-events).
 * Validation of family names and keys (docs/api.md#the-shared-database).
 """
 

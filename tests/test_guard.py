@@ -21,7 +21,8 @@ def make_guard(kept=None):
 
 
 def test_cancel_runs_undo_once():
-    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- cancel is idempotent."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- cancel is
+    idempotent."""
     g, calls = make_guard(kept=True)
     assert g.active
     g.cancel()

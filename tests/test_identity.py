@@ -1,4 +1,5 @@
-"""Identity: node IDs, port IDs, ``node_of``/``port_is_local``, ``SELF()`` (docs/api.md#identity)."""
+"""Identity: node IDs, port IDs, ``node_of``/``port_is_local``, ``SELF()``
+(docs/api.md#identity)."""
 
 import re
 

@@ -1,5 +1,5 @@
-"""Monitoring: mon forms, one-shot firing, guards, mon_guard, spawn by name (docs/api.md
-"Monitoring")."""
+"""Monitoring: mon forms, one-shot firing, guards, mon_guard, spawn by name
+(docs/api.md#monitoring)."""
 
 import gc
 import re
@@ -33,8 +33,8 @@ def test_mon_callable_gets_reason():
 
 
 def test_mon_rcvport_killed_with_same_reason():
-    """docs/api.md#monitoring: "`mon(port, rcvport)` kills `rcvport` with the same reason when the reason is
-    non-empty"."""
+    """docs/api.md#monitoring: "`mon(port, rcvport)` kills `rcvport` with the same reason when the
+    reason is non-empty"."""
     col = Collector()
     p = port()
     r = port()
@@ -46,8 +46,8 @@ def test_mon_rcvport_killed_with_same_reason():
 
 
 def test_mon_rcvport_not_killed_on_normal_exit():
-    """docs/api.md#monitoring: "`mon(port, rcvport)` kills `rcvport` ... when the reason is non-empty" -- a normal
-    exit leaves rcvport alive."""
+    """docs/api.md#monitoring: "`mon(port, rcvport)` kills `rcvport` ... when the reason is
+    non-empty" -- a normal exit leaves rcvport alive."""
     sentinel = Collector()
     p = port()
     r = port(lambda *m: None)
@@ -78,7 +78,8 @@ def test_mon_one_argument_uses_self():
 
 
 def test_mon_one_argument_in_callback_port():
-    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" -- in an rcv handler."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" -- in an rcv
+    handler."""
     col = Collector()
     target = port()
     watcher = port()
@@ -256,8 +257,8 @@ def test_mon_unknown_remote_node_guard_cancel_stops_it():
 
 
 def test_mon_guarantee_no_holes():
-    """docs/api.md#monitoring: "The guarantee: after `mon` starts, every message sent to the port is delivered,
-    in order, or the monitor fires: there are never holes in the sequence."."""
+    """docs/api.md#monitoring: "The guarantee: after `mon` starts, every message sent to the port is
+    delivered, in order, or the monitor fires: there are never holes in the sequence."."""
     n = 2000
     got = []
     col = Collector()

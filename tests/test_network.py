@@ -66,8 +66,8 @@ def make_port(child, var, tag):
     ids=["json", "cbor", "mixed"],
 )
 def test_db_lookup_and_values_round_trip_exactly(cluster, fa, fb, expect_a):
-    """docs/api.md#network and #the-shared-database: A registers a port with ``db_set``, B finds it with
-    ``db_mon`` and sends; every value kind (Unicode, big ints, floats, nested containers,
+    """docs/api.md#network and #the-shared-database: A registers a port with ``db_set``, B finds it
+    with ``db_mon`` and sends; every value kind (Unicode, big ints, floats, nested containers,
     None/True/False, empty dict) arrives exactly, B->A and A->B, in json, cbor and mixed framing
     (docs/protocol.md#choosing-auth-and-framing: each direction chooses its own framing)."""
     seed, a, b = start_trio(cluster, {"framing_format": fa}, {"framing_format": fb})
@@ -111,7 +111,8 @@ def test_db_lookup_and_values_round_trip_exactly(cluster, fa, fb, expect_a):
 
 
 def test_ten_thousand_messages_arrive_in_order(cluster):
-    """docs/api.md#ports-and-messages: "Messages to one port from one sender arrive in order" (across a real link)."""
+    """docs/api.md#ports-and-messages: "Messages to one port from one sender arrive in order"
+    (across a real link)."""
     seed, a, b = start_trio(cluster)
     b.run("""
         _order = {"next": 0, "bad": []}
@@ -170,8 +171,9 @@ def test_remote_monitor_gets_kill_reason(cluster):
 
 
 def test_cancelled_remote_monitor_is_withdrawn(cluster):
-    """docs/api.md#monitoring: ``mon`` returns a guard; cancelling it stops monitoring - for a remote port the
-    owner is told (``mon0``, docs/protocol.md#monitoring-and-kill) and forgets the monitor, while another one stays."""
+    """docs/api.md#monitoring: ``mon`` returns a guard; cancelling it stops monitoring - for a
+    remote port the owner is told (``mon0``, docs/protocol.md#monitoring-and-kill) and forgets the
+    monitor, while another one stays."""
     seed, a, b = start_trio(cluster)
     pa = make_port(a, "PA", "A_got")
     b.run(
@@ -465,9 +467,10 @@ def test_node_is_up_up_nodes_known_nodes_mon_nodes(cluster):
 
 
 def test_connect_interval_bounds_a_connect_to_a_closed_port(cluster):
-    """docs/api.md#network: ``connect_interval``: a node that cannot be reached fires its monitors with
-    ``("transport_error", node, "connect timeout")`` within about ``connect_interval``
-    (docs/protocol.md#timeouts-keepalive-and-retries); a ``host:port`` node ID is dialled directly."""
+    """docs/api.md#network: ``connect_interval``: a node that cannot be reached fires its monitors
+    with ``("transport_error", node, "connect timeout")`` within about ``connect_interval``
+    (docs/protocol.md#timeouts-keepalive-and-retries); a ``host:port`` node ID is dialled
+    directly."""
     c = cluster.node("C", connect_interval=0.5)
     target = "127.0.0.1:%d" % free_port()
     c.exec(

@@ -1,4 +1,5 @@
-"""Ports and messages: snd, port, rcv, spawn, kil, psub, peval, after (docs/api.md#ports-and-messages)."""
+"""Ports and messages: snd, port, rcv, spawn, kil, psub, peval, after
+(docs/api.md#ports-and-messages)."""
 
 import gevent
 import pytest
@@ -22,8 +23,9 @@ def watch(p):
 
 
 def test_snd_never_raises_for_unknown_or_dead_ports():
-    """docs/api.md#ports-and-messages: "`snd(port, tag, *args)`: asynchronous, never raises for unknown or
-    dead ports." -- unknown local name, dead local port, unknown node, node without name."""
+    """docs/api.md#ports-and-messages: "`snd(port, tag, *args)`: asynchronous, never raises for
+    unknown or dead ports." -- unknown local name, dead local port, unknown node, node without
+    name."""
     p = port(lambda *m: None)
     kil(p)
     snd(p, "to", "dead")

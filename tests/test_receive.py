@@ -13,8 +13,8 @@ from conftest import Collector, run_in_port, wait_until
 
 
 def test_receive_tag_returns_args_without_tag():
-    """docs/api.md#ports-and-messages: "`receive(tag=None, timeout=None)` ... returning the first queued message whose
-    tag matches, as a list without its tag"."""
+    """docs/api.md#ports-and-messages: "`receive(tag=None, timeout=None)` ... returning the first
+    queued message whose tag matches, as a list without its tag"."""
 
     def body():
         snd(SELF(), "t", 1, [2], {"x": 3})
@@ -25,7 +25,8 @@ def test_receive_tag_returns_args_without_tag():
 
 
 def test_receive_without_tag_returns_whole_message():
-    """docs/api.md#ports-and-messages: "`receive()` with no tag returns the whole message as a list, tag included."."""
+    """docs/api.md#ports-and-messages: "`receive()` with no tag returns the whole message as a list,
+    tag included."."""
 
     def body():
         snd(SELF(), "t", 1, 2)
