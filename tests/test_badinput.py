@@ -19,6 +19,9 @@ import pytest
 from aemp_green.wire.handshake import hmac_token, tls_token
 from netutil import SECRET, RawPeer, read_until_closed
 
+# slow (docs/testing.md): real processes, ~35 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 MAX_FRAME = 65536
 
 

@@ -27,6 +27,9 @@ import pytest
 from aemp_green import cli, config
 from netutil import REPO, SECRET, ChildNode, black_hole, wait_file
 
+# slow (docs/testing.md): real processes, ~45 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 AEMP = [sys.executable, "-m", "aemp_green.cli"]
 BIN_AEMP = [sys.executable, str(REPO / "bin" / "aemp")]
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")

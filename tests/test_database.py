@@ -13,6 +13,10 @@ dict in ``VIEW[tag]``.
 """
 
 from netutil import free_port
+import pytest
+
+# slow (docs/testing.md): real processes, ~40 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 HELPERS = """
 import aemp_green.global_ as G

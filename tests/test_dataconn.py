@@ -18,6 +18,9 @@ from aemp_green.dataconn import DataConnError, connect_to
 from conftest import Collector, flush, run_in_greenlet
 from netutil import RawPeer, free_port, read_until_closed
 
+# slow (docs/testing.md): real processes, ~20 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 
 def start_nodes(cluster, *names, load=True, **cfgs):
     """A seed plus nodes ``names`` using it, each registered with the seed (so they find each

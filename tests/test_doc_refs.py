@@ -19,6 +19,7 @@ whole file. Recordings (``tests/interop/*-session``) are data, not prose, and ar
 """
 
 import ast
+import functools
 import io
 import re
 import sys
@@ -83,6 +84,7 @@ def slug(heading):
     return text.replace(" ", "-")
 
 
+@functools.lru_cache(maxsize=None)
 def anchors(md_path):
     """The anchors of every ``#`` heading of a Markdown file (outside code fences)."""
     found = set()

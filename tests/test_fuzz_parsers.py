@@ -31,6 +31,9 @@ from aemp_green.wire.framing import CborDecoder, JsonDecoder, encode_cbor, encod
 from aemp_green.wire.handshake import Handshake, NeedTLS, parse_greeting_line1
 from aemp_green.exceptions import RemoteProtocolError
 
+# slow (docs/testing.md): hypothesis and fuzz rounds, ~70 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 
 BATCH = 100  # inputs per hypothesis example in the batched tests

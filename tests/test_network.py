@@ -11,6 +11,9 @@ import pytest
 
 from netutil import free_port
 
+# slow (docs/testing.md): real processes, ~30 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 # A payload with every kind of value both framings carry. The same source text is evaluated in
 # the children and here, and compared through repr() (which tells 3 from 3.0 and 1 from True).
 PAYLOAD_SRC = (

@@ -496,6 +496,7 @@ def test_after_guard_cancelled_does_nothing_dropped_still_fires():
 # --------------------------------------------------------------------------- no recursion
 
 
+@pytest.mark.slow
 def test_million_messages_bounced_between_callback_ports():
     """docs/api.md#ports-and-messages: "`snd(port, tag, *args)`: asynchronous" -- 1,000,000 messages bounced between two
     callback ports run as a loop (no RecursionError), every one counted."""

@@ -50,6 +50,7 @@ def _logs(log_dir, n=25):
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_soak_short(tmp_path):
     log_dir = tmp_path / "logs"
