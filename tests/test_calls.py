@@ -102,8 +102,8 @@ def test_cal_reply_before_timeout_cancels_timeout():
 
 
 def test_cal_without_timeout_monitors_callee():
-    """docs/api.md#calls: "`cal(...)` ... with no timeout it monitors `port` instead." -- the callee dies:
-    cb is never called and the reply port goes away (no leak in the port table)."""
+    """docs/api.md#calls: "`cal(...)` ... with no timeout it monitors `port` instead." -- the callee
+    dies: cb is never called and the reply port goes away (no leak in the port table)."""
     col = Collector()
     base = len(kernel.port_table)
     callee = port(lambda *m: None)
@@ -117,8 +117,8 @@ def test_cal_without_timeout_monitors_callee():
 
 
 def test_cal_without_timeout_reply_port_dies_with_callee_reason():
-    """docs/api.md#calls: "with no timeout it monitors `port` instead" -- the reply port dies with the
-    callee's reason."""
+    """docs/api.md#calls: "with no timeout it monitors `port` instead" -- the reply port dies with
+    the callee's reason."""
     col = Collector()
     callee = port(lambda *m: None)
     reply = cal(callee, "q", cb=lambda *r: col("cb", r))
@@ -128,8 +128,8 @@ def test_cal_without_timeout_reply_port_dies_with_callee_reason():
 
 
 def test_cal_without_timeout_leaves_no_monitor_on_callee():
-    """docs/api.md#calls: "with no timeout it monitors `port` instead" -- only until the reply came: the
-    callee's monitor list must not grow with every call."""
+    """docs/api.md#calls: "with no timeout it monitors `port` instead" -- only until the reply came:
+    the callee's monitor list must not grow with every call."""
     col = Collector()
     srv = adder()
     for i in range(100):
@@ -144,8 +144,8 @@ def test_cal_without_timeout_leaves_no_monitor_on_callee():
 
 
 def test_call_returns_reply_list():
-    """docs/api.md#calls: "Blocking form (greenlet style): `call(port, *msg, timeout=...)` returns the reply
-    list"."""
+    """docs/api.md#calls: "Blocking form (greenlet style): `call(port, *msg, timeout=...)` returns
+    the reply list"."""
     srv = adder()
     g = greenlet_server()
 
@@ -172,7 +172,8 @@ def test_call_timeout_raises_timeout():
 
 
 def test_call_raises_port_died_with_reason():
-    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies first."."""
+    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies
+    first."."""
     g = greenlet_server()
 
     def body():
@@ -185,8 +186,8 @@ def test_call_raises_port_died_with_reason():
 
 
 def test_call_raises_port_died_on_normal_exit():
-    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies first."
-    -- a normal exit gives reason ()."""
+    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies
+    first." -- a normal exit gives reason ()."""
     g = greenlet_server()
     with pytest.raises(PortDied) as ei:
         call(g, "return", timeout=5)
@@ -199,8 +200,8 @@ def test_call_raises_port_died_on_normal_exit():
 
 
 def test_call_to_nonexistent_port_raises_port_died():
-    """docs/api.md#calls: "raises `aemp_green.PortDied(reason)` if the callee dies first" -- a port that
-    does not exist is already dead: ("no_such_port", ...)."""
+    """docs/api.md#calls: "raises `aemp_green.PortDied(reason)` if the callee dies first" -- a port
+    that does not exist is already dead: ("no_such_port", ...)."""
     ghost = NODE() + "#nosuchcallee"
     with pytest.raises(PortDied) as ei:
         call(ghost, "q", timeout=5)
@@ -208,8 +209,8 @@ def test_call_to_nonexistent_port_raises_port_died():
 
 
 def test_call_from_plain_greenlet():
-    """docs/api.md#calls: "Blocking form (greenlet style): `call(port, *msg, timeout=...)`" -- from a plain
-    gevent greenlet that is not a port."""
+    """docs/api.md#calls: "Blocking form (greenlet style): `call(port, *msg, timeout=...)`" -- from
+    a plain gevent greenlet that is not a port."""
     srv = adder()
 
     def body():
@@ -225,8 +226,8 @@ def test_call_from_plain_greenlet():
 
 
 def test_hundred_concurrent_calls_get_their_own_replies():
-    """docs/api.md#calls: "`call(...)` returns the reply list" -- 100 greenlets calling one greenlet server
-    at once each get their own reply."""
+    """docs/api.md#calls: "`call(...)` returns the reply list" -- 100 greenlets calling one greenlet
+    server at once each get their own reply."""
     g = greenlet_server()
     jobs = [gevent.spawn(call, g, "echo", i, timeout=5) for i in range(100)]
     gevent.joinall(jobs, timeout=10, raise_error=True)

@@ -165,11 +165,11 @@ def test_kill9_of_registering_node_removes_its_entries_everywhere(cluster):
 
 
 def test_master_seed_kill9_fails_over_without_stale_entries(cluster):
-    """docs/protocol.md#seeds-and-global-nodes: kill -9 of a node's master seed: the node takes the other seed as master
-    (sending it its whole db and its ``g_mon1``), ``db_mon`` keeps working (a registration made
-    after the failover is seen everywhere), and once settled every node's ``db_family`` and
-    ``db_mon`` view equal the expected set: the dead seed's own entries are gone, nobody
-    else's."""
+    """docs/protocol.md#seeds-and-global-nodes: kill -9 of a node's master seed: the node takes the
+    other seed as master (sending it its whole db and its ``g_mon1``), ``db_mon`` keeps working (a
+    registration made after the failover is seen everywhere), and once settled every node's
+    ``db_family`` and ``db_mon`` view equal the expected set: the dead seed's own entries are gone,
+    nobody else's."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     master = n1.ask("G.master()")
@@ -209,9 +209,9 @@ def test_master_seed_kill9_fails_over_without_stale_entries(cluster):
 
 
 def test_late_joiner_and_second_db_mon_get_the_whole_family_first(cluster):
-    """docs/protocol.md#database-events: the first ``db_mon`` call carries the whole family (every key added,
-    nothing changed/deleted), for a node that joins late, and also for a second ``db_mon`` on
-    the same family in the same node."""
+    """docs/protocol.md#database-events: the first ``db_mon`` call carries the whole family (every
+    key added, nothing changed/deleted), for a node that joins late, and also for a second
+    ``db_mon`` on the same family in the same node."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     n1.run("db_set('late', 'a', 1); db_set('late', 'b', {'x': None})")
@@ -245,8 +245,8 @@ def test_late_joiner_and_second_db_mon_get_the_whole_family_first(cluster):
 
 
 def test_unchanged_value_is_not_resent(cluster):
-    """docs/protocol.md#database-events: ``db_set`` does not resend a value that has not changed (compared by
-    its JSON encoding); counted with a tracer on the sending node."""
+    """docs/protocol.md#database-events: ``db_set`` does not resend a value that has not changed
+    (compared by its JSON encoding); counted with a tracer on the sending node."""
     db = DB(cluster)
     n1, n2, _ = db.nodes
     n2.run("W = watch('w', 'same')")
@@ -270,8 +270,8 @@ def test_unchanged_value_is_not_resent(cluster):
 
 
 def test_value_of_another_node_comes_back_when_the_overriding_node_dies(cluster):
-    """docs/protocol.md#seeds-and-global-nodes: values are kept per source: X and Y both ``db_set`` the same key, Y's
-    (later) value is seen; after kill -9 of Y, X's value is back everywhere."""
+    """docs/protocol.md#seeds-and-global-nodes: values are kept per source: X and Y both ``db_set``
+    the same key, Y's (later) value is seen; after kill -9 of Y, X's value is back everywhere."""
     db = DB(cluster)
     x, y, w = db.nodes
     w.run("W = watch('w', 'ovr')")
@@ -289,9 +289,9 @@ def test_value_of_another_node_comes_back_when_the_overriding_node_dies(cluster)
 
 
 def test_blocking_db_values_and_db_keys(cluster):
-    """docs/api.md#the-shared-database: without a ``cb`` ``db_family``/``db_keys``/``db_values`` block and return the
-    dict / list (on a node through its master, on a seed locally); with a ``cb`` they call
-    back."""
+    """docs/api.md#the-shared-database: without a ``cb`` ``db_family``/``db_keys``/``db_values``
+    block and return the dict / list (on a node through its master, on a seed locally); with a
+    ``cb`` they call back."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     n1.run("db_set('bq', 'a', 1); db_set('bq', 'b', [2])")
@@ -314,8 +314,8 @@ def test_blocking_db_values_and_db_keys(cluster):
 
 
 def test_db_set_guard_deletes_when_cancelled(cluster):
-    """docs/api.md#the-shared-database: ``g = db_set(...)`` returns a guard; ``g.cancel()`` deletes the key; dropping the
-    guard (aemp_green/_guard.py) or a bare ``db_set`` statement keeps it."""
+    """docs/api.md#the-shared-database: ``g = db_set(...)`` returns a guard; ``g.cancel()`` deletes
+    the key; dropping the guard (aemp_green/_guard.py) or a bare ``db_set`` statement keeps it."""
     db = DB(cluster)
     n1, n2, _ = db.nodes
     n2.run("W = watch('w', 'gd')")
@@ -345,9 +345,10 @@ def test_blocking_query_inside_a_query_callback(cluster):
 
 
 def test_restarted_seed_resyncs_and_takes_over(cluster):
-    """docs/protocol.md#seeds-and-global-nodes: a killed seed that comes back (same node ID and binds) meshes again and
-    gets the whole database from the other global node; when the other one is then killed,
-    every node fails over to it and the database is still complete, with nothing stale."""
+    """docs/protocol.md#seeds-and-global-nodes: a killed seed that comes back (same node ID and
+    binds) meshes again and gets the whole database from the other global node; when the other one
+    is then killed, every node fails over to it and the database is still complete, with nothing
+    stale."""
     db = DB(cluster)
     sa, sb = db.seeds
     for n in db.nodes:

@@ -33,7 +33,8 @@ def test_cancel_runs_undo_once():
 
 
 def test_with_block_cancels_at_exit_also_on_error():
-    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." (as a context manager)."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." (as a context
+    manager)."""
     g, calls = make_guard(kept=False)
     with g as same:
         assert same is g and calls == []
@@ -109,8 +110,8 @@ def test_monitor_lasts_until_cancelled_however_the_guard_is_held():
 
 
 def test_after_guard_forms():
-    """docs/api.md#ports-and-messages: "`after(seconds, port_or_callable, *msg)`: one-shot timer" -- its guard: bare
-    statement and a dropped guard fire, cancelled and with-block do not."""
+    """docs/api.md#ports-and-messages: "`after(seconds, port_or_callable, *msg)`: one-shot timer" --
+    its guard: bare statement and a dropped guard fire, cancelled and with-block do not."""
     col = Collector()
     p = col.port()
     after(0.005, p, "bare")
@@ -128,9 +129,9 @@ def test_after_guard_forms():
 
 
 def test_peval_docstring_example_links_ports():
-    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" + "`peval(port, fn, *args)`: run now
-    in `port`'s context." -- the peval docstring example `peval(p, lambda: mon(other))` makes p
-    die when other crashes."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" + "`peval(port, fn,
+    *args)`: run now in `port`'s context." -- the peval docstring example `peval(p, lambda:
+    mon(other))` makes p die when other crashes."""
     col = Collector()
     p = port(lambda *m: None)
     other = port()
@@ -142,8 +143,8 @@ def test_peval_docstring_example_links_ports():
 
 
 def test_monitor_set_up_in_lambda_handler_keeps_monitoring():
-    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- also when the mon
-    call is the body of a lambda rcv handler whose result nobody keeps."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- also
+    when the mon call is the body of a lambda rcv handler whose result nobody keeps."""
     col = Collector()
     watcher = port()
     rcv(watcher, "watch", lambda t: mon(t, col))
@@ -157,8 +158,8 @@ def test_monitor_set_up_in_lambda_handler_keeps_monitoring():
 
 
 def test_monitor_set_up_in_def_handler_keeps_monitoring():
-    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- a bare `mon(...)`
-    statement inside an rcv handler keeps monitoring after the handler returned."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- a bare
+    `mon(...)` statement inside an rcv handler keeps monitoring after the handler returned."""
     col = Collector()
 
     def watch(t):

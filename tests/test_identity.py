@@ -52,8 +52,8 @@ def test_node_id_charset():
 
 
 def test_node_id_templates():
-    """docs/api.md#identity: "`%n` expands to the host name, `%u` (or a trailing `/`) to a random unique
-    string. The default node ID is `<profile>/`"."""
+    """docs/api.md#identity: "`%n` expands to the host name, `%u` (or a trailing `/`) to a random
+    unique string. The default node ID is `<profile>/`"."""
     config = pytest.importorskip("aemp_green.config")
     if not hasattr(config, "expand_nodeid") or not hasattr(config, "default_nodeid"):
         pytest.skip("aemp_green.config has no expand_nodeid/default_nodeid yet")
@@ -85,8 +85,8 @@ def test_port_id_format_callback_and_greenlet_ports():
 
 
 def test_node_port_addressed_by_bare_node_id_and_empty_name():
-    """docs/api.md#identity: "The node's own port has the empty name (`"node#"` and the bare node ID both
-    address it)." -- a "snd" request to either form is forwarded by the node port."""
+    """docs/api.md#identity: "The node's own port has the empty name (`"node#"` and the bare node ID
+    both address it)." -- a "snd" request to either form is forwarded by the node port."""
     col = Collector()
     p = col.port()
     snd(NODE(), "snd", p, "via", "bare")
@@ -98,8 +98,8 @@ def test_node_port_addressed_by_bare_node_id_and_empty_name():
 
 
 def test_port_names_never_reused():
-    """docs/api.md#identity: "Port names are never reused within a process lifetime." -- 10,000 created
-    and killed ports (both kinds) all get distinct IDs."""
+    """docs/api.md#identity: "Port names are never reused within a process lifetime." -- 10,000
+    created and killed ports (both kinds) all get distinct IDs."""
     seen = set()
     for i in range(10_000):
         p = port() if i % 10 else spawn(receive)
@@ -134,7 +134,8 @@ def test_port_is_local():
 
 
 def test_self_raises_outside_port_context():
-    """docs/api.md#identity: "`SELF()` ... raises outside port context." (in a fresh plain greenlet)."""
+    """docs/api.md#identity: "`SELF()` ... raises outside port context." (in a fresh plain
+    greenlet)."""
 
     def body():
         with pytest.raises(RuntimeError):
@@ -145,7 +146,8 @@ def test_self_raises_outside_port_context():
 
 
 def test_self_in_rcv_handler():
-    """docs/api.md#identity: "`SELF()`: the port whose code is running now (in an `rcv` callback ...)"."""
+    """docs/api.md#identity: "`SELF()`: the port whose code is running now (in an `rcv` callback
+    ...)"."""
     col = Collector()
     p = port()
     rcv(p, "who", lambda: col(SELF()))
@@ -165,8 +167,8 @@ def test_self_in_greenlet_port():
 
 
 def test_self_in_psub_called_later_from_after_timer():
-    """docs/api.md#identity: "`SELF()` ... (... a `psub` ...)" -- the wrapper runs later, from an `after`
-    timer (callable form), in the port's context."""
+    """docs/api.md#identity: "`SELF()` ... (... a `psub` ...)" -- the wrapper runs later, from an
+    `after` timer (callable form), in the port's context."""
     col = Collector()
 
     def body():
@@ -198,8 +200,8 @@ def test_self_in_peval():
 
 
 def test_self_in_callback_that_spawns():
-    """docs/api.md#identity "`SELF()`": a callback that spawns keeps its own SELF; the spawned greenlet port
-    has its own."""
+    """docs/api.md#identity "`SELF()`": a callback that spawns keeps its own SELF; the spawned
+    greenlet port has its own."""
     col = Collector()
 
     def child():
@@ -249,8 +251,9 @@ def test_self_kept_across_blocking_receive():
 
 
 def test_self_works_in_main_greenlet_after_receive():
-    """docs/api.md#ports-and-messages: "The main greenlet of a script can receive too: it gets a port of its own on
-    first use." -- after one receive(), SELF() works in the test (main) greenlet."""
+    """docs/api.md#ports-and-messages: "The main greenlet of a script can receive too: it gets a
+    port of its own on first use." -- after one receive(), SELF() works in the test (main)
+    greenlet."""
     assert getcurrent().parent is None  # pytest runs tests in the main greenlet
     with pytest.raises(Timeout):
         receive("nothing", timeout=0)
@@ -262,8 +265,8 @@ def test_self_works_in_main_greenlet_after_receive():
 
 
 def test_self_in_fresh_greenlet_after_receive():
-    """docs/api.md#ports-and-messages: "... gets a port of its own on first use." -- a plain greenlet has no SELF until
-    its first receive; its port ends with the greenlet."""
+    """docs/api.md#ports-and-messages: "... gets a port of its own on first use." -- a plain
+    greenlet has no SELF until its first receive; its port ends with the greenlet."""
 
     def body():
         with pytest.raises(RuntimeError):
@@ -281,7 +284,8 @@ def test_self_in_fresh_greenlet_after_receive():
 
 
 def test_self_in_run_in_port_helper_is_isolated():
-    """docs/api.md#identity "`SELF()`": each greenlet port has its own SELF, distinct from another's."""
+    """docs/api.md#identity "`SELF()`": each greenlet port has its own SELF, distinct from
+    another's."""
     a = run_in_port(SELF)
     b = run_in_port(SELF)
     assert a != b and port_is_local(a) and port_is_local(b)

@@ -96,7 +96,8 @@ def test_mon_one_argument_in_callback_port():
 
 
 def test_mon_one_argument_outside_port_context_raises():
-    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" -- no SELF, no one-argument mon."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" -- no SELF, no
+    one-argument mon."""
     p = port()
 
     def body():
@@ -125,7 +126,8 @@ def test_mon_rcvport_with_message():
 
 
 def test_mon_bad_arguments():
-    """docs/api.md#monitoring: "`mon(port, cb)`" -- the second argument is a callable or a port ID."""
+    """docs/api.md#monitoring: "`mon(port, cb)`" -- the second argument is a callable or a port
+    ID."""
     p = port()
     with pytest.raises(TypeError):
         mon(p, 42)
@@ -166,8 +168,8 @@ def test_mon_fires_once_per_monitor_in_order():
 
 
 def test_monitor_fires_in_fresh_greenlet_not_in_dying_code():
-    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- in a fresh
-    greenlet, not inside the dying port's code (its SELF is not the dying port)."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- in a
+    fresh greenlet, not inside the dying port's code (its SELF is not the dying port)."""
     col = Collector()
 
     def self_or_none():
@@ -204,8 +206,8 @@ def test_monitor_fires_in_fresh_greenlet_not_in_dying_code():
 
 
 def test_mon_nonexistent_local_port_fires_no_such_port():
-    """docs/api.md#monitoring: "Monitoring a nonexistent local port fires at once with `("no_such_port",
-    "cannot monitor nonexistent port", port)`."."""
+    """docs/api.md#monitoring: "Monitoring a nonexistent local port fires at once with
+    `("no_such_port", "cannot monitor nonexistent port", port)`."."""
     col = Collector()
     ghost = NODE() + "#nosuchportname"
     mon(ghost, col)
@@ -218,8 +220,8 @@ def test_mon_nonexistent_local_port_fires_no_such_port():
 
 
 def test_mon_nonexistent_port_kept_guard_cancelled():
-    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- also for the
-    no_such_port case."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- also for
+    the no_such_port case."""
     col = Collector()
     sentinel = Collector()
     ghost = NODE() + "#nosuchportname2"
@@ -232,8 +234,8 @@ def test_mon_nonexistent_port_kept_guard_cancelled():
 
 
 def test_mon_unknown_remote_node_fires_transport_error():
-    """docs/api.md#monitoring: "Losing the connection to the port's node fires with `("transport_error", nodeid,
-    "<why>")`." -- a node nobody can reach (no network configured)."""
+    """docs/api.md#monitoring: "Losing the connection to the port's node fires with
+    `("transport_error", nodeid, "<why>")`." -- a node nobody can reach (no network configured)."""
     col = Collector()
     remote = "no-such-node/abcdef#xyz"
     mon(remote, col)
@@ -243,8 +245,8 @@ def test_mon_unknown_remote_node_fires_transport_error():
 
 
 def test_mon_unknown_remote_node_guard_cancel_stops_it():
-    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- for a port on an
-    unknown node too."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- for a port
+    on an unknown node too."""
     col = Collector()
     sentinel = Collector()
     remote = "no-such-node/abcdef#cancelled"
@@ -312,8 +314,8 @@ def test_mon_guard_cancel_stops_monitoring():
 
 
 def test_mon_guard_cancel_after_death_before_firing():
-    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- also when the
-    port already died but the monitor (which fires in a fresh greenlet) has not run yet."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- also when
+    the port already died but the monitor (which fires in a fresh greenlet) has not run yet."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -343,8 +345,8 @@ def test_mon_kept_guard_dropped_keeps_monitoring():
 
 
 def test_mon_bare_statement_keeps_monitoring():
-    """docs/api.md#monitoring "Returns a guard" + the AEMP rule: a bare statement `mon(p, cb)` (result not kept)
-    monitors until the port dies."""
+    """docs/api.md#monitoring "Returns a guard" + the AEMP rule: a bare statement `mon(p, cb)`
+    (result not kept) monitors until the port dies."""
     col = Collector()
     p = port()
     mon(p, col)
@@ -354,8 +356,8 @@ def test_mon_bare_statement_keeps_monitoring():
 
 
 def test_mon_with_block_cancels_at_exit():
-    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- `with mon(...)` cancels
-    at the end of the block."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- `with
+    mon(...)` cancels at the end of the block."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -374,7 +376,8 @@ def test_mon_with_block_cancels_at_exit():
 
 
 def test_mon_guard_keeps_objects_alive_until_port_dies():
-    """docs/api.md#monitoring: "`mon_guard(port, *objs)` keeps objects alive until the port dies."."""
+    """docs/api.md#monitoring: "`mon_guard(port, *objs)` keeps objects alive until the port
+    dies."."""
 
     class Obj:
         pass
@@ -398,8 +401,8 @@ def test_mon_guard_keeps_objects_alive_until_port_dies():
 
 
 def test_mon_guard_cancelled_guard_releases():
-    """docs/api.md#monitoring: "`mon_guard(port, *objs)` keeps objects alive until the port dies." -- or until
-    its guard is cancelled (dropping it releases nothing: aemp_green/_guard.py)."""
+    """docs/api.md#monitoring: "`mon_guard(port, *objs)` keeps objects alive until the port dies."
+    -- or until its guard is cancelled (dropping it releases nothing: aemp_green/_guard.py)."""
 
     class Obj:
         pass
@@ -428,9 +431,9 @@ def test_mon_guard_cancelled_guard_releases():
 
 
 def test_spawn_by_name_on_this_node():
-    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)` creates a port on another node (or this
-    one) and runs `func(*args)` there with that port as SELF; it returns the new port ID at
-    once."."""
+    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)` creates a port on another
+    node (or this one) and runs `func(*args)` there with that port as SELF; it returns the new port
+    ID at once."."""
     before = len(spawned_log)
     col = Collector()
     pid = spawn(NODE(), "conftest.spawned_target", 1, "two")
@@ -441,8 +444,8 @@ def test_spawn_by_name_on_this_node():
 
 
 def test_spawn_by_name_longest_module_prefix_and_perl_names():
-    """docs/api.md#monitoring: "The remote function is resolved by importing the longest importable module
-    prefix. AEMP-style names `Pkg::Sub::func` map to `Pkg.Sub.func`."."""
+    """docs/api.md#monitoring: "The remote function is resolved by importing the longest importable
+    module prefix. AEMP-style names `Pkg::Sub::func` map to `Pkg.Sub.func`."."""
     before = len(spawned_log)
     col = Collector()
     a = spawn(NODE(), "conftest.Targets.run", "x")
@@ -457,8 +460,8 @@ def test_spawn_by_name_longest_module_prefix_and_perl_names():
 
 
 def test_spawn_by_name_unknown_function_kills_port():
-    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)`" -- a name that does not resolve gives a
-    dead port (its monitor fires)."""
+    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)`" -- a name that does not
+    resolve gives a dead port (its monitor fires)."""
     col = Collector()
     pid = spawn(NODE(), "conftest.no_such_function")
     mon(pid, col)
@@ -479,7 +482,8 @@ def secure_node():
 
 
 def test_spawn_request_refused_on_secure_node(secure_node, caplog):
-    """docs/api.md#monitoring: "Refused on nodes configured `secure`." -- a spawn request from another node."""
+    """docs/api.md#monitoring: "Refused on nodes configured `secure`." -- a spawn request from
+    another node."""
     before = len(spawned_log)
     name = "securetest" + kernel.base62(12345)
     kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target"])
@@ -490,8 +494,8 @@ def test_spawn_request_refused_on_secure_node(secure_node, caplog):
 
 
 def test_spawn_request_accepted_when_not_secure():
-    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)` creates a port on another node" -- the
-    node-port request a remote node sends (the counterpart of the secure test)."""
+    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)` creates a port on another
+    node" -- the node-port request a remote node sends (the counterpart of the secure test)."""
     before = len(spawned_log)
     name = "reqtest" + kernel.base62(54321)
     kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target", 7])
