@@ -131,6 +131,68 @@ def problems(path):
     return found
 
 
+_QUOTE = re.compile(
+    r'docs/(api|protocol)\.md#([\w-]+)[^"\n]{0,60}?"([^"]{1,400}?)"(?=[.,;:)]|\s--|\s\+|\s\(|\s*$)',
+    re.M,
+)
+
+
+@functools.lru_cache(maxsize=None)
+def section_texts(md_path):
+    """``{anchor: text}`` of a Markdown file; a section's text includes its subsections."""
+    lines = md_path.read_text(encoding="utf-8").splitlines()
+    heads = [
+        (i, len(m.group(1)), slug(m.group(2)))
+        for i, line in enumerate(lines)
+        for m in [re.match(r"(#{1,6}) (.*)", line)]
+        if m
+    ]
+    texts = {}
+    for n, (i, level, anchor) in enumerate(heads):
+        end = next((j for j, lv, _ in heads[n + 1 :] if lv <= level), len(lines))
+        texts[anchor] = _plain("\n".join(lines[i + 1 : end]))
+    return texts
+
+
+def _plain(text):
+    """Text as compared: no backticks, whitespace collapsed."""
+    return re.sub(r"\s+", " ", text.replace("`", "")).strip()
+
+
+def docstrings(path):
+    """Every docstring (and bare string statement) of a Python file, with its line."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            if isinstance(node.value.value, str):
+                yield node.lineno, node.value.value
+
+
+def quote_problems(path):
+    """Quotes after a ``docs/api.md#<section>`` or ``docs/protocol.md#<section>`` citation that
+    the section lacks.
+
+    A quote is the text in double quotes right after the citation (a few words may come
+    between, such as a colon); ``...`` in it stands for left-out text. Double quotes inside
+    backticks belong to the quote.
+    """
+    rel = path.relative_to(REPO).as_posix()
+    found = []
+    for lineno, doc in docstrings(path):
+        guarded = re.sub(r"`[^`\n]*`", lambda m: m.group(0).replace('"', "\x01"), doc)
+        for m in _QUOTE.finditer(guarded):
+            name, anchor, quote = m.groups()
+            sections = section_texts(REPO / "docs" / ("%s.md" % name))
+            if anchor not in sections:
+                continue  # test_every_cited_document_exists reports it
+            for part in re.split(r"\.\.\.|\u2026", quote.replace("\x01", '"')):
+                part = _plain(part).strip(" .,")
+                if part and part not in sections[anchor]:
+                    found.append(
+                        "%s:%d: docs/%s.md#%s does not say %r" % (rel, lineno, name, anchor, part)
+                    )
+    return found
+
+
 def test_scan_covers_the_tree():
     """The scan sees the files that cite documents most (a glob that matched nothing would pass)."""
     names = {p.relative_to(REPO).as_posix() for p in scanned_files()}
@@ -162,3 +224,29 @@ def test_every_cited_document_exists():
     """No file cites a document that a reader of the repository cannot open."""
     found = [p for path in scanned_files() for p in problems(path)]
     assert not found, "%d broken document references:\n%s" % (len(found), "\n".join(found))
+
+
+def test_quotes_match_the_cited_section():
+    """A sentence a test or module quotes from docs/api.md or docs/protocol.md is in the section
+    it cites (so the docs and the tests that prove them do not drift apart)."""
+    found = [
+        p
+        for top in ("tests", "aemp_green", "bench")
+        for path in sorted((REPO / top).rglob("*.py"))
+        for p in quote_problems(path)
+    ]
+    assert not found, "%d quotes not in the cited section:\n%s" % (len(found), "\n".join(found))
+
+
+def test_quote_checker_catches(tmp_path, monkeypatch):
+    """The quote check finds a misquote, and accepts a quote with left-out text."""
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "api.md").write_text(
+        "# API\n\n## Calls\n\n`call(p)` returns the reply list.\n"
+    )
+    f = tmp_path / "t.py"
+    f.write_text('"""docs/api.md#calls: "`call(p)` ... the reply list"."""\n')
+    assert quote_problems(f) == []
+    f.write_text('"""docs/api.md#calls: "`call(p)` returns the answer"."""\n')
+    assert quote_problems(f) and "returns the answer" in quote_problems(f)[0]
