@@ -27,8 +27,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from . import config as _config
-from . import connect, logcatcher, node, trace, transport
-from . import global_ as globaldb
+from . import connect, globaldb, logcatcher, node, trace, transport
 from . import kernel as _k
 from ._ratelog import set_limits as _set_log_limits
 from ._report import report_crash
@@ -39,7 +38,7 @@ __all__ = ["configure", "shutdown", "run_forever"]
 logger = logging.getLogger(__name__)
 _seed_greenlets: list[Any] = []
 
-node.set_directory(globaldb)  # node asks the database where nodes live and tells it of changes
+node.set_directory(globaldb.sync)  # node asks the database where nodes live, tells it of changes
 
 
 def _seed_loop(addr: str) -> None:

@@ -22,7 +22,7 @@ Series ``db`` (the replicated database)
     * ``leave_s``: three nodes each hold one key in the family ``leave``; each is SIGKILLed in
       turn and the writer's ``db_mon("leave")`` notes the deletion: the median time from the
       kill to that callback. ``leave_node_down_ms``: the median time the seed spent in
-      ``global_.node_down`` for those nodes. Both should not depend on the database size.
+      ``globaldb.sync.node_down`` for those nodes. Both should not depend on the database size.
 
 Safety: children are stopped in a ``finally``; every wait has a deadline, and the whole run
 has one (``--deadline``, through ``SIGALRM``).
@@ -64,7 +64,7 @@ def _rss(pid):
 
 SEED_SNIPPET = """
 import gc, statistics
-import aemp_green.global_ as G
+import aemp_green.globaldb.sync as G
 NODE_DOWN_MS = []
 _orig_node_down = G.node_down
 def _timed_node_down(node):
@@ -96,7 +96,7 @@ def _fill(lo, hi):
 """
 
 JOINER_SNIPPET = """
-import aemp_green.global_ as G
+import aemp_green.globaldb.sync as G
 wait_for(lambda: G.master() is not None, 15)
 def _join(n):
     t0 = time.monotonic()
@@ -127,7 +127,7 @@ def series_db(args, log_dir):
             ("seed", dict(binds=[seed_addr], seeds=[seed_addr])), ("w", dict(seeds=[seed_addr]))
         )
         w.run(
-            "import aemp_green.global_ as G\nwait_for(lambda: G.master() is not None, 15)",
+            "import aemp_green.globaldb.sync as G\nwait_for(lambda: G.master() is not None, 15)",
             timeout=20,
         )
         seed.run(SEED_SNIPPET)
@@ -157,7 +157,7 @@ def series_db(args, log_dir):
             leave_s, down_ms = [], []
             for lv in leavers:
                 lv.run(
-                    "import aemp_green.global_ as G\n"
+                    "import aemp_green.globaldb.sync as G\n"
                     "wait_for(lambda: G.master() is not None, 15)\n"
                     "db_set('leave', NODE(), 1)",
                     timeout=20,

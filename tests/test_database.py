@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 HELPERS = """
-import aemp_green.global_ as G
+import aemp_green.globaldb as G
 
 VIEW = {}
 

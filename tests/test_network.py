@@ -573,7 +573,7 @@ def test_two_seeds_mesh_and_a_seed_restart(cluster):
     # A's only seed is gone: its entries leave the database (they are kept per source node)
     assert b.expect("B_seen", timeout=10, pred=lambda v: pa in v[2])[0] == []
     s1.start()
-    a.run("wait_for(lambda: aemp_green.global_.master() == 'seed1', 15)", timeout=20)
+    a.run("wait_for(lambda: aemp_green.globaldb.master() == 'seed1', 15)", timeout=20)
     a.run("_g2 = db_set('mesh', 'after_restart', 2)")
     seen = b.expect("B_seen", timeout=15, pred=lambda v: "after_restart" in v[1])
     assert sorted(seen[0]) == sorted([pa, "after_restart"]), seen

@@ -126,15 +126,16 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
     """db_set, db_del, db_reg, db_family/keys/values (both forms), db_mon, mon_nodes and shutdown
     check the thread first, like the port API: RuntimeError naming the call, and the local
     database, the pending requests, the watchers and the node's links stay as they were."""
-    from aemp_green import connect, global_, node
+    from aemp_green import connect, node
+    from aemp_green.globaldb import sync
 
     kernel.bound_hub()
     target = collector.port()
-    local_db = {f: dict(d) for f, d in global_._local_db.items()}
+    local_db = {f: dict(d) for f, d in sync._local_db.items()}
     state = (
-        dict(global_._pending),
-        global_._req_id,
-        dict(global_._mon_cbs),
+        dict(sync._pending),
+        sync._req_id,
+        dict(sync._mon_cbs),
         list(node._node_watchers),
         connect.listener_addresses(),
         dict(node._nodes),
@@ -160,11 +161,11 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
     for name, exc in results.items():
         assert isinstance(exc, RuntimeError), (name, exc)
         assert str(exc).startswith("aemp_green.%s() called from thread 'intruder'" % name), exc
-    assert {f: dict(d) for f, d in global_._local_db.items()} == local_db
+    assert {f: dict(d) for f, d in sync._local_db.items()} == local_db
     assert (
-        dict(global_._pending),
-        global_._req_id,
-        dict(global_._mon_cbs),
+        dict(sync._pending),
+        sync._req_id,
+        dict(sync._mon_cbs),
         list(node._node_watchers),
         connect.listener_addresses(),
         dict(node._nodes),

@@ -247,6 +247,41 @@ def test_bridge_api_from_threads():
     assert r["stopped_snd"] is True and r["thread_alive"] is False
 
 
+def test_post_and_on_stop():
+    """post() runs a function in the hub thread, in order with the other operations, and is
+    refused once stopped; on_stop() functions run in the hub thread at stop(), and at once in
+    the caller when the bridge already stopped."""
+    out = run_python(
+        _self_seeded("""
+        hub = node.thread.ident
+        res = {}
+        seen = []
+        inbox = node.inbox()
+        node.snd(inbox.id, "first")
+        node.post(lambda: seen.append(["post", threading.get_ident() == hub]))
+        node.post(aemp_green.snd, inbox.id, "second")
+        res["order"] = [inbox.receive(timeout=5), inbox.receive(timeout=5)]
+        res["post"] = node.run(lambda: list(seen))
+        stopped = []
+        node.on_stop(lambda: stopped.append(threading.get_ident() == hub))
+        node.stop()
+        res["on_stop"] = list(stopped)
+        node.on_stop(lambda: stopped.append("late: " + str(threading.get_ident() == hub)))
+        res["late"] = stopped[1:]
+        try:
+            node.post(print, "never")
+        except RuntimeError:
+            res["refused"] = True
+        print("RESULT " + json.dumps(res))
+    """)
+    )
+    r = _results(out)
+    assert r["order"] == [["first"], ["second"]]
+    assert r["post"] == [["post", True]]
+    assert r["on_stop"] == [True] and r["late"] == ["late: False"]
+    assert r["refused"] is True
+
+
 def test_start_refuses_when_the_kernel_is_bound_or_configured():
     """start() raises a clear RuntimeError when aemp_green already runs on another hub, when
     configure() already ran, when called twice, or in a monkey-patched process; a failed
