@@ -768,7 +768,7 @@ def set_limits(max_forward_depth: Optional[int] = None) -> None:
 
 
 class _NodePort:
-    """The node port ``""``: messages to it are requests (PROTOCOL.md section 4)."""
+    """The node port ``""``: messages to it are requests (docs/protocol.md#node-port-requests)."""
 
     __slots__ = ()
     name = ""

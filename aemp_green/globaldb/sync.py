@@ -1,6 +1,6 @@
 """globaldb.sync: the messages that keep this node's database in sync with the others.
 
-Roles (PROTOCOL.md sections 4, 7, 8):
+Roles (docs/protocol.md#node-port-requests, #seeds-and-global-nodes, #database-events):
 
 * Every node keeps its **local database** ``{family: {key: value}}``: what it set itself, plus
   ``'l`` (its own listener addresses) and, on global nodes, ``'g`` (itself).
