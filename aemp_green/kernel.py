@@ -111,13 +111,6 @@ def set_node_id(nodeid: str) -> None:
     port_table[nodeid] = port_table[nodeid + "#"] = _node_port
 
 
-def _new_name() -> str:
-    global _next_id
-    _hub.check_thread()
-    _next_id += 1
-    return _UNIQ + base62(_next_id)
-
-
 def new_port_id() -> str:
     """A fresh local port ID (``<node>#<name>``)."""
     global _next_id
@@ -202,14 +195,6 @@ def local_port_by_name(name: str) -> Optional[PortObj]:
 
 def get_self() -> Optional[PortObj]:
     return getattr(getcurrent(), "aemp_self", None)
-
-
-def _set_self(port: Optional[PortObj]) -> Optional[PortObj]:
-    """Set the port context of the running greenlet; returns the previous one."""
-    cur = getcurrent()
-    prev = getattr(cur, "aemp_self", None)
-    cur.aemp_self = port
-    return prev
 
 
 # --------------------------------------------------------------------------- trampoline
@@ -693,7 +678,7 @@ def mon(port: str, cb: Any = _MISSING, *msg: Any) -> Guard:
 
 
 def mon_guard(port: str, *objs: Any) -> Guard:
-    """Keep ``objs`` alive until ``port`` dies (or the returned, kept guard is dropped).
+    """Keep ``objs`` alive until ``port`` dies (or the returned guard is cancelled).
 
     Example::
 
@@ -708,8 +693,8 @@ def mon_guard(port: str, *objs: Any) -> Guard:
 def after(seconds: float, target: Union[str, Callable[[], Any]], *msg: Any) -> Guard:
     """After ``seconds``, send ``msg`` to the port ``target`` or call ``target()``.
 
-    Runs in a fresh greenlet, so a callable may block. Returns a guard that cancels the timer
-    when cancelled (or, if kept, dropped).
+    Runs in a fresh greenlet, so a callable may block. Returns a guard that stops the timer
+    when cancelled (dropping it stops nothing).
 
     Example::
 

@@ -520,8 +520,8 @@ class Node:
     def mon(self, port: str, cb: Callable[..., Any]) -> Guard:
         """Monitor ``port``: ``cb(*reason)`` runs once **in the hub thread** when it dies.
 
-        Returns a guard with aemp_green's rules (kept and dropped, or ``cancel()``ed, stops
-        monitoring; as a bare statement the monitor stays).
+        Returns a guard with aemp_green's rules: ``cancel()`` (or the end of a ``with`` block)
+        stops monitoring; dropping it stops nothing.
 
         Example::
 
@@ -533,8 +533,8 @@ class Node:
     def db_set(self, family: str, key: str, value: Any = None) -> Guard:
         """``aemp_green.db_set`` from any thread; returns once the hub applied it.
 
-        Returns a guard with aemp_green's rules: kept and dropped (or cancelled) it deletes the
-        entry; as a bare statement the entry stays until ``db_del`` or the node goes down.
+        Returns a guard with aemp_green's rules: ``cancel()`` (or the end of a ``with`` block)
+        deletes the entry; otherwise it stays until ``db_del`` or the node goes down.
 
         Example::
 
@@ -740,8 +740,7 @@ class Node:
 
 
 def _returned(fn: Callable[..., Guard], *args: Any) -> Guard:
-    # the guard is returned, so aemp_green treats it as not kept: dropping it here does
-    # nothing, cancel() still works (the bridge guard's undo calls it)
+    # a guard undoes only on cancel() (the bridge guard's undo calls it), never when dropped
     return fn(*args)
 
 
