@@ -26,6 +26,7 @@ from gevent.event import Event
 
 from . import config as _config
 from . import connect, trace, transport
+from . import _hub
 from . import kernel as _k
 from ._guard import Guard
 from ._protocol import Msg
@@ -821,7 +822,7 @@ def mon_nodes(cb: Callable[..., Any]) -> Guard:
 
         mon_nodes(lambda node, up, *why: print(node, "up" if up else "down", why))
     """
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     _node_watchers.append(cb)
 
     def undo() -> None:
