@@ -37,6 +37,8 @@ setup(
             "ruff>=0.6,<1",
             "mypy>=1.8,<3",
         ],
+        # bench/plot.py only; the tests and CI never import it
+        "bench": ["matplotlib>=3.7,<4"],
     },
     # one `aemp` on PATH once installed: the console script. bin/aemp (the same program) is for
     # running from a checkout and ships in the sdist only, never installed.

@@ -26,6 +26,7 @@ from gevent.event import Event
 
 from . import config as _config
 from . import connect, trace, transport
+from . import _hub
 from . import kernel as _k
 from ._guard import Guard
 from ._protocol import Msg
@@ -230,7 +231,7 @@ class RemoteNode:
         self.connecting = True
         loop = gevent.get_hub().loop
         self._timer = loop.timer(float(_cfg["connect_interval"]))
-        self._timer.start(self._connect_timeout)
+        self._timer.start(self._connect_timeout, update=True)  # from now, not the cached loop time
         addrs = self.addrs or explicit_address(self.id)
         if addrs:
             self.connect_to(addrs)
@@ -454,7 +455,7 @@ class RemoteNode:
                 # monitoring a node port means monitoring the connection: make one
                 self.send(("", ""))
         else:
-            lst.append(action)
+            self.monitors[portname] = _k.monitors_add(lst, action)
 
     def unmonitor(self, portname: str, action: Action) -> None:
         """Forget ``action``; after the last one on ``portname``, send ``mon0`` if the link is up.
@@ -466,11 +467,7 @@ class RemoteNode:
                 n.unmonitor("worker", action)
         """
         lst = self.monitors.get(portname)
-        if not lst:
-            return
-        try:
-            lst.remove(action)
-        except ValueError:
+        if not lst or not _k.monitors_discard(lst, action):
             return
         if not lst:
             del self.monitors[portname]
@@ -852,7 +849,7 @@ def mon_nodes(cb: Callable[..., Any]) -> Guard:
 
         mon_nodes(lambda node, up, *why: print(node, "up" if up else "down", why))
     """
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     _node_watchers.append(cb)
 
     def undo() -> None:

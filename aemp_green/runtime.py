@@ -28,6 +28,7 @@ from gevent.event import AsyncResult
 
 from . import config as _config
 from . import connect, globaldb, logcatcher, node, trace, transport
+from . import _hub
 from . import kernel as _k
 from ._ratelog import set_limits as _set_log_limits
 from ._report import report_crash
@@ -181,7 +182,7 @@ def run_forever(signals: Optional[Iterable[int]] = None) -> int:
         spawn(serve)
         run_forever()
     """
-    _k.check_thread()
+    _hub.check_thread()
     got = AsyncResult()
     watchers = [
         gevent.signal_handler(s, got.set, s) for s in (signals or (signal.SIGINT, signal.SIGTERM))
@@ -219,7 +220,7 @@ def shutdown(flush: float = 1.0) -> None:
 
         shutdown()
     """
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     for g in _seed_greenlets:
         g.kill(block=False)
     connect.stop_listeners()

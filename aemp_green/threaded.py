@@ -29,7 +29,7 @@ stall the node). To get messages *into* an ordinary thread, use an ``inbox()``: 
 messages land in a thread-safe queue.
 
 **The hub binding.** aemp_green's kernel is bound to the gevent hub of the first thread that
-uses it (``kernel.bound_hub()``); the bridge must be that first user, so ``start()`` must come
+uses it (``_hub.bound_hub()``); the bridge must be that first user, so ``start()`` must come
 before any ``configure()``, ``call``, ``after`` ... in the process, and it refuses (with
 ``RuntimeError``) when the kernel is already bound to another hub, when ``configure()`` already
 ran, or when the process is monkey-patched (then threads are greenlets: use ``aemp_green``
@@ -58,7 +58,8 @@ import gevent
 from gevent import monkey as _gmonkey
 from gevent.event import Event
 
-from . import config as _config, globaldb, kernel, ports, runtime
+from . import _hub, globaldb, kernel, ports, runtime
+from . import config as _config
 from ._guard import Guard
 from .exceptions import PortDied, Timeout
 
@@ -144,7 +145,7 @@ def _check_can_start() -> None:
             "the process is monkey-patched (threads are greenlets): use the "
             "aemp_green API directly instead of the threaded bridge"
         )
-    hub = kernel.current_hub()
+    hub = _hub.current_hub()
     if hub is not None:
         raise RuntimeError(
             "aemp_green is already bound to the gevent hub of thread %s: the threaded bridge "
@@ -226,9 +227,9 @@ class Node:
     ) -> None:
         try:
             hub = gevent.get_hub()
-            bound = kernel.current_hub()  # (kernel.bound_hub() itself refuses another thread's hub)
+            bound = _hub.current_hub()  # (_hub.bound_hub() itself refuses another thread's hub)
             if bound is None:
-                bound = kernel.bound_hub()
+                bound = _hub.bound_hub()
             if bound is not hub:
                 raise RuntimeError(
                     "aemp_green got bound to the hub of thread %s meanwhile"
@@ -244,8 +245,8 @@ class Node:
             self.config = runtime.configure(profile, **configure_args)
         except BaseException as exc:
             self._close_watcher()
-            if kernel.current_hub() is self._hub and not _node_configured():
-                kernel.unbind_hub()  # nothing happened yet: a corrected start() may bind again
+            if _hub.current_hub() is self._hub and not _node_configured():
+                _hub.unbind_hub()  # nothing happened yet: a corrected start() may bind again
             started.set_exception(exc)
             return
         started.set_result(self.config)
@@ -478,7 +479,10 @@ class Node:
             if timeout is not None:
                 timer = state["timer"] = self._hub.loop.timer(max(float(timeout), 0.0))
                 timer.start(
-                    finish, False, Timeout("call to %s timed out after %s s" % (port, timeout))
+                    finish,
+                    False,
+                    Timeout("call to %s timed out after %s s" % (port, timeout)),
+                    update=True,  # from now, not the loop's cached time
                 )
             guard = kernel.mon(port, lambda *reason: finish(False, PortDied.from_reason(reason)))
             if state["done"]:
@@ -519,8 +523,8 @@ class Node:
     def mon(self, port: str, cb: Callable[..., Any]) -> Guard:
         """Monitor ``port``: ``cb(*reason)`` runs once **in the hub thread** when it dies.
 
-        Returns a guard with aemp_green's rules (kept and dropped, or ``cancel()``ed, stops
-        monitoring; as a bare statement the monitor stays).
+        Returns a guard with aemp_green's rules: ``cancel()`` (or the end of a ``with`` block)
+        stops monitoring; dropping it stops nothing.
 
         Example::
 
@@ -532,8 +536,8 @@ class Node:
     def db_set(self, family: str, key: str, value: Any = None) -> Guard:
         """``aemp_green.db_set`` from any thread; returns once the hub applied it.
 
-        Returns a guard with aemp_green's rules: kept and dropped (or cancelled) it deletes the
-        entry; as a bare statement the entry stays until ``db_del`` or the node goes down.
+        Returns a guard with aemp_green's rules: ``cancel()`` (or the end of a ``with`` block)
+        deletes the entry; otherwise it stays until ``db_del`` or the node goes down.
 
         Example::
 
@@ -739,8 +743,7 @@ class Node:
 
 
 def _returned(fn: Callable[..., Guard], *args: Any) -> Guard:
-    # the guard is returned, so aemp_green treats it as not kept: dropping it here does
-    # nothing, cancel() still works (the bridge guard's undo calls it)
+    # a guard undoes only on cancel() (the bridge guard's undo calls it), never when dropped
     return fn(*args)
 
 

@@ -15,6 +15,10 @@ import time
 from aemp_green.wire import framing
 from aemp_green.wire.handshake import Handshake
 from netutil import SECRET, RawPeer, black_hole
+import pytest
+
+# slow (docs/testing.md): real processes, ~15 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 HELPERS = """
 import aemp_green.globaldb.sync as G

@@ -13,6 +13,10 @@
 """
 
 from netutil import free_port
+import pytest
+
+# slow (docs/testing.md): real processes, ~10 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 KEYS = 20000
 SMALL_FRAME = 256 * 1024  # the family below is about 0.9 MB of JSON

@@ -10,7 +10,7 @@ frame)`` (which hands port-``""`` frames to ``kernel.node_request``), exactly as
 would hand them over.
 
 * **Seed role:** every ``g_*`` frame a Perl node sent to the Perl seed in
-  ``shared/interop/{json,cbor}-session/conn0[12]*`` (decoded by our own decoders from the
+  ``tests/interop/{json,cbor}-session/conn0[12]*`` (decoded by our own decoders from the
   recorded bytes) is fed to our node playing the seed (node id ``seed``, the recorded seed
   binds); our answers must equal the recorded seed answers, frame for frame and in order
   (``g_global``, ``g_found``, ``g_chg1``, ``g_reply``), with probes in between (``g_upd``
@@ -18,8 +18,9 @@ would hand them over.
   ``g_chg2``).
 * **Slave role:** our node (``peer_b``) with the seed as master sends the frames the Perl
   ``peer_b`` sent, and the recorded seed answers make ``db_mon``, ``RemoteNode.found`` and
-  ``db_family``/``db_keys``/``db_values`` behave (PROTOCOL.md sections 4, 7, 8).
-* Validation of family names and keys (API.md "The shared database").
+  ``db_family``/``db_keys``/``db_values`` behave (docs/protocol.md#node-port-requests,
+  #seeds-and-global-nodes, #database-events).
+* Validation of family names and keys (docs/api.md#the-shared-database).
 """
 
 import json
@@ -272,9 +273,9 @@ def become_perl_seed(net, session):
 
 
 def test_seed_answers_peer_a_like_the_perl_seed(net, session):
-    """PROTOCOL.md 4/7: a node's first ``g_slave`` makes us global (``g_global`` to it), its
-    ``g_slave`` + db registers its ``'l`` and families, ``g_find seed`` is answered with our
-    binds: the answers are exactly the recorded ones."""
+    """docs/protocol.md#node-port-requests, #seeds-and-global-nodes: a node's first ``g_slave``
+    makes us global (``g_global`` to it), its ``g_slave`` + db registers its ``'l`` and families,
+    ``g_find seed`` is answered with our binds: the answers are exactly the recorded ones."""
     rec_a, _ = become_perl_seed(net, session)
     net.connect("peer_a")  # not global yet: node_up says nothing
     assert net.take() == []
@@ -290,11 +291,12 @@ def test_seed_answers_peer_a_like_the_perl_seed(net, session):
 
 
 def test_seed_answers_peer_b_like_the_perl_seed(net, session):
-    """PROTOCOL.md 4/7/8, the whole recorded ``peer_b`` conversation: ``g_global`` once,
-    ``g_found`` with the binds learned from peer_a's ``'l``, ``g_chg1`` with the family,
-    ``g_reply`` with the request id and a dict / key list / value list; between the recorded
-    frames: ``g_upd`` applied and visible through ``g_db_family`` (also after the ``del``),
-    a change pushed as ``g_chg2`` while watched, none after ``g_mon0``."""
+    """docs/protocol.md#node-port-requests, #seeds-and-global-nodes, #database-events, the whole
+    recorded ``peer_b`` conversation: ``g_global`` once, ``g_found`` with the binds learned from
+    peer_a's ``'l``, ``g_chg1`` with the family, ``g_reply`` with the request id and a dict / key
+    list / value list; between the recorded frames: ``g_upd`` applied and visible through
+    ``g_db_family`` (also after the ``del``), a change pushed as ``g_chg2`` while watched, none
+    after ``g_mon0``."""
     rec_a, rec_b = become_perl_seed(net, session)
     net.connect("peer_a")
     for frame in rec_a.to_seed:
@@ -341,8 +343,9 @@ def test_seed_answers_peer_b_like_the_perl_seed(net, session):
 
 
 def test_seed_g_chg1_is_null_for_an_empty_family_and_g_found_null_for_unknown(net, session):
-    """PROTOCOL.md 4: the ``g_chg1`` hash is null when the family is empty; ``g_found`` binds
-    are null for a node whose ``'l`` is unknown (also after that node went down)."""
+    """docs/protocol.md#node-port-requests: the ``g_chg1`` hash is null when the family is empty;
+    ``g_found`` binds are null for a node whose ``'l`` is unknown (also after that node went
+    down)."""
     rec_a, _ = become_perl_seed(net, session)
     net.connect("peer_a")
     for frame in rec_a.to_seed:
@@ -375,8 +378,9 @@ def test_seed_g_chg1_is_null_for_an_empty_family_and_g_found_null_for_unknown(ne
 
 
 def test_seed_value_of_another_source_comes_back(net):
-    """PROTOCOL.md 7 (per-source values): X and Y both set ``fam/k``; Y's value wins while Y
-    is up; when Y goes down X's value comes back (``g_chg2`` with the key changed)."""
+    """docs/protocol.md#seeds-and-global-nodes (per-source values): X and Y both set ``fam/k``; Y's
+    value wins while Y is up; when Y goes down X's value comes back (``g_chg2`` with the key
+    changed)."""
     net.become("seed", [SEED_ADDR])
     for n in ("X", "Y", "W"):
         net.connect(n)
@@ -398,9 +402,10 @@ def test_seed_value_of_another_source_comes_back(net):
 
 
 def test_seed_meshes_with_another_global_node(net):
-    """PROTOCOL.md 7: ``g_global`` from another global node is answered with ``g_set`` (our
-    slaves' view); its ``g_set``/``g_upd`` enter our merged view but are not echoed back; our
-    slaves' changes are forwarded to it as ``g_upd``; its entries go when it goes down."""
+    """docs/protocol.md#seeds-and-global-nodes: ``g_global`` from another global node is answered
+    with ``g_set`` (our slaves' view); its ``g_set``/``g_upd`` enter our merged view but are not
+    echoed back; our slaves' changes are forwarded to it as ``g_upd``; its entries go when it goes
+    down."""
     net.become("seed", [SEED_ADDR])
     net.connect("X")
     feed("X", ["", "g_slave"])
@@ -444,11 +449,12 @@ def test_seed_meshes_with_another_global_node(net):
 
 
 def test_global_nodes_agree_on_a_key_set_twice_whatever_the_arrival_order(net):
-    """PROTOCOL.md 7, two global nodes: X (our slave) and Y (a slave of the other global node)
-    set the same key. The value in effect is the one taken from its slave last, by the stamp
-    the other global node sends along, not the one that arrived here last: a value of Y's that
-    is older than X's current one but arrives after it does not win. (With "last arrived wins"
-    two global nodes could keep different values for good: each had the other's value last.)"""
+    """docs/protocol.md#seeds-and-global-nodes, two global nodes: X (our slave) and Y (a slave of
+    the other global node) set the same key. The value in effect is the one taken from its slave
+    last, by the stamp the other global node sends along, not the one that arrived here last: a
+    value of Y's that is older than X's current one but arrives after it does not win. (With "last
+    arrived wins" two global nodes could keep different values for good: each had the other's value
+    last.)"""
     net.become("seed", [SEED_ADDR])
     net.connect("X")
     feed("X", ["", "g_slave"])  # makes us global
@@ -538,8 +544,8 @@ def test_a_slave_resending_its_database_does_not_win_keys_it_did_not_write_again
 
 
 def test_seed_db_reg_and_local_watchers(net):
-    """API.md: ``db_reg`` on a global node is deleted when the port dies; a local ``db_mon``
-    gets the whole family first (also a second one), then added/changed/deleted."""
+    """docs/api.md#the-shared-database: ``db_reg`` on a global node is deleted when the port dies; a
+    local ``db_mon`` gets the whole family first (also a second one), then added/changed/deleted."""
     net.become("seed", [SEED_ADDR])
     net.connect("W")
     feed("W", ["", "g_slave"])
@@ -596,10 +602,11 @@ def become_perl_peer_b(net, session, seeds=(SEED_ADDR,)):
 
 
 def test_slave_sends_what_perl_peer_b_sent(net, session):
-    """PROTOCOL.md 7: when the seed comes up the node sends ``g_slave`` and, taking it as
-    master, ``g_slave`` with its local db (``'l`` included); ``db_mon`` sends ``g_mon1``, a
-    lookup ``g_find``, queries ``g_db_*`` with a string id, ``db_set``/``db_del`` ``g_upd``,
-    dropping the last watcher ``g_mon0``: the same frames as the Perl node (ids aside)."""
+    """docs/protocol.md#seeds-and-global-nodes: when the seed comes up the node sends ``g_slave``
+    and, taking it as master, ``g_slave`` with its local db (``'l`` included); ``db_mon`` sends
+    ``g_mon1``, a lookup ``g_find``, queries ``g_db_*`` with a string id, ``db_set``/``db_del``
+    ``g_upd``, dropping the last watcher ``g_mon0``: the same frames as the Perl node (ids
+    aside)."""
     _, rec_b = become_perl_peer_b(net, session)
     net.up.add("seed")
     sync.seed_up(SEED_ADDR, FakeLink("seed"))
@@ -634,10 +641,10 @@ def test_slave_sends_what_perl_peer_b_sent(net, session):
 
 
 def test_slave_handles_the_recorded_seed_answers(net, session):
-    """PROTOCOL.md 4/8: ``g_global`` is ignored by a non-global node; ``g_chg1`` gives the
-    first ``db_mon`` call with the whole family (all keys added); ``g_found`` leads to
-    ``RemoteNode.found(binds)``; ``g_reply`` answers ``db_family`` (blocking form),
-    ``db_keys`` and ``db_values`` (callback forms) with the recorded results."""
+    """docs/protocol.md#node-port-requests, #database-events: ``g_global`` is ignored by a
+    non-global node; ``g_chg1`` gives the first ``db_mon`` call with the whole family (all keys
+    added); ``g_found`` leads to ``RemoteNode.found(binds)``; ``g_reply`` answers ``db_family``
+    (blocking form), ``db_keys`` and ``db_values`` (callback forms) with the recorded results."""
     rec_a, rec_b = become_perl_peer_b(net, session)
     net.up.add("seed")
     sync.seed_up(SEED_ADDR, FakeLink("seed"))
@@ -701,7 +708,8 @@ def test_slave_handles_the_recorded_seed_answers(net, session):
 
 
 def test_slave_empty_family_first_call_and_null_chg1(net, session):
-    """PROTOCOL.md 8: the first call comes also when the family is empty (``g_chg1`` null)."""
+    """docs/protocol.md#database-events: the first call comes also when the family is empty
+    (``g_chg1`` null)."""
     become_perl_peer_b(net, session)
     net.up.add("seed")
     sync.seed_up(SEED_ADDR, FakeLink("seed"))
@@ -714,10 +722,10 @@ def test_slave_empty_family_first_call_and_null_chg1(net, session):
 
 
 def test_slave_failover_resends_pending_requests(net, session):
-    """PROTOCOL.md 4/7: requests waiting for the master (``g_find``, ``g_mon1``, ``g_db_*``)
-    are sent again to the new master when the old one goes down; the node sends the new master
-    its whole local db; answers from the old master are no longer accepted; the new
-    ``g_chg1`` resyncs the watcher (stale keys deleted)."""
+    """docs/protocol.md#node-port-requests, #seeds-and-global-nodes: requests waiting for the master
+    (``g_find``, ``g_mon1``, ``g_db_*``) are sent again to the new master when the old one goes
+    down; the node sends the new master its whole local db; answers from the old master are no
+    longer accepted; the new ``g_chg1`` resyncs the watcher (stale keys deleted)."""
     become_perl_peer_b(net, session, seeds=("127.0.0.1:1", "127.0.0.1:2"))
     for n, addr in (("seedA", "127.0.0.1:1"), ("seedB", "127.0.0.1:2")):
         net.up.add(n)
@@ -759,8 +767,9 @@ def test_slave_failover_resends_pending_requests(net, session):
 
 
 def test_slave_without_master_keeps_changes_until_one_is_up(net, session):
-    """PROTOCOL.md 7: with no master up, ``db_set`` is kept locally and reaches the next
-    master inside its ``g_slave`` db; an unchanged value is not sent again (section 8)."""
+    """docs/protocol.md#seeds-and-global-nodes: with no master up, ``db_set`` is kept locally and
+    reaches the next master inside its ``g_slave`` db; an unchanged value is not sent again (section
+    8)."""
     become_perl_peer_b(net, session)
     sync.db_set("fam", "k", {"v": 1})
     assert net.take() == []
@@ -779,8 +788,8 @@ def test_slave_without_master_keeps_changes_until_one_is_up(net, session):
 
 
 def test_db_set_guard_cancel_deletes_drop_keeps(net, session):
-    """API.md: ``db_set`` returns a guard; ``cancel()`` deletes the entry; dropping the guard
-    (aemp_green/_guard.py) or a bare statement leaves it."""
+    """docs/api.md#the-shared-database: ``db_set`` returns a guard; ``cancel()`` deletes the entry;
+    dropping the guard (aemp_green/_guard.py) or a bare statement leaves it."""
     become_perl_peer_b(net, session)
     net.up.add("seed")
     sync.seed_up(SEED_ADDR, FakeLink("seed"))
@@ -820,8 +829,8 @@ def test_db_set_guard_cancel_deletes_drop_keeps(net, session):
     ],
 )
 def test_bad_family_names_raise(net, family):
-    """API.md: family names are ``[A-Za-z][A-Za-z0-9_:]*``; anything else is a ValueError,
-    for every entry point, before anything is stored or sent."""
+    """docs/api.md#the-shared-database: family names are ``[A-Za-z][A-Za-z0-9_:]*``; anything else
+    is a ValueError, for every entry point, before anything is stored or sent."""
     net.become("n", ["127.0.0.1:1"])
     monkeypatched_master(net)
     for call in (
@@ -867,8 +876,8 @@ def test_good_family_names_are_accepted(net):
 
 @pytest.mark.parametrize("family", ["'l", "'g"])
 def test_internal_families_readable_not_writable(net, family):
-    """API.md: names starting with ``'`` are internal: readable (``db_family``, ``db_mon``),
-    not writable through ``db_set``/``db_del``/``db_reg``."""
+    """docs/api.md#the-shared-database: names starting with ``'`` are internal: readable
+    (``db_family``, ``db_mon``), not writable through ``db_set``/``db_del``/``db_reg``."""
     net.become("seed", [SEED_ADDR])
     net.connect("X")
     feed("X", ["", "g_slave"])
@@ -911,8 +920,9 @@ def test_blocking_query_times_out_without_a_master(net, session):
 
 
 def test_query_callback_may_block_without_stalling_the_network(net, session):
-    """API.md: with a ``cb`` the queries call back; the callback runs like every other
-    callback (db_mon's run synchronously, but query replies get a fresh greenlet), so it may use the blocking forms."""
+    """docs/api.md#the-shared-database: with a ``cb`` the queries call back; the callback runs like
+    every other callback (db_mon's run synchronously, but query replies get a fresh greenlet), so it
+    may use the blocking forms."""
     become_perl_peer_b(net, session)
     monkeypatched_master(net)
     got = []

@@ -7,6 +7,7 @@ stays bound to the main thread's hub (checked by the last test).
 import json
 import textwrap
 import threading
+import pytest
 
 from netutil import SECRET, free_port
 from netutil import run_python
@@ -38,6 +39,7 @@ def _self_seeded(code):
     return textwrap.dedent(_SELF_SEEDED % free_port()) + textwrap.dedent(code)
 
 
+@pytest.mark.slow
 def test_hammer_8_threads_snd_and_call_for_10_seconds(cluster):
     """8 OS threads call and snd through the bridge for 10 s, half of them to a port in the hub
     thread, half to a port on another node: every reply matches its request, and the messages
@@ -350,10 +352,10 @@ def test_start_refuses_when_the_kernel_is_bound_or_configured():
 
 def test_pytest_process_kernel_stays_on_the_main_thread():
     """This process never configured a node, and its kernel (if bound) is the main thread's."""
-    from aemp_green import config, kernel
+    from aemp_green import _hub, config
 
     assert not config.is_configured()
-    hub = kernel._hub
+    hub = _hub.current_hub()
     assert hub is None or hub.thread_ident == threading.main_thread().ident
 
 

@@ -1,6 +1,7 @@
 """globaldb.store: the replicated database as plain data (no I/O, no clock, no greenlets).
 
-What a global node keeps (PROTOCOL.md sections 7 and 8) and the rules it keeps it by:
+What a global node keeps (docs/protocol.md#seeds-and-global-nodes, #database-events) and the
+rules it keeps it by:
 
 * **Entries per source.** ``Store.by_source[source][family][key] = (stamp, value)`` holds what
   each source contributed; ``Store.holders[family][key]`` names the source(s) holding the key:

@@ -1,6 +1,6 @@
 """globaldb.sync: the messages that keep this node's database in sync with the others.
 
-Roles (PROTOCOL.md sections 4, 7, 8):
+Roles (docs/protocol.md#node-port-requests, #seeds-and-global-nodes, #database-events):
 
 * Every node keeps its **local database** ``{family: {key: value}}``: what it set itself, plus
   ``'l`` (its own listener addresses) and, on global nodes, ``'g`` (itself).
@@ -39,6 +39,7 @@ from gevent.event import AsyncResult
 
 from .. import config as _config
 from .. import connect
+from .. import _hub
 from .. import kernel as _k
 from .. import node as _node
 from .._guard import Guard
@@ -781,7 +782,7 @@ def db_set(family: str, key: str, value: Any = None) -> Guard:
 
         db_set("eg_receivers", SELF(), {"info": "receiver"})
     """
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     _check_family(family, writing=True)
     _check_key(key)
     _check_value(value)
@@ -799,7 +800,7 @@ def db_del(family: str, *keys: str) -> None:
 
         db_del("eg_receivers", SELF())
     """
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     _check_family(family, writing=True)
     fam = _local_db.get(family)
     gone = [k for k in keys if fam and k in fam]
@@ -821,7 +822,7 @@ def db_reg(family: str, port: Optional[str] = None, value: Any = None) -> Guard:
 
         db_reg("workers")          # inside a port: register it until it dies
     """
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     if port is None:
         me = _k.get_self()
         if me is None:
@@ -859,7 +860,7 @@ def _check_reachable(what: str, family: str) -> None:
 def _query(
     tag: str, family: str, cb: Optional[Callable[[Any], Any]], timeout: Optional[float]
 ) -> Any:
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     _check_family(family)
     _check_reachable("db_" + tag[5:], family)
     # after the request id: the part size we take the answer in (AEMP ignores it)
@@ -928,7 +929,7 @@ def db_mon(family: str, cb: Callable[..., Any]) -> Guard:
                 snd(port, "test", "hello")
         db_mon("eg_receivers", seen)
     """
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     _check_family(family)
     _check_reachable("db_mon", family)
     cbs = _mon_cbs.get(family)
