@@ -2,7 +2,8 @@
 
 Everything that crosses a port boundary goes through here. The kernel never imports the port
 classes (``ports``) nor the network (``node``): ports are duck-typed objects with ``name``,
-``monitors``, ``_deliver(msg)`` and ``_terminate(reason)``; the network registers itself with
+``monitors``, ``_deliver(msg)``, ``_run(msg, cur)``, ``_terminate(reason)`` and ``_direct``
+(true when ``_deliver`` is plain ``dispatch``, so that the dispatcher may call ``_run`` itself); the network registers itself with
 ``set_network`` and gets messages for other nodes, and hands incoming node-port requests back
 through ``node_request``.
 
@@ -20,16 +21,15 @@ import logging
 import secrets
 import string
 import sys
-import threading
 import time
 from bisect import bisect_left
 from collections import deque
 from typing import Any, Callable, Literal, Optional, Protocol, Sequence, TypeAlias, Union
 
 from gevent import get_hub
-from gevent.monkey import get_original as _gevent_original
 from greenlet import getcurrent, greenlet
 
+from . import _hub
 from ._guard import Guard
 from ._ratelog import RateLog, esc, exc_text
 from ._report import report_crash
@@ -47,6 +47,7 @@ __all__ = [
     "after",
     "node_request",
     "deliver_remote",
+    "deliver_frames",
     "register_node_request",
     "request_origin",
     "may_block",
@@ -103,7 +104,7 @@ node_id = NODE
 def set_node_id(nodeid: str) -> None:
     """Change this node's ID (``configure``); every local port's ID changes with it, as in AEMP."""
     global this_node
-    check_thread()  # configure(): before it changes anything
+    _hub.check_thread()  # configure(): before it changes anything
     if "#" in nodeid:
         raise ValueError("node ID must not contain '#': %r" % (nodeid,))
     this_node = nodeid
@@ -115,25 +116,18 @@ def set_node_id(nodeid: str) -> None:
     port_table[nodeid] = port_table[nodeid + "#"] = _node_port
 
 
-def _new_name() -> str:
-    global _next_id
-    check_thread()
-    _next_id += 1
-    return _UNIQ + base62(_next_id)
-
-
 def new_port_id() -> str:
     """A fresh local port ID (``<node>#<name>``)."""
     global _next_id
-    if _hub is not None and _os_thread_ident() != _hub_ident:  # port, spawn, call, receive
-        raise _foreign_thread_error()
+    if _hub.hub is not None and _hub.os_ident() != _hub.ident:  # port, spawn, call, receive
+        raise _hub.foreign_thread_error()
     _next_id += 1
     return this_node + "#" + _UNIQ + base62(_next_id)
 
 
 def new_spawn_name() -> str:
     global _next_id
-    check_thread()
+    _hub.check_thread()
     _next_id += 1
     return _RUNIQ + base62(_next_id)
 
@@ -180,125 +174,6 @@ def port_id(name: str) -> str:
 port_table: dict[
     str, Any
 ] = {}  # full port ID -> port object (the node port under "<node>" and "<node>#")
-_hub = None
-
-
-_hub_thread = None  # ident of the thread whose hub runs this node
-
-# ---- the hub-thread check (docs/running.md, "One thread owns the node") ----------------------
-# Once bound, only the OS thread of the hub may use the kernel: gevent loops are not
-# thread-safe. Entry points that touch the loop or shared state check before they change
-# anything (``check_thread``, ``bound_hub``); the hot path, ``dispatch``, compares the running
-# greenlet with the last one that passed (``_hub_glet``): greenlets never change threads, so
-# that is one identity test. ``_hub_ident`` is the *OS* thread ident (gevent's original
-# ``get_ident``): under monkey-patching ``threading.get_ident()`` is per greenlet, and all those
-# greenlets rightly pass.
-_os_thread_ident = _gevent_original("_thread", "get_ident")
-_hub_ident = None  # OS thread ident of the hub thread, None until bound
-_hub_thread_name = None  # (for the error message)
-_hub_glet = None  # the last greenlet that passed the check (it runs in the hub thread)
-
-
-def bound_hub():
-    global _hub, _hub_thread, _hub_ident, _hub_glet, _hub_thread_name
-    if _hub is None:
-        _hub_ident = _os_thread_ident()
-        _hub_thread_name = _thread_name(_hub_ident)
-        _hub_glet = None
-        _hub = get_hub()
-        _hub_thread = threading.get_ident()
-        _start_clock(_hub)
-    elif _os_thread_ident() != _hub_ident:
-        raise _foreign_thread_error()
-    return _hub
-
-
-def current_hub():
-    """The gevent hub the node is bound to, or None before anything bound it.
-
-    Example::
-
-        if current_hub() is None: ...   # nothing has used the node yet
-    """
-    return _hub
-
-
-def unbind_hub():
-    """Forget the hub binding (``threaded.start`` when it failed before the node did anything)."""
-    global _hub, _hub_thread, _hub_ident, _hub_glet, _hub_thread_name
-    _stop_clock()
-    _hub = _hub_thread = _hub_ident = _hub_glet = _hub_thread_name = None
-
-
-def check_thread():
-    """Raise ``RuntimeError`` when the kernel is bound to the hub of another OS thread."""
-    if _hub is not None and _os_thread_ident() != _hub_ident:
-        raise _foreign_thread_error()
-
-
-def _check_greenlet(cur):
-    """``dispatch``'s check for a greenlet other than the last one seen (kernel bound)."""
-    global _hub_glet
-    if _os_thread_ident() != _hub_ident:
-        raise _foreign_thread_error()
-    _hub_glet = cur
-
-
-def _thread_name(ident):
-    """The name of the Python thread with OS thread ident ``ident``, or None."""
-    for t in threading.enumerate():
-        if t.ident == ident:
-            return t.name
-    return None
-
-
-def _foreign_thread_error(delivered=False):
-    """The ``RuntimeError`` for a call from an OS thread that is not the hub thread."""
-    return _wrong_thread_error(_os_thread_ident(), _hub_ident, _hub_thread_name, delivered)
-
-
-def _wrong_thread_error(ident, hub_ident, hub_name, delivered=False):
-    """The ``RuntimeError`` the kernel raises when OS thread ``ident`` calls the plain API
-    while the node is bound to the hub of thread ``hub_ident`` (see ``check_thread``)."""
-
-    def label(ident, name=None):
-        name = name or _thread_name(ident)
-        return "ident %s" % (ident,) if name is None else "%r (ident %s)" % (name, ident)
-
-    return RuntimeError(
-        "%s called from thread %s, but aemp_green is bound to the gevent hub of thread %s: "
-        "gevent hubs are not thread-safe, so only that thread may use the plain aemp_green "
-        "API.%s Other threads must use the Node handle returned by "
-        "aemp_green.threaded.start() (node.snd, node.call, node.port, node.submit(fn), ...), "
-        "or hand the work to the hub thread with hub.loop.run_callback_threadsafe(fn, *args) "
-        "(see docs/running.md)."
-        % (
-            _api_name(sys._getframe(1)),
-            label(ident),
-            label(hub_ident, hub_name),
-            " (This message was still handed over to the hub thread safely.)" if delivered else "",
-        )
-    )
-
-
-def _api_name(frame):
-    """``aemp_green.<name>()`` for the aemp_green function the application called (the
-    outermost aemp_green frame of the stack)."""
-    found = None
-    while frame is not None:
-        mod = frame.f_globals.get("__name__", "")
-        if mod != "aemp_green" and not mod.startswith("aemp_green."):
-            break
-        code = frame.f_code
-        found = (mod, getattr(code, "co_qualname", code.co_name))
-        frame = frame.f_back
-    if found is None:
-        return "aemp_green"
-    mod, qual = found
-    pkg = sys.modules.get("aemp_green")  # loaded by now; no import (the package is above us)
-    if pkg is not None and qual in getattr(pkg, "__all__", ()):
-        return "aemp_green.%s()" % qual
-    return "%s.%s()" % (mod, qual)
 
 
 def register_port(p: PortObj) -> None:
@@ -307,8 +182,8 @@ def register_port(p: PortObj) -> None:
 
 def lookup_port(port: str) -> Optional[PortObj]:
     """The local port object for a port ID, or None (also for remote IDs and the node port)."""
-    if _hub is not None and _os_thread_ident() != _hub_ident:  # rcv, peval, mon
-        raise _foreign_thread_error()
+    if _hub.hub is not None and _hub.os_ident() != _hub.ident:  # rcv, peval, mon
+        raise _hub.foreign_thread_error()
     p = port_table.get(port)
     return None if p is _node_port else p
 
@@ -327,14 +202,6 @@ def get_self() -> Optional[PortObj]:
     return getattr(getcurrent(), "aemp_self", None)
 
 
-def _set_self(port: Optional[PortObj]) -> Optional[PortObj]:
-    """Set the port context of the running greenlet; returns the previous one."""
-    cur = getcurrent()
-    prev = getattr(cur, "aemp_self", None)
-    cur.aemp_self = port
-    return prev
-
-
 # --------------------------------------------------------------------------- trampoline
 
 dispatch_queue: deque[Any] = deque()
@@ -345,12 +212,14 @@ _drain_scheduled = False
 def dispatch(p: PortObj, msg: Sequence[Any]) -> None:
     """Run ``p._run(msg)`` without ever nesting handler calls (see module docstring)."""
     cur = getcurrent()
-    if cur is not _hub_glet and _hub is not None:  # the thread check, before any change
-        _check_greenlet(cur)
-    if dispatch_queue or cur in _draining:
+    if cur is not _hub.glet and _hub.hub is not None:  # the thread check, before any change
+        _hub.check_greenlet(cur)
+    if _draining and cur in _draining:
+        # a handler is running in this greenlet: the loop below (in its dispatch) takes it
         dispatch_queue.append((p, msg))
-        if cur in _draining:  # a handler is running in this greenlet: the loop below takes it
-            return
+        return
+    if dispatch_queue:
+        dispatch_queue.append((p, msg))
         p = None  # something older waits (its drainer is blocked): keep FIFO, drain here
     _draining.add(cur)
     prev = getattr(cur, "aemp_self", None)
@@ -398,13 +267,13 @@ def may_block() -> bool:
     cur = getcurrent()
     if cur in _draining or getattr(cur, "aemp_noblock", False):
         return False
-    return cur is not (_hub if _hub is not None else get_hub())
+    return cur is not (_hub.hub if _hub.hub is not None else get_hub())
 
 
 def schedule_drain() -> None:
     global _drain_scheduled
     if not _drain_scheduled:
-        hub = bound_hub()  # checks the thread before the flag changes
+        hub = _hub.bound_hub()  # checks the thread before the flag changes
         _drain_scheduled = True
         hub.loop.run_callback(_spawn_drainer)
 
@@ -451,16 +320,16 @@ def wake(w: Any, value: Any) -> None:
     _ready.append(w)
     if not _ready_scheduled:
         _ready_scheduled = True
-        hub = _hub
+        hub = _hub.hub
         if hub is None:
-            hub = bound_hub()
-        elif _os_thread_ident() != _hub_ident:
+            hub = _hub.bound_hub()
+        elif _hub.os_ident() != _hub.ident:
             # snd() from another OS thread to a waiting greenlet port: the port has already
             # given its message to this wake-up, so finish it safely in the hub thread, then
             # refuse the call. (While a wake-up is scheduled, the append above is all there is
             # to do, and the hub thread's _run_ready/block takes it: nothing to refuse.)
             hub.loop.run_callback_threadsafe(_run_ready)
-            raise _foreign_thread_error(delivered=True)
+            raise _hub.foreign_thread_error(delivered=True)
         hub.loop.run_callback(_run_ready)
 
 
@@ -489,12 +358,12 @@ def block() -> Any:
             _handoffs += 1
             return w.greenlet.switch(r)
     # callers (call, receive) bound the hub and passed the thread check already
-    return (_hub if _hub is not None else bound_hub()).switch()
+    return (_hub.hub if _hub.hub is not None else _hub.bound_hub()).switch()
 
 
 def spawn_raw(fn: Callable[..., Any], *args: Any) -> greenlet:
     """Run ``fn(*args)`` in a fresh greenlet at the next loop turn."""
-    hub = bound_hub()
+    hub = _hub.bound_hub()
     g = greenlet(fn, parent=hub)
     hub.loop.run_callback(g.switch, *args)
     return g
@@ -563,11 +432,27 @@ def snd(port: str, *msg: Any) -> None:
             _check_wire(port, msg)
         p._deliver(msg)
         return
-    node, _, name = port.partition("#")
+    route = _routes.get(port)
+    if route is None:
+        route = _route(port)
+    node, name = route
     if node != this_node:
-        if _hub is not None and _os_thread_ident() != _hub_ident:
-            raise _foreign_thread_error()
+        if _hub.hub is not None and _hub.os_ident() != _hub.ident:
+            raise _hub.foreign_thread_error()
         network.send(node, (name,) + msg)
+
+
+_routes: dict[str, tuple[str, str]] = {}  # port ID -> (node, name): snd splits an ID once
+_ROUTES_MAX = 4096
+
+
+def _route(port: str) -> tuple[str, str]:
+    """``(node, name)`` of a port ID, remembered for the next ``snd`` (bounded)."""
+    node, _, name = port.partition("#")
+    if len(_routes) >= _ROUTES_MAX:
+        _routes.clear()
+    route = _routes[port] = (node, name)
+    return route
 
 
 _check_local = False
@@ -657,6 +542,10 @@ def _stop_clock() -> None:
         _clock_timer = None
 
 
+_hub.bind_hooks.append(_start_clock)
+_hub.unbind_hooks.append(_stop_clock)
+
+
 def check_local_messages(flag: object) -> None:
     """With ``flag`` true, ``snd`` to a local port checks that the message could also cross
     the wire (what the cbor framing carries: JSON values and bytes) and raises ``TypeError``
@@ -736,6 +625,75 @@ def deliver_remote(from_node: str, frame: Sequence[Any]) -> None:
         node_request(from_node, frame[1:])
 
 
+def deliver_frames(
+    from_node: str, frames: Sequence[Sequence[Any]], start: int = 0, watch: Sequence[Any] = ()
+) -> int:
+    """Deliver ``frames[start:]`` (the frames of one read from ``from_node``) as
+    ``deliver_remote`` would, one after the other, in one pass of the dispatcher; return the
+    index of the first frame not delivered, ``len(frames)`` when all were.
+
+    It stops at a frame that is not a plain message to a port (a node-port request, a port
+    name that is not a string: hand that one to ``deliver_remote``, then call again from the
+    next index), before any frame once ``watch`` is true (the network passes its list of
+    tracers), and at once when the running greenlet is inside the dispatcher already. What
+    handlers send meanwhile is handled before the next frame, as the trampoline would.
+
+    Example::
+
+        i, n = 0, len(frames)
+        while i < n:
+            i = deliver_frames(link.nodeid, frames, i)
+            if i < n:
+                deliver_remote(link.nodeid, frames[i])
+                i += 1
+    """
+    n = len(frames)
+    i = start
+    cur = getcurrent()
+    if cur is not _hub.glet and _hub.hub is not None:  # the thread check, before any change
+        _hub.check_greenlet(cur)
+    if (_draining and cur in _draining) or dispatch_queue or i >= n:
+        return i
+    _draining.add(cur)
+    prev = getattr(cur, "aemp_self", None)
+    get = port_table.get
+    prefix = this_node + "#"
+    last = None  # the port name looked up last, and its port p (frames of a read mostly
+    p: Any = None  # go to one port: one lookup for the run of them)
+    try:
+        while i < n:
+            if watch:
+                break
+            frame = frames[i]
+            if not frame:
+                i += 1
+                continue
+            name = frame[0]
+            if name.__class__ is not str or not name:
+                break  # a node request or a bad name: deliver_remote's
+            if name != last or p.monitors is DEAD:
+                p = get(prefix + name)
+                if p is None:  # no such port: dropped, as deliver_remote does
+                    last = None
+                    i += 1
+                    continue
+                last = name
+            i += 1
+            if p._direct:
+                p._run(frame[1:], cur)
+            else:
+                p._deliver(frame[1:])
+            while dispatch_queue:
+                q, msg = dispatch_queue.popleft()
+                q._run(msg, cur)
+    finally:
+        cur.aemp_self = prev
+        _draining.discard(cur)
+        if dispatch_queue and not _draining:
+            schedule_drain()
+    return i
+
+
 def kil(port: str, *reason: Any) -> None:
     """Kill ``port`` (local or remote). No reason is a normal exit, any reason a crash.
 
@@ -746,8 +704,8 @@ def kil(port: str, *reason: Any) -> None:
         kil(worker)                       # normal exit, monitors get no arguments
         kil(worker, "error", "bad job")   # crash, monitors get ("error", "bad job")
     """
-    if _hub is not None and _os_thread_ident() != _hub_ident:
-        raise _foreign_thread_error()
+    if _hub.hub is not None and _hub.os_ident() != _hub.ident:
+        raise _hub.foreign_thread_error()
     p = port_table.get(port)
     if p is not None and p is not _node_port:
         kill_local(p, reason)
@@ -760,6 +718,49 @@ def kil(port: str, *reason: Any) -> None:
 
 
 DEAD = False  # value of port.monitors once the port is dead
+
+#: a port's monitors are a list up to this many, then a dict (insertion-ordered, so they still
+#: fire in the order they were made): removing one of k monitors is O(1) instead of O(k), so
+#: k calls waiting on one server port, or k guards on one port cancelled, cost O(k), not O(k²)
+MONITORS_LIST_MAX = 8
+
+
+def monitors_add(mons: Any, action: Callable[..., Any]) -> Any:
+    """Return the monitor collection ``mons`` (``None``, a list or a dict) with ``action`` added:
+    a list while small, a dict once bigger than ``MONITORS_LIST_MAX``.
+
+    Example::
+
+        p.monitors = monitors_add(p.monitors, action)
+    """
+    if mons is None:
+        return [action]
+    if type(mons) is list:
+        if len(mons) < MONITORS_LIST_MAX:
+            mons.append(action)
+            return mons
+        mons = dict.fromkeys(mons)
+    mons[action] = None
+    return mons
+
+
+def monitors_discard(mons: Any, action: Callable[..., Any]) -> bool:
+    """Remove ``action`` from the monitor collection ``mons`` (O(1) once it is a dict); returns
+    whether it was there.
+
+    Example::
+
+        if monitors_discard(p.monitors, action) and not p.monitors: ...
+    """
+    if type(mons) is dict:
+        return mons.pop(action, _MISSING) is not _MISSING
+    if mons:
+        try:
+            mons.remove(action)
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def kill_local(p: PortObj, reason: Sequence[Any]) -> None:
@@ -864,22 +865,14 @@ def add_monitor(port: str, action: Action, owner: Optional[str] = None) -> Calla
         if p is None or p.monitors is DEAD:
             spawn_raw(m, "no_such_port", "cannot monitor nonexistent port", port)
             return lambda: setattr(m, "action", None)
-        if p.monitors is None:
-            p.monitors = [m]
-        else:
-            p.monitors.append(m)
+        p.monitors = monitors_add(p.monitors, m)
 
         def undo() -> None:
             m.action = None
-            mons = p.monitors
-            if mons:
-                try:
-                    mons.remove(m)
-                except ValueError:
-                    pass
+            monitors_discard(p.monitors, m)
 
         return undo
-    check_thread()  # (the local branch checked in lookup_port)
+    _hub.check_thread()  # (the local branch checked in lookup_port)
     network.monitor(node, name, m)
 
     def undo_remote() -> None:
@@ -919,7 +912,7 @@ def mon(port: str, cb: Any = _MISSING, *msg: Any) -> Guard:
 
 
 def mon_guard(port: str, *objs: Any) -> Guard:
-    """Keep ``objs`` alive until ``port`` dies (or the returned, kept guard is dropped).
+    """Keep ``objs`` alive until ``port`` dies (or the returned guard is cancelled).
 
     Example::
 
@@ -934,22 +927,22 @@ def mon_guard(port: str, *objs: Any) -> Guard:
 def after(seconds: float, target: Union[str, Callable[[], Any]], *msg: Any) -> Guard:
     """After ``seconds``, send ``msg`` to the port ``target`` or call ``target()``.
 
-    Runs in a fresh greenlet, so a callable may block. Returns a guard that cancels the timer
-    when cancelled (or, if kept, dropped).
+    Runs in a fresh greenlet, so a callable may block. Returns a guard that stops the timer
+    when cancelled (dropping it stops nothing).
 
     Example::
 
         after(0.5, SELF(), "tick")
         after(2.0, lambda: print("two seconds later"))
     """
-    loop = bound_hub().loop
+    loop = _hub.bound_hub().loop
     timer = loop.timer(seconds)
     if callable(target):
         if msg:
             raise TypeError("after(seconds, callable) takes no message arguments")
-        timer.start(spawn_raw, target)
+        timer.start(spawn_raw, target, update=True)  # from now, not the cached loop time
     else:
-        timer.start(spawn_raw, snd, target, *msg)
+        timer.start(spawn_raw, snd, target, *msg, update=True)
     return Guard.for_caller(timer.close)
 
 
@@ -994,10 +987,11 @@ def set_limits(max_forward_depth: Optional[int] = None) -> None:
 
 
 class _NodePort:
-    """The node port ``""``: messages to it are requests (PROTOCOL.md section 4)."""
+    """The node port ``""``: messages to it are requests (docs/protocol.md#node-port-requests)."""
 
     __slots__ = ()
     name = ""
+    _direct = False
     id = property(lambda self: this_node + "#")
 
     @property
@@ -1009,7 +1003,7 @@ class _NodePort:
         raise ValueError("the node port cannot die")
 
     def _deliver(self, msg: Sequence[Any]) -> None:
-        check_thread()  # snd to this node's node port
+        _hub.check_thread()  # snd to this node's node port
         node_request(this_node, msg)  # (inside a request: queued as that request's origin)
 
     def _terminate(self, reason: Reason) -> None:  # pragma: no cover
@@ -1258,10 +1252,7 @@ def _req_mon1(from_node: str, portid: str, *_: Any) -> None:
         _reply_kil0(from_node, name, reason)
 
     mons[name] = action
-    if p.monitors is None:
-        p.monitors = [action]
-    else:
-        p.monitors.append(action)
+    p.monitors = monitors_add(p.monitors, action)
 
 
 def _reply_kil0(to_node: str, name: str, reason: Sequence[Any]) -> None:
@@ -1284,11 +1275,8 @@ def _req_mon0(from_node: str, portid: str, *_: Any) -> None:
 
 def _unhook_monitor(name: str, action: Action) -> None:
     p = local_port_by_name(name)
-    if p is not None and p.monitors:
-        try:
-            p.monitors.remove(action)
-        except ValueError:
-            pass
+    if p is not None:
+        monitors_discard(p.monitors, action)
 
 
 def forget_node_monitors(nodeid: str) -> None:

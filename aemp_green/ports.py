@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence, TypeAlias, Union
 from gevent.event import Event
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from . import _hub
 from . import kernel as _k
 from ._report import report_crash
 from .exceptions import BlockingInHandlerError, PortDied, Timeout
@@ -156,6 +157,7 @@ class _CallbackPort(_Port):
 
     _deliver = _dispatch
     _run = _run_handler
+    _direct = True  # _deliver is plain dispatch (kernel.deliver_frames calls _run itself)
 
     def _keeps(self, msg: Sequence[Any]) -> bool:
         return False
@@ -323,6 +325,7 @@ class _GreenletPort(_Port):
         return True
 
     _run = _run_handler
+    _direct = False  # _deliver decides between mailbox and handler
 
     def _keeps(self, msg: Sequence[Any]) -> bool:
         """A message no handler takes goes to the mailbox while the greenlet runs."""
@@ -355,7 +358,7 @@ class _GreenletPort(_Port):
         if g is getcurrent():
             raise _Killed()
         if g:  # started: stop it at the next loop turn
-            _k.bound_hub().loop.run_callback(_throw_killed, g)
+            _hub.bound_hub().loop.run_callback(_throw_killed, g)
         # not started yet: _start_port sees the port is dead and never runs it
 
     def __repr__(self) -> str:
@@ -412,7 +415,7 @@ def _new_greenlet_port(
 ) -> "_GreenletPort":
     p = _GreenletPort(pid)
     p.limit = limit
-    hub = _k.bound_hub()
+    hub = _hub.bound_hub()
     p.greenlet = _PortGreenlet(_port_main, parent=hub)
     _k.register_port(p)
     hub.loop.run_callback(_start_port, p, fn, args)
@@ -614,7 +617,7 @@ def check_may_block(what: str, own_port: bool = False) -> Optional["_GreenletPor
             "spawn(fn, *args) from the handler, or use cal(port, ..., cb=...) for a reply "
             "callback (docs/tutorial.md, \"Callback ports must not block\")." % (what, name)
         )
-    if cur is _k.bound_hub():
+    if cur is _hub.bound_hub():
         raise BlockingInHandlerError(
             "%s cannot block in the hub greenlet: call it from a "
             "greenlet port (spawn) or any other greenlet" % what
@@ -625,6 +628,10 @@ def check_may_block(what: str, own_port: bool = False) -> Optional["_GreenletPor
 def _own_port() -> "_GreenletPort":
     """The greenlet port of the running greenlet, adopting a plain greenlet on first use."""
     cur = getcurrent()
+    p = getattr(cur, "aemp_self", None)
+    if p is not None and p.__class__ is _GreenletPort and p.greenlet is cur:
+        if not _k.dispatching():  # (the common case: a greenlet port's own code)
+            return p
     p = check_may_block("receive()", own_port=True)
     if p is not None:
         return p
@@ -645,8 +652,8 @@ def _wait(p: "_GreenletPort", want: Any, timeout: Optional[float]) -> Any:
         p.limit.wake()  # a blocked sender may hold the message this receive waits for
     timer = None
     if timeout is not None:
-        timer = _k.bound_hub().loop.timer(max(timeout, 0))
-        timer.start(_on_timeout, p)
+        timer = _hub.bound_hub().loop.timer(max(timeout, 0))
+        timer.start(_on_timeout, p, update=True)  # from now, not the loop's cached time
     try:
         r = _k.block()
     finally:
@@ -716,7 +723,9 @@ def receive_match(pred: Callable[[list[Any]], Any], timeout: Optional[float] = N
     p = _own_port()
     deadline = None
     if timeout is not None:
-        deadline = _k.bound_hub().loop.now() + timeout
+        loop = _hub.bound_hub().loop
+        loop.update_now()  # from now, not the loop's cached time (see cal)
+        deadline = loop.now() + timeout
     start = 0
     while True:
         mb = p.mailbox or deque()
@@ -731,7 +740,7 @@ def receive_match(pred: Callable[[list[Any]], Any], timeout: Optional[float] = N
         start = len(mb)
         left = None
         if deadline is not None:
-            left = deadline - _k.bound_hub().loop.now()
+            left = deadline - _hub.bound_hub().loop.now()
             if left <= 0:
                 raise Timeout("no matching message")
         _wait(p, _PRED, left)
@@ -815,14 +824,14 @@ def cal(port_: str, *msg: Any, cb: Callable[..., Any], timeout: Optional[float] 
 
     reply.default = on_reply
     if timeout is not None:
-        timer = _k.bound_hub().loop.timer(timeout)
+        timer = _hub.bound_hub().loop.timer(timeout)
 
         def on_timeout() -> None:
             if reply.monitors is not _DEAD:
                 _kill_local(reply, ())
                 cb()
 
-        timer.start(_k.spawn_raw, on_timeout)
+        timer.start(_k.spawn_raw, on_timeout, update=True)  # from now (see cal)
     else:
         undo_mon = _k.add_monitor(port_, lambda *reason: _kill_local(reply, reason))
     _k.snd(port_, *msg, reply_id)
@@ -862,8 +871,8 @@ def call(port_: str, *msg: Any, timeout: Optional[float] = None) -> list[Any]:
     undo = _k.add_monitor(port_, lambda *reason: finish(("died", reason)))
     timer = None
     if timeout is not None:
-        timer = _k.bound_hub().loop.timer(max(timeout, 0))
-        timer.start(finish, ("timeout",))
+        timer = _hub.bound_hub().loop.timer(max(timeout, 0))
+        timer.start(finish, ("timeout",), update=True)  # from now (see cal)
     try:
         _k.snd(port_, *msg, reply.id)
         r = _k.block()

@@ -326,7 +326,9 @@ class Link:
     ``send(frame)`` encodes in the caller (a value the framing cannot carry raises
     ``TypeError`` right there) and queues the bytes; the writer greenlet sends everything
     queued in one ``sendall``. ``run()`` reads until the connection ends, calling
-    ``on_frame(frame)`` for each decoded frame; ``on_close(link, why)`` runs exactly once.
+    ``on_frame(link, frame)`` for each decoded frame, or, when given, ``on_frames(link,
+    frames)`` once per read with the list of its frames (one call instead of one per frame);
+    ``on_close(link, why)`` runs exactly once.
 
     Backpressure (docs/running.md, "Backpressure"): when more than ``high_water`` bytes wait
     for the socket, a sender that may wait (``may_wait()`` true, and not the hub, a link's
@@ -353,6 +355,8 @@ class Link:
     auth: Optional[str]
     rtt: Optional[float]
     probe_sent: Optional[float]
+    #: set once ``on_close`` ran (made by ``node`` for the links of its nodes)
+    closed_event: Event
 
     def __init__(
         self,
@@ -377,6 +381,7 @@ class Link:
         may_wait: Optional[Callable[[], Any]] = None,
         auth: Optional[str] = None,
         tls: bool = False,
+        on_frames: Optional[Callable[["Link", list[Msg]], Any]] = None,
     ) -> None:
         self.sock = sock
         self.nodeid = nodeid
@@ -395,6 +400,7 @@ class Link:
         )
         self._trailing = trailing
         self._on_frame = on_frame
+        self._on_frames = on_frames
         self._on_close = on_close
         self._wbuf = []
         self._wbytes = 0
@@ -411,7 +417,7 @@ class Link:
         self._nwaiting = 0  # senders waiting for _drained
         self.busy_waits = 0  # how often a sender waited for the link to drain
         self._writing = False  # the writer is inside sendall: nobody else may write
-        self._turn = False  # a frame already went straight out in this loop turn
+        self._turn = -1.0  # loop time of the turn in which a frame last went straight out
         self._full = False  # a direct send hit a full socket buffer: leave it to the writer
         # direct non-blocking writes go to the raw socket; never for TLS (would bypass it)
         from gevent import ssl as _gssl
@@ -472,26 +478,25 @@ class Link:
             return False
         data = self._encode(frame)
         self.frames_out += 1
-        self.last_tx = self._loop.now()
+        wbuf = self._wbuf
         raw = self._raw
         if (
-            raw is not None
+            not wbuf
+            and raw is not None
             and not self._writing
-            and not self._wbuf
-            and not self._turn
             and not self._full
+            and self._turn != self._loop.now()  # (the loop's time changes every turn)
         ):
-            self._turn = True
-            self._loop.run_callback(self._end_turn)
+            self.last_tx = self._turn = self._loop.now()
             sent = self._raw_send(raw, data)
             if sent is None:
                 return False
             if sent == len(data):
                 return True
             data = data[sent:]
-        self._wbuf.append(data)
-        self._wbytes += len(data)
-        if self._wbytes >= self._check_at:
+        wbuf.append(data)
+        n = self._wbytes = self._wbytes + len(data)
+        if n >= self._check_at:
             return self._queued_a_lot(raw, len(data))
         if self._writer_idle:
             self._writer_idle = False
@@ -555,6 +560,11 @@ class Link:
         if pending <= self._high:
             if self._nwaiting and pending <= self._low:
                 self._drained.set()  # type: ignore[union-attr]  # (_nwaiting > 0: a waiter made it)
+            if self._full or self._writing:
+                # nothing can be pushed before the writer ran (it resets _check_at): the next
+                # check that matters is the high-water mark (a flood into a full socket would
+                # come here for every frame otherwise)
+                self._check_at = self._high - self._inflight + 1
             return True
         if self._nowait:
             return True
@@ -605,9 +615,6 @@ class Link:
             self.close("write error: %s" % (exc,))
             return None
 
-    def _end_turn(self) -> None:
-        self._turn = False
-
     def _write_loop(self) -> None:
         sock = self.sock
         try:
@@ -649,6 +656,7 @@ class Link:
                     self._inflight = 0
                     self._check_at = min(self.FLUSH_BYTES, self._high)
                 del data
+                self.last_tx = self._loop.now()
                 if self._nwaiting and self._wbytes <= self._low:
                     self._drained.set()  # type: ignore[union-attr]  # (_nwaiting > 0: a waiter made it)
         except OSError as exc:
@@ -664,7 +672,14 @@ class Link:
             gevent.spawn(link.run)   # a link we dialled; an accepted one calls link.run()
         """
         dec = self._decoder
-        on_frame = self._on_frame
+        on_frames = self._on_frames
+        if on_frames is None:
+            on_frame = self._on_frame
+
+            def on_frames(link: "Link", frames: list[Msg]) -> None:
+                for frame in frames:
+                    on_frame(link, frame)
+
         # backpressure: what the frames make this greenlet send never waits (see _can_wait)
         getcurrent().aemp_noblock = True
         try:
@@ -672,8 +687,7 @@ class Link:
                 frames = dec.feed(self._trailing)
                 self.bytes_in += len(self._trailing)
                 self.frames_in += len(frames)
-                for frame in frames:
-                    on_frame(self, frame)
+                on_frames(self, frames)
                 self._trailing = b""
             recv = self.sock.recv
             since_yield = 0
@@ -685,9 +699,9 @@ class Link:
                 self.last_rx = self._loop.now()
                 self.bytes_in += len(data)
                 frames = dec.feed(data)
-                self.frames_in += len(frames)
-                for frame in frames:
-                    on_frame(self, frame)
+                if frames:
+                    self.frames_in += len(frames)
+                    on_frames(self, frames)
                 since_yield += len(data)
                 if since_yield >= 65536:
                     # fairness: a flooding peer must not starve other links (a recv that finds

@@ -5,10 +5,17 @@ Run ``python bench/remote.py [--quick]``. Each workload prints one JSON line::
     {"workload": ..., "value": ..., "unit": ..., "n": ..., <extras>, "pin": [0] | null}
 
 (``pin``: the CPUs every process ran on, from ``--pin``; ``null`` if not pinned), and a last
-line ``{"workload": "summary", ...}`` says which targets pass. ``--quick`` divides every count
-by 10. Every timed workload is warmed up once (a tenth of its size; the warm-up also
-brings the link up, so connection setup is never timed) and then run ``--runs`` times (3); the
-best run is ``value``, every run is in ``runs``.
+line ``{"workload": "summary", ...}`` says which targets and which goals of issue #17 pass.
+``--quick`` divides every count by 10.
+
+Every workload is warmed up once (a tenth of its size; connecting is never timed), then the
+workloads run in ``--runs`` rounds (5): each round runs every workload once, in turn, so that
+a workload and its reference always run seconds apart under the same load (this machine is
+shared and noisy). ``value`` is the median over the rounds, ``range`` the lowest and highest,
+``runs`` every round's figure. A workload with a reference (``reference``) also has ``ratio``:
+the median of the per-round ratios to it, and ``ratio_range``. Floods also report the CPU time
+per message of each side (``tx_cpu_ns_per_msg``, ``rx_cpu_ns_per_msg``, medians): these move
+much less with the machine's load than the rates do.
 
 Processes
     This process is only the conductor: it never configures a node. For each framing it starts
@@ -42,16 +49,22 @@ Workloads
       sends ``("ping", reply_port, i)`` to a greenlet port on the receiver node, which answers
       ``("pong", i)``; N (20k) round trips, one after the other; round trips/s and the latency
       of each round trip (p50/p99/max in µs).
-    * ``raw_socket_flood_ujson``: the same N messages over a plain gevent TCP connection
-      between the same two processes, ``sendall(ujson.dumps(msg).encode() + b"\\n")`` once per
-      message; the receiver splits lines and ``ujson.loads`` each one.
-    * ``raw_socket_pingpong``: plain gevent sockets, one JSON line each way per round trip.
+    * ``raw_socket_flood_batched_ujson`` (the reference of ``remote_flood_json``): the same N
+      messages over a plain gevent TCP connection between the same two processes, one ujson
+      line each, 100 lines per ``sendall``; the receiver splits lines and ``ujson.loads`` each
+      one. ``raw_socket_flood_ujson``: the same with one ``sendall`` per message.
+    * ``raw_socket_pingpong`` (the reference of the ping-pongs): plain gevent sockets, one
+      ujson line each way per round trip.
     * ``raw_blocking_socket_pingpong`` (reference): the same with plain blocking sockets and no
       gevent (the conductor against an echo child): what this machine allows at all.
 
-Targets (``summary``)
+Targets (``summary``: ``checks``)
     remote flood >= 250,000 msgs/s (json), >= 150,000 msgs/s (cbor); remote ping-pong
     >= 10,000 round trips/s (both framings).
+
+Goals of issue #17 (``summary``: ``goals``, each with ``pass``)
+    ``remote_pingpong_json`` >= 1.0x ``raw_socket_pingpong`` with a p50 no higher;
+    ``remote_flood_json`` >= 1M msgs/s; ``remote_flood_cbor`` >= 0.8x ``remote_flood_json``.
 
 Reading the numbers
     A ping-pong round trip between two processes is mostly the OS waking the other side. On
@@ -216,6 +229,7 @@ def _rx_setup():
     def on_start(n, token):
         nonlocal count, bad, t_first
         st["n"], st["token"] = n, token
+        st["cpu0"] = time.process_time()
         count = bad = 0
         t_first = 0.0
 
@@ -237,6 +251,7 @@ def _rx_setup():
                 bad=bad,
                 t_first=t_first,
                 t_done=t_done,
+                cpu=time.process_time() - st["cpu0"],
             )
 
     sink = port()
@@ -265,6 +280,7 @@ def _rx_setup():
         head, _, buf = buf.partition(b"\n")
         head = json.loads(head)
         if head["mode"] == "flood":
+            c0 = time.process_time()
             n = head["n"]
             cnt = nbad = 0
             tf = 0.0
@@ -294,6 +310,7 @@ def _rx_setup():
                 bad=nbad,
                 t_first=tf,
                 t_done=mono(),
+                cpu=time.process_time() - c0,
             )
         else:  # pingpong: answer every line
             sendall = sock.sendall
@@ -322,7 +339,7 @@ def _rx_setup():
         pong=pong,
         raw_addr="%s:%d" % server.address[:2],
     )
-    return {}
+    return {"cpu": lambda: {"cpu": time.process_time()}}
 
 
 def _tx_setup():
@@ -346,6 +363,7 @@ def _tx_setup():
 
     def flood(n, token, yield_every=0):
         sink = peer["sink"]
+        c0 = time.process_time()
         t0 = mono()
         snd(sink, "start", n, token)
         if not yield_every:
@@ -357,7 +375,11 @@ def _tx_setup():
                 snd(sink, "m", i, PAYLOAD)
                 if not i % yield_every:
                     sleep(0)  # let the link's writer flush what is queued so far
-        return {"t0": t0, "t_loop": mono() - t0}
+        t_loop = mono() - t0
+        link = _node.get_node(peer["nodeid"]).link
+        while link is not None and link.bytes_pending:  # the writer's CPU counts too
+            gevent.sleep(0.0005)
+        return {"t0": t0, "t_loop": t_loop, "cpu": time.process_time() - c0}
 
     def pingpong(n):
         pong = peer["pong"]
@@ -393,16 +415,28 @@ def _tx_setup():
         sock.sendall(json.dumps(head).encode() + b"\n")
         return sock
 
-    def raw_flood(addr, n, token):
+    def raw_flood(addr, n, token, batch=1):
         sock = raw_connect(addr, {"mode": "flood", "n": n, "token": token})
         dumps = ujson.dumps
         sendall = sock.sendall
+        c0 = time.process_time()
         t0 = mono()
-        for i in range(n):
-            sendall(dumps(["m", i, PAYLOAD]).encode() + b"\n")
+        if batch <= 1:
+            for i in range(n):
+                sendall(dumps(["m", i, PAYLOAD]).encode() + b"\n")
+        else:  # ``batch`` lines per sendall: what a bare sender that coalesces does
+            lines = []
+            append = lines.append
+            for i in range(n):
+                append(dumps(["m", i, PAYLOAD]).encode())
+                if len(lines) == batch:
+                    sendall(b"\n".join(lines) + b"\n")
+                    lines.clear()
+            if lines:
+                sendall(b"\n".join(lines) + b"\n")
         t_loop = mono() - t0
         sock.close()
-        return {"t0": t0, "t_loop": t_loop}
+        return {"t0": t0, "t_loop": t_loop, "cpu": time.process_time() - c0}
 
     def raw_pingpong(addr, n):
         sock = raw_connect(addr, {"mode": "pingpong"})
@@ -418,6 +452,7 @@ def _tx_setup():
         "pingpong": pingpong,
         "raw_flood": raw_flood,
         "raw_pingpong": raw_pingpong,
+        "cpu": lambda: {"cpu": time.process_time()},
     }
 
 
@@ -677,146 +712,124 @@ def timed_runs(run, n, runs):
     return [run(n) for _ in range(runs)]
 
 
-def bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw):
-    rx = Child("rx", fmt, log_dir, deadline, args.profile, args.pin)
-    tx = Child("tx", fmt, log_dir, deadline, args.profile, args.pin)
-    try:
-        info = rx.event("ready", 30)
-        tx.event("ready", 30)
-        rx_addr = info["addrs"][0]
-        up = tx.call(
+def median(values):
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+class Pair:
+    """The receiver and the sender node of one framing, linked; runs one workload at a time."""
+
+    def __init__(self, fmt, args, deadline, log_dir):
+        self.fmt = fmt
+        self.rx = Child("rx", fmt, log_dir, deadline, args.profile, args.pin)
+        self.tx = Child("tx", fmt, log_dir, deadline, args.profile, args.pin)
+        self.tok = 0
+        self.info = None
+
+    def connect(self):
+        info = self.info = self.rx.event("ready", 30)
+        self.tx.event("ready", 30)
+        up = self.tx.call(
             "connect",
             30,
             rx_nodeid=info["nodeid"],
-            addr=rx_addr,
+            addr=info["addrs"][0],
             sink=info["sink"],
             pong=info["pong"],
         )
         if not up["up"]:
-            raise BenchError("link %s -> %s did not come up" % (tx.name, rx.name))
-        only = args.only
+            raise BenchError("link %s -> %s did not come up" % (self.tx.name, self.rx.name))
 
-        tok = [0]
-
-        def flood_run(kind, yield_every=0):
-            def run(n):
-                tok[0] += 1
-                token = "%s%d" % (kind, tok[0])
-                if kind == "aemp":
-                    sent = tx.call(
-                        "flood", 120 + n / 2000, n=n, token=token, yield_every=yield_every
-                    )
-                    done = rx.event("flood_done", 120 + n / 2000, token=token)
-                else:
-                    sent = tx.call(
-                        "raw_flood", 120 + n / 2000, addr=info["raw_addr"], n=n, token=token
-                    )
-                    done = rx.event("raw_flood_done", 120 + n / 2000, token=token)
-                if done["count"] != n or done["bad"]:
-                    raise BenchError(
-                        "%s flood: received %d of %d messages, %d out of order"
-                        % (kind, done["count"], n, done["bad"])
-                    )
-                return {
-                    "total": done["t_done"] - sent["t0"],
-                    "recv_span": done["t_done"] - done["t_first"],
-                    "send_loop": sent["t_loop"],
-                }
-
-            return run
-
-        def report_flood(workload, rs, n, **extra):
-            best = min(rs, key=lambda r: r["total"])
-            line = {
-                "workload": workload,
-                "value": round(n / best["total"]),
-                "unit": "msgs/s",
-                "n": n,
-                "framing": extra.pop("framing", None),
-                "runs": [round(n / r["total"]) for r in rs],
-                "recv_first_to_last_msgs_s": round(n / best["recv_span"]),
-                "sender_snd_loop_msgs_s": round(n / best["send_loop"]),
-                "seconds": round(best["total"], 4),
-            }
-            line.update(extra)
-            if line["framing"] is None:
-                del line["framing"]
-            if workload in TARGETS:
-                line["target"] = TARGETS[workload]
-            line["pin"] = args.pin
-            results[workload] = line
-            emit(**line)
-
-        def pp_run(kind):
-            def run(n):
-                if kind == "aemp":
-                    return tx.call("pingpong", 60 + n / 500, n=n)
-                return tx.call("raw_pingpong", 60 + n / 500, addr=info["raw_addr"], n=n)
-
-            return run
-
-        def report_pp(workload, rs, n, **extra):
-            best = min(rs, key=lambda r: r["seconds"])
-            line = {
-                "workload": workload,
-                "value": round(n / best["seconds"]),
-                "unit": "round_trips/s",
-                "n": n,
-            }
-            line.update(extra)
-            line["runs"] = [round(n / r["seconds"]) for r in rs]
-            for k in ("p50_us", "p90_us", "p99_us", "max_us", "mean_us"):
-                line[k] = best[k]
-            if workload in TARGETS:
-                line["target"] = TARGETS[workload]
-            line["pin"] = args.pin
-            results[workload] = line
-            emit(**line)
-
-        if "flood" in only:
-            report_flood(
-                "remote_flood_" + fmt,
-                timed_runs(flood_run("aemp"), n_flood, args.runs),
-                n_flood,
-                framing=fmt,
+    def flood(self, n, yield_every=0, raw_batch=None):
+        """One flood of ``n`` messages (``raw_batch``: over the bare gevent socket instead,
+        that many lines per ``sendall``); returns its times and CPU seconds."""
+        self.tok += 1
+        token = "%s%d" % ("raw" if raw_batch else "aemp", self.tok)
+        wait = 120 + n / 2000
+        if raw_batch is None:
+            sent = self.tx.call("flood", wait, n=n, token=token, yield_every=yield_every)
+            done = self.rx.event("flood_done", wait, token=token)
+        else:
+            sent = self.tx.call(
+                "raw_flood", wait, addr=self.info["raw_addr"], n=n, token=token, batch=raw_batch
             )
-            report_flood(
-                "remote_flood_yielding_" + fmt,
-                timed_runs(flood_run("aemp", YIELD_EVERY), n_flood, args.runs),
-                n_flood,
-                framing=fmt,
-                yield_every=YIELD_EVERY,
+            done = self.rx.event("raw_flood_done", wait, token=token)
+        if done["count"] != n or done["bad"]:
+            raise BenchError(
+                "%s flood: received %d of %d messages, %d out of order"
+                % (token, done["count"], n, done["bad"])
             )
-        if "pingpong" in only:
-            report_pp(
-                "remote_pingpong_" + fmt,
-                timed_runs(pp_run("aemp"), n_pp, args.runs),
-                n_pp,
-                framing=fmt,
-            )
-        if with_raw and "raw" in only:
-            report_flood(
-                "raw_socket_flood_ujson",
-                timed_runs(flood_run("raw"), n_flood, args.runs),
-                n_flood,
-                note="one sendall per message",
-            )
-            report_pp("raw_socket_pingpong", timed_runs(pp_run("raw"), n_pp, args.runs), n_pp)
-            report_pp(
-                "raw_blocking_socket_pingpong",
-                blocking_pingpong(n_pp, args.runs, log_dir, deadline, args.pin),
-                n_pp,
-                note="plain blocking sockets, no gevent: this machine's floor",
-            )
-    finally:
-        tx.stop()
-        rx.stop()
+        return {
+            "rate": n / (done["t_done"] - sent["t0"]),
+            "recv_rate": n / max(done["t_done"] - done["t_first"], 1e-9),
+            "send_loop_rate": n / max(sent["t_loop"], 1e-9),
+            "tx_cpu_ns": sent.get("cpu", 0.0) / n * 1e9,
+            "rx_cpu_ns": done.get("cpu", 0.0) / n * 1e9,
+        }
+
+    def pingpong(self, n, raw=False):
+        cpu0 = self.cpu()
+        if raw:
+            r = self.tx.call("raw_pingpong", 60 + n / 500, addr=self.info["raw_addr"], n=n)
+        else:
+            r = self.tx.call("pingpong", 60 + n / 500, n=n)
+        cpu1 = self.cpu()
+        r["rate"] = n / r["seconds"]
+        # CPU time per round trip of each process (the conductor's two calls included: ~0.1 ms)
+        r["tx_cpu_us"] = (cpu1[0] - cpu0[0]) / n * 1e6
+        r["rx_cpu_us"] = (cpu1[1] - cpu0[1]) / n * 1e6
+        return r
+
+    def cpu(self):
+        """CPU seconds used so far by the sender and the receiver process."""
+        return self.tx.call("cpu", 30)["cpu"], self.rx.call("cpu", 30)["cpu"]
+
+    def stop(self):
+        self.tx.stop()
+        self.rx.stop()
+
+
+def run_rounds(workloads, runs, deadline):
+    """Warm every workload up (a tenth of its size), then ``runs`` rounds that run each workload
+    once, in turn: a workload and its reference always ran seconds apart, under the same load.
+    Returns ``{name: [result of round 1, ...]}``."""
+    for name, fn, n in workloads:
+        deadline.left(1)
+        fn(max(n // 10, 1))
+    out = {name: [] for name, _, _ in workloads}
+    for _ in range(runs):
+        for name, fn, n in workloads:
+            deadline.left(1)
+            out[name].append(fn(n))
+    return out
+
+
+def paired(a, b, key="rate"):
+    """Per-round ratios ``a[i][key] / b[i][key]``: median and range."""
+    rs = [x[key] / y[key] for x, y in zip(a, b)]
+    return {
+        "ratio": round(median(rs), 3),
+        "ratio_range": [round(min(rs), 3), round(max(rs), 3)],
+    }
+
+
+#: the goals of issue #17 (``summary``, ``goals``): each against a reference of the same run
+GOALS = {
+    "pingpong_json_vs_bare_gevent": "remote_pingpong_json >= 1.0x raw_socket_pingpong "
+    "(round trips/s), p50 no higher",
+    "flood_json_1M": "remote_flood_json >= 1,000,000 msgs/s "
+    "(reference: raw_socket_flood_batched_ujson, 100 messages per write)",
+    "flood_cbor_vs_json": "remote_flood_cbor >= 0.8x remote_flood_json",
+}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="divide every count by 10")
-    ap.add_argument("--runs", type=int, default=3, help="timed runs per workload (best counts)")
+    ap.add_argument(
+        "--runs", type=int, default=5, help="rounds; every workload runs once per round (5)"
+    )
     ap.add_argument(
         "--only",
         default="flood,pingpong,raw",
@@ -827,7 +840,7 @@ def main(argv=None):
         "--deadline",
         type=float,
         default=None,
-        help="overall time limit in seconds (default 600, quick 180)",
+        help="overall time limit in seconds (default 900, quick 240)",
     )
     ap.add_argument("--profile", metavar="DIR", help="run the children under cProfile")
     ap.add_argument(
@@ -838,7 +851,7 @@ def main(argv=None):
     )
     ap.add_argument("--child", choices=("rx", "tx", "echo"), help=argparse.SUPPRESS)
     ap.add_argument("--framing", help=argparse.SUPPRESS)
-    ap.add_argument("--lifetime", type=float, default=900, help=argparse.SUPPRESS)
+    ap.add_argument("--lifetime", type=float, default=1200, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.pin:  # first thing, in the conductor and in every child
         try:
@@ -851,23 +864,110 @@ def main(argv=None):
     if args.child:
         child_main(args.child, args.framing, args.profile, args.lifetime)
         return 0
-    args.only = set(args.only.split(","))
+    only = set(args.only.split(","))
     if args.profile:
         args.profile = os.path.abspath(args.profile)
         os.makedirs(args.profile, exist_ok=True)
     div = 10 if args.quick else 1
     n_flood = 500_000 // div
     n_pp = 20_000 // div
-    deadline = Deadline(args.deadline or (180 if args.quick else 600))
+    deadline = Deadline(args.deadline or (240 if args.quick else 900))
     log_dir = tempfile.mkdtemp(prefix="aemp-bench-remote-")
     results = {}
     ok = False
+    pairs = []
     try:
-        for i, fmt in enumerate(args.framings.split(",")):
-            bench_pair(fmt, args, n_flood, n_pp, deadline, log_dir, results, with_raw=(i == 0))
+        pairs = [Pair(fmt, args, deadline, log_dir) for fmt in args.framings.split(",")]
+        for p in pairs:
+            p.connect()
+        base = pairs[0]  # its receiver also serves the bare-socket baselines
+        workloads = []  # (name, fn(n), n), run in this order in every round
+        kinds = {}
+        if "flood" in only:
+            for p in pairs:
+                workloads.append(("remote_flood_" + p.fmt, p.flood, n_flood))
+        if "raw" in only:
+            workloads.append(
+                ("raw_socket_flood_batched_ujson", lambda n: base.flood(n, raw_batch=100), n_flood)
+            )
+            workloads.append(
+                ("raw_socket_flood_ujson", lambda n: base.flood(n, raw_batch=1), n_flood)
+            )
+        if "flood" in only:
+            for p in pairs:
+                workloads.append(
+                    (
+                        "remote_flood_yielding_" + p.fmt,
+                        lambda n, p=p: p.flood(n, yield_every=YIELD_EVERY),
+                        n_flood,
+                    )
+                )
+        for name, _, _ in workloads:
+            kinds[name] = "flood"
+        if "pingpong" in only:
+            for p in pairs:
+                workloads.append(("remote_pingpong_" + p.fmt, p.pingpong, n_pp))
+                kinds["remote_pingpong_" + p.fmt] = "pp"
+        if "raw" in only:
+            workloads.append(("raw_socket_pingpong", lambda n: base.pingpong(n, raw=True), n_pp))
+            kinds["raw_socket_pingpong"] = "pp"
+        runs = run_rounds(workloads, args.runs, deadline)
+        if "raw" in only:
+            runs["raw_blocking_socket_pingpong"] = [
+                dict(r, rate=n_pp / r["seconds"])
+                for r in blocking_pingpong(n_pp, args.runs, log_dir, deadline, args.pin)
+            ]
+            kinds["raw_blocking_socket_pingpong"] = "pp"
         ok = True
     except BenchError as exc:
         print("bench failed: %s\n(child logs in %s)" % (exc, log_dir), file=sys.stderr)
+        runs = {}
+    finally:
+        for p in pairs:
+            p.stop()
+
+    refs = {
+        "remote_flood_json": "raw_socket_flood_batched_ujson",
+        "remote_flood_cbor": "remote_flood_json",
+        "remote_flood_yielding_json": "raw_socket_flood_batched_ujson",
+        "remote_flood_yielding_cbor": "remote_flood_yielding_json",
+        "raw_socket_flood_ujson": "raw_socket_flood_batched_ujson",
+        "remote_pingpong_json": "raw_socket_pingpong",
+        "remote_pingpong_cbor": "raw_socket_pingpong",
+    }
+    for name, rs in runs.items():
+        rates = [r["rate"] for r in rs]
+        line = {
+            "workload": name,
+            "value": round(median(rates)),
+            "unit": "msgs/s" if kinds[name] == "flood" else "round_trips/s",
+            "n": n_flood if kinds[name] == "flood" else n_pp,
+            "range": [round(min(rates)), round(max(rates))],
+            "runs": [round(x) for x in rates],
+        }
+        if kinds[name] == "flood":
+            line["recv_first_to_last_msgs_s"] = round(median(r["recv_rate"] for r in rs))
+            line["sender_snd_loop_msgs_s"] = round(median(r["send_loop_rate"] for r in rs))
+            line["tx_cpu_ns_per_msg"] = round(median(r["tx_cpu_ns"] for r in rs))
+            line["rx_cpu_ns_per_msg"] = round(median(r["rx_cpu_ns"] for r in rs))
+        else:
+            for k in ("p50_us", "p90_us", "p99_us", "max_us", "mean_us"):
+                line[k] = round(median(r[k] for r in rs), 1)
+            if "tx_cpu_us" in rs[0]:  # CPU per round trip in each process (medians)
+                line["tx_cpu_us_per_rt"] = round(median(r["tx_cpu_us"] for r in rs), 2)
+                line["rx_cpu_us_per_rt"] = round(median(r["rx_cpu_us"] for r in rs), 2)
+            line["p50_us_range"] = [min(r["p50_us"] for r in rs), max(r["p50_us"] for r in rs)]
+        ref = refs.get(name)
+        if ref in runs:
+            line["reference"] = ref
+            line["reference_value"] = round(median(r["rate"] for r in runs[ref]))
+            line.update(paired(rs, runs[ref]))
+        if name in TARGETS:
+            line["target"] = TARGETS[name]
+        line["pin"] = args.pin
+        results[name] = line
+        emit(**line)
+
     checks = {}
     for workload, minimum in TARGETS.items():
         line = results.get(workload)
@@ -881,9 +981,43 @@ def main(argv=None):
                 "min": minimum,
                 "pass": line["value"] >= minimum,
             }
+    goals = {}
+    pp, raw_pp = results.get("remote_pingpong_json"), results.get("raw_socket_pingpong")
+    if pp and raw_pp:
+        goals["pingpong_json_vs_bare_gevent"] = {
+            "ratio": pp["ratio"],
+            "ratio_range": pp["ratio_range"],
+            "p50_us": pp["p50_us"],
+            "reference_p50_us": raw_pp["p50_us"],
+            "pass": pp["ratio"] >= 1.0 and pp["p50_us"] <= raw_pp["p50_us"],
+        }
+    fl = results.get("remote_flood_json")
+    if fl:
+        goals["flood_json_1M"] = {
+            "value": fl["value"],
+            "range": fl["range"],
+            "reference_value": fl.get("reference_value"),
+            "ratio": fl.get("ratio"),
+            "pass": fl["value"] >= 1_000_000,
+        }
+    fc = results.get("remote_flood_cbor")
+    if fc and "ratio" in fc:
+        goals["flood_cbor_vs_json"] = {
+            "ratio": fc["ratio"],
+            "ratio_range": fc["ratio_range"],
+            "pass": fc["ratio"] >= 0.8,
+        }
+    for g, text in GOALS.items():
+        if g in goals:
+            goals[g]["goal"] = text
     baselines = {
         w: results[w]["value"]
-        for w in ("raw_socket_flood_ujson", "raw_socket_pingpong", "raw_blocking_socket_pingpong")
+        for w in (
+            "raw_socket_flood_ujson",
+            "raw_socket_flood_batched_ujson",
+            "raw_socket_pingpong",
+            "raw_blocking_socket_pingpong",
+        )
         if w in results
     }
     emit(
@@ -892,6 +1026,8 @@ def main(argv=None):
         completed=ok,
         passed=ok and all(c["pass"] for c in checks.values()),
         checks=checks,
+        goals=goals,
+        goals_passed=ok and bool(goals) and all(g["pass"] for g in goals.values()),
         baselines=baselines,
         pin=args.pin,
     )

@@ -1,4 +1,4 @@
-"""Calls: ``cal`` (callback form) and ``call`` (blocking form) (API.md "Calls")."""
+"""Calls: ``cal`` (callback form) and ``call`` (blocking form) (docs/api.md#calls)."""
 
 import time
 
@@ -52,8 +52,8 @@ def greenlet_server():
 
 
 def test_cal_sends_msg_plus_reply_port_and_calls_back():
-    """API.md: "`cal(port, *msg, cb=..., timeout=...)`: sends `msg + [reply_port]` and calls
-    `cb(*reply)`"."""
+    """docs/api.md#calls: "`cal(port, *msg, cb=..., timeout=...)`: sends `msg + [reply_port]` and
+    calls `cb(*reply)`"."""
     col = Collector()
     srv = adder()
     r1 = cal(srv, "add", 1, 2, cb=col, timeout=5)
@@ -73,7 +73,7 @@ def test_cal_sends_msg_plus_reply_port_and_calls_back():
 
 
 def test_cal_timeout_calls_cb_without_args():
-    """API.md: "`cal(...)` ... on timeout calls `cb()` with no arguments"."""
+    """docs/api.md#calls: "`cal(...)` ... on timeout calls `cb()` with no arguments"."""
     col = Collector()
     silent = port(lambda *m: None)
     t0 = time.monotonic()
@@ -88,7 +88,8 @@ def test_cal_timeout_calls_cb_without_args():
 
 
 def test_cal_reply_before_timeout_cancels_timeout():
-    """API.md: "`cal(...)` ... calls `cb(*reply)`; on timeout calls `cb()`" -- only one of them."""
+    """docs/api.md#calls: "`cal(...)` ... calls `cb(*reply)`; on timeout calls `cb()`" -- only one
+    of them."""
     col = Collector()
     sentinel = Collector()
     srv = adder()
@@ -101,8 +102,8 @@ def test_cal_reply_before_timeout_cancels_timeout():
 
 
 def test_cal_without_timeout_monitors_callee():
-    """API.md: "`cal(...)` ... with no timeout it monitors `port` instead." -- the callee dies:
-    cb is never called and the reply port goes away (no leak in the port table)."""
+    """docs/api.md#calls: "`cal(...)` ... with no timeout it monitors `port` instead." -- the callee
+    dies: cb is never called and the reply port goes away (no leak in the port table)."""
     col = Collector()
     base = len(kernel.port_table)
     callee = port(lambda *m: None)
@@ -116,8 +117,8 @@ def test_cal_without_timeout_monitors_callee():
 
 
 def test_cal_without_timeout_reply_port_dies_with_callee_reason():
-    """API.md: "with no timeout it monitors `port` instead" -- the reply port dies with the
-    callee's reason."""
+    """docs/api.md#calls: "with no timeout it monitors `port` instead" -- the reply port dies with
+    the callee's reason."""
     col = Collector()
     callee = port(lambda *m: None)
     reply = cal(callee, "q", cb=lambda *r: col("cb", r))
@@ -127,8 +128,8 @@ def test_cal_without_timeout_reply_port_dies_with_callee_reason():
 
 
 def test_cal_without_timeout_leaves_no_monitor_on_callee():
-    """API.md: "with no timeout it monitors `port` instead" -- only until the reply came: the
-    callee's monitor list must not grow with every call."""
+    """docs/api.md#calls: "with no timeout it monitors `port` instead" -- only until the reply came:
+    the callee's monitor list must not grow with every call."""
     col = Collector()
     srv = adder()
     for i in range(100):
@@ -143,8 +144,8 @@ def test_cal_without_timeout_leaves_no_monitor_on_callee():
 
 
 def test_call_returns_reply_list():
-    """API.md: "Blocking form (greenlet style): `call(port, *msg, timeout=...)` returns the reply
-    list"."""
+    """docs/api.md#calls: "Blocking form (greenlet style): `call(port, *msg, timeout=...)` returns
+    the reply list"."""
     srv = adder()
     g = greenlet_server()
 
@@ -161,7 +162,7 @@ def test_call_returns_reply_list():
 
 
 def test_call_timeout_raises_timeout():
-    """API.md: "`call(...)` ... raises `aemp_green.Timeout`"."""
+    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.Timeout`"."""
     silent = port(lambda *m: None)
     t0 = time.monotonic()
     with pytest.raises(Timeout):
@@ -171,7 +172,8 @@ def test_call_timeout_raises_timeout():
 
 
 def test_call_raises_port_died_with_reason():
-    """API.md: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies first."."""
+    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies
+    first."."""
     g = greenlet_server()
 
     def body():
@@ -184,8 +186,8 @@ def test_call_raises_port_died_with_reason():
 
 
 def test_call_raises_port_died_on_normal_exit():
-    """API.md: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies first."
-    -- a normal exit gives reason ()."""
+    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies
+    first." -- a normal exit gives reason ()."""
     g = greenlet_server()
     with pytest.raises(PortDied) as ei:
         call(g, "return", timeout=5)
@@ -198,8 +200,8 @@ def test_call_raises_port_died_on_normal_exit():
 
 
 def test_call_to_nonexistent_port_raises_port_died():
-    """API.md: "raises `aemp_green.PortDied(reason)` if the callee dies first" -- a port that
-    does not exist is already dead: ("no_such_port", ...)."""
+    """docs/api.md#calls: "raises `aemp_green.PortDied(reason)` if the callee dies first" -- a port
+    that does not exist is already dead: ("no_such_port", ...)."""
     ghost = NODE() + "#nosuchcallee"
     with pytest.raises(PortDied) as ei:
         call(ghost, "q", timeout=5)
@@ -207,8 +209,8 @@ def test_call_to_nonexistent_port_raises_port_died():
 
 
 def test_call_from_plain_greenlet():
-    """API.md: "Blocking form (greenlet style): `call(port, *msg, timeout=...)`" -- from a plain
-    gevent greenlet that is not a port."""
+    """docs/api.md#calls: "Blocking form (greenlet style): `call(port, *msg, timeout=...)`" -- from
+    a plain gevent greenlet that is not a port."""
     srv = adder()
 
     def body():
@@ -224,8 +226,8 @@ def test_call_from_plain_greenlet():
 
 
 def test_hundred_concurrent_calls_get_their_own_replies():
-    """API.md: "`call(...)` returns the reply list" -- 100 greenlets calling one greenlet server
-    at once each get their own reply."""
+    """docs/api.md#calls: "`call(...)` returns the reply list" -- 100 greenlets calling one greenlet
+    server at once each get their own reply."""
     g = greenlet_server()
     jobs = [gevent.spawn(call, g, "echo", i, timeout=5) for i in range(100)]
     gevent.joinall(jobs, timeout=10, raise_error=True)
@@ -234,7 +236,7 @@ def test_hundred_concurrent_calls_get_their_own_replies():
 
 
 def test_no_ports_leak_after_calls():
-    """API.md "Calls": reply ports are temporary -- after replies, timeouts and deaths the port
+    """docs/api.md#calls: reply ports are temporary -- after replies, timeouts and deaths the port
     table is back to its size before."""
     srv = adder()
     silent = port(lambda *m: None)
@@ -264,3 +266,63 @@ def test_no_ports_leak_after_calls():
     )
     kil(srv)
     kil(silent)
+
+
+# ---- timeouts count from the call, not from the loop's cached clock ----------------------------
+# libev timers start from the loop's cached time, which stops while the hub thread runs code
+# without yielding: a call(..., timeout=0.2) made after 0.3 s of such work timed out at once.
+
+STALE = 0.3  # seconds of work without yielding before each timed call
+LIMIT = 0.2  # the timeout under test (shorter than STALE)
+
+
+def _after_busy_work(fn):
+    """Let the loop run (its clock is fresh), block the thread for STALE seconds without
+    yielding, then return ``(elapsed, result or exception)`` of ``fn()``."""
+    gevent.sleep(0.01)  # a loop iteration that polls: the loop's clock is fresh
+    time.sleep(STALE)  # plain time.sleep: the hub does not run meanwhile
+    t0 = time.monotonic()
+    try:
+        out = fn()
+    except Exception as exc:  # the timeout under test
+        out = exc
+    return time.monotonic() - t0, out
+
+
+@pytest.mark.parametrize("where", ["main greenlet", "greenlet port"])
+def test_timeouts_count_from_the_call_after_work_that_did_not_yield(where):
+    """Regression: call, cal, receive, receive_match and after waited LIMIT from the loop's
+    cached time, so after STALE seconds of work they fired at once (call: after 0.2 ms)."""
+    silent = port(lambda *m: None)
+    run = (lambda fn, *a: fn(*a)) if where == "main greenlet" else run_in_port
+    try:
+        took, out = run(_after_busy_work, lambda: call(silent, "q", timeout=LIMIT))
+        assert isinstance(out, aemp_green.Timeout) and took >= LIMIT * 0.9, ("call", took)
+
+        took, _ = run(_after_busy_work, lambda: receive("never", timeout=LIMIT))
+        assert took >= LIMIT * 0.9, ("receive", took)
+
+        took, _ = run(
+            _after_busy_work, lambda: aemp_green.receive_match(lambda m: False, timeout=LIMIT)
+        )
+        assert took >= LIMIT * 0.9, ("receive_match", took)
+
+        col = Collector()
+
+        def cal_and_wait():
+            cal(silent, "q", cb=col, timeout=LIMIT)
+            return col.wait_one(timeout=5)
+
+        took, out = run(_after_busy_work, cal_and_wait)
+        assert out == () and took >= LIMIT * 0.9, ("cal", took)
+
+        fired = Collector()
+
+        def after_and_wait():
+            aemp_green.after(LIMIT, lambda: fired())
+            return fired.wait_one(timeout=5)
+
+        took, out = run(_after_busy_work, after_and_wait)
+        assert took >= LIMIT * 0.9, ("after", took)
+    finally:
+        kil(silent)
