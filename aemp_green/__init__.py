@@ -63,6 +63,8 @@ from .node import (
 )
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
+from . import introspect as _introspect  # noqa: F401 - STAND-IN until branch introspect merges
+from . import observer as _observer  # noqa: F401 - starts with the setting `observer`
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 _apply_verbose_env()  # AE_VERBOSE / PERL_ANYEVENT_VERBOSE: the library's log on stderr

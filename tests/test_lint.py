@@ -141,6 +141,9 @@ LAYERS = [
     "supervisor",
     "threaded",
     "monkey",
+    "introspect",
+    "observer.server",
+    "observer",
     "",
     "cli",
 ]
