@@ -113,6 +113,8 @@ def test_wheel_contents(dists):
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         eps = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "aemp_green/py.typed" in names
+    for static in ("index.html", "observer.js", "observer.css"):  # the observer's page
+        assert "aemp_green/observer/static/" + static in names
     assert any(
         n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names
     )
