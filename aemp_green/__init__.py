@@ -62,8 +62,8 @@ from .node import (
     up_nodes,
 )
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
+from .introspect import IntrospectionRefused, info, links_info, node_info, ports_info, snapshot
 from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
-from . import introspect as _introspect  # noqa: F401 - STAND-IN until branch introspect merges
 from . import observer as _observer  # noqa: F401 - starts with the setting `observer`
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
@@ -115,6 +115,13 @@ __all__ = [
     "db_keys",
     "db_values",
     "db_mon",
+    # introspection
+    "node_info",
+    "ports_info",
+    "links_info",
+    "snapshot",
+    "info",
+    "IntrospectionRefused",
     # errors
     "set_crash_handler",
     "CrashReport",

@@ -202,6 +202,22 @@ def _v_addresses(name, value):
     return value
 
 
+def _v_listen_address(name, value):
+    """An optional ``host:port`` to listen on (a bare port means loopback, port 0 any free
+    one)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError("%s must be a host:port string, not %r" % (name, value))
+    try:
+        parse_address(value, default_host="127.0.0.1")
+    except ConfigError as e:
+        raise ConfigError("%s: %s" % (name, e)) from None
+    return value
+
+
 def _v_framing(name, value):
     value = _v_str_list(name, value)
     known = [f for f in value if f in FRAMING_FORMATS]
@@ -518,6 +534,27 @@ SETTINGS = (
         _v_bool,
         "aemp_green: let a secure node stream its traffic trace and log records to other "
         "nodes (aemp trace, logcatcher); a node that is not secure always does.",
+    ),
+    Setting(
+        "allow_introspection",
+        False,
+        _v_bool,
+        "aemp_green: let a secure node answer introspection requests (aemp ps/links/top, "
+        "introspect.info); a node that is not secure always does.",
+    ),
+    Setting(
+        "introspection_max_ports",
+        1000,
+        _v_positive_int,
+        "aemp_green: most ports one introspection answer to another node lists (the busiest "
+        "first).",
+    ),
+    Setting(
+        "metrics",
+        NO_DEFAULT,
+        _v_listen_address,
+        "aemp_green: host:port serving this node's introspection counters in Prometheus text "
+        "format (needs the extra aemp_green[metrics]); a bare port listens on loopback.",
     ),
     Setting(
         "max_trace_streams",

@@ -59,6 +59,8 @@ __all__ = [
     "db_mon",
     "is_global",
     "master",
+    "global_nodes",
+    "family_sizes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,36 @@ def master():
         print(master())
     """
     return _k.this_node if _global else _master
+
+
+def global_nodes():
+    """The global nodes this node knows of: a global node, every one in the database (itself
+    included); any other node, its master and the seeds that answered.
+
+    Example::
+
+        print(global_nodes())    # ['seed']
+    """
+    if _global:
+        return sorted(_all.get("'g") or ())
+    return sorted({n for n in list(_seeds.values()) + [_master] if n is not None})
+
+
+def family_sizes():
+    """``{family: number of keys}`` of the database families this node knows: a global node,
+    all of them; any other node, the ones it set values in or watches (``db_mon``).
+
+    Example::
+
+        print(family_sizes())    # {"'g": 1, "'l": 3, 'workers': 2}
+    """
+    if _global:
+        return {family: len(keys) for family, keys in list(_all.items()) if keys}
+    sizes = {family: len(keys) for family, keys in list(_local_db.items()) if keys}
+    for family, db in list(_mon_db.items()):
+        if db is not None:
+            sizes[family] = len(db)
+    return sizes
 
 
 def _net():

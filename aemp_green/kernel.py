@@ -71,6 +71,8 @@ this_node = "anon/" + _runiq()
 _UNIQ = _runiq(6)
 _RUNIQ = _runiq(10)  # prefix of names this node invents for ports spawned on other nodes
 _next_id = 0
+#: when this node started (epoch seconds; the kernel is loaded with the package)
+started = time.time()
 
 
 def NODE() -> str:
@@ -533,10 +535,12 @@ def snd(port: str, *msg: Any) -> None:
         p = port(lambda *msg: print("got", msg))
         snd(p, "hello", 1, [2, 3])
     """
+    global local_sends
     p = port_table.get(port)
     if p is not None:
         if _check_local and not getattr(getcurrent(), "aemp_local_only", False):
             _check_wire(port, msg)
+        local_sends += 1
         p._deliver(msg)
         return
     node, _, name = port.partition("#")
@@ -547,6 +551,8 @@ def snd(port: str, *msg: Any) -> None:
 
 
 _check_local = False
+#: messages ``snd`` delivered to ports of this node (the introspection counter ``msgs_local``)
+local_sends = 0
 
 
 def check_local_messages(flag):
@@ -666,6 +672,17 @@ def kill_local(p, reason):
     p._terminate(reason)
 
 
+def monitor_owner(action):
+    """The ID of the port a monitor action (an entry of a port's ``monitors``) belongs to, or
+    None (a monitor no port made, or one made for another node).
+
+    Example::
+
+        owners = [monitor_owner(a) for a in lookup_port(p).monitors or ()]
+    """
+    return action.owner if action.__class__ is _MonitorAction else None
+
+
 def fire_monitors(mons, reason):
     for action in list(mons):
         try:
@@ -705,12 +722,14 @@ def _monitor_action(cb, msg):
 
 
 class _MonitorAction:
-    """A monitor registration: calls ``action(*reason)`` once, unless cancelled before."""
+    """A monitor registration: calls ``action(*reason)`` once, unless cancelled before.
+    ``owner`` is the ID of the port that monitors (None: no port), for introspection."""
 
-    __slots__ = ("action",)
+    __slots__ = ("action", "owner")
 
-    def __init__(self, action):
+    def __init__(self, action, owner):
         self.action = action
+        self.owner = owner
 
     def __call__(self, *reason):
         action, self.action = self.action, None
@@ -718,14 +737,19 @@ class _MonitorAction:
             action(*reason)
 
 
-def add_monitor(port, action):
+def add_monitor(port, action, owner=None):
     """Monitor ``port`` with the callable ``action``; returns the undo function.
 
     The undo works until the action has actually run, also after the port died and the
-    firing was scheduled.
+    firing was scheduled. ``owner`` is the ID of the port the monitor belongs to (default: the
+    running port context), as introspection reports it.
     """
     node, _, name = port.partition("#")
-    m = _MonitorAction(action)
+    if owner is None:
+        owner = getattr(getcurrent(), "aemp_self", None)
+        if owner is not None:
+            owner = owner.id
+    m = _MonitorAction(action, owner)
     if node == this_node:
         if not name:  # our own node port never dies
             return lambda: setattr(m, "action", None)
@@ -784,7 +808,7 @@ def mon(port: str, cb: Any = _MISSING, *msg: Any) -> Guard:
             raise RuntimeError("mon(port) with one argument needs a port context (SELF)")
         cb = cb.id
     action = _monitor_action(cb, msg)
-    return Guard.for_caller(add_monitor(port, action))
+    return Guard.for_caller(add_monitor(port, action, cb if cb.__class__ is str else None))
 
 
 def mon_guard(port: str, *objs: Any) -> Guard:

@@ -48,6 +48,8 @@ __all__ = [
     "dial_subprotocol",
     "listener_addresses",
     "config",
+    "links",
+    "remote_monitors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -952,6 +954,51 @@ def node_of_port(port):
 _k.register_node_request("aemp_green_trace", _req_trace, trace=True)
 
 
+#: the tag of the answer to our keepalive probes (a node-port request of ours): a name no AEMP
+#: request has
+PONG = "aemp_green/pong"
+
+
+def _req_pong(from_node, *_):
+    """The answer to a keepalive probe of ours: the round trip of the link we sent it on."""
+    n = _nodes.get(from_node)
+    if n is not None and n.link is not None:
+        n.link.probe_answered()
+
+
+_k.register_node_request(PONG, _req_pong)
+
+
+def links():
+    """Every open link of this node: the ones sent on, then the read-only ones a simultaneous
+    connect left (introspection reads their counters).
+
+    Example::
+
+        for link in links():
+            print(link.nodeid, link.frames_in, link.bytes_pending)
+    """
+    out = [n.link for n in _nodes.values() if n.link is not None]
+    out += [link for n in _nodes.values() for link in n.extra_links]
+    return out
+
+
+def remote_monitors():
+    """``[(port ID, [monitor actions])]`` for the ports of other nodes this node monitors (a
+    node ID alone: its connection is monitored), for introspection.
+
+    Example::
+
+        for port, actions in remote_monitors():
+            print(port, len(actions))
+    """
+    return [
+        (nodeid + "#" + name if name else nodeid, list(actions))
+        for nodeid, n in list(_nodes.items())
+        for name, actions in list(n.monitors.items())
+    ]
+
+
 def _on_close(link, why):
     logger.debug("%s disconnected: %s", link.nodeid, why)
     n = _nodes.get(link.nodeid)
@@ -981,8 +1028,8 @@ def _start_link(sock, est, trailing, outgoing):
         peer_kv=est.kv,
         outgoing=outgoing,
         keepalive=float(_cfg["monitor_timeout"]) if _cfg.get("keepalive", True) else None,
-        # the peer answers ["", "", <time>] to our node port: a no-op
-        probe=("", "time", _k.this_node + "#", ""),
+        # the peer answers ["", "aemp_green/pong", <time>] to our node port (_req_pong)
+        probe=("", "time", _k.this_node + "#", PONG),
         group=get_node(est.peer_nodeid).liveness,
         # a Perl string has no bytes/text distinction: its byte strings are text
         text_bytes=bool(_cfg.get("perl_bytes_as_text", True)) and is_perl_peer(est.kv),
@@ -990,6 +1037,8 @@ def _start_link(sock, est, trailing, outgoing):
         low_water=_cfg.get("link_low_water"),
         hard_limit=int(_cfg["link_hard_limit"]),
         may_wait=_k.may_block,
+        auth=est.auth_method,
+        tls=est.tls,
     )
     link.closed_event = Event()
     get_node(est.peer_nodeid).attach(link)

@@ -20,6 +20,7 @@ duration and restore it afterwards, also when they run in some other greenlet.
 
 import logging
 from collections import deque
+from time import monotonic as _monotonic
 from typing import Any, Callable, Optional, Union
 
 from gevent.event import Event
@@ -95,6 +96,7 @@ def _run_handler(p, msg, cur):
         except TypeError:  # unhashable tag
             h = None
         if h is not None:
+            p.handled += 1
             cur.aemp_self = p
             try:
                 h(*msg[1:])
@@ -106,6 +108,7 @@ def _run_handler(p, msg, cur):
         if not p._keeps(msg):
             _unhandled(p, msg)
         return
+    p.handled += 1
     cur.aemp_self = p
     try:
         h(*msg)
@@ -129,13 +132,17 @@ class _Port:
 
 
 class _CallbackPort(_Port):
-    __slots__ = ("id", "monitors", "handlers", "default")
+    # handled/created: the introspection counters (messages its handlers took, monotonic time
+    # of its creation)
+    __slots__ = ("id", "monitors", "handlers", "default", "handled", "created")
 
     def __init__(self, pid, default=None):
         self.id = pid
         self.monitors = None
         self.handlers = None
         self.default = default
+        self.handled = 0
+        self.created = _monotonic()
 
     _deliver = _dispatch
     _run = _run_handler
@@ -219,10 +226,14 @@ class _GreenletPort(_Port):
         "adopted",
         "reason",
         "limit",
+        "handled",
+        "created",
     )
 
     def __init__(self, pid):
         self.id = pid
+        self.handled = 0  # messages received or taken by its handlers (introspection)
+        self.created = _monotonic()
         self.monitors = None
         self.handlers = None
         self.default = None
@@ -648,16 +659,19 @@ def receive(tag: Any = None, timeout: Optional[float] = None) -> list[Any]:
         if p.limit is not None and p.limit.blocked and len(mb) <= p.limit.limit // 2 + 1:
             p.limit.wake()  # (room again after this message: senders go on in a loop turn)
         if tag is None:
+            p.handled += 1
             return list(mb.popleft())
         i = 0
         for m in mb:
             if m and m[0] == tag:
                 del mb[i]
+                p.handled += 1
                 return list(m[1:])
             i += 1
     if timeout is not None and timeout <= 0:
         raise Timeout("no matching message")
     msg = _wait(p, _ANY if tag is None else tag, timeout)
+    p.handled += 1
     return list(msg) if tag is None else list(msg[1:])
 
 
@@ -681,6 +695,7 @@ def receive_match(pred: Callable[[list[Any]], Any], timeout: Optional[float] = N
             m = mb[i]
             if pred(list(m)):
                 del mb[i]
+                p.handled += 1
                 if p.limit is not None and p.limit.blocked:
                     p.limit.wake()
                 return list(m)

@@ -20,6 +20,7 @@ import os
 import socket as _stdsocket
 import ssl as _stdssl
 import tempfile
+import time
 from typing import Any, NamedTuple
 
 import gevent
@@ -249,6 +250,11 @@ def run_handshake(sock, hs, *, timeout, on_greeting=None, tls=None, max_line=409
                 sock.sendall(out)
 
 
+#: frames in, frames out, bytes in, bytes out of the links closed so far (the node totals of
+#: introspection add the open links' counters)
+closed_totals = [0, 0, 0, 0]
+
+
 # the unpatched poll(): has_unread() asks with a zero timeout and must never yield
 _poll = _monkey.get_original("select", "poll")
 _POLLIN = _monkey.get_original("select", "POLLIN")
@@ -342,6 +348,8 @@ class Link:
         low_water=None,
         hard_limit=None,
         may_wait=None,
+        auth=None,
+        tls=False,
     ):
         self.sock = sock
         self.nodeid = nodeid
@@ -392,6 +400,15 @@ class Link:
         self._loop.run_callback(self._writer.switch)
         self.frames_in = 0
         self.frames_out = 0
+        # introspection: bytes read, bytes handed to the socket, when the link came up, how it
+        # was authenticated, the keepalive round trip (see probe_answered)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.since = time.time()
+        self.auth = auth
+        self.tls = bool(tls)
+        self.rtt = None
+        self.probe_sent = None  # monotonic time of the oldest probe not answered yet
         self.last_rx = self.last_tx = self._loop.now()
         self._watchdog = None
         #: the keepalive probe frame (a request the peer answers); None: this link never probes
@@ -549,7 +566,9 @@ class Link:
     def _raw_send(self, raw, data):
         """One non-blocking send; returns the bytes written (None when the link broke)."""
         try:
-            return raw.send(data)
+            n = raw.send(data)
+            self.bytes_out += n
+            return n
         except BlockingIOError:
             self._full = True
             return 0
@@ -582,6 +601,7 @@ class Link:
                         # send() checks the totals as soon as they could pass the high water
                         self._check_at = min(self.FLUSH_BYTES, max(1, self._high - n))
                         sock.sendall(data)
+                        self.bytes_out += n
                     else:
                         # in pieces, so that waiting senders go on at the low-water mark while
                         # the rest is still being written (sender and peer keep overlapping)
@@ -591,6 +611,7 @@ class Link:
                             left = self._inflight = n - off
                             self._check_at = min(self.FLUSH_BYTES, max(1, self._high - left))
                             sock.sendall(view[off : off + self.WRITE_CHUNK])
+                            self.bytes_out += min(self.WRITE_CHUNK, n - off)
                             off += self.WRITE_CHUNK
                             if self._nwaiting and self._wbytes + n - off <= self._low:
                                 self._drained.set()
@@ -632,6 +653,7 @@ class Link:
                     self.close("Unexpected end-of-file")
                     break
                 self.last_rx = self._loop.now()
+                self.bytes_in += len(data)
                 frames = dec.feed(data)
                 self.frames_in += len(frames)
                 for frame in frames:
@@ -703,7 +725,23 @@ class Link:
                 break
             excused = None
             if now - last >= interval and self.probe is not None:
+                if self.probe_sent is None:
+                    self.probe_sent = time.monotonic()
                 self.send(self.probe)
+
+    def probe_answered(self):
+        """The peer answered a keepalive probe: ``rtt`` is the time since the oldest one that
+        was not answered yet (an answer without a probe out changes nothing).
+
+        Example::
+
+            link.probe_answered()   # node, for the answer to the probe frame
+            print(link.rtt)         # seconds, or None before the first answer
+        """
+        sent = self.probe_sent
+        if sent is not None:
+            self.probe_sent = None
+            self.rtt = time.monotonic() - sent
 
     def has_unread(self):
         """True if bytes are waiting in the socket that the reader has not taken yet.
@@ -750,6 +788,10 @@ class Link:
             return
         self._closed = True
         self.close_reason = why
+        closed_totals[0] += self.frames_in
+        closed_totals[1] += self.frames_out
+        closed_totals[2] += self.bytes_in
+        closed_totals[3] += self.bytes_out
         self._wbuf = []
         self.group.links.discard(self)
         self._wbytes = 0

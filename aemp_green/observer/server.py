@@ -99,7 +99,11 @@ class Observer:
             else:
                 exc = g.exception
                 why = "%s: %s" % (type(exc).__name__, exc) if exc is not None else "bad answer"
-                out[n] = _entry(n, "no answer" if _is_timeout(exc) else "error", error=why)
+                if isinstance(exc, introspect.IntrospectionRefused):
+                    status = "refused"  # a secure node without allow_introspection
+                else:
+                    status = "no answer" if _is_timeout(exc) else "error"
+                out[n] = _entry(n, status, error=why)
         return out
 
     def gather(self) -> dict[str, Any]:
@@ -107,8 +111,9 @@ class Observer:
         nodes, then the nodes those are linked to (at most ``max_nodes`` in all).
 
         Returns ``{"observer": nodeid, "time": epoch, "nodes": [entry...], "links": [[a, b]...]}``
-        where an entry is ``{"id", "status" ("ok", "no answer", "error" or "not asked"),
-        "error", "node", "ports", "links"}`` (the last three from ``introspect.snapshot``).
+        where an entry is ``{"id", "status", "error", "node", "ports", "links"}`` (the last three from ``introspect.snapshot``);
+        the status is "ok", "no answer" (timeout, unreachable), "refused" (a ``secure`` node),
+        "error" or "not asked" (beyond ``max_nodes``, or only heard of from others).
 
         Example::
 
