@@ -215,12 +215,20 @@ def _headless(exe, url, screenshot, profile, budget_ms):
 
 
 def test_page_renders_the_network_in_headless_chromium(net):
-    _, _, url, base, token = net
+    _, nodes, url, base, token = net
     exe = _chromium()
     if exe is None:
         pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run does it as root)")
-    # the three nodes answered once (the page shows what the observer gathers)
-    _view(base, token, lambda v: {"seed", "obs", "peer"} <= {n["id"] for n in v["nodes"]})
+    # peer holds a port; the three nodes answered (the page shows what the observer gathers)
+    nodes["peer"].run("kept = port(lambda *m: None)")
+    _view(
+        base,
+        token,
+        lambda v: (
+            {"seed", "obs", "peer"} <= {n["id"] for n in v["nodes"] if n["status"] == "ok"}
+            and any(n["id"] == "peer" and n["node"]["ports"] >= 1 for n in v["nodes"])
+        ),
+    )
     shot = _artifacts() / "observer.png"
     if shot.exists():
         shot.unlink()
@@ -246,9 +254,15 @@ def test_page_renders_the_network_in_headless_chromium(net):
     links = re.findall(r'<line class="link"[^>]*data-a="([^"]+)" data-b="([^"]+)"', dom)
     assert links and all(set(pair) <= {"seed", "obs", "peer", "silent"} for pair in links), links
     assert ("obs", "seed") in links
-    # a port count, as in the JSON view
-    counts = [int(n) for n in re.findall(r">(\d+) ports</text>", dom)]
-    assert len(counts) >= 3 and all(c >= 0 for c in counts), counts
+    # a port count for each node; peer's counts the port it holds
+    counts = {
+        name: int(n)
+        for name, n in re.findall(
+            r'data-node="([^"]+)"[^>]*>(?:(?!</g>).)*>(\d+) ports?</text></g>', dom, re.S
+        )
+    }
+    assert set(counts) >= {"seed", "obs", "peer"}, counts
+    assert counts["peer"] >= 1, counts
     assert "seen from obs" in dom
     # the screenshot is a PNG of some substance, kept as an artifact
     assert shot.exists(), proc.stderr[-2000:]

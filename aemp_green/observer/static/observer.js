@@ -32,6 +32,14 @@
     return (x >= 100 ? x.toFixed(0) : x.toFixed(1)) + "/s";
   }
 
+  function bytes(n) {
+    n = Number(n) || 0;
+    if (n < 1024) return n + " B";
+    if (n < 1048576) return (n / 1024).toFixed(1) + " KiB";
+    if (n < 1073741824) return (n / 1048576).toFixed(1) + " MiB";
+    return (n / 1073741824).toFixed(1) + " GiB";
+  }
+
   function duration(s) {
     s = Math.max(0, Number(s) || 0);
     if (s < 120) return s.toFixed(0) + " s";
@@ -78,7 +86,7 @@
       g.appendChild(sel("circle", { r: 26 }));
       g.appendChild(sel("text", { "class": "name", y: 44 }, short(n.id, 28)));
       var info = n.node;
-      var line2 = info ? info.ports + " ports" : n.status;
+      var line2 = info ? info.ports + (info.ports === 1 ? " port" : " ports") : n.status;
       g.appendChild(sel("text", { "class": "inner", y: 5 }, info ? String(info.ports) : "?"));
       g.appendChild(sel("text", { "class": "count", y: 60 }, line2));
       svg.appendChild(g);
@@ -112,6 +120,7 @@
      ["messages in", info.msgs_in + "  (" + rate(rates.msgs_in) + ")"],
      ["messages out", info.msgs_out + "  (" + rate(rates.msgs_out) + ")"],
      ["local messages", info.msgs_local + "  (" + rate(rates.msgs_local) + ")"],
+     ["bytes in / out", bytes(info.bytes_in) + " / " + bytes(info.bytes_out)],
      ["global node", info.is_global ? "yes" : "no"],
      ["pid / version", info.pid + " / " + info.version]].forEach(function (kv) {
       dl.appendChild(el("dt", "", kv[0]));
