@@ -667,6 +667,13 @@ SETTINGS = (
         _v_positive_int,
         "aemp_green: HTTP requests the observer serves at once.",
     ),
+    Setting(
+        "observer_idle_timeout",
+        10,
+        _v_positive_number,
+        "aemp_green: seconds an observer HTTP connection may stall (reading its request or "
+        "its answer) before it is dropped.",
+    ),
 )
 
 #: Lookup of :data:`SETTINGS` by key name.

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from netutil import REPO, Cluster, RawPeer
+from netutil import REPO, Cluster, RawPeer, cluster, read_until_closed  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,11 +34,14 @@ def net(tmp_path_factory):
     """``(cluster, {name: child}, url, base, token)`` for a seed, ``obs`` and ``peer``."""
     c = Cluster(tmp_path_factory.mktemp("observer"))
     try:
-        seed = c.seed(observer_timeout=1.5)
-        obs, peer = c.start(
-            ("obs", {"seeds": [seed.addr], "observer": "127.0.0.1:0", "observer_timeout": 1.5}),
-            ("peer", {"seeds": [seed.addr]}),
-        )
+        seed = c.seed()
+        obs_cfg = {
+            "seeds": [seed.addr],
+            "observer": "127.0.0.1:0",
+            "observer_timeout": 1.5,
+            "observer_idle_timeout": 1.5,
+        }
+        obs, peer = c.start(("obs", obs_cfg), ("peer", {"seeds": [seed.addr]}))
         obs.wait_log(URL_RE.search, timeout=10, what="the observer's URL line")
         m = URL_RE.search(obs.log_text())
         assert m is not None
@@ -161,6 +165,56 @@ def test_a_node_that_does_not_answer_is_shown_as_such(net):
         assert nodes["obs"].alive
     finally:
         peer.close()
+
+
+def test_stalled_and_malformed_clients_are_dropped_with_one_line(net):
+    """A client that sends half a request and stalls is dropped after observer_idle_timeout
+    (it would hold a slot of observer_max_clients for ever); a malformed request (too many
+    headers) gets 400 and one log line, no traceback; the page keeps being served."""
+    _, nodes, _, base, token = net
+    port = int(base.rsplit(":", 1)[1])
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+    stalled.sendall(b"GET /api/network?token=" + token.encode() + b" HTTP/1.1\r\nHost: x\r\n")
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as bad:
+        bad.sendall(b"GET / HTTP/1.1\r\n" + b"X-Junk: \x01\x02\r\n" * 200 + b"\r\n")
+        closed, data = read_until_closed(bad)
+        assert closed and data.startswith(b"HTTP/1.1 400 "), data[:200]
+    assert read_until_closed(stalled, timeout=10) == (True, b"")  # closed, nothing answered
+    assert time.monotonic() - t0 < 8
+    stalled.close()
+    assert _get(base + "/api/network?token=" + token)[0] == 200
+    log = nodes["obs"].wait_log("observer: bad request from 127.0.0.1", timeout=5)
+    assert "Traceback" not in log and "\x01" not in log.split("observer: bad request")[1][:300]
+
+
+def test_observer_that_cannot_listen_leaves_the_node_running(cluster):
+    """The observer's address is taken: one line says so, the node runs on."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        addr = "127.0.0.1:%d" % taken.getsockname()[1]
+        node = cluster.node("lonely", observer=addr)
+        node.wait_log("observer: cannot listen on %s" % addr, timeout=5)
+        assert node.ask("aemp_green.observer.url()") is None
+        assert node.ask("NODE()") == "lonely"
+    finally:
+        taken.close()
+
+
+def test_secure_node_refusal_shows_as_refused(cluster):
+    """A secure node without allow_introspection refuses the observer: shown as 'refused'."""
+    seed = cluster.seed(secure=True)
+    obs = cluster.node("obs", seeds=[seed.addr], observer="127.0.0.1:0")
+    m = URL_RE.search(obs.wait_log(URL_RE.search, timeout=10, what="the observer's URL line"))
+    base, token = "http://127.0.0.1:%s" % m.group(2), m.group(3)
+    view = _view(
+        base, token, lambda v: any(n["id"] == "seed" and n["status"] != "ok" for n in v["nodes"])
+    )
+    (seed_entry,) = [n for n in view["nodes"] if n["id"] == "seed"]
+    assert seed_entry["status"] == "refused", seed_entry
+    assert "allow_introspection" in seed_entry["error"]
 
 
 def test_bad_observer_setting_is_refused():

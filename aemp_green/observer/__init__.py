@@ -41,11 +41,12 @@ def start(
     max_nodes: Optional[int] = None,
     refresh: Optional[float] = None,
     max_clients: Optional[int] = None,
+    idle_timeout: Optional[float] = None,
 ) -> str:
     """Start the observer on ``address`` (``host:port``; a bare port means loopback, port 0 a
     free port) and return its URL with the access token. The other arguments default to the
-    settings ``observer_timeout``, ``observer_max_nodes``, ``observer_refresh`` and
-    ``observer_max_clients``. Prints the URL as one line on stderr. Raises ``ConfigError`` for
+    settings ``observer_timeout``, ``observer_max_nodes``, ``observer_refresh``,
+    ``observer_max_clients`` and ``observer_idle_timeout``. Prints the URL as one line on stderr. Raises ``ConfigError`` for
     a bad address, ``OSError`` if it cannot listen, ``RuntimeError`` if one already runs.
 
     Example::
@@ -70,7 +71,13 @@ def start(
         max_nodes=setting(max_nodes, "observer_max_nodes"),
         refresh=setting(refresh, "observer_refresh"),
     )
-    srv = server.serve(host, port or 0, obs, setting(max_clients, "observer_max_clients"))
+    srv = server.serve(
+        host,
+        port or 0,
+        obs,
+        setting(max_clients, "observer_max_clients"),
+        setting(idle_timeout, "observer_idle_timeout"),
+    )
     bound_host, bound_port = srv.address[:2]
     shown = "127.0.0.1" if bound_host in ("0.0.0.0", "::", "") else bound_host
     if ":" in shown:
@@ -129,6 +136,7 @@ def start_from_settings(cfg: dict[str, Any]) -> None:
             max_nodes=cfg.get("observer_max_nodes"),
             refresh=cfg.get("observer_refresh"),
             max_clients=cfg.get("observer_max_clients"),
+            idle_timeout=cfg.get("observer_idle_timeout"),
         )
     except (OSError, ValueError) as exc:
         logger.error("observer: cannot listen on %s: %s", address, exc)

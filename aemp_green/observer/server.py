@@ -20,11 +20,13 @@ from urllib.parse import parse_qs
 import gevent
 from gevent.event import AsyncResult
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .. import introspect
+from .._ratelog import RateLog, esc
 
 logger = logging.getLogger(__name__)
+_rl = RateLog(logger)  # bad requests: one line per client address and reason
 
 #: the busiest ports shown per node
 TOP_PORTS = 8
@@ -39,6 +41,8 @@ _STATIC = {
 #: is in the page's URL)
 _HEADERS = [
     ("Cache-Control", "no-store"),
+    # a connection per request: an idle keep-alive connection would hold a slot of the pool
+    ("Connection", "close"),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
     ("X-Frame-Options", "DENY"),
@@ -84,20 +88,25 @@ class Observer:
     # -- the network view ----------------------------------------------------------------
     def _ask(self, nodeids: list[str]) -> dict[str, dict[str, Any]]:
         """``{nodeid: node entry}`` for ``nodeids``, asked in parallel within the timeout."""
-        jobs = {
-            n: gevent.spawn(introspect.info, n, "snapshot", self.timeout, ports=TOP_PORTS)
-            for n in nodeids
-        }
+
+        def ask(nodeid: str) -> tuple[Any, Optional[Exception]]:
+            # the failure is returned, not raised: gevent would print a raised one's traceback
+            try:
+                return introspect.info(nodeid, "snapshot", self.timeout, ports=TOP_PORTS), None
+            except Exception as exc:
+                return None, exc
+
+        jobs = {n: gevent.spawn(ask, n) for n in nodeids}
         gevent.joinall(list(jobs.values()), timeout=self.timeout + 0.5)
         out = {}
         for n, g in jobs.items():
-            if g.successful() and isinstance(g.value, dict):
-                out[n] = _entry(n, "ok", snapshot=g.value)
+            value, exc = g.value if g.successful() else (None, None)
+            if isinstance(value, dict):
+                out[n] = _entry(n, "ok", snapshot=value)
             elif not g.ready():
                 g.kill(block=False)
                 out[n] = _entry(n, "no answer", error="no answer within %s s" % self.timeout)
             else:
-                exc = g.exception
                 why = "%s: %s" % (type(exc).__name__, exc) if exc is not None else "bad answer"
                 if isinstance(exc, introspect.IntrospectionRefused):
                     status = "refused"  # a secure node without allow_introspection
@@ -213,6 +222,11 @@ class Observer:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD") or "GET"
         if not self.authorised(environ):
+            _rl.warning(
+                (environ.get("REMOTE_ADDR"), "token"),
+                "observer: request without the right token from %s refused (403)",
+                str(environ.get("REMOTE_ADDR")),
+            )
             return _answer(start_response, "403 Forbidden", b"forbidden: token required\n")
         if method not in ("GET", "HEAD"):
             return _answer(start_response, "405 Method Not Allowed", b"GET only\n")
@@ -276,21 +290,60 @@ def _neighbours(snap: dict[str, Any]) -> set[str]:
     return _peers(snap) | {g for g in info.get("global_nodes") or () if isinstance(g, str)}
 
 
-def serve(host: str, port: int, obs: Observer, max_clients: int = 16) -> WSGIServer:
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class _Handler(WSGIHandler):
+    """gevent's handler, with a deadline on every read and write of a connection (a client that
+    sends nothing, or reads nothing, is dropped) and bad requests logged as one rate-limited
+    line without a traceback."""
+
+    #: seconds a connection may stall (``serve`` sets it from ``observer_idle_timeout``)
+    idle_timeout = 10.0
+
+    def handle(self) -> None:
+        self.socket.settimeout(self.idle_timeout)
+        super().handle()
+
+    def _handle_client_error(self, ex: BaseException) -> Optional[tuple[str, bytes]]:
+        peer = self.client_address[0] if isinstance(self.client_address, tuple) else "?"
+        if isinstance(ex, OSError):  # the deadline, or the client went away: just close
+            _rl.info((peer, "stall"), "observer: dropped a stalled request from %s", str(peer))
+            self.close_connection = True
+            return None
+        _rl.warning((peer, "bad"), "observer: bad request from %s: %s", str(peer), esc(ex))
+        return ("400", _BAD_REQUEST)
+
+    def log_error(self, msg: str, *args: Any) -> None:
+        try:
+            text = msg % args if args else msg
+        except (TypeError, ValueError):
+            text = "%s %r" % (msg, args)
+        peer = self.client_address[0] if isinstance(self.client_address, tuple) else "?"
+        _rl.warning((peer, "error"), "observer: %s (from %s)", esc(text), str(peer))
+
+
+def serve(
+    host: str, port: int, obs: Observer, max_clients: int = 16, idle_timeout: float = 10.0
+) -> WSGIServer:
     """Start serving ``obs`` on ``host:port`` (0: a free port) in the background; returns the
-    started server (``server.address`` is where it listens, ``server.stop()`` ends it).
+    started server (``server.address`` is where it listens, ``server.stop()`` ends it). At most
+    ``max_clients`` connections are served at once, each dropped when a read or write of it
+    stalls for ``idle_timeout`` seconds.
 
     Example::
 
         srv = serve("127.0.0.1", 0, Observer())
         print(srv.address)
     """
+    handler = type("ObserverHandler", (_Handler,), {"idle_timeout": float(idle_timeout)})
     srv = WSGIServer(
         (host, port),
         obs.app,
         spawn=Pool(max_clients),
         log=None,
         error_log=logger,
+        handler_class=handler,
     )
     srv.start()
     return srv
