@@ -37,6 +37,8 @@ setup(
             "ruff>=0.6,<1",
             "mypy>=1.8,<3",
         ],
+        # the setting `metrics`: Prometheus text format (aemp_green.metrics)
+        "metrics": ["prometheus_client>=0.17,<1"],
     },
     # one `aemp` on PATH once installed: the console script. bin/aemp (the same program) is for
     # running from a checkout and ships in the sdist only, never installed.

@@ -64,6 +64,7 @@ from .node import (
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 from .introspect import IntrospectionRefused, info, links_info, node_info, ports_info, snapshot
 from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
+from . import metrics as _metrics  # noqa: F401 - serves the setting metrics
 from . import observer as _observer  # noqa: F401 - starts with the setting `observer`
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())

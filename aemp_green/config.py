@@ -557,6 +557,12 @@ SETTINGS = (
         "format (needs the extra aemp_green[metrics]); a bare port listens on loopback.",
     ),
     Setting(
+        "metrics_ports",
+        10,
+        _v_positive_int,
+        "aemp_green: the busiest ports whose counters the metrics list (one series each).",
+    ),
+    Setting(
         "max_trace_streams",
         16,
         _v_positive_int,

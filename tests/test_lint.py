@@ -142,6 +142,7 @@ LAYERS = [
     "threaded",
     "monkey",
     "introspect",
+    "metrics",
     "observer.server",
     "observer",
     "",
