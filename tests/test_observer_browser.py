@@ -232,7 +232,7 @@ def test_bad_observer_setting_is_refused():
 def _chromium():
     exe = os.environ.get("AEMP_CHROMIUM")
     if exe:
-        return exe
+        return shutil.which(exe)
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         found = shutil.which(name)
         if found:
