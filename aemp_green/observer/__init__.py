@@ -118,13 +118,13 @@ def stop() -> None:
     _server = _url = None
 
 
-def start_from_settings(cfg: dict[str, Any]) -> None:
+def configured(cfg: dict[str, Any]) -> None:
     """Start the observer if the effective configuration ``cfg`` has the setting ``observer``
     (``configure`` calls this once it has run). A failure is logged; the node keeps running.
 
     Example::
 
-        start_from_settings({"observer": "127.0.0.1:0"})
+        observer.configured({"observer": "127.0.0.1:0"})   # what configure() does
     """
     address = cfg.get("observer")
     if not address or _server is not None:
@@ -144,4 +144,4 @@ def start_from_settings(cfg: dict[str, Any]) -> None:
         sys.stderr.flush()
 
 
-_node.on_configured(start_from_settings)
+_node.on_configured(configured)
