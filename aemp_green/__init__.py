@@ -49,23 +49,12 @@ from .ports import (
     receive_match,
     spawn,
 )
-from .node import (
-    configure,
-    eval_on,
-    known_nodes,
-    mon_nodes,
-    node_is_up,
-    run_forever,
-    shutdown,
-    snd_on,
-    snd_to_func,
-    up_nodes,
-)
+from .node import eval_on, known_nodes, mon_nodes, node_is_up, snd_on, snd_to_func, up_nodes
+from .connect import listener_addresses
+from .runtime import configure, run_forever, shutdown
 from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 from .introspect import IntrospectionRefused, info, links_info, node_info, ports_info, snapshot
 from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
-from . import metrics as _metrics  # noqa: F401 - serves the setting metrics
-from . import observer as _observer  # noqa: F401 - starts with the setting `observer`
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 _apply_verbose_env()  # AE_VERBOSE / PERL_ANYEVENT_VERBOSE: the library's log on stderr
@@ -105,6 +94,7 @@ __all__ = [
     "up_nodes",
     "known_nodes",
     "mon_nodes",
+    "listener_addresses",
     "snd_to_func",
     "snd_on",
     "eval_on",

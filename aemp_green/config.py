@@ -48,6 +48,10 @@ __all__ = [
     "SETTINGS_BY_NAME",
     "NO_DEFAULT",
     "DEFAULTS",
+    "active",
+    "set_active",
+    "is_configured",
+    "setting",
     "FRAMING_FORMATS",
     "AUTH_METHODS",
     "rc_path",
@@ -688,6 +692,46 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 #: The built-in defaults (AEMP 2.02 adapted to aemp_green). Treat as read-only:
 #: :func:`find_profile` deep-copies it.
 DEFAULTS = {s.name: s.default for s in SETTINGS if s.default is not NO_DEFAULT}
+
+#: This node's effective settings: the defaults until ``configure`` has run, then what it
+#: worked out. Every layer reads its settings here (``setting``); ``set_active`` fills the
+#: dict in place, so a module may keep a reference to it.
+active: dict[str, Any] = dict(DEFAULTS)
+_configured = False
+
+
+def set_active(cfg: "dict[str, Any] | None") -> None:
+    """Make ``cfg`` this node's effective settings (``None``: back to the defaults, not
+    configured). ``configure`` calls it; nothing else should.
+
+    Example::
+
+        set_active(validate(find_profile(load_rc(), None, nodeid="n/")))
+    """
+    global _configured
+    active.clear()
+    active.update(DEFAULTS if cfg is None else cfg)
+    _configured = cfg is not None
+
+
+def is_configured() -> bool:
+    """True once ``configure`` has run in this process.
+
+    Example::
+
+        if not is_configured(): configure(...)
+    """
+    return _configured
+
+
+def setting(name: str, default: Any = None) -> Any:
+    """One value of this node's effective settings (no copy).
+
+    Example::
+
+        timeout = float(setting("monitor_timeout", 30))
+    """
+    return active.get(name, default)
 
 
 # --------------------------------------------------------------------------------------------

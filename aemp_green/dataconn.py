@@ -67,6 +67,8 @@ from gevent import socket as _gsocket
 from gevent import ssl as _gssl
 from gevent.event import AsyncResult, Event
 
+from . import config as _config
+from . import connect as _connect
 from . import kernel as _k
 from . import node as _node
 from .global_ import db_family
@@ -206,7 +208,7 @@ def _on_accept(est, sock, trailing):
     dcid = (est.kv or {}).get("dataconn_id")
     try:
         with gevent.Timeout(
-            float(_node.setting("monitor_timeout") or 30), RemoteProtocolError("header timeout")
+            float(_config.setting("monitor_timeout") or 30), RemoteProtocolError("header timeout")
         ):
             line, rest = _read_line(sock, trailing, MAX_HEADER)
         if rest:
@@ -276,12 +278,12 @@ def _close(sock):
 
 def _probe(*reply):
     """Node request target (by name): loading this module enables ``aemp-dataconn`` here."""
-    _node.register_subprotocol(PROTOCOL, _on_accept)
+    _connect.register_subprotocol(PROTOCOL, _on_accept)
     if reply and isinstance(reply[0], str):
         _k.snd(*reply, "dataconn_ready")
 
 
-_node.register_subprotocol(PROTOCOL, _on_accept)
+_connect.register_subprotocol(PROTOCOL, _on_accept)
 
 
 # --------------------------------------------------------------------------- connector side
@@ -334,7 +336,7 @@ def _dial_once(nodeid, header, deadline):
     sock, est, rest = _node.dial_subprotocol(nodeid, PROTOCOL, {"dataconn_id": dcid}, timeout=left)
     # as node links (dial_subprotocol leaves the socket as it is): without TCP_NODELAY the
     # header waits for the ACK of our auth line, a delayed ACK: 40 ms per connection
-    _transport.apply_sockopts(sock, _node.setting("nodelay", True))
+    _transport.apply_sockopts(sock, _config.setting("nodelay", True))
     try:
         sock.sendall(header)
         line, extra = _read_line(sock, rest, _MAX_ANSWER)
@@ -442,7 +444,7 @@ def connect_to(node, init, *initdata, timeout=None, cb=None):
     init = _init_name(init, local)
     header = None if local else _header(init, initdata)  # bad initdata raises here
     if timeout is None:
-        timeout = float(_node.setting("monitor_timeout") or 30)
+        timeout = float(_config.setting("monitor_timeout") or 30)
     if cb is None:
         if local:
             return _local_pair(init, initdata)

@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -42,6 +41,7 @@ import ujson
 from gevent.event import AsyncResult
 
 from . import config as _config
+from . import connect
 from .wire import framing as _framing
 from . import kernel as _k
 from . import node as _node
@@ -365,7 +365,7 @@ def configured(cfg):
     for name in _LIMIT_NAMES:
         if cfg.get(name) is not None:
             _limits[name] = cfg[name]
-    _local_db.setdefault("'l", {})[_k.this_node] = _net().listener_addresses()
+    _local_db.setdefault("'l", {})[_k.this_node] = connect.listener_addresses()
     if _global:
         _src_replace(_k.this_node, _local_db, admit=False)
 
@@ -379,7 +379,7 @@ def become_global():
     _parts.clear()
     logger.info("%s is now a global node", _k.this_node)
     _local_db.setdefault("'g", {})[_k.this_node] = None
-    _local_db.setdefault("'l", {})[_k.this_node] = _net().listener_addresses()
+    _local_db.setdefault("'l", {})[_k.this_node] = connect.listener_addresses()
     _src_replace(_k.this_node, _local_db, admit=False)
     for nodeid in _net().up_nodes():
         _send(nodeid, "g_global")
@@ -454,7 +454,7 @@ def find_node(nodeid):
 
 
 def _seeds_configured():
-    return bool(_net()._cfg.get("seeds"))
+    return bool(_config.setting("seeds"))
 
 
 def _set_master(nodeid):
@@ -1498,4 +1498,3 @@ def db_mon(family: str, cb: Callable[..., Any]) -> Guard:
 
 
 # the node layer asks us where nodes live, and tells us about nodes coming and going
-_node.set_directory(sys.modules[__name__])

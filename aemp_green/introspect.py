@@ -25,6 +25,7 @@ import time
 from collections import deque
 from typing import Any, Optional, Union
 
+from . import config as _config
 from . import global_ as _g
 from . import kernel as _k
 from . import node as _node
@@ -75,7 +76,7 @@ class IntrospectionRefused(AempError):
 def _totals():
     """``[msgs_in, msgs_out, bytes_in, bytes_out]`` of every link, closed ones included."""
     t = list(_transport.closed_totals)
-    for link in _node.links():
+    for link in _node.all_links():
         t[0] += link.frames_in
         t[1] += link.frames_out
         t[2] += link.bytes_in
@@ -263,7 +264,7 @@ def links_info() -> list[dict[str, Any]]:
             print(link["peer"], link["msgs_in"], link["rtt"])
     """
     out = []
-    for link in _node.links():
+    for link in _node.all_links():
         out.append(
             {
                 "peer": link.nodeid,
@@ -338,7 +339,7 @@ def _req_info(from_node, what=None, kw=None, *reply):
             (from_node, "info"), "introspection request from %s without a reply port", from_node
         )
         return
-    if _k.secure_mode and not _node.setting("allow_introspection", False):
+    if _k.secure_mode and not _config.setting("allow_introspection", False):
         _rl.warning(
             (from_node, "info secure"),
             "secure node: refused introspection request from %s (setting allow_introspection)",
@@ -352,7 +353,7 @@ def _req_info(from_node, what=None, kw=None, *reply):
         )
         return
     try:
-        cap = int(_node.setting("introspection_max_ports", 1000) or 1000)
+        cap = int(_config.setting("introspection_max_ports", 1000) or 1000)
         result = _answer(what, kw if kw is not None else {}, max_ports=cap)
     except (ValueError, TypeError) as exc:
         _rl.warning(

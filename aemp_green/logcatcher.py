@@ -49,7 +49,6 @@ from greenlet import getcurrent
 
 from . import global_, ports
 from . import kernel as _k
-from . import node as _node
 from ._ratelog import RateLog, esc
 from .exceptions import NoDatabaseError
 
@@ -370,4 +369,11 @@ def catch(level=logging.INFO, into=None):
     return _catcher.port
 
 
-_node.on_configured(lambda cfg: set_max_streams(cfg.get("max_trace_streams")))
+def configured(cfg: dict) -> None:
+    """Read this node's settings (``runtime.configure`` calls it): ``max_trace_streams``.
+
+    Example::
+
+        configured({"max_trace_streams": 16})
+    """
+    set_max_streams(cfg.get("max_trace_streams"))

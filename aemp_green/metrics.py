@@ -29,10 +29,9 @@ from typing import Any, Iterator
 
 from . import introspect as _introspect
 from . import kernel as _k
-from . import node as _node
 from .config import parse_address
 
-__all__ = ["Collector", "serve", "server_address"]
+__all__ = ["Collector", "serve", "server_address", "configured"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +179,14 @@ def server_address() -> Any:
     return None if _server is None else tuple(_server.address[:2])
 
 
-def _configured(cfg):
+def configured(cfg: dict[str, Any]) -> None:
+    """Serve the metrics when the setting ``metrics`` names an address (``configure`` calls it
+    with the effective configuration); a failure is logged, the node runs on without them.
+
+    Example::
+
+        configured({"metrics": "127.0.0.1:9464"})
+    """
     address = cfg.get("metrics")
     if not address:
         return
@@ -195,6 +201,3 @@ def _configured(cfg):
         )
     except OSError as exc:
         logger.error("setting metrics: cannot listen on %s: %s", address, exc)
-
-
-_node.on_configured(_configured)

@@ -1,4 +1,4 @@
-"""node: remote nodes, connections made on demand, remote monitors, seeds, ``configure``.
+"""node: remote nodes, their links, connections made on demand, remote monitors.
 
 One ``RemoteNode`` per other node this process has heard of. Sending to a node that is not
 connected queues the frame and connects: to the addresses the node is known by (seeds, the
@@ -9,32 +9,31 @@ A link that breaks fires them with the reason it broke; frames still queued on i
 never delivered after the monitors fired (the no-holes guarantee); a later send reconnects.
 
 The kernel reaches this module only through the object registered with
-``kernel.set_network``; incoming frames go back up through ``kernel.deliver_remote``.
+``kernel.set_network``; incoming frames go back up through ``kernel.deliver_remote``. Dialling
+and accepting are ``connect``'s (this module installs its link hooks there); where a node
+listens, this module asks the object ``runtime`` installs with ``set_directory`` (the global
+database); settings are read from ``config.active``.
 """
 
 import logging
 import random
 import re
-import socket as _stdsocket
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import gevent
 from gevent.event import Event
-from greenlet import getcurrent
 
 from . import config as _config
-from . import transport
-from .wire import framing
+from . import connect, trace, transport
 from . import kernel as _k
 from ._guard import Guard
-from .wire.handshake import is_perl_peer
-from ._ratelog import RateLog, esc, exc_text
-from ._ratelog import set_limits as _set_log_limits
+from ._ratelog import RateLog, esc
 from ._report import report_crash
-from .exceptions import ConfigError, RemoteProtocolError
+from .exceptions import RemoteProtocolError
+from .wire import framing
+from .wire.handshake import is_perl_peer
 
 __all__ = [
-    "configure",
     "node_is_up",
     "up_nodes",
     "known_nodes",
@@ -43,12 +42,10 @@ __all__ = [
     "snd_on",
     "eval_on",
     "RemoteNode",
-    "add_tracer",
-    "register_subprotocol",
+    "get_node",
+    "all_links",
     "dial_subprotocol",
-    "listener_addresses",
-    "config",
-    "links",
+    "set_directory",
     "remote_monitors",
 ]
 
@@ -59,13 +56,8 @@ _nodes: dict[Any, Any] = {}  # nodeid -> RemoteNode
 _idle: dict[
     Any, Any
 ] = {}  # nodeid -> RemoteNode kept after it went down (oldest first; see _maybe_forget)
-_cfg = dict(_config.DEFAULTS)
-_tls = None  # transport.TLSContexts of our cert, built once by configure
-_listeners: list[Any] = []
-_binds: list[Any] = []  # our listener addresses as "host:port" strings (what others learn)
-_configured = False
+_cfg = _config.active  # this node's settings (configure fills the dict in place)
 _node_watchers: list[Any] = []  # mon_nodes callbacks
-_seed_greenlets: list[Any] = []
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d+)$")
 
 
@@ -82,27 +74,17 @@ class _NoDirectory:
     def node_down(self, node):
         pass
 
-    def become_global(self):
-        pass
-
-    def seed_up(self, addr, link):
-        pass
-
-    def configured(self, cfg):
-        pass
-
 
 _directory = _NoDirectory()
 
 
 def set_directory(directory):
     """Install the object node asks where nodes live and tells about nodes coming and going
-    (``find_node``, ``node_up``, ``node_down``, ``become_global``, ``seed_up``,
-    ``configured``): the global database does, when it is imported.
+    (``find_node``, ``node_up``, ``node_down``): ``runtime`` installs the global database.
 
     Example::
 
-        node.set_directory(sys.modules[__name__])   # at the end of global_
+        node.set_directory(globaldb)   # in runtime
     """
     global _directory
     _directory = directory
@@ -255,7 +237,7 @@ class RemoteNode:
                 continue
             delay = i * interval * (0.9 + 0.1 * random.random())
             # an address whose dials failed is tried again only after its back-off
-            delay = max(delay, _dials.backoff_left(addr))
+            delay = max(delay, connect.dials.backoff_left(addr))
             self._attempts[addr] = gevent.spawn_later(delay, self._attempt, addr)
 
     def _attempt(self, addr):
@@ -263,19 +245,19 @@ class RemoteNode:
         try:
             if self.link is not None:
                 return
-            with _dials.turn(addr, self) as ok:
+            with connect.dials.turn(addr, self) as ok:
                 if not ok or self.link is not None:
                     return
-                if not self.connecting and _dials.waiting:
+                if not self.connecting and connect.dials.waiting:
                     return  # the node gave up meanwhile and others wait for a turn
-                host, port = _split_hostport(addr)
+                host, port = connect.split_hostport(addr)
                 logger.debug("connecting to %s at %s", self.id, addr)
                 try:
-                    _dial(host, port, expect=self.id)
+                    connect.dial(host, port, expect=self.id)
                 except BaseException:
-                    _dials.failed(addr)
+                    connect.dials.failed(addr)
                     raise
-                _dials.succeeded(addr)
+                connect.dials.succeeded(addr)
         except Exception as exc:
             if not isinstance(exc, transport.HandshakeRefused):
                 why = self._last_error = transport.describe_connect_error(addr, exc)
@@ -286,7 +268,7 @@ class RemoteNode:
                 # every known address was tried and failed: say why now (a refused connection
                 # within milliseconds) instead of "connect timeout" after connect_interval
                 self.transport_error(why, connecting=True)
-                _dials.shed(self)
+                connect.dials.shed(self)
 
     def _connect_timeout(self):
         if self.link is None and self.connecting:
@@ -296,7 +278,7 @@ class RemoteNode:
                 connecting=True,
             )
             # its dials still running are speculative now: they make way if others wait
-            _dials.shed(self)
+            connect.dials.shed(self)
 
     # -- link up/down --------------------------------------------------------------------
     def attach(self, link):
@@ -491,173 +473,6 @@ class RemoteNode:
         return "<RemoteNode %s %s>" % (self.id, "up" if self.link else "down")
 
 
-# --------------------------------------------------------------------------- dial limiter
-
-
-class _DialLimiter:
-    """Bounds what dialling out may take, so that addresses from the network (the global
-    database, ``host:port`` node IDs) cannot exhaust this process (docs/security.md):
-
-    * at most ``max_dials`` dials (connect and handshake) at once; a dial waits at most
-      ``connect_interval`` for its turn and is then dropped;
-    * no dial while fewer than ``fd_reserve`` file descriptors are left below RLIMIT_NOFILE
-      (they are kept for accepting connections);
-    * an address whose dial failed waits ``connect_interval / 4``, doubling per further
-      failure up to ``dial_backoff_max`` seconds, before it is dialled again;
-    * a dial whose node has given up (its ``connect_interval`` passed) makes way: when every
-      turn is taken, a new dial stops the oldest such one (a black hole holds its dial for
-      the whole handshake timeout, and must not keep our real connections out).
-
-    Example::
-
-        with _dials.turn("10.0.0.5:4040") as ok:
-            if ok:
-                _dial("10.0.0.5", 4040)
-    """
-
-    MAX_BACKOFF_ENTRIES = 4096  # addresses remembered; the oldest entry makes room
-
-    def __init__(self):
-        self._sem = None
-        self._size = None
-        self._backoff = {}  # addr -> (loop time it may be dialled again, current pause)
-        self._refused = 0  # dials refused since the last log line
-        self._logged = -1e9  # loop time of that log line
-        self._holders = {}  # greenlet holding a turn -> its RemoteNode (oldest first)
-        self.waiting = 0  # dials waiting for a turn
-
-    def _semaphore(self):
-        size = int(_cfg.get("max_dials") or 64)
-        if self._sem is None or size != self._size:
-            from gevent.lock import BoundedSemaphore
-
-            self._sem, self._size = BoundedSemaphore(size), size
-        return self._sem
-
-    def backoff_left(self, addr):
-        """Seconds before ``addr`` may be dialled again (0 when it may be dialled now)."""
-        entry = self._backoff.get(addr)
-        if entry is None:
-            return 0.0
-        return max(0.0, entry[0] - gevent.get_hub().loop.now())
-
-    def failed(self, addr):
-        """A dial of ``addr`` failed: back it off (double the pause, up to the maximum)."""
-        base = float(_cfg["connect_interval"]) / 4.0
-        cap = float(_cfg.get("dial_backoff_max") or 10)
-        entry = self._backoff.pop(addr, None)
-        pause = min(cap, max(base, entry[1] * 2 if entry else base))
-        if len(self._backoff) >= self.MAX_BACKOFF_ENTRIES:
-            del self._backoff[next(iter(self._backoff))]
-        self._backoff[addr] = (gevent.get_hub().loop.now() + pause, pause)
-
-    def succeeded(self, addr):
-        """A dial of ``addr`` succeeded: forget its back-off."""
-        self._backoff.pop(addr, None)
-
-    def turn(self, addr, node=None):
-        """A context manager yielding True when this dial (for ``node``) may go ahead."""
-        return _DialTurn(self, addr, node)
-
-    def shed(self, node=None):
-        """Stop dials whose node gave up (no link, not connecting), if others wait for a turn:
-        only ``node``'s when given, else the oldest one. Returns how many were stopped."""
-        if not self.waiting:
-            return 0
-        stopped = 0
-        for g, n in list(self._holders.items()):
-            if n is None or (node is not None and n is not node):
-                continue
-            if n.link is None and not n.connecting:
-                del self._holders[g]
-                g.kill(block=False)
-                stopped += 1
-                if node is None:
-                    break
-        if stopped:
-            logger.debug("stopped %d dial(s) whose node gave up, to make way", stopped)
-        return stopped
-
-    def _refuse(self, addr, why):
-        self._refused += 1
-        now = gevent.get_hub().loop.now()
-        if now - self._logged >= 10.0:  # one line per 10 s, however many are refused
-            logger.warning(
-                "not dialling %s: %s (%d dial(s) refused in the last %.0f s)",
-                repr(addr)[:120],
-                why,
-                self._refused,
-                min(now - self._logged, 10.0),
-            )
-            self._logged, self._refused = now, 0
-
-
-class _DialTurn:
-    __slots__ = ("_lim", "_addr", "_node", "_sem")
-
-    def __init__(self, lim, addr, node):
-        self._lim, self._addr, self._node, self._sem = lim, addr, node, None
-
-    def __enter__(self):
-        lim = self._lim
-        sem = lim._semaphore()
-        lim.waiting += 1
-        try:
-            if sem.locked():
-                lim.shed()  # every turn is taken: the oldest dial nobody waits for makes way
-            got = sem.acquire(timeout=float(_cfg["connect_interval"]))
-        finally:
-            lim.waiting -= 1
-        if not got:
-            lim._refuse(self._addr, "%d dials already in progress (max_dials)" % lim._size)
-            return False
-        self._sem = sem
-        lim._holders[gevent.getcurrent()] = self._node
-        reserve = int(_cfg.get("fd_reserve", 64) or 0)
-        if reserve:
-            left = _fds_left()
-            # the other dials holding a turn may not have opened their socket yet
-            if left is not None:
-                left -= lim._size - sem.counter - 1
-            if left is not None and left < reserve:
-                lim._refuse(
-                    self._addr, "only %d file descriptors left (fd_reserve %d)" % (left, reserve)
-                )
-                return False
-        return True
-
-    def __exit__(self, *exc):
-        if self._sem is not None:
-            self._lim._holders.pop(gevent.getcurrent(), None)
-            self._sem.release()
-            self._sem = None
-        return False
-
-
-def _fds_left():
-    """File descriptors this process may still open (soft RLIMIT_NOFILE minus open ones), or
-    None where that cannot be told."""
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
-        return None
-    if soft == resource.RLIM_INFINITY:
-        return None
-    import os
-
-    for d in ("/proc/self/fd", "/dev/fd"):
-        try:
-            return soft - len(os.listdir(d))
-        except OSError:
-            continue
-    return None
-
-
-_dials = _DialLimiter()
-
-
 def get_node(nodeid):
     """The ``RemoteNode`` for ``nodeid``, created on first use.
 
@@ -783,19 +598,12 @@ def explicit_address(nodeid):
     return None
 
 
-def _split_hostport(addr):
-    host, port = _config.parse_address(addr)
-    if port is None:
-        raise ConfigError("address without a port: %r" % (addr,))
-    return host, port
-
-
 class _Net:
     """What the kernel calls for everything that leaves this node."""
 
     def send(self, nodeid, frame):
-        if _tracers:
-            _trace("SND", nodeid, frame)
+        if trace.tracers:
+            trace.trace("SND", nodeid, frame)
         if nodeid == _k.this_node:
             _k.deliver_remote(nodeid, frame)
             return
@@ -833,125 +641,9 @@ _k.set_network(_Net())
 
 
 def _on_frame(link, frame):
-    if _tracers:
-        _trace("RCV", link.nodeid, frame)
+    if trace.tracers:
+        trace.trace("RCV", link.nodeid, frame)
     _k.deliver_remote(link.nodeid, frame)
-
-
-# --------------------------------------------------------------------------- tracing
-
-_tracers: list[Any] = []  # callables (direction, nodeid, frame); empty = no cost but one truth test
-
-
-def add_tracer(fn):
-    """Call ``fn(direction, nodeid, frame)`` for every frame sent ("SND") or received ("RCV").
-
-    Returns a guard that removes it. ``PERL_ANYEVENT_MP_TRACE=1`` installs one that prints
-    each frame as JSON, like AEMP; ``aemp trace NODE`` streams them from another node.
-
-    Example::
-
-        add_tracer(lambda d, node, frame: print(d, node, frame))
-    """
-    _tracers.append(fn)
-
-    def undo():
-        if fn in _tracers:
-            _tracers.remove(fn)
-
-    return Guard.for_caller(undo)
-
-
-_tracing: set[Any] = set()  # greenlets running the tracers: what tracers send is not traced
-
-
-def _trace(direction, nodeid, frame):
-    # Not re-entrant: a frame that a tracer sends (a trace stream to a subscriber) is not
-    # traced again, so two subscriptions cannot feed each other. A tracer that fails is
-    # removed (once, however the failures nest) and logged in one line.
-    cur = getcurrent()
-    if cur in _tracing:
-        return
-    _tracing.add(cur)
-    try:
-        for fn in list(_tracers):
-            try:
-                fn(direction, nodeid, frame)
-            except Exception as exc:
-                if fn in _tracers:
-                    _tracers.remove(fn)
-                    _rl.error(
-                        ("tracer", "failed"),
-                        "tracer %s failed and was removed: %s",
-                        esc(fn),
-                        exc_text(exc),
-                    )
-    finally:
-        _tracing.discard(cur)
-
-
-def _print_tracer(direction, nodeid, frame):
-    import json
-    import sys
-
-    arrow = "<-" if direction == "SND" else "->"
-    shown = [None if i == 0 and x == "" else x for i, x in enumerate(frame)]
-    sys.stderr.write(
-        "%s %s %s %s\n"
-        % (direction, nodeid, arrow, json.dumps(shown, ensure_ascii=False, default=repr))
-    )
-
-
-_trace_subscribers: dict[
-    Any, Any
-] = {}  # port -> cancel function (stops the stream and its monitor)
-
-
-def _req_trace(from_node, port, on=1, *_):
-    """Node request ``aemp_green_trace``: stream our frames to ``port`` (``on`` false stops).
-
-    At most ``max_trace_streams`` ports at once (each frame costs one message per stream);
-    a secure node refuses it unless ``allow_trace`` (``trace=True`` below).
-    """
-    if not isinstance(port, str):
-        return
-    old = _trace_subscribers.pop(port, None)
-    if old is not None:
-        old()
-    if not on:
-        return
-    cap = int(_cfg.get("max_trace_streams") or 16)
-    if len(_trace_subscribers) >= cap:
-        _rl.warning(
-            (from_node, "trace streams"),
-            "trace request from %s for %s refused: %d streams already (max_trace_streams)",
-            from_node,
-            esc(port),
-            cap,
-        )
-        return
-
-    def forward(direction, nodeid, frame):
-        if frame and frame[0] == port.partition("#")[2] and nodeid == node_of_port(port):
-            return  # never trace the trace stream itself
-        _k.snd(port, "trace", direction, nodeid, list(frame))
-
-    def cancel():
-        if forward in _tracers:
-            _tracers.remove(forward)
-        undo_monitor()
-
-    _tracers.append(forward)
-    _trace_subscribers[port] = cancel
-    undo_monitor = _k.add_monitor(port, lambda *r: _req_trace(from_node, port, 0))
-
-
-def node_of_port(port):
-    return port.partition("#")[0]
-
-
-# a secure node refuses it unless the setting allow_trace is true (kernel.node_request)
-_k.register_node_request("aemp_green_trace", _req_trace, trace=True)
 
 
 #: the tag of the answer to our keepalive probes (a node-port request of ours): a name no AEMP
@@ -967,20 +659,6 @@ def _req_pong(from_node, *_):
 
 
 _k.register_node_request(PONG, _req_pong)
-
-
-def links():
-    """Every open link of this node: the ones sent on, then the read-only ones a simultaneous
-    connect left (introspection reads their counters).
-
-    Example::
-
-        for link in links():
-            print(link.nodeid, link.frames_in, link.bytes_pending)
-    """
-    out = [n.link for n in _nodes.values() if n.link is not None]
-    out += [link for n in _nodes.values() for link in n.extra_links]
-    return out
 
 
 def remote_monitors():
@@ -1045,194 +723,6 @@ def _start_link(sock, est, trailing, outgoing):
     return link
 
 
-def _dial(host, port, expect=None):
-    """Connect to ``host:port``, handshake, attach the link and read it until it closes.
-
-    Returns the link after it closed; raises on connect/handshake failure.
-    """
-    sock = transport.connect(host, port, timeout=float(_cfg["connect_interval"]))
-    transport.apply_sockopts(sock, _cfg.get("nodelay", True))
-    hs = _connector_handshake(sock)
-
-    def on_greeting(ev):
-        if expect is not None and ev.nodeid != expect:
-            raise transport.HandshakeRefused("dialled %s but %s answered" % (expect, ev.nodeid))
-        _refuse_duplicates(ev)
-
-    try:
-        sock, est, trailing = transport.run_handshake(
-            sock, hs, timeout=float(_cfg["monitor_timeout"]), on_greeting=on_greeting, tls=_tls
-        )
-    except BaseException:
-        sock.close()
-        raise
-    link = _start_link(sock, est, trailing, outgoing=True)
-    gevent.spawn(link.run)
-    return link
-
-
-def _connector_handshake(sock, protocol="aemp", extra=None):
-    """The handshake for a connection we dialled: ``peeraddr`` is the numeric address we reached
-    (the acceptor checks it names itself) and the acceptor must see us at our own address."""
-    peer = sock.getpeername()
-    return transport.make_handshake(
-        _cfg,
-        _k.this_node,
-        transport.bind_string(peer[0], peer[1]),
-        protocol=protocol,
-        extra=extra,
-        role="connect",
-        check=_check_for(sock.getsockname(), ()),
-    )
-
-
-def _check_for(own, extra):
-    """The peeraddr check for a connection whose local address is ``own`` (None: checks off)."""
-    if not _cfg.get("check_peeraddr", True):
-        return None
-    return transport.peeraddr_check(own, list(extra) + list(_cfg.get("public_addresses") or ()))
-
-
-def _named_binds():
-    """Configured binds written with a host name and a fixed port (``box.lan:4040``): a connector
-    that dialled that name names it. Numeric binds are covered by the socket's own address, and
-    a bind with a dynamic port names no particular address."""
-    named = []
-    for b in _cfg.get("binds") or ():
-        try:
-            host, port = _config.parse_address(b)
-        except ConfigError:
-            continue
-        if port is not None and host != "*":
-            named.append(b)
-    return named
-
-
-_pending_handshakes: dict[Any, Any] = {}  # socket -> (source host, Handshake), oldest first
-MAX_PENDING_HANDSHAKES = 256
-MAX_PENDING_PER_SOURCE = 32
-
-
-def _make_handshake_room(source):
-    """Slowloris defence: keep unfinished incoming handshakes within the caps, evicting fairly.
-
-    A source (remote IP) over its own cap loses its oldest pending handshake; when the total cap
-    is reached the oldest handshake of the source with the most pending ones goes. A real peer
-    finishes in a round trip or two, so only stalled connections from the busiest source are
-    evicted, and an attacker churning connections from one address cannot lock out a slow
-    legitimate peer elsewhere.
-    """
-    cap = int(_cfg.get("max_pending_handshakes") or MAX_PENDING_HANDSHAKES)
-    per_source = int(_cfg.get("max_pending_per_source") or MAX_PENDING_PER_SOURCE)
-    counts = {}
-    for src, _hs in _pending_handshakes.values():
-        counts[src] = counts.get(src, 0) + 1
-    while _pending_handshakes:
-        if counts.get(source, 0) >= per_source:
-            victim_src = source
-        elif len(_pending_handshakes) >= cap:
-            victim_src = max(counts, key=counts.get)
-        else:
-            return
-        for old_sock, (src, _hs) in _pending_handshakes.items():
-            if src == victim_src:
-                break
-        del _pending_handshakes[old_sock]
-        counts[victim_src] -= 1
-        _log_evicted(victim_src)
-        try:
-            old_sock.shutdown(2)
-        except OSError:
-            pass
-
-
-_evict_log = {"next": 0.0, "count": 0}
-
-
-def _log_evicted(source):
-    """One log line per ``source`` burst at most every 10 s (an attacker controls the rate)."""
-    now = gevent.get_hub().loop.now()
-    _evict_log["count"] += 1
-    if now >= _evict_log["next"]:
-        logger.warning(
-            "too many pending handshakes: evicted %d stalled one(s), the last from %s "
-            "(max_pending_handshakes=%s, max_pending_per_source=%s)",
-            _evict_log["count"],
-            source,
-            _cfg.get("max_pending_handshakes"),
-            _cfg.get("max_pending_per_source"),
-        )
-        _evict_log["count"] = 0
-        _evict_log["next"] = now + 10.0
-
-
-def _printable(exc):
-    """An error's text with control characters escaped (it may quote a peer's bytes; our
-    handshake errors already cut those short)."""
-    text = str(exc) or exc.__class__.__name__
-    return text if text.isprintable() else repr(text)[1:-1]
-
-
-def _accept(sock, addr):
-    transport.apply_sockopts(sock, _cfg.get("nodelay", True))
-    peeraddr = transport.bind_string(addr[0], addr[1])
-    source = transport.normalize_address(addr[0], None)[0]
-    _make_handshake_room(source)
-    raw = sock
-    # a connector must name the address it dialled: this connection's local address, one of the
-    # configured binds (a host name as written there) or a public_addresses entry
-    hs = transport.make_handshake(
-        _cfg,
-        _k.this_node,
-        peeraddr,
-        role="accept",
-        check=_check_for(sock.getsockname(), _named_binds()),
-    )
-    _pending_handshakes[raw] = (source, hs)
-    try:
-        sock, est, trailing = transport.run_handshake(
-            sock,
-            hs,
-            timeout=float(_cfg.get("handshake_timeout") or _cfg["monitor_timeout"]),
-            on_greeting=_refuse_duplicates,
-            tls=_tls,
-        )
-    except (RemoteProtocolError, transport.HandshakeRefused) as exc:
-        # the reason may quote the peer's bytes: escaped, and rate-limited per source
-        _rl.info((source, "handshake"), "%s disconnected - %s", peeraddr, _printable(exc))
-        return
-    except (OSError, gevent.Timeout) as exc:
-        _rl.info((source, "handshake"), "%s disconnected - %s", peeraddr, _printable(exc))
-        return
-    finally:
-        _pending_handshakes.pop(raw, None)
-    if est.protocol != "aemp":
-        handler = _subprotocols.get(est.protocol)
-        if handler is None:
-            logger.info("%s: unsupported sub-protocol %s", est.peer_nodeid, est.protocol)
-            return
-        handler(est, sock, trailing)
-        return
-    link = _start_link(sock, est, trailing, outgoing=False)
-    link.run()
-
-
-_subprotocols: dict[Any, Any] = {}
-
-
-def register_subprotocol(protocol, handler):
-    """Route accepted connections that greet with ``protocol`` (``aemp-<word>``) to ``handler``.
-
-    ``handler(established, sock, trailing_bytes)`` runs in the connection's greenlet after the
-    normal authentication; the socket is closed when it returns. Used by ``dataconn``.
-
-    Example::
-
-        register_subprotocol("aemp-dataconn", on_dataconn)
-    """
-    _subprotocols[protocol] = handler
-
-
 def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
     """Open an authenticated ``protocol`` connection to ``nodeid``; returns ``(sock, est, rest)``.
 
@@ -1258,304 +748,26 @@ def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
             addrs = n.addrs
         last = None
         for addr in addrs or ():
-            host, port = _split_hostport(addr)
-            sock = None
             try:
-                sock = transport.connect(host, port, timeout=timeout)
-                transport.apply_sockopts(sock, _cfg.get("nodelay", True))
-                hs = _connector_handshake(sock, protocol=protocol, extra=extra)
-                sock, est, rest = transport.run_handshake(sock, hs, timeout=timeout, tls=_tls)
-                if est.peer_nodeid != nodeid:
-                    raise transport.HandshakeRefused(
-                        "%s answered instead of %s" % (est.peer_nodeid, nodeid)
-                    )
-                return sock, est, rest
+                return connect.subprotocol_handshake(nodeid, addr, protocol, extra, timeout)
             except (OSError, RemoteProtocolError, transport.HandshakeRefused) as exc:
                 last = exc
-                if sock is not None:
-                    sock.close()
-            except BaseException:
-                if sock is not None:
-                    sock.close()
-                raise
         raise last or OSError("no known address for %s" % nodeid)
 
 
-# --------------------------------------------------------------------------- seeds
-
-
-def _seed_loop(addr):
-    """Keep a connection to the seed at ``addr`` with back-off; announce ourselves as slave.
-
-    Seeds are configured, not learnt from the network: their dials don't wait for a
-    ``max_dials`` turn, and they have their own back-off here.
-    """
-    backoff = (1 + random.random()) * 0.6
-    while True:
-        try:
-            host, port = _split_hostport(addr)
-            link = _dial(host, port)
-        except RemoteProtocolError as exc:
-            if "refuse to talk to myself" in str(exc):
-                logger.debug("seed %s is ourselves: this node is global", addr)
-                _hooks().become_global()
-                return
-            logger.debug("seed %s: %s", addr, exc)
-        except transport.HandshakeRefused as exc:
-            logger.debug("seed %s: %s", addr, exc)
-        except (OSError, gevent.Timeout, ConfigError) as exc:
-            logger.debug("seed %s unreachable: %s", addr, exc)
-        else:
-            backoff = (1 + random.random()) * 0.6
-            _hooks().seed_up(addr, link)
-            link.closed_event.wait()
-            continue
-        gevent.sleep(backoff)
-        backoff = min(backoff * 2, float(_cfg["monitor_timeout"]))
-
-
-# --------------------------------------------------------------------------- configure
-
-_CONFIGURE_ONLY = frozenset(("norc", "force", "profile"))  # configure() arguments, not settings
-
-
-def configure(profile: Optional[str] = None, **kv: Any) -> dict[str, Any]:
-    """Configure this node once per process: node ID, listeners, seeds, secret, ...
-
-    Keys as AEMP (``nodeid``, ``binds``, ``seeds``, ``secret``, ``cert``, ``secure``,
-    ``services``, ``monitor_timeout``, ``connect_interval``, ``framing_format``, ``auth_offer``,
-    ``auth_accept``, ``autocork``, ``nodelay``, ``parent``, ``force``, ``norc``), merged with the
-    rc file and its profiles exactly as AEMP does (see ``config.find_profile``). Returns the
-    effective configuration.
-
-    A bad value, a ``cert`` that is not a usable PEM or a listener that cannot bind raises
-    ``ConfigError`` naming the key, and leaves the node as it was (it can be called again).
-    Keys that are not settings are kept, as in AEMP, but logged as a likely typo.
+def all_links() -> list[Any]:
+    """Every link of every node (``shutdown`` flushes and closes them).
 
     Example::
 
-        configure(nodeid="worker/", binds=["127.0.0.1:*"], seeds=["127.0.0.1:4040"],
-                  secret="s3cret", norc=True)
+        for link in all_links(): link.close("shutdown")
     """
-    global _cfg, _configured, _tls
-    if _configured:
-        raise RuntimeError("configure() can only be called once per process")
-    import os
-
-    if os.environ.get("PERL_ANYEVENT_MP_TRACE") and _print_tracer not in _tracers:
-        _tracers.append(_print_tracer)
-    unknown = sorted(
-        k for k in kv if k not in _config.SETTINGS_BY_NAME and k not in _CONFIGURE_ONLY
-    )
-    if unknown:  # kept (AEMP keeps unknown keys too), but most likely a typo: say so visibly
-        _warn_unknown(unknown)
-    norc = kv.get("norc")
-    rc = {} if norc else _config.load_rc()
-    cfg = _config.validate(_config.find_profile(rc, profile, **kv))
-    nodeid = _config.expand_nodeid(_config.default_nodeid(cfg))
-    tls = None
-    if cfg.get("cert"):  # now, once: never per connection
-        try:
-            tls = transport.tls_contexts(cfg["cert"])
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                "cert: not a usable PEM with key, certificate and CA certificates (%s)" % (exc,)
-            ) from None
-    before = (_k.this_node, _k.secure_mode, _cfg, _tls)
-    _tls = tls
-    _k.set_node_id(nodeid)
-    _k.set_secure(cfg.get("secure"), cfg.get("allow_trace"))
-    if cfg.get("check_local_messages"):
-        _k.check_local_messages(True)
-    _k.set_limits(max_forward_depth=cfg.get("max_forward_depth"))
-    _set_log_limits(cfg.get("log_rate_lines"), cfg.get("log_rate_interval"))
-    _cfg = cfg
-    _configured = True
-
-    # listeners (nothing else has started yet: a failure undoes the above and can be retried)
-    bind = None
-    try:
-        for bind in _config.expand_binds(cfg.get("binds") or ["*"]):
-            lst = transport.Listener(bind[0], bind[1], _accept)
-            lst.start()
-            _listeners.append(lst)
-            _binds.append(transport.bind_string(*lst.address))
-    except OSError as exc:
-        for lst in _listeners:
-            lst.stop()
-        del _listeners[:], _binds[:]
-        _k.set_node_id(before[0])
-        _k.set_secure(before[1])
-        _cfg, _configured, _tls = before[2], False, before[3]
-        where = "%s:%s" % (bind[0], "*" if bind[1] is None else bind[1]) if bind else "?"
-        raise ConfigError("binds: cannot listen on %s: %s" % (where, exc)) from None
-    logger.info("node %s listens on %s", nodeid, _binds)
-    _hooks().configured(cfg)
-
-    for seed in cfg.get("seeds") or []:
-        _seed_greenlets.append(gevent.spawn(_seed_loop, seed))
-
-    # the side services (dataconn, logcatcher) registered their node requests when the package
-    # was imported; they read their settings here
-    for fn in list(_configured_hooks):
-        fn(cfg)
-
-    for service in cfg.get("services") or []:
-        _start_service(service)
-    return cfg
-
-
-def _warn_unknown(unknown):
-    """A ``UserWarning`` (shown on stderr by default, once per call site) for settings that
-    are not settings, with the likely meant one."""
-    import difflib
-    import warnings
-
-    known = [s.name for s in _config.SETTINGS]
-    parts = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, known, n=1)
-        parts.append("%r (did you mean %r?)" % (key, close[0]) if close else repr(key))
-    text = "configure(): unknown setting%s %s ignored (known: %s)" % (
-        "s" if len(unknown) > 1 else "",
-        ", ".join(parts),
-        ", ".join(known),
-    )
-    logger.warning("%s", text)
-    warnings.warn(text, UserWarning, stacklevel=3)
-
-
-def run_forever(signals: Optional[Iterable[int]] = None) -> int:
-    """Run this node until SIGINT (Ctrl-C) or SIGTERM, then shut it down cleanly (listeners
-    closed, queued frames flushed, peers see the links end) and return the signal number.
-
-    The way to end a node program: no ``KeyboardInterrupt`` traceback on Ctrl-C, and the
-    process exits with status 0. Call it from the main thread (signal handlers live there).
-
-    Example::
-
-        configure(nodeid="worker/", seeds=["127.0.0.1:4040"])
-        spawn(serve)
-        run_forever()
-    """
-    import signal
-
-    from gevent.event import AsyncResult
-
-    _k.check_thread()
-    got = AsyncResult()
-    watchers = [
-        gevent.signal_handler(s, got.set, s) for s in (signals or (signal.SIGINT, signal.SIGTERM))
-    ]
-    try:
-        signum = got.get()
-    finally:
-        for w in watchers:
-            w.cancel()
-    logger.info("node %s stopping on signal %s", _k.this_node, signum)
-    shutdown()
-    return signum
-
-
-def is_configured():
-    """True once ``configure`` has run in this process.
-
-    Example::
-
-        if not is_configured(): configure(...)
-    """
-    return _configured
-
-
-def setting(name, default=None):
-    """One value of the effective configuration (no copy: for the layers above, which read a
-    setting per connection).
-
-    Example::
-
-        timeout = float(setting("monitor_timeout", 30))
-    """
-    return _cfg.get(name, default)
-
-
-def config():
-    """A copy of this node's effective configuration (after ``configure``; defaults before).
-
-    Example::
-
-        print(config()["monitor_timeout"])
-    """
-    import copy
-
-    return copy.deepcopy(_cfg)
-
-
-_configured_hooks: list[Any] = []
-
-
-def on_configured(fn):
-    """Call ``fn(cfg)`` with the effective configuration when ``configure`` has run (the way
-    the services above this layer read their settings; node never imports them).
-
-    Example::
-
-        node.on_configured(lambda cfg: set_max_streams(cfg.get("max_trace_streams")))
-    """
-    _configured_hooks.append(fn)
-
-
-def _start_service(service):
-    """``"pkg.mod."`` imports a module, ``"pkg.func"`` calls it, ``["pkg.func", args...]`` too."""
-    import importlib
-
-    try:
-        if isinstance(service, list):
-            _k.resolve_function(service[0])(*service[1:])
-        elif service.endswith("::") or service.endswith("."):
-            importlib.import_module(service.rstrip(":.").replace("::", "."))
-        else:
-            _k.resolve_function(service)()
-    except Exception as exc:
-        report_crash("service", None, exc, detail="(%r failed to start)" % (service,))
-
-
-def listener_addresses():
-    """This node's listener addresses, ``["host:port", ...]`` (what other nodes learn).
-
-    Example::
-
-        print(listener_addresses())    # ['127.0.0.1:4040']
-    """
-    return list(_binds)
-
-
-def shutdown(flush: float = 1.0) -> None:
-    """Stop listening, close every link (peers see the connection end) and stop seed loops.
-
-    Frames already queued are sent first, waiting at most ``flush`` seconds in all (``0``:
-    drop them).
-
-    Example::
-
-        shutdown()
-    """
-    _k.check_thread()  # before anything changes (docs/running.md)
-    for g in _seed_greenlets:
-        g.kill(block=False)
-    for lst in _listeners:
-        lst.stop()
-    links = [
+    return [
         link
         for n in list(_nodes.values())
         for link in [n.link] + list(n.extra_links)
         if link is not None
     ]
-    if flush:
-        with gevent.Timeout(flush, False):
-            for link in links:
-                link.flush(flush)
-    for link in links:
-        link.close("shutdown")
 
 
 # --------------------------------------------------------------------------- node watching
@@ -1660,5 +872,4 @@ def eval_on(nodeid: str, expr: str, *reply: Any) -> None:
     _k.snd(nodeid, "eval", expr, *reply)
 
 
-def _hostname():
-    return _stdsocket.gethostname()
+connect.set_link_hooks(_start_link, _refuse_duplicates)

@@ -121,7 +121,7 @@ def start(profile=None, *, thread_name="aemp-hub", start_timeout=30, **configure
 def _check_can_start():
     from gevent import monkey as _gmonkey
 
-    from . import kernel, node as _node
+    from . import config as _config, kernel
 
     if _current is not None:
         raise RuntimeError(
@@ -140,7 +140,7 @@ def _check_can_start():
             "must be the first user of aemp_green in the process (start it before any "
             "configure(), call(), after(), ...)" % getattr(hub, "thread_ident", "?")
         )
-    if _node.is_configured():
+    if _config.is_configured():
         raise RuntimeError(
             "configure() already ran in this process: the threaded bridge "
             "configures the node itself (pass the arguments to start())"
@@ -155,9 +155,9 @@ def _stopped_error():
 
 
 def _node_configured():
-    from . import node as _node
+    from . import config as _config
 
-    return _node.is_configured()
+    return _config.is_configured()
 
 
 def _new_future():
@@ -206,7 +206,7 @@ class Node:
         from gevent.event import Event
 
         from . import kernel
-        from .node import configure
+        from .runtime import configure
 
         try:
             hub = gevent.get_hub()
@@ -690,7 +690,7 @@ class Node:
     def _stop_op(self):
         import gevent
 
-        from .node import shutdown
+        from .runtime import shutdown
 
         with self._lock:  # from now on _post refuses
             self._closed = True

@@ -642,7 +642,10 @@ class Link:
         getcurrent().aemp_noblock = True
         try:
             if self._trailing:
-                for frame in dec.feed(self._trailing):
+                frames = dec.feed(self._trailing)
+                self.bytes_in += len(self._trailing)
+                self.frames_in += len(frames)
+                for frame in frames:
                     on_frame(self, frame)
                 self._trailing = b""
             recv = self.sock.recv

@@ -135,7 +135,7 @@ def conductor(args):
             os.path.abspath(__file__),
             "--child",
             rx,
-            node.listener_addresses()[0],
+            aemp_green.listener_addresses()[0],
             str(raw_server.address[1]),
         ]
         + (["--fair-bytes", str(args.fair_bytes)] if args.fair_bytes else []),
@@ -277,7 +277,7 @@ def child_main(rx, rx_addr, raw_port, fair_bytes=None):
             left -= len(chunk)
         sock.close()
         gevent.sleep(0)
-    node.shutdown()
+    aemp_green.shutdown()
 
 
 def main(argv=None):

@@ -313,12 +313,11 @@ def _rx_setup():
 
     server = StreamServer(("127.0.0.1", 0), raw_handle)
     server.start()
-    from aemp_green import node as _node
 
     _emit(
         event="ready",
         nodeid=aemp_green.NODE(),
-        addrs=_node.listener_addresses(),
+        addrs=aemp_green.listener_addresses(),
         sink=sink,
         pong=pong,
         raw_addr="%s:%d" % server.address[:2],

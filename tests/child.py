@@ -20,7 +20,7 @@ import gevent
 from gevent.fileobject import FileObjectPosix
 
 import aemp_green
-from aemp_green import node as _node
+from aemp_green import connect as _connect, node as _node, trace as _trace
 
 
 def emit(*values):
@@ -62,9 +62,16 @@ def main():
     aemp_green.configure(profile, **kwargs)
     ns = {name: getattr(aemp_green, name) for name in aemp_green.__all__}
     ns.update(
-        emit=emit, gevent=gevent, aemp_green=aemp_green, node=_node, wait_for=wait_for, time=time
+        emit=emit,
+        gevent=gevent,
+        aemp_green=aemp_green,
+        node=_node,
+        connect=_connect,
+        trace=_trace,
+        wait_for=wait_for,
+        time=time,
     )
-    emit("ready", aemp_green.NODE(), _node.listener_addresses())
+    emit("ready", aemp_green.NODE(), aemp_green.listener_addresses())
     stdin = FileObjectPosix(sys.stdin.fileno(), "rb")
     for line in stdin:
         line = line.strip()
@@ -74,7 +81,7 @@ def main():
         if "exec" in cmd:
             gevent.spawn(_run, cmd["exec"], ns)
     # stdin closed: the test is done with us
-    _node.shutdown()
+    aemp_green.shutdown()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from greenlet import getcurrent
 
 import aemp_green
 from aemp_green import kernel
+from netutil import Cluster, Examples
 
 __all__ = ["wait_until", "flush", "Collector", "run_in_port", "run_in_greenlet", "spawned_log"]
 
@@ -181,12 +182,12 @@ class Targets:
 def _pytest_process_stays_unconfigured():
     """The pytest process is never a configured node: every network test uses child processes
     (the local-kernel tests rely on the anonymous node ID). Fails the test that breaks it."""
-    from aemp_green import node as _node
+    from aemp_green import config
 
-    was = _node._configured
+    was = config.is_configured()
     yield
     if not was:
-        assert not _node._configured, "this test called configure() in the pytest process"
+        assert not config.is_configured(), "this test called configure() in the pytest process"
 
 
 @pytest.fixture(autouse=True)
@@ -205,3 +206,31 @@ def _main_greenlet_leaves_its_port_behind():
 # setting; child nodes get it from tests/child.py): code that works locally must not break
 # when its port moves to another node.
 kernel.check_local_messages(True)
+
+
+# --------------------------------------------------------------------------- shared fixtures
+# (every test file gets them without importing them)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A ``Cluster`` logging into the test's tmp dir; stops every child at teardown."""
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+        # pytest shows teardown output only for failed tests: the children's logs
+        print(c.report())
+
+
+@pytest.fixture
+def examples():
+    """An ``Examples`` set; stops every process at teardown and prints their output (shown by
+    pytest for failed tests)."""
+    ex = Examples()
+    try:
+        yield ex
+    finally:
+        ex.stop_all()
+        print(ex.report())

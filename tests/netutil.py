@@ -8,7 +8,7 @@ The pytest process never calls ``aemp_green.configure()``: every node is a child
   ``emit(tag, ...)`` line and returns the values after the tag, ``ask(expr)`` evaluates one
   expression there and returns its (JSON) value. Every wait has a deadline; a failed wait raises
   ``AssertionError`` carrying the child's log tail.
-* ``Cluster`` (the ``cluster`` fixture) owns the children of one test: ``cluster.seed()``,
+* ``Cluster`` (the ``cluster`` fixture of ``conftest.py``) owns the children of one test: ``cluster.seed()``,
   ``cluster.node(name, ...)``, ``cluster.start(...)`` (several in parallel). At teardown it stops
   them all (even when the test failed) and prints their log tails, which pytest shows for
   failed tests only.
@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -32,8 +33,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "test-secret-0123456789"
 
@@ -42,7 +41,10 @@ __all__ = [
     "SECRET",
     "ChildNode",
     "Cluster",
-    "cluster",
+    "EXAMPLES",
+    "Script",
+    "Examples",
+    "run_python",
     "free_port",
     "wait_file",
     "stop_children",
@@ -365,18 +367,6 @@ class Cluster:
         return "\n".join(out)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A ``Cluster`` logging into the test's tmp dir; stops every child at teardown."""
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop_all()
-        # pytest shows teardown output only for failed tests: the children's logs
-        print(c.report())
-
-
 # --------------------------------------------------------------------------- raw AEMP peers
 
 
@@ -549,3 +539,182 @@ class RawConn:
             self.sock.close()
         except OSError:  # pragma: no cover
             pass
+
+
+# --------------------------------------------------------------------------- example scripts
+
+EXAMPLES = REPO / "examples"
+
+
+def run_python(code, timeout=60, env=None):
+    """Run ``code`` in a fresh ``python -c`` (aemp_green importable); return the
+    ``CompletedProcess`` (text ``stdout``/``stderr``); fails if it outlives ``timeout``."""
+    full_env = dict(os.environ if env is None else env)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")])
+    full_env.pop("PERL_ANYEVENT_MP_TRACE", None)
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            cwd=str(REPO),
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(
+            "python -c did not finish within %s s; stdout:\n%s\nstderr:\n%s"
+            % (timeout, exc.stdout, exc.stderr)
+        ) from None
+
+
+class Script:
+    """One example script as a process: its stdout+stderr lines, waited for with deadlines.
+
+    ``expect(pattern)`` returns the ``re.Match`` of the first line at or after ``mark()``
+    (or ``since``) that matches; ``mark()`` remembers the current end of the output.
+    """
+
+    def __init__(self, role, script, *args, env, stdin=False):
+        self.role = role
+        self.argv = [sys.executable, "-u", str(EXAMPLES / script), *map(str, args)]
+        self.env = env
+        self.stdin = stdin
+        self.lines = []
+        self._new = threading.Condition()
+        self._mark = 0
+        self.proc = None
+        self.start()
+
+    def start(self):
+        """(Re)start the process; its output keeps accumulating in ``lines``."""
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=str(REPO),
+            text=True,
+            stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+        )
+        with self._new:
+            self.lines.append("======== started %s" % " ".join(self.argv[2:]))
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        return self
+
+    def _pump(self, proc):
+        for line in proc.stdout:
+            with self._new:
+                self.lines.append(line.rstrip("\n"))
+                self._new.notify_all()
+        with self._new:
+            self.lines.append("======== exited rc=%s" % proc.wait())
+            self._new.notify_all()
+
+    def mark(self):
+        """Remember (and return) the current end of the output for the next ``expect``."""
+        with self._new:
+            self._mark = len(self.lines)
+        return self._mark
+
+    def expect(self, pattern, timeout=20, since=None):
+        """The match of the first line (from ``since`` or the last ``mark()``) matching
+        ``pattern``; fails with the output tail after ``timeout`` seconds."""
+        rx = re.compile(pattern)
+        i = self._mark if since is None else since
+        deadline = time.monotonic() + timeout
+        with self._new:
+            while True:
+                while i < len(self.lines):
+                    m = rx.search(self.lines[i])
+                    i += 1
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        "%s: no line matching %r within %s s; output:\n%s"
+                        % (self.role, pattern, timeout, self.tail())
+                    )
+                self._new.wait(left)
+
+    def count(self, pattern, since=0):
+        """How many lines (from ``since``) match ``pattern`` now."""
+        rx = re.compile(pattern)
+        with self._new:
+            return sum(1 for line in self.lines[since:] if rx.search(line))
+
+    def tail(self, n=60):
+        with self._new:
+            return "\n".join(self.lines[-n:])
+
+    def send_line(self, text):
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def close_stdin(self):
+        self.proc.stdin.close()
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=10)
+
+    def wait(self, timeout=30):
+        """Wait for the process to exit; return its exit code (fails after ``timeout``)."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                "%s still running after %s s; output:\n%s" % (self.role, timeout, self.tail())
+            ) from None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        for f in (self.proc.stdin,):
+            if f is not None and not f.closed:
+                try:
+                    f.close()
+                except OSError:  # pragma: no cover
+                    pass
+
+
+class Examples:
+    """The example processes of one test around one seed (the ``examples`` fixture)."""
+
+    def __init__(self):
+        self.addr = "127.0.0.1:%d" % free_port()
+        self.env = dict(os.environ, AEMP_DEMO_SEED=self.addr, AEMP_DEMO_SECRET=SECRET)
+        self.env["PYTHONPATH"] = os.pathsep.join([str(REPO), self.env.get("PYTHONPATH", "")])
+        self.env.pop("PERL_ANYEVENT_MP_TRACE", None)
+        self.scripts = []
+        self._seed = None
+
+    def seed(self):
+        """Start ``examples/seed.py`` at ``self.addr`` (once) and wait until it listens."""
+        if self._seed is None:
+            self._seed = self.start("seed", "seed.py", self.addr)
+            self._seed.expect("listening", 20)
+        return self._seed
+
+    def start(self, role, script, *args, stdin=False):
+        s = Script(role, script, *args, env=self.env, stdin=stdin)
+        self.scripts.append(s)
+        return s
+
+    def probe_config(self):
+        """configure() arguments for a ``netutil`` child node joining this network."""
+        return {"seeds": [self.addr], "secret": SECRET}
+
+    def stop_all(self):
+        for s in reversed(self.scripts):
+            s.stop()
+
+    def report(self):
+        return "\n".join("----- %s:\n%s" % (s.role, s.tail(40)) for s in self.scripts)

@@ -14,7 +14,7 @@ import time
 
 from aemp_green.wire import framing
 from aemp_green.wire.handshake import Handshake
-from netutil import SECRET, RawPeer, black_hole, cluster, free_port  # noqa: F401 - cluster: fixture
+from netutil import SECRET, RawPeer, black_hole
 
 HELPERS = """
 import aemp_green.global_ as G

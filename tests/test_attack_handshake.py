@@ -47,7 +47,7 @@ import pytest
 
 from aemp_green.wire import framing
 from aemp_green.wire.handshake import Established, Handshake, NeedTLS, hmac_token
-from netutil import SECRET, RawConn, RawPeer, cluster, free_port, read_until_closed  # noqa: F401
+from netutil import SECRET, RawConn, RawPeer, free_port, read_until_closed
 
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 INTEROP_SECRET = "interop-test-secret-0123456789"

@@ -15,7 +15,7 @@ import cbor2
 import pytest
 
 from aemp_green.wire import framing
-from netutil import RawPeer, cluster  # noqa: F401 - cluster is a fixture
+from netutil import RawPeer
 
 MiB = 1 << 20
 
@@ -349,7 +349,7 @@ def test_trace_and_log_streams_are_bounded(cluster):
         peer.send_frame(["", "aemp_green_trace", "attacker#t%d" % i, 1])
         peer.send_frame(["", "aemp_green.logcatcher._req_catch", "attacker#L%d" % i, 40])
     peer.ping()
-    assert target.ask("len(node._trace_subscribers)") == 4
+    assert target.ask("len(trace._trace_subscribers)") == 4
     assert target.ask("len(aemp_green.logcatcher.subscribers())") == 4
     assert target.ask("sum(map(len, node._nodes['attacker'].monitors.values()))") == 8
     target.wait_log("streams already (max_trace_streams)")

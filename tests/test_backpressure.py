@@ -13,7 +13,7 @@ to, flooded by a greenlet on its own node or by another node, behaves as ``on_fu
 """
 
 from aemp_green.wire import framing
-from netutil import RawPeer, black_hole, cluster  # noqa: F401 - cluster: fixture
+from netutil import RawPeer, black_hole
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -17,7 +17,7 @@ import cbor2
 import pytest
 
 from aemp_green.wire.handshake import hmac_token, tls_token
-from netutil import SECRET, RawPeer, cluster, read_until_closed  # noqa: F401 - cluster: fixture
+from netutil import SECRET, RawPeer, read_until_closed
 
 MAX_FRAME = 65536
 
@@ -314,7 +314,7 @@ def test_silent_and_slow_clients_time_out(cluster):
 
 BUG_LINE_MAX = (
     "BUG: the line_max setting (config.py) is validated but never used: transport.make_handshake() "
-    "does not pass it to Handshake(max_line=...) and node._accept/_dial call run_handshake() "
+    "does not pass it to Handshake(max_line=...) and connect.accept/dial call run_handshake() "
     "with its default max_line=4096"
 )
 
@@ -529,7 +529,7 @@ def test_two_links_from_one_node_keep_the_monitor_guarantee(target):
         # checked both greetings (both handshakes wait for our auth line) while no link to
         # "twin" existed
         target.t.run(
-            "wait_for(lambda: sum(1 for src, hs in node._pending_handshakes.values()"
+            "wait_for(lambda: sum(1 for src, hs in connect._pending_handshakes.values()"
             " if hs.state == 'AUTH' and hs.peer_greeting) == 2)"
         )
         for p in (c1, c2):

@@ -778,6 +778,17 @@ def test_restart_reexecutes_aemp_run(net):
     assert proc.returncode == 0
 
 
+def test_restart_target_keeps_its_wire_name():
+    """`aemp restart` asks an aemp_green node to call ``aemp_green.cli._restart``: the name
+    aemp sent before cli became a package, so aemp of either version restarts nodes of the
+    other. The node resolves it like any function name."""
+    from aemp_green.cli import run
+    from aemp_green.kernel import resolve_function
+
+    assert run.RESTART_FUNC == "aemp_green.cli._restart"
+    assert resolve_function(run.RESTART_FUNC) is run.restart
+
+
 def test_unreachable_network_fails_within_the_timeout(tmp_path):
     rcf = tmp_path / "rc"
     closed = free_port()

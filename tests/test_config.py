@@ -720,7 +720,7 @@ _BAD_CONFIGURE = """
     import json, logging, socket
     logging.basicConfig(level=logging.WARNING, format="LOG %(message)s")
     import aemp_green
-    from aemp_green import kernel, node
+    from aemp_green import config, connect, kernel
     from aemp_green.exceptions import ConfigError
     p = aemp_green.port()
     obj = kernel.port_table[p]
@@ -739,10 +739,10 @@ _BAD_CONFIGURE = """
             out[name] = str(exc)
         # nothing changed: same anonymous ID, the port kept it, no listener left open
         assert aemp_green.NODE() == anon and p in kernel.port_table and p.startswith(anon + "#")
-        assert not node._listeners and not node._binds and not node._configured
+        assert not connect.listener_addresses() and not config.is_configured()
     aemp_green.configure(norc=True, secret="s", nodeid="ok/", binds=["127.0.0.1:*"],
                          nodelay_typo=1)
-    out["retry"] = [aemp_green.NODE(), node.listener_addresses(),  # the port got the new ID
+    out["retry"] = [aemp_green.NODE(), connect.listener_addresses(),  # the port got the new ID
                     kernel.port_table.get(aemp_green.NODE() + "#" + obj.name) is obj]
     out["busy_addr"] = busy_addr
     print("RESULT " + json.dumps(out))
@@ -754,7 +754,7 @@ def test_bad_configure_fails_before_anything_starts_and_can_be_retried():
     ConfigError naming the key, and leaves the node as it was (anonymous ID, no listener), so
     configure() can be called again; an unknown keyword is kept but logged as a likely typo."""
     from test_threaded import _results
-    from test_examples_more import run_python
+    from netutil import run_python
 
     out = run_python(_BAD_CONFIGURE, timeout=30)
     res = _results(out)

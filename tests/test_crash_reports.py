@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from netutil import REPO, cluster  # noqa: F401 - cluster: fixture
+from netutil import REPO
 
 PRELUDE = """
 import gevent
@@ -93,7 +93,7 @@ def test_ae_verbose_shows_the_library_log_to_library_users():
     """
     assert "listens on" not in run(code).stderr
     out = run(code, env={"AE_VERBOSE": "7"})
-    assert "INFO aemp_green.node: node verbose listens on ['127.0.0.1:" in out.stderr, out.stderr
+    assert "INFO aemp_green.runtime: node verbose listens on ['127.0.0.1:" in out.stderr, out.stderr
 
 
 def test_node_and_database_watcher_crashes_are_printed(cluster):

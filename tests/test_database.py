@@ -12,7 +12,7 @@ In the children, ``watch(tag, family)`` starts a ``db_mon`` that emits
 dict in ``VIEW[tag]``.
 """
 
-from netutil import cluster, free_port  # noqa: F401 - cluster is a fixture
+from netutil import free_port
 
 HELPERS = """
 import aemp_green.global_ as G
@@ -248,7 +248,7 @@ def test_unchanged_value_is_not_resent(cluster):
     first_call(n2, "w")
     n1.run("""
         UPD = []
-        TR = node.add_tracer(lambda d, n, f: d == "SND" and len(f) > 1 and f[1] == "g_upd"
+        TR = trace.add_tracer(lambda d, n, f: d == "SND" and len(f) > 1 and f[1] == "g_upd"
                              and UPD.append(f))
         for _ in range(3):
             db_set("same", "k", {"b": 1, "a": [1, 2]})

@@ -16,7 +16,7 @@ import pytest
 import aemp_green
 from aemp_green.dataconn import DataConnError, connect_to
 from conftest import Collector, flush, run_in_greenlet
-from netutil import RawPeer, cluster, free_port, read_until_closed  # noqa: F401 - fixture
+from netutil import RawPeer, free_port, read_until_closed
 
 
 def start_nodes(cluster, *names, load=True, **cfgs):
@@ -178,11 +178,11 @@ def test_target_without_dataconn_loaded_is_probed(cluster):
     (node request by name) to load the module and succeeds on the retry."""
     seed, a, b = start_nodes(cluster, "A", "B", load=False)
     b.run("""
-        node._subprotocols.pop('aemp-dataconn', None)
+        connect._subprotocols.pop('aemp-dataconn', None)
         import sys; sys.modules.pop('aemp_green.dataconn', None)
         import aemp_green; aemp_green.__dict__.pop('dataconn', None)
     """)
-    assert b.ask("'aemp-dataconn' in node._subprotocols") is False
+    assert b.ask("'aemp-dataconn' in connect._subprotocols") is False
     a.run("""
         import aemp_green.dataconn as dataconn
         S = dataconn.connect_to("B", "dcfuncs.echo", timeout=10)
@@ -190,7 +190,7 @@ def test_target_without_dataconn_loaded_is_probed(cluster):
         emit("echo", S.recv(10).decode())
     """)
     assert a.expect("echo", timeout=15) == ["ping"]
-    assert b.ask("'aemp-dataconn' in node._subprotocols") is True
+    assert b.ask("'aemp-dataconn' in connect._subprotocols") is True
 
 
 def test_peer_with_unknown_listeners_and_no_database_fails_with_dataconn_error(cluster):

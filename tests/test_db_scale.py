@@ -12,7 +12,7 @@
   ever).
 """
 
-from netutil import cluster, free_port  # noqa: F401 - cluster is a fixture
+from netutil import free_port
 
 KEYS = 20000
 SMALL_FRAME = 256 * 1024  # the family below is about 0.9 MB of JSON

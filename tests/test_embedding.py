@@ -19,8 +19,6 @@ from greenlet import getcurrent
 
 from aemp_green import call, kernel, kil, port, rcv, receive, snd, spawn
 from conftest import wait_until
-from netutil import cluster  # noqa: F401 - fixture
-from test_examples_more import examples  # noqa: F401 - fixture
 
 
 def _upper_worker():

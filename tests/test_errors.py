@@ -15,7 +15,7 @@ from aemp_green import (
     port,
 )
 from conftest import run_in_port
-from netutil import SECRET, cluster, free_port  # noqa: F401 - cluster: fixture
+from netutil import free_port
 
 
 def test_timeout_is_a_builtin_timeouterror():

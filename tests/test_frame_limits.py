@@ -9,7 +9,6 @@ import re
 
 import pytest
 
-from netutil import cluster  # noqa: F401 - fixture
 
 MAX_FRAME = 65536
 _LINE = re.compile(

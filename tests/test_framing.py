@@ -10,7 +10,14 @@ import pytest
 
 from aemp_green.wire import framing
 from aemp_green.exceptions import RemoteProtocolError
-from aemp_green.wire.framing import FRAMINGS, CborDecoder, JsonDecoder, codec, encode_cbor, encode_json
+from aemp_green.wire.framing import (
+    FRAMINGS,
+    CborDecoder,
+    JsonDecoder,
+    codec,
+    encode_cbor,
+    encode_json,
+)
 
 UNICODE = "Grüße, 世界 ✓ 😀 ☠ \u00a0/\\\"'\t"
 

@@ -2,7 +2,7 @@
 
 No ``configure()``, no sockets: the kernel's network (``kernel.network``) is replaced by a
 recorder (``FakeNet``) that keeps every frame our node sends (after a round trip through both
-real codecs, so everything sent is wire-able), ``aemp_green.node``'s ``listener_addresses``,
+real codecs, so everything sent is wire-able), ``aemp_green.connect.listener_addresses``, ``aemp_green.node``'s
 ``up_nodes``, ``node_is_up`` and ``get_node`` are faked, and the state of ``global_`` is reset
 for every test. Frames from other nodes go in through ``kernel.deliver_remote(from_node,
 frame)`` (which hands port-``""`` frames to ``kernel.node_request``), exactly as the network
@@ -34,6 +34,7 @@ import pytest
 import aemp_green
 from aemp_green import global_, kernel
 from aemp_green.wire import framing
+from aemp_green import config, connect
 from aemp_green import node as _node
 from conftest import flush
 from test_interop_replay import plain  # frames.json value -> what our decoder returns
@@ -162,7 +163,7 @@ class FakeNet:
         """Be node ``nodeid`` listening on ``binds`` with ``seeds`` configured."""
         self.mp.setattr(kernel, "this_node", nodeid)
         self.binds = list(binds)
-        self.mp.setattr(_node, "_cfg", dict(_node._cfg, seeds=list(seeds)))
+        self.mp.setitem(config.active, "seeds", list(seeds))
 
     def take(self, to=None):
         """Remove and return the frames sent (to ``to`` only, when given)."""
@@ -225,7 +226,7 @@ def net(monkeypatch, caplog):
     monkeypatch.setattr(kernel, "network", fake)
     for name, fresh in _FRESH_STATE.items():
         monkeypatch.setattr(global_, name, fresh())
-    monkeypatch.setattr(_node, "listener_addresses", lambda: list(fake.binds))
+    monkeypatch.setattr(connect, "listener_addresses", lambda: list(fake.binds))
     monkeypatch.setattr(_node, "up_nodes", fake.up_nodes)
     monkeypatch.setattr(_node, "node_is_up", fake.node_is_up)
     monkeypatch.setattr(_node, "get_node", fake.get_node)
@@ -600,7 +601,7 @@ def become_perl_peer_b(net, session, seeds=(SEED_ADDR,)):
     rec_a = Rec(session, "conn01_peer_a-to-seed")
     my_binds = slave_db(rec_b)["'l"]["peer_b"]
     net.become("peer_b", my_binds, seeds=seeds)
-    global_.configured(_node._cfg)
+    global_.configured(config.active)
     return rec_a, rec_b
 
 

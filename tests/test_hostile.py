@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from netutil import cluster, free_port  # noqa: F401 - cluster is a fixture
+from netutil import free_port
 
 
 def _free_addr():

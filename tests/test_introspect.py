@@ -21,7 +21,7 @@ from aemp_green import (
     spawn,
 )
 from conftest import flush, wait_until
-from netutil import RawPeer, cluster  # noqa: F401 - cluster: fixture
+from netutil import RawPeer
 
 # ----------------------------------------------------------------------------- local API
 

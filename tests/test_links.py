@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from netutil import RawPeer, cluster, free_port  # noqa: F401 - cluster is a fixture
+from netutil import RawPeer, free_port
 
 TIMEOUT = 2.0  # monitor_timeout of the mesh nodes
 
@@ -210,7 +210,7 @@ def test_dialling_thousands_of_dead_addresses_leaves_room_for_accepts(cluster):
             # while the black holes still hold their dials: every flooded node gives up
             # after connect_interval (2 s), and nothing waits for a turn any more
             target.run(
-                "wait_for(lambda: not node._dials.waiting and not any("
+                "wait_for(lambda: not connect.dials.waiting and not any("
                 "n.connecting for n in list(node._nodes.values())), timeout=10)",
                 timeout=15,
             )
@@ -250,7 +250,7 @@ def test_dials_to_black_holes_make_way_for_real_ones(cluster):
                 peer.send_frame(["", "snd", "127.0.0.1:%d#x" % s.getsockname()[1], "hello"])
             # all four turns taken, and all four nodes gave up (connect_interval, 2 s)
             target.run(
-                "wait_for(lambda: len(node._dials._holders) == 4 and not any("
+                "wait_for(lambda: len(connect.dials._holders) == 4 and not any("
                 "n.connecting for n in list(node._nodes.values())), timeout=10)",
                 timeout=15,
             )

@@ -119,7 +119,9 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
 
 
 #: The layers, bottom up (README "Layout"): a module may import only modules listed before it.
-#: ``cli`` is the ``aemp`` program on top of the public API (the package imports it nowhere).
+#: ``cli`` is the ``aemp`` program on top of the public API (the package imports it nowhere):
+#: ``cli.base`` (what every subcommand module uses) at its bottom, the subcommand modules, then
+#: ``cli`` (``main``, which imports them all) and ``cli.__main__``.
 LAYERS = [
     "_version",
     "_protocol",
@@ -134,19 +136,28 @@ LAYERS = [
     "kernel",
     "ports",
     "transport",
+    "connect",
+    "trace",
     "node",
     "global_",
     "dataconn",
     "logcatcher",
     "supervisor",
-    "threaded",
-    "monkey",
     "introspect",
     "metrics",
     "observer.server",
     "observer",
+    "runtime",
+    "threaded",
+    "monkey",
     "",
+    "cli.base",
+    "cli.settings",
+    "cli.run",
+    "cli.talk",
+    "cli.inspect",
     "cli",
+    "cli.__main__",
 ]
 
 

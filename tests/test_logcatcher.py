@@ -14,7 +14,6 @@ import pytest
 import aemp_green
 from aemp_green import logcatcher
 from conftest import Collector, flush, wait_until
-from netutil import cluster  # noqa: F401 - cluster is a fixture
 
 app = logging.getLogger("lc_test.app")
 

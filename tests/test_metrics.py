@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from netutil import cluster, free_port  # noqa: F401 - cluster: fixture
+from netutil import free_port
 
 prometheus_client = pytest.importorskip(
     "prometheus_client", reason="the extra aemp_green[metrics] (prometheus_client) is missing"

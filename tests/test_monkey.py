@@ -6,8 +6,7 @@ process itself must stay unpatched.
 
 import json
 
-from netutil import cluster  # noqa: F401 - fixture
-from test_examples_more import examples, run_python  # noqa: F401 - examples is a fixture
+from netutil import run_python
 
 
 def _json_lines(out):

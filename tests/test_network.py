@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from netutil import cluster, free_port  # noqa: F401 - cluster is a fixture
+from netutil import free_port
 
 # A payload with every kind of value both framings carry. The same source text is evaluated in
 # the children and here, and compared through repr() (which tells 3 from 3.0 and 1 from True).

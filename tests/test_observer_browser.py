@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from netutil import REPO, Cluster, RawPeer, cluster, read_until_closed  # noqa: F401
+from netutil import REPO, Cluster, RawPeer, read_until_closed
 
 pytestmark = pytest.mark.timeout(60)
 

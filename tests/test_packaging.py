@@ -115,25 +115,38 @@ def test_wheel_contents(dists):
     assert "aemp_green/py.typed" in names
     for static in ("index.html", "observer.js", "observer.css"):  # the observer's page
         assert "aemp_green/observer/static/" + static in names
+    # every module of the package, subpackages (cli/, wire/, ...) included
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "aemp_green").rglob("*.py")}
+    assert not modules - set(names), "not in the wheel: %s" % sorted(modules - set(names))
     assert any(
         n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names
     )
     # one aemp on PATH: the console script, no copy of bin/aemp as a data script
     assert "aemp = aemp_green.cli:main" in eps
     assert not any(".data/scripts/" in n for n in names), names
-    # every package the library imports directly is declared
-    requires = {
-        ln.split(":", 1)[1]
-        .strip()
-        .split("<")[0]
-        .split(">")[0]
-        .split("=")[0]
-        .split(";")[0]
-        .strip()
-        .lower()
-        for ln in meta.splitlines()
-        if ln.startswith("Requires-Dist:") and "extra ==" not in ln
-    }
+
+    # every package the library imports directly is declared (the optional ones in an extra,
+    # such as prometheus_client in aemp_green[metrics])
+    def dist_names(extra):
+        """Requirements of the library itself (``extra`` False) or of its optional extras."""
+        return {
+            ln.split(":", 1)[1]
+            .strip()
+            .split("<")[0]
+            .split(">")[0]
+            .split("=")[0]
+            .split(";")[0]
+            .strip()
+            .lower()
+            .replace("-", "_")
+            for ln in meta.splitlines()
+            if ln.startswith("Requires-Dist:")
+            and ("extra ==" in ln) == extra
+            and "extra == \"test\"" not in ln
+        }
+
+    requires = dist_names(False)
+    optional = dist_names(True)
     imported = set()
     for path in (REPO / "aemp_green").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -142,6 +155,6 @@ def test_wheel_contents(dists):
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - {"aemp_green"}
-    dist_of = {"docopt": "docopt-ng"}
-    missing = {m for m in third_party if dist_of.get(m, m).lower() not in requires}
+    dist_of = {"docopt": "docopt_ng"}
+    missing = {m for m in third_party if dist_of.get(m, m).lower() not in requires | optional}
     assert not missing, "imported but not declared in install_requires: %s" % sorted(missing)

@@ -8,7 +8,7 @@ import cbor2
 import pytest
 
 from aemp_green.wire.framing import CborDecoder
-from netutil import RawPeer, cluster  # noqa: F401 - cluster: fixture
+from netutil import RawPeer
 
 LATIN1_FRAME = ["p", b"caf\xe9", {b"cl\xe9": b"valeur \xe0 moi", "k": [b"\xff\xfe", 1]}]
 

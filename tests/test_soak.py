@@ -27,7 +27,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from netutil import cluster  # noqa: F401 - a fixture
 
 REPO = Path(__file__).resolve().parents[1]
 SOAK = REPO / "bench" / "soak.py"

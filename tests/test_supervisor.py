@@ -11,7 +11,6 @@ import aemp_green
 from aemp_green import SELF, kil, mon, receive
 from aemp_green import supervisor as sv
 from conftest import Collector, flush, wait_until
-from netutil import cluster  # noqa: F401 - cluster is a fixture
 
 
 class Starts(Collector):

@@ -33,7 +33,7 @@ from aemp_green import (
     spawn,
 )
 from conftest import flush, run_in_port
-from test_examples_more import run_python
+from netutil import run_python
 from test_threaded import _results
 
 _ADVICE = ("threaded.start()", "run_callback_threadsafe")
@@ -126,7 +126,7 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
     """db_set, db_del, db_reg, db_family/keys/values (both forms), db_mon, mon_nodes and shutdown
     check the thread first, like the port API: RuntimeError naming the call, and the local
     database, the pending requests, the watchers and the node's links stay as they were."""
-    from aemp_green import global_, node
+    from aemp_green import connect, global_, node
 
     kernel.bound_hub()
     target = collector.port()
@@ -136,7 +136,7 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
         global_._req_id,
         dict(global_._mon_cbs),
         list(node._node_watchers),
-        list(node._listeners),
+        connect.listener_addresses(),
         dict(node._nodes),
     )
     attempts = {
@@ -166,7 +166,7 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
         global_._req_id,
         dict(global_._mon_cbs),
         list(node._node_watchers),
-        list(node._listeners),
+        connect.listener_addresses(),
         dict(node._nodes),
     ) == state
     assert kernel.lookup_port(target).monitors is None  # db_reg added no monitor

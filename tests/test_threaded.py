@@ -8,8 +8,8 @@ import json
 import textwrap
 import threading
 
-from netutil import SECRET, cluster, free_port  # noqa: F401 - cluster is a fixture
-from test_examples_more import run_python
+from netutil import SECRET, free_port
+from netutil import run_python
 
 
 def _results(out):
@@ -315,9 +315,9 @@ def test_start_refuses_when_the_kernel_is_bound_or_configured():
 
 def test_pytest_process_kernel_stays_on_the_main_thread():
     """This process never configured a node, and its kernel (if bound) is the main thread's."""
-    from aemp_green import kernel, node
+    from aemp_green import config, kernel
 
-    assert not node._configured
+    assert not config.is_configured()
     hub = kernel._hub
     assert hub is None or hub.thread_ident == threading.main_thread().ident
 

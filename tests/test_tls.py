@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from netutil import RawPeer, cluster, free_port  # noqa: F401 - cluster is a fixture
+from netutil import RawPeer, free_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None,

@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import Any, Optional
 
-from .. import config as _config, node as _node
+from .. import config as _config
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ def stop() -> None:
 
 def configured(cfg: dict[str, Any]) -> None:
     """Start the observer if the effective configuration ``cfg`` has the setting ``observer``
-    (``configure`` calls this once it has run). A failure is logged; the node keeps running.
+    (``configure`` calls this once the listeners run). A failure is logged; the node keeps
+    running.
 
     Example::
 
@@ -142,6 +143,3 @@ def configured(cfg: dict[str, Any]) -> None:
         logger.error("observer: cannot listen on %s: %s", address, exc)
         sys.stderr.write("observer: cannot listen on %s: %s\n" % (address, exc))
         sys.stderr.flush()
-
-
-_node.on_configured(configured)
