@@ -14,6 +14,8 @@ reading the caller's bytecode; but in Python that made the most natural code,
 returned. Scope is therefore explicit: ``with`` or ``cancel()``.
 """
 
+from typing import Any, Callable, Literal, Optional
+
 __all__ = ["Guard"]
 
 
@@ -28,11 +30,11 @@ class Guard:
 
     __slots__ = ("_undo", "__weakref__")
 
-    def __init__(self, undo):
+    def __init__(self, undo: Optional[Callable[[], Any]]) -> None:
         self._undo = undo
 
     @classmethod
-    def for_caller(cls, undo, depth=None):
+    def for_caller(cls, undo: Optional[Callable[[], Any]], depth: Optional[int] = None) -> "Guard":
         """The guard an API call returns: ``Guard(undo)`` (``depth`` is ignored; 0.1.0 read the
         caller's frame there).
 
@@ -45,11 +47,11 @@ class Guard:
         return cls(undo)
 
     @property
-    def active(self):
+    def active(self) -> bool:
         """True until the guard has been cancelled."""
         return self._undo is not None
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Undo the action now (idempotent).
 
         Example::
@@ -61,7 +63,7 @@ class Guard:
         if undo is not None:
             undo()
 
-    def detach(self):
+    def detach(self) -> None:
         """Forget the undo action: cancelling the guard (or leaving its ``with`` block) no
         longer does anything.
 
@@ -72,12 +74,12 @@ class Guard:
         """
         self._undo = None
 
-    def __enter__(self):
+    def __enter__(self) -> "Guard":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.cancel()
         return False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<Guard %s>" % ("active" if self._undo is not None else "cancelled")

@@ -11,6 +11,8 @@ Example::
     (1, ('cbor', 'json'), ('tls_sha3_512', 'hmac_sha3_512'))
 """
 
+from typing import Any, TypeAlias
+
 from ._version import __version__
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "DEFAULT_AUTH",
     "FRAMINGS",
     "MAX_LINE",
+    "Msg",
 ]
 
 #: greeting field 1 (a sub-protocol is ``aemp-<word>``, e.g. ``aemp-dataconn``)
@@ -43,3 +46,8 @@ DEFAULT_AUTH = ("tls_sha3_512", "hmac_sha3_512")
 FRAMINGS = ("cbor", "json")
 #: the longest handshake line (Perl's ``rbuf_max``; setting ``line_max``)
 MAX_LINE = 4096
+
+#: A message as the framings decode it and ``receive`` returns it: a list (``[tag, args...]``;
+#: a wire frame has the destination port first). Senders may pass any sequence (``snd`` builds
+#: a tuple).
+Msg: TypeAlias = list[Any]

@@ -26,6 +26,7 @@ import logging
 import reprlib
 import time
 from collections import OrderedDict
+from typing import Any, Callable, Hashable, Optional
 
 __all__ = ["RateLog", "esc", "exc_text", "set_limits", "LINES", "INTERVAL", "MAX_KEYS"]
 
@@ -36,10 +37,10 @@ INTERVAL = 60.0
 #: keys remembered at once (least recently used forgotten first)
 MAX_KEYS = 1024
 
-_limits = [LINES, INTERVAL]
+_limits: list[float] = [LINES, INTERVAL]
 
 
-def set_limits(lines=None, interval=None):
+def set_limits(lines: Optional[int] = None, interval: Optional[float] = None) -> None:
     """Set the limits of every ``RateLog`` that was made without its own (``configure`` does).
 
     Example::
@@ -61,7 +62,7 @@ _repr.maxlong = 40
 _repr.maxother = 80
 
 
-def esc(value, limit=200):
+def esc(value: Any, limit: int = 200) -> str:
     """A bounded, escaped text for ``value`` (from the wire) to put in a log line.
 
     ``repr`` style: control characters and quotes are escaped, long strings and containers are
@@ -83,7 +84,7 @@ def esc(value, limit=200):
     return text
 
 
-def exc_text(exc, limit=200):
+def exc_text(exc: BaseException, limit: int = 200) -> str:
     """``Type: message`` of an exception, bounded and escaped, for a log line.
 
     Example::
@@ -101,7 +102,7 @@ def exc_text(exc, limit=200):
     return _clean(text)
 
 
-def _clean(text):
+def _clean(text: str) -> str:
     """Escape control characters in an already formatted text (e.g. an exception message)."""
     if text.isprintable():
         return text
@@ -122,15 +123,24 @@ class RateLog:
                    from_node)
     """
 
-    def __init__(self, logger, lines=None, interval=None, max_keys=MAX_KEYS, clock=None):
+    def __init__(
+        self,
+        logger: logging.Logger,
+        lines: Optional[int] = None,
+        interval: Optional[float] = None,
+        max_keys: int = MAX_KEYS,
+        clock: Optional[Callable[[], float]] = None,
+    ) -> None:
         self.logger = logger
         self.lines = lines
         self.interval = interval
         self.max_keys = max_keys
         self.clock = clock or time.monotonic
-        self._keys = OrderedDict()  # key -> [window start, lines in window, suppressed]
+        self._keys: OrderedDict[Hashable, list[float]] = (
+            OrderedDict()
+        )  # key -> [window start, lines in window, suppressed]
 
-    def log(self, level, key, fmt, *args, exc_info=None):
+    def log(self, level: int, key: Hashable, fmt: str, *args: Any, exc_info: Any = None) -> bool:
         """Log ``fmt % args`` at ``level`` unless ``key`` used up its lines; True if logged.
 
         Example::
@@ -150,7 +160,7 @@ class RateLog:
                 keys.popitem(last=False)
         else:
             keys.move_to_end(key)
-        suppressed = 0
+        suppressed: float = 0
         if now - st[0] >= interval:
             suppressed = st[2]
             st[0], st[1], st[2] = now, 0, 0
@@ -169,7 +179,7 @@ class RateLog:
         self.logger.log(level, "%s", msg, exc_info=exc_info)
         return True
 
-    def warning(self, key, fmt, *args, **kw):
+    def warning(self, key: Hashable, fmt: str, *args: Any, **kw: Any) -> bool:
         """``log(logging.WARNING, ...)``.
 
         Example::
@@ -178,7 +188,7 @@ class RateLog:
         """
         return self.log(logging.WARNING, key, fmt, *args, **kw)
 
-    def error(self, key, fmt, *args, **kw):
+    def error(self, key: Hashable, fmt: str, *args: Any, **kw: Any) -> bool:
         """``log(logging.ERROR, ...)``.
 
         Example::
@@ -187,7 +197,7 @@ class RateLog:
         """
         return self.log(logging.ERROR, key, fmt, *args, **kw)
 
-    def info(self, key, fmt, *args, **kw):
+    def info(self, key: Hashable, fmt: str, *args: Any, **kw: Any) -> bool:
         """``log(logging.INFO, ...)``.
 
         Example::

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union, cast
 
 __all__ = [
     "CrashReport",
@@ -78,7 +78,7 @@ def set_crash_handler(
     return old
 
 
-def _headline(what, port, tag, detail):
+def _headline(what: str, port: Optional[str], tag: Any, detail: str) -> str:
     where = "port %s" % port if port else what
     text = "aemp_green: %s died" % where if port else "aemp_green: a %s failed" % what
     if port:
@@ -91,12 +91,14 @@ def _headline(what, port, tag, detail):
     return text
 
 
-def _short(value, limit=80):
+def _short(value: Any, limit: int = 80) -> str:
     r = repr(value)
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
-def report_crash(what, port, exc, tag=None, detail=""):
+def report_crash(
+    what: str, port: Optional[str], exc: BaseException, tag: Any = None, detail: str = ""
+) -> None:
     """Report one crash of user code (called by the kernel and ports; never raises).
 
     Example::
@@ -118,7 +120,7 @@ def report_crash(what, port, exc, tag=None, detail=""):
             sys.stderr.write(report.text)
             sys.stderr.flush()
         else:
-            handler(report)
+            cast(Callable[[CrashReport], Any], handler)(report)
     except Exception:  # a broken handler or stderr must not take the node down
         try:
             crash_logger.exception("crash handler %r failed", handler)
@@ -142,7 +144,7 @@ _LEVEL_NAMES = {
 }
 
 
-def log_level(environ=None, default=logging.WARNING):
+def log_level(environ: Optional[Mapping[str, str]] = None, default: int = logging.WARNING) -> int:
     """The Python log level for ``PERL_ANYEVENT_VERBOSE`` (or ``AE_VERBOSE``), AnyEvent's 0-9
     scale (9/8 debug, 7 info, 6/5 warnings, lower errors only); ``default`` when unset.
 
@@ -156,6 +158,7 @@ def log_level(environ=None, default=logging.WARNING):
     if raw is None or not raw.strip():
         return default
     raw = raw.strip().lower()
+    level: Optional[int]
     try:
         level = int(raw)
     except ValueError:
@@ -171,10 +174,10 @@ def log_level(environ=None, default=logging.WARNING):
     return logging.ERROR
 
 
-_verbose_handler = None
+_verbose_handler: Optional[logging.Handler] = None
 
 
-def apply_verbose_env(environ=None):
+def apply_verbose_env(environ: Optional[Mapping[str, str]] = None) -> Optional[logging.Handler]:
     """With ``AE_VERBOSE``/``PERL_ANYEVENT_VERBOSE`` set and no logging configured by the
     program, send the package's log records at that level to stderr. Returns the handler added
     (or None).
@@ -198,7 +201,7 @@ def apply_verbose_env(environ=None):
     return h
 
 
-def drop_verbose_handler():
+def drop_verbose_handler() -> None:
     """Undo ``apply_verbose_env`` (the ``aemp`` command configures logging itself).
 
     Example::

@@ -61,6 +61,7 @@ import logging
 import secrets
 import socket as _stdsocket
 import ssl as _stdssl
+from typing import Any, Callable, Optional, Sequence, TypeAlias, Union, overload
 
 import gevent
 from gevent import socket as _gsocket
@@ -76,6 +77,7 @@ from . import ports as _ports
 from . import transport as _transport
 from ._guard import Guard
 from .exceptions import AempError, DataConnError, RemoteProtocolError
+from .wire.handshake import Established
 
 __all__ = ["connect_to", "DataConnError", "DataSocket", "PROTOCOL", "MAX_HEADER", "FAIR_BYTES"]
 
@@ -93,10 +95,16 @@ FAIR_BYTES = 1 << 20
 
 # --------------------------------------------------------------------------- fair sockets
 
+#: the local end of a data connection: a ``DataSocket`` (``_DataSSLSocket`` over TLS); gevent's
+#: sockets carry no type information
+Sock: TypeAlias = Any
+#: a dataconn init function: its name (``"pkg.mod.func"``), or a callable for this node
+Init: TypeAlias = Union[str, Callable[..., Any]]
+
 _budget = [FAIR_BYTES]  # bytes data sockets may still move before the next forced yield
 
 
-def _spend(n):
+def _spend(n: int) -> None:
     b = _budget[0] - n
     if b > 0:
         _budget[0] = b
@@ -116,29 +124,29 @@ class _Fair:
 
     __slots__ = ()
 
-    def _wait(self, *args, **kwargs):
+    def _wait(self, *args: Any, **kwargs: Any) -> Any:
         _budget[0] = FAIR_BYTES
-        return super()._wait(*args, **kwargs)
+        return super()._wait(*args, **kwargs)  # type: ignore[misc]
 
-    def send(self, data, *args, **kwargs):
+    def send(self, data: Any, *args: Any, **kwargs: Any) -> int:
         if len(data) > FAIR_BYTES:
             data = memoryview(data)[:FAIR_BYTES]
-        n = super().send(data, *args, **kwargs)
+        n: int = super().send(data, *args, **kwargs)  # type: ignore[misc]
         _spend(n)
         return n
 
-    def recv(self, *args):
-        data = super().recv(*args)
+    def recv(self, *args: Any) -> bytes:
+        data: bytes = super().recv(*args)  # type: ignore[misc]
         _spend(len(data))
         return data
 
-    def recv_into(self, *args):
-        n = super().recv_into(*args)
+    def recv_into(self, *args: Any) -> int:
+        n: int = super().recv_into(*args)  # type: ignore[misc]
         _spend(n)
         return n
 
 
-class DataSocket(_Fair, _gsocket.socket):
+class DataSocket(_Fair, _gsocket.socket):  # type: ignore[misc]  # (gevent: no types)
     """The socket of a data connection: a gevent socket that also yields to the event loop
     after every ``FAIR_BYTES`` it moved, so bulk transfers never starve the node's messages.
 
@@ -152,13 +160,13 @@ class DataSocket(_Fair, _gsocket.socket):
     __slots__ = ()
 
 
-class _DataSSLSocket(_Fair, _gssl.SSLSocket):
+class _DataSSLSocket(_Fair, _gssl.SSLSocket):  # type: ignore[misc]
     """``DataSocket`` for TLS connections."""
 
     __slots__ = ()
 
 
-def _make_fair(sock):
+def _make_fair(sock: Any) -> Sock:
     """Turn a gevent (TLS) socket into a ``DataSocket`` in place (same object, same fd)."""
     if isinstance(sock, _gssl.SSLSocket):
         sock.__class__ = _DataSSLSocket
@@ -170,7 +178,7 @@ def _make_fair(sock):
 # --------------------------------------------------------------------------- line reading
 
 
-def _read_line(sock, buf, limit):
+def _read_line(sock: Any, buf: Optional[bytes], limit: int) -> tuple[bytes, bytes]:
     """Read one LF-terminated line without consuming anything after it.
 
     ``buf`` holds bytes already read (handshake leftovers). Returns ``(line, rest)`` where
@@ -201,7 +209,7 @@ def _read_line(sock, buf, limit):
 # --------------------------------------------------------------------------- acceptor side
 
 
-def _on_accept(est, sock, trailing):
+def _on_accept(est: Established, sock: Any, trailing: bytes) -> None:
     """``aemp-dataconn`` handler (``node.register_subprotocol``): runs in the connection's
     greenlet after authentication; returns (and the socket closes) when the init port died."""
     peer = est.peer_nodeid
@@ -245,7 +253,7 @@ def _on_accept(est, sock, trailing):
     _run_owned(fn, initdata, sock).wait()
 
 
-def _answer(sock, text):
+def _answer(sock: Any, text: str) -> bool:
     try:
         sock.sendall(text.encode("utf-8", "replace").replace(b"\n", b" ") + b"\n")
         return True
@@ -253,12 +261,12 @@ def _answer(sock, text):
         return False
 
 
-def _run_owned(fn, initdata, sock):
+def _run_owned(fn: Callable[..., Any], initdata: Sequence[Any], sock: Any) -> Event:
     """Start ``fn(*initdata, sock)`` as a greenlet port that owns ``sock``; returns an Event
     set (and the socket closed) when that port died."""
     done = Event()
 
-    def died(*reason):
+    def died(*reason: Any) -> None:
         if reason:
             logger.info("dataconn init port ended: %r", reason)
         _close(sock)
@@ -269,14 +277,14 @@ def _run_owned(fn, initdata, sock):
     return done
 
 
-def _close(sock):
+def _close(sock: Any) -> None:
     try:
         sock.close()
     except OSError:  # pragma: no cover
         pass
 
 
-def _probe(*reply):
+def _probe(*reply: Any) -> None:
     """Node request target (by name): loading this module enables ``aemp-dataconn`` here."""
     _connect.register_subprotocol(PROTOCOL, _on_accept)
     if reply and isinstance(reply[0], str):
@@ -289,7 +297,7 @@ _connect.register_subprotocol(PROTOCOL, _on_accept)
 # --------------------------------------------------------------------------- connector side
 
 
-def _init_name(init, local):
+def _init_name(init: Init, local: bool) -> Init:
     if isinstance(init, str):
         return init
     if callable(init) and local:
@@ -300,7 +308,7 @@ def _init_name(init, local):
     )
 
 
-def _local_pair(init, initdata):
+def _local_pair(init: Init, initdata: Sequence[Any]) -> Sock:
     try:
         fn = _k.resolve_function(init) if isinstance(init, str) else init
     except (LookupError, AttributeError, ImportError) as exc:
@@ -314,21 +322,21 @@ class _ClosedEarly(Exception):
     """The target closed an authenticated data connection without answering the header."""
 
 
-def _learn_addresses(nodeid, timeout):
+def _learn_addresses(nodeid: str, timeout: float) -> None:
     """A node that connected to us is up without us knowing its listeners (``dial_subprotocol``
     would then find no address): look them up in the ``'l`` family first."""
     n = _node.get_node(nodeid)
     if n.addrs or not n.is_up or _node.explicit_address(nodeid):
         return
     try:
-        addrs = db_family("'l", timeout=timeout).get(nodeid)
+        addrs = db_family("'l", timeout=timeout).get(nodeid)  # type: ignore[union-attr]
     except AempError:
         return
     if addrs and not n.addrs:
         n.found(list(addrs))
 
 
-def _dial_once(nodeid, header, deadline):
+def _dial_once(nodeid: str, header: bytes, deadline: float) -> Sock:
     loop = gevent.get_hub().loop
     dcid = secrets.token_hex(8)
     _learn_addresses(nodeid, max((deadline - loop.now()) / 2, 0.001))
@@ -359,20 +367,20 @@ def _dial_once(nodeid, header, deadline):
     raise DataConnError("unexpected answer from %s: %r" % (nodeid, text[:200]))
 
 
-def _probe_node(nodeid, timeout):
+def _probe_node(nodeid: str, timeout: float) -> bool:
     """Ask ``nodeid`` to load this module (node request by name); True once it answered."""
     res = AsyncResult()
     reply = _ports.port(lambda *m: res.set(True))
     try:
         _k.snd(nodeid, _PROBE, reply)
-        return res.get(timeout=max(timeout, 0.001))
+        return bool(res.get(timeout=max(timeout, 0.001)))
     except gevent.Timeout:
         return False
     finally:
         _k.kil(reply)
 
 
-def _header(init, initdata):
+def _header(init: Init, initdata: Sequence[Any]) -> bytes:
     try:
         header = (
             json.dumps([init, list(initdata)], ensure_ascii=False, separators=(",", ":")).encode(
@@ -387,7 +395,7 @@ def _header(init, initdata):
     return header
 
 
-def _connect_blocking(nodeid, header, timeout):
+def _connect_blocking(nodeid: str, header: bytes, timeout: float) -> Sock:
     loop = gevent.get_hub().loop
     loop.update_now()
     deadline = loop.now() + timeout
@@ -415,7 +423,29 @@ def _connect_blocking(nodeid, header, timeout):
             raise DataConnError(str(exc) or exc.__class__.__name__) from None
 
 
-def connect_to(node, init, *initdata, timeout=None, cb=None):
+@overload
+def connect_to(
+    node: str,
+    init: Init,
+    *initdata: Any,
+    timeout: Optional[float] = None,
+    cb: None = None,
+) -> Sock: ...
+@overload
+def connect_to(
+    node: str,
+    init: Init,
+    *initdata: Any,
+    timeout: Optional[float] = None,
+    cb: Callable[..., Any],
+) -> Guard: ...
+def connect_to(
+    node: str,
+    init: Init,
+    *initdata: Any,
+    timeout: Optional[float] = None,
+    cb: Optional[Callable[..., Any]] = None,
+) -> Union[Sock, Guard]:
     """Open a data connection to ``node`` and run ``init(*initdata, sock)`` there in a new port.
 
     ``node`` is a node ID (or any port ID on it). ``init`` is a function name resolved on that
@@ -442,7 +472,7 @@ def connect_to(node, init, *initdata, timeout=None, cb=None):
     nodeid = _k.node_of(node)
     local = nodeid == _k.this_node
     init = _init_name(init, local)
-    header = None if local else _header(init, initdata)  # bad initdata raises here
+    header = b"" if local else _header(init, initdata)  # bad initdata raises here
     if timeout is None:
         timeout = float(_config.setting("monitor_timeout") or 30)
     if cb is None:
@@ -452,7 +482,7 @@ def connect_to(node, init, *initdata, timeout=None, cb=None):
 
     owner = _k.get_self()
 
-    def attempt():
+    def attempt() -> None:
         try:
             if local:
                 sock = _local_pair(init, initdata)

@@ -6,6 +6,8 @@
 ``RemoteProtocolError`` into a logged, dropped connection.
 """
 
+from typing import Any, Iterable
+
 __all__ = [
     "AempError",
     "Timeout",
@@ -64,12 +66,12 @@ class PortDied(AempError):
             print("worker died:", e.reason)
     """
 
-    def __init__(self, reason=()):
+    def __init__(self, reason: Iterable[Any] = ()) -> None:
         self.reason = tuple(reason)
         super().__init__(*self.reason)
 
     @staticmethod
-    def from_reason(reason):
+    def from_reason(reason: Iterable[Any]) -> "PortDied":
         """The ``PortDied`` subclass that fits a kill reason: ``NoSuchPort`` for
         ``("no_such_port", ...)``, ``AuthenticationFailed`` for a ``transport_error`` whose
         text is an authentication failure, ``NodeUnreachable`` for any other
@@ -93,7 +95,7 @@ class PortDied(AempError):
             return NodeUnreachable(reason)
         return PortDied(reason)
 
-    def __str__(self):
+    def __str__(self) -> str:
         if not self.reason:
             return "port died (normal exit)"
         return "port died: %r" % (self.reason,)
@@ -113,7 +115,7 @@ class NoSuchPort(PortDied):
             print(e)      # no such port seed#gone: cannot monitor nonexistent port
     """
 
-    def __str__(self):
+    def __str__(self) -> str:
         text = self.reason[1] if len(self.reason) > 1 else "no such port"
         port = self.reason[2] if len(self.reason) > 2 else "?"
         return "no such port %s: %s" % (port, text)
@@ -132,16 +134,16 @@ class NodeUnreachable(PortDied):
     """
 
     @property
-    def node(self):
+    def node(self) -> Any:
         """The node ID the reason names."""
         return self.reason[1] if len(self.reason) > 1 else None
 
     @property
-    def why(self):
+    def why(self) -> str:
         """What happened, as the transport reported it (``connect timeout``, ...)."""
         return str(self.reason[2]) if len(self.reason) > 2 else ""
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "node %s unreachable: %s" % (self.node, self.why)
 
 
@@ -220,7 +222,7 @@ class DataConnError(AempError):
             print("no data connection:", e.why)
     """
 
-    def __init__(self, why):
+    def __init__(self, why: object) -> None:
         self.why = str(why)
         self.reason = ("dataconn", self.why)
         super().__init__(self.why)

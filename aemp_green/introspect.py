@@ -73,7 +73,7 @@ class IntrospectionRefused(AempError):
 # --------------------------------------------------------------------------- counters
 
 
-def _totals():
+def _totals() -> list[int]:
     """``[msgs_in, msgs_out, bytes_in, bytes_out]`` of every link, closed ones included."""
     t = list(_transport.closed_totals)
     for link in _node.all_links():
@@ -91,7 +91,7 @@ _SAMPLE_EVERY = 0.25
 _SAMPLE_KEEP = 60.0
 
 
-def _rates(now, counts):
+def _rates(now: float, counts: list[int]) -> dict[str, float]:
     """Messages per second over the recent past: since the newest sample at least
     ``RATE_SPAN`` s old (node_info keeps one every ``_SAMPLE_EVERY`` s it is called), else since
     the node started."""
@@ -104,7 +104,7 @@ def _rates(now, counts):
         else:
             break
     if not _samples or now - _samples[-1][0] >= _SAMPLE_EVERY:
-        _samples.append((now,) + tuple(counts))
+        _samples.append((now, counts[0], counts[1], counts[2]))
     if base is None:
         span = max(time.time() - _k.started, 1e-3)
         deltas = counts
@@ -117,7 +117,7 @@ def _rates(now, counts):
     }
 
 
-def _live_ports():
+def _live_ports() -> list[Any]:
     """The local ports (the node port left out)."""
     return [p for p in list(_k.port_table.values()) if hasattr(p, "handled")]
 
@@ -164,7 +164,7 @@ def node_info() -> dict[str, Any]:
     }
 
 
-def _mailbox(p):
+def _mailbox(p: Any) -> int:
     return len(getattr(p, "mailbox", None) or ())
 
 
@@ -219,11 +219,11 @@ def ports_info(limit: Optional[int] = None, sort: str = "handled") -> list[dict[
     return out
 
 
-def _monitored_by_owner():
+def _monitored_by_owner() -> dict[str, list[str]]:
     """``{port ID: [IDs of the ports it monitors]}`` from every monitor on this node."""
     out: dict[str, list[str]] = {}
 
-    def add(owner, target):
+    def add(owner: Optional[str], target: str) -> None:
         if owner is not None:
             lst = out.setdefault(owner, [])
             if target not in lst:
@@ -240,7 +240,7 @@ def _monitored_by_owner():
     return out
 
 
-def _peer_addr(link):
+def _peer_addr(link: Any) -> str:
     try:
         host, port = link.sock.getpeername()[:2]
     except (OSError, ValueError, AttributeError):
@@ -301,7 +301,7 @@ def snapshot(ports: int = 10) -> dict[str, Any]:
 # --------------------------------------------------------------------------- over the network
 
 
-def _answer(what, kw, max_ports=None):
+def _answer(what: Any, kw: Any, max_ports: Optional[int] = None) -> Any:
     """The introspection ``what`` with the arguments ``kw`` (validated: they may come from the
     network)."""
     if what not in _WHATS:
@@ -313,7 +313,7 @@ def _answer(what, kw, max_ports=None):
     if bad:
         raise ValueError("introspection %r takes no argument %s" % (what, ", ".join(bad)))
 
-    def count(name, default):
+    def count(name: str, default: Optional[int]) -> Optional[int]:
         n = kw.get(name, default)
         if n is None:
             return max_ports  # (None for a local caller: every port)
@@ -331,7 +331,7 @@ def _answer(what, kw, max_ports=None):
     return {"node": node_info(), "ports": ports_info(limit=n), "links": links_info()}
 
 
-def _req_info(from_node, what=None, kw=None, *reply):
+def _req_info(from_node: str, what: Any = None, kw: Any = None, *reply: Any) -> None:
     """Node request ``aemp_green/info``: ``[what, {args}, *reply]``; the reply port gets
     ``(error_text, result)`` (``""`` and the answer, or the reason and None)."""
     if not reply or reply[0].__class__ is not str:
@@ -389,7 +389,8 @@ def info(
     if what not in _WHATS:
         raise ValueError("info: what must be one of %s, not %r" % (", ".join(_WHATS), what))
     if nodeid == _k.this_node:
-        return _answer(what, kw)
+        local: Union[dict[str, Any], list[dict[str, Any]]] = _answer(what, kw)
+        return local
     try:
         answer = _ports.call(nodeid, REQUEST, what, kw, timeout=timeout)
     except Timeout:
@@ -405,4 +406,7 @@ def info(
         if err.startswith(_REFUSED):
             raise IntrospectionRefused(err[len(_REFUSED) :])
         raise AempError("node %s: %s" % (nodeid, err))
-    return result
+    if not isinstance(result, list if what in ("ports", "links") else dict):
+        raise AempError("node %s sent a malformed introspection answer" % (nodeid,))
+    checked: Union[dict[str, Any], list[dict[str, Any]]] = result
+    return checked

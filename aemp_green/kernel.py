@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Union
+from typing import Any, Callable, Literal, Optional, Protocol, Sequence, TypeAlias, Union
 
 from gevent import get_hub
 from gevent.monkey import get_original as _gevent_original
@@ -56,8 +56,16 @@ _rl = RateLog(logger)  # bad input from peers: one line per peer and reason (see
 
 _ALNUM = string.digits + string.ascii_letters
 
+#: a local port object (``ports``' callback and greenlet ports, the node port): duck-typed, with
+#: ``name``, ``id``, ``monitors`` and ``_deliver``/``_terminate``/``_run`` (module docstring)
+PortObj: TypeAlias = Any
+#: a kill reason: empty for a normal exit, else ``(kind, details...)``
+Reason: TypeAlias = tuple[Any, ...]
+#: what a monitor calls with the reason (``Callable[..., Any]``: user code)
+Action: TypeAlias = Callable[..., Any]
 
-def _runiq(n=10):
+
+def _runiq(n: int = 10) -> str:
     """AEMP's random unique string: ``n`` alphanumerics, the last one upper-cased."""
     s = "".join(secrets.choice(_ALNUM) for _ in range(n))
     return s[:-1] + s[-1].upper()
@@ -91,7 +99,7 @@ def NODE() -> str:
 node_id = NODE
 
 
-def set_node_id(nodeid):
+def set_node_id(nodeid: str) -> None:
     """Change this node's ID (``configure``); every local port's ID changes with it, as in AEMP."""
     global this_node
     check_thread()  # configure(): before it changes anything
@@ -106,14 +114,14 @@ def set_node_id(nodeid):
     port_table[nodeid] = port_table[nodeid + "#"] = _node_port
 
 
-def _new_name():
+def _new_name() -> str:
     global _next_id
     check_thread()
     _next_id += 1
     return _UNIQ + base62(_next_id)
 
 
-def new_port_id():
+def new_port_id() -> str:
     """A fresh local port ID (``<node>#<name>``)."""
     global _next_id
     if _hub is not None and _os_thread_ident() != _hub_ident:  # port, spawn, call, receive
@@ -122,14 +130,14 @@ def new_port_id():
     return this_node + "#" + _UNIQ + base62(_next_id)
 
 
-def new_spawn_name():
+def new_spawn_name() -> str:
     global _next_id
     check_thread()
     _next_id += 1
     return _RUNIQ + base62(_next_id)
 
 
-def base62(n):
+def base62(n: int) -> str:
     out = ""
     while n:
         n, r = divmod(n, 62)
@@ -161,7 +169,7 @@ def port_is_local(port: str) -> bool:
     return port.partition("#")[0] == this_node
 
 
-def port_id(name):
+def port_id(name: str) -> str:
     """The full port ID of a local port name."""
     return this_node + "#" + name
 
@@ -290,11 +298,11 @@ def _api_name(frame):
     return "%s.%s()" % (mod, qual)
 
 
-def register_port(p):
+def register_port(p: PortObj) -> None:
     port_table[p.id] = p
 
 
-def lookup_port(port):
+def lookup_port(port: str) -> Optional[PortObj]:
     """The local port object for a port ID, or None (also for remote IDs and the node port)."""
     if _hub is not None and _os_thread_ident() != _hub_ident:  # rcv, peval, mon
         raise _foreign_thread_error()
@@ -302,7 +310,7 @@ def lookup_port(port):
     return None if p is _node_port else p
 
 
-def local_port_by_name(name):
+def local_port_by_name(name: str) -> Optional[PortObj]:
     """The local port called ``name`` (as remote frames and node requests name it), or None."""
     if not name:
         return None
@@ -312,11 +320,11 @@ def local_port_by_name(name):
 # --------------------------------------------------------------------------- SELF context
 
 
-def get_self():
+def get_self() -> Optional[PortObj]:
     return getattr(getcurrent(), "aemp_self", None)
 
 
-def _set_self(port):
+def _set_self(port: Optional[PortObj]) -> Optional[PortObj]:
     """Set the port context of the running greenlet; returns the previous one."""
     cur = getcurrent()
     prev = getattr(cur, "aemp_self", None)
@@ -331,7 +339,7 @@ _draining: set[Any] = set()
 _drain_scheduled = False
 
 
-def dispatch(p, msg):
+def dispatch(p: PortObj, msg: Sequence[Any]) -> None:
     """Run ``p._run(msg)`` without ever nesting handler calls (see module docstring)."""
     cur = getcurrent()
     if cur is not _hub_glet and _hub is not None:  # the thread check, before any change
@@ -356,7 +364,7 @@ def dispatch(p, msg):
             schedule_drain()
 
 
-def dispatching():
+def dispatching() -> bool:
     """True while the running greenlet is inside a callback handler (the dispatcher runs
     handlers in whatever greenlet sent the message, and queues what arrives meanwhile behind
     it), where blocking would deadlock: see ``ports.check_may_block``.
@@ -369,7 +377,7 @@ def dispatching():
     return getcurrent() in _draining
 
 
-def may_block():
+def may_block() -> bool:
     """True when the running greenlet may wait (for a busy link or a full mailbox).
 
     False in the hub, inside a callback port's handler (handlers never block: they run in
@@ -390,7 +398,7 @@ def may_block():
     return cur is not (_hub if _hub is not None else get_hub())
 
 
-def schedule_drain():
+def schedule_drain() -> None:
     global _drain_scheduled
     if not _drain_scheduled:
         hub = bound_hub()  # checks the thread before the flag changes
@@ -398,7 +406,7 @@ def schedule_drain():
         hub.loop.run_callback(_spawn_drainer)
 
 
-def _spawn_drainer():
+def _spawn_drainer() -> None:
     global _drain_scheduled
     _drain_scheduled = False
     if dispatch_queue:
@@ -411,14 +419,14 @@ class _NoOp:
 
     __slots__ = ()
 
-    def _run(self, msg, cur):
+    def _run(self, msg: Sequence[Any], cur: greenlet) -> None:
         pass
 
 
 _noop = _NoOp()
 
 
-def _drain_only():
+def _drain_only() -> None:
     if dispatch_queue and getcurrent() not in _draining:
         dispatch(_noop, ())
 
@@ -433,7 +441,7 @@ _handoffs = 0
 _HANDOFF_LIMIT = 64
 
 
-def wake(w, value):
+def wake(w: Any, value: Any) -> None:
     """Resume the blocked waiter ``w`` (a greenlet port or call waiter) with ``value``."""
     global _ready_scheduled
     w.resume = value
@@ -453,7 +461,7 @@ def wake(w, value):
         hub.loop.run_callback(_run_ready)
 
 
-def _run_ready():
+def _run_ready() -> None:
     global _ready_scheduled, _handoffs
     _ready_scheduled = False
     _handoffs = 0
@@ -467,7 +475,7 @@ def _run_ready():
                 g.switch(r)
 
 
-def block():
+def block() -> Any:
     """Block the current greenlet until a ``wake``; hand the CPU straight to a ready waiter."""
     global _handoffs
     while _ready and _handoffs < _HANDOFF_LIMIT:
@@ -481,7 +489,7 @@ def block():
     return (_hub if _hub is not None else bound_hub()).switch()
 
 
-def spawn_raw(fn, *args):
+def spawn_raw(fn: Callable[..., Any], *args: Any) -> greenlet:
     """Run ``fn(*args)`` in a fresh greenlet at the next loop turn."""
     hub = bound_hub()
     g = greenlet(fn, parent=hub)
@@ -492,29 +500,40 @@ def spawn_raw(fn, *args):
 # --------------------------------------------------------------------------- network hook
 
 
+class Network(Protocol):
+    """What ``set_network`` installs (``node``'s network): sends frames to other nodes and
+    manages monitors of their ports (see ``_NoNetwork`` for each method's arguments)."""
+
+    def send(self, nodeid: str, frame: Sequence[Any]) -> Any: ...
+    def monitor(self, nodeid: str, portname: str, action: Action) -> None: ...
+    def unmonitor(self, nodeid: str, portname: str, action: Action) -> None: ...
+    def kill(self, nodeid: str, portname: str, reason: Sequence[Any]) -> None: ...
+    def port_died(self, nodeid: str, portname: str, reason: Reason) -> None: ...
+
+
 class _NoNetwork:
     """Stands in until ``aemp_green.node`` registers the real network."""
 
-    def send(self, nodeid, frame):
+    def send(self, nodeid: str, frame: Sequence[Any]) -> None:
         logger.debug("no network: dropping message for %s", nodeid)
 
-    def monitor(self, nodeid, portname, action):
+    def monitor(self, nodeid: str, portname: str, action: Action) -> None:
         spawn_raw(action, "transport_error", nodeid, "no known address")
 
-    def unmonitor(self, nodeid, portname, action):
+    def unmonitor(self, nodeid: str, portname: str, action: Action) -> None:
         pass
 
-    def kill(self, nodeid, portname, reason):
+    def kill(self, nodeid: str, portname: str, reason: Sequence[Any]) -> None:
         self.send(nodeid, ("", "kil1", portname) + tuple(reason))
 
-    def port_died(self, nodeid, portname, reason):
+    def port_died(self, nodeid: str, portname: str, reason: Reason) -> None:
         pass
 
 
-network = _NoNetwork()
+network: Network = _NoNetwork()
 
 
-def set_network(net):
+def set_network(net: Network) -> None:
     global network
     network = net
 
@@ -555,7 +574,7 @@ _check_local = False
 local_sends = 0
 
 
-def check_local_messages(flag):
+def check_local_messages(flag: object) -> None:
     """With ``flag`` true, ``snd`` to a local port checks that the message could also cross
     the wire (what the cbor framing carries: JSON values and bytes) and raises ``TypeError``
     when it could not, as it does for a remote port; so code that works locally does not break
@@ -582,18 +601,20 @@ class local_only:
             call(local_sup, "start_child", spec_with_a_callable)
     """
 
-    def __enter__(self):
+    _prev: bool
+
+    def __enter__(self) -> "local_only":
         cur = getcurrent()
         self._prev = getattr(cur, "aemp_local_only", False)
         cur.aemp_local_only = True
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         getcurrent().aemp_local_only = self._prev
         return False
 
 
-def _check_wire(port, msg):
+def _check_wire(port: str, msg: Sequence[Any]) -> None:
     try:
         encode_cbor((port.partition("#")[2],) + tuple(msg))
     except TypeError as exc:
@@ -603,7 +624,7 @@ def _check_wire(port, msg):
         ) from None
 
 
-def deliver_remote(from_node, frame):
+def deliver_remote(from_node: str, frame: Sequence[Any]) -> None:
     """Deliver a frame ``[portname, *msg]`` that arrived from ``from_node`` (called by ``node``).
 
     Frames whose port name is not a string are logged and dropped; unknown ports drop silently.
@@ -658,21 +679,21 @@ def kil(port: str, *reason: Any) -> None:
 DEAD = False  # value of port.monitors once the port is dead
 
 
-def kill_local(p, reason):
+def kill_local(p: PortObj, reason: Sequence[Any]) -> None:
     """Remove ``p`` from the table, schedule its monitors, stop its code. Idempotent."""
     mons = p.monitors
     if mons is DEAD:
         return
     p.monitors = DEAD
     if port_table.get(p.id) is p:
-        del port_table[p.id]
+        del port_table[p.id]  # type: ignore[union-attr]  # (mypy narrows p by the 'is')
     reason = tuple(reason)
     if mons:
         spawn_raw(fire_monitors, mons, reason)
     p._terminate(reason)
 
 
-def monitor_owner(action):
+def monitor_owner(action: Any) -> Optional[str]:
     """The ID of the port a monitor action (an entry of a port's ``monitors``) belongs to, or
     None (a monitor no port made, or one made for another node).
 
@@ -683,7 +704,7 @@ def monitor_owner(action):
     return action.owner if action.__class__ is _MonitorAction else None
 
 
-def fire_monitors(mons, reason):
+def fire_monitors(mons: Sequence[Action], reason: Reason) -> None:
     for action in list(mons):
         try:
             action(*reason)
@@ -696,7 +717,7 @@ def fire_monitors(mons, reason):
             )
 
 
-def die_reason(exc):
+def die_reason(exc: BaseException) -> tuple[str, str]:
     """AEMP's ``("die", $@)`` for a Python exception."""
     text = str(exc)
     msg = "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
@@ -708,7 +729,7 @@ def die_reason(exc):
 _MISSING = object()
 
 
-def _monitor_action(cb, msg):
+def _monitor_action(cb: Union[Action, str], msg: Sequence[Any]) -> Action:
     """Turn the three non-callable ``mon`` forms into a callable action."""
     if callable(cb):
         if msg:
@@ -718,7 +739,7 @@ def _monitor_action(cb, msg):
         raise TypeError("mon: second argument must be a callable or a port ID, not %r" % (cb,))
     if msg:
         return lambda *reason: snd(cb, *msg, *reason)
-    return lambda *reason: reason and kil(cb, *reason)
+    return lambda *reason: reason and kil(cb, *reason)  # type: ignore[func-returns-value]
 
 
 class _MonitorAction:
@@ -727,17 +748,20 @@ class _MonitorAction:
 
     __slots__ = ("action", "owner")
 
-    def __init__(self, action, owner):
+    action: Optional[Action]
+    owner: Optional[str]
+
+    def __init__(self, action: Action, owner: Optional[str]) -> None:
         self.action = action
         self.owner = owner
 
-    def __call__(self, *reason):
+    def __call__(self, *reason: Any) -> None:
         action, self.action = self.action, None
         if action is not None:
             action(*reason)
 
 
-def add_monitor(port, action, owner=None):
+def add_monitor(port: str, action: Action, owner: Optional[str] = None) -> Callable[[], None]:
     """Monitor ``port`` with the callable ``action``; returns the undo function.
 
     The undo works until the action has actually run, also after the port died and the
@@ -762,7 +786,7 @@ def add_monitor(port, action, owner=None):
         else:
             p.monitors.append(m)
 
-        def undo():
+        def undo() -> None:
             m.action = None
             mons = p.monitors
             if mons:
@@ -775,7 +799,7 @@ def add_monitor(port, action, owner=None):
     check_thread()  # (the local branch checked in lookup_port)
     network.monitor(node, name, m)
 
-    def undo_remote():
+    def undo_remote() -> None:
         m.action = None
         network.unmonitor(node, name, m)
 
@@ -856,7 +880,9 @@ _CODE = 1  # request kinds refused by a secure node (the second item of a _NODE_
 _TRACE = 2
 
 
-def register_node_request(tag, fn, *, code=False, trace=False):
+def register_node_request(
+    tag: str, fn: Callable[..., Any], *, code: bool = False, trace: bool = False
+) -> None:
     """Register ``fn(from_node, *args)`` as the handler of node-port request ``tag``.
 
     ``code=True`` marks requests that run arbitrary code (refused when the node is ``secure``);
@@ -871,13 +897,13 @@ def register_node_request(tag, fn, *, code=False, trace=False):
     _NODE_REQ[tag] = (fn, _CODE if code else _TRACE if trace else 0)
 
 
-def set_secure(flag, allow_trace=False):
+def set_secure(flag: object, allow_trace: object = False) -> None:
     global secure_mode, _allow_trace
     secure_mode = bool(flag)
     _allow_trace = bool(allow_trace)
 
 
-def set_limits(max_forward_depth=None):
+def set_limits(max_forward_depth: Optional[int] = None) -> None:
     """Set the kernel's limits from the configuration (``configure``)."""
     global _max_forward_depth
     if max_forward_depth is not None:
@@ -892,18 +918,18 @@ class _NodePort:
     id = property(lambda self: this_node + "#")
 
     @property
-    def monitors(self):
+    def monitors(self) -> None:
         return None
 
     @monitors.setter
-    def monitors(self, value):  # pragma: no cover - never killed
+    def monitors(self, value: Any) -> None:  # pragma: no cover - never killed
         raise ValueError("the node port cannot die")
 
-    def _deliver(self, msg):
+    def _deliver(self, msg: Sequence[Any]) -> None:
         check_thread()  # snd to this node's node port
         node_request(this_node, msg)  # (inside a request: queued as that request's origin)
 
-    def _terminate(self, reason):  # pragma: no cover
+    def _terminate(self, reason: Reason) -> None:  # pragma: no cover
         raise ValueError("the node port cannot die")
 
 
@@ -911,7 +937,7 @@ _node_port = _NodePort()
 port_table[this_node] = port_table[this_node + "#"] = _node_port
 
 
-def node_request(from_node, msg):
+def node_request(from_node: str, msg: Sequence[Any]) -> None:
     """Handle one node-port request ``msg`` (``[tag, *args]``) that came from ``from_node``.
 
     Called by the network for every frame addressed to port ``""`` and by local sends to the
@@ -967,11 +993,11 @@ def node_request(from_node, msg):
         _req_glet, _req_state = prev
 
 
-_req_glet = None  # the greenlet handling a node request (see node_request)
-_req_state = None  # its [origin, depth, queue of nested requests or None]
+_req_glet: Optional[greenlet] = None  # the greenlet handling a node request (see node_request)
+_req_state: Any = None  # its [origin, depth, queue of nested requests or None]
 
 
-def request_origin():
+def request_origin() -> Optional[str]:
     """The node whose node-port request the running greenlet is handling, or None.
 
     Requests that our own handlers make to our node port count as the original sender's.
@@ -984,7 +1010,7 @@ def request_origin():
     return _req_state[0] if _req_glet is getcurrent() else None
 
 
-def _node_request1(from_node, msg):
+def _node_request1(from_node: str, msg: Sequence[Any]) -> None:
     if not msg:
         return
     tag = msg[0]
@@ -1027,7 +1053,7 @@ def _node_request1(from_node, msg):
         )
 
 
-def resolve_function(name):
+def resolve_function(name: str) -> Any:
     """Resolve ``pkg.mod.func`` (or ``Pkg::Mod::func``) by importing the longest module prefix."""
     import importlib
 
@@ -1064,7 +1090,7 @@ def resolve_function(name):
     )
 
 
-def _call_function(from_node, name, args):
+def _call_function(from_node: str, name: str, args: Sequence[Any]) -> None:
     if secure_mode:
         _rl.warning(
             (from_node, "secure"),
@@ -1107,7 +1133,7 @@ _obituaries: dict[Any, Any] = {}
 OBITUARIES_MAX = 1024
 
 
-def record_obituary(name, reason):
+def record_obituary(name: str, reason: Sequence[Any]) -> None:
     """Remember why port ``name`` died at birth, for a monitor request that arrives after it
     (bounded: the oldest are forgotten first).
 
@@ -1121,7 +1147,7 @@ def record_obituary(name, reason):
         del _obituaries[next(iter(_obituaries))]
 
 
-def _req_mon1(from_node, portid, *_):
+def _req_mon1(from_node: str, portid: str, *_: Any) -> None:
     name = portid.partition("#")[2] if "#" in portid else portid
     if not name:  # the node port: it lives as long as the connection, which the peer watches
         return
@@ -1140,7 +1166,7 @@ def _req_mon1(from_node, portid, *_):
     elif name in mons:
         return
 
-    def action(*reason):
+    def action(*reason: Any) -> None:
         m = _remote_monitors.get(from_node)
         if m is not None and m.get(name) is action:
             del m[name]
@@ -1155,13 +1181,13 @@ def _req_mon1(from_node, portid, *_):
         p.monitors.append(action)
 
 
-def _reply_kil0(to_node, name, reason):
+def _reply_kil0(to_node: str, name: str, reason: Sequence[Any]) -> None:
     if to_node == this_node:
         return
     network.send(to_node, ("", "kil0", name) + tuple(reason))
 
 
-def _req_mon0(from_node, portid, *_):
+def _req_mon0(from_node: str, portid: str, *_: Any) -> None:
     name = portid.partition("#")[2] if "#" in portid else portid
     mons = _remote_monitors.get(from_node)
     if not mons:
@@ -1173,7 +1199,7 @@ def _req_mon0(from_node, portid, *_):
         _unhook_monitor(name, action)
 
 
-def _unhook_monitor(name, action):
+def _unhook_monitor(name: str, action: Action) -> None:
     p = local_port_by_name(name)
     if p is not None and p.monitors:
         try:
@@ -1182,7 +1208,7 @@ def _unhook_monitor(name, action):
             pass
 
 
-def forget_node_monitors(nodeid):
+def forget_node_monitors(nodeid: str) -> None:
     """Drop every monitor a (now disconnected) remote node had on our ports (costs what that
     node held, not what every node holds)."""
     mons = _remote_monitors.pop(nodeid, None)
@@ -1191,11 +1217,11 @@ def forget_node_monitors(nodeid):
             _unhook_monitor(name, action)
 
 
-def _req_kil0(from_node, portname, *reason):
+def _req_kil0(from_node: str, portname: str, *reason: Any) -> None:
     network.port_died(from_node, portname, reason)
 
 
-def _req_kil1(from_node, portname, *reason):
+def _req_kil1(from_node: str, portname: str, *reason: Any) -> None:
     if not portname:
         _rl.warning((from_node, "kil1"), "kil1 of the node port from %s ignored", from_node)
         return
@@ -1204,22 +1230,22 @@ def _req_kil1(from_node, portname, *reason):
         kill_local(p, reason)
 
 
-def _req_snd(from_node, *msg):
+def _req_snd(from_node: str, *msg: Any) -> None:
     if msg and isinstance(msg[0], str):
         snd(*msg)
 
 
-def _req_can(from_node, method, *reply):
+def _req_can(from_node: str, method: str, *reply: Any) -> None:
     if reply:
         snd(*reply, 1 if method in _NODE_REQ else "")
 
 
-def _req_time(from_node, *reply):
+def _req_time(from_node: str, *reply: Any) -> None:
     if reply:
         snd(*reply, time.time())
 
 
-def _eval_namespace():
+def _eval_namespace() -> dict[str, Any]:
     # the public API, from the package the application imported (the kernel never imports the
     # layers above it; by the time a peer asks, the package is loaded)
     pkg = sys.modules.get("aemp_green")
@@ -1229,7 +1255,7 @@ def _eval_namespace():
     return ns
 
 
-def _req_eval(from_node, expr, *reply):
+def _req_eval(from_node: str, expr: str, *reply: Any) -> None:
     logger.info("eval request from %s: %s", from_node, esc(expr))
     try:
         result = eval(expr, _eval_namespace())  # noqa: S307 - refused when secure
@@ -1243,7 +1269,7 @@ def _req_eval(from_node, expr, *reply):
             snd(*reply, "result cannot be sent: %s" % exc, None)
 
 
-def _req_noop(from_node, *args):
+def _req_noop(from_node: str, *args: Any) -> None:
     pass
 
 

@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Iterable, Optional, Union
 
 import gevent
 from greenlet import getcurrent
@@ -81,7 +81,11 @@ class ForwardingHandler(logging.Handler):
         logging.getLogger().addHandler(h)
     """
 
-    def __init__(self, maxlen=None):
+    buffer: deque[list[Any]]
+    subs: dict[str, int]
+    _sender: Optional[gevent.Greenlet]
+
+    def __init__(self, maxlen: Optional[int] = None) -> None:
         super().__init__(logging.NOTSET)
         self.buffer = deque()
         self.maxlen = int(maxlen or BUFFER)
@@ -97,7 +101,7 @@ class ForwardingHandler(logging.Handler):
         self.setLevel(logging.CRITICAL + 1)
 
     # -- subscriptions ---------------------------------------------------------------------
-    def add(self, port, level):
+    def add(self, port: str, level: int) -> None:
         """Send records at ``level`` or above to ``port``.
 
         Example::
@@ -107,7 +111,7 @@ class ForwardingHandler(logging.Handler):
         self.subs[port] = int(level)
         self.setLevel(min(self.subs.values()))
 
-    def remove(self, port):
+    def remove(self, port: str) -> bool:
         """Stop sending to ``port``; returns True when no subscriber is left.
 
         Example::
@@ -120,7 +124,7 @@ class ForwardingHandler(logging.Handler):
         return not self.subs
 
     # -- logging side ----------------------------------------------------------------------
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         """Queue ``record`` for the subscribers and wake the sender (never blocks; any thread).
 
         Example::
@@ -157,17 +161,17 @@ class ForwardingHandler(logging.Handler):
                 self._async.send()
 
     # -- sender greenlet -------------------------------------------------------------------
-    def _wake(self):
+    def _wake(self) -> None:
         if self._sender is None or self._sender.dead:
             self._sender = gevent.spawn(self._ship)
 
-    def _ship(self):
+    def _ship(self) -> None:
         node = _k.NODE()
         while True:
             self._scheduled = False
             if not (self.buffer and self.subs):
                 break
-            batch = []
+            batch: list[list[Any]] = []
             while self.buffer and len(batch) < BATCH:
                 batch.append(self.buffer.popleft())
             dropped, self.dropped = self.dropped, 0
@@ -182,7 +186,7 @@ class ForwardingHandler(logging.Handler):
         if not self.subs:
             self.buffer.clear()
 
-    def close(self):
+    def close(self) -> None:
         """Stop the cross-thread wake-up watcher, then close as every ``logging.Handler`` does.
 
         Example::
@@ -194,13 +198,13 @@ class ForwardingHandler(logging.Handler):
         super().close()
 
 
-_handler = None
+_handler: Optional[ForwardingHandler] = None
 _sub_guards: dict[Any, Any] = {}  # port -> monitor undo
 _max_streams = 16  # setting max_trace_streams
 _rl = RateLog(logger)
 
 
-def set_max_streams(n):
+def set_max_streams(n: Optional[int]) -> None:
     """Subscribe at most ``n`` catcher ports at once (the setting ``max_trace_streams``;
     ``configure`` calls this). Each record costs one message per subscriber.
 
@@ -213,7 +217,7 @@ def set_max_streams(n):
         _max_streams = int(n)
 
 
-def subscribers():
+def subscribers() -> dict[str, int]:
     """The catcher ports this node sends its records to, with their levels (a dict).
 
     Example::
@@ -223,7 +227,7 @@ def subscribers():
     return dict(_handler.subs) if _handler is not None else {}
 
 
-def _req_catch(port, level=logging.INFO, *_, from_node="?"):
+def _req_catch(port: object, level: object = logging.INFO, *_: Any, from_node: str = "?") -> None:
     """Node request (also resolvable by name): subscribe ``port`` at ``level``; None stops."""
     global _handler
     if not isinstance(port, str) or "#" not in port:
@@ -253,7 +257,7 @@ def _req_catch(port, level=logging.INFO, *_, from_node="?"):
         _sub_guards[port] = _k.add_monitor(port, lambda *reason: _unsubscribe(port))
 
 
-def _unsubscribe(port):
+def _unsubscribe(port: str) -> None:
     global _handler
     undo = _sub_guards.pop(port, None)
     if undo is not None:
@@ -277,14 +281,18 @@ _k.register_node_request(
 class _Catcher:
     __slots__ = ("port", "level", "into", "guard", "asked")
 
-    def __init__(self, level, into):
+    port: Optional[str]
+    guard: Any
+    asked: set[str]
+
+    def __init__(self, level: int, into: Optional[str]) -> None:
         self.level = level
         self.into = into
         self.asked = set()
         self.port = None
         self.guard = None
 
-    def start(self):
+    def start(self) -> None:
         self.port = ports.port()
         ports.rcv(self.port, "logs", self.on_logs)
         try:
@@ -292,7 +300,13 @@ class _Catcher:
         except NoDatabaseError:  # no network to catch from: only records sent to our port
             logger.info("catch: no database (no seeds), so no node is asked for its records")
 
-    def on_nodes(self, db, added, changed=(), deleted=()):
+    def on_nodes(
+        self,
+        db: Any,
+        added: Optional[Iterable[str]],
+        changed: Optional[Iterable[str]] = (),
+        deleted: Optional[Iterable[str]] = (),
+    ) -> None:
         me = _k.NODE()
         for nodeid in list(added or ()) + list(changed or ()):
             if nodeid != me:
@@ -301,7 +315,7 @@ class _Catcher:
         for nodeid in deleted or ():
             self.asked.discard(nodeid)
 
-    def on_logs(self, node, dropped, records):
+    def on_logs(self, node: str, dropped: int, records: Iterable[Any]) -> None:
         now = _now()
         if dropped:
             logging.getLogger(self.into or __name__ + ".remote").warning(
@@ -315,31 +329,38 @@ class _Catcher:
                 continue
             dt = now - created
             lg = logging.getLogger(self.into or name)
-            rec = lg.makeRecord(
-                lg.name, levelno, "(%s)" % node, 0, "[%s%+.3f] %s" % (node, dt, text), None, None
+            rec = lg.makeRecord(  # (args None: the message is already formatted)
+                lg.name,
+                levelno,
+                "(%s)" % node,
+                0,
+                "[%s%+.3f] %s" % (node, dt, text),
+                None,  # type: ignore[arg-type]
+                None,
             )
             rec.aemp_caught = True
             rec.aemp_node = node
             rec.aemp_created = created
             lg.handle(rec)
 
-    def stop(self):
+    def stop(self) -> None:
         for nodeid in self.asked:
             _k.snd(nodeid, _TAG, self.port, None)
         self.asked.clear()
         if self.guard is not None:
             self.guard.cancel()
+        assert self.port is not None  # (start() made it)
         _k.kil(self.port)
 
 
-def _now():
+def _now() -> float:
     return time.time()
 
 
-_catcher = None
+_catcher: Optional[_Catcher] = None
 
 
-def catch(level=logging.INFO, into=None):
+def catch(level: Union[int, str, None] = logging.INFO, into: Optional[str] = None) -> Optional[str]:
     """Collect the log records of every other node at ``level`` or above; ``catch(None)`` stops.
 
     Nodes joining later are included. Each record is re-logged here through the logger of
@@ -369,7 +390,7 @@ def catch(level=logging.INFO, into=None):
     return _catcher.port
 
 
-def configured(cfg: dict) -> None:
+def configured(cfg: dict[str, Any]) -> None:
     """Read this node's settings (``runtime.configure`` calls it): ``max_trace_streams``.
 
     Example::

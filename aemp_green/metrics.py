@@ -65,7 +65,7 @@ class Collector:
         me = _k.this_node
         n = _introspect.node_info()
 
-        def family(cls, name, doc, value=None, labels=()):
+        def family(cls: Any, name: str, doc: str, value: Any = None, labels: Any = ()) -> Any:
             m = cls(name, doc, labels=["node", *labels])
             if value is not None:
                 m.add_metric([me], value)
@@ -155,7 +155,7 @@ def serve(address: str, ports: int = 10) -> tuple[str, int]:
     from prometheus_client import CollectorRegistry, make_wsgi_app
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(ports))  # type: ignore[arg-type]
+    registry.register(Collector(ports))
     host, port = parse_address(address, default_host="127.0.0.1")
     if host == "*":
         host = ""
@@ -164,7 +164,7 @@ def serve(address: str, ports: int = 10) -> tuple[str, int]:
     if _server is not None:
         _server.stop(timeout=0)
     _server = server
-    bound = server.address[:2]
+    bound = (str(server.address[0]), int(server.address[1]))
     logger.info("metrics of %s at http://%s/metrics", _k.this_node, "%s:%d" % bound)
     return bound
 

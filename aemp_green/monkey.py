@@ -30,9 +30,17 @@ Importing ``aemp_green`` (or this module) patches nothing: only ``patch_all()`` 
 program cannot be patched at all (a threaded web server, a GUI), use ``aemp_green.threaded``.
 See docs/running.md for the three ways to run a node.
 
-The imports are inside the functions, as in ``gevent.monkey``: importing this module has no
-effect and costs nothing.
+Importing this module patches nothing either. Its imports (gevent, the kernel) are at the top:
+the package, which Python imports before any of its modules, has loaded them already.
 """
+
+import sys
+from typing import Any
+
+import gevent
+from gevent import monkey as _gmonkey
+
+from . import kernel
 
 __all__ = ["patch_all", "problems", "is_patched"]
 
@@ -73,7 +81,7 @@ _TRUSTED = frozenset(("gevent", "greenlet", "aemp_green", "zope"))
 _state = {"patched": False}
 
 
-def is_patched():
+def is_patched() -> bool:
     """True once ``patch_all()`` (ours or gevent's) has patched ``socket``.
 
     Example::
@@ -82,22 +90,16 @@ def is_patched():
         >>> monkey.is_patched()
         False
     """
-    from gevent import monkey as _gmonkey
-
     return bool(_state["patched"] or _gmonkey.is_module_patched("socket"))
 
 
-def _stdlib_names():
-    import sys
-
+def _stdlib_names() -> frozenset[str]:
     return getattr(sys, "stdlib_module_names", frozenset())
 
 
-def _early_references():
+def _early_references() -> list[tuple[str, str, str]]:
     """(module, attribute, "mod.name") for non-stdlib modules holding unpatched originals."""
-    import sys
-
-    targets = {}
+    targets: dict[int, tuple[Any, str]] = {}
     for modname, names in _TARGETS.items():
         mod = sys.modules.get(modname)
         if mod is None:
@@ -137,7 +139,7 @@ def _early_references():
     return found
 
 
-def problems():
+def problems() -> list[str]:
     """What would make ``patch_all()`` unsafe now, as a list of explanations (empty when fine).
 
     Checks, as gevent warns about: other threads already running; patching from a thread that is
@@ -154,11 +156,9 @@ def problems():
         for why in monkey.problems():
             print("cannot patch:", why)
     """
-    import sys
-
     if is_patched():
         return []
-    out = []
+    out: list[str] = []
     threading = sys.modules.get("threading")
     if threading is not None:
         main = threading.main_thread()
@@ -192,8 +192,7 @@ def problems():
                 "module %r holds the unpatched %s as %r (imported before patch_all()):"
                 " calling it would block the whole node" % (modname, what, attr)
             )
-    kernel = sys.modules.get("aemp_green.kernel")
-    hub = getattr(kernel, "_hub", None) if kernel is not None else None
+    hub = kernel.current_hub()
     if hub is not None and threading is not None:
         ident = getattr(hub, "thread_ident", None)
         if ident is not None and ident != threading.get_ident():
@@ -205,7 +204,7 @@ def problems():
     return out
 
 
-def patch_all(*, force=False, **gevent_kwargs):
+def patch_all(*, force: bool = False, **gevent_kwargs: Any) -> Any:
     """Monkey-patch the standard library with gevent and bind the node to this thread's hub.
 
     Call it as the first statement of the program. It checks ``problems()`` first and raises
@@ -223,11 +222,6 @@ def patch_all(*, force=False, **gevent_kwargs):
         configure(nodeid="legacy/%u")
         threading.Thread(target=lambda: time.sleep(1)).start()   # a greenlet now
     """
-    import gevent
-    from gevent import monkey as _gmonkey
-
-    from . import kernel
-
     if not _state["patched"]:
         found = problems()
         if found and not force:

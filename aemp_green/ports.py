@@ -21,7 +21,7 @@ duration and restore it afterwards, also when they run in some other greenlet.
 import logging
 from collections import deque
 from time import monotonic as _monotonic
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, TypeAlias, Union
 
 from gevent.event import Event
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -29,6 +29,7 @@ from greenlet import GreenletExit, getcurrent, greenlet
 from . import kernel as _k
 from ._report import report_crash
 from .exceptions import BlockingInHandlerError, PortDied, Timeout
+from .kernel import Reason
 
 __all__ = [
     "SELF",
@@ -49,9 +50,12 @@ logger = logging.getLogger(__name__)
 _dispatch = _k.dispatch
 _kill_local = _k.kill_local
 _DEAD = _k.DEAD
+_Greenlet: TypeAlias = greenlet  # (a port's attribute is called greenlet)
+#: a message handler: user code, called with the message (minus the tag for a tag handler)
+_Handler: TypeAlias = Callable[..., Any]
 
 
-class _PortGreenlet(greenlet):
+class _PortGreenlet(greenlet):  # type: ignore[misc]
     """The greenlet of a greenlet port: a slot for its port context instead of a ``__dict__``."""
 
     __slots__ = ("aemp_self",)
@@ -66,12 +70,14 @@ _PRED = object()  # receive_match(): wake on every message, the receiver checks
 _TIMEOUT = object()
 
 
-def _unhandled(p, msg):
+def _unhandled(p: "_AnyPort", msg: Sequence[Any]) -> None:
     tag = msg[0] if msg else None
     _kill_local(p, ("unhandled_message", "no callback found for message '%s'" % (tag,)))
 
 
-def _find_handler(p, msg):
+def _find_handler(
+    p: "_AnyPort", msg: Sequence[Any]
+) -> tuple[Optional[_Handler], Optional[Sequence[Any]]]:
     handlers = p.handlers
     if handlers is not None and msg:
         try:
@@ -85,7 +91,7 @@ def _find_handler(p, msg):
     return None, None
 
 
-def _run_handler(p, msg, cur):
+def _run_handler(p: "_AnyPort", msg: Sequence[Any], cur: greenlet) -> None:
     """Run the handler for ``msg`` in port context ``p`` (called by the kernel trampoline)."""
     if p.monitors is _DEAD:
         return
@@ -116,7 +122,7 @@ def _run_handler(p, msg, cur):
         _handler_died(p, exc, msg)
 
 
-def _handler_died(p, exc, msg=None):
+def _handler_died(p: "_AnyPort", exc: BaseException, msg: Optional[Sequence[Any]] = None) -> None:
     report_crash("callback port", p.id, exc, tag=msg[0] if msg else None)
     _kill_local(p, _k.die_reason(exc))
 
@@ -125,9 +131,13 @@ class _Port:
     """What both kinds of port share: the ID (``<node>#<name>``) and its name part."""
 
     __slots__ = ()
+    id: str
+    monitors: Any  # None, a list of monitor actions, or kernel.DEAD
+    handlers: Optional[dict[Any, _Handler]]
+    default: Optional[_Handler]
 
     @property
-    def name(self):
+    def name(self) -> str:
         return self.id.partition("#")[2]
 
 
@@ -136,7 +146,7 @@ class _CallbackPort(_Port):
     # of its creation)
     __slots__ = ("id", "monitors", "handlers", "default", "handled", "created")
 
-    def __init__(self, pid, default=None):
+    def __init__(self, pid: str, default: Optional[_Handler] = None) -> None:
         self.id = pid
         self.monitors = None
         self.handlers = None
@@ -147,13 +157,13 @@ class _CallbackPort(_Port):
     _deliver = _dispatch
     _run = _run_handler
 
-    def _keeps(self, msg):
+    def _keeps(self, msg: Sequence[Any]) -> bool:
         return False
 
-    def _terminate(self, reason):
+    def _terminate(self, reason: Reason) -> None:
         self.handlers = self.default = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<callback port %s>" % self.id
 
 
@@ -162,21 +172,23 @@ class _MailboxLimit:
 
     __slots__ = ("limit", "on_full", "dropped", "blocked", "room")
 
-    def __init__(self, limit, on_full):
+    room: Optional[Event]
+
+    def __init__(self, limit: int, on_full: str) -> None:
         self.limit = limit
         self.on_full = on_full
         self.dropped = 0  # messages dropped because the mailbox was full
         self.blocked = 0  # senders waiting for room now
         self.room = None  # Event set when the mailbox has room again (made by a waiter)
 
-    def wake(self):
+    def wake(self) -> None:
         """Let waiting senders try again (the mailbox shrank, the port waits or died)."""
         room = self.room
         if room is not None:
             self.room = None
             room.set()
 
-    def full(self, p, msg):
+    def full(self, p: "_GreenletPort", msg: Sequence[Any]) -> None:
         """``msg`` meets a full mailbox of ``p``: block, drop or kill, as configured."""
         if self.on_full == "kill":
             _kill_local(
@@ -184,7 +196,7 @@ class _MailboxLimit:
                 (
                     "mailbox_full",
                     "%s had %d messages queued (mailbox_limit %d)"
-                    % (p.id, len(p.mailbox), self.limit),
+                    % (p.id, len(p.mailbox), self.limit),  # type: ignore[arg-type]
                 ),
             )
             return
@@ -212,6 +224,9 @@ class _MailboxLimit:
 
 _ON_FULL = ("block", "drop", "kill")
 
+#: either kind of local port (what the handler functions above work on)
+_AnyPort: TypeAlias = Union["_CallbackPort", "_GreenletPort"]
+
 
 class _GreenletPort(_Port):
     __slots__ = (
@@ -230,7 +245,15 @@ class _GreenletPort(_Port):
         "created",
     )
 
-    def __init__(self, pid):
+    greenlet: Optional[_Greenlet]
+    mailbox: Optional[deque[Sequence[Any]]]
+    waiting: Any  # None, the tag receive waits for, _ANY or _PRED
+    resume: Any
+    adopted: bool
+    reason: Optional[Reason]
+    limit: Optional[_MailboxLimit]
+
+    def __init__(self, pid: str) -> None:
         self.id = pid
         self.handled = 0  # messages received or taken by its handlers (introspection)
         self.created = _monotonic()
@@ -245,7 +268,7 @@ class _GreenletPort(_Port):
         self.reason = None
         self.limit = None  # a _MailboxLimit (spawn(..., mailbox_limit=N))
 
-    def _deliver(self, msg):
+    def _deliver(self, msg: Sequence[Any]) -> None:
         if self.handlers is not None or self.default is not None or self.greenlet is None:
             if self.greenlet is None or _find_handler(self, msg)[0] is not None:
                 _dispatch(self, msg)
@@ -263,7 +286,7 @@ class _GreenletPort(_Port):
                 return
         self._queue_msg(msg)
 
-    def _queue_msg(self, msg):
+    def _queue_msg(self, msg: Sequence[Any]) -> None:
         mb = self.mailbox
         if mb is None:
             mb = self.mailbox = deque()
@@ -272,7 +295,7 @@ class _GreenletPort(_Port):
             return
         mb.append(msg)
 
-    def _try_deliver(self, msg):
+    def _try_deliver(self, msg: Sequence[Any]) -> bool:
         """``_deliver`` for a sender that waited for room: False (nothing done) while the
         mailbox is still full; a dead port takes (and loses) the message."""
         if self.monitors is _DEAD:
@@ -287,7 +310,7 @@ class _GreenletPort(_Port):
             _k.wake(self, msg)
             return True
         mb = self.mailbox
-        if mb is not None and len(mb) >= self.limit.limit and w is not _PRED:
+        if mb is not None and len(mb) >= self.limit.limit and w is not _PRED:  # type: ignore[union-attr]
             return False  # (receive_match waits for a new message: let it in)
         if mb is None:
             mb = self.mailbox = deque()
@@ -299,14 +322,14 @@ class _GreenletPort(_Port):
 
     _run = _run_handler
 
-    def _keeps(self, msg):
+    def _keeps(self, msg: Sequence[Any]) -> bool:
         """A message no handler takes goes to the mailbox while the greenlet runs."""
         if self.greenlet is None:
             return False
         self._queue_msg(msg)
         return True
 
-    def _terminate(self, reason):
+    def _terminate(self, reason: Reason) -> None:
         self.reason = reason
         self.mailbox = None
         self.handlers = self.default = None
@@ -331,29 +354,29 @@ class _GreenletPort(_Port):
             _k.bound_hub().loop.run_callback(_throw_killed, g)
         # not started yet: _start_port sees the port is dead and never runs it
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<greenlet port %s>" % self.id
 
 
 class _Dead:
     __slots__ = ("reason",)
 
-    def __init__(self, reason):
+    def __init__(self, reason: Reason) -> None:
         self.reason = reason
 
 
-def _throw_killed(g):
+def _throw_killed(g: greenlet) -> None:
     if g and not g.dead:
         g.throw(_Killed())
 
 
-def _start_port(p, fn, args):
+def _start_port(p: "_GreenletPort", fn: Callable[..., Any], args: Sequence[Any]) -> None:
     if p.monitors is _DEAD:
         return
-    p.greenlet.switch(p, fn, args)
+    p.greenlet.switch(p, fn, args)  # type: ignore[union-attr]
 
 
-def _port_main(p, fn, args):
+def _port_main(p: "_GreenletPort", fn: Callable[..., Any], args: Sequence[Any]) -> None:
     cur = getcurrent()
     cur.aemp_self = p
     try:
@@ -361,7 +384,7 @@ def _port_main(p, fn, args):
     except _Killed:
         return
     except GreenletExit:
-        reason = ()
+        reason: Reason = ()
     except Exception as exc:
         report_crash("greenlet port", p.id, exc)
         reason = _k.die_reason(exc)
@@ -380,7 +403,9 @@ def _port_main(p, fn, args):
     _kill_local(p, reason)
 
 
-def _new_greenlet_port(pid, fn, args, limit=None):
+def _new_greenlet_port(
+    pid: str, fn: Callable[..., Any], args: Sequence[Any], limit: Optional[_MailboxLimit] = None
+) -> "_GreenletPort":
     p = _GreenletPort(pid)
     p.limit = limit
     hub = _k.bound_hub()
@@ -401,14 +426,14 @@ def SELF() -> str:
 
     Example::
 
-        def worker():
+        def worker() -> None:
             print("I am", SELF())
         spawn(worker)
     """
     p = getattr(getcurrent(), "aemp_self", None)
     if p is None:
         raise RuntimeError("SELF() called outside port context")
-    return p.id
+    return p.id  # type: ignore[no-any-return]
 
 
 def port(cb: Optional[Callable[..., Any]] = None) -> str:
@@ -498,7 +523,7 @@ def spawn(
 
     Example::
 
-        def echo():
+        def echo() -> None:
             while True:
                 text, reply = receive("echo")
                 snd(reply, "echoed", text)
@@ -534,7 +559,7 @@ def spawn(
     return node + "#" + name
 
 
-def _spawn_named(from_node, name, funcname, *args):
+def _spawn_named(from_node: str, name: str, funcname: str, *args: Any) -> None:
     """Node request ``AnyEvent::MP::_spawn``: create port ``name`` running ``funcname``."""
     if not isinstance(name, str) or not name or _k.local_port_by_name(name) is not None:
         logger.warning("spawn request from %s with bad or used port name %r", from_node, name)
@@ -564,7 +589,7 @@ def _spawn_named(from_node, name, funcname, *args):
 _k.register_node_request("AnyEvent::MP::_spawn", _spawn_named, code=True)
 
 
-def check_may_block(what, own_port=False):
+def check_may_block(what: str, own_port: bool = False) -> Optional["_GreenletPort"]:
     """Raise ``BlockingInHandlerError`` when the running code may not block (a callback
     handler, the hub; with ``own_port``, also code running in another port's context, as
     receive needs the running greenlet's own mailbox); ``what`` names the call in the message.
@@ -593,7 +618,7 @@ def check_may_block(what, own_port=False):
     return p
 
 
-def _own_port():
+def _own_port() -> "_GreenletPort":
     """The greenlet port of the running greenlet, adopting a plain greenlet on first use."""
     cur = getcurrent()
     p = check_may_block("receive()", own_port=True)
@@ -610,7 +635,7 @@ def _own_port():
     return p
 
 
-def _wait(p, want, timeout):
+def _wait(p: "_GreenletPort", want: Any, timeout: Optional[float]) -> Any:
     p.waiting = want
     if p.limit is not None and p.limit.blocked:
         p.limit.wake()  # a blocked sender may hold the message this receive waits for
@@ -631,10 +656,10 @@ def _wait(p, want, timeout):
     return r
 
 
-def _on_timeout(p):
+def _on_timeout(p: "_GreenletPort") -> None:
     if p.waiting is not None:
         p.waiting = None
-        p.greenlet.switch(_TIMEOUT)
+        p.greenlet.switch(_TIMEOUT)  # type: ignore[union-attr]
 
 
 def receive(tag: Any = None, timeout: Optional[float] = None) -> list[Any]:
@@ -715,21 +740,23 @@ def psub(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     Example::
 
-        def handler(*msg):
+        def handler(*msg: Any) -> None:
             after(1.0, psub(lambda: snd(SELF(), "tick")))
     """
     p = getattr(getcurrent(), "aemp_self", None)
     if p is None:
         raise RuntimeError("psub() called outside port context")
 
-    def in_port_context(*args, **kwargs):
+    def in_port_context(*args: Any, **kwargs: Any) -> Any:
         return _in_context(p, fn, args, kwargs)
 
     setattr(in_port_context, "__wrapped__", fn)  # what it wraps, for introspection
     return in_port_context
 
 
-def _in_context(p, fn, args, kwargs):
+def _in_context(
+    p: "_AnyPort", fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
+) -> Any:
     cur = getcurrent()
     prev = getattr(cur, "aemp_self", None)
     cur.aemp_self = p
@@ -774,7 +801,7 @@ def cal(port_: str, *msg: Any, cb: Callable[..., Any], timeout: Optional[float] 
     timer = None
     undo_mon = None
 
-    def on_reply(*r):
+    def on_reply(*r: Any) -> None:
         if timer is not None:
             timer.close()
         if undo_mon is not None:
@@ -786,7 +813,7 @@ def cal(port_: str, *msg: Any, cb: Callable[..., Any], timeout: Optional[float] 
     if timeout is not None:
         timer = _k.bound_hub().loop.timer(timeout)
 
-        def on_timeout():
+        def on_timeout() -> None:
             if reply.monitors is not _DEAD:
                 _kill_local(reply, ())
                 cb()
@@ -821,7 +848,7 @@ def call(port_: str, *msg: Any, timeout: Optional[float] = None) -> list[Any]:
     w.resume = None
     state = [True]
 
-    def finish(value):
+    def finish(value: tuple[Any, ...]) -> None:
         if state[0]:
             state[0] = False
             _k.wake(w, value)

@@ -58,9 +58,13 @@ Every request below (``which_children`` ...) is an ordinary message to the super
 import logging
 import time
 from collections import deque
+from typing import Any, Callable, Iterable, Optional, TypeAlias, Union, cast
 
 from . import kernel as _k
 from . import ports as _p
+from ._guard import Guard
+from .global_ import db_reg
+from .node import node_is_up
 
 __all__ = [
     "start",
@@ -82,8 +86,19 @@ STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 _clock = time.monotonic  # restart intensity clock (tests replace it)
 RESTART_TYPES = ("permanent", "transient", "temporary")
 
+#: a child spec as ``child_spec`` makes it (a dict with keys id, start, args, nodes, restart,
+#: register)
+ChildSpec: TypeAlias = dict[str, Any]
 
-def child_spec(id, start, *args, nodes=None, restart="permanent", register=None):
+
+def child_spec(
+    id: str,
+    start: Union[str, Callable[..., Any]],
+    *args: Any,
+    nodes: Optional[Iterable[str]] = None,
+    restart: str = "permanent",
+    register: Optional[str] = None,
+) -> ChildSpec:
     """A child spec (a dict) for ``start``/``supervise``/``start_child``.
 
     ``start`` is a callable (runs on the supervisor's node) or a function name
@@ -122,16 +137,28 @@ class _Child:
         "reg",
     )
 
-    def __init__(self, spec):
+    id: str
+    start: Union[str, Callable[..., Any]]
+    args: list[Any]
+    nodes: Optional[list[str]]
+    restart: str
+    register: Optional[str]
+    port: Optional[str]
+    node: Optional[str]
+    inc: int
+    undo_mon: Optional[Callable[[], None]]
+    reg: Optional[Guard]
+
+    def __init__(self, spec: ChildSpec) -> None:
         if not isinstance(spec, dict):
             raise TypeError("child spec must be a dict (see child_spec), not %r" % (spec,))
         unknown = set(spec) - {"id", "start", "args", "nodes", "restart", "register"}
         if unknown:
             raise ValueError("unknown child spec keys %s" % sorted(unknown))
-        self.id = spec.get("id")
+        self.id = spec.get("id")  # type: ignore[assignment]  # (checked below)
         if not isinstance(self.id, str) or not self.id:
             raise ValueError("child spec needs a string id, not %r" % (self.id,))
-        self.start = spec.get("start")
+        self.start = spec.get("start")  # type: ignore[assignment]  # (checked below)
         if not (callable(self.start) or isinstance(self.start, str)):
             raise ValueError("child %r: start must be a callable or a function name" % self.id)
         self.args = list(spec.get("args") or ())
@@ -150,12 +177,22 @@ class _Child:
         self.undo_mon = None
         self.reg = None
 
-    def info(self):
+    def info(self) -> list[Any]:
         return [self.id, self.port, self.node]
 
 
 class _Supervisor:
-    def __init__(self, pid, children, strategy, max_restarts, period):
+    children: list[_Child]
+    restarts: deque[float]
+
+    def __init__(
+        self,
+        pid: str,
+        children: Optional[Iterable[ChildSpec]],
+        strategy: str,
+        max_restarts: int,
+        period: float,
+    ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError("strategy must be one of %s, not %r" % (STRATEGIES, strategy))
         self.id = pid
@@ -168,25 +205,23 @@ class _Supervisor:
         self.restarts = deque()
         self.dead = False
 
-    def _add(self, ch):
+    def _add(self, ch: _Child) -> None:
         if any(c.id == ch.id for c in self.children):
             raise ValueError("duplicate child id %r" % ch.id)
         self.children.append(ch)
 
-    def _get(self, cid):
+    def _get(self, cid: str) -> Optional[_Child]:
         for c in self.children:
             if c.id == cid:
                 return c
         return None
 
     # -- starting and stopping children ----------------------------------------------------
-    def _pick_node(self, ch, avoid):
-        from .node import node_is_up
-
+    def _pick_node(self, ch: _Child, avoid: Optional[str]) -> str:
         me = _k.NODE()
         cands = ch.nodes or [me]
 
-        def state(n):  # 0 up, 1 unknown, 2 known down
+        def state(n: str) -> int:  # 0 up, 1 unknown, 2 known down
             if n == me:
                 return 0
             up = node_is_up(n)
@@ -197,7 +232,7 @@ class _Supervisor:
             return ch.node  # stay where it ran
         return min(usable, key=lambda n: (state(n), usable.index(n)))
 
-    def _start(self, ch, avoid=None):
+    def _start(self, ch: _Child, avoid: Optional[str] = None) -> str:
         ch.inc += 1
         if callable(ch.start):
             pid = _p.spawn(ch.start, *ch.args)
@@ -212,13 +247,11 @@ class _Supervisor:
             pid, lambda *reason: _k.snd(self.id, "_sup_down", cid, inc, *reason)
         )
         if ch.register:
-            from .global_ import db_reg
-
             ch.reg = db_reg(ch.register, pid, cid)
         logger.debug("supervisor %s: started %s as %s on %s", self.id, cid, pid, ch.node)
         return pid
 
-    def _stop(self, ch):
+    def _stop(self, ch: _Child) -> None:
         """Stop a running child on purpose (no restart): unmonitor, unregister, kill."""
         pid = ch.port
         if pid is None:
@@ -232,12 +265,12 @@ class _Supervisor:
             ch.reg = None
         _k.kil(pid, "shutdown")
 
-    def _stop_all(self, children=None):
+    def _stop_all(self, children: Optional[list[_Child]] = None) -> None:
         for ch in reversed(children if children is not None else self.children):
             self._stop(ch)
 
     # -- a child ended ---------------------------------------------------------------------
-    def on_down(self, cid, inc, *reason):
+    def on_down(self, cid: str, inc: int, *reason: Any) -> None:
         ch = self._get(cid)
         if ch is None or inc != ch.inc or ch.port is None or self.dead:
             return  # an incarnation we stopped ourselves, or long gone
@@ -269,7 +302,7 @@ class _Supervisor:
         for c in again:
             self._start(c, avoid)
 
-    def give_up(self, ch, reason):
+    def give_up(self, ch: _Child, reason: _k.Reason) -> None:
         logger.error(
             "supervisor %s: more than %d restarts in %g s (last: %s %r): giving up",
             self.id,
@@ -282,16 +315,16 @@ class _Supervisor:
         self._stop_all()
         _k.kil(self.id, "shutdown", "max_restarts", ch.id, list(reason))
 
-    def on_own_death(self, *reason):
+    def on_own_death(self, *reason: Any) -> None:
         self.dead = True
         self._stop_all()
 
     # -- requests --------------------------------------------------------------------------
-    def which_children(self, *reply):
+    def which_children(self, *reply: Any) -> None:
         if reply:
             _k.snd(*reply, [c.info() for c in self.children])
 
-    def start_child(self, spec, *reply):
+    def start_child(self, spec: ChildSpec, *reply: Any) -> None:
         try:
             ch = _Child(spec)
             self._add(ch)
@@ -303,14 +336,14 @@ class _Supervisor:
         if reply:
             _k.snd(*reply, "ok", pid)
 
-    def terminate_child(self, cid, *reply):
+    def terminate_child(self, cid: str, *reply: Any) -> None:
         ch = self._get(cid)
         if ch is not None:
             self._stop(ch)
         if reply:
             _k.snd(*reply, *(("ok",) if ch is not None else ("error", "no such child")))
 
-    def restart_child(self, cid, *reply):
+    def restart_child(self, cid: str, *reply: Any) -> None:
         ch = self._get(cid)
         if ch is None:
             answer = ("error", "no such child")
@@ -321,8 +354,9 @@ class _Supervisor:
         if reply:
             _k.snd(*reply, *answer)
 
-    def delete_child(self, cid, *reply):
+    def delete_child(self, cid: str, *reply: Any) -> None:
         ch = self._get(cid)
+        answer: tuple[str, ...]
         if ch is None:
             answer = ("error", "no such child")
         elif ch.port is not None:
@@ -333,11 +367,16 @@ class _Supervisor:
         if reply:
             _k.snd(*reply, *answer)
 
-    def unexpected(self, *msg):
+    def unexpected(self, *msg: Any) -> None:
         logger.warning("supervisor %s: unexpected message %r ignored", self.id, msg[:1])
 
 
-def supervise(children, strategy="one_for_one", max_restarts=3, period=5.0):
+def supervise(
+    children: Iterable[ChildSpec],
+    strategy: str = "one_for_one",
+    max_restarts: int = 3,
+    period: float = 5.0,
+) -> None:
     """Make the current port (``SELF()``) a supervisor of ``children`` and start them.
 
     The AEMP style: call it in a port (a spawned function, typically), it installs the
@@ -348,7 +387,7 @@ def supervise(children, strategy="one_for_one", max_restarts=3, period=5.0):
 
     Example::
 
-        def my_app():
+        def my_app() -> None:
             supervise([child_spec("worker", worker_loop)], strategy="one_for_one")
         sup = spawn(my_app)
     """
@@ -375,7 +414,12 @@ def supervise(children, strategy="one_for_one", max_restarts=3, period=5.0):
         sup._start(ch)
 
 
-def start(children, strategy="one_for_one", max_restarts=3, period=5.0):
+def start(
+    children: Iterable[ChildSpec],
+    strategy: str = "one_for_one",
+    max_restarts: int = 3,
+    period: float = 5.0,
+) -> str:
     """Start a supervisor port on this node; returns its port ID (see the module docstring).
 
     ``children`` is a list of ``child_spec`` dicts, started in order. ``strategy`` is
@@ -389,15 +433,15 @@ def start(children, strategy="one_for_one", max_restarts=3, period=5.0):
                     strategy="one_for_all", max_restarts=5, period=10)
         mon(sup, lambda *reason: print("supervisor gave up:", reason))
     """
-    _Supervisor(None, children, strategy, max_restarts, period)  # validate in the caller
+    _Supervisor("", children, strategy, max_restarts, period)  # validate in the caller
     return _p.spawn(supervise, children, strategy, max_restarts, period)
 
 
-def _call(sup, *msg, timeout):
+def _call(sup: str, *msg: Any, timeout: Optional[float]) -> list[Any]:
     return _p.call(sup, *msg, timeout=timeout)
 
 
-def which_children(sup, timeout=5):
+def which_children(sup: str, timeout: Optional[float] = 5) -> list[list[Any]]:
     """The supervisor's children as ``[[id, port_or_None, node_or_None], ...]`` in start order.
 
     Blocks the calling greenlet (``call``); raises ``Timeout``/``PortDied``.
@@ -407,10 +451,10 @@ def which_children(sup, timeout=5):
         for cid, port, node in which_children(sup):
             print(cid, "runs as", port, "on", node)
     """
-    return _call(sup, "which_children", timeout=timeout)[0]
+    return cast(list[list[Any]], _call(sup, "which_children", timeout=timeout)[0])
 
 
-def start_child(sup, spec, timeout=5):
+def start_child(sup: str, spec: ChildSpec, timeout: Optional[float] = 5) -> str:
     """Add a child spec to a running supervisor and start it; returns its port ID.
 
     Raises ``ValueError`` for a bad or duplicate spec. Names only when the supervisor runs on
@@ -424,10 +468,10 @@ def start_child(sup, spec, timeout=5):
         r = _call(sup, "start_child", spec, timeout=timeout)
     if r[0] != "ok":
         raise ValueError(r[1])
-    return r[1]
+    return cast(str, r[1])
 
 
-def terminate_child(sup, cid, timeout=5):
+def terminate_child(sup: str, cid: str, timeout: Optional[float] = 5) -> None:
     """Stop child ``cid`` (killed with ``"shutdown"``, not restarted); its spec stays.
 
     Example::
@@ -440,7 +484,7 @@ def terminate_child(sup, cid, timeout=5):
         raise KeyError(cid)
 
 
-def restart_child(sup, cid, timeout=5):
+def restart_child(sup: str, cid: str, timeout: Optional[float] = 5) -> str:
     """Start a stopped child (``terminate_child``, or a transient one that ended normally).
 
     Returns the new port ID; raises ``KeyError`` for an unknown id and ``ValueError`` if it
@@ -452,13 +496,13 @@ def restart_child(sup, cid, timeout=5):
     """
     r = _call(sup, "restart_child", cid, timeout=timeout)
     if r[0] == "ok":
-        return r[1]
+        return cast(str, r[1])
     if r[1] == "running":
         raise ValueError("child %r is running" % (cid,))
     raise KeyError(cid)
 
 
-def delete_child(sup, cid, timeout=5):
+def delete_child(sup: str, cid: str, timeout: Optional[float] = 5) -> None:
     """Forget the spec of a stopped child.
 
     Example::
@@ -473,7 +517,7 @@ def delete_child(sup, cid, timeout=5):
     raise KeyError(cid)
 
 
-def stop(sup):
+def stop(sup: str) -> None:
     """Stop a supervisor: it stops its children (reverse start order), then its port ends.
 
     Example::

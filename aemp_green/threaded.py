@@ -52,7 +52,13 @@ import logging
 import queue
 import threading
 import time
+from typing import Any, Callable, Literal, Optional, cast
 
+import gevent
+from gevent import monkey as _gmonkey
+from gevent.event import Event
+
+from . import config as _config, global_, kernel, ports, runtime
 from ._guard import Guard
 from .exceptions import PortDied, Timeout
 
@@ -60,16 +66,19 @@ __all__ = ["start", "current", "Node", "Inbox"]
 
 logger = logging.getLogger(__name__)
 
+#: the futures the bridge hands out (results of hub-side operations)
+Future = concurrent.futures.Future[Any]
+
 _HIGH_WATER = 100_000  # queued operations before a flooding thread is held back
 _LOW_WATER = 10_000
 _BATCH = 256  # operations the pump runs before letting the hub do I/O
 _GRACE = 2.0  # seconds a calling thread waits beyond a hub-side timeout
 
 _start_lock = threading.Lock()
-_current = None
+_current: Optional["Node"] = None
 
 
-def current():
+def current() -> Optional["Node"]:
     """The ``Node`` started by ``start()`` in this process, or None.
 
     Example::
@@ -79,7 +88,13 @@ def current():
     return _current
 
 
-def start(profile=None, *, thread_name="aemp-hub", start_timeout=30, **configure_args):
+def start(
+    profile: Optional[str] = None,
+    *,
+    thread_name: str = "aemp-hub",
+    start_timeout: float = 30,
+    **configure_args: Any,
+) -> "Node":
     """Start the node's hub in a new OS thread, ``configure()`` it there, return its ``Node``.
 
     ``profile`` and ``configure_args`` are ``aemp_green.configure``'s. The call waits until the
@@ -99,7 +114,7 @@ def start(profile=None, *, thread_name="aemp-hub", start_timeout=30, **configure
     with _start_lock:
         _check_can_start()
         node = Node(_token=_TOKEN)
-        started = concurrent.futures.Future()
+        started: concurrent.futures.Future[Any] = concurrent.futures.Future()
         t = threading.Thread(
             target=node._thread_main,
             args=(profile, configure_args, started),
@@ -118,11 +133,7 @@ def start(profile=None, *, thread_name="aemp-hub", start_timeout=30, **configure
     return node
 
 
-def _check_can_start():
-    from gevent import monkey as _gmonkey
-
-    from . import config as _config, kernel
-
+def _check_can_start() -> None:
     if _current is not None:
         raise RuntimeError(
             "aemp_green.threaded.start() was already called in this process "
@@ -150,18 +161,16 @@ def _check_can_start():
 _TOKEN = object()
 
 
-def _stopped_error():
+def _stopped_error() -> RuntimeError:
     return RuntimeError("the aemp_green threaded bridge is stopped")
 
 
-def _node_configured():
-    from . import config as _config
-
-    return _config.is_configured()
+def _node_configured() -> bool:
+    return bool(_config.is_configured())
 
 
-def _new_future():
-    fut = concurrent.futures.Future()
+def _new_future() -> Future:
+    fut: Future = concurrent.futures.Future()
     fut.set_running_or_notify_cancel()
     return fut
 
@@ -183,7 +192,17 @@ class Node:
         print(inbox.receive("news", timeout=10))
     """
 
-    def __init__(self, *, _token=None):
+    thread: Optional[threading.Thread]
+    config: Any
+    _ident: Optional[int]
+    _hub: Any
+    _ops: collections.deque[tuple[Callable[..., Any], tuple[Any, ...], Optional[Future]]]
+    _async: Any
+    _wakeup: Any
+    _stopped: Any
+    _pending: set[Future]
+
+    def __init__(self, *, _token: object = None) -> None:
         if _token is not _TOKEN:
             raise TypeError("use aemp_green.threaded.start() to get a Node")
         self.thread = None
@@ -201,13 +220,9 @@ class Node:
         self._pending = set()  # hub thread only: futures to fail at stop
 
     # ------------------------------------------------------------------ the hub thread
-    def _thread_main(self, profile, configure_args, started):
-        import gevent
-        from gevent.event import Event
-
-        from . import kernel
-        from .runtime import configure
-
+    def _thread_main(
+        self, profile: Optional[str], configure_args: dict[str, Any], started: Future
+    ) -> None:
         try:
             hub = gevent.get_hub()
             bound = kernel.current_hub()  # (kernel.bound_hub() itself refuses another thread's hub)
@@ -225,7 +240,7 @@ class Node:
             self._async = hub.loop.async_()  # ref'd: keeps the loop alive while idle
             self._async.start(self._wakeup.set)
             gevent.spawn(self._pump)
-            self.config = configure(profile, **configure_args)
+            self.config = runtime.configure(profile, **configure_args)
         except BaseException as exc:
             self._close_watcher()
             if kernel.current_hub() is self._hub and not _node_configured():
@@ -236,7 +251,7 @@ class Node:
         self._stopped.wait()
         self._close_watcher()
 
-    def _close_watcher(self):
+    def _close_watcher(self) -> None:
         with self._lock:
             self._closed = True
             if self._async is not None:
@@ -244,9 +259,7 @@ class Node:
                 self._async = None
         self._room.set()
 
-    def _pump(self):
-        import gevent
-
+    def _pump(self) -> None:
         ops = self._ops
         wakeup = self._wakeup
         while True:
@@ -270,10 +283,10 @@ class Node:
                     gevent.sleep(0)  # let the hub do I/O between batches
             self._room.set()
 
-    def _in_hub(self):
+    def _in_hub(self) -> bool:
         return threading.get_ident() == self._ident
 
-    def _post(self, fn, *args, fut=None):
+    def _post(self, fn: Callable[..., Any], *args: Any, fut: Optional[Future] = None) -> None:
         """Run ``fn(*args)`` in the hub thread's pump greenlet (at once when already there).
 
         ``fut`` is the future the operation resolves: it fails if the bridge stops first.
@@ -292,7 +305,7 @@ class Node:
             ops.append((fn, args, fut))
             self._async.send()
 
-    def _resolve(self, fut, ok, value):
+    def _resolve(self, fut: Future, ok: bool, value: Any) -> None:
         self._pending.discard(fut)
         if fut.done():
             return
@@ -301,11 +314,11 @@ class Node:
         else:
             fut.set_exception(value)
 
-    def _ask(self, fn, *args):
+    def _ask(self, fn: Callable[..., Any], *args: Any) -> Future:
         """A future for ``fn(*args)`` run in the pump greenlet (``fn`` must not block)."""
         fut = _new_future()
 
-        def op():
+        def op() -> None:
             try:
                 value = fn(*args)
             except BaseException as exc:
@@ -316,7 +329,7 @@ class Node:
         self._post(op, fut=fut)
         return fut
 
-    def _wait(self, fut, timeout=None, what="operation"):
+    def _wait(self, fut: Future, timeout: Optional[float] = None, what: str = "operation") -> Any:
         if self._in_hub() and not fut.done():
             raise RuntimeError(
                 "a blocking Node method inside the hub thread: use the plain "
@@ -329,19 +342,17 @@ class Node:
 
     # ------------------------------------------------------------------ identity
     @property
-    def id(self):
+    def id(self) -> str:
         """This node's ID (``aemp_green.NODE()``).
 
         Example::
 
             print("running as", node.id)
         """
-        from .kernel import NODE
-
-        return NODE()
+        return kernel.NODE()
 
     @property
-    def running(self):
+    def running(self) -> bool:
         """True from ``start()`` until ``stop()``.
 
         Example::
@@ -350,11 +361,11 @@ class Node:
         """
         return not self._closed
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<threaded.Node %s%s>" % (self.id, "" if self.running else " stopped")
 
     # ------------------------------------------------------------------ messages
-    def snd(self, port, *msg):
+    def snd(self, port: str, *msg: Any) -> None:
         """Send ``msg`` to ``port`` (any node); returns at once, never blocks, as ``aemp_green.snd``.
 
         Messages one thread sends to one port arrive in the order it sent them.
@@ -363,11 +374,9 @@ class Node:
 
             node.snd(worker, "job", 42, {"size": 3})
         """
-        from .kernel import snd
+        self._post(kernel.snd, port, *msg)
 
-        self._post(snd, port, *msg)
-
-    def kil(self, port, *reason):
+    def kil(self, port: str, *reason: Any) -> None:
         """Kill ``port`` (local or remote) with ``reason``; returns at once.
 
         Example::
@@ -375,11 +384,9 @@ class Node:
             node.kil(worker)                      # normal exit
             node.kil(worker, "shutdown", "bye")   # a crash reason
         """
-        from .kernel import kil
+        self._post(kernel.kil, port, *reason)
 
-        self._post(kil, port, *reason)
-
-    def call_async(self, port, *msg, timeout=None):
+    def call_async(self, port: str, *msg: Any, timeout: Optional[float] = None) -> Future:
         """``call`` that returns a ``concurrent.futures.Future`` of the reply list.
 
         The future fails with ``aemp_green.Timeout``, ``aemp_green.PortDied`` or, once the
@@ -397,7 +404,7 @@ class Node:
             self._post(self._call_op, fut, port, msg, timeout, fut=fut)
         return fut
 
-    def call(self, port, *msg, timeout=None):
+    def call(self, port: str, *msg: Any, timeout: Optional[float] = None) -> list[Any]:
         """Send ``msg`` plus a reply port to ``port`` and block this thread until the reply.
 
         Returns the reply as a list; raises ``aemp_green.Timeout`` after ``timeout`` seconds
@@ -409,27 +416,25 @@ class Node:
             total = node.call(adder, "add", 1, 2, timeout=5)[0]
         """
         if self._in_hub():
-            from .ports import call
-
-            return call(port, *msg, timeout=timeout)
+            return ports.call(port, *msg, timeout=timeout)
         fut = self.call_async(port, *msg, timeout=timeout)
-        return self._wait(
-            fut, None if timeout is None else timeout + _GRACE, "call to %s" % (port,)
+        return cast(
+            list[Any],
+            self._wait(fut, None if timeout is None else timeout + _GRACE, "call to %s" % (port,)),
         )
 
-    def _call_op(self, fut, port, msg, timeout):
+    def _call_op(
+        self, fut: Future, port: str, msg: tuple[Any, ...], timeout: Optional[float]
+    ) -> None:
         """Hub side of ``call``: a reply port, a monitor and a timer; never blocks."""
-        from .kernel import kil, mon, snd
-        from .ports import port as new_port
+        state: dict[str, Any] = {"done": False, "guard": None, "timer": None, "reply": None}
 
-        state = {"done": False, "guard": None, "timer": None, "reply": None}
-
-        def finish(ok, value):
+        def finish(ok: bool, value: Any) -> None:
             if state["done"]:
                 return
             state["done"] = True
             if state["reply"] is not None:
-                kil(state["reply"])
+                kernel.kil(state["reply"])
             if state["guard"] is not None:
                 state["guard"].cancel()
             if state["timer"] is not None:
@@ -438,23 +443,23 @@ class Node:
 
         self._pending.add(fut)
         try:
-            state["reply"] = new_port(lambda *r: finish(True, list(r)))
+            state["reply"] = ports.port(lambda *r: finish(True, list(r)))
             if timeout is not None:
                 timer = state["timer"] = self._hub.loop.timer(max(float(timeout), 0.0))
                 timer.start(
                     finish, False, Timeout("call to %s timed out after %s s" % (port, timeout))
                 )
-            guard = mon(port, lambda *reason: finish(False, PortDied.from_reason(reason)))
+            guard = kernel.mon(port, lambda *reason: finish(False, PortDied.from_reason(reason)))
             if state["done"]:
                 guard.cancel()
                 return
             state["guard"] = guard
-            snd(port, *msg, state["reply"])
+            kernel.snd(port, *msg, state["reply"])
         except BaseException as exc:
             finish(False, exc)
 
     # ------------------------------------------------------------------ ports
-    def port(self, cb=None):
+    def port(self, cb: Optional[Callable[..., Any]] = None) -> str:
         """Create a callback port in the hub thread and return its ID; ``cb(*msg)`` is its
         catch-all handler and **runs in the hub thread** (use ``inbox()`` to get messages in
         your own thread).
@@ -464,13 +469,11 @@ class Node:
             p = node.port(lambda *msg: print("got", msg))   # printed by the hub thread
             node.snd(p, "hello")
         """
-        from .ports import port
-
         if self._in_hub():
-            return port(cb)
-        return self._wait(self._ask(port, cb))
+            return ports.port(cb)
+        return cast(str, self._wait(self._ask(ports.port, cb)))
 
-    def inbox(self):
+    def inbox(self) -> "Inbox":
         """A port whose messages queue up for the calling thread(s): see ``Inbox``.
 
         Example::
@@ -479,10 +482,10 @@ class Node:
             node.snd(server, "subscribe", inbox.id)
             tag, *args = inbox.receive(timeout=5)
         """
-        q = queue.Queue()
+        q: queue.Queue[list[Any]] = queue.Queue()
         return Inbox(self, self.port(lambda *msg: q.put(list(msg))), q)
 
-    def mon(self, port, cb):
+    def mon(self, port: str, cb: Callable[..., Any]) -> Guard:
         """Monitor ``port``: ``cb(*reason)`` runs once **in the hub thread** when it dies.
 
         Returns a guard with aemp_green's rules (kept and dropped, or ``cancel()``ed, stops
@@ -492,12 +495,10 @@ class Node:
 
             node.mon(worker, lambda *reason: print("worker died:", reason))
         """
-        from .kernel import mon
-
-        return self._bridge_guard(mon, port, cb)
+        return self._bridge_guard(kernel.mon, port, cb)
 
     # ------------------------------------------------------------------ database
-    def db_set(self, family, key, value=None):
+    def db_set(self, family: str, key: str, value: Any = None) -> Guard:
         """``aemp_green.db_set`` from any thread; returns once the hub applied it.
 
         Returns a guard with aemp_green's rules: kept and dropped (or cancelled) it deletes the
@@ -507,11 +508,9 @@ class Node:
 
             node.db_set("web_frontends", node.id, {"url": "http://10.0.0.5:8000/"})
         """
-        from .global_ import db_set
+        return self._bridge_guard(global_.db_set, family, key, value)
 
-        return self._bridge_guard(db_set, family, key, value)
-
-    def db_reg(self, family, port, value=None):
+    def db_reg(self, family: str, port: str, value: Any = None) -> Guard:
         """``aemp_green.db_reg``: register ``port`` in ``family`` until the port dies.
 
         Example::
@@ -519,24 +518,20 @@ class Node:
             inbox = node.inbox()
             node.db_reg("listeners", inbox.id)
         """
-        from .global_ import db_reg
+        return self._bridge_guard(global_.db_reg, family, port, value)
 
-        return self._bridge_guard(db_reg, family, port, value)
-
-    def db_del(self, family, *keys):
+    def db_del(self, family: str, *keys: str) -> Any:
         """``aemp_green.db_del`` from any thread (returns once applied).
 
         Example::
 
             node.db_del("web_frontends", node.id)
         """
-        from .global_ import db_del
-
         if self._in_hub():
-            return db_del(family, *keys)
-        return self._wait(self._ask(db_del, family, *keys))
+            return global_.db_del(family, *keys)
+        return self._wait(self._ask(global_.db_del, family, *keys))
 
-    def db_mon(self, family, cb):
+    def db_mon(self, family: str, cb: Callable[..., Any]) -> Guard:
         """``aemp_green.db_mon``: ``cb(family_dict, added, changed, deleted)`` **in the hub
         thread** on every change of ``family``; returns a guard.
 
@@ -544,19 +539,15 @@ class Node:
 
             node.db_mon("workers", lambda db, added, changed, deleted: print(sorted(db)))
         """
-        from .global_ import db_mon
+        return self._bridge_guard(global_.db_mon, family, cb)
 
-        return self._bridge_guard(db_mon, family, cb)
-
-    def _db_query(self, name, family, timeout):
-        from . import global_
-
+    def _db_query(self, name: str, family: str, timeout: Optional[float]) -> Any:
         fn = getattr(global_, name)
         if self._in_hub():
             return fn(family, timeout=timeout)
         fut = _new_future()
 
-        def op():
+        def op() -> None:
             self._pending.add(fut)
             try:
                 fn(family, cb=lambda result: self._resolve(fut, True, result))
@@ -566,7 +557,7 @@ class Node:
         self._post(op, fut=fut)
         return self._wait(fut, timeout, "%s(%r)" % (name, family))
 
-    def db_family(self, family, timeout=None):
+    def db_family(self, family: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """The whole family as a dict (``aemp_green.db_family``), blocking this thread only.
 
         Raises ``aemp_green.Timeout`` after ``timeout`` seconds.
@@ -575,27 +566,27 @@ class Node:
 
             frontends = node.db_family("web_frontends", timeout=5)
         """
-        return self._db_query("db_family", family, timeout)
+        return cast(dict[str, Any], self._db_query("db_family", family, timeout))
 
-    def db_keys(self, family, timeout=None):
+    def db_keys(self, family: str, timeout: Optional[float] = None) -> list[str]:
         """The keys of ``family`` as a list, blocking this thread only.
 
         Example::
 
             workers = node.db_keys("workers", timeout=5)
         """
-        return self._db_query("db_keys", family, timeout)
+        return cast(list[str], self._db_query("db_keys", family, timeout))
 
-    def db_values(self, family, timeout=None):
+    def db_values(self, family: str, timeout: Optional[float] = None) -> list[Any]:
         """The values of ``family`` as a list, blocking this thread only.
 
         Example::
 
             infos = node.db_values("workers", timeout=5)
         """
-        return self._db_query("db_values", family, timeout)
+        return cast(list[Any], self._db_query("db_values", family, timeout))
 
-    def _bridge_guard(self, fn, *args):
+    def _bridge_guard(self, fn: Callable[..., Guard], *args: Any) -> Guard:
         """Run ``fn(*args)`` (it returns a guard) in the hub; give the caller's caller a guard
         whose cancel is marshalled back into the hub."""
         if self._in_hub():
@@ -603,7 +594,7 @@ class Node:
         else:
             hub_guard = self._wait(self._ask(_returned, fn, *args))
 
-        def undo():
+        def undo() -> None:
             if self._closed:
                 return
             try:
@@ -614,7 +605,7 @@ class Node:
         return Guard.for_caller(undo, depth=3)
 
     # ------------------------------------------------------------------ anything else
-    def submit(self, fn, *args, **kwargs):
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` in a new greenlet **in the hub thread**; return a
         ``concurrent.futures.Future`` of its result.
 
@@ -626,11 +617,9 @@ class Node:
             fut = node.submit(aemp_green.spawn, my_greenlet_port_function)
             print("spawned", fut.result(5))
         """
-        import gevent
-
         fut = _new_future()
 
-        def runner():
+        def runner() -> None:
             try:
                 value = fn(*args, **kwargs)
             except BaseException as exc:
@@ -638,14 +627,16 @@ class Node:
             else:
                 self._resolve(fut, True, value)
 
-        def op():
+        def op() -> None:
             self._pending.add(fut)
             gevent.spawn(runner)
 
         self._post(op, fut=fut)
         return fut
 
-    def run(self, fn, *args, timeout=None, **kwargs):
+    def run(
+        self, fn: Callable[..., Any], *args: Any, timeout: Optional[float] = None, **kwargs: Any
+    ) -> Any:
         """``submit(fn, *args, **kwargs)`` and wait for the result (``aemp_green.Timeout``
         after ``timeout`` seconds). Inside the hub thread it just calls ``fn``.
 
@@ -658,7 +649,7 @@ class Node:
         return self._wait(self.submit(fn, *args, **kwargs), timeout, "run(%r)" % (fn,))
 
     # ------------------------------------------------------------------ stopping
-    def stop(self, timeout=10):
+    def stop(self, timeout: Optional[float] = 10) -> None:
         """Shut the node down (listeners and links closed) and end the hub thread.
 
         Operations queued before ``stop()`` run first; futures still waiting fail with
@@ -687,11 +678,7 @@ class Node:
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def _stop_op(self):
-        import gevent
-
-        from .runtime import shutdown
-
+    def _stop_op(self) -> None:
         with self._lock:  # from now on _post refuses
             self._closed = True
         while self._ops:  # queued after stop() began: never run
@@ -700,20 +687,20 @@ class Node:
                 self._resolve(fut, False, _stopped_error())
         for _ in range(3):  # let link writers flush what was sent before stop()
             gevent.sleep(0)
-        shutdown()
+        runtime.shutdown()
         for fut in list(self._pending):
             self._resolve(fut, False, _stopped_error())
         self._stopped.set()
 
-    def __enter__(self):
+    def __enter__(self) -> "Node":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.stop()
         return False
 
 
-def _returned(fn, *args):
+def _returned(fn: Callable[..., Guard], *args: Any) -> Guard:
     # the guard is returned, so aemp_green treats it as not kept: dropping it here does
     # nothing, cancel() still works (the bridge guard's undo calls it)
     return fn(*args)
@@ -734,17 +721,19 @@ class Inbox:
         inbox.close()
     """
 
-    def __init__(self, node, port_id, q):
+    _stash: list[list[Any]]
+
+    def __init__(self, node: Node, port_id: str, q: "queue.Queue[list[Any]]") -> None:
         self.node = node
         self.id = port_id
         self._q = q
         self._stash = []  # received but not yet matched (selective receive)
         self._lock = threading.Lock()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<Inbox %s>" % (self.id,)
 
-    def receive(self, tag=None, timeout=None):
+    def receive(self, tag: Any = None, timeout: Optional[float] = None) -> list[Any]:
         """The next message (whole, as a list) or, with ``tag``, the first one whose element 0
         is ``tag`` (without it); other messages stay queued in order. Raises
         ``aemp_green.Timeout`` after ``timeout`` seconds.
@@ -772,7 +761,7 @@ class Inbox:
                     return m if tag is None else m[1:]
                 self._stash.append(m)
 
-    def pending(self):
+    def pending(self) -> int:
         """How many messages are waiting (not yet received).
 
         Example::
@@ -782,7 +771,7 @@ class Inbox:
         with self._lock:
             return len(self._stash) + self._q.qsize()
 
-    def close(self):
+    def close(self) -> None:
         """Kill the port (monitors on it fire with a normal exit).
 
         Example::

@@ -21,7 +21,7 @@ import socket as _stdsocket
 import ssl as _stdssl
 import tempfile
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, TypeAlias, Union
 
 import gevent
 from gevent import monkey as _monkey
@@ -31,8 +31,10 @@ from gevent.server import StreamServer
 from greenlet import getcurrent, greenlet
 
 from . import _protocol
+from ._protocol import Msg
 from .config import parse_address
 from .exceptions import ConfigError, RemoteProtocolError
+from .wire.handshake import Established, GreetingReceived, Handshake
 
 __all__ = [
     "Link",
@@ -78,7 +80,13 @@ class TLSContexts(NamedTuple):
     client: Any
 
 
-def _load_chain(ctx, cert_pem):
+#: a connected socket: gevent's (cooperative), or its TLS wrapper
+Sock: TypeAlias = Any
+#: a certificate PEM (key, certificate and CA certificates), as text or bytes
+Pem: TypeAlias = Union[str, bytes]
+
+
+def _load_chain(ctx: Any, cert_pem: Pem) -> None:
     """Load key and certificate from the PEM text without writing the key to a disk file.
 
     ``ssl`` only loads a chain from a path: an anonymous memory file (Linux ``memfd_create``)
@@ -111,7 +119,7 @@ def _load_chain(ctx, cert_pem):
         os.unlink(path)
 
 
-def _tls_context(cert_pem, server_side):
+def _tls_context(cert_pem: Pem, server_side: bool) -> Any:
     from gevent import ssl as _gssl  # gevent's context: its sockets block only the greenlet
 
     ctx = _gssl.SSLContext(
@@ -124,7 +132,7 @@ def _tls_context(cert_pem, server_side):
     return ctx
 
 
-def tls_contexts(cert_pem):
+def tls_contexts(cert_pem: Pem) -> TLSContexts:
     """Both SSL contexts for ``tls_sha3_512`` from one PEM (key + certificate + CA certificates),
     mutual verification against the CA; the key never touches the disk where Linux allows.
 
@@ -137,7 +145,7 @@ def tls_contexts(cert_pem):
     return TLSContexts(_tls_context(cert_pem, True), _tls_context(cert_pem, False))
 
 
-def normalize_address(host, port):
+def normalize_address(host: str, port: Optional[int]) -> tuple[str, Optional[int]]:
     """``(host, port)`` in the one form addresses are compared in: IP addresses in their
     canonical text (an IPv4-mapped IPv6 address as the IPv4 one), names in lower case.
 
@@ -154,7 +162,7 @@ def normalize_address(host, port):
     return str(mapped or ip), port
 
 
-def peeraddr_check(own, allowed=()):
+def peeraddr_check(own: Sequence[Any], allowed: Iterable[str] = ()) -> Callable[[str], bool]:
     """The ``peeraddr_check`` callable for ``Handshake``: true when the ``peeraddr`` text names
     ``own`` (our end of the connection, a ``getsockname()`` tuple) or an entry of ``allowed``
     (``"host:port"`` strings; a port of ``*`` matches any port).
@@ -173,7 +181,7 @@ def peeraddr_check(own, allowed=()):
             continue
         ok.add(normalize_address(host, port))
 
-    def check(addr):
+    def check(addr: str) -> bool:
         try:
             host, port = parse_address(addr)
         except ConfigError:
@@ -186,7 +194,7 @@ def peeraddr_check(own, allowed=()):
     return check
 
 
-def _recv_line_exact(sock, limit):
+def _recv_line_exact(sock: Sock, limit: int) -> bytes:
     """Read up to and including one LF without consuming anything after it (for TLS upgrade)."""
     peek = sock.recv(limit, _stdsocket.MSG_PEEK)
     if not peek:
@@ -196,7 +204,15 @@ def _recv_line_exact(sock, limit):
     return sock.recv(n)
 
 
-def run_handshake(sock, hs, *, timeout, on_greeting=None, tls=None, max_line=4096):
+def run_handshake(
+    sock: Sock,
+    hs: Handshake,
+    *,
+    timeout: Optional[float],
+    on_greeting: Optional[Callable[[GreetingReceived], Any]] = None,
+    tls: Optional[TLSContexts] = None,
+    max_line: int = 4096,
+) -> tuple[Sock, Established, bytes]:
     """Drive the sans-IO handshake ``hs`` over ``sock`` until it is established.
 
     ``on_greeting(event)`` may raise ``HandshakeRefused`` (duplicate connection...). ``tls``
@@ -280,10 +296,12 @@ class LinkGroup:
 
     __slots__ = ("links",)
 
-    def __init__(self):
+    links: set["Link"]
+
+    def __init__(self) -> None:
         self.links = set()
 
-    def last_rx(self):
+    def last_rx(self) -> float:
         """Loop time of the latest data received on any open link of the group (0 if none).
 
         Example::
@@ -292,7 +310,7 @@ class LinkGroup:
         """
         return max((link.last_rx for link in self.links), default=0.0)
 
-    def has_unread(self):
+    def has_unread(self) -> bool:
         """True if data is waiting unread in the socket of any open link of the group.
 
         Example::
@@ -327,30 +345,39 @@ class Link:
     HIGH_WATER = 4 * 1024 * 1024
     HARD_LIMIT = 64 * 1024 * 1024
 
+    _wbuf: list[bytes]
+    _drained: Optional[Event]
+    _raw: Any
+    close_reason: Optional[str]
+    _watchdog: Optional[gevent.Greenlet]
+    auth: Optional[str]
+    rtt: Optional[float]
+    probe_sent: Optional[float]
+
     def __init__(
         self,
-        sock,
-        nodeid,
-        send_framing,
-        recv_framing,
-        trailing,
-        on_frame,
-        on_close,
+        sock: Sock,
+        nodeid: str,
+        send_framing: str,
+        recv_framing: str,
+        trailing: bytes,
+        on_frame: Callable[["Link", Msg], Any],
+        on_close: Callable[["Link", str], Any],
         *,
-        max_frame=64 * 1024 * 1024,
-        peer_kv=None,
-        outgoing=False,
-        keepalive=None,
-        probe=("", ""),
-        group=None,
-        text_bytes=False,
-        high_water=None,
-        low_water=None,
-        hard_limit=None,
-        may_wait=None,
-        auth=None,
-        tls=False,
-    ):
+        max_frame: int = 64 * 1024 * 1024,
+        peer_kv: Optional[dict[str, Any]] = None,
+        outgoing: bool = False,
+        keepalive: Optional[float] = None,
+        probe: Optional[Sequence[Any]] = ("", ""),
+        group: Optional[LinkGroup] = None,
+        text_bytes: bool = False,
+        high_water: Optional[int] = None,
+        low_water: Optional[int] = None,
+        hard_limit: Optional[int] = None,
+        may_wait: Optional[Callable[[], Any]] = None,
+        auth: Optional[str] = None,
+        tls: bool = False,
+    ) -> None:
         self.sock = sock
         self.nodeid = nodeid
         self.send_framing = send_framing
@@ -420,7 +447,7 @@ class Link:
             self._watchdog = gevent.spawn(self._watch, float(keepalive))
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
     #: queued bytes above which ``send`` itself pushes them to the socket (non-blocking)
@@ -428,7 +455,7 @@ class Link:
     #: the writer hands a bigger buffer to the socket in pieces of this size
     WRITE_CHUNK = 1024 * 1024
 
-    def send(self, frame):
+    def send(self, frame: Sequence[Any]) -> bool:
         """Queue one frame (``[portname, *msg]``); raises ``TypeError`` for unencodable values.
 
         Never blocks. The first frame of a loop turn is written to the socket at once (no hub
@@ -471,7 +498,7 @@ class Link:
             self._loop.run_callback(self._writer.switch)
         return True
 
-    def send_nowait(self, frame):
+    def send_nowait(self, frame: Sequence[Any]) -> bool:
         """``send`` that never waits and never fails the link for its size (for frames that
         were already counted elsewhere, like a node's queue flushed when its link comes up).
 
@@ -487,7 +514,7 @@ class Link:
             self._nowait -= 1
 
     @property
-    def bytes_pending(self):
+    def bytes_pending(self) -> int:
         """Bytes queued for the socket and not yet handed to it (the backpressure measure).
 
         Example::
@@ -497,7 +524,7 @@ class Link:
         return self._wbytes + self._inflight
 
     @property
-    def senders_waiting(self):
+    def senders_waiting(self) -> int:
         """How many senders wait for this link to drain now (see ``busy_waits`` for a total).
 
         Example::
@@ -506,7 +533,7 @@ class Link:
         """
         return self._nwaiting
 
-    def _queued_a_lot(self, raw, n):
+    def _queued_a_lot(self, raw: Any, n: int) -> bool:
         """``send``'s slow path, from ``_check_at`` queued bytes on: push them to the socket
         (non-blocking) and apply the high-water mark and the hard limit."""
         if (
@@ -527,7 +554,7 @@ class Link:
         pending = self._wbytes + self._inflight
         if pending <= self._high:
             if self._nwaiting and pending <= self._low:
-                self._drained.set()
+                self._drained.set()  # type: ignore[union-attr]  # (_nwaiting > 0: a waiter made it)
             return True
         if self._nowait:
             return True
@@ -553,7 +580,7 @@ class Link:
                 self._nwaiting -= 1
         return not self._closed
 
-    def _can_wait(self):
+    def _can_wait(self) -> bool:
         """May the running greenlet wait for the link to drain? Never the hub, a link's reader
         (it must keep reading: two nodes waiting for each other would deadlock), this link's
         keepalive, or where the ``may_wait`` hook says no (a callback port's handler)."""
@@ -563,7 +590,7 @@ class Link:
         may_wait = self._may_wait
         return may_wait is None or bool(may_wait())
 
-    def _raw_send(self, raw, data):
+    def _raw_send(self, raw: Any, data: bytes) -> Optional[int]:
         """One non-blocking send; returns the bytes written (None when the link broke)."""
         try:
             n = raw.send(data)
@@ -578,10 +605,10 @@ class Link:
             self.close("write error: %s" % (exc,))
             return None
 
-    def _end_turn(self):
+    def _end_turn(self) -> None:
         self._turn = False
 
-    def _write_loop(self):
+    def _write_loop(self) -> None:
         sock = self.sock
         try:
             while not self._closed:
@@ -614,7 +641,7 @@ class Link:
                             self.bytes_out += min(self.WRITE_CHUNK, n - off)
                             off += self.WRITE_CHUNK
                             if self._nwaiting and self._wbytes + n - off <= self._low:
-                                self._drained.set()
+                                self._drained.set()  # type: ignore[union-attr]  # (_nwaiting > 0: a waiter made it)
                         del view
                 finally:
                     self._writing = False
@@ -623,13 +650,13 @@ class Link:
                     self._check_at = min(self.FLUSH_BYTES, self._high)
                 del data
                 if self._nwaiting and self._wbytes <= self._low:
-                    self._drained.set()
+                    self._drained.set()  # type: ignore[union-attr]  # (_nwaiting > 0: a waiter made it)
         except OSError as exc:
             self.close("write error: %s" % (exc,))
         except gevent.GreenletExit:
             pass
 
-    def run(self):
+    def run(self) -> None:
         """Read frames until the connection ends (runs in the calling greenlet).
 
         Example::
@@ -676,7 +703,7 @@ class Link:
             if not self._closed:
                 self.close("reader ended")
 
-    def _watch(self, timeout):
+    def _watch(self, timeout: float) -> None:
         """Keepalive: when nothing arrived for a third of ``timeout``, send ``probe`` (a request
         the peer answers); no byte on any link of the group for ``timeout`` s = dead.
 
@@ -732,7 +759,7 @@ class Link:
                     self.probe_sent = time.monotonic()
                 self.send(self.probe)
 
-    def probe_answered(self):
+    def probe_answered(self) -> None:
         """The peer answered a keepalive probe: ``rtt`` is the time since the oldest one that
         was not answered yet (an answer without a probe out changes nothing).
 
@@ -746,7 +773,7 @@ class Link:
             self.probe_sent = None
             self.rtt = time.monotonic() - sent
 
-    def has_unread(self):
+    def has_unread(self) -> bool:
         """True if bytes are waiting in the socket that the reader has not taken yet.
 
         Example::
@@ -765,7 +792,7 @@ class Link:
         except (OSError, ValueError):
             return False
 
-    def flush(self, timeout=1.0):
+    def flush(self, timeout: float = 1.0) -> bool:
         """Wait (at most ``timeout`` s) until everything queued has been handed to the socket.
 
         Example::
@@ -780,7 +807,7 @@ class Link:
                 gevent.sleep(0.005)
         return not (self._wbuf or self._writing)
 
-    def close(self, why="closed"):
+    def close(self, why: str = "closed") -> None:
         """Close the connection (idempotent); ``on_close(link, why)`` runs once.
 
         Example::
@@ -814,11 +841,11 @@ class Link:
         except Exception:  # pragma: no cover
             logger.exception("on_close callback failed")
 
-    def _wake_writer_to_exit(self):
+    def _wake_writer_to_exit(self) -> None:
         if self._writer and not self._writer.dead:
             self._writer.switch()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<Link %s %s/%s%s>" % (
             self.nodeid,
             self.send_framing,
@@ -827,7 +854,7 @@ class Link:
         )
 
 
-def apply_sockopts(sock, nodelay=True):
+def apply_sockopts(sock: Sock, nodelay: bool = True) -> None:
     """TCP_NODELAY (as the ``nodelay`` setting says) and SO_KEEPALIVE on a node connection.
 
     Example::
@@ -841,7 +868,7 @@ def apply_sockopts(sock, nodelay=True):
         pass
 
 
-def describe_connect_error(addr, exc):
+def describe_connect_error(addr: str, exc: BaseException) -> str:
     """What a failed dial of ``addr`` means, for a user: the reason monitors fire with.
 
     Example::
@@ -879,7 +906,7 @@ def describe_connect_error(addr, exc):
     return "connecting to %s failed: %s" % (addr, text)
 
 
-def connect(host, port, *, timeout):
+def connect(host: str, port: int, *, timeout: Optional[float]) -> Sock:
     """Open a TCP connection (cooperatively) with a connect timeout.
 
     Example::
@@ -903,12 +930,19 @@ class Listener:
         print(lst.address)   # ('127.0.0.1', 41234)
     """
 
-    def __init__(self, host, port, handler, *, max_pending=256):
+    def __init__(
+        self,
+        host: str,
+        port: Optional[int],
+        handler: Callable[[Sock, Any], Any],
+        *,
+        max_pending: int = 256,
+    ) -> None:
         self._handler = handler
         self._server = StreamServer((host, port or 0), self._handle, spawn=max_pending * 64)
         self.host = host
 
-    def _handle(self, sock, addr):
+    def _handle(self, sock: Sock, addr: Any) -> None:
         try:
             self._handler(sock, addr)
         finally:
@@ -917,7 +951,7 @@ class Listener:
             except OSError:  # pragma: no cover
                 pass
 
-    def start(self):
+    def start(self) -> None:
         """Bind and start accepting; ``address`` then tells the port bound.
 
         Example::
@@ -928,11 +962,11 @@ class Listener:
         self._server.start()
 
     @property
-    def address(self):
+    def address(self) -> tuple[str, int]:
         host, port = self._server.address[:2]
         return host, port
 
-    def stop(self):
+    def stop(self) -> None:
         """Close the listening socket; greenlets still handling accepted sockets are killed.
 
         Example::
@@ -942,7 +976,7 @@ class Listener:
         self._server.stop(timeout=0)
 
 
-def bind_string(host, port):
+def bind_string(host: str, port: int) -> str:
     """``host:port`` as AEMP writes it (IPv6 in brackets)."""
     if ":" in host:
         return "[%s]:%d" % (host, port)
@@ -950,8 +984,15 @@ def bind_string(host, port):
 
 
 def make_handshake(
-    cfg, nodeid, peeraddr, *, protocol="aemp", extra=None, role="connect", check=None
-):
+    cfg: dict[str, Any],
+    nodeid: str,
+    peeraddr: str,
+    *,
+    protocol: str = "aemp",
+    extra: Optional[dict[str, Any]] = None,
+    role: str = "connect",
+    check: Optional[Callable[[str], bool]] = None,
+) -> Handshake:
     """A ``Handshake`` for our configuration ``cfg`` (the dict ``config.find_profile`` made).
 
     ``role`` is ``"connect"`` or ``"accept"``, ``check`` the ``peeraddr_check`` callable (None:

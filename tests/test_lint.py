@@ -1,9 +1,11 @@
 """The tree stays clean and layered (docs: README "Shape of the code"):
 
 * ``ruff check`` (pyflakes rules, configured in pyproject.toml) finds nothing anywhere;
-* ``mypy`` (default mode, configured in pyproject.toml) finds nothing in the package;
+* ``mypy`` (strict on the public API modules, default on the rest: pyproject.toml) finds
+  nothing in the package;
 * the package has no import cycle, function-level imports included: a lower layer never
-  imports a higher one (kernel < node < global_ < services, API on top).
+  imports a higher one (kernel < node < global_ < services, API on top);
+* every function has type annotations (but for the modules listed in ``UNANNOTATED_MODULES``).
 """
 
 import ast
@@ -227,3 +229,114 @@ def test_public_functions_are_fully_annotated():
             if p.annotation is inspect.Parameter.empty
         ]
     assert not missing, "public functions without types: %s" % ", ".join(missing)
+
+
+#: Modules other work is still changing, not annotated yet (the lead empties this list): node
+#: and what split from it (connect, trace), config, the global database (``global_`` becoming
+#: ``globaldb``); ``_hub`` is the hub check leaving kernel. A name covers its submodules
+#: (``globaldb`` covers ``globaldb.store``).
+UNANNOTATED_MODULES = (
+    "node",
+    "connect",
+    "trace",
+    "config",
+    "global_",
+    "globaldb",
+    "_hub",
+)
+#: Functions of annotated modules that are still being moved (kernel's hub check goes to
+#: ``_hub``): an entry that no longer names an unannotated function fails the test.
+UNANNOTATED_FUNCTIONS = {
+    "kernel.bound_hub",
+    "kernel.current_hub",
+    "kernel.unbind_hub",
+    "kernel.check_thread",
+    "kernel._check_greenlet",
+    "kernel._thread_name",
+    "kernel._foreign_thread_error",
+    "kernel._wrong_thread_error",
+    "kernel._wrong_thread_error.label",
+    "kernel._api_name",
+}
+
+
+def _unannotated(tree):
+    """``(qualified name, line, what is missing)`` for every function in ``tree`` (methods and
+    nested functions included) lacking a parameter type (``self``/``cls`` excepted) or its
+    return type."""
+    out = []
+
+    def walk(node, prefix, in_class):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                walk(child, prefix + child.name + ".", True)
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = child.args
+                params = a.posonlyargs + a.args + a.kwonlyargs
+                params += [p for p in (a.vararg, a.kwarg) if p is not None]
+                if in_class and (a.posonlyargs + a.args)[:1] and params[0].arg in ("self", "cls"):
+                    params = params[1:]
+                missing = [p.arg for p in params if p.annotation is None]
+                if child.returns is None:
+                    missing.append("return")
+                if missing:
+                    out.append((prefix + child.name, child.lineno, missing))
+                walk(child, prefix + child.name + ".", False)
+            else:
+                walk(child, prefix, in_class)
+
+    walk(tree, "", False)
+    return out
+
+
+def test_every_function_is_annotated():
+    """Every function and method of the package has a type for each parameter and its return
+    value (mypy then checks their bodies: pyproject.toml), but for ``UNANNOTATED_MODULES`` and
+    ``UNANNOTATED_FUNCTIONS``."""
+    missing, seen = [], set()
+    for path in sorted(PKG.rglob("*.py")):
+        mod = ".".join(path.relative_to(PKG).with_suffix("").parts)
+        mod = mod[: -len(".__init__")] if mod.endswith(".__init__") else mod
+        if mod == "__init__":
+            mod = ""
+        if any(mod == m or mod.startswith(m + ".") for m in UNANNOTATED_MODULES):
+            continue
+        for name, line, what in _unannotated(ast.parse(path.read_text())):
+            qual = "%s.%s" % (mod, name) if mod else name
+            if qual in UNANNOTATED_FUNCTIONS:
+                seen.add(qual)
+                continue
+            missing.append("%s:%d %s (%s)" % (path.relative_to(PKG), line, name, ", ".join(what)))
+    assert not missing, "functions without types: %s" % "; ".join(missing)
+    stale = sorted(UNANNOTATED_FUNCTIONS - seen)
+    assert not stale, "UNANNOTATED_FUNCTIONS entries to delete (gone or typed): %s" % stale
+
+
+def test_the_annotation_check_can_fail(tmp_path, monkeypatch):
+    """The check above is not vacuous: a made-up package with a method lacking a parameter type
+    and a nested function lacking its return type fails; the allowlisted module does not."""
+    pkg = tmp_path / "aemp_green"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("def ok(x: int, *a: str, **k: float) -> None: ...\n")
+    (pkg / "low.py").write_text(
+        "class C:\n"
+        "    def m(self, x) -> int:\n"
+        "        return x\n"
+        "    @classmethod\n"
+        "    def k(cls) -> None:\n"
+        "        def inner(y: int):\n"
+        "            return y\n"
+    )
+    (pkg / "node.py").write_text("def untyped(a, b):\n    return a\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    monkeypatch.setattr(sys.modules[__name__], "UNANNOTATED_FUNCTIONS", set())
+    with pytest.raises(AssertionError) as err:
+        test_every_function_is_annotated()
+    text = str(err.value)
+    assert "low.py:2 C.m (x)" in text and "low.py:6 C.k.inner (return)" in text, text
+    assert "node.py" not in text and "__init__.py" not in text, text
+    # and a stale allowlist entry fails too
+    (pkg / "low.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "UNANNOTATED_FUNCTIONS", {"low.gone"})
+    with pytest.raises(AssertionError, match="entries to delete .*low.gone"):
+        test_every_function_is_annotated()

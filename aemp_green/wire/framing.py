@@ -85,12 +85,13 @@ import logging
 import math
 import os
 import re
-from typing import Any
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import cbor2
 import ujson
 
 from .. import _protocol
+from .._protocol import Msg
 from ..exceptions import RemoteProtocolError
 
 __all__ = [
@@ -124,7 +125,7 @@ _CONTAINERS = frozenset((list, tuple, dict))
 # --------------------------------------------------------------------------- value checks
 
 
-def _type_name(v):
+def _type_name(v: object) -> str:
     t = type(v)
     return t.__name__ if t.__module__ == "builtins" else "%s.%s" % (t.__module__, t.__qualname__)
 
@@ -133,14 +134,14 @@ _STR_KEYS = frozenset((str,))
 _STR_BYTES_KEYS = frozenset((str, bytes))
 
 
-def _too_deep(fname):
+def _too_deep(fname: str) -> TypeError:
     return TypeError(
         "cannot encode as %s: containers nested more than %d deep "
         "(or a cyclic structure)" % (fname, MAX_DEPTH)
     )
 
 
-def _check_keys(c, key_types, fname):
+def _check_keys(c: dict[Any, Any], key_types: tuple[type, ...], fname: str) -> None:
     for k in c:
         if not isinstance(k, key_types):
             raise TypeError(
@@ -149,7 +150,7 @@ def _check_keys(c, key_types, fname):
             )
 
 
-def _check_value(msg, cbor):
+def _check_value(msg: Sequence[Any], cbor: bool) -> None:
     """Walk ``msg`` and raise ``TypeError`` for anything the framing cannot carry.
 
     Depth-first, one tight loop (no recursion): nesting deeper than ``MAX_DEPTH``, which is
@@ -160,8 +161,8 @@ def _check_value(msg, cbor):
         fname, scalars, key_set, key_types = "cbor", _CBOR_SCALARS, _STR_BYTES_KEYS, (str, bytes)
         bases = (str, int, float, bytes, bytearray)
     else:
-        fname, scalars, key_set, key_types = "json", _JSON_SCALARS, _STR_KEYS, (str,)
-        bases = (str, int, float)
+        fname, scalars, key_set, key_types = "json", _JSON_SCALARS, _STR_KEYS, (str,)  # type: ignore[assignment]
+        bases = (str, int, float)  # type: ignore[assignment]
     stack = [(msg, 1)]
     pop = stack.pop
     push = stack.append
@@ -172,7 +173,7 @@ def _check_value(msg, cbor):
                 _check_keys(c, key_types, fname)
             values = c.values()
         else:
-            values = c
+            values = c  # type: ignore[assignment]
         for v in values:
             t = type(v)
             if t in scalars:
@@ -187,7 +188,7 @@ def _check_value(msg, cbor):
                 )
 
 
-def _check_frame_type(msg, fname):
+def _check_frame_type(msg: object, fname: str) -> None:
     if not isinstance(msg, (list, tuple)):
         raise TypeError(
             "an AEMP %s frame must be a list or tuple, not %s" % (fname, _type_name(msg))
@@ -200,7 +201,7 @@ _ujson_dumps = ujson.dumps
 _ujson_loads = ujson.loads
 
 
-def encode_json(msg):
+def encode_json(msg: Sequence[Any]) -> bytes:
     """Encode one message as a compact UTF-8 JSON array followed by ``b"\\n"``.
 
     Raises ``TypeError`` (naming the type) for values JSON cannot carry: ``bytes``, sets,
@@ -230,7 +231,7 @@ def encode_json(msg):
         raise TypeError("cannot encode as json: %s" % (exc,)) from None
 
 
-def _iter_scalars(msg):
+def _iter_scalars(msg: Any) -> Iterator[Any]:
     stack = [msg]
     while stack:
         c = stack.pop()
@@ -242,6 +243,9 @@ def _iter_scalars(msg):
                 yield v
 
 
+#: what the decoders read: ``bytes``, or a ``bytearray`` of a pending frame
+_Bytes = Union[bytes, bytearray]
+
 _WS = re.compile(rb"[ \t\r\n]*+")
 # Input that ujson would accept although it is not valid UTF-8 JSON: UTF-8-encoded surrogates
 # and the NaN/Infinity literals. Rare; a hit sends the frame through the strict decoder.
@@ -251,13 +255,13 @@ _NAN = re.compile(rb"NaN").search
 _INFINITY = re.compile(rb"Infinity").search
 
 
-def _json_suspect(b):
+def _json_suspect(b: _Bytes) -> bool:
     """True if ``b`` may hold UTF-8-encoded surrogates or NaN/Infinity (fast substring tests
     first: a regex over every read would cost more than the JSON parsing)."""
     return b"NaN" in b or b"Infinity" in b or (b"\xed" in b and _SURROGATE.search(b) is not None)
 
 
-def _json_suspect_long(b):
+def _json_suspect_long(b: _Bytes) -> bool:
     """``_json_suspect`` for long input (twice as fast from a few KB on): ``N``, ``I`` and
     ``\\xed`` are looked for alone first (``memchr``), and only the ones found lead to a
     literal search."""
@@ -268,7 +272,7 @@ def _json_suspect_long(b):
     )
 
 
-def _too_large(kind, size, limit, at_least=False):
+def _too_large(kind: str, size: int, limit: int, at_least: bool = False) -> RemoteProtocolError:
     """The error for a frame beyond ``max_frame``: the frame's size (``at_least``: what has
     been seen of it so far), the limit, and the setting that raises it.
 
@@ -289,7 +293,7 @@ def _too_large(kind, size, limit, at_least=False):
 _STRING = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
 
 
-def _nest(atom, levels):
+def _nest(atom: bytes, levels: int) -> bytes:
     """A regex for one complete array or object nested at most ``levels`` deep, made of
     ``atom`` and such nested values (bracket kinds are not paired: the parser rejects ``[}``)."""
     inner = rb"[\[{]" + atom + rb"*+[\]}]"
@@ -318,11 +322,11 @@ _JSON_SKIP = re.compile(rb"(?:" + _SHORT_ATOM + rb"|" + _nest(_SHORT_ATOM, 4) + 
 _JSON_STR_REST = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.S).match
 
 
-def _reject_constant(name):
+def _reject_constant(name: str) -> Any:
     raise ValueError("%s is not valid JSON" % name)
 
 
-def _json_frame(b, suspect=_json_suspect):
+def _json_frame(b: _Bytes, suspect: Callable[[_Bytes], bool] = _json_suspect) -> Msg:
     """Decode one complete frame (bytes or bytearray) into a list or raise
     RemoteProtocolError (``suspect(b)`` true: with the strict decoder)."""
     if suspect(b):
@@ -342,7 +346,7 @@ def _json_frame(b, suspect=_json_suspect):
     return obj
 
 
-def _json_whole(buf):
+def _json_whole(buf: _Bytes) -> Optional[Msg]:
     """``buf`` (starting with ``[``) decoded as exactly one frame, or None if it is not one
     (incomplete, followed by more, or invalid: the scanner then finds out which)."""
     try:
@@ -357,13 +361,18 @@ class _Decoder:
     """
 
     _kind = "?"
+    _pbuf: Optional[bytearray]
+    _error: Optional[str]
+
+    def _feed(self, data: _Bytes) -> list[Msg]:  # pragma: no cover - the subclasses have one
+        raise NotImplementedError
 
     @property
-    def pending(self):
+    def pending(self) -> int:
         """Number of buffered bytes of an incomplete frame."""
         return len(self._pbuf) if self._pbuf is not None else 0
 
-    def feed(self, data):
+    def feed(self, data: _Bytes) -> list[Msg]:
         """Add ``data`` (bytes) and return the list of frames it completed."""
         if self._error is not None:
             raise RemoteProtocolError(self._error)
@@ -407,7 +416,7 @@ class JsonDecoder(_Decoder):
 
     __slots__ = ("max_frame", "_pbuf", "_scan_pos", "_depth", "_in_str", "_error", "_nl_try")
 
-    def __init__(self, max_frame=DEFAULT_MAX_FRAME):
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._pbuf = None  # bytearray holding an incomplete frame (starts at its '[')
         self._scan_pos = 0  # where scanning of _pbuf resumes (see _feed_pending)
@@ -416,10 +425,10 @@ class JsonDecoder(_Decoder):
         self._nl_try = True  # a newline may still be tried as the pending frame's end
         self._error = None
 
-    def _feed(self, data):
-        frames = []
+    def _feed(self, data: _Bytes) -> list[Msg]:
+        frames: list[Msg] = []
         if self._pbuf is not None:
-            data = self._feed_pending(data, frames)
+            data = self._feed_pending(data, frames)  # type: ignore[assignment]
             if data is None:
                 return frames
         elif type(data) is not bytes:
@@ -462,7 +471,7 @@ class JsonDecoder(_Decoder):
             last = max(last, data.rfind(b"}", last + 1))
         stop = last + 1
         while True:
-            pos = ws(data, pos).end()
+            pos = ws(data, pos).end()  # type: ignore[union-attr]
             if pos >= n:
                 return frames
             if data[pos] != 0x5B:  # '['
@@ -492,12 +501,12 @@ class JsonDecoder(_Decoder):
             frames.append(_json_frame(data[pos:end]))
             pos = end
 
-    def _feed_pending(self, data, frames):
+    def _feed_pending(self, data: _Bytes, frames: list[Msg]) -> Optional[bytes]:
         """Add ``data`` to the pending frame; if that completes it, append it to ``frames``
         and return the bytes after it (for ``_feed`` to go on with), else return None."""
         pbuf = self._pbuf
-        old = len(pbuf)
-        pbuf += data
+        old = len(pbuf)  # type: ignore[arg-type]
+        pbuf += data  # type: ignore[operator]
         n = len(pbuf)
         max_frame = self.max_frame
         if self._nl_try:
@@ -537,7 +546,7 @@ class JsonDecoder(_Decoder):
         self._pbuf = None
         return bytes(pbuf[end:])
 
-    def _scan(self, buf, i):
+    def _scan(self, buf: _Bytes, i: int) -> int:
         """Scan ``buf`` from ``i`` for the end of the current frame.
 
         Returns the end offset (exclusive), or -1 when the frame is incomplete; then the state
@@ -563,7 +572,7 @@ class JsonDecoder(_Decoder):
                         break
                     i = q + 1
                 else:
-                    i = str_rest(buf, e).end()
+                    i = str_rest(buf, e).end()  # type: ignore[union-attr]
                     if i >= n:
                         break
                     if buf[i] == 0x5C:  # the buffer's last byte: resume at the backslash
@@ -572,7 +581,7 @@ class JsonDecoder(_Decoder):
                 in_str = False
                 continue
             if depth:
-                i = skip(buf, i).end()
+                i = skip(buf, i).end()  # type: ignore[union-attr]
             if i >= n:
                 break
             c = buf[i]
@@ -607,21 +616,21 @@ _NEEDS_FIX = frozenset((bytes, list, dict, tuple, _frozendict))
 _encoder_pool: list[Any] = []
 
 
-def _refused_tag(tag, what):
-    def refuse(value, immutable):
+def _refused_tag(tag: int, what: str) -> Callable[[Any, bool], Any]:
+    def refuse(value: Any, immutable: bool) -> Any:
         raise ValueError("CBOR tag %d (%s) refused" % (tag, what))
 
     return refuse
 
 
-def _opaque_tag(tag):
-    def opaque(value, immutable):
+def _opaque_tag(tag: int) -> Callable[[Any, bool], Any]:
+    def opaque(value: Any, immutable: bool) -> Any:
         return _CBORTag(tag, value)
 
     return opaque
 
 
-def _cbor_why(exc):
+def _cbor_why(exc: BaseException) -> str:
     """cbor2's error text, with the cause it wraps (e.g. why a tag was refused)."""
     cause = exc.__cause__ or exc.__context__
     if cause is not None and str(cause) and str(cause) not in str(exc):
@@ -629,7 +638,7 @@ def _cbor_why(exc):
     return str(exc)
 
 
-def _plain_shareable(value, immutable):
+def _plain_shareable(value: Any, immutable: bool) -> Any:
     return value
 
 
@@ -659,7 +668,7 @@ _SEMANTIC = {
 }
 
 
-def encode_cbor(msg):
+def encode_cbor(msg: Sequence[Any]) -> bytes:
     """Encode one message as a single CBOR array item (no tag, no delimiter).
 
     ``str`` becomes a CBOR text string, ``bytes`` a byte string; ints beyond 64 bits become
@@ -690,7 +699,7 @@ def encode_cbor(msg):
         raise TypeError("cannot encode as cbor: %s" % (exc,)) from None
 
 
-def _fix_bytes(frame, text=False):
+def _fix_bytes(frame: Any, text: bool = False) -> Msg:
     """Turn every pure-ASCII byte string in ``frame`` (values and map keys) into ``str`` (with
     ``text``: every byte string, read as Latin-1, which is what a Perl string without the UTF-8
     flag holds), and the tuples / frozendicts cbor2 makes inside a self-describe tag into lists /
@@ -741,7 +750,7 @@ def _fix_bytes(frame, text=False):
     return frame
 
 
-def _cbor_skip(buf, pos, stack, limit):
+def _cbor_skip(buf: _Bytes, pos: int, stack: list[int], limit: int) -> tuple[int, bool]:
     """Advance over CBOR items in ``buf`` from ``pos`` without decoding them.
 
     ``stack`` holds the open containers (remaining item count, or -1 for indefinite length).
@@ -840,6 +849,8 @@ class CborDecoder(_Decoder):
     """
 
     _kind = "cbor"
+    _skip_stack: list[int]
+    _dec: Optional[cbor2.CBORDecoder]
 
     # Reads shorter than this that end inside a frame are decoded item by item (see _feed),
     # and _last_frame_start looks for the last frame in the last 1/2**_REACH_SHIFT of a read.
@@ -874,7 +885,7 @@ class CborDecoder(_Decoder):
         "_text",
     )
 
-    def __init__(self, max_frame=DEFAULT_MAX_FRAME, text_bytes=False):
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, text_bytes: bool = False) -> None:
         self.max_frame = max_frame
         #: every byte string becomes str (Latin-1): for a Perl peer, which has no bytes type
         self._text = bool(text_bytes)
@@ -888,8 +899,8 @@ class CborDecoder(_Decoder):
         self._sentinel = os.urandom(16)
         self._suffix = b"\xff\x50" + self._sentinel
 
-    def _feed(self, data):
-        frames = []
+    def _feed(self, data: _Bytes) -> list[Msg]:
+        frames: list[Msg] = []
         if self._pbuf is not None:
             pbuf = self._pbuf
             pbuf += data
@@ -914,9 +925,9 @@ class CborDecoder(_Decoder):
         n = len(data)
         tried = False
         if self._wrap and n <= self.max_frame:
-            got = self._feed_wrapped(data)
+            got = self._feed_wrapped(data)  # type: ignore[assignment]
             if got is not None:
-                frames += got
+                frames += got  # type: ignore[arg-type]
                 return frames
             tried = True
         if n >= self._SPLIT_MIN:
@@ -926,9 +937,9 @@ class CborDecoder(_Decoder):
             # boundary: trying the whole read first would fail for most of the next ones.)
             t = self._last_frame_start(data)
             if 0 < t <= self.max_frame and not (tried and t == n):
-                got = self._feed_wrapped(data if t == n else data[:t])
+                got = self._feed_wrapped(data if t == n else data[:t])  # type: ignore[assignment]
                 if got is not None:  # data[:t] holds complete frames only: t is a boundary
-                    frames += got
+                    frames += got  # type: ignore[arg-type]
                     if t == n:
                         return frames
                     data = data[t:]
@@ -940,7 +951,7 @@ class CborDecoder(_Decoder):
             self._wrap = True
         return frames
 
-    def _feed_wrapped(self, data):
+    def _feed_wrapped(self, data: bytes) -> Optional[list[Msg]]:
         """Decode all of ``data`` in one ``cbor2.loads`` call, or return None.
 
         ``data`` is wrapped as ``[[_ frames... ], sentinel]`` (an indefinite-length array of
@@ -980,7 +991,7 @@ class CborDecoder(_Decoder):
                 _fix_bytes(obj, self._text)
         return frames
 
-    def _decode_items(self, data, frames):
+    def _decode_items(self, data: bytes, frames: list[Msg]) -> int:
         """Decode the complete items of ``data`` one by one into ``frames``; return the offset
         reached (``len(data)`` unless the last item is incomplete)."""
         n = len(data)
@@ -1023,7 +1034,7 @@ class CborDecoder(_Decoder):
         dec.fp = _EMPTY  # do not keep the read buffer alive
         return pos
 
-    def _last_frame_start(self, data):
+    def _last_frame_start(self, data: bytes) -> int:
         """Guess where the last frame of ``data`` (a read that starts at a frame boundary)
         begins: the offset of the incomplete last frame, ``len(data)`` if the read seems to
         end at a frame boundary, or -1 if no guess was found.
@@ -1091,13 +1102,13 @@ class CborDecoder(_Decoder):
                 dec = None
         return -1
 
-    def _start_pending(self, data, pos):
+    def _start_pending(self, data: bytes, pos: int) -> None:
         if data[pos] >> 5 not in (4, 6):
             raise RemoteProtocolError(
                 "cbor frame is not an array (initial byte 0x%02x)" % data[pos]
             )
         pbuf = bytearray(data[pos:])
-        stack = []
+        stack: list[int] = []
         end, done = _cbor_skip(pbuf, 0, stack, self.max_frame)
         if done:  # cbor2 wanted more data than the item's structure says: malformed
             raise RemoteProtocolError("malformed cbor frame")
@@ -1116,7 +1127,7 @@ _CODECS = {
 }
 
 
-def codec(name):
+def codec(name: str) -> tuple[Callable[[Sequence[Any]], bytes], Callable[..., _Decoder]]:
     """Return ``(encode_fn, decoder_class)`` for the framing ``name`` (``"json"``/``"cbor"``).
 
     Example::

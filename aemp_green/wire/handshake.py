@@ -114,7 +114,7 @@ import hmac
 import logging
 import os
 import re
-from typing import NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Union
 
 from .. import _protocol
 from ..exceptions import LocalProtocolError, RemoteProtocolError
@@ -148,7 +148,7 @@ DEFAULT_PROVIDER = _protocol.PROVIDER
 PERL_PROVIDER_PREFIX = _protocol.PERL_PROVIDER_PREFIX
 
 
-def is_perl_peer(kv):
+def is_perl_peer(kv: Optional[Mapping[str, Any]]) -> bool:
     """True when a greeting's key=value pairs (``GreetingReceived.kv``) come from a Perl
     AnyEvent::MP node, whose strings have no bytes/text distinction.
 
@@ -202,9 +202,9 @@ class GreetingReceived(NamedTuple):
     protocol: str
     version: int
     nodeid: str
-    auth_accept: list
-    framings: list
-    kv: dict
+    auth_accept: list[str]
+    framings: list[str]
+    kv: dict[str, Optional[str]]
     nonce: str
 
 
@@ -236,7 +236,7 @@ class Established(NamedTuple):
     send_framing: str
     recv_framing: str
     peer_nodeid: str
-    kv: dict
+    kv: dict[str, Optional[str]]
     auth_method: str
     protocol: str = "aemp"
     tls: bool = False
@@ -244,8 +244,11 @@ class Established(NamedTuple):
 
 # --------------------------------------------------------------------------- helpers
 
+#: a greeting line, token input or secret: ``str`` (used as UTF-8) or ``bytes``
+_Text = Union[str, bytes]
 
-def _b(x):
+
+def _b(x: Union[str, bytes, bytearray, memoryview, None]) -> bytes:
     if x is None:
         return b""
     if isinstance(x, str):
@@ -253,11 +256,11 @@ def _b(x):
     return bytes(x)
 
 
-def _auth_msg(l1, l2, p1, p2):
+def _auth_msg(l1: _Text, l2: _Text, p1: _Text, p2: _Text) -> bytes:
     return b"%s\n%s\n%s\n%s\n" % (_b(l1), _b(l2), _b(p1), _b(p2))
 
 
-def hmac_token(secret, l1, l2, p1, p2):
+def hmac_token(secret: _Text, l1: _Text, l2: _Text, p1: _Text, p2: _Text) -> str:
     """The ``hmac_sha3_512`` token (128 lowercase hex chars) over ``l1\\nl2\\np1\\np2\\n``.
 
     For the token we send, ``l1``/``l2`` are our greeting lines and ``p1``/``p2`` the
@@ -273,7 +276,7 @@ def hmac_token(secret, l1, l2, p1, p2):
     return hmac.new(_b(secret), _auth_msg(l1, l2, p1, p2), hashlib.sha3_512).hexdigest()
 
 
-def tls_token(l1, l2, p1, p2):
+def tls_token(l1: _Text, l2: _Text, p1: _Text, p2: _Text) -> str:
     """The ``tls_sha3_512`` token: lowercase hex SHA3-512 of ``l1\\nl2\\np1\\np2\\n``.
 
     Example::
@@ -284,7 +287,7 @@ def tls_token(l1, l2, p1, p2):
     return hashlib.sha3_512(_auth_msg(l1, l2, p1, p2)).hexdigest()
 
 
-def make_nonce():
+def make_nonce() -> str:
     """A fresh greeting nonce: standard base64 of 66 bytes from ``os.urandom`` (88 chars).
 
     Example::
@@ -295,7 +298,7 @@ def make_nonce():
     return base64.b64encode(os.urandom(66)).decode("ascii")
 
 
-def _perl_int(value):
+def _perl_int(value: Optional[str]) -> int:
     """Perl's ``int($value)`` for the strings a greeting carries (``"1.0"`` -> 1, junk -> 0)."""
     if value is None:
         return 0
@@ -308,7 +311,9 @@ def _perl_int(value):
         return 0
 
 
-def parse_greeting_line1(line):
+def parse_greeting_line1(
+    line: str,
+) -> tuple[str, str, str, list[str], list[str], dict[str, Optional[str]]]:
     """Split a greeting line 1 (``str``, no line end) into its parts.
 
     Returns ``(protocol, version, nodeid, auth_list, framing_list, kv)``; ``kv`` keeps the
@@ -324,7 +329,7 @@ def parse_greeting_line1(line):
     if len(fields) < 5:
         raise RemoteProtocolError("unparsable greeting (%d fields)" % len(fields))
     protocol, version, nodeid, auths, framings = fields[:5]
-    kv = {}
+    kv: dict[str, Optional[str]] = {}
     for pair in fields[5:]:
         k, sep, v = pair.partition("=")
         kv[k] = v if sep else None
@@ -338,7 +343,7 @@ def parse_greeting_line1(line):
     )
 
 
-def _check_field(what, value, forbidden=";\r\n"):
+def _check_field(what: str, value: object, forbidden: str = ";\r\n") -> str:
     if not isinstance(value, str):
         raise LocalProtocolError("%s must be a str, not %s" % (what, type(value).__name__))
     bad = [c for c in forbidden if c in value]
@@ -378,25 +383,35 @@ class Handshake:
         ['provider=aemp_green-0.2.0', 'peeraddr=10.0.0.1:4040', 'mproto=1', 'gproto=1']
     """
 
+    peer_greeting: Optional[tuple[str, str]]
+    error: Optional[str]
+    _out: list[bytes]
+    _p1: Optional[bytes]
+    _p2: Optional[bytes]
+    _greeting: Optional[GreetingReceived]
+    _auth_line: Optional[bytes]
+    _send_framing: Optional[str]
+    _peeraddr_check: Optional[Callable[[str], bool]]
+
     def __init__(
         self,
         *,
-        nodeid,
-        secret=None,
-        auth_offer=_protocol.DEFAULT_AUTH,
-        auth_accept=_protocol.DEFAULT_AUTH,
-        framings=_protocol.FRAMINGS,
-        peeraddr="",
-        tls_offered=False,
-        protocol="aemp",
-        extra=None,
-        provider=None,
-        nonce=None,
-        max_line=_protocol.MAX_LINE,
-        role="connect",
-        peeraddr_check=None,
-        _kv_order=None,
-    ):
+        nodeid: str,
+        secret: Optional[_Text] = None,
+        auth_offer: Iterable[str] = _protocol.DEFAULT_AUTH,
+        auth_accept: Iterable[str] = _protocol.DEFAULT_AUTH,
+        framings: Iterable[str] = _protocol.FRAMINGS,
+        peeraddr: str = "",
+        tls_offered: bool = False,
+        protocol: str = "aemp",
+        extra: Optional[Mapping[str, Any]] = None,
+        provider: Optional[str] = None,
+        nonce: Union[str, bytes, None] = None,
+        max_line: int = _protocol.MAX_LINE,
+        role: str = "connect",
+        peeraddr_check: Optional[Callable[[str], bool]] = None,
+        _kv_order: Optional[Iterable[str]] = None,
+    ) -> None:
         _check_field("nodeid", nodeid)
         if not nodeid:
             raise LocalProtocolError("nodeid must not be empty")
@@ -483,7 +498,7 @@ class Handshake:
 
     # ---------------------------------------------------------------- public interface
 
-    def data_to_send(self):
+    def data_to_send(self) -> bytes:
         """Return (and forget) the bytes we must send now: the greeting, later the auth line.
 
         Example::
@@ -494,7 +509,9 @@ class Handshake:
         self._out = []
         return out
 
-    def receive_data(self, data):
+    def receive_data(
+        self, data: Union[bytes, bytearray, memoryview]
+    ) -> list[Union[GreetingReceived, NeedTLS, Established]]:
         """Feed bytes read from the peer; return the list of events they produced.
 
         Raises ``RemoteProtocolError`` when the peer fails a check (the connection must be
@@ -522,7 +539,7 @@ class Handshake:
             self._fail("malformed handshake: %r" % (exc,))
             raise RemoteProtocolError(self.error) from exc
 
-    def start_tls_done(self):
+    def start_tls_done(self) -> None:
         """Tell the handshake that TLS is now active (after a ``NeedTLS`` event).
 
         Queues our auth line; what the peer sends from now on is read through TLS.
@@ -540,25 +557,26 @@ class Handshake:
         self._tls = True
         self.pre_tls_data = b""
         if self.role == "connect":
+            assert self._auth_line is not None  # set with the NeedTLS event
             self._out.append(self._auth_line)
         self.state = AUTH
 
     @property
-    def tls_active(self):
+    def tls_active(self) -> bool:
         """True once TLS was started for this connection."""
         return self._tls
 
     # ---------------------------------------------------------------- internals
 
-    def _fail(self, reason):
+    def _fail(self, reason: str) -> None:
         self.state = ERROR
         self.error = reason
         logger.debug(
             "handshake with %s failed: %s", self._greeting.nodeid if self._greeting else "?", reason
         )
 
-    def _receive(self, data):
-        events = []
+    def _receive(self, data: bytes) -> list[Union[GreetingReceived, NeedTLS, Established]]:
+        events: list[Union[GreetingReceived, NeedTLS, Established]] = []
         buf = self._buf + data if self._buf else data
         while True:
             i = buf.find(b"\n")
@@ -588,10 +606,10 @@ class Handshake:
         self._buf = buf
         return events
 
-    def _too_long(self):
+    def _too_long(self) -> str:
         return "auth line too long" if self.state is AUTH else "greeting line too long"
 
-    def _on_line1(self, line):
+    def _on_line1(self, line: bytes) -> None:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -619,12 +637,15 @@ class Handshake:
         )
         self.state = LINE2
 
-    def _on_line2(self, line, events):
+    def _on_line2(
+        self, line: bytes, events: list[Union[GreetingReceived, NeedTLS, Established]]
+    ) -> None:
         try:
             nonce = line.decode("utf-8")
         except UnicodeDecodeError:
             raise RemoteProtocolError("unparsable greeting nonce (not UTF-8)") from None
         self._p2 = line
+        assert self._greeting is not None and self._p1 is not None  # set by _on_line1
         g = self._greeting._replace(nonce=nonce)
         self._greeting = g
         if self._p1 == self._l1 and line == self._l2:
@@ -664,8 +685,9 @@ class Handshake:
                 self._out.append(self._auth_line)
             self.state = AUTH
 
-    def _check_peeraddr(self, addr):
+    def _check_peeraddr(self, addr: Optional[str]) -> None:
         """Refuse a greeting whose ``peeraddr`` does not name us (see "Relays" above)."""
+        assert self._peeraddr_check is not None  # called only when there is one
         if addr is not None and self._peeraddr_check(addr):
             return
         shown = repr(addr)[:80] if addr is not None else "no peeraddr"
@@ -680,7 +702,8 @@ class Handshake:
             "handshake?); behind NAT, list that address in public_addresses" % shown
         )
 
-    def _make_token(self, method):
+    def _make_token(self, method: str) -> str:
+        assert self._p1 is not None and self._p2 is not None  # after the peer's greeting
         mine = (self._l1, self._l2, self._p1, self._p2)
         if method == "hmac_sha3_512":
             if not self.secret:
@@ -696,7 +719,7 @@ class Handshake:
             return self.secret.hex()
         raise RemoteProtocolError("%s: unsupported auth method in our auth_offer" % method)
 
-    def _on_auth(self, line):
+    def _on_auth(self, line: bytes) -> Established:
         try:
             text = line.decode("ascii")
         except UnicodeDecodeError:
@@ -711,6 +734,9 @@ class Handshake:
             raise RemoteProtocolError("%s: auth method not accepted" % method)
         if method in _TLS_ONLY and not self._tls:
             raise RemoteProtocolError("%s: auth method needs TLS" % method)
+        assert self._p1 is not None and self._p2 is not None  # AUTH: after the greeting
+        assert self._greeting is not None and self._auth_line is not None
+        assert self._send_framing is not None
         theirs = (self._p1, self._p2, self._l1, self._l2)
         if method == "hmac_sha3_512":
             expected = hmac_token(self.secret, *theirs) if self.secret else None
@@ -735,7 +761,7 @@ class Handshake:
         protocol = self.protocol if self.protocol != "aemp" else g.protocol
         return Established(self._send_framing, framing, g.nodeid, g.kv, method, protocol, self._tls)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<Handshake %s state=%s peer=%s>" % (
             self.nodeid,
             self.state,
