@@ -304,20 +304,6 @@ def _v_version(name, value):
     return value
 
 
-def _v_observer(name, value):
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        raise ConfigError("%s must be a host:port string, not %r" % (name, value))
-    try:
-        parse_address(value, default_host="127.0.0.1")
-    except ConfigError as e:
-        raise ConfigError("%s: %s" % (name, e)) from None
-    return value
-
-
 def _v_any(name, value):
     return value
 
@@ -648,7 +634,7 @@ SETTINGS = (
     Setting(
         "observer",
         NO_DEFAULT,
-        _v_observer,
+        _v_listen_address,
         "aemp_green: host:port the web observer page listens on (loopback unless a host is "
         "given; port 0 picks a free one); access needs the token printed at start.",
     ),
