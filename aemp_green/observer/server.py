@@ -190,7 +190,8 @@ class Observer:
                 return v
             finally:
                 self._inflight = None
-        return self._inflight.get()
+        shared: dict[str, Any] = self._inflight.get()
+        return shared
 
     # -- HTTP ----------------------------------------------------------------------------
     def authorised(self, environ: dict[str, Any]) -> bool:
