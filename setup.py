@@ -39,6 +39,8 @@ setup(
         ],
         # the setting `metrics`: Prometheus text format (aemp_green.metrics)
         "metrics": ["prometheus_client>=0.17,<1"],
+        # bench/plot.py only; the tests and CI never import it
+        "bench": ["matplotlib>=3.7,<4"],
     },
     # one `aemp` on PATH once installed: the console script. bin/aemp (the same program) is for
     # running from a checkout and ships in the sdist only, never installed.

@@ -52,7 +52,7 @@ from .ports import (
 from .node import eval_on, known_nodes, mon_nodes, node_is_up, snd_on, snd_to_func, up_nodes
 from .connect import listener_addresses
 from .runtime import configure, run_forever, shutdown
-from .global_ import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
+from .globaldb import db_del, db_family, db_keys, db_mon, db_reg, db_set, db_values
 from .introspect import IntrospectionRefused, info, links_info, node_info, ports_info, snapshot
 from . import dataconn as _dataconn, logcatcher as _logcatcher  # noqa: F401 - the side services
 

@@ -37,7 +37,19 @@ import socket
 import string
 import struct
 import tempfile
-from typing import Any, Callable, NamedTuple
+from typing import (
+    Any,
+    Callable,
+    Hashable,
+    Iterable,
+    Mapping,
+    NamedTuple,
+    NoReturn,
+    Optional,
+    TypeVar,
+    Union,
+    cast,
+)
 
 from . import _protocol
 from .exceptions import ConfigError
@@ -83,6 +95,7 @@ AUTH_METHODS = _protocol.AUTH_METHODS
 
 _ALNUM = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _MiB = 1024 * 1024
+_H = TypeVar("_H", bound=Hashable)
 
 
 class _NoDefault:
@@ -90,7 +103,7 @@ class _NoDefault:
 
     __slots__ = ()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "NO_DEFAULT"
 
 
@@ -119,7 +132,7 @@ class Setting(NamedTuple):
 # validators: each takes (name, value) and returns the normalised value or raises ConfigError
 
 
-def _v_positive_number(name, value):
+def _v_positive_number(name: str, value: Any) -> Union[int, float]:
     if isinstance(value, str):
         # aemp (Perl) stores command-line arguments as strings: "60" is a valid timeout
         try:
@@ -133,7 +146,7 @@ def _v_positive_number(name, value):
     return value
 
 
-def _v_positive_int(name, value):
+def _v_positive_int(name: str, value: Any) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -141,7 +154,7 @@ def _v_positive_int(name, value):
     return value
 
 
-def _v_count(name, value):
+def _v_count(name: str, value: Any) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -162,7 +175,7 @@ _TRUE_STRINGS = {
 }
 
 
-def _v_bool(name, value):
+def _v_bool(name: str, value: Any) -> bool:
     # Perl writes booleans as 0/1 (numbers or strings); JSON true/false and null also occur.
     if value is None:
         return False
@@ -175,7 +188,7 @@ def _v_bool(name, value):
     raise ConfigError("%s must be a boolean (true/false or 0/1), not %r" % (name, value))
 
 
-def _v_str_list(name, value):
+def _v_str_list(name: str, value: Any) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)):
@@ -186,9 +199,9 @@ def _v_str_list(name, value):
     return list(value)
 
 
-def _dedup(items):
-    seen = set()
-    out = []
+def _dedup(items: Iterable[_H]) -> list[_H]:
+    seen: set[_H] = set()
+    out: list[_H] = []
     for item in items:
         if item not in seen:
             seen.add(item)
@@ -196,17 +209,17 @@ def _dedup(items):
     return out
 
 
-def _v_addresses(name, value):
+def _v_addresses(name: str, value: Any) -> list[str]:
     value = _v_str_list(name, value)
     for item in value:
         try:
             parse_address(item, default_host="localhost")
         except ConfigError as e:
             raise ConfigError("%s: %s" % (name, e)) from None
-    return value
+    return cast(list[str], value)  # _v_str_list's result
 
 
-def _v_listen_address(name, value):
+def _v_listen_address(name: str, value: Any) -> Optional[str]:
     """An optional ``host:port`` to listen on (a bare port means loopback, port 0 any free
     one)."""
     if value is None:
@@ -222,7 +235,7 @@ def _v_listen_address(name, value):
     return value
 
 
-def _v_framing(name, value):
+def _v_framing(name: str, value: Any) -> list[str]:
     value = _v_str_list(name, value)
     known = [f for f in value if f in FRAMING_FORMATS]
     unknown = [f for f in value if f not in FRAMING_FORMATS]
@@ -238,7 +251,7 @@ def _v_framing(name, value):
     return _dedup(known)
 
 
-def _v_auth(name, value):
+def _v_auth(name: str, value: Any) -> list[str]:
     value = _v_str_list(name, value)
     for item in value:
         if item not in AUTH_METHODS:
@@ -248,7 +261,7 @@ def _v_auth(name, value):
     return _dedup(value)
 
 
-def _v_optional_str(name, value):
+def _v_optional_str(name: str, value: Any) -> Optional[str]:
     if value is not None and not isinstance(value, str):
         raise ConfigError("%s must be a string, not %s" % (name, type(value).__name__))
     return value
@@ -257,7 +270,7 @@ def _v_optional_str(name, value):
 _NODEID_RE = re.compile(r"[A-Za-z0-9_\-.:/%]*\Z")
 
 
-def _v_nodeid(name, value):
+def _v_nodeid(name: str, value: Any) -> Optional[str]:
     if value is None:
         return None
     if not isinstance(value, str):
@@ -279,7 +292,7 @@ def _v_nodeid(name, value):
     return value
 
 
-def _v_services(name, value):
+def _v_services(name: str, value: Any) -> list[Any]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)):
@@ -296,7 +309,7 @@ def _v_services(name, value):
     return [list(i) if isinstance(i, tuple) else i for i in value]
 
 
-def _v_version(name, value):
+def _v_version(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and value.isdigit():
             return int(value)
@@ -304,7 +317,7 @@ def _v_version(name, value):
     return value
 
 
-def _v_any(name, value):
+def _v_any(name: str, value: Any) -> Any:
     return value
 
 
@@ -451,7 +464,7 @@ SETTINGS = (
         "aemp_green: extra host:port addresses peers reach or see this node at (NAT, "
         "proxies, port forwards); port '*' matches any port (an outgoing NAT address).",
     ),
-    # the replicated database (global_)
+    # the replicated database (globaldb)
     Setting(
         "db_stamp_skew",
         300,
@@ -724,7 +737,7 @@ def setting(name: str, default: Any = None) -> Any:
 # locating, reading and writing the rc file
 
 
-def rc_path(environ=None):
+def rc_path(environ: Optional[Mapping[str, str]] = None) -> str:
     """Return the path of the AEMP rc file.
 
     ``$PERL_ANYEVENT_MP_RC`` if set, else ``$HOME/.perl-anyevent-mp``, else
@@ -746,20 +759,20 @@ def rc_path(environ=None):
     return os.path.join(os.path.expanduser("~"), ".perl-anyevent-mp")
 
 
-def _line_col(text, pos):
+def _line_col(text: str, pos: int) -> tuple[int, int]:
     line = text.count("\n", 0, pos) + 1
     col = pos - (text.rfind("\n", 0, pos) + 1) + 1
     return line, col
 
 
-def _relaxed_error(text, pos, msg):
+def _relaxed_error(text: str, pos: int, msg: str) -> ConfigError:
     line, col = _line_col(text, pos)
     err = ConfigError("line %d column %d: %s" % (line, col, msg))
-    err.lineno, err.colno, err.pos = line, col, pos
+    err.lineno, err.colno, err.pos = line, col, pos  # type: ignore[attr-defined]
     return err
 
 
-def _strip_relaxed(text):
+def _strip_relaxed(text: str) -> str:
     """Blank out ``#`` comments and trailing commas so strict JSON remains.
 
     Positions are kept (comments become spaces, a dropped comma one space), so errors from
@@ -815,11 +828,11 @@ def _strip_relaxed(text):
     return text if out is None else "".join(out)
 
 
-def _bad_constant(name):
+def _bad_constant(name: str) -> NoReturn:
     raise ConfigError("%s is not valid JSON" % name)
 
 
-def parse_relaxed_json(text):
+def parse_relaxed_json(text: Union[str, bytes, bytearray]) -> Any:
     """Parse JSON the way JSON::XS ``relaxed`` does and return the value.
 
     Besides strict JSON it allows ``#`` comments to the end of the line (outside strings),
@@ -846,7 +859,7 @@ def parse_relaxed_json(text):
         raise _relaxed_error(text, e.pos, e.msg) from None
 
 
-def dumps_rc(cfg):
+def dumps_rc(cfg: Mapping[str, Any]) -> str:
     """Return ``cfg`` as JSON::XS ``pretty canonical`` text (what :func:`save_rc` writes).
 
     Three-space indent, ``"key" : value``, keys sorted, raw UTF-8 text, a final newline.
@@ -875,7 +888,7 @@ def dumps_rc(cfg):
     return text + "\n"
 
 
-def load_rc(path=None):
+def load_rc(path: Optional[str] = None) -> dict[str, Any]:
     """Read the rc file and return its top-level object as a dict.
 
     A missing or unreadable file gives ``{"version": 1}`` (as AEMP does; logged at debug).
@@ -907,7 +920,7 @@ def load_rc(path=None):
     return rc
 
 
-def _fsync_dir(dirname):
+def _fsync_dir(dirname: str) -> None:
     try:
         fd = os.open(dirname, os.O_RDONLY)
     except OSError:
@@ -920,7 +933,7 @@ def _fsync_dir(dirname):
         os.close(fd)
 
 
-def save_rc(cfg, path=None):
+def save_rc(cfg: Mapping[str, Any], path: Optional[str] = None) -> str:
     """Write ``cfg`` to the rc file atomically and return the path written.
 
     The text is :func:`dumps_rc` output. It goes to a temporary file in the same directory
@@ -962,7 +975,7 @@ def save_rc(cfg, path=None):
     return path
 
 
-def _keep_backup(path, dirname):
+def _keep_backup(path: str, dirname: str) -> None:
     """Make ``<path>~`` hold the current content of ``path`` without ever removing ``path``."""
     backup = path + "~"
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".bak-", dir=dirname)
@@ -987,7 +1000,7 @@ def _keep_backup(path, dirname):
 # profiles
 
 
-def _hostname():
+def _hostname() -> str:
     """Return this host's name as ``uname -n`` prints it (AEMP's default profile and ``%n``).
 
     Example::
@@ -1005,7 +1018,7 @@ def _hostname():
 hostname = _hostname
 
 
-def _profiles(rc):
+def _profiles(rc: Mapping[str, Any]) -> dict[str, Any]:
     table = rc.get("profile")
     if table is None:
         return {}
@@ -1016,11 +1029,11 @@ def _profiles(rc):
     return table
 
 
-def _profile_chain(rc, name):
+def _profile_chain(rc: Mapping[str, Any], name: Optional[str]) -> list[dict[str, Any]]:
     """Profiles to apply, parents first, the named one last (missing ones skipped)."""
     table = _profiles(rc)
-    chain = []
-    seen = []
+    chain: list[dict[str, Any]] = []
+    seen: list[str] = []
     while name is not None:
         if name in seen:
             raise ConfigError("profile parent loop: %s" % " -> ".join(seen + [name]))
@@ -1040,7 +1053,9 @@ def _profile_chain(rc, name):
     return chain
 
 
-def find_profile(rc, name=None, **kv):
+def find_profile(
+    rc: Optional[Mapping[str, Any]], name: Optional[str] = None, **kv: Any
+) -> dict[str, Any]:
     """Return the effective configuration for profile ``name`` (a new dict).
 
     Precedence, later wins (AEMP's ``find_profile``): :data:`DEFAULTS`, then the
@@ -1069,7 +1084,7 @@ def find_profile(rc, name=None, **kv):
         name = _hostname()
     args = {k: v for k, v in kv.items() if v is not None}
 
-    layers = []
+    layers: list[dict[str, Any]] = []
     if not norc:
         rc = rc or {}
         top = {k: v for k, v in rc.items() if k != "profile"}
@@ -1087,7 +1102,7 @@ def find_profile(rc, name=None, **kv):
     return cfg
 
 
-def profile_section(rc, name=None):
+def profile_section(rc: dict[str, Any], name: Optional[str] = None) -> dict[str, Any]:
     """Return the dict the ``aemp`` settings commands edit (created on demand).
 
     ``name=None`` is the rc top level itself; otherwise ``rc["profile"][name]``.
@@ -1106,10 +1121,10 @@ def profile_section(rc, name=None):
         raise ConfigError(
             "rc 'profile' must be an object of profiles, not %s" % type(table).__name__
         )
-    return table.setdefault(name, {})
+    return cast(dict[str, Any], table.setdefault(name, {}))
 
 
-def validate(cfg):
+def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Type-check and normalise the known keys of ``cfg``; return a new dict.
 
     Unknown keys are copied unchanged, absent keys stay absent. Normalisation: numeric strings
@@ -1126,7 +1141,7 @@ def validate(cfg):
     """
     if not isinstance(cfg, dict):
         raise ConfigError("configuration must be a dict, not %s" % type(cfg).__name__)
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in cfg.items():
         setting = SETTINGS_BY_NAME.get(key)
         out[key] = copy.deepcopy(value) if setting is None else setting.validator(key, value)
@@ -1137,7 +1152,7 @@ def validate(cfg):
 # node ids
 
 
-def gen_runiq():
+def gen_runiq() -> str:
     """Return a new ``$RUNIQ``: 10 random characters of ``[0-9A-Za-z]``, the last upper-cased.
 
     (Upper-casing leaves a final digit a digit.) This is what ``%u`` and a trailing ``/`` in a
@@ -1153,7 +1168,7 @@ def gen_runiq():
     return r[:-1] + r[-1].upper()
 
 
-def gen_secret():
+def gen_secret() -> str:
     """Return a new shared secret, as ``aemp gensecret`` stores it.
 
     AEMP stores a random alphanumeric string; we use 64 characters from ``[0-9A-Za-z]``
@@ -1168,7 +1183,7 @@ def gen_secret():
     return "".join(secrets.choice(_ALNUM) for _ in range(64))
 
 
-def is_randomised(template):
+def is_randomised(template: str) -> bool:
     """True if node id ``template`` gets a random part (contains ``%u`` or ends in ``/``).
 
     Randomised nodes use short port names (no ``$UNIQ`` prefix).
@@ -1181,7 +1196,9 @@ def is_randomised(template):
     return "%u" in template or template.endswith("/")
 
 
-def expand_nodeid(template, hostname=None, runiq=None):
+def expand_nodeid(
+    template: str, hostname: Optional[str] = None, runiq: Optional[str] = None
+) -> str:
     """Expand a node id template: ``%n`` → host name, ``%u`` and a trailing ``/`` → runiq.
 
     ``runiq`` defaults to a fresh :func:`gen_runiq` (the same value for every occurrence);
@@ -1207,7 +1224,7 @@ def expand_nodeid(template, hostname=None, runiq=None):
     return template
 
 
-def default_nodeid(cfg):
+def default_nodeid(cfg: Mapping[str, Any]) -> str:
     """Return the node id template of an effective configuration: ``nodeid`` or ``<profile>/``.
 
     Example::
@@ -1215,7 +1232,7 @@ def default_nodeid(cfg):
         >>> default_nodeid({"profile": "seed"}), default_nodeid({"profile": "x", "nodeid": "a"})
         ('seed/', 'a')
     """
-    nodeid = cfg.get("nodeid")
+    nodeid: Optional[str] = cfg.get("nodeid")
     if nodeid:
         return nodeid
     profile = cfg.get("profile") or _hostname()
@@ -1228,7 +1245,7 @@ def default_nodeid(cfg):
 _HOST_RE = re.compile(r"[A-Za-z0-9_.\-]+\Z")
 
 
-def _parse_port(s, port):
+def _parse_port(s: str, port: str) -> Optional[int]:
     if port == "*":
         return None
     if not port.isdigit() or not port.isascii():
@@ -1239,7 +1256,7 @@ def _parse_port(s, port):
     return n or None
 
 
-def parse_address(s, default_host=None):
+def parse_address(s: str, default_host: Optional[str] = None) -> tuple[str, Optional[int]]:
     """Parse a bind or seed address and return ``(host, port)``.
 
     Forms: ``host:port``, ``[v6addr]:port``, ``[v6addr]``, a bare IPv6 address, ``host``
@@ -1294,9 +1311,9 @@ def parse_address(s, default_host=None):
 _SIOCGIFADDR = 0x8915
 
 
-def _local_ipv4_addresses():
+def _local_ipv4_addresses() -> list[str]:
     """Every local non-loopback IPv4 address (one per interface, Linux ioctl; else DNS)."""
-    addrs = []
+    addrs: list[str] = []
     try:
         import fcntl
 
@@ -1317,11 +1334,11 @@ def _local_ipv4_addresses():
             infos = socket.getaddrinfo(_hostname(), None, socket.AF_INET, socket.SOCK_STREAM)
         except OSError:
             infos = []
-        addrs = [info[4][0] for info in infos]
+        addrs = [str(info[4][0]) for info in infos]  # AF_INET: (host, port)
     return _dedup(a for a in addrs if not ipaddress.ip_address(a).is_loopback)
 
 
-def expand_binds(binds):
+def expand_binds(binds: Union[str, Iterable[str]]) -> list[tuple[str, Optional[int]]]:
     """Turn ``binds`` into a list of ``(host, port_or_None)`` to listen on.
 
     A ``*`` host becomes every local non-loopback IPv4 address (if none is found,
@@ -1337,7 +1354,7 @@ def expand_binds(binds):
     """
     if isinstance(binds, str):
         binds = [binds]
-    out = []
+    out: list[tuple[str, Optional[int]]] = []
     local = None
     for b in binds:
         host, port = parse_address(b)

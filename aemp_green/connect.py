@@ -24,7 +24,7 @@ Example::
 """
 
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Literal, Optional, Protocol, Sequence, cast
 
 import gevent
 
@@ -33,9 +33,11 @@ from . import kernel as _k
 from . import transport
 from ._ratelog import RateLog
 from .exceptions import ConfigError, RemoteProtocolError
+from .wire.handshake import Established, GreetingReceived, Handshake
 
 __all__ = [
     "DialLimiter",
+    "DialingNode",
     "dials",
     "dial",
     "accept",
@@ -54,12 +56,12 @@ logger = logging.getLogger(__name__)
 _rl = RateLog(logger)  # bad input from peers (see _ratelog)
 _cfg = _config.active  # this node's settings (configure fills the dict in place)
 
-tls = None  # transport.TLSContexts of our certificate (set_tls), or None
-_listeners: list[Any] = []
+tls: Optional[transport.TLSContexts] = None  # our certificate's contexts (set_tls), or None
+_listeners: list[transport.Listener] = []
 _binds: list[str] = []  # our listener addresses as "host:port" strings (what others learn)
 
 
-def set_tls(contexts: Any) -> None:
+def set_tls(contexts: Optional[transport.TLSContexts]) -> None:
     """Use ``contexts`` (``transport.tls_contexts(cert)``, or None) for every connection.
 
     Example::
@@ -70,21 +72,23 @@ def set_tls(contexts: Any) -> None:
     tls = contexts
 
 
-def _no_duplicates(ev: Any) -> None:
+def _no_duplicates(ev: GreetingReceived) -> None:
     pass
 
 
-def _no_links(sock: Any, est: Any, trailing: bytes, outgoing: bool) -> Any:
+def _no_links(
+    sock: transport.Sock, est: Established, trailing: bytes, outgoing: bool
+) -> transport.Link:
     sock.close()
     raise transport.HandshakeRefused("this process has no node layer to take the link")
 
 
-_start_link: Callable[..., Any] = _no_links
-_refuse_duplicates: Callable[[Any], None] = _no_duplicates
+_start_link: Callable[..., transport.Link] = _no_links
+_refuse_duplicates: Callable[[GreetingReceived], None] = _no_duplicates
 
 
 def set_link_hooks(
-    start_link: Callable[..., Any], refuse_duplicates: Callable[[Any], None]
+    start_link: Callable[..., transport.Link], refuse_duplicates: Callable[[GreetingReceived], None]
 ) -> None:
     """Install what ``node`` knows: ``start_link(sock, est, trailing, outgoing)`` turns an
     authenticated socket into a link (returned, not yet running), and ``refuse_duplicates(ev)``
@@ -114,6 +118,22 @@ def split_hostport(addr: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- dial limiter
 
 
+class DialingNode(Protocol):
+    """What the dial limiter looks at of the node a dial is for (``node.RemoteNode``): whether
+    it gave up (no link, not connecting).
+
+    Example::
+
+        with dials.turn(addr, get_node(nodeid)) as ok:   # a RemoteNode is a DialingNode
+            ...
+    """
+
+    @property
+    def link(self) -> Optional[transport.Link]: ...
+    @property
+    def connecting(self) -> bool: ...
+
+
 class DialLimiter:
     """Bounds what dialling out may take, so that addresses from the network (the global
     database, ``host:port`` node IDs) cannot exhaust this process (docs/security.md):
@@ -137,7 +157,12 @@ class DialLimiter:
 
     MAX_BACKOFF_ENTRIES = 4096  # addresses remembered; the oldest entry makes room
 
-    def __init__(self):
+    _sem: Any  # gevent.lock.BoundedSemaphore of max_dials turns (made on first use)
+    _size: Optional[int]
+    _backoff: dict[str, tuple[float, float]]
+    _holders: dict[gevent.Greenlet, Optional[DialingNode]]
+
+    def __init__(self) -> None:
         self._sem = None
         self._size = None
         self._backoff = {}  # addr -> (loop time it may be dialled again, current pause)
@@ -146,7 +171,7 @@ class DialLimiter:
         self._holders = {}  # greenlet holding a turn -> its RemoteNode (oldest first)
         self.waiting = 0  # dials waiting for a turn
 
-    def _semaphore(self):
+    def _semaphore(self) -> Any:
         size = int(_cfg.get("max_dials") or 64)
         if self._sem is None or size != self._size:
             from gevent.lock import BoundedSemaphore
@@ -154,14 +179,14 @@ class DialLimiter:
             self._sem, self._size = BoundedSemaphore(size), size
         return self._sem
 
-    def backoff_left(self, addr):
+    def backoff_left(self, addr: str) -> float:
         """Seconds before ``addr`` may be dialled again (0 when it may be dialled now)."""
         entry = self._backoff.get(addr)
         if entry is None:
             return 0.0
-        return max(0.0, entry[0] - gevent.get_hub().loop.now())
+        return max(0.0, entry[0] - cast(float, gevent.get_hub().loop.now()))
 
-    def failed(self, addr):
+    def failed(self, addr: str) -> None:
         """A dial of ``addr`` failed: back it off (double the pause, up to the maximum)."""
         base = float(_cfg["connect_interval"]) / 4.0
         cap = float(_cfg.get("dial_backoff_max") or 10)
@@ -171,15 +196,15 @@ class DialLimiter:
             del self._backoff[next(iter(self._backoff))]
         self._backoff[addr] = (gevent.get_hub().loop.now() + pause, pause)
 
-    def succeeded(self, addr):
+    def succeeded(self, addr: str) -> None:
         """A dial of ``addr`` succeeded: forget its back-off."""
         self._backoff.pop(addr, None)
 
-    def turn(self, addr, node=None):
+    def turn(self, addr: str, node: Optional[DialingNode] = None) -> "_DialTurn":
         """A context manager yielding True when this dial (for ``node``) may go ahead."""
         return _DialTurn(self, addr, node)
 
-    def shed(self, node=None):
+    def shed(self, node: Optional[DialingNode] = None) -> int:
         """Stop dials whose node gave up (no link, not connecting), if others wait for a turn:
         only ``node``'s when given, else the oldest one. Returns how many were stopped."""
         if not self.waiting:
@@ -198,7 +223,7 @@ class DialLimiter:
             logger.debug("stopped %d dial(s) whose node gave up, to make way", stopped)
         return stopped
 
-    def _refuse(self, addr, why):
+    def _refuse(self, addr: str, why: str) -> None:
         self._refused += 1
         now = gevent.get_hub().loop.now()
         if now - self._logged >= 10.0:  # one line per 10 s, however many are refused
@@ -215,12 +240,18 @@ class DialLimiter:
 class _DialTurn:
     __slots__ = ("_lim", "_addr", "_node", "_sem")
 
-    def __init__(self, lim, addr, node):
+    _lim: DialLimiter
+    _addr: str
+    _node: Optional[DialingNode]
+    _sem: Any
+
+    def __init__(self, lim: DialLimiter, addr: str, node: Optional[DialingNode]) -> None:
         self._lim, self._addr, self._node, self._sem = lim, addr, node, None
 
-    def __enter__(self):
+    def __enter__(self) -> bool:
         lim = self._lim
         sem = lim._semaphore()
+        assert lim._size is not None  # set with the semaphore
         lim.waiting += 1
         try:
             if sem.locked():
@@ -246,7 +277,7 @@ class _DialTurn:
                 return False
         return True
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         if self._sem is not None:
             self._lim._holders.pop(gevent.getcurrent(), None)
             self._sem.release()
@@ -254,7 +285,7 @@ class _DialTurn:
         return False
 
 
-def _fds_left():
+def _fds_left() -> Optional[int]:
     """File descriptors this process may still open (soft RLIMIT_NOFILE minus open ones), or
     None where that cannot be told."""
     try:
@@ -278,7 +309,7 @@ def _fds_left():
 dials = DialLimiter()
 
 
-def dial(host: str, port: int, expect: Optional[str] = None) -> Any:
+def dial(host: str, port: int, expect: Optional[str] = None) -> transport.Link:
     """Connect to ``host:port``, handshake (refusing a node other than ``expect``), and start
     the link in a greenlet of its own; returns the link. Raises on connect/handshake failure.
 
@@ -291,7 +322,7 @@ def dial(host: str, port: int, expect: Optional[str] = None) -> Any:
     transport.apply_sockopts(sock, _cfg.get("nodelay", True))
     hs = connector_handshake(sock)
 
-    def on_greeting(ev):
+    def on_greeting(ev: GreetingReceived) -> None:
         if expect is not None and ev.nodeid != expect:
             raise transport.HandshakeRefused("dialled %s but %s answered" % (expect, ev.nodeid))
         _refuse_duplicates(ev)
@@ -309,8 +340,8 @@ def dial(host: str, port: int, expect: Optional[str] = None) -> Any:
 
 
 def connector_handshake(
-    sock: Any, protocol: str = "aemp", extra: Optional[dict[str, Any]] = None
-) -> Any:
+    sock: transport.Sock, protocol: str = "aemp", extra: Optional[dict[str, Any]] = None
+) -> Handshake:
     """The handshake for a connection we dialled: ``peeraddr`` is the numeric address we reached
     (the acceptor checks it names itself) and the acceptor must see us at our own address."""
     peer = sock.getpeername()
@@ -325,7 +356,7 @@ def connector_handshake(
     )
 
 
-def _check_for(own: Any, extra: Any) -> Any:
+def _check_for(own: Sequence[Any], extra: Iterable[str]) -> Optional[Callable[[str], bool]]:
     """The peeraddr check for a connection whose local address is ``own`` (None: checks off)."""
     if not _cfg.get("check_peeraddr", True):
         return None
@@ -347,14 +378,15 @@ def _named_binds() -> list[str]:
     return named
 
 
-_pending_handshakes: dict[Any, Any] = {}  # socket -> (source host, Handshake), oldest first
+# socket -> (source host, Handshake), oldest first
+_pending_handshakes: dict[transport.Sock, tuple[str, Handshake]] = {}
 
 
 MAX_PENDING_HANDSHAKES = 256
 MAX_PENDING_PER_SOURCE = 32
 
 
-def _make_handshake_room(source):
+def _make_handshake_room(source: str) -> None:
     """Slowloris defence: keep unfinished incoming handshakes within the caps, evicting fairly.
 
     A source (remote IP) over its own cap loses its oldest pending handshake; when the total cap
@@ -365,14 +397,14 @@ def _make_handshake_room(source):
     """
     cap = int(_cfg.get("max_pending_handshakes") or MAX_PENDING_HANDSHAKES)
     per_source = int(_cfg.get("max_pending_per_source") or MAX_PENDING_PER_SOURCE)
-    counts = {}
+    counts: dict[str, int] = {}
     for src, _hs in _pending_handshakes.values():
         counts[src] = counts.get(src, 0) + 1
     while _pending_handshakes:
         if counts.get(source, 0) >= per_source:
             victim_src = source
         elif len(_pending_handshakes) >= cap:
-            victim_src = max(counts, key=counts.get)
+            victim_src = max(counts, key=lambda src: counts[src])
         else:
             return
         for old_sock, (src, _hs) in _pending_handshakes.items():
@@ -390,7 +422,7 @@ def _make_handshake_room(source):
 _evict_log = {"next": 0.0, "count": 0}
 
 
-def _log_evicted(source):
+def _log_evicted(source: str) -> None:
     """One log line per ``source`` burst at most every 10 s (an attacker controls the rate)."""
     now = gevent.get_hub().loop.now()
     _evict_log["count"] += 1
@@ -407,14 +439,14 @@ def _log_evicted(source):
         _evict_log["next"] = now + 10.0
 
 
-def _printable(exc):
+def _printable(exc: BaseException) -> str:
     """An error's text with control characters escaped (it may quote a peer's bytes; our
     handshake errors already cut those short)."""
     text = str(exc) or exc.__class__.__name__
     return text if text.isprintable() else repr(text)[1:-1]
 
 
-def accept(sock: Any, addr: Any) -> None:
+def accept(sock: transport.Sock, addr: Any) -> None:
     transport.apply_sockopts(sock, _cfg.get("nodelay", True))
     peeraddr = transport.bind_string(addr[0], addr[1])
     source = transport.normalize_address(addr[0], None)[0]
@@ -458,10 +490,12 @@ def accept(sock: Any, addr: Any) -> None:
     link.run()
 
 
-_subprotocols: dict[Any, Any] = {}
+_subprotocols: dict[str, Callable[[Established, transport.Sock, bytes], Any]] = {}
 
 
-def register_subprotocol(protocol: str, handler: Callable[[Any, Any, bytes], Any]) -> None:
+def register_subprotocol(
+    protocol: str, handler: Callable[[Established, transport.Sock, bytes], Any]
+) -> None:
     """Route accepted connections that greet with ``protocol`` (``aemp-<word>``) to ``handler``.
 
     ``handler(established, sock, trailing_bytes)`` runs in the connection's greenlet after the
@@ -513,7 +547,7 @@ def listener_addresses() -> list[str]:
 
 def subprotocol_handshake(
     nodeid: str, addr: str, protocol: str, extra: Optional[dict[str, Any]], timeout: float
-) -> Any:
+) -> tuple[transport.Sock, Established, bytes]:
     """Open an authenticated ``protocol`` connection to ``nodeid`` at ``addr``; returns
     ``(sock, est, rest)``. Raises ``OSError``/``RemoteProtocolError``/``HandshakeRefused``.
 

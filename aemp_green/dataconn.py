@@ -72,7 +72,7 @@ from . import config as _config
 from . import connect as _connect
 from . import kernel as _k
 from . import node as _node
-from .global_ import db_family
+from .globaldb import db_family
 from . import ports as _ports
 from . import transport as _transport
 from ._guard import Guard

@@ -26,7 +26,7 @@ from collections import deque
 from typing import Any, Optional, Union
 
 from . import config as _config
-from . import global_ as _g
+from . import globaldb as _g
 from . import kernel as _k
 from . import node as _node
 from . import ports as _ports

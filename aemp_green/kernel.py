@@ -20,15 +20,14 @@ import logging
 import secrets
 import string
 import sys
-import threading
 import time
 from collections import deque
 from typing import Any, Callable, Literal, Optional, Protocol, Sequence, TypeAlias, Union
 
 from gevent import get_hub
-from gevent.monkey import get_original as _gevent_original
 from greenlet import getcurrent, greenlet
 
+from . import _hub
 from ._guard import Guard
 from ._ratelog import RateLog, esc, exc_text
 from ._report import report_crash
@@ -102,7 +101,7 @@ node_id = NODE
 def set_node_id(nodeid: str) -> None:
     """Change this node's ID (``configure``); every local port's ID changes with it, as in AEMP."""
     global this_node
-    check_thread()  # configure(): before it changes anything
+    _hub.check_thread()  # configure(): before it changes anything
     if "#" in nodeid:
         raise ValueError("node ID must not contain '#': %r" % (nodeid,))
     this_node = nodeid
@@ -114,25 +113,18 @@ def set_node_id(nodeid: str) -> None:
     port_table[nodeid] = port_table[nodeid + "#"] = _node_port
 
 
-def _new_name() -> str:
-    global _next_id
-    check_thread()
-    _next_id += 1
-    return _UNIQ + base62(_next_id)
-
-
 def new_port_id() -> str:
     """A fresh local port ID (``<node>#<name>``)."""
     global _next_id
-    if _hub is not None and _os_thread_ident() != _hub_ident:  # port, spawn, call, receive
-        raise _foreign_thread_error()
+    if _hub.hub is not None and _hub.os_ident() != _hub.ident:  # port, spawn, call, receive
+        raise _hub.foreign_thread_error()
     _next_id += 1
     return this_node + "#" + _UNIQ + base62(_next_id)
 
 
 def new_spawn_name() -> str:
     global _next_id
-    check_thread()
+    _hub.check_thread()
     _next_id += 1
     return _RUNIQ + base62(_next_id)
 
@@ -179,123 +171,6 @@ def port_id(name: str) -> str:
 port_table: dict[
     str, Any
 ] = {}  # full port ID -> port object (the node port under "<node>" and "<node>#")
-_hub = None
-
-
-_hub_thread = None  # ident of the thread whose hub runs this node
-
-# ---- the hub-thread check (docs/running.md, "One thread owns the node") ----------------------
-# Once bound, only the OS thread of the hub may use the kernel: gevent loops are not
-# thread-safe. Entry points that touch the loop or shared state check before they change
-# anything (``check_thread``, ``bound_hub``); the hot path, ``dispatch``, compares the running
-# greenlet with the last one that passed (``_hub_glet``): greenlets never change threads, so
-# that is one identity test. ``_hub_ident`` is the *OS* thread ident (gevent's original
-# ``get_ident``): under monkey-patching ``threading.get_ident()`` is per greenlet, and all those
-# greenlets rightly pass.
-_os_thread_ident = _gevent_original("_thread", "get_ident")
-_hub_ident = None  # OS thread ident of the hub thread, None until bound
-_hub_thread_name = None  # (for the error message)
-_hub_glet = None  # the last greenlet that passed the check (it runs in the hub thread)
-
-
-def bound_hub():
-    global _hub, _hub_thread, _hub_ident, _hub_glet, _hub_thread_name
-    if _hub is None:
-        _hub_ident = _os_thread_ident()
-        _hub_thread_name = _thread_name(_hub_ident)
-        _hub_glet = None
-        _hub = get_hub()
-        _hub_thread = threading.get_ident()
-    elif _os_thread_ident() != _hub_ident:
-        raise _foreign_thread_error()
-    return _hub
-
-
-def current_hub():
-    """The gevent hub the node is bound to, or None before anything bound it.
-
-    Example::
-
-        if current_hub() is None: ...   # nothing has used the node yet
-    """
-    return _hub
-
-
-def unbind_hub():
-    """Forget the hub binding (``threaded.start`` when it failed before the node did anything)."""
-    global _hub, _hub_thread, _hub_ident, _hub_glet, _hub_thread_name
-    _hub = _hub_thread = _hub_ident = _hub_glet = _hub_thread_name = None
-
-
-def check_thread():
-    """Raise ``RuntimeError`` when the kernel is bound to the hub of another OS thread."""
-    if _hub is not None and _os_thread_ident() != _hub_ident:
-        raise _foreign_thread_error()
-
-
-def _check_greenlet(cur):
-    """``dispatch``'s check for a greenlet other than the last one seen (kernel bound)."""
-    global _hub_glet
-    if _os_thread_ident() != _hub_ident:
-        raise _foreign_thread_error()
-    _hub_glet = cur
-
-
-def _thread_name(ident):
-    """The name of the Python thread with OS thread ident ``ident``, or None."""
-    for t in threading.enumerate():
-        if t.ident == ident:
-            return t.name
-    return None
-
-
-def _foreign_thread_error(delivered=False):
-    """The ``RuntimeError`` for a call from an OS thread that is not the hub thread."""
-    return _wrong_thread_error(_os_thread_ident(), _hub_ident, _hub_thread_name, delivered)
-
-
-def _wrong_thread_error(ident, hub_ident, hub_name, delivered=False):
-    """The ``RuntimeError`` the kernel raises when OS thread ``ident`` calls the plain API
-    while the node is bound to the hub of thread ``hub_ident`` (see ``check_thread``)."""
-
-    def label(ident, name=None):
-        name = name or _thread_name(ident)
-        return "ident %s" % (ident,) if name is None else "%r (ident %s)" % (name, ident)
-
-    return RuntimeError(
-        "%s called from thread %s, but aemp_green is bound to the gevent hub of thread %s: "
-        "gevent hubs are not thread-safe, so only that thread may use the plain aemp_green "
-        "API.%s Other threads must use the Node handle returned by "
-        "aemp_green.threaded.start() (node.snd, node.call, node.port, node.submit(fn), ...), "
-        "or hand the work to the hub thread with hub.loop.run_callback_threadsafe(fn, *args) "
-        "(see docs/running.md)."
-        % (
-            _api_name(sys._getframe(1)),
-            label(ident),
-            label(hub_ident, hub_name),
-            " (This message was still handed over to the hub thread safely.)" if delivered else "",
-        )
-    )
-
-
-def _api_name(frame):
-    """``aemp_green.<name>()`` for the aemp_green function the application called (the
-    outermost aemp_green frame of the stack)."""
-    found = None
-    while frame is not None:
-        mod = frame.f_globals.get("__name__", "")
-        if mod != "aemp_green" and not mod.startswith("aemp_green."):
-            break
-        code = frame.f_code
-        found = (mod, getattr(code, "co_qualname", code.co_name))
-        frame = frame.f_back
-    if found is None:
-        return "aemp_green"
-    mod, qual = found
-    pkg = sys.modules.get("aemp_green")  # loaded by now; no import (the package is above us)
-    if pkg is not None and qual in getattr(pkg, "__all__", ()):
-        return "aemp_green.%s()" % qual
-    return "%s.%s()" % (mod, qual)
 
 
 def register_port(p: PortObj) -> None:
@@ -304,8 +179,8 @@ def register_port(p: PortObj) -> None:
 
 def lookup_port(port: str) -> Optional[PortObj]:
     """The local port object for a port ID, or None (also for remote IDs and the node port)."""
-    if _hub is not None and _os_thread_ident() != _hub_ident:  # rcv, peval, mon
-        raise _foreign_thread_error()
+    if _hub.hub is not None and _hub.os_ident() != _hub.ident:  # rcv, peval, mon
+        raise _hub.foreign_thread_error()
     p = port_table.get(port)
     return None if p is _node_port else p
 
@@ -324,14 +199,6 @@ def get_self() -> Optional[PortObj]:
     return getattr(getcurrent(), "aemp_self", None)
 
 
-def _set_self(port: Optional[PortObj]) -> Optional[PortObj]:
-    """Set the port context of the running greenlet; returns the previous one."""
-    cur = getcurrent()
-    prev = getattr(cur, "aemp_self", None)
-    cur.aemp_self = port
-    return prev
-
-
 # --------------------------------------------------------------------------- trampoline
 
 dispatch_queue: deque[Any] = deque()
@@ -342,8 +209,8 @@ _drain_scheduled = False
 def dispatch(p: PortObj, msg: Sequence[Any]) -> None:
     """Run ``p._run(msg)`` without ever nesting handler calls (see module docstring)."""
     cur = getcurrent()
-    if cur is not _hub_glet and _hub is not None:  # the thread check, before any change
-        _check_greenlet(cur)
+    if cur is not _hub.glet and _hub.hub is not None:  # the thread check, before any change
+        _hub.check_greenlet(cur)
     if dispatch_queue or cur in _draining:
         dispatch_queue.append((p, msg))
         if cur in _draining:  # a handler is running in this greenlet: the loop below takes it
@@ -395,13 +262,13 @@ def may_block() -> bool:
     cur = getcurrent()
     if cur in _draining or getattr(cur, "aemp_noblock", False):
         return False
-    return cur is not (_hub if _hub is not None else get_hub())
+    return cur is not (_hub.hub if _hub.hub is not None else get_hub())
 
 
 def schedule_drain() -> None:
     global _drain_scheduled
     if not _drain_scheduled:
-        hub = bound_hub()  # checks the thread before the flag changes
+        hub = _hub.bound_hub()  # checks the thread before the flag changes
         _drain_scheduled = True
         hub.loop.run_callback(_spawn_drainer)
 
@@ -448,16 +315,16 @@ def wake(w: Any, value: Any) -> None:
     _ready.append(w)
     if not _ready_scheduled:
         _ready_scheduled = True
-        hub = _hub
+        hub = _hub.hub
         if hub is None:
-            hub = bound_hub()
-        elif _os_thread_ident() != _hub_ident:
+            hub = _hub.bound_hub()
+        elif _hub.os_ident() != _hub.ident:
             # snd() from another OS thread to a waiting greenlet port: the port has already
             # given its message to this wake-up, so finish it safely in the hub thread, then
             # refuse the call. (While a wake-up is scheduled, the append above is all there is
             # to do, and the hub thread's _run_ready/block takes it: nothing to refuse.)
             hub.loop.run_callback_threadsafe(_run_ready)
-            raise _foreign_thread_error(delivered=True)
+            raise _hub.foreign_thread_error(delivered=True)
         hub.loop.run_callback(_run_ready)
 
 
@@ -486,12 +353,12 @@ def block() -> Any:
             _handoffs += 1
             return w.greenlet.switch(r)
     # callers (call, receive) bound the hub and passed the thread check already
-    return (_hub if _hub is not None else bound_hub()).switch()
+    return (_hub.hub if _hub.hub is not None else _hub.bound_hub()).switch()
 
 
 def spawn_raw(fn: Callable[..., Any], *args: Any) -> greenlet:
     """Run ``fn(*args)`` in a fresh greenlet at the next loop turn."""
-    hub = bound_hub()
+    hub = _hub.bound_hub()
     g = greenlet(fn, parent=hub)
     hub.loop.run_callback(g.switch, *args)
     return g
@@ -564,8 +431,8 @@ def snd(port: str, *msg: Any) -> None:
         return
     node, _, name = port.partition("#")
     if node != this_node:
-        if _hub is not None and _os_thread_ident() != _hub_ident:
-            raise _foreign_thread_error()
+        if _hub.hub is not None and _hub.os_ident() != _hub.ident:
+            raise _hub.foreign_thread_error()
         network.send(node, (name,) + msg)
 
 
@@ -663,8 +530,8 @@ def kil(port: str, *reason: Any) -> None:
         kil(worker)                       # normal exit, monitors get no arguments
         kil(worker, "error", "bad job")   # crash, monitors get ("error", "bad job")
     """
-    if _hub is not None and _os_thread_ident() != _hub_ident:
-        raise _foreign_thread_error()
+    if _hub.hub is not None and _hub.os_ident() != _hub.ident:
+        raise _hub.foreign_thread_error()
     p = port_table.get(port)
     if p is not None and p is not _node_port:
         kill_local(p, reason)
@@ -677,6 +544,49 @@ def kil(port: str, *reason: Any) -> None:
 
 
 DEAD = False  # value of port.monitors once the port is dead
+
+#: a port's monitors are a list up to this many, then a dict (insertion-ordered, so they still
+#: fire in the order they were made): removing one of k monitors is O(1) instead of O(k), so
+#: k calls waiting on one server port, or k guards on one port cancelled, cost O(k), not O(k²)
+MONITORS_LIST_MAX = 8
+
+
+def monitors_add(mons: Any, action: Callable[..., Any]) -> Any:
+    """Return the monitor collection ``mons`` (``None``, a list or a dict) with ``action`` added:
+    a list while small, a dict once bigger than ``MONITORS_LIST_MAX``.
+
+    Example::
+
+        p.monitors = monitors_add(p.monitors, action)
+    """
+    if mons is None:
+        return [action]
+    if type(mons) is list:
+        if len(mons) < MONITORS_LIST_MAX:
+            mons.append(action)
+            return mons
+        mons = dict.fromkeys(mons)
+    mons[action] = None
+    return mons
+
+
+def monitors_discard(mons: Any, action: Callable[..., Any]) -> bool:
+    """Remove ``action`` from the monitor collection ``mons`` (O(1) once it is a dict); returns
+    whether it was there.
+
+    Example::
+
+        if monitors_discard(p.monitors, action) and not p.monitors: ...
+    """
+    if type(mons) is dict:
+        return mons.pop(action, _MISSING) is not _MISSING
+    if mons:
+        try:
+            mons.remove(action)
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def kill_local(p: PortObj, reason: Sequence[Any]) -> None:
@@ -781,22 +691,14 @@ def add_monitor(port: str, action: Action, owner: Optional[str] = None) -> Calla
         if p is None or p.monitors is DEAD:
             spawn_raw(m, "no_such_port", "cannot monitor nonexistent port", port)
             return lambda: setattr(m, "action", None)
-        if p.monitors is None:
-            p.monitors = [m]
-        else:
-            p.monitors.append(m)
+        p.monitors = monitors_add(p.monitors, m)
 
         def undo() -> None:
             m.action = None
-            mons = p.monitors
-            if mons:
-                try:
-                    mons.remove(m)
-                except ValueError:
-                    pass
+            monitors_discard(p.monitors, m)
 
         return undo
-    check_thread()  # (the local branch checked in lookup_port)
+    _hub.check_thread()  # (the local branch checked in lookup_port)
     network.monitor(node, name, m)
 
     def undo_remote() -> None:
@@ -836,7 +738,7 @@ def mon(port: str, cb: Any = _MISSING, *msg: Any) -> Guard:
 
 
 def mon_guard(port: str, *objs: Any) -> Guard:
-    """Keep ``objs`` alive until ``port`` dies (or the returned, kept guard is dropped).
+    """Keep ``objs`` alive until ``port`` dies (or the returned guard is cancelled).
 
     Example::
 
@@ -851,15 +753,15 @@ def mon_guard(port: str, *objs: Any) -> Guard:
 def after(seconds: float, target: Union[str, Callable[[], Any]], *msg: Any) -> Guard:
     """After ``seconds``, send ``msg`` to the port ``target`` or call ``target()``.
 
-    Runs in a fresh greenlet, so a callable may block. Returns a guard that cancels the timer
-    when cancelled (or, if kept, dropped).
+    Runs in a fresh greenlet, so a callable may block. Returns a guard that stops the timer
+    when cancelled (dropping it stops nothing).
 
     Example::
 
         after(0.5, SELF(), "tick")
         after(2.0, lambda: print("two seconds later"))
     """
-    loop = bound_hub().loop
+    loop = _hub.bound_hub().loop
     timer = loop.timer(seconds)
     if callable(target):
         if msg:
@@ -911,7 +813,7 @@ def set_limits(max_forward_depth: Optional[int] = None) -> None:
 
 
 class _NodePort:
-    """The node port ``""``: messages to it are requests (PROTOCOL.md section 4)."""
+    """The node port ``""``: messages to it are requests (docs/protocol.md#node-port-requests)."""
 
     __slots__ = ()
     name = ""
@@ -926,7 +828,7 @@ class _NodePort:
         raise ValueError("the node port cannot die")
 
     def _deliver(self, msg: Sequence[Any]) -> None:
-        check_thread()  # snd to this node's node port
+        _hub.check_thread()  # snd to this node's node port
         node_request(this_node, msg)  # (inside a request: queued as that request's origin)
 
     def _terminate(self, reason: Reason) -> None:  # pragma: no cover
@@ -1175,10 +1077,7 @@ def _req_mon1(from_node: str, portid: str, *_: Any) -> None:
         _reply_kil0(from_node, name, reason)
 
     mons[name] = action
-    if p.monitors is None:
-        p.monitors = [action]
-    else:
-        p.monitors.append(action)
+    p.monitors = monitors_add(p.monitors, action)
 
 
 def _reply_kil0(to_node: str, name: str, reason: Sequence[Any]) -> None:
@@ -1201,11 +1100,8 @@ def _req_mon0(from_node: str, portid: str, *_: Any) -> None:
 
 def _unhook_monitor(name: str, action: Action) -> None:
     p = local_port_by_name(name)
-    if p is not None and p.monitors:
-        try:
-            p.monitors.remove(action)
-        except ValueError:
-            pass
+    if p is not None:
+        monitors_discard(p.monitors, action)
 
 
 def forget_node_monitors(nodeid: str) -> None:

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Optional, Union
 import gevent
 from greenlet import getcurrent
 
-from . import global_, ports
+from . import globaldb, ports
 from . import kernel as _k
 from ._ratelog import RateLog, esc
 from .exceptions import NoDatabaseError
@@ -296,7 +296,7 @@ class _Catcher:
         self.port = ports.port()
         ports.rcv(self.port, "logs", self.on_logs)
         try:
-            self.guard = global_.db_mon("'l", self.on_nodes)
+            self.guard = globaldb.db_mon("'l", self.on_nodes)
         except NoDatabaseError:  # no network to catch from: only records sent to our port
             logger.info("catch: no database (no seeds), so no node is asked for its records")
 

@@ -40,7 +40,7 @@ from typing import Any
 import gevent
 from gevent import monkey as _gmonkey
 
-from . import kernel
+from . import _hub
 
 __all__ = ["patch_all", "problems", "is_patched"]
 
@@ -192,7 +192,7 @@ def problems() -> list[str]:
                 "module %r holds the unpatched %s as %r (imported before patch_all()):"
                 " calling it would block the whole node" % (modname, what, attr)
             )
-    hub = kernel.current_hub()
+    hub = _hub.current_hub()
     if hub is not None and threading is not None:
         ident = getattr(hub, "thread_ident", None)
         if ident is not None and ident != threading.get_ident():
@@ -234,7 +234,7 @@ def patch_all(*, force: bool = False, **gevent_kwargs: Any) -> Any:
             _gmonkey.patch_all(**gevent_kwargs)
         _state["patched"] = True
     hub = gevent.get_hub()
-    bound = kernel.bound_hub()
+    bound = _hub.bound_hub()
     if bound is not hub and not force:
         raise RuntimeError(
             "aemp_green is bound to the hub of thread %s, not this thread's"

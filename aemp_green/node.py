@@ -18,20 +18,24 @@ database); settings are read from ``config.active``.
 import logging
 import random
 import re
-from typing import Any, Callable, Optional
+from types import ModuleType
+from typing import Any, Callable, Optional, Protocol, Sequence, Union, cast
 
 import gevent
 from gevent.event import Event
 
 from . import config as _config
 from . import connect, trace, transport
+from . import _hub
 from . import kernel as _k
 from ._guard import Guard
+from ._protocol import Msg
 from ._ratelog import RateLog, esc
 from ._report import report_crash
 from .exceptions import RemoteProtocolError
+from .kernel import Action, Reason
 from .wire import framing
-from .wire.handshake import is_perl_peer
+from .wire.handshake import Established, GreetingReceived, is_perl_peer
 
 __all__ = [
     "node_is_up",
@@ -47,38 +51,53 @@ __all__ = [
     "dial_subprotocol",
     "set_directory",
     "remote_monitors",
+    "Directory",
 ]
 
 logger = logging.getLogger(__name__)
 _rl = RateLog(logger)  # bad input from peers (see _ratelog)
 
-_nodes: dict[Any, Any] = {}  # nodeid -> RemoteNode
-_idle: dict[
-    Any, Any
-] = {}  # nodeid -> RemoteNode kept after it went down (oldest first; see _maybe_forget)
+_nodes: dict[str, "RemoteNode"] = {}  # nodeid -> RemoteNode
+# nodeid -> RemoteNode kept after it went down (oldest first; see _maybe_forget)
+_idle: dict[str, "RemoteNode"] = {}
 _cfg = _config.active  # this node's settings (configure fills the dict in place)
-_node_watchers: list[Any] = []  # mon_nodes callbacks
+_node_watchers: list[Callable[..., Any]] = []  # mon_nodes callbacks
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d+)$")
 
 
+class Directory(Protocol):
+    """What ``set_directory`` installs (the global database): ``find_node(nodeid)`` starts
+    looking up where ``nodeid`` listens (the answer comes as ``RemoteNode.found``; false: nobody
+    to ask), ``node_up``/``node_down`` hear of nodes coming and going.
+
+    Example::
+
+        node.set_directory(globaldb)   # in runtime: the global database module
+    """
+
+    def find_node(self, nodeid: str) -> Any: ...
+    def node_up(self, node: "RemoteNode") -> Any: ...
+    def node_down(self, node: "RemoteNode") -> Any: ...
+
+
 class _NoDirectory:
-    """Stands in for the layer that knows where nodes live (the global database, ``global_``)
+    """Stands in for the layer that knows where nodes live (the global database, ``globaldb``)
     until it installs itself with ``set_directory``: this module never imports it."""
 
-    def find_node(self, nodeid):
+    def find_node(self, nodeid: str) -> bool:
         return False
 
-    def node_up(self, node):
+    def node_up(self, node: "RemoteNode") -> None:
         pass
 
-    def node_down(self, node):
+    def node_down(self, node: "RemoteNode") -> None:
         pass
 
 
-_directory = _NoDirectory()
+_directory: Directory = _NoDirectory()
 
 
-def set_directory(directory):
+def set_directory(directory: Union[Directory, ModuleType]) -> None:
     """Install the object node asks where nodes live and tells about nodes coming and going
     (``find_node``, ``node_up``, ``node_down``): ``runtime`` installs the global database.
 
@@ -87,10 +106,11 @@ def set_directory(directory):
         node.set_directory(globaldb)   # in runtime
     """
     global _directory
-    _directory = directory
+    # a module matches the protocol only with these names in its __all__
+    _directory = cast(Directory, directory)
 
 
-def _hooks():
+def _hooks() -> Directory:
     return _directory
 
 
@@ -106,7 +126,24 @@ class RemoteNode:
         n.send(("portname", "hello"))      # queued, and connecting, while n.is_up is False
     """
 
-    def __init__(self, nodeid):
+    id: str
+    link: Optional[transport.Link]
+    extra_links: list[transport.Link]
+    liveness: transport.LinkGroup
+    queue: list[Sequence[Any]]  # frames waiting for a link
+    queue_bytes: int
+    _queue_room: Optional[Event]
+    monitors: dict[str, list[Action]]
+    connecting: bool
+    addrs: Optional[list[str]]
+    _last_error: Optional[str]
+    _timer: Any  # the loop's timer watcher while connecting (connect_interval)
+    _attempts: dict[str, gevent.Greenlet]  # address -> the greenlet dialling it
+    up_event: Event
+    broken: set[str]
+    _was_up: bool  # set (by _maybe_forget) once the node had a link
+
+    def __init__(self, nodeid: str) -> None:
         self.id = nodeid
         self.link = None  # the link we send on
         self.extra_links = []  # links from a simultaneous connect: read from, never sent on
@@ -128,11 +165,11 @@ class RemoteNode:
         self.broken = set()
 
     @property
-    def is_up(self):
+    def is_up(self) -> bool:
         return self.link is not None
 
     # -- sending -------------------------------------------------------------------------
-    def send(self, frame):
+    def send(self, frame: Sequence[Any]) -> None:
         """Send ``frame`` (``(portname, *msg)``) on the link, or queue it and connect.
 
         A value no framing can carry raises ``TypeError`` here, in the caller.
@@ -157,7 +194,7 @@ class RemoteNode:
         if self.queue_bytes > int(_cfg["link_high_water"]) and self.queue:
             self._queue_full()
 
-    def _queue_full(self):
+    def _queue_full(self) -> None:
         """The queue for a node being connected is over ``link_high_water``: a sender that may
         block waits until the link is up (or the connection failed); past ``link_hard_limit``
         the connection attempt fails (docs/running.md, "Backpressure")."""
@@ -176,13 +213,13 @@ class RemoteNode:
                 ev = self._queue_room = Event()
             ev.wait()
 
-    def _queue_gone(self):
+    def _queue_gone(self) -> None:
         self.queue_bytes = 0
         if self._queue_room is not None:
             self._queue_room.set()
 
     # -- connecting ----------------------------------------------------------------------
-    def connect(self):
+    def connect(self) -> None:
         """Start connecting (idempotent): to the known addresses, a ``host:port`` node ID, or
         the addresses the global nodes tell ``found``; ``connect_interval`` bounds it.
 
@@ -202,12 +239,12 @@ class RemoteNode:
         elif not _hooks().find_node(self.id):
             self.transport_error("no known address")
 
-    def found(self, addrs):
+    def found(self, addrs: Optional[Sequence[str]]) -> None:
         """``g_found`` (or the database) told us where this node listens.
 
         Example::
 
-            get_node(nodeid).found(["10.0.0.5:4040"])   # the g_found answer, in global_
+            get_node(nodeid).found(["10.0.0.5:4040"])   # the g_found answer, in globaldb.sync
         """
         if addrs:
             self.addrs = list(addrs)
@@ -217,7 +254,7 @@ class RemoteNode:
             self.transport_error("no known address")
         _maybe_forget(self)  # an answer nobody waits for: kept only as an idle node
 
-    def connect_to(self, addrs):
+    def connect_to(self, addrs: Sequence[str]) -> None:
         """Dial the non-empty list ``addrs`` (``"host:port"``), staggered, skipping addresses
         already being tried; the first handshake that succeeds attaches its link.
 
@@ -240,7 +277,7 @@ class RemoteNode:
             delay = max(delay, connect.dials.backoff_left(addr))
             self._attempts[addr] = gevent.spawn_later(delay, self._attempt, addr)
 
-    def _attempt(self, addr):
+    def _attempt(self, addr: str) -> None:
         why = None
         try:
             if self.link is not None:
@@ -270,7 +307,7 @@ class RemoteNode:
                 self.transport_error(why, connecting=True)
                 connect.dials.shed(self)
 
-    def _connect_timeout(self):
+    def _connect_timeout(self) -> None:
         if self.link is None and self.connecting:
             last = self._last_error
             self.transport_error(
@@ -281,7 +318,7 @@ class RemoteNode:
             connect.dials.shed(self)
 
     # -- link up/down --------------------------------------------------------------------
-    def attach(self, link):
+    def attach(self, link: transport.Link) -> None:
         """Make ``link`` (handshake done) the one we send on: flush the queue, report the node
         up. A second link (simultaneous connect) is only read from.
 
@@ -301,7 +338,7 @@ class RemoteNode:
             self._timer = None
         queue, self.queue = self.queue, []
         self._queue_gone()
-        lost = set()
+        lost: set[str] = set()
         for frame in queue:
             if lost and frame[0] in lost:
                 # no holes: after a lost message, nothing more to that port from this queue
@@ -325,7 +362,7 @@ class RemoteNode:
         _notify_watchers(self.id, True, ())
         _hooks().node_up(self)
 
-    def detach(self, link, why):
+    def detach(self, link: transport.Link, why: str) -> None:
         """``link`` closed because of ``why``: if we sent on it, close the node's other links
         and fire its monitors (``transport_error``).
 
@@ -349,7 +386,7 @@ class RemoteNode:
             other.close(why)
         self.transport_error(why)
 
-    def transport_error(self, why, connecting=False):
+    def transport_error(self, why: str, connecting: bool = False) -> None:
         """Fire every monitor on this node once with ``("transport_error", id, why)``.
 
         ``connecting``: the node never came up (a failed connect), so ``mon_nodes`` watchers are
@@ -377,7 +414,7 @@ class RemoteNode:
             broken = set(mons) - self.broken
             self.broken |= broken
 
-            def fire_then_heal():
+            def fire_then_heal() -> None:
                 # heal first (no switch in between): sends made by the monitors themselves,
                 # and anything after them, go out again
                 self.broken -= broken
@@ -401,7 +438,7 @@ class RemoteNode:
             _maybe_forget(self, had_link)
 
     # -- monitors ------------------------------------------------------------------------
-    def monitor(self, portname, action):
+    def monitor(self, portname: str, action: Action) -> None:
         """Call ``action(*reason)`` once when port ``portname`` there dies or the link is lost.
 
         The first monitor on a port sends ``mon1``; ``portname`` ``""`` watches the connection.
@@ -419,9 +456,9 @@ class RemoteNode:
                 # monitoring a node port means monitoring the connection: make one
                 self.send(("", ""))
         else:
-            lst.append(action)
+            self.monitors[portname] = _k.monitors_add(lst, action)
 
-    def unmonitor(self, portname, action):
+    def unmonitor(self, portname: str, action: Action) -> None:
         """Forget ``action``; after the last one on ``portname``, send ``mon0`` if the link is up.
 
         Example::
@@ -431,18 +468,14 @@ class RemoteNode:
                 n.unmonitor("worker", action)
         """
         lst = self.monitors.get(portname)
-        if not lst:
-            return
-        try:
-            lst.remove(action)
-        except ValueError:
+        if not lst or not _k.monitors_discard(lst, action):
             return
         if not lst:
             del self.monitors[portname]
             if self.link is not None and portname:
                 self.link.send(("", "mon0", portname))
 
-    def _message_lost(self, portname, reason):
+    def _message_lost(self, portname: str, reason: Sequence[Any]) -> None:
         """A message to ``portname`` could not be sent: fire its monitors, and drop later
         sends to it until they ran (so nothing sent after the lost one arrives first)."""
         actions = self.monitors.pop(portname, None)
@@ -450,13 +483,13 @@ class RemoteNode:
             return
         self.broken.add(portname)
 
-        def fire_then_heal():
+        def fire_then_heal() -> None:
             self.broken.discard(portname)  # as in transport_error: heal, then fire (no switch)
             _k.fire_monitors(actions, tuple(reason))
 
         _k.spawn_raw(fire_then_heal)
 
-    def port_died(self, portname, reason):
+    def port_died(self, portname: str, reason: Sequence[Any]) -> None:
         """Port ``portname`` there died with ``reason`` (its ``kil0``): fire its monitors once.
 
         Example::
@@ -469,11 +502,11 @@ class RemoteNode:
         if actions:
             _k.spawn_raw(_k.fire_monitors, actions, tuple(reason))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<RemoteNode %s %s>" % (self.id, "up" if self.link else "down")
 
 
-def get_node(nodeid):
+def get_node(nodeid: str) -> RemoteNode:
     """The ``RemoteNode`` for ``nodeid``, created on first use.
 
     Example::
@@ -495,11 +528,11 @@ def get_node(nodeid):
 # False, cached addresses) in ``_idle``, oldest first, and dropped when ``max_nodes`` is reached.
 
 
-def _max_nodes():
+def _max_nodes() -> int:
     return int(_cfg.get("max_nodes") or 10000)
 
 
-def _is_idle(n):
+def _is_idle(n: RemoteNode) -> bool:
     return (
         n.link is None
         and not n.extra_links
@@ -511,7 +544,7 @@ def _is_idle(n):
     )
 
 
-def _maybe_forget(n, had_link=False):
+def _maybe_forget(n: RemoteNode, had_link: bool = False) -> None:
     """``n`` went down (or got an unsolicited answer): free it, or keep it in ``_idle``."""
     if had_link:
         n._was_up = True
@@ -524,7 +557,7 @@ def _maybe_forget(n, had_link=False):
         del _nodes[n.id]
 
 
-def _make_room():
+def _make_room() -> None:
     """Drop the oldest idle nodes until ``_nodes`` is below ``max_nodes`` (or none is idle)."""
     cap = _max_nodes()
     while len(_nodes) >= cap and _idle:
@@ -534,7 +567,7 @@ def _make_room():
             del _nodes[nodeid]
 
 
-def _node_for_relay(nodeid):
+def _node_for_relay(nodeid: str) -> Optional[RemoteNode]:
     """``get_node(nodeid)``, unless a peer's request would make us remember one node more than
     ``max_nodes`` (then None: the caller drops what the peer asked for, with a log line)."""
     n = _nodes.get(nodeid)
@@ -558,7 +591,7 @@ def _node_for_relay(nodeid):
 _RELAY_SCAN_MIN = 8  # node-port frames this short cannot carry a long relay chain
 
 
-def _relay_chain(frame):
+def _relay_chain(frame: Sequence[Any]) -> bool:
     """True (and logged) if ``frame``, a request to another node's node port that we send on
     behalf of a peer's request, names more node ports than ``max_forward_depth``.
 
@@ -591,7 +624,7 @@ def _relay_chain(frame):
     return False
 
 
-def explicit_address(nodeid):
+def explicit_address(nodeid: str) -> Optional[list[str]]:
     """A node ID of the form ``host:port`` is reachable at that address (documented rule)."""
     if _HOSTPORT.match(nodeid):
         return [nodeid]
@@ -601,7 +634,7 @@ def explicit_address(nodeid):
 class _Net:
     """What the kernel calls for everything that leaves this node."""
 
-    def send(self, nodeid, frame):
+    def send(self, nodeid: str, frame: Sequence[Any]) -> None:
         if trace.tracers:
             trace.trace("SND", nodeid, frame)
         if nodeid == _k.this_node:
@@ -613,22 +646,22 @@ class _Net:
         if n is not None:
             n.send(frame)
 
-    def monitor(self, nodeid, portname, action):
+    def monitor(self, nodeid: str, portname: str, action: Action) -> None:
         n = _nodes.get(nodeid) or _node_for_relay(nodeid)
         if n is None:
             _k.spawn_raw(action, "transport_error", nodeid, "too many nodes (max_nodes)")
             return
         n.monitor(portname, action)
 
-    def unmonitor(self, nodeid, portname, action):
+    def unmonitor(self, nodeid: str, portname: str, action: Action) -> None:
         n = _nodes.get(nodeid)
         if n is not None:
             n.unmonitor(portname, action)
 
-    def kill(self, nodeid, portname, reason):
+    def kill(self, nodeid: str, portname: str, reason: Sequence[Any]) -> None:
         self.send(nodeid, ("", "kil1", portname) + tuple(reason))
 
-    def port_died(self, nodeid, portname, reason):
+    def port_died(self, nodeid: str, portname: str, reason: Reason) -> None:
         n = _nodes.get(nodeid)
         if n is not None:
             n.port_died(portname, reason)
@@ -640,7 +673,7 @@ _k.set_network(_Net())
 # --------------------------------------------------------------------------- links
 
 
-def _on_frame(link, frame):
+def _on_frame(link: transport.Link, frame: Msg) -> None:
     if trace.tracers:
         trace.trace("RCV", link.nodeid, frame)
     _k.deliver_remote(link.nodeid, frame)
@@ -651,7 +684,7 @@ def _on_frame(link, frame):
 PONG = "aemp_green/pong"
 
 
-def _req_pong(from_node, *_):
+def _req_pong(from_node: str, *_: Any) -> None:
     """The answer to a keepalive probe of ours: the round trip of the link we sent it on."""
     n = _nodes.get(from_node)
     if n is not None and n.link is not None:
@@ -661,7 +694,7 @@ def _req_pong(from_node, *_):
 _k.register_node_request(PONG, _req_pong)
 
 
-def remote_monitors():
+def remote_monitors() -> list[tuple[str, list[Any]]]:
     """``[(port ID, [monitor actions])]`` for the ports of other nodes this node monitors (a
     node ID alone: its connection is monitored), for introspection.
 
@@ -677,7 +710,7 @@ def remote_monitors():
     ]
 
 
-def _on_close(link, why):
+def _on_close(link: transport.Link, why: str) -> None:
     logger.debug("%s disconnected: %s", link.nodeid, why)
     n = _nodes.get(link.nodeid)
     if n is not None:
@@ -685,7 +718,7 @@ def _on_close(link, why):
     link.closed_event.set()
 
 
-def _refuse_duplicates(ev):
+def _refuse_duplicates(ev: GreetingReceived) -> None:
     if ev.protocol != "aemp":  # a sub-protocol connection (DataConn) from a connected node is fine
         return
     n = _nodes.get(ev.nodeid)
@@ -693,7 +726,9 @@ def _refuse_duplicates(ev):
         raise transport.HandshakeRefused("%s already connected, not connecting again." % ev.nodeid)
 
 
-def _start_link(sock, est, trailing, outgoing):
+def _start_link(
+    sock: transport.Sock, est: Established, trailing: bytes, outgoing: bool
+) -> transport.Link:
     link = transport.Link(
         sock,
         est.peer_nodeid,
@@ -723,7 +758,12 @@ def _start_link(sock, est, trailing, outgoing):
     return link
 
 
-def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
+def dial_subprotocol(
+    nodeid: str,
+    protocol: str,
+    extra: Optional[dict[str, Any]] = None,
+    timeout: Optional[float] = None,
+) -> tuple[transport.Sock, Established, bytes]:
     """Open an authenticated ``protocol`` connection to ``nodeid``; returns ``(sock, est, rest)``.
 
     Uses the node's known addresses (asking the master with ``g_find`` if needed). Raises
@@ -755,7 +795,7 @@ def dial_subprotocol(nodeid, protocol, extra=None, timeout=None):
         raise last or OSError("no known address for %s" % nodeid)
 
 
-def all_links() -> list[Any]:
+def all_links() -> list[transport.Link]:
     """Every link of every node (``shutdown`` flushes and closes them).
 
     Example::
@@ -816,10 +856,10 @@ def mon_nodes(cb: Callable[..., Any]) -> Guard:
 
         mon_nodes(lambda node, up, *why: print(node, "up" if up else "down", why))
     """
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     _node_watchers.append(cb)
 
-    def undo():
+    def undo() -> None:
         try:
             _node_watchers.remove(cb)
         except ValueError:
@@ -828,12 +868,12 @@ def mon_nodes(cb: Callable[..., Any]) -> Guard:
     return Guard.for_caller(undo)
 
 
-def _notify_watchers(nodeid, is_up, reason):
+def _notify_watchers(nodeid: str, is_up: bool, reason: Sequence[Any]) -> None:
     for cb in list(_node_watchers):
         _k.spawn_raw(_safe_call, cb, nodeid, is_up, *reason)
 
 
-def _safe_call(cb, *args):
+def _safe_call(cb: Callable[..., Any], *args: Any) -> None:
     try:
         cb(*args)
     except Exception as exc:

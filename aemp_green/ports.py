@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence, TypeAlias, Union
 from gevent.event import Event
 from greenlet import GreenletExit, getcurrent, greenlet
 
+from . import _hub
 from . import kernel as _k
 from ._report import report_crash
 from .exceptions import BlockingInHandlerError, PortDied, Timeout
@@ -351,7 +352,7 @@ class _GreenletPort(_Port):
         if g is getcurrent():
             raise _Killed()
         if g:  # started: stop it at the next loop turn
-            _k.bound_hub().loop.run_callback(_throw_killed, g)
+            _hub.bound_hub().loop.run_callback(_throw_killed, g)
         # not started yet: _start_port sees the port is dead and never runs it
 
     def __repr__(self) -> str:
@@ -408,7 +409,7 @@ def _new_greenlet_port(
 ) -> "_GreenletPort":
     p = _GreenletPort(pid)
     p.limit = limit
-    hub = _k.bound_hub()
+    hub = _hub.bound_hub()
     p.greenlet = _PortGreenlet(_port_main, parent=hub)
     _k.register_port(p)
     hub.loop.run_callback(_start_port, p, fn, args)
@@ -610,7 +611,7 @@ def check_may_block(what: str, own_port: bool = False) -> Optional["_GreenletPor
             "spawn(fn, *args) from the handler, or use cal(port, ..., cb=...) for a reply "
             "callback (docs/tutorial.md, \"Callback ports must not block\")." % (what, name)
         )
-    if cur is _k.bound_hub():
+    if cur is _hub.bound_hub():
         raise BlockingInHandlerError(
             "%s cannot block in the hub greenlet: call it from a "
             "greenlet port (spawn) or any other greenlet" % what
@@ -641,7 +642,7 @@ def _wait(p: "_GreenletPort", want: Any, timeout: Optional[float]) -> Any:
         p.limit.wake()  # a blocked sender may hold the message this receive waits for
     timer = None
     if timeout is not None:
-        timer = _k.bound_hub().loop.timer(max(timeout, 0))
+        timer = _hub.bound_hub().loop.timer(max(timeout, 0))
         timer.start(_on_timeout, p)
     try:
         r = _k.block()
@@ -712,7 +713,7 @@ def receive_match(pred: Callable[[list[Any]], Any], timeout: Optional[float] = N
     p = _own_port()
     deadline = None
     if timeout is not None:
-        deadline = _k.bound_hub().loop.now() + timeout
+        deadline = _hub.bound_hub().loop.now() + timeout
     start = 0
     while True:
         mb = p.mailbox or deque()
@@ -727,7 +728,7 @@ def receive_match(pred: Callable[[list[Any]], Any], timeout: Optional[float] = N
         start = len(mb)
         left = None
         if deadline is not None:
-            left = deadline - _k.bound_hub().loop.now()
+            left = deadline - _hub.bound_hub().loop.now()
             if left <= 0:
                 raise Timeout("no matching message")
         _wait(p, _PRED, left)
@@ -811,7 +812,7 @@ def cal(port_: str, *msg: Any, cb: Callable[..., Any], timeout: Optional[float] 
 
     reply.default = on_reply
     if timeout is not None:
-        timer = _k.bound_hub().loop.timer(timeout)
+        timer = _hub.bound_hub().loop.timer(timeout)
 
         def on_timeout() -> None:
             if reply.monitors is not _DEAD:
@@ -858,7 +859,7 @@ def call(port_: str, *msg: Any, timeout: Optional[float] = None) -> list[Any]:
     undo = _k.add_monitor(port_, lambda *reason: finish(("died", reason)))
     timer = None
     if timeout is not None:
-        timer = _k.bound_hub().loop.timer(max(timeout, 0))
+        timer = _hub.bound_hub().loop.timer(max(timeout, 0))
         timer.start(finish, ("timeout",))
     try:
         _k.snd(port_, *msg, reply.id)

@@ -27,8 +27,8 @@ import gevent
 from gevent.event import AsyncResult
 
 from . import config as _config
-from . import connect, logcatcher, metrics, node, observer, trace, transport
-from . import global_ as globaldb
+from . import connect, globaldb, logcatcher, metrics, node, observer, trace, transport
+from . import _hub
 from . import kernel as _k
 from ._ratelog import set_limits as _set_log_limits
 from ._report import report_crash
@@ -39,7 +39,7 @@ __all__ = ["configure", "shutdown", "run_forever"]
 logger = logging.getLogger(__name__)
 _seed_greenlets: list[Any] = []
 
-node.set_directory(globaldb)  # node asks the database where nodes live and tells it of changes
+node.set_directory(globaldb.sync)  # node asks the database where nodes live, tells it of changes
 
 
 def _seed_loop(addr: str) -> None:
@@ -184,7 +184,7 @@ def run_forever(signals: Optional[Iterable[int]] = None) -> int:
         spawn(serve)
         run_forever()
     """
-    _k.check_thread()
+    _hub.check_thread()
     got = AsyncResult()
     watchers = [
         gevent.signal_handler(s, got.set, s) for s in (signals or (signal.SIGINT, signal.SIGTERM))
@@ -222,7 +222,7 @@ def shutdown(flush: float = 1.0) -> None:
 
         shutdown()
     """
-    _k.check_thread()  # before anything changes (docs/running.md)
+    _hub.check_thread()  # before anything changes (docs/running.md)
     for g in _seed_greenlets:
         g.kill(block=False)
     connect.stop_listeners()

@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterable, Optional, TypeAlias, Union, cast
 from . import kernel as _k
 from . import ports as _p
 from ._guard import Guard
-from .global_ import db_reg
+from .globaldb import db_reg
 from .node import node_is_up
 
 __all__ = [

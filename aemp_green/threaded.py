@@ -29,7 +29,7 @@ stall the node). To get messages *into* an ordinary thread, use an ``inbox()``: 
 messages land in a thread-safe queue.
 
 **The hub binding.** aemp_green's kernel is bound to the gevent hub of the first thread that
-uses it (``kernel.bound_hub()``); the bridge must be that first user, so ``start()`` must come
+uses it (``_hub.bound_hub()``); the bridge must be that first user, so ``start()`` must come
 before any ``configure()``, ``call``, ``after`` ... in the process, and it refuses (with
 ``RuntimeError``) when the kernel is already bound to another hub, when ``configure()`` already
 ran, or when the process is monkey-patched (then threads are greenlets: use ``aemp_green``
@@ -58,7 +58,8 @@ import gevent
 from gevent import monkey as _gmonkey
 from gevent.event import Event
 
-from . import config as _config, global_, kernel, ports, runtime
+from . import _hub, globaldb, kernel, ports, runtime
+from . import config as _config
 from ._guard import Guard
 from .exceptions import PortDied, Timeout
 
@@ -144,7 +145,7 @@ def _check_can_start() -> None:
             "the process is monkey-patched (threads are greenlets): use the "
             "aemp_green API directly instead of the threaded bridge"
         )
-    hub = kernel.current_hub()
+    hub = _hub.current_hub()
     if hub is not None:
         raise RuntimeError(
             "aemp_green is already bound to the gevent hub of thread %s: the threaded bridge "
@@ -218,6 +219,7 @@ class Node:
         self._wakeup = None
         self._stopped = None
         self._pending = set()  # hub thread only: futures to fail at stop
+        self._stop_callbacks: Optional[list[Callable[[], Any]]] = []  # None once they ran
 
     # ------------------------------------------------------------------ the hub thread
     def _thread_main(
@@ -225,9 +227,9 @@ class Node:
     ) -> None:
         try:
             hub = gevent.get_hub()
-            bound = kernel.current_hub()  # (kernel.bound_hub() itself refuses another thread's hub)
+            bound = _hub.current_hub()  # (_hub.bound_hub() itself refuses another thread's hub)
             if bound is None:
-                bound = kernel.bound_hub()
+                bound = _hub.bound_hub()
             if bound is not hub:
                 raise RuntimeError(
                     "aemp_green got bound to the hub of thread %s meanwhile"
@@ -243,8 +245,8 @@ class Node:
             self.config = runtime.configure(profile, **configure_args)
         except BaseException as exc:
             self._close_watcher()
-            if kernel.current_hub() is self._hub and not _node_configured():
-                kernel.unbind_hub()  # nothing happened yet: a corrected start() may bind again
+            if _hub.current_hub() is self._hub and not _node_configured():
+                _hub.unbind_hub()  # nothing happened yet: a corrected start() may bind again
             started.set_exception(exc)
             return
         started.set_result(self.config)
@@ -304,6 +306,36 @@ class Node:
                 raise _stopped_error()
             ops.append((fn, args, fut))
             self._async.send()
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the hub thread soon, after the operations already queued; return
+        at once (in the hub thread itself: run it now).
+
+        The building block of the other methods (``snd`` is ``post(aemp_green.snd, ...)``) and
+        of bridges built on this one (``aemp_green.aio``). ``fn`` runs in the pump greenlet:
+        it may use the plain aemp_green API but must not block (no ``call``, ``receive``,
+        blocking ``db_family``: use ``submit`` for those); an exception it raises is logged.
+        Raises ``RuntimeError`` once the bridge is stopped.
+
+        Example::
+
+            node.post(aemp_green.snd, worker, "job", 42)   # what node.snd(worker, ...) does
+        """
+        self._post(fn, *args)
+
+    def on_stop(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn()`` once the node has shut down (in the hub thread, from ``stop()``), or
+        at once in the calling thread when it already has.
+
+        Example::
+
+            node.on_stop(lambda: print("the aemp_green node is gone"))
+        """
+        with self._lock:
+            if self._stop_callbacks is not None:
+                self._stop_callbacks.append(fn)
+                return
+        fn()
 
     def _resolve(self, fut: Future, ok: bool, value: Any) -> None:
         self._pending.discard(fut)
@@ -488,8 +520,8 @@ class Node:
     def mon(self, port: str, cb: Callable[..., Any]) -> Guard:
         """Monitor ``port``: ``cb(*reason)`` runs once **in the hub thread** when it dies.
 
-        Returns a guard with aemp_green's rules (kept and dropped, or ``cancel()``ed, stops
-        monitoring; as a bare statement the monitor stays).
+        Returns a guard with aemp_green's rules: ``cancel()`` (or the end of a ``with`` block)
+        stops monitoring; dropping it stops nothing.
 
         Example::
 
@@ -501,14 +533,14 @@ class Node:
     def db_set(self, family: str, key: str, value: Any = None) -> Guard:
         """``aemp_green.db_set`` from any thread; returns once the hub applied it.
 
-        Returns a guard with aemp_green's rules: kept and dropped (or cancelled) it deletes the
-        entry; as a bare statement the entry stays until ``db_del`` or the node goes down.
+        Returns a guard with aemp_green's rules: ``cancel()`` (or the end of a ``with`` block)
+        deletes the entry; otherwise it stays until ``db_del`` or the node goes down.
 
         Example::
 
             node.db_set("web_frontends", node.id, {"url": "http://10.0.0.5:8000/"})
         """
-        return self._bridge_guard(global_.db_set, family, key, value)
+        return self._bridge_guard(globaldb.db_set, family, key, value)
 
     def db_reg(self, family: str, port: str, value: Any = None) -> Guard:
         """``aemp_green.db_reg``: register ``port`` in ``family`` until the port dies.
@@ -518,7 +550,7 @@ class Node:
             inbox = node.inbox()
             node.db_reg("listeners", inbox.id)
         """
-        return self._bridge_guard(global_.db_reg, family, port, value)
+        return self._bridge_guard(globaldb.db_reg, family, port, value)
 
     def db_del(self, family: str, *keys: str) -> Any:
         """``aemp_green.db_del`` from any thread (returns once applied).
@@ -528,8 +560,8 @@ class Node:
             node.db_del("web_frontends", node.id)
         """
         if self._in_hub():
-            return global_.db_del(family, *keys)
-        return self._wait(self._ask(global_.db_del, family, *keys))
+            return globaldb.db_del(family, *keys)
+        return self._wait(self._ask(globaldb.db_del, family, *keys))
 
     def db_mon(self, family: str, cb: Callable[..., Any]) -> Guard:
         """``aemp_green.db_mon``: ``cb(family_dict, added, changed, deleted)`` **in the hub
@@ -539,10 +571,10 @@ class Node:
 
             node.db_mon("workers", lambda db, added, changed, deleted: print(sorted(db)))
         """
-        return self._bridge_guard(global_.db_mon, family, cb)
+        return self._bridge_guard(globaldb.db_mon, family, cb)
 
     def _db_query(self, name: str, family: str, timeout: Optional[float]) -> Any:
-        fn = getattr(global_, name)
+        fn = getattr(globaldb, name)
         if self._in_hub():
             return fn(family, timeout=timeout)
         fut = _new_future()
@@ -690,6 +722,13 @@ class Node:
         runtime.shutdown()
         for fut in list(self._pending):
             self._resolve(fut, False, _stopped_error())
+        with self._lock:
+            callbacks, self._stop_callbacks = self._stop_callbacks or [], None
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:
+                logger.exception("threaded bridge: on_stop callback %r failed", fn)
         self._stopped.set()
 
     def __enter__(self) -> "Node":
@@ -701,8 +740,7 @@ class Node:
 
 
 def _returned(fn: Callable[..., Guard], *args: Any) -> Guard:
-    # the guard is returned, so aemp_green treats it as not kept: dropping it here does
-    # nothing, cancel() still works (the bridge guard's undo calls it)
+    # a guard undoes only on cancel() (the bridge guard's undo calls it), never when dropped
     return fn(*args)
 
 

@@ -14,7 +14,7 @@ Example::
 import logging
 from typing import Any, Callable
 
-from greenlet import getcurrent
+from greenlet import getcurrent, greenlet
 
 from . import config as _config
 from . import kernel as _k
@@ -28,7 +28,9 @@ _rl = RateLog(logger)
 _cfg = _config.active  # this node's settings (configure fills the dict in place)
 
 
-tracers: list[Any] = []  # callables (direction, nodeid, frame); empty = no cost but one truth test
+tracers: list[
+    Callable[[str, str, Any], Any]
+] = []  # callables (direction, nodeid, frame); empty = no cost but one truth test
 
 
 def add_tracer(fn: Callable[[str, str, Any], Any]) -> Guard:
@@ -43,14 +45,14 @@ def add_tracer(fn: Callable[[str, str, Any], Any]) -> Guard:
     """
     tracers.append(fn)
 
-    def undo():
+    def undo() -> None:
         if fn in tracers:
             tracers.remove(fn)
 
     return Guard.for_caller(undo)
 
 
-_tracing: set[Any] = set()  # greenlets running the tracers: what tracers send is not traced
+_tracing: set[greenlet] = set()  # greenlets running the tracers: what tracers send is not traced
 
 
 def trace(direction: str, nodeid: str, frame: Any) -> None:
@@ -91,7 +93,7 @@ def print_tracer(direction: str, nodeid: str, frame: Any) -> None:
 
 
 _trace_subscribers: dict[
-    Any, Any
+    str, Callable[[], None]
 ] = {}  # port -> cancel function (stops the stream and its monitor)
 
 
@@ -119,12 +121,12 @@ def _req_trace(from_node: str, port: Any, on: Any = 1, *_: Any) -> None:
         )
         return
 
-    def forward(direction, nodeid, frame):
+    def forward(direction: str, nodeid: str, frame: Any) -> None:
         if frame and frame[0] == port.partition("#")[2] and nodeid == _node_of_port(port):
             return  # never trace the trace stream itself
         _k.snd(port, "trace", direction, nodeid, list(frame))
 
-    def cancel():
+    def cancel() -> None:
         if forward in tracers:
             tracers.remove(forward)
         undo_monitor()

@@ -353,6 +353,8 @@ class Link:
     auth: Optional[str]
     rtt: Optional[float]
     probe_sent: Optional[float]
+    #: set once ``on_close`` ran (made by ``node`` for the links of its nodes)
+    closed_event: Event
 
     def __init__(
         self,

@@ -179,7 +179,7 @@ def main():
             c.wait_ready()
         want = {c.nodeid: c.binds for c in children}
         for c in nodes:
-            c.run("wait_for(lambda: aemp_green.global_.master() is not None, 15)", timeout=20)
+            c.run("wait_for(lambda: aemp_green.globaldb.master() is not None, 15)", timeout=20)
         seed.run("wait_for(lambda: db_family(\"'l\", timeout=5) == %r, 15)" % (want,), timeout=20)
         n1, n2, n3 = nodes
 

@@ -41,13 +41,13 @@ Checks (all at the receivers, joined with the senders' events by the conductor)
     * no duplicates, no reordering: within a stream every n must be greater than the last one
       (otherwise event ``backwards``: a violation);
     * no holes: a stream that resumes after a gap (n > last + 1, also a stream whose first
-      message is not 1) is a violation ("there are never holes in the sequence", API.md): a
-      loss may only be a suffix, covered by a monitor (next point). Holes are reported as
-      ``hole_without_monitor``, or ``hole_after_monitor_fired`` when the sender's monitor for
-      that stream did fire after the first missing number was sent (``fire_n >= last + 1``;
-      the sender sends nothing in a stream after its monitor fired, so the delivered numbers
-      were sent before that). The soak found the latter (frames sent after a link broke but
-      before the monitor callbacks ran went out on the next link), fixed in
+      message is not 1) is a violation ("there are never holes in the sequence",
+      docs/api.md#monitoring): a loss may only be a suffix, covered by a monitor (next point). Holes
+      are reported as ``hole_without_monitor``, or ``hole_after_monitor_fired`` when the sender's
+      monitor for that stream did fire after the first missing number was sent
+      (``fire_n >= last + 1``; the sender sends nothing in a stream after its monitor fired, so the
+      delivered numbers were sent before that). The soak found the latter (frames sent after a link
+      broke but before the monitor callbacks ran went out on the next link), fixed in
       ``node.RemoteNode``; ``tests/test_soak.py`` holds its deterministic regression test;
     * every lost suffix is covered by a monitor: at the end every running stream sends
       ``fin`` and gets ``finack`` with the receiver's last number, which must equal the last

@@ -115,7 +115,7 @@ ALL_AUTH = ("hmac_sha3_512", "tls_sha3_512", "tls_anon", "cleartext")
 NONCE_US = bytes(range(66))
 NONCE_THEM = bytes(range(100, 166))
 
-# Greeting lines of real Perl nodes (from ../shared/interop, embedded so that check() does not
+# Greeting lines of real Perl nodes (from tests/interop, embedded so that check() does not
 # depend on the recordings): (session/connection, our side's lines = the listener b, the peer's
 # lines = the connecting side a, secret of b). The recorded a_to_b.bin establishes against these.
 RECORDED = (

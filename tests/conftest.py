@@ -193,8 +193,9 @@ def _pytest_process_stays_unconfigured():
 @pytest.fixture(autouse=True)
 def _main_greenlet_leaves_its_port_behind():
     """Every test starts with the main greenlet outside port context: a ``receive()`` there
-    gives it a port of its own (API.md), which would make later tests' "outside port context"
-    code run in that port. After each test, that port is killed (normal exit)."""
+    gives it a port of its own (docs/api.md#ports-and-messages), which would make later tests'
+    "outside port context" code run in that port. After each test, that port is killed (normal
+    exit)."""
     yield
     p = getattr(getcurrent(), "aemp_self", None)
     if p is not None and kernel.port_table.get(p.id) is p:

@@ -31,7 +31,8 @@ def test_all_names_exist_and_are_public():
 
 
 def test_core_api_names_exported():
-    """API.md sections Identity, Ports and messages, Monitoring, Calls: every name is public."""
+    """docs/api.md sections Identity, Ports and messages, Monitoring, Calls: every name is
+    public."""
     for name in (
         "NODE",
         "node_id",

@@ -15,9 +15,13 @@ import time
 from aemp_green.wire import framing
 from aemp_green.wire.handshake import Handshake
 from netutil import SECRET, RawPeer, black_hole
+import pytest
+
+# slow (docs/testing.md): real processes, ~15 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 HELPERS = """
-import aemp_green.global_ as G
+import aemp_green.globaldb.sync as G
 PROBE = [0]
 def probe(timeout=10):
     # a database round trip through the master: our write, then the master's answer has it
@@ -381,7 +385,7 @@ def test_g_found_from_the_master_is_bounded(cluster):
             )
             start(peer)
             victim.run(
-                "import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'evilseed', 15)",
+                "import aemp_green.globaldb.sync as G\nwait_for(lambda: G.master() == 'evilseed', 15)",
                 timeout=20,
             )
             victim.exec("snd('ghost#p', 'hello')")

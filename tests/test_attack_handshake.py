@@ -49,6 +49,9 @@ from aemp_green.wire import framing
 from aemp_green.wire.handshake import Established, Handshake, NeedTLS, hmac_token
 from netutil import SECRET, RawConn, RawPeer, free_port, read_until_closed
 
+# slow (docs/testing.md): real processes, ~30 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 INTEROP_SECRET = "interop-test-secret-0123456789"
 

@@ -17,6 +17,9 @@ import pytest
 from aemp_green.wire import framing
 from netutil import RawPeer
 
+# slow (docs/testing.md): real processes, ~25 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 MiB = 1 << 20
 
 

@@ -1,10 +1,10 @@
 """Bad input against a live node: raw sockets from this process attack a child node's listener.
 
-PROTOCOL.md 12: "A refused or failed handshake closes the socket, is logged with the reason, and
-never disturbs other connections." Each test starts a target node and a legitimate node connected
-to it, sends 50 numbered messages over that link, attacks, and then checks that the attack
-connection was closed (or the bad message ignored), the reason was logged, and the legitimate
-link is the very same connection, still carrying messages both ways with nothing lost.
+docs/protocol.md#refused-handshakes: "A refused or failed handshake closes the socket, is logged
+with the reason, and never disturbs other connections." Each test starts a target node and a
+legitimate node connected to it, sends 50 numbered messages over that link, attacks, and then checks
+that the attack connection was closed (or the bad message ignored), the reason was logged, and the
+legitimate link is the very same connection, still carrying messages both ways with nothing lost.
 
 The test side speaks AEMP with ``aemp_green.wire.handshake.Handshake`` (sans-IO) over plain blocking
 sockets (``netutil.RawPeer``); this process never configures a node.
@@ -18,6 +18,9 @@ import pytest
 
 from aemp_green.wire.handshake import hmac_token, tls_token
 from netutil import SECRET, RawPeer, read_until_closed
+
+# slow (docs/testing.md): real processes, ~35 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 MAX_FRAME = 65536
 
@@ -243,7 +246,7 @@ def test_hopeless_greeting_is_refused(target, hs_kwargs, reason):
 
 
 def test_echo_attack(target):
-    """Sending the node's own two greeting lines back (PROTOCOL.md 1.2)."""
+    """Sending the node's own two greeting lines back (docs/protocol.md#greeting-checks)."""
     sock = raw_connect(target.addr)
     try:
         buf = b""
@@ -272,7 +275,8 @@ def test_self_connection_is_refused(target):
 
 def test_second_connection_of_a_connected_node_is_refused(target):
     """A connection claiming to be ``legit`` (which is connected) is closed at its greeting even
-    with the right secret; the real ``legit`` link stays (PROTOCOL.md 1.3 item 4)."""
+    with the right secret; the real ``legit`` link stays (docs/protocol.md#greeting-checks, item
+    5)."""
     peer = RawPeer(target.addr, nodeid="legit")
     try:
         peer.send_raw(peer.hs.data_to_send())

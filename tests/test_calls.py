@@ -1,4 +1,4 @@
-"""Calls: ``cal`` (callback form) and ``call`` (blocking form) (API.md "Calls")."""
+"""Calls: ``cal`` (callback form) and ``call`` (blocking form) (docs/api.md#calls)."""
 
 import time
 
@@ -52,8 +52,8 @@ def greenlet_server():
 
 
 def test_cal_sends_msg_plus_reply_port_and_calls_back():
-    """API.md: "`cal(port, *msg, cb=..., timeout=...)`: sends `msg + [reply_port]` and calls
-    `cb(*reply)`"."""
+    """docs/api.md#calls: "`cal(port, *msg, cb=..., timeout=...)`: sends `msg + [reply_port]` and
+    calls `cb(*reply)`"."""
     col = Collector()
     srv = adder()
     r1 = cal(srv, "add", 1, 2, cb=col, timeout=5)
@@ -73,7 +73,7 @@ def test_cal_sends_msg_plus_reply_port_and_calls_back():
 
 
 def test_cal_timeout_calls_cb_without_args():
-    """API.md: "`cal(...)` ... on timeout calls `cb()` with no arguments"."""
+    """docs/api.md#calls: "`cal(...)` ... on timeout calls `cb()` with no arguments"."""
     col = Collector()
     silent = port(lambda *m: None)
     t0 = time.monotonic()
@@ -88,7 +88,8 @@ def test_cal_timeout_calls_cb_without_args():
 
 
 def test_cal_reply_before_timeout_cancels_timeout():
-    """API.md: "`cal(...)` ... calls `cb(*reply)`; on timeout calls `cb()`" -- only one of them."""
+    """docs/api.md#calls: "`cal(...)` ... calls `cb(*reply)`; on timeout calls `cb()`" -- only one
+    of them."""
     col = Collector()
     sentinel = Collector()
     srv = adder()
@@ -101,8 +102,8 @@ def test_cal_reply_before_timeout_cancels_timeout():
 
 
 def test_cal_without_timeout_monitors_callee():
-    """API.md: "`cal(...)` ... with no timeout it monitors `port` instead." -- the callee dies:
-    cb is never called and the reply port goes away (no leak in the port table)."""
+    """docs/api.md#calls: "`cal(...)` ... with no timeout it monitors `port` instead." -- the callee
+    dies: cb is never called and the reply port goes away (no leak in the port table)."""
     col = Collector()
     base = len(kernel.port_table)
     callee = port(lambda *m: None)
@@ -116,8 +117,8 @@ def test_cal_without_timeout_monitors_callee():
 
 
 def test_cal_without_timeout_reply_port_dies_with_callee_reason():
-    """API.md: "with no timeout it monitors `port` instead" -- the reply port dies with the
-    callee's reason."""
+    """docs/api.md#calls: "with no timeout it monitors `port` instead" -- the reply port dies with
+    the callee's reason."""
     col = Collector()
     callee = port(lambda *m: None)
     reply = cal(callee, "q", cb=lambda *r: col("cb", r))
@@ -127,8 +128,8 @@ def test_cal_without_timeout_reply_port_dies_with_callee_reason():
 
 
 def test_cal_without_timeout_leaves_no_monitor_on_callee():
-    """API.md: "with no timeout it monitors `port` instead" -- only until the reply came: the
-    callee's monitor list must not grow with every call."""
+    """docs/api.md#calls: "with no timeout it monitors `port` instead" -- only until the reply came:
+    the callee's monitor list must not grow with every call."""
     col = Collector()
     srv = adder()
     for i in range(100):
@@ -143,8 +144,8 @@ def test_cal_without_timeout_leaves_no_monitor_on_callee():
 
 
 def test_call_returns_reply_list():
-    """API.md: "Blocking form (greenlet style): `call(port, *msg, timeout=...)` returns the reply
-    list"."""
+    """docs/api.md#calls: "Blocking form (greenlet style): `call(port, *msg, timeout=...)` returns
+    the reply list"."""
     srv = adder()
     g = greenlet_server()
 
@@ -161,7 +162,7 @@ def test_call_returns_reply_list():
 
 
 def test_call_timeout_raises_timeout():
-    """API.md: "`call(...)` ... raises `aemp_green.Timeout`"."""
+    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.Timeout`"."""
     silent = port(lambda *m: None)
     t0 = time.monotonic()
     with pytest.raises(Timeout):
@@ -171,7 +172,8 @@ def test_call_timeout_raises_timeout():
 
 
 def test_call_raises_port_died_with_reason():
-    """API.md: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies first."."""
+    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies
+    first."."""
     g = greenlet_server()
 
     def body():
@@ -184,8 +186,8 @@ def test_call_raises_port_died_with_reason():
 
 
 def test_call_raises_port_died_on_normal_exit():
-    """API.md: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies first."
-    -- a normal exit gives reason ()."""
+    """docs/api.md#calls: "`call(...)` ... raises `aemp_green.PortDied(reason)` if the callee dies
+    first." -- a normal exit gives reason ()."""
     g = greenlet_server()
     with pytest.raises(PortDied) as ei:
         call(g, "return", timeout=5)
@@ -198,8 +200,8 @@ def test_call_raises_port_died_on_normal_exit():
 
 
 def test_call_to_nonexistent_port_raises_port_died():
-    """API.md: "raises `aemp_green.PortDied(reason)` if the callee dies first" -- a port that
-    does not exist is already dead: ("no_such_port", ...)."""
+    """docs/api.md#calls: "raises `aemp_green.PortDied(reason)` if the callee dies first" -- a port
+    that does not exist is already dead: ("no_such_port", ...)."""
     ghost = NODE() + "#nosuchcallee"
     with pytest.raises(PortDied) as ei:
         call(ghost, "q", timeout=5)
@@ -207,8 +209,8 @@ def test_call_to_nonexistent_port_raises_port_died():
 
 
 def test_call_from_plain_greenlet():
-    """API.md: "Blocking form (greenlet style): `call(port, *msg, timeout=...)`" -- from a plain
-    gevent greenlet that is not a port."""
+    """docs/api.md#calls: "Blocking form (greenlet style): `call(port, *msg, timeout=...)`" -- from
+    a plain gevent greenlet that is not a port."""
     srv = adder()
 
     def body():
@@ -224,8 +226,8 @@ def test_call_from_plain_greenlet():
 
 
 def test_hundred_concurrent_calls_get_their_own_replies():
-    """API.md: "`call(...)` returns the reply list" -- 100 greenlets calling one greenlet server
-    at once each get their own reply."""
+    """docs/api.md#calls: "`call(...)` returns the reply list" -- 100 greenlets calling one greenlet
+    server at once each get their own reply."""
     g = greenlet_server()
     jobs = [gevent.spawn(call, g, "echo", i, timeout=5) for i in range(100)]
     gevent.joinall(jobs, timeout=10, raise_error=True)
@@ -234,7 +236,7 @@ def test_hundred_concurrent_calls_get_their_own_replies():
 
 
 def test_no_ports_leak_after_calls():
-    """API.md "Calls": reply ports are temporary -- after replies, timeouts and deaths the port
+    """docs/api.md#calls: reply ports are temporary -- after replies, timeouts and deaths the port
     table is back to its size before."""
     srv = adder()
     silent = port(lambda *m: None)

@@ -1,6 +1,6 @@
 """Tests for the ``aemp`` command (aemp_green.cli).
 
-API.md line proven here: "The `aemp` command" (every subcommand; setX also as X; chaining;
+docs/api.md sections proven here: "The `aemp` command" (every subcommand; setX also as X; chaining;
 JSON arguments), plus "Network" (the AEMP rc file shared with Perl: unknown keys kept, ``<file>~``
 backup) as far as ``aemp`` writes it.
 
@@ -26,6 +26,9 @@ import pytest
 
 from aemp_green import cli, config
 from netutil import REPO, SECRET, ChildNode, black_hole, wait_file
+
+# slow (docs/testing.md): real processes, ~45 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 AEMP = [sys.executable, "-m", "aemp_green.cli"]
 BIN_AEMP = [sys.executable, str(REPO / "bin" / "aemp")]

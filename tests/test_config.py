@@ -1,6 +1,6 @@
 """Tests for aemp_green.config: rc file, relaxed JSON, profiles, validation, ids, addresses.
 
-API.md lines proven here: "Identity" (node id charset, %n/%u/trailing-slash expansion, default
+docs/api.md lines proven here: "Identity" (node id charset, %n/%u/trailing-slash expansion, default
 ``<profile>/``) and "Network" (configure keys and defaults, precedence, force/norc, the shared
 AEMP rc file at ``$PERL_ANYEVENT_MP_RC`` or ``~/.perl-anyevent-mp``).
 """

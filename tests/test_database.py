@@ -4,8 +4,8 @@ Every node is a child process (``tests/child.py``); this pytest process never ca
 ``configure()``. The seeds have fixed node IDs (``seedA``, ``seedB``) and fixed binds (free
 ports), and each lists both seed addresses as its seeds, so both become global nodes and mesh;
 the nodes list both seeds too and take the first one that answers as their master
-(PROTOCOL.md section 7). Every wait is on a line a child emitted (or a bounded ``wait_for``
-inside a child), with a deadline; nothing sleeps to synchronise.
+(docs/protocol.md#seeds-and-global-nodes). Every wait is on a line a child emitted (or a bounded
+``wait_for`` inside a child), with a deadline; nothing sleeps to synchronise.
 
 In the children, ``watch(tag, family)`` starts a ``db_mon`` that emits
 ``[tag, added, changed, deleted, family_dict, time.time()]`` for every call and keeps the live
@@ -13,9 +13,13 @@ dict in ``VIEW[tag]``.
 """
 
 from netutil import free_port
+import pytest
+
+# slow (docs/testing.md): real processes, ~40 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 HELPERS = """
-import aemp_green.global_ as G
+import aemp_green.globaldb as G
 
 VIEW = {}
 
@@ -97,9 +101,9 @@ def wait_event(child, tag, timeout=10, added=(), changed=(), deleted=()):
 
 
 def test_db_reg_seen_elsewhere_within_a_second_and_port_death_deletes(cluster):
-    """API.md: ``db_reg(family, port, value)`` sets and deletes when the port dies; ``db_mon``
-    on other nodes (behind either seed) sees the key in ``added`` within 1 s, then in
-    ``deleted`` when the port is killed (PROTOCOL.md 8)."""
+    """docs/api.md#the-shared-database: ``db_reg(family, port, value)`` sets and deletes when the
+    port dies; ``db_mon`` on other nodes (behind either seed) sees the key in ``added`` within 1 s,
+    then in ``deleted`` when the port is killed (docs/protocol.md#database-events)."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     for n in (n2, n3):
@@ -128,8 +132,9 @@ def test_db_reg_seen_elsewhere_within_a_second_and_port_death_deletes(cluster):
 
 
 def test_kill9_of_registering_node_removes_its_entries_everywhere(cluster):
-    """PROTOCOL.md 7: when a node goes down (kill -9) the global nodes drop every entry it
-    contributed (``db_reg``, ``db_set``, its ``'l``); watchers see them deleted."""
+    """docs/protocol.md#seeds-and-global-nodes: when a node goes down (kill -9) the global nodes
+    drop every entry it contributed (``db_reg``, ``db_set``, its ``'l``); watchers see them
+    deleted."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     for n in (n2, n3):
@@ -160,11 +165,11 @@ def test_kill9_of_registering_node_removes_its_entries_everywhere(cluster):
 
 
 def test_master_seed_kill9_fails_over_without_stale_entries(cluster):
-    """PROTOCOL.md 7: kill -9 of a node's master seed: the node takes the other seed as master
-    (sending it its whole db and its ``g_mon1``), ``db_mon`` keeps working (a registration made
-    after the failover is seen everywhere), and once settled every node's ``db_family`` and
-    ``db_mon`` view equal the expected set: the dead seed's own entries are gone, nobody
-    else's."""
+    """docs/protocol.md#seeds-and-global-nodes: kill -9 of a node's master seed: the node takes the
+    other seed as master (sending it its whole db and its ``g_mon1``), ``db_mon`` keeps working (a
+    registration made after the failover is seen everywhere), and once settled every node's
+    ``db_family`` and ``db_mon`` view equal the expected set: the dead seed's own entries are gone,
+    nobody else's."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     master = n1.ask("G.master()")
@@ -204,9 +209,9 @@ def test_master_seed_kill9_fails_over_without_stale_entries(cluster):
 
 
 def test_late_joiner_and_second_db_mon_get_the_whole_family_first(cluster):
-    """PROTOCOL.md 8: the first ``db_mon`` call carries the whole family (every key added,
-    nothing changed/deleted), for a node that joins late, and also for a second ``db_mon`` on
-    the same family in the same node."""
+    """docs/protocol.md#database-events: the first ``db_mon`` call carries the whole family (every
+    key added, nothing changed/deleted), for a node that joins late, and also for a second
+    ``db_mon`` on the same family in the same node."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     n1.run("db_set('late', 'a', 1); db_set('late', 'b', {'x': None})")
@@ -240,8 +245,8 @@ def test_late_joiner_and_second_db_mon_get_the_whole_family_first(cluster):
 
 
 def test_unchanged_value_is_not_resent(cluster):
-    """PROTOCOL.md 8: ``db_set`` does not resend a value that has not changed (compared by
-    its JSON encoding); counted with a tracer on the sending node."""
+    """docs/protocol.md#database-events: ``db_set`` does not resend a value that has not changed
+    (compared by its JSON encoding); counted with a tracer on the sending node."""
     db = DB(cluster)
     n1, n2, _ = db.nodes
     n2.run("W = watch('w', 'same')")
@@ -265,8 +270,8 @@ def test_unchanged_value_is_not_resent(cluster):
 
 
 def test_value_of_another_node_comes_back_when_the_overriding_node_dies(cluster):
-    """PROTOCOL.md 7: values are kept per source: X and Y both ``db_set`` the same key, Y's
-    (later) value is seen; after kill -9 of Y, X's value is back everywhere."""
+    """docs/protocol.md#seeds-and-global-nodes: values are kept per source: X and Y both ``db_set``
+    the same key, Y's (later) value is seen; after kill -9 of Y, X's value is back everywhere."""
     db = DB(cluster)
     x, y, w = db.nodes
     w.run("W = watch('w', 'ovr')")
@@ -284,9 +289,9 @@ def test_value_of_another_node_comes_back_when_the_overriding_node_dies(cluster)
 
 
 def test_blocking_db_values_and_db_keys(cluster):
-    """API.md: without a ``cb`` ``db_family``/``db_keys``/``db_values`` block and return the
-    dict / list (on a node through its master, on a seed locally); with a ``cb`` they call
-    back."""
+    """docs/api.md#the-shared-database: without a ``cb`` ``db_family``/``db_keys``/``db_values``
+    block and return the dict / list (on a node through its master, on a seed locally); with a
+    ``cb`` they call back."""
     db = DB(cluster)
     n1, n2, n3 = db.nodes
     n1.run("db_set('bq', 'a', 1); db_set('bq', 'b', [2])")
@@ -309,8 +314,8 @@ def test_blocking_db_values_and_db_keys(cluster):
 
 
 def test_db_set_guard_deletes_when_cancelled(cluster):
-    """API.md: ``g = db_set(...)`` returns a guard; ``g.cancel()`` deletes the key; dropping the
-    guard (aemp_green/_guard.py) or a bare ``db_set`` statement keeps it."""
+    """docs/api.md#the-shared-database: ``g = db_set(...)`` returns a guard; ``g.cancel()`` deletes
+    the key; dropping the guard (aemp_green/_guard.py) or a bare ``db_set`` statement keeps it."""
     db = DB(cluster)
     n1, n2, _ = db.nodes
     n2.run("W = watch('w', 'gd')")
@@ -340,9 +345,10 @@ def test_blocking_query_inside_a_query_callback(cluster):
 
 
 def test_restarted_seed_resyncs_and_takes_over(cluster):
-    """PROTOCOL.md 7: a killed seed that comes back (same node ID and binds) meshes again and
-    gets the whole database from the other global node; when the other one is then killed,
-    every node fails over to it and the database is still complete, with nothing stale."""
+    """docs/protocol.md#seeds-and-global-nodes: a killed seed that comes back (same node ID and
+    binds) meshes again and gets the whole database from the other global node; when the other one
+    is then killed, every node fails over to it and the database is still complete, with nothing
+    stale."""
     db = DB(cluster)
     sa, sb = db.seeds
     for n in db.nodes:

@@ -1,4 +1,4 @@
-"""DataConn (API.md Side services): direct, authenticated byte streams between two nodes over
+"""DataConn (docs/api.md#side-services): direct, authenticated byte streams between two nodes over
 the nodes' own listener (protocol ``aemp-dataconn``), for bulk data that must not block the
 message link.
 
@@ -17,6 +17,9 @@ import aemp_green
 from aemp_green.dataconn import DataConnError, connect_to
 from conftest import Collector, flush, run_in_greenlet
 from netutil import RawPeer, free_port, read_until_closed
+
+# slow (docs/testing.md): real processes, ~20 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 
 def start_nodes(cluster, *names, load=True, **cfgs):

@@ -13,13 +13,17 @@
 """
 
 from netutil import free_port
+import pytest
+
+# slow (docs/testing.md): real processes, ~10 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 KEYS = 20000
 SMALL_FRAME = 256 * 1024  # the family below is about 0.9 MB of JSON
 
 COUNTER = """
 import sys, types
-import aemp_green.global_ as G
+import aemp_green.globaldb.sync as G
 
 def lines_run(fn, *args):
     # how many Python lines fn(*args) runs (a work counter that does not depend on the clock)
@@ -61,7 +65,7 @@ def fill(family, n, start=0):
 def test_join_and_leave_cost_does_not_grow_with_the_database(cluster):
     seed = cluster.seed()
     w = cluster.node("w", seeds=[seed.addr])
-    w.run("import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'seed', 15)")
+    w.run("import aemp_green.globaldb.sync as G\nwait_for(lambda: G.master() == 'seed', 15)")
     seed.run(COUNTER)
     w.run(FILL)
     w.run("fill('big', 100)")
@@ -94,12 +98,12 @@ def test_a_family_larger_than_the_readers_max_frame_reaches_it(cluster):
     seeds = [addr_a, addr_b]
     (a,) = cluster.start(("seedA", dict(binds=[addr_a], seeds=seeds)))
     w = cluster.node("w", seeds=seeds)
-    w.run("import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'seedA', 15)")
+    w.run("import aemp_green.globaldb.sync as G\nwait_for(lambda: G.master() == 'seedA', 15)")
     w.run(FILL)
     w.run("fill('big', %d)" % KEYS, timeout=60)
     r = cluster.node("r", seeds=[addr_a], max_frame=SMALL_FRAME)
     r.run("""
-        import aemp_green.global_ as G
+        import aemp_green.globaldb.sync as G
         wait_for(lambda: G.master() == 'seedA', 15)
         LINK = node.get_node('seedA').link
         FIRST = []
@@ -158,7 +162,7 @@ def test_a_large_family_reaches_an_aemp_2_02_style_watcher_and_requester(cluster
 
     seed = cluster.seed()
     w = cluster.node("w", seeds=[seed.addr])
-    w.run("import aemp_green.global_ as G\nwait_for(lambda: G.master() == 'seed', 15)")
+    w.run("import aemp_green.globaldb.sync as G\nwait_for(lambda: G.master() == 'seed', 15)")
     w.run(FILL)
     w.run("fill('big', %d)" % KEYS, timeout=60)
     peer = RawPeer(seed.addr, nodeid="perl_like", framings=("json",))

@@ -17,7 +17,7 @@ from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 from greenlet import getcurrent
 
-from aemp_green import call, kernel, kil, port, rcv, receive, snd, spawn
+from aemp_green import _hub, call, kil, port, rcv, receive, snd, spawn
 from conftest import wait_until
 
 
@@ -78,7 +78,7 @@ def test_pywsgi_app_uses_ports_without_taking_over_the_hub():
     assert answers == [(200, {"result": "TEXT%d" % i}) for i in range(10)]
     assert {"text%d" % i for i in range(10)} <= set(seen)
     assert flow["n"] > 0 and seen.count("tick") == flow["n"]
-    assert kernel.bound_hub() is gevent.get_hub()
+    assert _hub.bound_hub() is gevent.get_hub()
     assert getcurrent() is main
 
 

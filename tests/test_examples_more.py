@@ -13,6 +13,9 @@ import signal
 
 import pytest
 
+# slow (docs/testing.md): real processes, ~10 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 
 def test_chat_server_and_clients_survive_kills_and_restarts(examples):
     """examples/chat_server.py + chat_client.py: the server registers in eg_chat_server,

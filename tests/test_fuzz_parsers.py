@@ -5,7 +5,7 @@ Whatever arrives, they may only raise ``RemoteProtocolError`` (never another exc
 hang). Beyond that, each input is also fed twice, whole and cut into random pieces, and both
 runs must agree (same frames / events / output bytes, and an error in one iff in the other).
 
-Inputs: the recorded Perl greetings, auth lines and data phases of ``shared/interop`` (when
+Inputs: the recorded Perl greetings, auth lines and data phases of ``tests/interop`` (when
 present) and synthetic ones made by our own encoders and handshakes, mutated by bit flips,
 byte changes, truncations, deletions, duplications, splices and insertions of bytes that matter
 to the parsers (newlines, ``;``, brackets, quotes, backslashes, CBOR heads and breaks); plus
@@ -30,6 +30,9 @@ from hypothesis import strategies as st
 from aemp_green.wire.framing import CborDecoder, JsonDecoder, encode_cbor, encode_json
 from aemp_green.wire.handshake import Handshake, NeedTLS, parse_greeting_line1
 from aemp_green.exceptions import RemoteProtocolError
+
+# slow (docs/testing.md): hypothesis and fuzz rounds, ~70 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 INTEROP = Path(os.environ.get("AEMP_INTEROP_DIR") or Path(__file__).resolve().parent / "interop")
 

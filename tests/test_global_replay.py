@@ -2,14 +2,15 @@
 
 No ``configure()``, no sockets: the kernel's network (``kernel.network``) is replaced by a
 recorder (``FakeNet``) that keeps every frame our node sends (after a round trip through both
-real codecs, so everything sent is wire-able), ``aemp_green.connect.listener_addresses``, ``aemp_green.node``'s
-``up_nodes``, ``node_is_up`` and ``get_node`` are faked, and the state of ``global_`` is reset
+real codecs, so everything sent is wire-able), ``aemp_green.connect.listener_addresses``,
+``aemp_green.node``'s ``up_nodes``, ``node_is_up`` and ``get_node`` are faked, and the state of
+``globaldb.sync`` is reset
 for every test. Frames from other nodes go in through ``kernel.deliver_remote(from_node,
 frame)`` (which hands port-``""`` frames to ``kernel.node_request``), exactly as the network
 would hand them over.
 
 * **Seed role:** every ``g_*`` frame a Perl node sent to the Perl seed in
-  ``shared/interop/{json,cbor}-session/conn0[12]*`` (decoded by our own decoders from the
+  ``tests/interop/{json,cbor}-session/conn0[12]*`` (decoded by our own decoders from the
   recorded bytes) is fed to our node playing the seed (node id ``seed``, the recorded seed
   binds); our answers must equal the recorded seed answers, frame for frame and in order
   (``g_global``, ``g_found``, ``g_chg1``, ``g_reply``), with probes in between (``g_upd``
@@ -17,8 +18,9 @@ would hand them over.
   ``g_chg2``).
 * **Slave role:** our node (``peer_b``) with the seed as master sends the frames the Perl
   ``peer_b`` sent, and the recorded seed answers make ``db_mon``, ``RemoteNode.found`` and
-  ``db_family``/``db_keys``/``db_values`` behave (PROTOCOL.md sections 4, 7, 8).
-* Validation of family names and keys (API.md "The shared database").
+  ``db_family``/``db_keys``/``db_values`` behave (docs/protocol.md#node-port-requests,
+  #seeds-and-global-nodes, #database-events).
+* Validation of family names and keys (docs/api.md#the-shared-database).
 """
 
 import json
@@ -32,7 +34,9 @@ import gevent
 import pytest
 
 import aemp_green
-from aemp_green import global_, kernel
+from aemp_green import kernel
+from aemp_green.globaldb import sync
+from aemp_green.globaldb.store import Limits, Store
 from aemp_green.wire import framing
 from aemp_green import config, connect
 from aemp_green import node as _node
@@ -172,13 +176,13 @@ class FakeNet:
         return mine
 
     def connect(self, nodeid):
-        """``nodeid``'s link comes up (the network then calls ``global_.node_up``)."""
+        """``nodeid``'s link comes up (the network then calls ``sync.node_up``)."""
         self.up.add(nodeid)
-        global_.node_up(self.get_node(nodeid))
+        sync.node_up(self.get_node(nodeid))
 
     def disconnect(self, nodeid):
         self.up.discard(nodeid)
-        global_.node_down(self.get_node(nodeid))
+        sync.node_down(self.get_node(nodeid))
 
 
 def feed(from_node, frame):
@@ -186,7 +190,7 @@ def feed(from_node, frame):
     kernel.deliver_remote(from_node, list(frame))
 
 
-# every piece of mutable module state of global_ and its fresh value
+# every piece of mutable module state of globaldb.sync and its fresh value
 _FRESH_STATE = {
     "_global": lambda: False,
     "_master": lambda: None,
@@ -197,35 +201,22 @@ _FRESH_STATE = {
     "_mon_db": dict,
     "_mon_cbs": dict,
     "_parts": dict,
-    "_by_src": dict,
-    "_all": dict,
-    "_src_n": dict,
-    "_slaves": set,
-    "_peers": set,
+    "_store": lambda: Store(warn=sync._warn),
     "_remote_mons": dict,
     "_mons_of": dict,
-    "_limits": dict,
+    "_limits": lambda: Limits(sync._MAX_VALUE_DEPTH),
     "_warned": dict,
 }
-_CONSTANTS = {
-    "_SUBPROTOCOLS",
-    "_DB_QUERIES",
-    "_MISSING",
-    "_FAMILY",
-    "_INT_MIN",
-    "_INT_MAX",
-    "_MAX_VALUE_DEPTH",
-    "_CHUNK_MIN",
-}
+_CONSTANTS = {"_DB_QUERIES", "_MAX_VALUE_DEPTH"}
 
 
 @pytest.fixture
 def net(monkeypatch, caplog):
-    """A fresh ``global_`` on a fake network; fails the test if a handler logged an error."""
+    """A fresh ``globaldb.sync`` on a fake network; fails the test if a handler logged an error."""
     fake = FakeNet(monkeypatch)
     monkeypatch.setattr(kernel, "network", fake)
     for name, fresh in _FRESH_STATE.items():
-        monkeypatch.setattr(global_, name, fresh())
+        monkeypatch.setattr(sync, name, fresh())
     monkeypatch.setattr(connect, "listener_addresses", lambda: list(fake.binds))
     monkeypatch.setattr(_node, "up_nodes", fake.up_nodes)
     monkeypatch.setattr(_node, "node_is_up", fake.node_is_up)
@@ -242,16 +233,16 @@ def net(monkeypatch, caplog):
 
 
 def test_fixture_resets_every_piece_of_global_state():
-    """Guard for this file: the ``net`` fixture knows all mutable state of ``global_``."""
+    """Guard for this file: the ``net`` fixture knows all mutable state of ``globaldb.sync``."""
     state = {
         name
-        for name, v in vars(global_).items()
+        for name, v in vars(sync).items()
         if name.startswith("_")
         and not name.startswith("__")
-        and isinstance(v, (dict, set, list, bool, int, type(None)))
+        and isinstance(v, (dict, set, list, bool, int, type(None), Store, Limits))
         and name not in _CONSTANTS
     }
-    assert state <= set(_FRESH_STATE), "new state in global_: %s" % (state - set(_FRESH_STATE))
+    assert state <= set(_FRESH_STATE), "new state in sync: %s" % (state - set(_FRESH_STATE))
 
 
 class Watch:
@@ -266,7 +257,7 @@ class Watch:
 
 def db_family_now(family):
     """``db_family`` blocking form in a greenlet (as application code calls it)."""
-    return gevent.spawn(global_.db_family, family, timeout=5).get(timeout=5)
+    return gevent.spawn(sync.db_family, family, timeout=5).get(timeout=5)
 
 
 # --------------------------------------------------------------------------- seed role
@@ -282,15 +273,15 @@ def become_perl_seed(net, session):
 
 
 def test_seed_answers_peer_a_like_the_perl_seed(net, session):
-    """PROTOCOL.md 4/7: a node's first ``g_slave`` makes us global (``g_global`` to it), its
-    ``g_slave`` + db registers its ``'l`` and families, ``g_find seed`` is answered with our
-    binds: the answers are exactly the recorded ones."""
+    """docs/protocol.md#node-port-requests, #seeds-and-global-nodes: a node's first ``g_slave``
+    makes us global (``g_global`` to it), its ``g_slave`` + db registers its ``'l`` and families,
+    ``g_find seed`` is answered with our binds: the answers are exactly the recorded ones."""
     rec_a, _ = become_perl_seed(net, session)
     net.connect("peer_a")  # not global yet: node_up says nothing
     assert net.take() == []
     for frame in rec_a.to_seed:
         feed("peer_a", frame)
-    assert global_.is_global() and global_.master() == "seed"
+    assert sync.is_global() and sync.master() == "seed"
     assert net.take("peer_a") == rec_a.from_seed
     assert net.take() == []
     # the slave's db is in the merged view, 'l included
@@ -300,11 +291,12 @@ def test_seed_answers_peer_a_like_the_perl_seed(net, session):
 
 
 def test_seed_answers_peer_b_like_the_perl_seed(net, session):
-    """PROTOCOL.md 4/7/8, the whole recorded ``peer_b`` conversation: ``g_global`` once,
-    ``g_found`` with the binds learned from peer_a's ``'l``, ``g_chg1`` with the family,
-    ``g_reply`` with the request id and a dict / key list / value list; between the recorded
-    frames: ``g_upd`` applied and visible through ``g_db_family`` (also after the ``del``),
-    a change pushed as ``g_chg2`` while watched, none after ``g_mon0``."""
+    """docs/protocol.md#node-port-requests, #seeds-and-global-nodes, #database-events, the whole
+    recorded ``peer_b`` conversation: ``g_global`` once, ``g_found`` with the binds learned from
+    peer_a's ``'l``, ``g_chg1`` with the family, ``g_reply`` with the request id and a dict / key
+    list / value list; between the recorded frames: ``g_upd`` applied and visible through
+    ``g_db_family`` (also after the ``del``), a change pushed as ``g_chg2`` while watched, none
+    after ``g_mon0``."""
     rec_a, rec_b = become_perl_seed(net, session)
     net.connect("peer_a")
     for frame in rec_a.to_seed:
@@ -351,8 +343,9 @@ def test_seed_answers_peer_b_like_the_perl_seed(net, session):
 
 
 def test_seed_g_chg1_is_null_for_an_empty_family_and_g_found_null_for_unknown(net, session):
-    """PROTOCOL.md 4: the ``g_chg1`` hash is null when the family is empty; ``g_found`` binds
-    are null for a node whose ``'l`` is unknown (also after that node went down)."""
+    """docs/protocol.md#node-port-requests: the ``g_chg1`` hash is null when the family is empty;
+    ``g_found`` binds are null for a node whose ``'l`` is unknown (also after that node went
+    down)."""
     rec_a, _ = become_perl_seed(net, session)
     net.connect("peer_a")
     for frame in rec_a.to_seed:
@@ -385,8 +378,9 @@ def test_seed_g_chg1_is_null_for_an_empty_family_and_g_found_null_for_unknown(ne
 
 
 def test_seed_value_of_another_source_comes_back(net):
-    """PROTOCOL.md 7 (per-source values): X and Y both set ``fam/k``; Y's value wins while Y
-    is up; when Y goes down X's value comes back (``g_chg2`` with the key changed)."""
+    """docs/protocol.md#seeds-and-global-nodes (per-source values): X and Y both set ``fam/k``; Y's
+    value wins while Y is up; when Y goes down X's value comes back (``g_chg2`` with the key
+    changed)."""
     net.become("seed", [SEED_ADDR])
     for n in ("X", "Y", "W"):
         net.connect(n)
@@ -408,9 +402,10 @@ def test_seed_value_of_another_source_comes_back(net):
 
 
 def test_seed_meshes_with_another_global_node(net):
-    """PROTOCOL.md 7: ``g_global`` from another global node is answered with ``g_set`` (our
-    slaves' view); its ``g_set``/``g_upd`` enter our merged view but are not echoed back; our
-    slaves' changes are forwarded to it as ``g_upd``; its entries go when it goes down."""
+    """docs/protocol.md#seeds-and-global-nodes: ``g_global`` from another global node is answered
+    with ``g_set`` (our slaves' view); its ``g_set``/``g_upd`` enter our merged view but are not
+    echoed back; our slaves' changes are forwarded to it as ``g_upd``; its entries go when it goes
+    down."""
     net.become("seed", [SEED_ADDR])
     net.connect("X")
     feed("X", ["", "g_slave"])
@@ -454,11 +449,12 @@ def test_seed_meshes_with_another_global_node(net):
 
 
 def test_global_nodes_agree_on_a_key_set_twice_whatever_the_arrival_order(net):
-    """PROTOCOL.md 7, two global nodes: X (our slave) and Y (a slave of the other global node)
-    set the same key. The value in effect is the one taken from its slave last, by the stamp
-    the other global node sends along, not the one that arrived here last: a value of Y's that
-    is older than X's current one but arrives after it does not win. (With "last arrived wins"
-    two global nodes could keep different values for good: each had the other's value last.)"""
+    """docs/protocol.md#seeds-and-global-nodes, two global nodes: X (our slave) and Y (a slave of
+    the other global node) set the same key. The value in effect is the one taken from its slave
+    last, by the stamp the other global node sends along, not the one that arrived here last: a
+    value of Y's that is older than X's current one but arrives after it does not win. (With "last
+    arrived wins" two global nodes could keep different values for good: each had the other's value
+    last.)"""
     net.become("seed", [SEED_ADDR])
     net.connect("X")
     feed("X", ["", "g_slave"])  # makes us global
@@ -548,8 +544,8 @@ def test_a_slave_resending_its_database_does_not_win_keys_it_did_not_write_again
 
 
 def test_seed_db_reg_and_local_watchers(net):
-    """API.md: ``db_reg`` on a global node is deleted when the port dies; a local ``db_mon``
-    gets the whole family first (also a second one), then added/changed/deleted."""
+    """docs/api.md#the-shared-database: ``db_reg`` on a global node is deleted when the port dies; a
+    local ``db_mon`` gets the whole family first (also a second one), then added/changed/deleted."""
     net.become("seed", [SEED_ADDR])
     net.connect("W")
     feed("W", ["", "g_slave"])
@@ -557,17 +553,17 @@ def test_seed_db_reg_and_local_watchers(net):
     feed("W", ["", "g_upd", "fam", {"w": 1}])
     net.take()
     w1 = Watch()
-    g1 = global_.db_mon("fam", w1)
+    g1 = sync.db_mon("fam", w1)
     flush()
     assert w1.calls == [({"w": 1}, ["w"], [], [])]
     p = aemp_green.port(lambda *m: None)
     try:
-        global_.db_reg("fam", p, {"info": "x"})
+        sync.db_reg("fam", p, {"info": "x"})
         flush()
         assert net.take("W") == [["", "g_chg2", "fam", {p: {"info": "x"}}, None]]
         assert w1.calls[-1] == ({"w": 1, p: {"info": "x"}}, [p], [], [])
         w2 = Watch()
-        g2 = global_.db_mon("fam", w2)
+        g2 = sync.db_mon("fam", w2)
         flush()
         assert w2.calls == [({"w": 1, p: {"info": "x"}}, sorted(["w", p]), [], [])]
         feed("W", ["", "g_upd", "fam", {"w": 2}])
@@ -601,28 +597,29 @@ def become_perl_peer_b(net, session, seeds=(SEED_ADDR,)):
     rec_a = Rec(session, "conn01_peer_a-to-seed")
     my_binds = slave_db(rec_b)["'l"]["peer_b"]
     net.become("peer_b", my_binds, seeds=seeds)
-    global_.configured(config.active)
+    sync.configured(config.active)
     return rec_a, rec_b
 
 
 def test_slave_sends_what_perl_peer_b_sent(net, session):
-    """PROTOCOL.md 7: when the seed comes up the node sends ``g_slave`` and, taking it as
-    master, ``g_slave`` with its local db (``'l`` included); ``db_mon`` sends ``g_mon1``, a
-    lookup ``g_find``, queries ``g_db_*`` with a string id, ``db_set``/``db_del`` ``g_upd``,
-    dropping the last watcher ``g_mon0``: the same frames as the Perl node (ids aside)."""
+    """docs/protocol.md#seeds-and-global-nodes: when the seed comes up the node sends ``g_slave``
+    and, taking it as master, ``g_slave`` with its local db (``'l`` included); ``db_mon`` sends
+    ``g_mon1``, a lookup ``g_find``, queries ``g_db_*`` with a string id, ``db_set``/``db_del``
+    ``g_upd``, dropping the last watcher ``g_mon0``: the same frames as the Perl node (ids
+    aside)."""
     _, rec_b = become_perl_peer_b(net, session)
     net.up.add("seed")
-    global_.seed_up(SEED_ADDR, FakeLink("seed"))
-    assert global_.master() == "seed" and not global_.is_global()
+    sync.seed_up(SEED_ADDR, FakeLink("seed"))
+    assert sync.master() == "seed" and not sync.is_global()
     assert net.get_node("seed").addrs == [SEED_ADDR]
     sent = net.take("seed")
     assert sent == [["", "g_slave"], ["", "g_slave", slave_db(rec_b)]]
     assert rec_b.sent("g_slave")[0] == ["", "g_slave"]
 
     w = Watch()
-    g = global_.db_mon("eg_receivers", w)
-    assert global_.find_node("peer_a") is True
-    for query in (global_.db_family, global_.db_keys, global_.db_values):
+    g = sync.db_mon("eg_receivers", w)
+    assert sync.find_node("peer_a") is True
+    for query in (sync.db_family, sync.db_keys, sync.db_values):
         query("eg_receivers", cb=lambda result: None)
     sent = net.take("seed")
     assert sent[0] == rec_b.sent("g_mon1")[0]
@@ -634,8 +631,8 @@ def test_slave_sends_what_perl_peer_b_sent(net, session):
 
     upd_set, upd_del = rec_b.sent("g_upd")
     key, value = next(iter(upd_set[3].items()))
-    global_.db_set(upd_set[2], key, value)
-    global_.db_del(upd_del[2], *upd_del[4])
+    sync.db_set(upd_set[2], key, value)
+    sync.db_del(upd_del[2], *upd_del[4])
     strip = lambda f: f[:-1] if f[-1] is None else f  # noqa: E731 - Perl omits a trailing undef
     assert [strip(f) for f in net.take("seed")] == [upd_set, upd_del]
 
@@ -644,22 +641,22 @@ def test_slave_sends_what_perl_peer_b_sent(net, session):
 
 
 def test_slave_handles_the_recorded_seed_answers(net, session):
-    """PROTOCOL.md 4/8: ``g_global`` is ignored by a non-global node; ``g_chg1`` gives the
-    first ``db_mon`` call with the whole family (all keys added); ``g_found`` leads to
-    ``RemoteNode.found(binds)``; ``g_reply`` answers ``db_family`` (blocking form),
-    ``db_keys`` and ``db_values`` (callback forms) with the recorded results."""
+    """docs/protocol.md#node-port-requests, #database-events: ``g_global`` is ignored by a
+    non-global node; ``g_chg1`` gives the first ``db_mon`` call with the whole family (all keys
+    added); ``g_found`` leads to ``RemoteNode.found(binds)``; ``g_reply`` answers ``db_family``
+    (blocking form), ``db_keys`` and ``db_values`` (callback forms) with the recorded results."""
     rec_a, rec_b = become_perl_peer_b(net, session)
     net.up.add("seed")
-    global_.seed_up(SEED_ADDR, FakeLink("seed"))
+    sync.seed_up(SEED_ADDR, FakeLink("seed"))
     net.take()
 
     w = Watch()
-    g = global_.db_mon("eg_receivers", w)
-    global_.find_node("peer_a")
-    fam_result = gevent.spawn(global_.db_family, "eg_receivers", timeout=5)
+    g = sync.db_mon("eg_receivers", w)
+    sync.find_node("peer_a")
+    fam_result = gevent.spawn(sync.db_family, "eg_receivers", timeout=5)
     got = {}
-    global_.db_keys("eg_receivers", cb=lambda r: got.setdefault("keys", r))
-    global_.db_values("eg_receivers", cb=lambda r: got.setdefault("values", r))
+    sync.db_keys("eg_receivers", cb=lambda r: got.setdefault("keys", r))
+    sync.db_values("eg_receivers", cb=lambda r: got.setdefault("values", r))
     flush()
     our_ids = {f[1]: f[3] for f in net.take("seed") if f[1].startswith("g_db_")}
     rec_ids = {f[1]: f[3] for f in rec_b.to_seed if f[1].startswith("g_db_")}
@@ -673,7 +670,7 @@ def test_slave_handles_the_recorded_seed_answers(net, session):
         feed("seed", frame)
     flush()
     assert net.take() == []
-    assert not global_.is_global()
+    assert not sync.is_global()
 
     family = rec_b.answers("g_chg1")[0][3]
     assert w.calls == [(family, sorted(family), [], [])]
@@ -681,7 +678,7 @@ def test_slave_handles_the_recorded_seed_answers(net, session):
     assert net.get_node("peer_a").found_calls == [slave_db(rec_a)["'l"]["peer_a"]]
     assert fam_result.get(timeout=5) == family
     assert got == {"keys": list(family), "values": list(family.values())}
-    assert global_._pending == {}
+    assert sync._pending == {}
 
     # later changes (g_chg2) from the master: added / changed / deleted
     (k0,) = family
@@ -700,7 +697,7 @@ def test_slave_handles_the_recorded_seed_answers(net, session):
 
     # a second db_mon on the same family: the whole family first
     w2 = Watch()
-    g2 = global_.db_mon("eg_receivers", w2)
+    g2 = sync.db_mon("eg_receivers", w2)
     flush()
     assert w2.calls == [({k0: "changed"}, [k0], [], [])]
     assert net.take() == []  # no second g_mon1
@@ -711,12 +708,13 @@ def test_slave_handles_the_recorded_seed_answers(net, session):
 
 
 def test_slave_empty_family_first_call_and_null_chg1(net, session):
-    """PROTOCOL.md 8: the first call comes also when the family is empty (``g_chg1`` null)."""
+    """docs/protocol.md#database-events: the first call comes also when the family is empty
+    (``g_chg1`` null)."""
     become_perl_peer_b(net, session)
     net.up.add("seed")
-    global_.seed_up(SEED_ADDR, FakeLink("seed"))
+    sync.seed_up(SEED_ADDR, FakeLink("seed"))
     w = Watch()
-    g = global_.db_mon("empty", w)
+    g = sync.db_mon("empty", w)
     feed("seed", ["", "g_chg1", "empty", None])
     flush()
     assert w.calls == [({}, [], [], [])]
@@ -724,30 +722,30 @@ def test_slave_empty_family_first_call_and_null_chg1(net, session):
 
 
 def test_slave_failover_resends_pending_requests(net, session):
-    """PROTOCOL.md 4/7: requests waiting for the master (``g_find``, ``g_mon1``, ``g_db_*``)
-    are sent again to the new master when the old one goes down; the node sends the new master
-    its whole local db; answers from the old master are no longer accepted; the new
-    ``g_chg1`` resyncs the watcher (stale keys deleted)."""
+    """docs/protocol.md#node-port-requests, #seeds-and-global-nodes: requests waiting for the master
+    (``g_find``, ``g_mon1``, ``g_db_*``) are sent again to the new master when the old one goes
+    down; the node sends the new master its whole local db; answers from the old master are no
+    longer accepted; the new ``g_chg1`` resyncs the watcher (stale keys deleted)."""
     become_perl_peer_b(net, session, seeds=("127.0.0.1:1", "127.0.0.1:2"))
     for n, addr in (("seedA", "127.0.0.1:1"), ("seedB", "127.0.0.1:2")):
         net.up.add(n)
-        global_.seed_up(addr, FakeLink(n))
-    assert global_.master() == "seedA"
-    global_.db_set("fam", "mine", 1)
+        sync.seed_up(addr, FakeLink(n))
+    assert sync.master() == "seedA"
+    sync.db_set("fam", "mine", 1)
     w = Watch()
-    g = global_.db_mon("fam", w)
+    g = sync.db_mon("fam", w)
     feed("seedA", ["", "g_chg1", "fam", {"mine": 1, "stale": 2}])
     flush()
     assert w.calls == [({"mine": 1, "stale": 2}, ["mine", "stale"], [], [])]
-    global_.find_node("someone")
-    result = gevent.spawn(global_.db_keys, "fam", timeout=5)
+    sync.find_node("someone")
+    result = gevent.spawn(sync.db_keys, "fam", timeout=5)
     flush()
     a_frames = net.take("seedA")
     (rid,) = [f[3] for f in a_frames if f[1] == "g_db_keys"]
     assert net.take("seedB") == [["", "g_slave"]]  # not our master (yet): no db
 
     net.disconnect("seedA")
-    assert global_.master() == "seedB"
+    assert sync.master() == "seedB"
     b_frames = net.take("seedB")
     assert b_frames[0] == ["", "g_slave", {"'l": {"peer_b": net.binds}, "fam": {"mine": 1}}]
     assert [f[:4] for f in b_frames if f[1] == "g_db_keys"] == [["", "g_db_keys", "fam", rid]]
@@ -764,24 +762,25 @@ def test_slave_failover_resends_pending_requests(net, session):
     flush()
     assert w.calls[-1] == ({"mine": 1}, [], [], ["stale"])
     assert net.get_node("someone").found_calls == [["127.0.0.1:9"]]
-    assert global_._pending == {}
+    assert sync._pending == {}
     g.cancel()
 
 
 def test_slave_without_master_keeps_changes_until_one_is_up(net, session):
-    """PROTOCOL.md 7: with no master up, ``db_set`` is kept locally and reaches the next
-    master inside its ``g_slave`` db; an unchanged value is not sent again (section 8)."""
+    """docs/protocol.md#seeds-and-global-nodes: with no master up, ``db_set`` is kept locally and
+    reaches the next master inside its ``g_slave`` db; an unchanged value is not sent again (section
+    8)."""
     become_perl_peer_b(net, session)
-    global_.db_set("fam", "k", {"v": 1})
+    sync.db_set("fam", "k", {"v": 1})
     assert net.take() == []
     net.up.add("seed")
-    global_.seed_up(SEED_ADDR, FakeLink("seed"))
+    sync.seed_up(SEED_ADDR, FakeLink("seed"))
     assert net.take("seed")[1][2]["fam"] == {"k": {"v": 1}}
-    global_.db_set("fam", "k", {"v": 1})
-    global_.db_set("fam", "k", {"v": 1})
+    sync.db_set("fam", "k", {"v": 1})
+    sync.db_set("fam", "k", {"v": 1})
     assert net.take() == []
-    global_.db_set("fam", "k", {"v": 2})
-    global_.db_set("fam", "k2")
+    sync.db_set("fam", "k", {"v": 2})
+    sync.db_set("fam", "k2")
     assert net.take("seed") == [
         ["", "g_upd", "fam", {"k": {"v": 2}}, None],
         ["", "g_upd", "fam", {"k2": None}, None],
@@ -789,24 +788,24 @@ def test_slave_without_master_keeps_changes_until_one_is_up(net, session):
 
 
 def test_db_set_guard_cancel_deletes_drop_keeps(net, session):
-    """API.md: ``db_set`` returns a guard; ``cancel()`` deletes the entry; dropping the guard
-    (aemp_green/_guard.py) or a bare statement leaves it."""
+    """docs/api.md#the-shared-database: ``db_set`` returns a guard; ``cancel()`` deletes the entry;
+    dropping the guard (aemp_green/_guard.py) or a bare statement leaves it."""
     become_perl_peer_b(net, session)
     net.up.add("seed")
-    global_.seed_up(SEED_ADDR, FakeLink("seed"))
+    sync.seed_up(SEED_ADDR, FakeLink("seed"))
     net.take()
-    global_.db_set("fam", "stays", 1)
-    g = global_.db_set("fam", "goes", 2)
+    sync.db_set("fam", "stays", 1)
+    g = sync.db_set("fam", "goes", 2)
     assert net.take("seed") == [
         ["", "g_upd", "fam", {"stays": 1}, None],
         ["", "g_upd", "fam", {"goes": 2}, None],
     ]
-    g2 = global_.db_set("fam", "dropped", 3)
+    g2 = sync.db_set("fam", "dropped", 3)
     del g2
     assert net.take("seed") == [["", "g_upd", "fam", {"dropped": 3}, None]]
     g.cancel()
     assert net.take("seed") == [["", "g_upd", "fam", None, ["goes"]]]
-    assert global_._local_db["fam"] == {"stays": 1, "dropped": 3}
+    assert sync._local_db["fam"] == {"stays": 1, "dropped": 3}
 
 
 # --------------------------------------------------------------------------- validation
@@ -830,28 +829,28 @@ def test_db_set_guard_cancel_deletes_drop_keeps(net, session):
     ],
 )
 def test_bad_family_names_raise(net, family):
-    """API.md: family names are ``[A-Za-z][A-Za-z0-9_:]*``; anything else is a ValueError,
-    for every entry point, before anything is stored or sent."""
+    """docs/api.md#the-shared-database: family names are ``[A-Za-z][A-Za-z0-9_:]*``; anything else
+    is a ValueError, for every entry point, before anything is stored or sent."""
     net.become("n", ["127.0.0.1:1"])
     monkeypatched_master(net)
     for call in (
-        lambda: global_.db_set(family, "k", 1),
-        lambda: global_.db_del(family, "k"),
-        lambda: global_.db_reg(family, "n#p", 1),
-        lambda: global_.db_mon(family, lambda *a: None),
-        lambda: global_.db_family(family, cb=lambda r: None),
-        lambda: global_.db_keys(family, cb=lambda r: None),
-        lambda: global_.db_values(family, cb=lambda r: None),
+        lambda: sync.db_set(family, "k", 1),
+        lambda: sync.db_del(family, "k"),
+        lambda: sync.db_reg(family, "n#p", 1),
+        lambda: sync.db_mon(family, lambda *a: None),
+        lambda: sync.db_family(family, cb=lambda r: None),
+        lambda: sync.db_keys(family, cb=lambda r: None),
+        lambda: sync.db_values(family, cb=lambda r: None),
     ):
         with pytest.raises(ValueError):
             call()
     assert net.take() == []
-    assert global_._local_db == {} and global_._mon_cbs == {} and global_._pending == {}
+    assert sync._local_db == {} and sync._mon_cbs == {} and sync._pending == {}
 
 
 def monkeypatched_master(net):
     net.up.add("seed")
-    global_.seed_up(SEED_ADDR, FakeLink("seed"))
+    sync.seed_up(SEED_ADDR, FakeLink("seed"))
     net.take()
 
 
@@ -860,41 +859,41 @@ def test_non_string_keys_raise(net, key):
     net.become("n", ["127.0.0.1:1"])
     monkeypatched_master(net)
     with pytest.raises(ValueError):
-        global_.db_set("fam", key, 1)
+        sync.db_set("fam", key, 1)
     if key is not None:  # db_reg(family, None) means SELF()
         with pytest.raises(ValueError):
-            global_.db_reg("fam", key, 1)
-    assert net.take() == [] and global_._local_db == {}
+            sync.db_reg("fam", key, 1)
+    assert net.take() == [] and sync._local_db == {}
 
 
 def test_good_family_names_are_accepted(net):
     net.become("n", ["127.0.0.1:1"])
     monkeypatched_master(net)
     for fam in ("a", "Z9", "a_b:c", "Ab::cd_9"):
-        global_.db_set(fam, "k", 1)
+        sync.db_set(fam, "k", 1)
     assert [f[2] for f in net.take("seed")] == ["a", "Z9", "a_b:c", "Ab::cd_9"]
 
 
 @pytest.mark.parametrize("family", ["'l", "'g"])
 def test_internal_families_readable_not_writable(net, family):
-    """API.md: names starting with ``'`` are internal: readable (``db_family``, ``db_mon``),
-    not writable through ``db_set``/``db_del``/``db_reg``."""
+    """docs/api.md#the-shared-database: names starting with ``'`` are internal: readable
+    (``db_family``, ``db_mon``), not writable through ``db_set``/``db_del``/``db_reg``."""
     net.become("seed", [SEED_ADDR])
     net.connect("X")
     feed("X", ["", "g_slave"])
     feed("X", ["", "g_slave", {"'l": {"X": ["127.0.0.1:1"]}}])
     net.take()
     for call in (
-        lambda: global_.db_set(family, "k", 1),
-        lambda: global_.db_del(family, "seed"),
-        lambda: global_.db_reg(family, "seed#p", 1),
+        lambda: sync.db_set(family, "k", 1),
+        lambda: sync.db_del(family, "seed"),
+        lambda: sync.db_reg(family, "seed#p", 1),
     ):
         with pytest.raises(ValueError):
             call()
     expected = {"seed": [SEED_ADDR], "X": ["127.0.0.1:1"]} if family == "'l" else {"seed": None}
     assert db_family_now(family) == expected
     w = Watch()
-    g = global_.db_mon(family, w)
+    g = sync.db_mon(family, w)
     flush()
     assert w.calls == [(expected, sorted(expected), [], [])]
     g.cancel()
@@ -905,7 +904,7 @@ def test_internal_family_read_from_a_slave(net, session):
     """A slave reads ``'l`` through its master (``g_db_family "'l"``)."""
     become_perl_peer_b(net, session)
     monkeypatched_master(net)
-    res = gevent.spawn(global_.db_family, "'l", timeout=5)
+    res = gevent.spawn(sync.db_family, "'l", timeout=5)
     flush()
     ((_, tag, fam, rid, _chunk),) = net.take("seed")  # _chunk: the part size we take
     assert (tag, fam) == ("g_db_family", "'l")
@@ -917,16 +916,17 @@ def test_blocking_query_times_out_without_a_master(net, session):
     """The blocking form has a deadline: ``Timeout`` when no master answers."""
     become_perl_peer_b(net, session)
     with pytest.raises(aemp_green.Timeout):
-        gevent.spawn(global_.db_keys, "fam", timeout=0.05).get(timeout=5)
+        gevent.spawn(sync.db_keys, "fam", timeout=0.05).get(timeout=5)
 
 
 def test_query_callback_may_block_without_stalling_the_network(net, session):
-    """API.md: with a ``cb`` the queries call back; the callback runs like every other
-    callback (db_mon's run synchronously, but query replies get a fresh greenlet), so it may use the blocking forms."""
+    """docs/api.md#the-shared-database: with a ``cb`` the queries call back; the callback runs like
+    every other callback (db_mon's run synchronously, but query replies get a fresh greenlet), so it
+    may use the blocking forms."""
     become_perl_peer_b(net, session)
     monkeypatched_master(net)
     got = []
-    global_.db_family("fam", cb=lambda r: got.append((r, global_.db_keys("fam", timeout=5))))
+    sync.db_family("fam", cb=lambda r: got.append((r, sync.db_keys("fam", timeout=5))))
     ((_, _, _, outer, _chunk),) = net.take("seed")
     handler = gevent.spawn(feed, "seed", ["", "g_reply", outer, {"k": 1}])
     flush()

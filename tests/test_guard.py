@@ -1,7 +1,7 @@
-"""Guards: cancel and ``with`` undo; dropping undoes nothing (aemp_green/_guard.py: a deliberate
-departure from API.md "Monitoring": "Returns a guard; dropping or cancelling it stops
-monitoring.", because ``g = mon(p, cb)`` at the end of a function silently stopped monitoring),
-and the `after` timer guard."""
+"""Guards: cancel and ``with`` undo; dropping undoes nothing (docs/api.md#guards: "Dropping a
+guard undoes nothing", a deliberate departure from AEMP 2.02, which undoes a kept guard when it is
+destroyed: then ``g = mon(p, cb)`` at the end of a function silently stopped monitoring), and the
+`after` timer guard."""
 
 import gc
 
@@ -21,7 +21,8 @@ def make_guard(kept=None):
 
 
 def test_cancel_runs_undo_once():
-    """API.md: "Returns a guard; ... cancelling it stops monitoring." -- cancel is idempotent."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- cancel is
+    idempotent."""
     g, calls = make_guard(kept=True)
     assert g.active
     g.cancel()
@@ -32,7 +33,8 @@ def test_cancel_runs_undo_once():
 
 
 def test_with_block_cancels_at_exit_also_on_error():
-    """API.md: "Returns a guard; ... cancelling it stops monitoring." (as a context manager)."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." (as a context
+    manager)."""
     g, calls = make_guard(kept=False)
     with g as same:
         assert same is g and calls == []
@@ -53,7 +55,7 @@ def test_dropped_guard_undoes_nothing():
 
 
 def test_detach_forgets_undo():
-    """API.md "Returns a guard" -- a detached guard no longer undoes anything."""
+    """docs/api.md#monitoring "Returns a guard" -- a detached guard no longer undoes anything."""
     g, calls = make_guard(kept=True)
     g.detach()
     g.cancel()
@@ -108,8 +110,8 @@ def test_monitor_lasts_until_cancelled_however_the_guard_is_held():
 
 
 def test_after_guard_forms():
-    """API.md: "`after(seconds, port_or_callable, *msg)`: one-shot timer" -- its guard: bare
-    statement and a dropped guard fire, cancelled and with-block do not."""
+    """docs/api.md#ports-and-messages: "`after(seconds, port_or_callable, *msg)`: one-shot timer" --
+    its guard: bare statement and a dropped guard fire, cancelled and with-block do not."""
     col = Collector()
     p = col.port()
     after(0.005, p, "bare")
@@ -127,9 +129,9 @@ def test_after_guard_forms():
 
 
 def test_peval_docstring_example_links_ports():
-    """API.md: "`mon(port)` is that with `rcvport = SELF()`" + "`peval(port, fn, *args)`: run now
-    in `port`'s context." -- the peval docstring example `peval(p, lambda: mon(other))` makes p
-    die when other crashes."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" + "`peval(port, fn,
+    *args)`: run now in `port`'s context." -- the peval docstring example `peval(p, lambda:
+    mon(other))` makes p die when other crashes."""
     col = Collector()
     p = port(lambda *m: None)
     other = port()
@@ -141,8 +143,8 @@ def test_peval_docstring_example_links_ports():
 
 
 def test_monitor_set_up_in_lambda_handler_keeps_monitoring():
-    """API.md: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- also when the mon
-    call is the body of a lambda rcv handler whose result nobody keeps."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- also
+    when the mon call is the body of a lambda rcv handler whose result nobody keeps."""
     col = Collector()
     watcher = port()
     rcv(watcher, "watch", lambda t: mon(t, col))
@@ -156,8 +158,8 @@ def test_monitor_set_up_in_lambda_handler_keeps_monitoring():
 
 
 def test_monitor_set_up_in_def_handler_keeps_monitoring():
-    """API.md: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- a bare `mon(...)`
-    statement inside an rcv handler keeps monitoring after the handler returned."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- a bare
+    `mon(...)` statement inside an rcv handler keeps monitoring after the handler returned."""
     col = Collector()
 
     def watch(t):

@@ -7,6 +7,9 @@ import pytest
 
 from netutil import free_port
 
+# slow (docs/testing.md): real processes, ~10 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 
 def _free_addr():
     return "127.0.0.1:%d" % free_port()

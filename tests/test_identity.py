@@ -1,4 +1,5 @@
-"""Identity: node IDs, port IDs, ``node_of``/``port_is_local``, ``SELF()`` (API.md "Identity")."""
+"""Identity: node IDs, port IDs, ``node_of``/``port_is_local``, ``SELF()``
+(docs/api.md#identity)."""
 
 import re
 
@@ -32,7 +33,7 @@ NODE_CHARS = re.compile(r"[A-Za-z0-9_\-.:/]+")
 
 
 def test_anonymous_node_id_before_configure():
-    """API.md: "The default node ID is `<profile>/`; `anon/` nodes are allowed."
+    """docs/api.md#identity: "The default node ID is `<profile>/`; `anon/` nodes are allowed."
     and "`NODE()` / `node_id()`: this node's ID." -- before configure() it is anon/<10 alnum>."""
     nid = NODE()
     assert re.fullmatch(r"anon/[A-Za-z0-9]{10}", nid), nid
@@ -43,7 +44,7 @@ def test_anonymous_node_id_before_configure():
 
 
 def test_node_id_charset():
-    """API.md: "A node ID is a string of `[A-Za-z0-9_\\-.:/]`"."""
+    """docs/api.md#identity: "A node ID is a string of `[A-Za-z0-9_\\-.:/]`"."""
     assert NODE_CHARS.fullmatch(NODE())
     with pytest.raises(ValueError):
         kernel.set_node_id("bad#id")
@@ -51,8 +52,8 @@ def test_node_id_charset():
 
 
 def test_node_id_templates():
-    """API.md: "`%n` expands to the host name, `%u` (or a trailing `/`) to a random unique
-    string. The default node ID is `<profile>/`"."""
+    """docs/api.md#identity: "`%n` expands to the host name, `%u` (or a trailing `/`) to a random
+    unique string. The default node ID is `<profile>/`"."""
     config = pytest.importorskip("aemp_green.config")
     if not hasattr(config, "expand_nodeid") or not hasattr(config, "default_nodeid"):
         pytest.skip("aemp_green.config has no expand_nodeid/default_nodeid yet")
@@ -69,7 +70,7 @@ def test_node_id_templates():
 
 
 def test_port_id_format_callback_and_greenlet_ports():
-    """API.md: "A port ID is `"<nodeid>#<portname>"`." -- for both kinds of port."""
+    """docs/api.md#identity: "A port ID is `"<nodeid>#<portname>"`." -- for both kinds of port."""
     p = port()
     g = spawn(receive)
     try:
@@ -84,8 +85,8 @@ def test_port_id_format_callback_and_greenlet_ports():
 
 
 def test_node_port_addressed_by_bare_node_id_and_empty_name():
-    """API.md: "The node's own port has the empty name (`"node#"` and the bare node ID both
-    address it)." -- a "snd" request to either form is forwarded by the node port."""
+    """docs/api.md#identity: "The node's own port has the empty name (`"node#"` and the bare node ID
+    both address it)." -- a "snd" request to either form is forwarded by the node port."""
     col = Collector()
     p = col.port()
     snd(NODE(), "snd", p, "via", "bare")
@@ -97,8 +98,8 @@ def test_node_port_addressed_by_bare_node_id_and_empty_name():
 
 
 def test_port_names_never_reused():
-    """API.md: "Port names are never reused within a process lifetime." -- 10,000 created
-    and killed ports (both kinds) all get distinct IDs."""
+    """docs/api.md#identity: "Port names are never reused within a process lifetime." -- 10,000
+    created and killed ports (both kinds) all get distinct IDs."""
     seen = set()
     for i in range(10_000):
         p = port() if i % 10 else spawn(receive)
@@ -110,7 +111,7 @@ def test_port_names_never_reused():
 
 
 def test_node_of():
-    """API.md: "`node_of(port)`" -- the part before the first '#'."""
+    """docs/api.md#identity: "`node_of(port)`" -- the part before the first '#'."""
     assert node_of("seed#abc") == "seed"
     assert node_of("seed") == "seed"
     assert node_of("a/b:c#x#y") == "a/b:c"
@@ -120,7 +121,7 @@ def test_node_of():
 
 
 def test_port_is_local():
-    """API.md: "`port_is_local(port)`"."""
+    """docs/api.md#identity: "`port_is_local(port)`"."""
     p = port()
     assert port_is_local(p)
     assert port_is_local(NODE() + "#whatever")
@@ -133,7 +134,8 @@ def test_port_is_local():
 
 
 def test_self_raises_outside_port_context():
-    """API.md: "`SELF()` ... raises outside port context." (in a fresh plain greenlet)."""
+    """docs/api.md#identity: "`SELF()` ... raises outside port context." (in a fresh plain
+    greenlet)."""
 
     def body():
         with pytest.raises(RuntimeError):
@@ -144,7 +146,8 @@ def test_self_raises_outside_port_context():
 
 
 def test_self_in_rcv_handler():
-    """API.md: "`SELF()`: the port whose code is running now (in an `rcv` callback ...)"."""
+    """docs/api.md#identity: "`SELF()`: the port whose code is running now (in an `rcv` callback
+    ...)"."""
     col = Collector()
     p = port()
     rcv(p, "who", lambda: col(SELF()))
@@ -157,15 +160,15 @@ def test_self_in_rcv_handler():
 
 
 def test_self_in_greenlet_port():
-    """API.md: "`SELF()` ... (... or a greenlet port)"."""
+    """docs/api.md#identity: "`SELF()` ... (... or a greenlet port)"."""
     col = Collector()
     g = spawn(lambda: col(SELF()))
     assert col.wait_one() == (g,)
 
 
 def test_self_in_psub_called_later_from_after_timer():
-    """API.md: "`SELF()` ... (... a `psub` ...)" -- the wrapper runs later, from an `after`
-    timer (callable form), in the port's context."""
+    """docs/api.md#identity: "`SELF()` ... (... a `psub` ...)" -- the wrapper runs later, from an
+    `after` timer (callable form), in the port's context."""
     col = Collector()
 
     def body():
@@ -190,15 +193,15 @@ def test_self_in_psub_called_later_from_after_timer():
 
 
 def test_self_in_peval():
-    """API.md: "`SELF()` ... (... a `peval` ...)"."""
+    """docs/api.md#identity: "`SELF()` ... (... a `peval` ...)"."""
     p = port()
     assert peval(p, SELF) == p
     kil(p)
 
 
 def test_self_in_callback_that_spawns():
-    """API.md "`SELF()`": a callback that spawns keeps its own SELF; the spawned greenlet port
-    has its own."""
+    """docs/api.md#identity "`SELF()`": a callback that spawns keeps its own SELF; the spawned
+    greenlet port has its own."""
     col = Collector()
 
     def child():
@@ -222,7 +225,7 @@ def test_self_in_callback_that_spawns():
 
 
 def test_self_kept_across_blocking_receive():
-    """API.md "`SELF()`": a greenlet blocked in receive and resumed (also by a direct
+    """docs/api.md#identity "`SELF()`": a greenlet blocked in receive and resumed (also by a direct
     hand-off from another greenlet port) is still its own port."""
     col = Collector()
     rounds = 200
@@ -248,8 +251,9 @@ def test_self_kept_across_blocking_receive():
 
 
 def test_self_works_in_main_greenlet_after_receive():
-    """API.md: "The main greenlet of a script can receive too: it gets a port of its own on
-    first use." -- after one receive(), SELF() works in the test (main) greenlet."""
+    """docs/api.md#ports-and-messages: "The main greenlet of a script can receive too: it gets a
+    port of its own on first use." -- after one receive(), SELF() works in the test (main)
+    greenlet."""
     assert getcurrent().parent is None  # pytest runs tests in the main greenlet
     with pytest.raises(Timeout):
         receive("nothing", timeout=0)
@@ -261,8 +265,8 @@ def test_self_works_in_main_greenlet_after_receive():
 
 
 def test_self_in_fresh_greenlet_after_receive():
-    """API.md: "... gets a port of its own on first use." -- a plain greenlet has no SELF until
-    its first receive; its port ends with the greenlet."""
+    """docs/api.md#ports-and-messages: "... gets a port of its own on first use." -- a plain
+    greenlet has no SELF until its first receive; its port ends with the greenlet."""
 
     def body():
         with pytest.raises(RuntimeError):
@@ -280,7 +284,8 @@ def test_self_in_fresh_greenlet_after_receive():
 
 
 def test_self_in_run_in_port_helper_is_isolated():
-    """API.md "`SELF()`": each greenlet port has its own SELF, distinct from another's."""
+    """docs/api.md#identity "`SELF()`": each greenlet port has its own SELF, distinct from
+    another's."""
     a = run_in_port(SELF)
     b = run_in_port(SELF)
     assert a != b and port_is_local(a) and port_is_local(b)

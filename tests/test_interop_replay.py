@@ -1,4 +1,4 @@
-"""Replay the Perl AnyEvent::MP 2.02 recordings in ``shared/interop`` through our sans-IO code.
+"""Replay the Perl AnyEvent::MP 2.02 recordings in ``tests/interop`` through our sans-IO code.
 
 For every recorded connection:
 
@@ -363,7 +363,7 @@ def test_data_phase_every_split(path):
 
 
 def test_cbor_byte_strings_from_perl_become_str():
-    """A concrete check on the Perl byte-string encoding (PROTOCOL.md section 2)."""
+    """A concrete check on the Perl byte-string encoding (docs/protocol.md#framings)."""
     d = framing.CborDecoder()
     assert d.feed(bytes.fromhex("824047675f736c617665")) == [["", "g_slave"]]
     frame = bytes.fromhex(

@@ -20,6 +20,9 @@ import pytest
 
 from netutil import RawPeer, free_port
 
+# slow (docs/testing.md): real processes, ~40 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 2.0  # monitor_timeout of the mesh nodes
 
 

@@ -1,4 +1,4 @@
-"""LogCatcher (API.md Side services): every node streams its log records to interested nodes;
+"""LogCatcher (docs/api.md#side-services): every node streams its log records to interested nodes;
 ``catch(level)`` on one node collects them all, new nodes included, and re-logs them there.
 
 The sending side (``ForwardingHandler``, the ``_req_catch`` request) is tested in this process

@@ -1,5 +1,5 @@
-"""Monitoring: mon forms, one-shot firing, guards, mon_guard, spawn by name (API.md
-"Monitoring")."""
+"""Monitoring: mon forms, one-shot firing, guards, mon_guard, spawn by name
+(docs/api.md#monitoring)."""
 
 import gc
 import re
@@ -19,7 +19,7 @@ ZERO_DIV = ("die", "ZeroDivisionError: division by zero")
 
 
 def test_mon_callable_gets_reason():
-    """API.md: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies"."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies"."""
     col = Collector()
     p = port()
     mon(p, col)
@@ -33,8 +33,8 @@ def test_mon_callable_gets_reason():
 
 
 def test_mon_rcvport_killed_with_same_reason():
-    """API.md: "`mon(port, rcvport)` kills `rcvport` with the same reason when the reason is
-    non-empty"."""
+    """docs/api.md#monitoring: "`mon(port, rcvport)` kills `rcvport` with the same reason when the
+    reason is non-empty"."""
     col = Collector()
     p = port()
     r = port()
@@ -46,8 +46,8 @@ def test_mon_rcvport_killed_with_same_reason():
 
 
 def test_mon_rcvport_not_killed_on_normal_exit():
-    """API.md: "`mon(port, rcvport)` kills `rcvport` ... when the reason is non-empty" -- a normal
-    exit leaves rcvport alive."""
+    """docs/api.md#monitoring: "`mon(port, rcvport)` kills `rcvport` ... when the reason is
+    non-empty" -- a normal exit leaves rcvport alive."""
     sentinel = Collector()
     p = port()
     r = port(lambda *m: None)
@@ -61,7 +61,7 @@ def test_mon_rcvport_not_killed_on_normal_exit():
 
 
 def test_mon_one_argument_uses_self():
-    """API.md: "`mon(port)` is that with `rcvport = SELF()`"."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`"."""
     col = Collector()
     target = port()
 
@@ -78,7 +78,8 @@ def test_mon_one_argument_uses_self():
 
 
 def test_mon_one_argument_in_callback_port():
-    """API.md: "`mon(port)` is that with `rcvport = SELF()`" -- in an rcv handler."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" -- in an rcv
+    handler."""
     col = Collector()
     target = port()
     watcher = port()
@@ -95,7 +96,8 @@ def test_mon_one_argument_in_callback_port():
 
 
 def test_mon_one_argument_outside_port_context_raises():
-    """API.md: "`mon(port)` is that with `rcvport = SELF()`" -- no SELF, no one-argument mon."""
+    """docs/api.md#monitoring: "`mon(port)` is that with `rcvport = SELF()`" -- no SELF, no
+    one-argument mon."""
     p = port()
 
     def body():
@@ -108,7 +110,7 @@ def test_mon_one_argument_outside_port_context_raises():
 
 
 def test_mon_rcvport_with_message():
-    """API.md: "`mon(port, rcvport, *msg)` sends `msg + reason` to `rcvport`."."""
+    """docs/api.md#monitoring: "`mon(port, rcvport, *msg)` sends `msg + reason` to `rcvport`."."""
     col = Collector()
     inbox = col.port()
     p = port()
@@ -124,7 +126,8 @@ def test_mon_rcvport_with_message():
 
 
 def test_mon_bad_arguments():
-    """API.md: "`mon(port, cb)`" -- the second argument is a callable or a port ID."""
+    """docs/api.md#monitoring: "`mon(port, cb)`" -- the second argument is a callable or a port
+    ID."""
     p = port()
     with pytest.raises(TypeError):
         mon(p, 42)
@@ -137,7 +140,7 @@ def test_mon_bad_arguments():
 
 
 def test_mon_is_one_shot():
-    """API.md: "One-shot." -- killing twice fires once."""
+    """docs/api.md#monitoring: "One-shot." -- killing twice fires once."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -153,7 +156,7 @@ def test_mon_is_one_shot():
 
 
 def test_mon_fires_once_per_monitor_in_order():
-    """API.md: "`mon(port, cb)` calls `cb(*reason)` once" -- every monitor once."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once" -- every monitor once."""
     col = Collector()
     p = port()
     for i in range(5):
@@ -165,8 +168,8 @@ def test_mon_fires_once_per_monitor_in_order():
 
 
 def test_monitor_fires_in_fresh_greenlet_not_in_dying_code():
-    """API.md: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- in a fresh
-    greenlet, not inside the dying port's code (its SELF is not the dying port)."""
+    """docs/api.md#monitoring: "`mon(port, cb)` calls `cb(*reason)` once when `port` dies" -- in a
+    fresh greenlet, not inside the dying port's code (its SELF is not the dying port)."""
     col = Collector()
 
     def self_or_none():
@@ -203,8 +206,8 @@ def test_monitor_fires_in_fresh_greenlet_not_in_dying_code():
 
 
 def test_mon_nonexistent_local_port_fires_no_such_port():
-    """API.md: "Monitoring a nonexistent local port fires at once with `("no_such_port",
-    "cannot monitor nonexistent port", port)`."."""
+    """docs/api.md#monitoring: "Monitoring a nonexistent local port fires at once with
+    `("no_such_port", "cannot monitor nonexistent port", port)`."."""
     col = Collector()
     ghost = NODE() + "#nosuchportname"
     mon(ghost, col)
@@ -217,8 +220,8 @@ def test_mon_nonexistent_local_port_fires_no_such_port():
 
 
 def test_mon_nonexistent_port_kept_guard_cancelled():
-    """API.md: "Returns a guard; dropping or cancelling it stops monitoring." -- also for the
-    no_such_port case."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- also for
+    the no_such_port case."""
     col = Collector()
     sentinel = Collector()
     ghost = NODE() + "#nosuchportname2"
@@ -231,8 +234,8 @@ def test_mon_nonexistent_port_kept_guard_cancelled():
 
 
 def test_mon_unknown_remote_node_fires_transport_error():
-    """API.md: "Losing the connection to the port's node fires with `("transport_error", nodeid,
-    "<why>")`." -- a node nobody can reach (no network configured)."""
+    """docs/api.md#monitoring: "Losing the connection to the port's node fires with
+    `("transport_error", nodeid, "<why>")`." -- a node nobody can reach (no network configured)."""
     col = Collector()
     remote = "no-such-node/abcdef#xyz"
     mon(remote, col)
@@ -242,8 +245,8 @@ def test_mon_unknown_remote_node_fires_transport_error():
 
 
 def test_mon_unknown_remote_node_guard_cancel_stops_it():
-    """API.md: "Returns a guard; dropping or cancelling it stops monitoring." -- for a port on an
-    unknown node too."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- for a port
+    on an unknown node too."""
     col = Collector()
     sentinel = Collector()
     remote = "no-such-node/abcdef#cancelled"
@@ -256,8 +259,8 @@ def test_mon_unknown_remote_node_guard_cancel_stops_it():
 
 
 def test_mon_guarantee_no_holes():
-    """API.md: "The guarantee: after `mon` starts, every message sent to the port is delivered,
-    in order, or the monitor fires -- there are never holes in the sequence."."""
+    """docs/api.md#monitoring: "The guarantee: after `mon` starts, every message sent to the port is
+    delivered, in order, or the monitor fires: there are never holes in the sequence."."""
     n = 2000
     got = []
     col = Collector()
@@ -295,7 +298,7 @@ def test_mon_guarantee_no_holes():
 
 
 def test_mon_guard_cancel_stops_monitoring():
-    """API.md: "Returns a guard; dropping or cancelling it stops monitoring." (cancel)."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." (cancel)."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -311,8 +314,8 @@ def test_mon_guard_cancel_stops_monitoring():
 
 
 def test_mon_guard_cancel_after_death_before_firing():
-    """API.md: "Returns a guard; dropping or cancelling it stops monitoring." -- also when the
-    port already died but the monitor (which fires in a fresh greenlet) has not run yet."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- also when
+    the port already died but the monitor (which fires in a fresh greenlet) has not run yet."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -326,8 +329,8 @@ def test_mon_guard_cancel_after_death_before_firing():
 
 
 def test_mon_kept_guard_dropped_keeps_monitoring():
-    """aemp_green/_guard.py: dropping a guard undoes nothing (a deliberate departure from
-    API.md's "dropping ... it stops monitoring"): only cancel() or a with block stop it."""
+    """docs/api.md#guards: "Dropping a guard undoes nothing" (a deliberate departure from AEMP
+    2.02, aemp_green/_guard.py): only cancel() or a with block stop it."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -342,8 +345,8 @@ def test_mon_kept_guard_dropped_keeps_monitoring():
 
 
 def test_mon_bare_statement_keeps_monitoring():
-    """API.md "Returns a guard" + the AEMP rule: a bare statement `mon(p, cb)` (result not kept)
-    monitors until the port dies."""
+    """docs/api.md#monitoring "Returns a guard" + the AEMP rule: a bare statement `mon(p, cb)`
+    (result not kept) monitors until the port dies."""
     col = Collector()
     p = port()
     mon(p, col)
@@ -353,8 +356,8 @@ def test_mon_bare_statement_keeps_monitoring():
 
 
 def test_mon_with_block_cancels_at_exit():
-    """API.md: "Returns a guard; ... cancelling it stops monitoring." -- `with mon(...)` cancels
-    at the end of the block."""
+    """docs/api.md#monitoring: "Returns a guard; cancelling it ... stops monitoring." -- `with
+    mon(...)` cancels at the end of the block."""
     col = Collector()
     sentinel = Collector()
     p = port()
@@ -373,7 +376,8 @@ def test_mon_with_block_cancels_at_exit():
 
 
 def test_mon_guard_keeps_objects_alive_until_port_dies():
-    """API.md: "`mon_guard(port, *objs)` keeps objects alive until the port dies."."""
+    """docs/api.md#monitoring: "`mon_guard(port, *objs)` keeps objects alive until the port
+    dies."."""
 
     class Obj:
         pass
@@ -397,8 +401,8 @@ def test_mon_guard_keeps_objects_alive_until_port_dies():
 
 
 def test_mon_guard_cancelled_guard_releases():
-    """API.md: "`mon_guard(port, *objs)` keeps objects alive until the port dies." -- or until
-    its guard is cancelled (dropping it releases nothing: aemp_green/_guard.py)."""
+    """docs/api.md#monitoring: "`mon_guard(port, *objs)` keeps objects alive until the port dies."
+    -- or until its guard is cancelled (dropping it releases nothing: aemp_green/_guard.py)."""
 
     class Obj:
         pass
@@ -427,9 +431,9 @@ def test_mon_guard_cancelled_guard_releases():
 
 
 def test_spawn_by_name_on_this_node():
-    """API.md: "`spawn(node, "pkg.module.func", *args)` creates a port on another node (or this
-    one) and runs `func(*args)` there with that port as SELF; it returns the new port ID at
-    once."."""
+    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)` creates a port on another
+    node (or this one) and runs `func(*args)` there with that port as SELF; it returns the new port
+    ID at once."."""
     before = len(spawned_log)
     col = Collector()
     pid = spawn(NODE(), "conftest.spawned_target", 1, "two")
@@ -440,8 +444,8 @@ def test_spawn_by_name_on_this_node():
 
 
 def test_spawn_by_name_longest_module_prefix_and_perl_names():
-    """API.md: "The remote function is resolved by importing the longest importable module
-    prefix. AEMP-style names `Pkg::Sub::func` map to `Pkg.Sub.func`."."""
+    """docs/api.md#monitoring: "The remote function is resolved by importing the longest importable
+    module prefix. AEMP-style names `Pkg::Sub::func` map to `Pkg.Sub.func`."."""
     before = len(spawned_log)
     col = Collector()
     a = spawn(NODE(), "conftest.Targets.run", "x")
@@ -456,8 +460,8 @@ def test_spawn_by_name_longest_module_prefix_and_perl_names():
 
 
 def test_spawn_by_name_unknown_function_kills_port():
-    """API.md: "`spawn(node, "pkg.module.func", *args)`" -- a name that does not resolve gives a
-    dead port (its monitor fires)."""
+    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)`" -- a name that does not
+    resolve gives a dead port (its monitor fires)."""
     col = Collector()
     pid = spawn(NODE(), "conftest.no_such_function")
     mon(pid, col)
@@ -478,7 +482,8 @@ def secure_node():
 
 
 def test_spawn_request_refused_on_secure_node(secure_node, caplog):
-    """API.md: "Refused on nodes configured `secure`." -- a spawn request from another node."""
+    """docs/api.md#monitoring: "Refused on nodes configured `secure`." -- a spawn request from
+    another node."""
     before = len(spawned_log)
     name = "securetest" + kernel.base62(12345)
     kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target"])
@@ -489,8 +494,8 @@ def test_spawn_request_refused_on_secure_node(secure_node, caplog):
 
 
 def test_spawn_request_accepted_when_not_secure():
-    """API.md: "`spawn(node, "pkg.module.func", *args)` creates a port on another node" -- the
-    node-port request a remote node sends (the counterpart of the secure test)."""
+    """docs/api.md#monitoring: "`spawn(node, "pkg.module.func", *args)` creates a port on another
+    node" -- the node-port request a remote node sends (the counterpart of the secure test)."""
     before = len(spawned_log)
     name = "reqtest" + kernel.base62(54321)
     kernel.node_request("other/node", ["AnyEvent::MP::_spawn", name, "conftest.spawned_target", 7])

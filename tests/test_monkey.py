@@ -24,10 +24,10 @@ def test_importing_aemp_green_patches_nothing():
     out = run_python("""
         import json, sys
         import aemp_green, aemp_green.monkey, aemp_green.threaded
-        from aemp_green import kernel
+        from aemp_green import _hub, kernel
         import gevent.monkey
         before = [gevent.monkey.is_module_patched(m) for m in ("socket", "time", "threading")]
-        print(json.dumps([before, gevent.monkey.is_anything_patched(), kernel._hub is None,
+        print(json.dumps([before, gevent.monkey.is_anything_patched(), _hub.hub is None,
                           aemp_green.monkey.is_patched(), aemp_green.monkey.problems()]))
         aemp_green.monkey.patch_all()
         print(json.dumps([gevent.monkey.is_module_patched("socket"),
@@ -47,7 +47,7 @@ def test_patch_all_binds_the_node_to_the_main_hub_and_blocking_code_cooperates()
         from aemp_green import monkey; hub = monkey.patch_all()
         import json, queue, threading, time
         import gevent
-        from aemp_green import after, call, kernel, port, rcv, receive, snd, spawn
+        from aemp_green import _hub, after, call, kernel, port, rcv, receive, snd, spawn
         assert monkey.patch_all() is hub            # idempotent
         q = queue.Queue()
         after(0.01, lambda: q.put("timer fired"))   # runs on the hub while we block in get()
@@ -68,7 +68,7 @@ def test_patch_all_binds_the_node_to_the_main_hub_and_blocking_code_cooperates()
             t.start()
         for t in threads:
             t.join(10)
-        print(json.dumps([first, kernel.bound_hub() is hub, hub is gevent.get_hub(),
+        print(json.dumps([first, _hub.bound_hub() is hub, hub is gevent.get_hub(),
                           sorted(r[1] for r in results),
                           isinstance(threading.current_thread(), threading._MainThread)]))
     """)

@@ -2,7 +2,7 @@
 
 Every node is a child process; this pytest process never calls ``configure()``. Each test gets
 its own nodes (the ``cluster`` fixture) and waits only on lines the children emit, with deadlines.
-API.md lines proven are quoted in the docstrings.
+docs/api.md lines proven are quoted in the docstrings.
 """
 
 import time
@@ -10,6 +10,9 @@ import time
 import pytest
 
 from netutil import free_port
+
+# slow (docs/testing.md): real processes, ~30 s for the module on a busy 2-core machine
+pytestmark = pytest.mark.slow
 
 # A payload with every kind of value both framings carry. The same source text is evaluated in
 # the children and here, and compared through repr() (which tells 3 from 3.0 and 1 from True).
@@ -66,10 +69,10 @@ def make_port(child, var, tag):
     ids=["json", "cbor", "mixed"],
 )
 def test_db_lookup_and_values_round_trip_exactly(cluster, fa, fb, expect_a):
-    """API.md Network + shared database: A registers a port with ``db_set``, B finds it with
-    ``db_mon`` and sends; every value kind (Unicode, big ints, floats, nested containers,
+    """docs/api.md#network and #the-shared-database: A registers a port with ``db_set``, B finds it
+    with ``db_mon`` and sends; every value kind (Unicode, big ints, floats, nested containers,
     None/True/False, empty dict) arrives exactly, B->A and A->B, in json, cbor and mixed framing
-    (PROTOCOL.md 1.4: each direction chooses its own framing)."""
+    (docs/protocol.md#choosing-auth-and-framing: each direction chooses its own framing)."""
     seed, a, b = start_trio(cluster, {"framing_format": fa}, {"framing_format": fb})
     a.run(
         """
@@ -111,7 +114,8 @@ def test_db_lookup_and_values_round_trip_exactly(cluster, fa, fb, expect_a):
 
 
 def test_ten_thousand_messages_arrive_in_order(cluster):
-    """API.md: "Messages to one port from one sender arrive in order" (across a real link)."""
+    """docs/api.md#ports-and-messages: "Messages to one port from one sender arrive in order"
+    (across a real link)."""
     seed, a, b = start_trio(cluster)
     b.run("""
         _order = {"next": 0, "bad": []}
@@ -140,7 +144,8 @@ def test_ten_thousand_messages_arrive_in_order(cluster):
 
 
 def test_remote_monitor_gets_kill_reason(cluster):
-    """API.md Monitoring: a remote monitor gets the exact kill reason (PROTOCOL.md 5: ``kil0``)."""
+    """docs/api.md#monitoring: a remote monitor gets the exact kill reason
+    (docs/protocol.md#monitoring-and-kill: ``kil0``)."""
     seed, a, b = start_trio(cluster)
     pa = make_port(a, "PA", "A_got")
     b.run(
@@ -170,8 +175,9 @@ def test_remote_monitor_gets_kill_reason(cluster):
 
 
 def test_cancelled_remote_monitor_is_withdrawn(cluster):
-    """API.md: ``mon`` returns a guard; cancelling it stops monitoring - for a remote port the
-    owner is told (``mon0``, PROTOCOL.md 5) and forgets the monitor, while another one stays."""
+    """docs/api.md#monitoring: ``mon`` returns a guard; cancelling it stops monitoring - for a
+    remote port the owner is told (``mon0``, docs/protocol.md#monitoring-and-kill) and forgets the
+    monitor, while another one stays."""
     seed, a, b = start_trio(cluster)
     pa = make_port(a, "PA", "A_got")
     b.run(
@@ -207,8 +213,9 @@ def test_cancelled_remote_monitor_is_withdrawn(cluster):
 
 
 def test_remote_kil_with_reason(cluster):
-    """API.md: ``kil(port, *reason)`` works on remote ports; the owner's monitors and the
-    killer's remote monitor both get the reason (PROTOCOL.md 4 ``kil1``, 5)."""
+    """docs/api.md#ports-and-messages: ``kil(port, *reason)`` works on remote ports; the owner's
+    monitors and the killer's remote monitor both get the reason
+    (docs/protocol.md#node-port-requests ``kil1``, #monitoring-and-kill)."""
     seed, a, b = start_trio(cluster)
     a.run("""
         PA2 = port(lambda *m: emit("A_got", repr(list(m))))
@@ -231,8 +238,8 @@ def test_remote_kil_with_reason(cluster):
 
 
 def test_remote_monitor_of_nonexistent_port(cluster):
-    """API.md: monitoring a nonexistent port fires with ``no_such_port`` (remote form from the
-    owner node: PROTOCOL.md 4 ``mon1``)."""
+    """docs/api.md#monitoring: monitoring a nonexistent port fires with ``no_such_port`` (remote
+    form from the owner node: docs/protocol.md#node-port-requests ``mon1``)."""
     seed, a, b = start_trio(cluster)
     b.run("mon('A#nonexistent', lambda *r: emit('B_mon', *r))")
     assert b.expect("B_mon", timeout=15) == [
@@ -258,9 +265,9 @@ BUG_STALE_ADDRS = (
     ids=["same_port", "new_port"],
 )
 def test_kill_9_fires_transport_error_then_reconnect(cluster, fixed_port):
-    """API.md: losing the connection fires monitors with ``("transport_error", nodeid, why)``;
-    connections are made on demand: after the peer restarts, a later send reconnects and is
-    delivered (on the same listening port, or on a new one it announced to the seed)."""
+    """docs/api.md#monitoring: losing the connection fires monitors with ``("transport_error",
+    nodeid, why)``; connections are made on demand: after the peer restarts, a later send reconnects
+    and is delivered (on the same listening port, or on a new one it announced to the seed)."""
     seed = cluster.seed()
     binds = ["127.0.0.1:%d" % free_port()] if fixed_port else ["127.0.0.1:*"]
     peer, b = cluster.start(
@@ -300,9 +307,9 @@ def test_kill_9_fires_transport_error_then_reconnect(cluster, fixed_port):
 
 
 def test_no_holes_when_peer_dies_mid_stream(cluster):
-    """API.md: "after mon starts, every message sent to the port is delivered, in order, or the
-    monitor fires - there are never holes in the sequence". A is kill -9'd while B streams to it:
-    what A got is exactly 0..k, and B's monitor fired."""
+    """docs/api.md#monitoring: "after mon starts, every message sent to the port is delivered, in
+    order, or the monitor fires: there are never holes in the sequence". A is kill -9'd while B
+    streams to it: what A got is exactly 0..k, and B's monitor fired."""
     seed, a, b = start_trio(cluster)
     a.run("PA = port(lambda tag, i: emit('n', i))")
     pa = a.ask("PA")
@@ -337,9 +344,10 @@ def test_no_holes_when_peer_dies_mid_stream(cluster):
 
 
 def test_remote_spawn_and_call(cluster):
-    """API.md: ``spawn(node, "pkg.module.func", *args)`` creates a port on another node and
-    returns its ID at once; ``call`` to it works; ``Pkg::func`` names map to ``Pkg.func``; a
-    function that only sets ``rcv`` handlers on ``SELF`` and returns keeps serving (Perl style)."""
+    """docs/api.md#monitoring: ``spawn(node, "pkg.module.func", *args)`` creates a port on another
+    node and returns its ID at once; ``call`` to it works; ``Pkg::func`` names map to ``Pkg.func``;
+    a function that only sets ``rcv`` handlers on ``SELF`` and returns keeps serving (Perl
+    style)."""
     seed, a, b = start_trio(cluster)
     make_port(b, "PB", "B_got")
     b.exec("""
@@ -367,8 +375,9 @@ def test_remote_spawn_and_call(cluster):
 
 
 def test_node_port_requests(cluster):
-    """API.md: ``snd_to_func``, ``snd_on``, ``eval_on`` (Python expression, reply ``("", value)``
-    or ``(error, None)``); PROTOCOL.md 4: ``can`` and ``time`` sent to the node port."""
+    """docs/api.md#network: ``snd_to_func``, ``snd_on``, ``eval_on`` (Python expression, reply
+    ``("", value)`` or ``(error, None)``); docs/protocol.md#node-port-requests: ``can`` and ``time``
+    sent to the node port."""
     seed, a, b = start_trio(cluster)
     pa = make_port(a, "PA", "A_got")
     make_port(b, "PB", "B_got")
@@ -400,8 +409,9 @@ def test_node_port_requests(cluster):
 
 
 def test_secure_node_refuses_eval_spawn_and_function_calls(cluster):
-    """API.md: ``eval_on``/``spawn``/``snd_to_func`` are refused on nodes configured ``secure``
-    (nothing runs; the refusal is logged naming the sender); other requests still work."""
+    """docs/api.md#network: ``eval_on``/``spawn``/``snd_to_func`` are refused on nodes configured
+    ``secure`` (nothing runs; the refusal is logged naming the sender); other requests still
+    work."""
     seed = cluster.seed()
     c, b = cluster.start(
         ("C", dict(seeds=[seed.addr], secure=True)), ("B", dict(seeds=[seed.addr]))
@@ -436,8 +446,8 @@ def test_secure_node_refuses_eval_spawn_and_function_calls(cluster):
 
 
 def test_node_is_up_up_nodes_known_nodes_mon_nodes(cluster):
-    """API.md: ``node_is_up`` (True / False when known but not connected / None when unknown),
-    ``up_nodes()``, ``known_nodes()``, ``mon_nodes(cb(node, is_up, *reason))``."""
+    """docs/api.md#network: ``node_is_up`` (True / False when known but not connected / None when
+    unknown), ``up_nodes()``, ``known_nodes()``, ``mon_nodes(cb(node, is_up, *reason))``."""
     seed, a, b = start_trio(cluster)
     b.run("""
         _g = mon_nodes(lambda n, up, *r: emit("B_nodes", n, up, list(r)))
@@ -465,9 +475,10 @@ def test_node_is_up_up_nodes_known_nodes_mon_nodes(cluster):
 
 
 def test_connect_interval_bounds_a_connect_to_a_closed_port(cluster):
-    """API.md: ``connect_interval``: a node that cannot be reached fires its monitors with
-    ``("transport_error", node, "connect timeout")`` within about ``connect_interval``
-    (PROTOCOL.md 6); a ``host:port`` node ID is dialled directly."""
+    """docs/api.md#network: ``connect_interval``: a node that cannot be reached fires its monitors
+    with ``("transport_error", node, "connect timeout")`` within about ``connect_interval``
+    (docs/protocol.md#timeouts-keepalive-and-retries); a ``host:port`` node ID is dialled
+    directly."""
     c = cluster.node("C", connect_interval=0.5)
     target = "127.0.0.1:%d" % free_port()
     c.exec(
@@ -538,9 +549,10 @@ def test_multi_megabyte_message(cluster, framing):
 
 
 def test_two_seeds_mesh_and_a_seed_restart(cluster):
-    """PROTOCOL.md 7: seeds become global nodes and mesh; a node whose only seed is seed1 and a
-    node whose only seed is seed2 see each other's database entries and talk directly. When
-    seed1 restarts, its slave takes it as master again and its new entries reach the other side."""
+    """docs/protocol.md#seeds-and-global-nodes: seeds become global nodes and mesh; a node whose
+    only seed is seed1 and a node whose only seed is seed2 see each other's database entries and
+    talk directly. When seed1 restarts, its slave takes it as master again and its new entries reach
+    the other side."""
     a1, a2 = "127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()
     s1, s2 = cluster.start(
         ("seed1", dict(binds=[a1], seeds=[a1, a2])), ("seed2", dict(binds=[a2], seeds=[a1, a2]))
@@ -561,7 +573,7 @@ def test_two_seeds_mesh_and_a_seed_restart(cluster):
     # A's only seed is gone: its entries leave the database (they are kept per source node)
     assert b.expect("B_seen", timeout=10, pred=lambda v: pa in v[2])[0] == []
     s1.start()
-    a.run("wait_for(lambda: aemp_green.global_.master() == 'seed1', 15)", timeout=20)
+    a.run("wait_for(lambda: aemp_green.globaldb.master() == 'seed1', 15)", timeout=20)
     a.run("_g2 = db_set('mesh', 'after_restart', 2)")
     seen = b.expect("B_seen", timeout=15, pred=lambda v: "after_restart" in v[1])
     assert sorted(seen[0]) == sorted([pa, "after_restart"]), seen
@@ -572,14 +584,14 @@ def test_two_seeds_mesh_and_a_seed_restart(cluster):
 BUG_QUEUED_ENCODE = (
     "BUG: frames sent while the link is not up yet are queued unencoded (node.RemoteNode.send) "
     "and encoded only in RemoteNode.attach(), which catches the TypeError, logs 'message to X "
-    "dropped' and goes on: the caller never gets the TypeError PROTOCOL.md 12 asks for"
+    "dropped' and goes on: the caller never gets the TypeError docs/protocol.md#framings asks for"
 )
 
 
 def test_unencodable_value_raises_in_the_caller_before_the_link_is_up(cluster):
-    """PROTOCOL.md 12: "Values that the chosen framing cannot carry raise a clear TypeError at
-    snd time in the caller, never later" - a set is carried by no framing at all, so this holds
-    even while the connection to the node is still being made."""
+    """docs/protocol.md#framings: "Values that the chosen framing cannot carry raise a clear
+    TypeError at snd time in the caller, never later" - a set is carried by no framing at all, so
+    this holds even while the connection to the node is still being made."""
     seed, a, b = start_trio(cluster)
     pa = make_port(a, "PA", "A_got")
     assert b.ask("node_is_up('A')") is None  # B has no link to A yet
@@ -600,11 +612,11 @@ def test_unencodable_value_raises_in_the_caller_before_the_link_is_up(cluster):
 
 
 def test_no_hole_when_a_queued_message_cannot_be_encoded(cluster):
-    """API.md: "after mon starts, every message sent to the port is delivered, in order, or the
-    monitor fires". ``bytes`` cannot go over json, and the framing is only known once the link is
-    up: the send must either raise ``TypeError`` in the caller, or the message is lost - then the
-    monitor fires and nothing sent after the lost message arrives (no holes, as in Erlang); once
-    the monitor ran, new sends flow again."""
+    """docs/api.md#monitoring: "after mon starts, every message sent to the port is delivered, in
+    order, or the monitor fires". ``bytes`` cannot go over json, and the framing is only known once
+    the link is up: the send must either raise ``TypeError`` in the caller, or the message is lost -
+    then the monitor fires and nothing sent after the lost message arrives (no holes, as in Erlang);
+    once the monitor ran, new sends flow again."""
     seed, a, b = start_trio(cluster, {"framing_format": ["json"]}, {"framing_format": ["json"]})
     pa = make_port(a, "PA", "A_got")
     assert b.ask("node_is_up('A')") is None

@@ -17,7 +17,8 @@ import pytest
 
 from netutil import REPO
 
-pytestmark = pytest.mark.timeout(300)
+# slow (docs/testing.md): builds an sdist and a wheel, ~35 s on a busy 2-core machine
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,7 @@ def _cut(ns, peer_ip, on):
         assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_partition_fires_monitors_and_heals(netns, tmp_path):
     ns1, ns2 = netns
     seed_addr = "10.77.0.1:4077"

@@ -1,5 +1,5 @@
-"""Ports and messages: snd, port, rcv, spawn, kil, psub, peval, after (API.md "Ports and
-messages")."""
+"""Ports and messages: snd, port, rcv, spawn, kil, psub, peval, after
+(docs/api.md#ports-and-messages)."""
 
 import gevent
 import pytest
@@ -23,8 +23,9 @@ def watch(p):
 
 
 def test_snd_never_raises_for_unknown_or_dead_ports():
-    """API.md: "`snd(port, tag, *args)`: asynchronous, never blocks, never raises for unknown
-    or dead ports." -- unknown local name, dead local port, unknown node, node without name."""
+    """docs/api.md#ports-and-messages: "`snd(port, tag, *args)`: asynchronous, never raises for
+    unknown or dead ports." -- unknown local name, dead local port, unknown node, node without
+    name."""
     p = port(lambda *m: None)
     kil(p)
     snd(p, "to", "dead")
@@ -37,8 +38,9 @@ def test_snd_never_raises_for_unknown_or_dead_ports():
 
 
 def test_snd_does_not_block():
-    """API.md: "`snd` ... asynchronous, never blocks" -- to a greenlet port that is not
-    receiving, 1,000 sends return at once (before the port even starts)."""
+    """docs/api.md#ports-and-messages: "`snd` ... asynchronous ... It returns at once" -- to a
+    greenlet port that is not receiving, 1,000 sends return at once (before the port even
+    starts)."""
     col = Collector()
 
     def body():
@@ -53,8 +55,8 @@ def test_snd_does_not_block():
 
 @pytest.mark.parametrize("kind", ["callback", "greenlet"])
 def test_order_from_one_sender_kept(kind):
-    """API.md: "Messages to one port from one sender arrive in order." -- 10,000 numbered
-    messages, both kinds of port."""
+    """docs/api.md#ports-and-messages: "Messages to one port from one sender arrive in order." --
+    10,000 numbered messages, both kinds of port."""
     n = 10_000
     col = Collector()
     if kind == "callback":
@@ -74,8 +76,8 @@ def test_order_from_one_sender_kept(kind):
 
 
 def test_local_sends_are_not_copied():
-    """API.md: "Local sends are not copied." and "A message is a list; the first element is
-    conventionally a string tag. Values are what JSON/CBOR carry"."""
+    """docs/api.md#ports-and-messages: "Local sends are not copied." and "A message is a list; the
+    first element is conventionally a string tag. Values are what JSON/CBOR carry"."""
     col = Collector()
     p = col.port()
     payload = {"k": [1, 2.5, True, None, "s"]}
@@ -89,7 +91,7 @@ def test_local_sends_are_not_copied():
 
 
 def test_port_without_handler_dies_on_first_message():
-    """API.md: "A message that no handler matches kills the port with reason
+    """docs/api.md#ports-and-messages: "A message that no handler matches kills the port with reason
     `("unhandled_message", "no callback found for message '<tag>'")`"."""
     p = port()
     assert kernel.lookup_port(p) is not None
@@ -100,7 +102,8 @@ def test_port_without_handler_dies_on_first_message():
 
 
 def test_port_catch_all_gets_whole_message():
-    """API.md: "`port(cb)` -> port whose catch-all handler is `cb(*msg)`" (tag included)."""
+    """docs/api.md#ports-and-messages: "`port(cb)` -> port whose catch-all handler is `cb(*msg)`"
+    (tag included)."""
     col = Collector()
     p = port(col)
     snd(p, "tag", 1, [2, 3])
@@ -110,8 +113,8 @@ def test_port_catch_all_gets_whole_message():
 
 
 def test_rcv_tag_handlers_get_args_after_tag():
-    """API.md: "`rcv(port, tag, cb, [tag2, cb2, ...])` sets tag handlers (exact match on
-    element 0; the handler gets the rest)"."""
+    """docs/api.md#ports-and-messages: "`rcv(port, tag, cb, [tag2, cb2, ...])` sets tag handlers
+    (exact match on element 0; the handler gets the rest)"."""
     col = Collector()
     p = port()
     assert rcv(p, "a", lambda *a: col("a", a), "b", lambda *a: col("b", a)) == p
@@ -129,7 +132,8 @@ def test_rcv_tag_handlers_get_args_after_tag():
 
 
 def test_rcv_catch_all_set_later_and_tag_priority():
-    """API.md: "`rcv(port, cb)` sets the catch-all" -- tag handlers win, the rest goes to it."""
+    """docs/api.md#ports-and-messages: "`rcv(port, cb)` sets the catch-all" -- tag handlers win, the
+    rest goes to it."""
     col = Collector()
     p = port()
     rcv(p, lambda *m: col("all", m))
@@ -141,7 +145,7 @@ def test_rcv_catch_all_set_later_and_tag_priority():
 
 
 def test_rcv_tag_none_removes_handler():
-    """API.md: "`cb=None` removes the handler." (tag handler)."""
+    """docs/api.md#ports-and-messages: "`cb=None` removes the handler." (tag handler)."""
     col = Collector()
     p = port()
     rcv(p, "a", col, "b", col)
@@ -154,7 +158,8 @@ def test_rcv_tag_none_removes_handler():
 
 
 def test_rcv_none_removes_catch_all():
-    """API.md: "`cb=None` removes the handler." (catch-all: `rcv(p, None)`)."""
+    """docs/api.md#ports-and-messages: "`cb=None` removes the handler." (catch-all: `rcv(p,
+    None)`)."""
     col = Collector()
     p = port(col)
     rcv(p, None)
@@ -165,7 +170,8 @@ def test_rcv_none_removes_catch_all():
 
 
 def test_rcv_on_remote_or_dead_port_raises():
-    """API.md: "Local ports only." -- rcv on a remote port ID raises ValueError."""
+    """docs/api.md#ports-and-messages: "Local ports only." -- rcv on a remote port ID raises
+    ValueError."""
     with pytest.raises(ValueError):
         rcv("other/node#abc", lambda *m: None)
     with pytest.raises(ValueError):
@@ -177,9 +183,9 @@ def test_rcv_on_remote_or_dead_port_raises():
 
 
 def test_handler_exception_kills_port_and_reports_the_crash():
-    """API.md: "An exception in a handler kills the port with `("die", "<message>")`." -- and
-    the crash is reported once, with the port, the message tag and the traceback
-    (aemp_green._report; stderr by default)."""
+    """docs/api.md#ports-and-messages: "An exception in a handler kills the port with `("die",
+    "<message>")`." -- and the crash is reported once, with the port, the message tag and the
+    traceback (aemp_green._report; stderr by default)."""
     reports = []
     old = set_crash_handler(reports.append)
     try:
@@ -207,7 +213,7 @@ def test_handler_exception_kills_port_and_reports_the_crash():
 
 
 def test_kil_normal_gives_monitors_no_args():
-    """API.md: "`kil(port, *reason)` ... No reason = normal exit"."""
+    """docs/api.md#ports-and-messages: "`kil(port, *reason)` ... No reason = normal exit"."""
     p = port()
     w = watch(p)
     kil(p)
@@ -216,7 +222,8 @@ def test_kil_normal_gives_monitors_no_args():
 
 
 def test_kil_with_reason():
-    """API.md: "`kil(port, *reason)` ... any reason = crash." -- monitors get the reason."""
+    """docs/api.md#ports-and-messages: "`kil(port, *reason)` ... any reason = crash." -- monitors
+    get the reason."""
     p = port()
     w = watch(p)
     kil(p, "a", 1)
@@ -224,7 +231,7 @@ def test_kil_with_reason():
 
 
 def test_kil_nonexistent_port_is_fine():
-    """API.md: "Killing a nonexistent port is fine." (local and remote)."""
+    """docs/api.md#ports-and-messages: "Killing a nonexistent port is fine." (local and remote)."""
     kil(NODE() + "#doesnotexist")
     kil(NODE() + "#doesnotexist", "with", "reason")
     kil("unknown-node/x#abc", "r")
@@ -234,7 +241,7 @@ def test_kil_nonexistent_port_is_fine():
 
 
 def test_kil_node_port_is_an_error():
-    """API.md: "Killing a node port is an error."."""
+    """docs/api.md#ports-and-messages: "Killing a node port is an error."."""
     with pytest.raises(ValueError):
         kil(NODE())
     with pytest.raises(ValueError):
@@ -253,7 +260,7 @@ def test_kil_node_port_is_an_error():
 
 
 def test_greenlet_port_return_kills_normally():
-    """API.md: "When `fn` returns, the port is killed normally"."""
+    """docs/api.md#ports-and-messages: "When `fn` returns, the port is killed normally"."""
     g = spawn(lambda: None)
     w = watch(g)
     assert w.wait_one() == ()
@@ -261,7 +268,8 @@ def test_greenlet_port_return_kills_normally():
 
 
 def test_greenlet_port_raise_kills_with_die():
-    """API.md: "when it raises, the port is killed with `("die", ...)`." -- reported once."""
+    """docs/api.md#ports-and-messages: "when it raises, the port is killed with `("die", ...)`." --
+    reported once."""
     reports = []
     old = set_crash_handler(reports.append)
     try:
@@ -276,8 +284,9 @@ def test_greenlet_port_raise_kills_with_die():
 
 
 def test_greenlet_port_killed_while_blocked_in_receive():
-    """API.md: "`receive(...)` blocks that greenlet only" + "`kil(port, *reason)`" -- a greenlet
-    port killed from outside stops (its finally: runs) and monitors get the reason."""
+    """docs/api.md#ports-and-messages: "`receive(...)` blocks that greenlet only" + "`kil(port,
+    *reason)`" -- a greenlet port killed from outside stops (its finally: runs) and monitors get the
+    reason."""
     col = Collector()
 
     def body():
@@ -298,7 +307,8 @@ def test_greenlet_port_killed_while_blocked_in_receive():
 
 
 def test_greenlet_port_killed_before_start_never_runs():
-    """API.md: "`kil(port, *reason)`: kill a port" -- also a greenlet port that has not run."""
+    """docs/api.md#ports-and-messages: "`kil(port, *reason)`: kill a port" -- also a greenlet port
+    that has not run."""
     col = Collector()
     g = spawn(col, "ran")
     w = watch(g)
@@ -309,8 +319,8 @@ def test_greenlet_port_killed_before_start_never_runs():
 
 
 def test_greenlet_port_kills_itself_stops_at_once():
-    """API.md: "`kil(port, *reason)`" -- kil(SELF(), "x") in a greenlet port stops it at once:
-    code after kil does not run."""
+    """docs/api.md#ports-and-messages: "`kil(port, *reason)`" -- kil(SELF(), "x") in a greenlet port
+    stops it at once: code after kil does not run."""
     col = Collector()
 
     def body():
@@ -326,8 +336,8 @@ def test_greenlet_port_kills_itself_stops_at_once():
 
 
 def test_spawned_function_setting_rcv_lives_on_as_callback_port():
-    """API.md: "Greenlet ports ... `spawn(fn, *args)`" with AEMP style: fn sets rcv handlers and
-    returns; the port lives on and handles later messages."""
+    """docs/api.md#ports-and-messages: "Greenlet ports ... `spawn(fn, *args)`" with AEMP style: fn
+    sets rcv handlers and returns; the port lives on and handles later messages."""
     col = Collector()
 
     def body():
@@ -346,8 +356,9 @@ def test_spawned_function_setting_rcv_lives_on_as_callback_port():
 
 
 def test_spawned_function_rcv_handles_queued_messages_in_order():
-    """API.md: "Messages to one port from one sender arrive in order." -- messages queued in a
-    greenlet port's mailbox before it calls rcv(SELF(), cb) and returns are handled in order."""
+    """docs/api.md#ports-and-messages: "Messages to one port from one sender arrive in order." --
+    messages queued in a greenlet port's mailbox before it calls rcv(SELF(), cb) and returns are
+    handled in order."""
     col = Collector()
 
     def body():
@@ -363,8 +374,8 @@ def test_spawned_function_rcv_handles_queued_messages_in_order():
 
 
 def test_rcv_on_greenlet_port_takes_matching_messages():
-    """API.md: "`rcv(port, tag, cb ...)` sets tag handlers" -- on a greenlet port, a message with
-    a handler runs it; the rest stays for receive()."""
+    """docs/api.md#ports-and-messages: "`rcv(port, tag, cb ...)` sets tag handlers" -- on a greenlet
+    port, a message with a handler runs it; the rest stays for receive()."""
     col = Collector()
 
     def body():
@@ -388,8 +399,8 @@ def test_rcv_on_greenlet_port_takes_matching_messages():
 
 
 def test_psub_exception_kills_the_port():
-    """API.md: "`psub(fn)`: wrap `fn` so that it later runs in the current port's context
-    (exceptions kill that port)"."""
+    """docs/api.md#ports-and-messages: "`psub(fn)`: wrap `fn` so that it later runs in the current
+    port's context (exceptions kill that port)"."""
 
     def body():
         after(0.001, psub(lambda: 1 / 0))
@@ -407,7 +418,8 @@ def test_psub_exception_kills_the_port():
 
 
 def test_psub_passes_args_and_restores_context():
-    """API.md: "`psub(fn)`: wrap `fn` so that it later runs in the current port's context"."""
+    """docs/api.md#ports-and-messages: "`psub(fn)`: wrap `fn` so that it later runs in the current
+    port's context"."""
     p = port()
     wrapped = peval(p, psub, lambda *a, **kw: (SELF(), a, kw))
 
@@ -422,7 +434,8 @@ def test_psub_passes_args_and_restores_context():
 
 
 def test_psub_outside_port_context_raises():
-    """API.md: "`psub(fn)`: ... the current port's context" -- there must be one."""
+    """docs/api.md#ports-and-messages: "`psub(fn)`: ... the current port's context" -- there must be
+    one."""
 
     def body():
         with pytest.raises(RuntimeError):
@@ -433,7 +446,8 @@ def test_psub_outside_port_context_raises():
 
 
 def test_peval_runs_now_in_port_context():
-    """API.md: "`peval(port, fn, *args)`: run now in `port`'s context." -- returns fn's result."""
+    """docs/api.md#ports-and-messages: "`peval(port, fn, *args)`: run now in `port`'s context." --
+    returns fn's result."""
     p = port()
     ran = []
     assert peval(p, lambda a, b: (ran.append(1), SELF(), a + b)[1:], 2, 3) == (p, 5)
@@ -444,7 +458,8 @@ def test_peval_runs_now_in_port_context():
 
 
 def test_peval_exception_kills_port():
-    """API.md: "`peval(port, fn, *args)`" -- an exception kills that port."""
+    """docs/api.md#ports-and-messages: "`peval(port, fn, *args)`" -- an exception kills that
+    port."""
     p = port()
     w = watch(p)
     assert peval(p, lambda: 1 / 0) is None
@@ -455,7 +470,8 @@ def test_peval_exception_kills_port():
 
 
 def test_after_sends_to_port():
-    """API.md: "`after(seconds, port_or_callable, *msg)`: one-shot timer sending `msg`"."""
+    """docs/api.md#ports-and-messages: "`after(seconds, port_or_callable, *msg)`: one-shot timer
+    sending `msg`"."""
     col = Collector()
     p = col.port()
     after(0.01, p, "tick", 1)
@@ -464,8 +480,8 @@ def test_after_sends_to_port():
 
 
 def test_after_calls_callable_in_a_fresh_greenlet():
-    """API.md: "`after(seconds, port_or_callable, *msg)`: one-shot timer ... calling the
-    callable"."""
+    """docs/api.md#ports-and-messages: "`after(seconds, port_or_callable, *msg)`: one-shot timer ...
+    calling the callable"."""
     col = Collector()
     after(0.01, lambda: col("called", getcurrent()))
     ((_, g),) = col.wait(1)
@@ -475,8 +491,8 @@ def test_after_calls_callable_in_a_fresh_greenlet():
 
 
 def test_after_guard_cancelled_does_nothing_dropped_still_fires():
-    """API.md: "`after(...)`: one-shot timer" + guards (aemp_green/_guard.py): a cancelled
-    `after` guard stops the timer; a dropped one does not."""
+    """docs/api.md#ports-and-messages: "`after(...)`: one-shot timer" + guards
+    (aemp_green/_guard.py): a cancelled `after` guard stops the timer; a dropped one does not."""
     col = Collector()
     p = col.port()
     g1 = after(0.01, p, "cancelled")
@@ -495,9 +511,10 @@ def test_after_guard_cancelled_does_nothing_dropped_still_fires():
 # --------------------------------------------------------------------------- no recursion
 
 
+@pytest.mark.slow
 def test_million_messages_bounced_between_callback_ports():
-    """API.md: "`snd`: asynchronous, never blocks" -- 1,000,000 messages bounced between two
-    callback ports run as a loop (no RecursionError), every one counted."""
+    """docs/api.md#ports-and-messages: "`snd(port, tag, *args)`: asynchronous" -- 1,000,000 messages
+    bounced between two callback ports run as a loop (no RecursionError), every one counted."""
     n = 1_000_000
     count = [0]
     done = Collector()
@@ -528,8 +545,8 @@ def test_million_messages_bounced_between_callback_ports():
 
 
 def test_callback_port_sending_to_itself_in_a_loop():
-    """API.md: "Messages to one port from one sender arrive in order." -- 200,000 sends to
-    itself from one handler: no RecursionError, all handled in order."""
+    """docs/api.md#ports-and-messages: "Messages to one port from one sender arrive in order." --
+    200,000 sends to itself from one handler: no RecursionError, all handled in order."""
     n = 200_000
     got = []
     done = Collector()
@@ -555,8 +572,8 @@ def test_callback_port_sending_to_itself_in_a_loop():
 
 
 def test_greenlet_port_sending_to_itself_then_receiving():
-    """API.md: "selective receive: unmatched messages stay queued, in order" -- 100,000 sends to
-    itself, then 100,000 receives, in order."""
+    """docs/api.md#ports-and-messages: "selective receive: unmatched messages stay queued, in order"
+    -- 100,000 sends to itself, then 100,000 receives, in order."""
     n = 100_000
 
     def body():

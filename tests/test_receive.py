@@ -1,4 +1,4 @@
-"""Blocking receive in greenlet ports and plain greenlets (API.md "Ports and messages")."""
+"""Blocking receive in greenlet ports and plain greenlets (docs/api.md#ports-and-messages)."""
 
 import time
 
@@ -13,8 +13,8 @@ from conftest import Collector, run_in_port, wait_until
 
 
 def test_receive_tag_returns_args_without_tag():
-    """API.md: "`receive(tag=None, timeout=None)` ... returning the first queued message whose
-    tag matches, as a list without its tag"."""
+    """docs/api.md#ports-and-messages: "`receive(tag=None, timeout=None)` ... returning the first
+    queued message whose tag matches, as a list without its tag"."""
 
     def body():
         snd(SELF(), "t", 1, [2], {"x": 3})
@@ -25,7 +25,8 @@ def test_receive_tag_returns_args_without_tag():
 
 
 def test_receive_without_tag_returns_whole_message():
-    """API.md: "`receive()` with no tag returns the whole message as a list, tag included."."""
+    """docs/api.md#ports-and-messages: "`receive()` with no tag returns the whole message as a list,
+    tag included."."""
 
     def body():
         snd(SELF(), "t", 1, 2)
@@ -36,8 +37,8 @@ def test_receive_without_tag_returns_whole_message():
 
 
 def test_selective_receive_keeps_unmatched_in_order():
-    """API.md: "selective receive: unmatched messages stay queued, in order." -- send a,b,c,d;
-    receive("c") then receive() x3 gives a, b, d."""
+    """docs/api.md#ports-and-messages: "selective receive: unmatched messages stay queued, in
+    order." -- send a,b,c,d; receive("c") then receive() x3 gives a, b, d."""
 
     def body():
         for t in "abcd":
@@ -48,8 +49,9 @@ def test_selective_receive_keeps_unmatched_in_order():
 
 
 def test_selective_receive_while_blocked():
-    """API.md: "`receive(tag)` blocks that greenlet only ... unmatched messages stay queued" --
-    messages that arrive while the port waits for another tag are kept, in order."""
+    """docs/api.md#ports-and-messages: "`receive(tag=None, timeout=None)` blocks that greenlet only
+    ... unmatched messages stay queued" -- messages that arrive while the port waits for another tag
+    are kept, in order."""
     col = Collector()
 
     def body():
@@ -67,7 +69,8 @@ def test_selective_receive_while_blocked():
 
 
 def test_receive_timeout_raises_timeout():
-    """API.md: "On timeout it raises `aemp_green.Timeout`." -- and unmatched messages stay."""
+    """docs/api.md#ports-and-messages: "On timeout it raises `aemp_green.Timeout`." -- and unmatched
+    messages stay."""
 
     def body():
         snd(SELF(), "other", 1)
@@ -86,7 +89,8 @@ def test_receive_timeout_raises_timeout():
 
 
 def test_receive_blocks_only_its_greenlet():
-    """API.md: "`receive(...)` blocks that greenlet only" -- others keep running meanwhile."""
+    """docs/api.md#ports-and-messages: "`receive(...)` blocks that greenlet only" -- others keep
+    running meanwhile."""
     col = Collector()
     g = spawn(lambda: col("woke", receive("wake")))
     spawn(lambda: col("other ran"))
@@ -96,8 +100,8 @@ def test_receive_blocks_only_its_greenlet():
 
 
 def test_receive_match_returns_whole_message_keeps_others():
-    """API.md: "`receive_match(pred, timeout)` takes a predicate." -- returns the whole message;
-    unmatched ones stay queued, in order."""
+    """docs/api.md#ports-and-messages: "`receive_match(pred, timeout)` takes a predicate." --
+    returns the whole message; unmatched ones stay queued, in order."""
 
     def body():
         for i in range(5):
@@ -111,7 +115,8 @@ def test_receive_match_returns_whole_message_keeps_others():
 
 
 def test_receive_match_waits_for_later_message():
-    """API.md: "`receive_match(pred, timeout)`" -- blocks until a matching message arrives."""
+    """docs/api.md#ports-and-messages: "`receive_match(pred, timeout)`" -- blocks until a matching
+    message arrives."""
     col = Collector()
 
     def body():
@@ -126,7 +131,8 @@ def test_receive_match_waits_for_later_message():
 
 
 def test_receive_match_timeout():
-    """API.md: "`receive_match(pred, timeout)` ... On timeout it raises `aemp_green.Timeout`."."""
+    """docs/api.md#ports-and-messages: "`receive_match(pred, timeout)` ... On timeout it raises
+    `aemp_green.Timeout`."."""
 
     def body():
         snd(SELF(), "x")
@@ -141,8 +147,8 @@ def test_receive_match_timeout():
 
 
 def test_main_greenlet_can_receive():
-    """API.md: "The main greenlet of a script can receive too: it gets a port of its own on
-    first use." (pytest runs the test in the main greenlet)."""
+    """docs/api.md#ports-and-messages: "The main greenlet of a script can receive too: it gets a
+    port of its own on first use." (pytest runs the test in the main greenlet)."""
     assert getcurrent().parent is None
     with pytest.raises(Timeout):
         receive("nothing-for-main", timeout=0)
@@ -154,7 +160,8 @@ def test_main_greenlet_can_receive():
 
 
 def test_plain_greenlet_receive_and_port_ends_with_it():
-    """API.md: "... can receive too: it gets a port of its own on first use." (plain greenlet)."""
+    """docs/api.md#ports-and-messages: "... can receive too: it gets a port of its own on first
+    use." (plain greenlet)."""
     col = Collector()
 
     def body():
@@ -173,8 +180,9 @@ def test_plain_greenlet_receive_and_port_ends_with_it():
 
 
 def test_receive_in_callback_handler_is_refused():
-    """API.md: "inside it `receive(...)` blocks that greenlet only" -- only greenlet ports and
-    plain greenlets can block; inside a callback handler receive raises (and kills the port)."""
+    """docs/api.md#ports-and-messages: "inside it `receive(...)` blocks that greenlet only" -- only
+    greenlet ports and plain greenlets can block; inside a callback handler receive raises (and
+    kills the port)."""
     col = Collector()
     p = aemp_green.port()
     aemp_green.rcv(p, "go", lambda: receive("x", timeout=1))
@@ -214,7 +222,8 @@ def test_call_in_callback_handler_raises_at_once_naming_the_fix():
 
 
 def test_receive_result_is_fresh_list():
-    """API.md: "returning ... as a list" -- always a list, never the internal tuple."""
+    """docs/api.md#ports-and-messages: "returning ... as a list" -- always a list, never the
+    internal tuple."""
 
     def body():
         snd(SELF(), "a", 1)
@@ -226,8 +235,8 @@ def test_receive_result_is_fresh_list():
 
 
 def test_many_greenlets_receive_independently():
-    """API.md: "`receive` ... blocks that greenlet only" -- 200 greenlet ports each get their
-    own message."""
+    """docs/api.md#ports-and-messages: "`receive` ... blocks that greenlet only" -- 200 greenlet
+    ports each get their own message."""
     col = Collector()
     ports = [spawn(lambda i=i: col(i, receive("v")[0])) for i in range(200)]
     for i, g in enumerate(ports):

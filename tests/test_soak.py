@@ -50,6 +50,7 @@ def _logs(log_dir, n=25):
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_soak_short(tmp_path):
     log_dir = tmp_path / "logs"
@@ -195,14 +196,14 @@ def test_judge_sender_death_and_unfinished_streams():
 def test_no_hole_when_sends_follow_a_broken_link_before_the_monitor_callback_ran(cluster):
     """Found by the soak: a stream whose link broke must not continue after a hole.
 
-    API.md: "after mon starts, every message sent to the port is delivered, in order, or the
-    monitor fires - there are never holes in the sequence". A streams 1..100 to a port on B,
-    then A's link to B breaks the way ``Link._raw_send`` breaks it when a write fails (the
-    soak hit it with EPIPE on a link to a SIGKILLed peer that A had not noticed yet), then A
-    sends 101..200 in the same loop turn, before its monitor callback could run, then a marker
-    to another port on B. Once the marker arrived everything A sent before it has arrived or
-    never will (one link, in order). What B got must be a prefix of 1..200 (the monitor fired
-    for the rest), never 1, 101..200.
+    docs/api.md#monitoring: "after mon starts, every message sent to the port is delivered, in
+    order, or the monitor fires: there are never holes in the sequence". A streams 1..100 to a port
+    on B, then A's link to B breaks the way ``Link._raw_send`` breaks it when a write fails (the
+    soak hit it with EPIPE on a link to a SIGKILLed peer that A had not noticed yet), then A sends
+    101..200 in the same loop turn, before its monitor callback could run, then a marker to another
+    port on B. Once the marker arrived everything A sent before it has arrived or never will (one
+    link, in order). What B got must be a prefix of 1..200 (the monitor fired for the rest), never
+    1, 101..200.
     """
     seed = cluster.seed("seed")
     a, b = cluster.start(("A", {"seeds": [seed.addr]}), ("B", {"seeds": [seed.addr]}))

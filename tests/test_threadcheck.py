@@ -17,6 +17,7 @@ import pytest
 
 import aemp_green
 from aemp_green import (
+    _hub,
     NODE,
     after,
     cal,
@@ -62,8 +63,8 @@ def test_plain_thread_gets_a_clear_error_and_nothing_changes(collector):
     port, call, ... gets RuntimeError naming the function and both threads and saying what to
     do instead; the port table, the ID counter and the scheduler queues are untouched, and the
     main thread's ports keep working."""
-    kernel.bound_hub()  # the pytest process's kernel lives on the main thread's hub
-    assert kernel._hub.thread_ident == threading.main_thread().ident
+    _hub.bound_hub()  # the pytest process's kernel lives on the main thread's hub
+    assert _hub.hub.thread_ident == threading.main_thread().ident
     target = collector.port()
     echo = port(lambda tag, reply: snd(reply, "echoed", tag))
     snd(target, "before")  # from the hub thread: fine
@@ -126,15 +127,16 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
     """db_set, db_del, db_reg, db_family/keys/values (both forms), db_mon, mon_nodes and shutdown
     check the thread first, like the port API: RuntimeError naming the call, and the local
     database, the pending requests, the watchers and the node's links stay as they were."""
-    from aemp_green import connect, global_, node
+    from aemp_green import connect, node
+    from aemp_green.globaldb import sync
 
-    kernel.bound_hub()
+    _hub.bound_hub()
     target = collector.port()
-    local_db = {f: dict(d) for f, d in global_._local_db.items()}
+    local_db = {f: dict(d) for f, d in sync._local_db.items()}
     state = (
-        dict(global_._pending),
-        global_._req_id,
-        dict(global_._mon_cbs),
+        dict(sync._pending),
+        sync._req_id,
+        dict(sync._mon_cbs),
         list(node._node_watchers),
         connect.listener_addresses(),
         dict(node._nodes),
@@ -160,11 +162,11 @@ def test_database_and_node_calls_from_a_plain_thread_are_refused_before_any_chan
     for name, exc in results.items():
         assert isinstance(exc, RuntimeError), (name, exc)
         assert str(exc).startswith("aemp_green.%s() called from thread 'intruder'" % name), exc
-    assert {f: dict(d) for f, d in global_._local_db.items()} == local_db
+    assert {f: dict(d) for f, d in sync._local_db.items()} == local_db
     assert (
-        dict(global_._pending),
-        global_._req_id,
-        dict(global_._mon_cbs),
+        dict(sync._pending),
+        sync._req_id,
+        dict(sync._mon_cbs),
         list(node._node_watchers),
         connect.listener_addresses(),
         dict(node._nodes),
@@ -186,7 +188,7 @@ def test_foreign_snd_to_a_waiting_greenlet_port_is_refused_but_not_lost(collecto
     """A greenlet port blocked in receive hands its message to the wake-up before the kernel
     can check the thread: the kernel finishes that wake-up safely in the hub thread (the port
     gets the message, once) and still raises in the foreign thread."""
-    kernel.bound_hub()
+    _hub.bound_hub()
 
     def worker():
         collector("got", *receive("job", timeout=10))
@@ -209,7 +211,7 @@ def test_hub_thread_greenlets_pass_and_the_dispatch_cache_is_per_thread(collecto
     a foreign thread right after the main greenlet's send is still refused."""
     import gevent
 
-    kernel.bound_hub()
+    _hub.bound_hub()
     target = collector.port()
     gevent.joinall([gevent.spawn(snd, target, i) for i in range(20)], raise_error=True)
     snd(target, "main")  # the cached greenlet is the main one now
@@ -233,19 +235,19 @@ def test_before_binding_any_thread_may_bind_then_the_others_are_refused():
         import json, threading
         import gevent
         from gevent.event import Event
-        from aemp_green import after, kernel, port, snd
+        from aemp_green import _hub, after, kernel, port, snd
         res = {}
         got = []
         p = port(lambda *m: got.append(list(m)))
         snd(p, "main, unbound")
-        res["unbound_after_main"] = kernel._hub is None
+        res["unbound_after_main"] = _hub.hub is None
 
         def worker():
             snd(p, "worker, unbound")
             fired = Event()
             after(0, fired.set)                     # binds the kernel to this thread's hub
             res["fired"] = fired.wait(10)
-            res["bound_here"] = kernel._hub.thread_ident == threading.get_ident()
+            res["bound_here"] = _hub.hub.thread_ident == threading.get_ident()
             snd(p, "worker, bound")
 
         t = threading.Thread(target=worker, name="binder")
@@ -332,7 +334,7 @@ def test_monkey_mode_threads_are_greenlets_and_pass_real_threads_do_not():
         import gevent
         from gevent.event import Event
         from gevent.monkey import get_original
-        from aemp_green import after, call, kernel, kil, port, receive, snd, spawn
+        from aemp_green import _hub, after, call, kernel, kil, port, receive, snd, spawn
         os_ident = get_original("_thread", "get_ident")
         res = {"idents": [], "calls": [], "received": []}
         echo = port(lambda tag, reply: snd(reply, "echo", tag))
@@ -371,8 +373,8 @@ def test_monkey_mode_threads_are_greenlets_and_pass_real_threads_do_not():
         idents = res.pop("idents")
         res["greenlet_idents_differ"] = (len(idents) == 4 and all(
             t != o and o == os_ident() for t, o in idents))
-        res["hub_is_this_os_thread"] = (kernel._hub.thread_ident == os_ident()
-                                        and kernel._hub is gevent.get_hub())
+        res["hub_is_this_os_thread"] = (_hub.hub.thread_ident == os_ident()
+                                        and _hub.hub is gevent.get_hub())
         try:
             gevent.get_hub().threadpool.spawn(snd, sink, "from a real thread").get(timeout=10)
             res["pool"] = "no error"

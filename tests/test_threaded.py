@@ -7,6 +7,7 @@ stays bound to the main thread's hub (checked by the last test).
 import json
 import textwrap
 import threading
+import pytest
 
 from netutil import SECRET, free_port
 from netutil import run_python
@@ -38,6 +39,7 @@ def _self_seeded(code):
     return textwrap.dedent(_SELF_SEEDED % free_port()) + textwrap.dedent(code)
 
 
+@pytest.mark.slow
 def test_hammer_8_threads_snd_and_call_for_10_seconds(cluster):
     """8 OS threads call and snd through the bridge for 10 s, half of them to a port in the hub
     thread, half to a port on another node: every reply matches its request, and the messages
@@ -245,6 +247,41 @@ def test_bridge_api_from_threads():
     assert r["stopped_snd"] is True and r["thread_alive"] is False
 
 
+def test_post_and_on_stop():
+    """post() runs a function in the hub thread, in order with the other operations, and is
+    refused once stopped; on_stop() functions run in the hub thread at stop(), and at once in
+    the caller when the bridge already stopped."""
+    out = run_python(
+        _self_seeded("""
+        hub = node.thread.ident
+        res = {}
+        seen = []
+        inbox = node.inbox()
+        node.snd(inbox.id, "first")
+        node.post(lambda: seen.append(["post", threading.get_ident() == hub]))
+        node.post(aemp_green.snd, inbox.id, "second")
+        res["order"] = [inbox.receive(timeout=5), inbox.receive(timeout=5)]
+        res["post"] = node.run(lambda: list(seen))
+        stopped = []
+        node.on_stop(lambda: stopped.append(threading.get_ident() == hub))
+        node.stop()
+        res["on_stop"] = list(stopped)
+        node.on_stop(lambda: stopped.append("late: " + str(threading.get_ident() == hub)))
+        res["late"] = stopped[1:]
+        try:
+            node.post(print, "never")
+        except RuntimeError:
+            res["refused"] = True
+        print("RESULT " + json.dumps(res))
+    """)
+    )
+    r = _results(out)
+    assert r["order"] == [["first"], ["second"]]
+    assert r["post"] == [["post", True]]
+    assert r["on_stop"] == [True] and r["late"] == ["late: False"]
+    assert r["refused"] is True
+
+
 def test_start_refuses_when_the_kernel_is_bound_or_configured():
     """start() raises a clear RuntimeError when aemp_green already runs on another hub, when
     configure() already ran, when called twice, or in a monkey-patched process; a failed
@@ -315,10 +352,10 @@ def test_start_refuses_when_the_kernel_is_bound_or_configured():
 
 def test_pytest_process_kernel_stays_on_the_main_thread():
     """This process never configured a node, and its kernel (if bound) is the main thread's."""
-    from aemp_green import config, kernel
+    from aemp_green import _hub, config
 
     assert not config.is_configured()
-    hub = kernel._hub
+    hub = _hub.current_hub()
     assert hub is None or hub.thread_ident == threading.main_thread().ident
 
 

@@ -1,4 +1,4 @@
-"""TLS between child nodes (PROTOCOL.md 1.5): ``tls_sha3_512`` auth with mutual verification.
+"""TLS between child nodes (docs/protocol.md#tls): ``tls_sha3_512`` auth with mutual verification.
 
 The certificates are made here with the ``openssl`` command: a CA and node certificates signed
 by it, plus a second CA for a node that must be refused. Each node's ``cert`` setting is the PEM
@@ -145,8 +145,8 @@ def test_tls_nodes_authenticate_and_talk(cluster, certs, tls_only):
 
 
 def test_tls_node_and_plain_node_fall_back_to_hmac(cluster, certs):
-    """TLS is used only when both sides have a certificate (PROTOCOL.md 1.5): a node without one
-    still joins a TLS seed with the shared secret, over a plain connection."""
+    """TLS is used only when both sides have a certificate (docs/protocol.md#tls): a node without
+    one still joins a TLS seed with the shared secret, over a plain connection."""
     a = cluster.seed("A", cert=certs["a"])
     p = cluster.node("plain", seeds=[a.addr])
     p.run("wait_for(lambda: node_is_up('A'))", timeout=15)

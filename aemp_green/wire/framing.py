@@ -1,7 +1,7 @@
 """framing: the two AEMP data-phase framings, ``json`` and ``cbor``, sans-IO.
 
 After the handshake every AEMP message is one array ``[portname, *payload]``, written back to
-back with no delimiter and no length prefix (PROTOCOL.md section 2). This module turns such
+back with no delimiter and no length prefix (docs/protocol.md#framings). This module turns such
 arrays into bytes (``encode_json``, ``encode_cbor``) and byte streams into arrays
 (``JsonDecoder``, ``CborDecoder``). It never touches a socket: the transport feeds whatever it
 read, at any byte boundary, and sends whatever it was given.

@@ -1,4 +1,5 @@
-"""_handshake: the AEMP greeting/auth exchange as a sans-IO state machine (PROTOCOL.md 1, 12).
+"""_handshake: the AEMP greeting/auth exchange as a sans-IO state machine
+(docs/protocol.md#handshake).
 
 ``Handshake`` never touches a socket. The I/O layer sends ``data_to_send()``, feeds whatever it
 reads to ``receive_data(data)`` and reacts to the events that come back; the same object thus
