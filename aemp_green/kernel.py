@@ -766,9 +766,9 @@ def after(seconds: float, target: Union[str, Callable[[], Any]], *msg: Any) -> G
     if callable(target):
         if msg:
             raise TypeError("after(seconds, callable) takes no message arguments")
-        timer.start(spawn_raw, target)
+        timer.start(spawn_raw, target, update=True)  # from now, not the cached loop time
     else:
-        timer.start(spawn_raw, snd, target, *msg)
+        timer.start(spawn_raw, snd, target, *msg, update=True)
     return Guard.for_caller(timer.close)
 
 

@@ -232,7 +232,7 @@ class RemoteNode:
         self.connecting = True
         loop = gevent.get_hub().loop
         self._timer = loop.timer(float(_cfg["connect_interval"]))
-        self._timer.start(self._connect_timeout)
+        self._timer.start(self._connect_timeout, update=True)  # from now, not the cached loop time
         addrs = self.addrs or explicit_address(self.id)
         if addrs:
             self.connect_to(addrs)

@@ -643,7 +643,7 @@ def _wait(p: "_GreenletPort", want: Any, timeout: Optional[float]) -> Any:
     timer = None
     if timeout is not None:
         timer = _hub.bound_hub().loop.timer(max(timeout, 0))
-        timer.start(_on_timeout, p)
+        timer.start(_on_timeout, p, update=True)  # from now, not the loop's cached time
     try:
         r = _k.block()
     finally:
@@ -713,7 +713,9 @@ def receive_match(pred: Callable[[list[Any]], Any], timeout: Optional[float] = N
     p = _own_port()
     deadline = None
     if timeout is not None:
-        deadline = _hub.bound_hub().loop.now() + timeout
+        loop = _hub.bound_hub().loop
+        loop.update_now()  # from now, not the loop's cached time (see cal)
+        deadline = loop.now() + timeout
     start = 0
     while True:
         mb = p.mailbox or deque()
@@ -819,7 +821,7 @@ def cal(port_: str, *msg: Any, cb: Callable[..., Any], timeout: Optional[float] 
                 _kill_local(reply, ())
                 cb()
 
-        timer.start(_k.spawn_raw, on_timeout)
+        timer.start(_k.spawn_raw, on_timeout, update=True)  # from now (see cal)
     else:
         undo_mon = _k.add_monitor(port_, lambda *reason: _kill_local(reply, reason))
     _k.snd(port_, *msg, reply_id)
@@ -860,7 +862,7 @@ def call(port_: str, *msg: Any, timeout: Optional[float] = None) -> list[Any]:
     timer = None
     if timeout is not None:
         timer = _hub.bound_hub().loop.timer(max(timeout, 0))
-        timer.start(finish, ("timeout",))
+        timer.start(finish, ("timeout",), update=True)  # from now (see cal)
     try:
         _k.snd(port_, *msg, reply.id)
         r = _k.block()

@@ -479,7 +479,10 @@ class Node:
             if timeout is not None:
                 timer = state["timer"] = self._hub.loop.timer(max(float(timeout), 0.0))
                 timer.start(
-                    finish, False, Timeout("call to %s timed out after %s s" % (port, timeout))
+                    finish,
+                    False,
+                    Timeout("call to %s timed out after %s s" % (port, timeout)),
+                    update=True,  # from now, not the loop's cached time
                 )
             guard = kernel.mon(port, lambda *reason: finish(False, PortDied.from_reason(reason)))
             if state["done"]:

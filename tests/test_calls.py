@@ -266,3 +266,63 @@ def test_no_ports_leak_after_calls():
     )
     kil(srv)
     kil(silent)
+
+
+# ---- timeouts count from the call, not from the loop's cached clock ----------------------------
+# libev timers start from the loop's cached time, which stops while the hub thread runs code
+# without yielding: a call(..., timeout=0.2) made after 0.3 s of such work timed out at once.
+
+STALE = 0.3  # seconds of work without yielding before each timed call
+LIMIT = 0.2  # the timeout under test (shorter than STALE)
+
+
+def _after_busy_work(fn):
+    """Let the loop run (its clock is fresh), block the thread for STALE seconds without
+    yielding, then return ``(elapsed, result or exception)`` of ``fn()``."""
+    gevent.sleep(0.01)  # a loop iteration that polls: the loop's clock is fresh
+    time.sleep(STALE)  # plain time.sleep: the hub does not run meanwhile
+    t0 = time.monotonic()
+    try:
+        out = fn()
+    except Exception as exc:  # the timeout under test
+        out = exc
+    return time.monotonic() - t0, out
+
+
+@pytest.mark.parametrize("where", ["main greenlet", "greenlet port"])
+def test_timeouts_count_from_the_call_after_work_that_did_not_yield(where):
+    """Regression: call, cal, receive, receive_match and after waited LIMIT from the loop's
+    cached time, so after STALE seconds of work they fired at once (call: after 0.2 ms)."""
+    silent = port(lambda *m: None)
+    run = (lambda fn, *a: fn(*a)) if where == "main greenlet" else run_in_port
+    try:
+        took, out = run(_after_busy_work, lambda: call(silent, "q", timeout=LIMIT))
+        assert isinstance(out, aemp_green.Timeout) and took >= LIMIT * 0.9, ("call", took)
+
+        took, _ = run(_after_busy_work, lambda: receive("never", timeout=LIMIT))
+        assert took >= LIMIT * 0.9, ("receive", took)
+
+        took, _ = run(
+            _after_busy_work, lambda: aemp_green.receive_match(lambda m: False, timeout=LIMIT)
+        )
+        assert took >= LIMIT * 0.9, ("receive_match", took)
+
+        col = Collector()
+
+        def cal_and_wait():
+            cal(silent, "q", cb=col, timeout=LIMIT)
+            return col.wait_one(timeout=5)
+
+        took, out = run(_after_busy_work, cal_and_wait)
+        assert out == () and took >= LIMIT * 0.9, ("cal", took)
+
+        fired = Collector()
+
+        def after_and_wait():
+            aemp_green.after(LIMIT, lambda: fired())
+            return fired.wait_one(timeout=5)
+
+        took, out = run(_after_busy_work, after_and_wait)
+        assert took >= LIMIT * 0.9, ("after", took)
+    finally:
+        kil(silent)
