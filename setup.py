@@ -20,7 +20,7 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["aemp_green", "aemp_green.*"]),
-    package_data={"aemp_green": ["py.typed"]},
+    package_data={"aemp_green": ["py.typed", "observer/static/*"]},
     install_requires=[
         "gevent>=24.2,<27",
         "greenlet>=3.0,<4",

@@ -643,6 +643,46 @@ SETTINGS = (
         "aemp_green: bytes queued on a link (or for a node not yet connected) beyond which "
         "a sender that cannot wait (callback handler, hub, link reader) fails the link.",
     ),
+    # the web observer (aemp_green.observer, docs/observer.md)
+    Setting(
+        "observer",
+        NO_DEFAULT,
+        _v_listen_address,
+        "aemp_green: host:port the web observer page listens on (loopback unless a host is "
+        "given; port 0 picks a free one); access needs the token printed at start.",
+    ),
+    Setting(
+        "observer_timeout",
+        2,
+        _v_positive_number,
+        "aemp_green: seconds the observer waits for each node's introspection answer.",
+    ),
+    Setting(
+        "observer_max_nodes",
+        64,
+        _v_positive_int,
+        "aemp_green: most nodes the observer asks for their state per refresh.",
+    ),
+    Setting(
+        "observer_refresh",
+        1,
+        _v_positive_number,
+        "aemp_green: least seconds between two gatherings of the network view (browsers "
+        "polling faster share the last one).",
+    ),
+    Setting(
+        "observer_max_clients",
+        16,
+        _v_positive_int,
+        "aemp_green: HTTP requests the observer serves at once.",
+    ),
+    Setting(
+        "observer_idle_timeout",
+        10,
+        _v_positive_number,
+        "aemp_green: seconds an observer HTTP connection may stall (reading its request or "
+        "its answer) before it is dropped.",
+    ),
 )
 
 #: Lookup of :data:`SETTINGS` by key name.

@@ -27,7 +27,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from . import config as _config
-from . import connect, globaldb, logcatcher, metrics, node, trace, transport
+from . import connect, globaldb, logcatcher, metrics, node, observer, trace, transport
 from . import _hub
 from . import kernel as _k
 from ._ratelog import set_limits as _set_log_limits
@@ -147,6 +147,7 @@ def configure(profile: Optional[str] = None, **kv: Any) -> dict[str, Any]:
     # the side services read their settings
     logcatcher.configured(cfg)
     metrics.configured(cfg)
+    observer.configured(cfg)  # the web page, with the setting `observer`
 
     for service in cfg.get("services") or []:
         _start_service(service)

@@ -150,6 +150,8 @@ LAYERS = [
     "supervisor",
     "introspect",
     "metrics",
+    "observer.server",
+    "observer",
     "runtime",
     "threaded",
     "aio",

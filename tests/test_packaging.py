@@ -114,6 +114,8 @@ def test_wheel_contents(dists):
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         eps = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "aemp_green/py.typed" in names
+    for static in ("index.html", "observer.js", "observer.css"):  # the observer's page
+        assert "aemp_green/observer/static/" + static in names
     # every module of the package, subpackages (cli/, wire/, ...) included
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "aemp_green").rglob("*.py")}
     assert not modules - set(names), "not in the wheel: %s" % sorted(modules - set(names))
