@@ -48,8 +48,10 @@ def test_port_counters_and_order():
         assert by_id[busy]["handled"] == 7 and by_id[busy]["kind"] == "callback"
         assert by_id[w]["kind"] == "greenlet" and by_id[w]["mailbox"] == 0
         assert by_id[quiet]["handled"] == 1
-        top = ports_info(limit=2)
-        assert [p["id"] for p in top][:1] == [busy] and len(top) == 2
+        top = ports_info(limit=2)  # the busiest two of the process (earlier tests' ports too)
+        assert len(top) == 2 and top[0]["handled"] >= max(7, top[1]["handled"]), top
+        mine = [p["id"] for p in ports_info() if p["id"] in (busy, quiet, w)]
+        assert mine == [busy, w, quiet]  # ours, busiest first
         handled = [p["handled"] for p in ports_info()]
         assert handled == sorted(handled, reverse=True)
         ages = [p["age"] for p in ports_info(sort="age")]
