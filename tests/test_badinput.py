@@ -317,7 +317,7 @@ def test_silent_and_slow_clients_time_out(cluster):
 
 
 BUG_LINE_MAX = (
-    "BUG: the line_max setting (config.py) is validated but never used: transport.make_handshake() "
+    "BUG: the line_max setting (config.settings) is validated but never used: transport.make_handshake() "
     "does not pass it to Handshake(max_line=...) and connect.accept/dial call run_handshake() "
     "with its default max_line=4096"
 )

@@ -51,8 +51,12 @@ def test_all_names_exist():
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(config)
-    assert result.attempted >= 20 and result.failed == 0
+    attempted = 0
+    for mod in (config.settings, config.rcfile, config.addresses):
+        result = doctest.testmod(mod)
+        assert result.failed == 0, mod
+        attempted += result.attempted
+    assert attempted >= 20
 
 
 def test_defaults_are_aemp_202_adapted():
@@ -414,7 +418,7 @@ def test_missing_profile_is_just_top_level():
 
 
 def test_profile_defaults_to_hostname(monkeypatch):
-    monkeypatch.setattr(config, "_hostname", lambda: "myhost")
+    monkeypatch.setattr(config.addresses, "_hostname", lambda: "myhost")
     rc = {"profile": {"myhost": {"nodeid": "from-host-profile"}}}
     cfg = find_profile(rc)
     assert cfg["profile"] == "myhost" and cfg["nodeid"] == "from-host-profile"
@@ -607,7 +611,7 @@ def test_expand_nodeid():
 
 
 def test_expand_nodeid_default_hostname(monkeypatch):
-    monkeypatch.setattr(config, "_hostname", lambda: "thehost")
+    monkeypatch.setattr(config.addresses, "_hostname", lambda: "thehost")
     assert expand_nodeid("%n/x") == "thehost/x"
     with pytest.raises(ConfigError):
         expand_nodeid("")
@@ -649,7 +653,7 @@ def test_parse_address(text, expected):
 
 
 def test_parse_address_bare_number_uses_hostname(monkeypatch):
-    monkeypatch.setattr(config, "_hostname", lambda: "me")
+    monkeypatch.setattr(config.addresses, "_hostname", lambda: "me")
     assert parse_address("4040") == ("me", 4040)
 
 
@@ -680,7 +684,9 @@ def test_parse_address_errors(bad):
 
 
 def test_expand_binds(monkeypatch):
-    monkeypatch.setattr(config, "_local_ipv4_addresses", lambda: ["10.0.0.1", "192.168.1.2"])
+    monkeypatch.setattr(
+        config.addresses, "_local_ipv4_addresses", lambda: ["10.0.0.1", "192.168.1.2"]
+    )
     assert expand_binds(["*"]) == [("10.0.0.1", None), ("192.168.1.2", None)]
     assert expand_binds(["10.0.0.1:*", "*:*", "*:4040", "127.0.0.1:5", "127.0.0.1:5"]) == [
         ("10.0.0.1", None),
@@ -694,14 +700,14 @@ def test_expand_binds(monkeypatch):
 
 
 def test_expand_binds_falls_back_to_loopback(monkeypatch, caplog):
-    monkeypatch.setattr(config, "_local_ipv4_addresses", lambda: [])
+    monkeypatch.setattr(config.addresses, "_local_ipv4_addresses", lambda: [])
     with caplog.at_level("INFO", logger="aemp_green.config"):
         assert expand_binds(["*:4040"]) == [("127.0.0.1", 4040)]
     assert "127.0.0.1" in caplog.text
 
 
 def test_local_addresses_real_host():
-    addrs = config._local_ipv4_addresses()
+    addrs = config.addresses._local_ipv4_addresses()
     for a in addrs:
         assert not a.startswith("127.")
         assert len(a.split(".")) == 4
