@@ -277,7 +277,7 @@ _POLLIN = _monkey.get_original("select", "POLLIN")
 
 
 class LinkGroup:
-    """The links to one peer, whose keepalive watchdogs judge the peer alive together.
+    """The links to one peer, whose keepalives judge the peer alive together.
 
     Two nodes that dial each other at the same moment can end up with two connections, each
     side sending on one and reading the other: a peer answers a probe on the connection *it*
@@ -332,7 +332,7 @@ class Link:
 
     Backpressure (docs/running.md, "Backpressure"): when more than ``high_water`` bytes wait
     for the socket, a sender that may wait (``may_wait()`` true, and not the hub, a link's
-    reader or the keepalive) waits until they drained to ``low_water``; any other sender
+    reader or a timer callback) waits until they drained to ``low_water``; any other sender
     queues, and once more than ``hard_limit`` bytes wait the link is closed with a reason
     naming ``link_hard_limit``.
 
@@ -351,7 +351,9 @@ class Link:
     _drained: Optional[Event]
     _raw: Any
     close_reason: Optional[str]
-    _watchdog: Optional[gevent.Greenlet]
+    _keepalive: Any  # the loop's repeating timer of the keepalive (see _watch), or None
+    _ka_blind_since: Optional[float]
+    _ka_excused: Optional[float]
     auth: Optional[str]
     rtt: Optional[float]
     probe_sent: Optional[float]
@@ -443,14 +445,14 @@ class Link:
         self.rtt = None
         self.probe_sent = None  # monotonic time of the oldest probe not answered yet
         self.last_rx = self.last_tx = self._loop.now()
-        self._watchdog = None
+        self._keepalive = None
         #: the keepalive probe frame (a request the peer answers); None: this link never probes
         self.probe = probe
         #: the links judged alive together with this one (see LinkGroup)
         self.group = group if group is not None else LinkGroup()
         self.group.links.add(self)
         if keepalive:
-            self._watchdog = gevent.spawn(self._watch, float(keepalive))
+            self._start_keepalive(float(keepalive))
 
     @property
     def closed(self) -> bool:
@@ -593,9 +595,10 @@ class Link:
     def _can_wait(self) -> bool:
         """May the running greenlet wait for the link to drain? Never the hub, a link's reader
         (it must keep reading: two nodes waiting for each other would deadlock), this link's
-        keepalive, or where the ``may_wait`` hook says no (a callback port's handler)."""
+        keepalive (a timer callback: the hub), or where the ``may_wait`` hook says no (a
+        callback port's handler)."""
         cur = getcurrent()
-        if cur is self._hub or cur is self._watchdog or getattr(cur, "aemp_noblock", False):
+        if cur is self._hub or getattr(cur, "aemp_noblock", False):
             return False
         may_wait = self._may_wait
         return may_wait is None or bool(may_wait())
@@ -717,9 +720,26 @@ class Link:
             if not self._closed:
                 self.close("reader ended")
 
-    def _watch(self, timeout: float) -> None:
-        """Keepalive: when nothing arrived for a third of ``timeout``, send ``probe`` (a request
-        the peer answers); no byte on any link of the group for ``timeout`` s = dead.
+    def _start_keepalive(self, timeout: float) -> None:
+        """Start the keepalive: a repeating timer of the loop calls ``_watch`` every third of
+        ``timeout`` (no greenlet per link: it would mostly sleep, and cost its stack)."""
+        interval = max(timeout / 3.0, 0.05)
+        self._ka_timeout = timeout
+        self._ka_interval = interval
+        self._ka_slack = max(interval * 0.1, 0.05)  # lateness below this is ordinary scheduling
+        self._ka_blind = 0.0  # seconds we could not observe the peer since its last arrival
+        self._ka_blind_since = None  # the group's last_rx those seconds are counted from
+        self._ka_excused = None  # loop time since which unread data has kept it from being judged
+        loop = self._loop
+        loop.update_now()
+        self._ka_before = loop.now()  # loop time of the previous round
+        timer = self._keepalive = loop.timer(interval, interval)
+        timer.start(self._watch, update=True)  # from now, not the cached loop time
+
+    def _watch(self) -> None:
+        """Keepalive round (the loop's timer calls it in the hub every third of the timeout):
+        when nothing arrived for a third of the timeout, send ``probe`` (a request the peer
+        answers); no byte on any link of the group for the timeout = dead.
 
         AEMP 2.02 relies on TCP timeouts (minutes to hours for a silent peer) and never sends
         keepalives itself, so the probe must make the peer talk: ``node`` passes the node-port
@@ -732,46 +752,55 @@ class Link:
         is not counted as the peer's silence, and data waiting unread in a socket of the group
         proves the peer alive (the readers get to it before anything is judged).
         """
-        interval = max(timeout / 3.0, 0.05)
-        slack = max(interval * 0.1, 0.05)  # lateness below this is ordinary scheduling
+        if self._closed:
+            self._stop_keepalive()
+            return
+        try:
+            self._judge()
+        except Exception:  # pragma: no cover  (a bug: stop this keepalive)
+            logger.exception("%s: keepalive failed", self.nodeid)
+            self._stop_keepalive()
+
+    def _judge(self) -> None:
+        """One keepalive round of ``_watch``, with the state kept in the ``_ka_*`` attributes."""
+        timeout = self._ka_timeout
+        interval = self._ka_interval
         loop = self._loop
-        group = self.group
-        blind = 0.0  # seconds we could not observe the peer since its last arrival
-        blind_since = None  # the group's last_rx those seconds are counted from
-        excused = None  # loop time since which unread data has kept the link from being judged
         loop.update_now()
-        before = loop.now()
-        while not self._closed:
-            gevent.sleep(interval)
-            if self._closed:
-                break
-            loop.update_now()
-            now = loop.now()
-            last = group.last_rx()
-            if last != blind_since:
-                blind, blind_since = 0.0, last
-            late = now - before - interval
-            before = now
-            if late > slack:
-                blind += late  # we were stopped or blocked: the peer could not be heard
-            idle = now - last - blind
-            if idle > timeout:
-                if group.has_unread() and (excused is None or now - excused <= timeout):
-                    # the reader has data to take first; judge again next round (but a reader
-                    # that takes nothing for another timeout is not waited for any longer)
-                    if excused is None:
-                        excused = now
-                    continue
-                logger.warning(
-                    "%s: nothing received for %.1f s, link is dead", self.nodeid, timeout
-                )
-                self.close("keepalive timeout (no data for %.1f s)" % timeout)
-                break
-            excused = None
-            if now - last >= interval and self.probe is not None:
-                if self.probe_sent is None:
-                    self.probe_sent = time.monotonic()
-                self.send(self.probe)
+        now = loop.now()
+        group = self.group
+        last = group.last_rx()
+        if last != self._ka_blind_since:
+            self._ka_blind, self._ka_blind_since = 0.0, last
+        late = now - self._ka_before - interval
+        self._ka_before = now
+        if late > self._ka_slack:
+            self._ka_blind += late  # we were stopped or blocked: the peer could not be heard
+            # the next round one interval from now, as after a sleep (a late repeating timer
+            # keeps its phase: the next round would come early, or at once)
+            self._keepalive.again(self._watch, update=False)
+        idle = now - last - self._ka_blind
+        if idle > timeout:
+            excused = self._ka_excused
+            if group.has_unread() and (excused is None or now - excused <= timeout):
+                # the reader has data to take first; judge again next round (but a reader
+                # that takes nothing for another timeout is not waited for any longer)
+                if excused is None:
+                    self._ka_excused = now
+                return
+            logger.warning("%s: nothing received for %.1f s, link is dead", self.nodeid, timeout)
+            self.close("keepalive timeout (no data for %.1f s)" % timeout)
+            return
+        self._ka_excused = None
+        if now - last >= interval and self.probe is not None:
+            if self.probe_sent is None:
+                self.probe_sent = time.monotonic()
+            self.send(self.probe)
+
+    def _stop_keepalive(self) -> None:
+        timer, self._keepalive = self._keepalive, None
+        if timer is not None:
+            timer.close()
 
     def probe_answered(self) -> None:
         """The peer answered a keepalive probe: ``rtt`` is the time since the oldest one that
@@ -792,7 +821,7 @@ class Link:
 
         Example::
 
-            link.has_unread()   # the keepalive watchdog asks before declaring a peer dead
+            link.has_unread()   # the keepalive asks before declaring a peer dead
         """
         if self._closed:
             return False
@@ -841,8 +870,8 @@ class Link:
         self._wbytes = 0
         if self._drained is not None:
             self._drained.set()  # senders waiting for the link to drain return False
-        if self._watchdog is not None and self._watchdog is not gevent.getcurrent():
-            self._watchdog.kill(block=False)
+        if self._keepalive is not None:
+            self._stop_keepalive()
         if self._writer_idle:
             self._writer_idle = False
             self._loop.run_callback(self._wake_writer_to_exit)
