@@ -314,11 +314,11 @@ def stats_loop(worker):
         live, pool = greenlet_count()
         up = sum(1 for n in _node._nodes.values() if n.link is not None)
         extra = sum(len(n.extra_links) for n in _node._nodes.values())
-        # every link runs three greenlets (reader, writer, keepalive); a simultaneous connect
+        # every link runs two greenlets (reader, writer); a simultaneous connect
         # legitimately leaves a pair with two links (liveness is judged over both), so the
         # growth check counts the greenlets besides those of the links that are up: a leak
         # grows them, a second link to a peer does not
-        per_links = 3 * (up + extra)
+        per_links = 2 * (up + extra)
         kv = dict(
             rss_kb=rss_kb(),
             greenlets=live - per_links,
