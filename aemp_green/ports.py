@@ -246,7 +246,7 @@ class _CallbackPort(_Port):
         return False
 
     def _terminate(self, reason: Reason) -> None:
-        self._set(None)
+        self._h = None  # (a dead port runs nothing: its class may stay _TaggedCallbackPort)
         if self.handled:
             _counters.dead_handled += self.handled
 
