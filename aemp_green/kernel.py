@@ -119,7 +119,7 @@ def set_node_id(nodeid: str) -> None:
 def new_port_id() -> str:
     """A fresh local port ID (``<node>#<name>``)."""
     global _next_id
-    if _hub.hub is not None and _hub.os_ident() != _hub.ident:  # port, spawn, call, receive
+    if _bound is not None and _os_ident() != _bound_ident:  # port, spawn, call, receive
         raise _hub.foreign_thread_error()
     _next_id += 1
     return this_node + "#" + _UNIQ + base62(_next_id)
@@ -182,7 +182,7 @@ def register_port(p: PortObj) -> None:
 
 def lookup_port(port: str) -> Optional[PortObj]:
     """The local port object for a port ID, or None (also for remote IDs and the node port)."""
-    if _hub.hub is not None and _hub.os_ident() != _hub.ident:  # rcv, peval, mon
+    if _bound is not None and _os_ident() != _bound_ident:  # rcv, peval, mon
         raise _hub.foreign_thread_error()
     p = port_table.get(port)
     return None if p is _node_port else p
@@ -202,6 +202,37 @@ def get_self() -> Optional[PortObj]:
     return getattr(getcurrent(), "aemp_self", None)
 
 
+# ---- the hub binding, mirrored from _hub for the hot paths --------------------------------
+# (module globals are the cheapest reads: snd and dispatch test them for every message)
+_bound: Any = None  # _hub.hub: the hub the node is bound to, None until bound
+_bound_ident: Optional[int] = None  # _hub.ident: the OS thread ident of that hub's thread
+_glet: Optional[greenlet] = None  # the last greenlet that passed the thread check
+_os_ident = _hub.os_ident
+
+
+def _on_bind(hub: Any) -> None:
+    global _bound, _bound_ident, _glet
+    _bound, _bound_ident, _glet = hub, _hub.ident, None
+
+
+def _on_unbind() -> None:
+    global _bound, _bound_ident, _glet
+    _bound = _bound_ident = _glet = None
+
+
+def _check_glet(cur: greenlet) -> None:
+    """``dispatch``'s thread check for a greenlet other than the last one that passed."""
+    global _glet
+    _hub.check_greenlet(cur)
+    _glet = cur
+
+
+_hub.bind_hooks.append(_on_bind)
+_hub.unbind_hooks.append(_on_unbind)
+if _hub.hub is not None:  # (bound before this module was imported)
+    _on_bind(_hub.hub)
+
+
 # --------------------------------------------------------------------------- trampoline
 
 dispatch_queue: deque[Any] = deque()
@@ -212,8 +243,8 @@ _drain_scheduled = False
 def dispatch(p: PortObj, msg: Sequence[Any]) -> None:
     """Run ``p._run(msg)`` without ever nesting handler calls (see module docstring)."""
     cur = getcurrent()
-    if cur is not _hub.glet and _hub.hub is not None:  # the thread check, before any change
-        _hub.check_greenlet(cur)
+    if cur is not _glet and _bound is not None:  # the thread check, before any change
+        _check_glet(cur)
     if _draining and cur in _draining:
         # a handler is running in this greenlet: the loop below (in its dispatch) takes it
         dispatch_queue.append((p, msg))
@@ -267,7 +298,7 @@ def may_block() -> bool:
     cur = getcurrent()
     if cur in _draining or getattr(cur, "aemp_noblock", False):
         return False
-    return cur is not (_hub.hub if _hub.hub is not None else get_hub())
+    return cur is not (_bound if _bound is not None else get_hub())
 
 
 def schedule_drain() -> None:
@@ -320,10 +351,10 @@ def wake(w: Any, value: Any) -> None:
     _ready.append(w)
     if not _ready_scheduled:
         _ready_scheduled = True
-        hub = _hub.hub
+        hub = _bound
         if hub is None:
             hub = _hub.bound_hub()
-        elif _hub.os_ident() != _hub.ident:
+        elif _os_ident() != _bound_ident:
             # snd() from another OS thread to a waiting greenlet port: the port has already
             # given its message to this wake-up, so finish it safely in the hub thread, then
             # refuse the call. (While a wake-up is scheduled, the append above is all there is
@@ -358,7 +389,7 @@ def block() -> Any:
             _handoffs += 1
             return w.greenlet.switch(r)
     # callers (call, receive) bound the hub and passed the thread check already
-    return (_hub.hub if _hub.hub is not None else _hub.bound_hub()).switch()
+    return (_bound if _bound is not None else _hub.bound_hub()).switch()
 
 
 def spawn_raw(fn: Callable[..., Any], *args: Any) -> greenlet:
@@ -437,7 +468,7 @@ def snd(port: str, *msg: Any) -> None:
         route = _route(port)
     node, name = route
     if node != this_node:
-        if _hub.hub is not None and _hub.os_ident() != _hub.ident:
+        if _bound is not None and _os_ident() != _bound_ident:
             raise _hub.foreign_thread_error()
         network.send(node, (name,) + msg)
 
@@ -650,8 +681,8 @@ def deliver_frames(
     n = len(frames)
     i = start
     cur = getcurrent()
-    if cur is not _hub.glet and _hub.hub is not None:  # the thread check, before any change
-        _hub.check_greenlet(cur)
+    if cur is not _glet and _bound is not None:  # the thread check, before any change
+        _check_glet(cur)
     if (_draining and cur in _draining) or dispatch_queue or i >= n:
         return i
     _draining.add(cur)
@@ -704,7 +735,7 @@ def kil(port: str, *reason: Any) -> None:
         kil(worker)                       # normal exit, monitors get no arguments
         kil(worker, "error", "bad job")   # crash, monitors get ("error", "bad job")
     """
-    if _hub.hub is not None and _hub.os_ident() != _hub.ident:
+    if _bound is not None and _os_ident() != _bound_ident:
         raise _hub.foreign_thread_error()
     p = port_table.get(port)
     if p is not None and p is not _node_port:

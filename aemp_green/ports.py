@@ -143,32 +143,122 @@ class _Port:
         return self.id.partition("#")[2]
 
 
+_CATCH_ALL = object()  # a callback port's catch-all handler, in its dict of tag handlers
+
+
+def _run_callback(p: "_CallbackPort", msg: Sequence[Any], cur: greenlet) -> None:
+    """``_run_handler`` for a callback port with only a catch-all handler (or none)."""
+    if p.monitors is _DEAD:
+        return
+    h = p._h
+    if h is None:
+        _unhandled(p, msg)
+        return
+    p.handled += 1
+    cur.aemp_self = p
+    try:
+        h(*msg)
+    except Exception as exc:
+        _handler_died(p, exc, msg)
+
+
+def _run_tagged(p: "_CallbackPort", msg: Sequence[Any], cur: greenlet) -> None:
+    """``_run_handler`` for a callback port with tag handlers (``_h`` is their dict)."""
+    if p.monitors is _DEAD:
+        return
+    handlers = p._h
+    h = None
+    args = msg
+    if msg:
+        try:
+            h = handlers.get(msg[0])
+        except TypeError:  # unhashable tag
+            pass
+        if h is not None:
+            args = msg[1:]
+    if h is None:
+        h = handlers.get(_CATCH_ALL)
+        if h is None:
+            _unhandled(p, msg)
+            return
+    p.handled += 1
+    cur.aemp_self = p
+    try:
+        h(*args)
+    except Exception as exc:
+        _handler_died(p, exc, msg)
+
+
 class _CallbackPort(_Port):
     # handled: the introspection counter (messages its handlers took); its age comes from
-    # kernel.port_created
-    __slots__ = ("id", "monitors", "handlers", "default", "handled")
+    # kernel.port_created. _h holds what handles messages in one slot, so that a port stays a
+    # 64-byte object with the counter: None, the catch-all alone (``port(cb)``), or a dict of
+    # tag handlers with the catch-all, if any, under _CATCH_ALL. ``handlers`` and ``default``
+    # read and write it; a port with tag handlers is a _TaggedCallbackPort (same slots, its
+    # own _run), so the hot path never tests which form _h has.
+    __slots__ = ("id", "monitors", "_h", "handled")
 
     def __init__(self, pid: str, default: Optional[_Handler] = None) -> None:
         self.id = pid
         self.monitors = None
-        self.handlers = None
-        self.default = default
+        self._h: Any = default
         self.handled = 0
 
+    @property
+    def handlers(self) -> Optional[dict[Any, _Handler]]:
+        h = self._h
+        if h.__class__ is not dict:
+            return None
+        tags = {k: v for k, v in h.items() if k is not _CATCH_ALL}
+        return tags or None
+
+    @handlers.setter
+    def handlers(self, tags: Optional[dict[Any, _Handler]]) -> None:
+        self._set(self._pack(tags, self.default))
+
+    @property
+    def default(self) -> Optional[_Handler]:
+        h = self._h
+        return h.get(_CATCH_ALL) if h.__class__ is dict else h
+
+    @default.setter
+    def default(self, cb: Optional[_Handler]) -> None:
+        self._set(self._pack(self.handlers, cb))
+
+    def _set(self, h: Any) -> None:
+        self._h = h
+        self.__class__ = _TaggedCallbackPort if h.__class__ is dict else _CallbackPort
+
+    @staticmethod
+    def _pack(tags: Optional[dict[Any, _Handler]], default: Optional[_Handler]) -> Any:
+        if not tags:
+            return default
+        out: dict[Any, _Handler] = dict(tags)
+        if default is not None:
+            out[_CATCH_ALL] = default
+        return out
+
     _deliver = _dispatch
-    _run = _run_handler
+    _run = _run_callback
     _direct = True  # _deliver is plain dispatch (kernel.deliver_frames calls _run itself)
 
     def _keeps(self, msg: Sequence[Any]) -> bool:
         return False
 
     def _terminate(self, reason: Reason) -> None:
-        self.handlers = self.default = None
+        self._h = None  # (a dead port runs nothing: its class may stay _TaggedCallbackPort)
         if self.handled:
             _counters.dead_handled += self.handled
 
     def __repr__(self) -> str:
         return "<callback port %s>" % self.id
+
+
+class _TaggedCallbackPort(_CallbackPort):
+    """A callback port with tag handlers (``rcv(port, tag, cb, ...)``): ``_h`` is their dict."""
+
+    __slots__ = ()
+    _run = _run_tagged
 
 
 class _MailboxLimit:

@@ -253,3 +253,22 @@ def test_node_that_does_not_know_the_request(cluster):
         assert 1.4 <= took < 4
     finally:
         peer.close()
+
+
+def test_a_callback_port_stays_small_with_its_counter():
+    """The per-port counter must not grow a callback port past 64 bytes (the next allocation
+    size costs ~10% on creating and killing ports, bench/local.py): handlers and the catch-all
+    share one slot, with and without tag handlers."""
+    import sys
+
+    from aemp_green import kernel, rcv
+
+    p = port(lambda *m: None)
+    q = port()
+    rcv(q, "a", lambda: None, "b", lambda: None)
+    try:
+        assert sys.getsizeof(kernel.port_table[p]) <= 64
+        assert sys.getsizeof(kernel.port_table[q]) <= 64
+    finally:
+        kil(p)
+        kil(q)
