@@ -1,7 +1,7 @@
 """Link management: simultaneous connects, a stopped-and-continued node, dialling exhaustion.
 
 * Two nodes that dial each other at the same moment end up with two TCP connections (each side
-  sends on one and reads the other). The keepalive watchdog must judge the peer over all of its
+  sends on one and reads the other). The keepalive timer must judge the peer over all of its
   connections, or a healthy idle peer is declared dead after monitor_timeout and every monitor
   on it fires (AEMP promises a monitor fires only when messages may have been lost).
 * A node that was SIGSTOPped for longer than monitor_timeout must read what its peers sent
@@ -141,7 +141,7 @@ def test_stopped_node_reads_before_it_judges(cluster, peer_probes):
     finally:
         os.kill(stopped.proc.pid, signal.SIGCONT)
     print("stopped for %.2f s" % (time.monotonic() - t_stop))
-    # two watchdog rounds of the stopped node and more: judge after it had every chance
+    # two keepalive rounds of the stopped node and more: judge after it had every chance
     stopped.exec(
         "gevent.sleep(2.0); emit('after', FIRED, DOWN, "
         "node_is_up(%r), node._nodes[%r].link.frames_in)" % (peer.nodeid, peer.nodeid)
