@@ -36,6 +36,8 @@ setup(
             "build>=1.0,<2",
             "ruff>=0.6,<1",
             "mypy>=1.8,<3",
+            # so that tests/test_metrics.py runs in CI (the extra below, for users)
+            "prometheus_client>=0.17,<1",
         ],
         # the setting `metrics`: Prometheus text format (aemp_green.metrics)
         "metrics": ["prometheus_client>=0.17,<1"],
