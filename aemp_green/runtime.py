@@ -114,7 +114,7 @@ def configure(profile: Optional[str] = None, **kv: Any) -> dict[str, Any]:
             raise ConfigError(
                 "cert: not a usable PEM with key, certificate and CA certificates (%s)" % (exc,)
             ) from None
-    before = (_k.this_node, _k.secure_mode, dict(_config.active), connect.tls)
+    before_id, before_secure, before_tls = _k.this_node, _k.secure_mode, connect.tls
     connect.set_tls(tls)
     _k.set_node_id(nodeid)
     _k.set_secure(cfg.get("secure"), cfg.get("allow_trace"))
@@ -131,10 +131,10 @@ def configure(profile: Optional[str] = None, **kv: Any) -> dict[str, Any]:
             connect.start_listener(bind[0], bind[1])
     except OSError as exc:
         connect.stop_listeners()
-        _k.set_node_id(before[0])
-        _k.set_secure(before[1])
+        _k.set_node_id(before_id)
+        _k.set_secure(before_secure)
         _config.set_active(None)
-        connect.set_tls(before[3])
+        connect.set_tls(before_tls)
         where = "%s:%s" % (bind[0], "*" if bind[1] is None else bind[1]) if bind else "?"
         raise ConfigError("binds: cannot listen on %s: %s" % (where, exc)) from None
     addrs = connect.listener_addresses()
